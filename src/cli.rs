@@ -1,0 +1,206 @@
+//! Command line: `crd` prints the CRDs, `run` runs the controllers and the webhook. Every flag of
+//! `run` can also be set through the environment variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
+
+use crate::controller::{self, Clock, SystemClock};
+use crate::webhook;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cluster-security-operator",
+    version,
+    about = "Kubernetes operator for broker security policy, certificate rotation and KMS key vault mode"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the three CustomResourceDefinitions as YAML (what crds/ holds).
+    Crd,
+    /// Run the controllers and the admission webhook against the current cluster
+    /// (in-cluster config, else KUBECONFIG, else ~/.kube/config).
+    Run(Box<RunArgs>),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address of the HTTPS admission webhook.
+    #[arg(long, env = "CSO_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Do not serve the admission webhook (the controllers still refuse invalid specs with Stalled).
+    #[arg(long, env = "CSO_DISABLE_WEBHOOK")]
+    pub disable_webhook: bool,
+    /// Serve the webhook with tls.crt/tls.key from this directory (e.g. from cert-manager)
+    /// instead of the operator's own certificate.
+    #[arg(long, env = "CSO_WEBHOOK_CERT_DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// Secret (in --namespace) where the operator keeps its own webhook CA and certificate.
+    #[arg(long, env = "CSO_WEBHOOK_SECRET", default_value = "cluster-security-operator-webhook-tls")]
+    pub webhook_secret: String,
+    /// ValidatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(long, env = "CSO_WEBHOOK_CONFIG", default_value = "cluster-security-operator")]
+    pub webhook_config: String,
+    /// Service in front of the webhook; its DNS names go into the serving certificate.
+    #[arg(long, env = "CSO_WEBHOOK_SERVICE", default_value = "cluster-security-operator-webhook")]
+    pub webhook_service: String,
+    /// Extra subject alternative names (DNS names or IPs) for the serving certificate.
+    #[arg(long, env = "CSO_WEBHOOK_EXTRA_SANS", value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    pub webhook_extra_sans: Vec<String>,
+    /// Namespace the operator runs in (its Secrets live here).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "cluster-security-operator")]
+    pub namespace: String,
+    /// Address of /healthz, /readyz (plain HTTP).
+    #[arg(long, env = "CSO_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "CSO_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Names the serving certificate must carry.
+    pub fn webhook_sans(&self) -> Vec<String> {
+        let (svc, ns) = (&self.webhook_service, &self.namespace);
+        let mut sans = vec![format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")];
+        for s in &self.webhook_extra_sans {
+            if !s.is_empty() && !sans.contains(s) {
+                sans.push(s.clone());
+            }
+        }
+        sans
+    }
+}
+
+/// Set up `tracing`; RUST_LOG overrides the default level (info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Process-wide readiness: the webhook serves (or is disabled) and the controllers started.
+#[derive(Default)]
+pub struct Readiness {
+    pub webhook: AtomicBool,
+    pub controllers: AtomicBool,
+}
+
+async fn serve_health(addr: SocketAddr, ready: Arc<Readiness>) -> std::io::Result<()> {
+    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.clone();
+            async move {
+                if ready.webhook.load(Ordering::Relaxed) && ready.controllers.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+/// Load or create the webhook's serving material and keep it renewed in the background.
+async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
+    if let Some(dir) = &args.webhook_cert_dir {
+        return Ok(RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key")).await?);
+    }
+    let sans = args.webhook_sans();
+    let material = webhook::certs::ensure(client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await?;
+    webhook::certs::publish_ca_bundle(client, &args.webhook_config, &material.ca.cert_pem).await?;
+    let config =
+        RustlsConfig::from_pem(material.leaf.cert_pem.clone().into_bytes(), material.leaf.key_pem.clone().into_bytes())
+            .await?;
+    // Renewal: check hourly; a renewed leaf is reloaded without a restart.
+    let (client, args, reload) = (client.clone(), args.clone(), config.clone());
+    tokio::spawn(async move {
+        let mut served = material.leaf.cert_pem;
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            match webhook::certs::ensure(&client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await {
+                Ok(m) if m.leaf.cert_pem != served => {
+                    if let Err(e) =
+                        webhook::certs::publish_ca_bundle(&client, &args.webhook_config, &m.ca.cert_pem).await
+                    {
+                        warn!(error = %e, "could not publish renewed caBundle");
+                    }
+                    match reload
+                        .reload_from_pem(m.leaf.cert_pem.clone().into_bytes(), m.leaf.key_pem.into_bytes())
+                        .await
+                    {
+                        Ok(()) => {
+                            info!("webhook serving certificate renewed");
+                            served = m.leaf.cert_pem;
+                        }
+                        Err(e) => warn!(error = %e, "could not reload renewed webhook certificate"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "webhook certificate renewal check failed"),
+            }
+        }
+    });
+    Ok(config)
+}
+
+/// `run`: webhook, health endpoints and the three controllers until SIGTERM / Ctrl-C.
+pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach a Kubernetes cluster (in-cluster config, KUBECONFIG or ~/.kube/config): {e}")
+    })?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ready = Arc::new(Readiness::default());
+
+    let health = tokio::spawn(serve_health(args.health_addr, ready.clone()));
+    let handle = axum_server::Handle::new();
+    if args.disable_webhook {
+        ready.webhook.store(true, Ordering::Relaxed);
+    } else {
+        let tls = webhook_tls(&client, &args, clock.clone()).await?;
+        let (addr, handle2, ready2) = (args.webhook_addr, handle.clone(), ready.clone());
+        tokio::spawn(async move {
+            if let Err(e) = webhook::serve(addr, tls, handle2).await {
+                error!(error = %e, %addr, "webhook server stopped");
+                ready2.webhook.store(false, Ordering::Relaxed);
+            }
+        });
+        if let Some(bound) = handle.listening().await {
+            info!(addr = %bound, "admission webhook serving");
+            ready.webhook.store(true, Ordering::Relaxed);
+        }
+    }
+    ready.controllers.store(true, Ordering::Relaxed);
+    let result = controller::run_all(client, clock).await;
+    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    health.abort();
+    info!("stopped");
+    Ok(result?)
+}

@@ -1,0 +1,10 @@
+//! cluster-security-operator: declarative broker security policy, certificate rotation and KMS
+//! key vault mode for Kubernetes. See README.md and the API contract in docs/.
+
+pub mod api;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod pki;
+pub mod validate;
+pub mod webhook;
