@@ -8,3 +8,4 @@ pub mod controller;
 pub mod pki;
 pub mod validate;
 pub mod webhook;
+pub mod testbed;

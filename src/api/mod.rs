@@ -24,9 +24,32 @@ pub const VERSION: &str = "v1alpha1";
 /// Field manager used for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "cluster-security-operator";
 
+type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 /// All three CRDs, in a stable order (what `crds/` holds and `crd` prints).
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![ClusterSecurityPolicy::crd(), CertificateRotation::crd(), KmsKeyVaultMode::crd()]
+pub fn all_crds() -> Vec<Crd> {
+    [ClusterSecurityPolicy::crd(), CertificateRotation::crd(), KmsKeyVaultMode::crd()].into_iter().map(strip_null_enum_values).collect()
+}
+
+/// An optional enum comes out of schemars as `enum: [A, B, null]` beside `nullable: true`;
+/// Kubernetes' OpenAPI validation (kubectl apply) rejects the null entry, and `nullable` already
+/// allows it, so drop it.
+fn strip_null_enum_values(crd: Crd) -> Crd {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|e| !e.is_null());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("the CRD is still a CRD")
 }
 
 /// The CRDs as one multi-document YAML stream.

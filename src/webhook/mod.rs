@@ -17,6 +17,38 @@ use crate::validate;
 /// Path the ValidatingWebhookConfiguration points at.
 pub const VALIDATE_PATH: &str = "/validate";
 
+/// Name of the ValidatingWebhookConfiguration and of its one webhook.
+pub const CONFIGURATION_NAME: &str = "cluster-security-operator";
+pub const WEBHOOK_NAME: &str = "validate.clustersecurity.io";
+
+/// The ValidatingWebhookConfiguration for all three kinds. CREATE and UPDATE only: deletes never
+/// pass through the webhook, so a broken webhook can't block cleanup.
+pub fn configuration(
+    client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+) -> k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration {
+    use k8s_openapi::api::admissionregistration::v1::{RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration};
+    ValidatingWebhookConfiguration {
+        metadata: kube::api::ObjectMeta { name: Some(CONFIGURATION_NAME.into()), ..Default::default() },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: WEBHOOK_NAME.into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config,
+            failure_policy: Some("Fail".into()),
+            match_policy: Some("Equivalent".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![crate::api::GROUP.into()]),
+                api_versions: Some(vec![crate::api::VERSION.into()]),
+                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                resources: Some(vec!["clustersecuritypolicies".into(), "certificaterotations".into(), "kmskeyvaultmodes".into()]),
+                scope: Some("*".into()),
+            }]),
+            ..Default::default()
+        }]),
+    }
+}
+
 /// Answer one AdmissionReview.
 pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {

@@ -1,0 +1,133 @@
+//! The "play kubelet": with no scheduler or kubelet in the testbed, it binds pending pods to one
+//! Node, reports them Running and Ready, and finishes graceful deletions, so Deployment and
+//! StatefulSet controllers roll pods exactly as in a real cluster. It stands in for nodes; it runs
+//! no containers.
+//!
+//! A pod annotated `testbed.clustersecurity.io/hold-not-ready: "true"` (set it on the pod
+//! template) is reported Running but never Ready: that is how tests make a rollout stall.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tracing::debug;
+
+/// Annotation that keeps a pod not ready.
+pub const HOLD_NOT_READY: &str = "testbed.clustersecurity.io/hold-not-ready";
+
+/// A running play kubelet; stops when dropped.
+pub struct PlayKubelet {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    pub node: String,
+}
+
+impl PlayKubelet {
+    /// Register Node `node` and start serving pods.
+    pub async fn start(client: Client, node: &str) -> anyhow::Result<Self> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        if nodes.get_opt(node).await?.is_none() {
+            let n = Node { metadata: ObjectMeta { name: Some(node.into()), ..Default::default() }, ..Default::default() };
+            nodes.create(&PostParams::default(), &n).await?;
+        }
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "PlayKubelet", "message": "stands in for a node; runs no containers"}]}});
+        nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, node2) = (stop.clone(), node.to_string());
+        let task = tokio::spawn(async move {
+            while !stop2.load(Ordering::Relaxed) {
+                if let Err(e) = tick(&client, &node2).await {
+                    debug!(error = %e, "play kubelet tick failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Ok(Self { stop, task, node: node.into() })
+    }
+
+    /// Stop serving pods (they keep their last reported state).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for PlayKubelet {
+    fn drop(&mut self) {
+        self.stop();
+        self.task.abort();
+    }
+}
+
+async fn tick(client: &Client, node: &str) -> kube::Result<()> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    for pod in pods.list(&ListParams::default()).await? {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let bound_to = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        if pod.metadata.deletion_timestamp.is_some() {
+            // A kubelet confirms graceful deletion; do it at once.
+            if bound_to.as_deref() == Some(node) {
+                let dp = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+                    ..Default::default()
+                };
+                let _ = api.delete(&name, &dp).await;
+            }
+            continue;
+        }
+        match bound_to.as_deref() {
+            None => {
+                let binding = Binding {
+                    metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
+                    target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), api_version: Some("v1".into()), ..Default::default() },
+                };
+                let _: kube::Result<serde_json::Value> = api.create_subresource("binding", &name, &PostParams::default(), &binding).await;
+            }
+            Some(n) if n == node => report_status(&api, &pod).await?,
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn report_status(api: &Api<Pod>, pod: &Pod) -> kube::Result<()> {
+    let held = pod.annotations().get(HOLD_NOT_READY).is_some_and(|v| v == "true");
+    let ready = if held { "False" } else { "True" };
+    let status = pod.status.as_ref();
+    let phase_ok = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let ready_now = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    if phase_ok && ready_now == Some(ready) {
+        return Ok(());
+    }
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.iter().map(|c| json!({
+            "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": !held,
+            "restartCount": 0, "started": true, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        })).collect())
+        .unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = json!({"status": {
+        "phase": "Running",
+        "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+        "startTime": now,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now},
+        ],
+        "containerStatuses": containers,
+    }});
+    api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+}

@@ -1,0 +1,200 @@
+//! End to end against a real kube-apiserver + etcd (the testbed): CRDs install and are
+//! Established, printer columns and `kubectl explain` work, the webhook refuses every invalid
+//! example with its rule's message, `inCluster` can't change on update, and valid objects get
+//! observedGeneration and conditions from the operator.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cluster_security_operator::api::ClusterSecurityPolicy;
+use cluster_security_operator::testbed::operator::{self, Operator};
+use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::{Api, ResourceExt};
+
+struct Env {
+    cp: ControlPlane,
+    _operator: Operator,
+}
+
+/// One control plane and operator for this test binary (started on first use).
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cp = ControlPlane::start(Options::default()).expect("control plane starts");
+        let port = free_port();
+        operator::install(&cp, Some(port)).expect("install CRDs and webhook configuration");
+        let op = Operator::start(&cp, Path::new(env!("CARGO_BIN_EXE_cluster-security-operator")), port, &[])
+            .expect("operator starts");
+        let out = cp.kubectl(&["apply", "-f", &examples("00-namespace-and-brokers.yaml")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Env { cp, _operator: op }
+    })
+}
+
+fn examples(name: &str) -> String {
+    format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Apply with retries only while the webhook's caBundle is still being published.
+async fn apply_when_webhook_ready(cp: &ControlPlane, file: &str) -> std::process::Output {
+    let client = cp.client().await.unwrap();
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    wait_until(Duration::from_secs(30), "webhook caBundle published", || {
+        let vwc = vwc.clone();
+        async move {
+            let cfg = vwc.get("cluster-security-operator").await.map_err(|e| e.to_string())?;
+            let has = cfg.webhooks.unwrap_or_default().iter().all(|w| w.client_config.ca_bundle.is_some());
+            has.then_some(()).ok_or_else(|| "no caBundle yet".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    cp.kubectl(&["apply", "-f", file])
+}
+
+#[tokio::test]
+async fn crds_are_established_and_explained() {
+    let cp = &env().cp;
+    for crd in ["clustersecuritypolicies", "certificaterotations", "kmskeyvaultmodes"] {
+        let out = cp.kubectl(&[
+            "get",
+            &format!("crd/{crd}.clustersecurity.io"),
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+        ]);
+        assert_eq!(stdout(&out), "True", "{crd}: {}", stderr(&out));
+    }
+    let text = explain(cp, "clustersecuritypolicy.spec.encryptionInTransit").await;
+    assert!(text.contains("Broker-to-broker encryption. Cannot be changed after creation."), "{text}");
+    let text = explain(cp, "kmsmode.spec.networkAccess").await;
+    assert!(text.contains("Public or Private network access of the key vault"), "{text}");
+    let text = explain(cp, "certrot.spec.internal").await;
+    assert!(text.contains("can only be self-generated"), "{text}");
+}
+
+/// `kubectl explain`; the apiserver publishes a new CRD's OpenAPI a little after it is Established.
+async fn explain(cp: &ControlPlane, path: &str) -> String {
+    wait_until(Duration::from_secs(60), &format!("kubectl explain {path}"), || {
+        let out = cp.kubectl(&["explain", path]);
+        async move {
+            if out.status.success() && !out.stdout.is_empty() {
+                Ok(stdout(&out))
+            } else {
+                Err(stderr(&out))
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn invalid_examples_are_refused_with_the_rule() {
+    let cp = &env().cp;
+    let dir = format!("{}/examples/invalid", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 6, "invalid examples exist");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let rule = text.lines().find_map(|l| l.strip_prefix("# expect: ")).expect("each invalid example names its rule");
+        let out = apply_when_webhook_ready(cp, file.to_str().unwrap()).await;
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{} was accepted", file.display());
+        assert!(err.contains("denied the request") && err.contains(rule), "{}: {err}", file.display());
+    }
+    // Nothing of them was stored.
+    let out = cp.kubectl(&["get", "clustersecurity", "-A", "-o", "name"]);
+    assert!(!stdout(&out).contains("invalid-"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn in_cluster_change_is_refused_on_update() {
+    let cp = &env().cp;
+    let manifest = |in_cluster: bool| {
+        format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: immutable, namespace: kafka}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: orders-kafka}}\n  clientAuthentication: {{unauthenticated: {{enabled: true}}}}\n  encryptionInTransit: {{clientBroker: PLAINTEXT, inCluster: {in_cluster}}}\n"
+        )
+    };
+    let file = cp.dir().join("immutable.yaml");
+    std::fs::write(&file, manifest(true)).unwrap();
+    let out = apply_when_webhook_ready(cp, file.to_str().unwrap()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&file, manifest(false)).unwrap();
+    let out = cp.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("InClusterEncryptionImmutable"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("you can't change the in-cluster (broker-to-broker) encryption setting"));
+    let out = cp.kubectl(&["get", "csp", "immutable", "-n", "kafka", "-o", "jsonpath={.spec.encryptionInTransit.inCluster}"]);
+    assert_eq!(stdout(&out), "true", "the stored object is untouched");
+}
+
+#[tokio::test]
+async fn valid_examples_get_status_and_printer_columns() {
+    let cp = &env().cp;
+    for f in ["clustersecuritypolicy.yaml", "certificaterotation.yaml", "kmskeyvaultmode.yaml"] {
+        let out = apply_when_webhook_ready(cp, &examples(f)).await;
+        assert!(out.status.success(), "{f}: {}", stderr(&out));
+    }
+    let client = cp.client().await.unwrap();
+    let api: Api<ClusterSecurityPolicy> = Api::namespaced(client, "kafka");
+    let csp = wait_until(Duration::from_secs(30), "observedGeneration of csp/orders", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("orders").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            (st.observed_generation == o.metadata.generation && !st.conditions.is_empty())
+                .then_some(o)
+                .ok_or_else(|| format!("{st:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let status = csp.status.clone().unwrap();
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
+    assert_eq!(ready.observed_generation, csp.metadata.generation);
+    assert!(status.conditions.iter().all(|c| c.type_ != "Stalled"), "a valid spec is not stalled");
+    assert_eq!(status.authentication.as_deref(), Some("mTLS"));
+    assert_eq!(csp.name_any(), "orders");
+
+    // Every kind reports observedGeneration (as kubectl sees it) and the contract's columns.
+    for (kind, name, ns) in [("certrot", "orders", Some("kafka")), ("kmsmode", "cluster", None)] {
+        let mut args = vec!["get", kind, name, "-o", "jsonpath={.status.observedGeneration}"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        wait_until(Duration::from_secs(30), &format!("observedGeneration of {kind}/{name}"), || {
+            let out = cp.kubectl(&args);
+            async move { (stdout(&out) == "1").then_some(()).ok_or_else(|| stdout(&out) + &stderr(&out)) }
+        })
+        .await
+        .unwrap();
+    }
+    let out = cp.kubectl(&["get", "csp,certrot", "-n", "kafka"]);
+    let text = stdout(&out);
+    let headers: Vec<Vec<&str>> =
+        text.lines().filter(|l| l.starts_with("NAME")).map(|l| l.split_whitespace().collect()).collect();
+    assert!(headers.contains(&vec!["NAME", "CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]), "{text}");
+    assert!(
+        headers.contains(&vec!["NAME", "CLUSTER", "EXTERNAL-LABEL", "INTERNAL-LABEL", "CLIENT-IMPACT", "OPERATION", "READY", "AGE"]),
+        "{text}"
+    );
+    assert!(text.contains("upgradedlabel1") && text.contains("orders-kafka"), "{text}");
+    let out = cp.kubectl(&["get", "kmsmode"]);
+    let first = stdout(&out).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(first, ["NAME", "MODE", "KMS", "PHASE", "PROGRESS", "READY", "AGE"]);
+    let out = cp.kubectl(&["get", "clustersecurity", "-A", "-o", "name"]);
+    let names = stdout(&out);
+    for n in ["clustersecuritypolicy.clustersecurity.io/orders", "certificaterotation.clustersecurity.io/orders", "kmskeyvaultmode.clustersecurity.io/cluster"] {
+        assert!(names.contains(n), "category clustersecurity lists {n}: {names}");
+    }
+}
