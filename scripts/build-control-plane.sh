@@ -7,6 +7,11 @@
 set -euo pipefail
 
 log() { echo "control-plane: $*" >&2; }
+
+# Test binaries may call this at the same time: one builds, the others wait for its result.
+mkdir -p "${HOME}/.cache/cluster-security-operator"
+exec 9>"${HOME}/.cache/cluster-security-operator/.build.lock"
+flock 9
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need_pkgs=()

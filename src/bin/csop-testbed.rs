@@ -1,0 +1,132 @@
+//! `csop-testbed demo`: the operator's whole job on a local control plane, from a fresh machine.
+//! Starts etcd + kube-apiserver + kube-controller-manager on loopback, installs the CRDs and the
+//! webhook, runs the operator and the play kubelet, applies `examples/`, shows an invalid example
+//! being refused, and prints `kubectl get clustersecurity` until everything settles.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use cluster_security_operator::testbed::kubelet::PlayKubelet;
+use cluster_security_operator::testbed::operator::{self, Operator};
+use cluster_security_operator::testbed::{free_port, ControlPlane, Options};
+
+#[derive(Parser)]
+#[command(about = "Local control plane for the cluster-security-operator demo")]
+enum Cmd {
+    /// Run the demo; keeps the control plane up until Ctrl-C unless --exit is given.
+    Demo {
+        /// Stop everything once the resources have settled (for CI).
+        #[arg(long)]
+        exit: bool,
+        /// How long to wait for the resources to settle.
+        #[arg(long, default_value = "120")]
+        settle_seconds: u64,
+    },
+}
+
+fn say(msg: &str) {
+    println!("\n==> {msg}");
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn operator_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("cluster-security-operator");
+    anyhow::ensure!(bin.exists(), "{} not found: build it with `cargo build --bins`", bin.display());
+    Ok(bin)
+}
+
+/// Every object of ours reports the generation it last reconciled.
+fn settled(cp: &ControlPlane) -> bool {
+    let out = cp.kubectl(&[
+        "get",
+        "clustersecurity",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.generation}={.status.observedGeneration} {end}",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reconciled = out.status.success()
+        && !text.trim().is_empty()
+        && text.split_whitespace().all(|p| p.split_once('=').is_some_and(|(a, b)| a == b));
+    // ...and the play kubelet brought the example brokers up.
+    let sts = cp.kubectl(&["get", "statefulset", "orders-kafka", "-n", "kafka", "-o", "jsonpath={.status.readyReplicas}/{.spec.replicas}"]);
+    let sts = String::from_utf8_lossy(&sts.stdout);
+    reconciled && sts.split_once('/').is_some_and(|(a, b)| a == b)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cmd::Demo { exit, settle_seconds } = Cmd::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+
+    say("starting etcd, kube-apiserver and kube-controller-manager on loopback (first run builds them: ~5-8 min)");
+    let cp = ControlPlane::start(Options::default())?;
+    let kubeconfig = cp.kubeconfig_path();
+    println!("    control plane up; files and logs in {}", cp.dir().display());
+
+    say("installing the CRDs and the validating webhook configuration (URL webhook on 127.0.0.1)");
+    let webhook_port = free_port();
+    operator::install(&cp, Some(webhook_port))?;
+
+    say("starting the operator (cluster-security-operator run)");
+    let op = Operator::start(&cp, &operator_binary()?, webhook_port, &[])?;
+    println!("    operator ready; log: {}", op.log.display());
+
+    say("starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run");
+    let client = cp.client().await?;
+    let _kubelet = PlayKubelet::start(client, "play-node").await?;
+
+    say("kubectl apply -f examples/");
+    let examples = root.join("examples");
+    let mut applied = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !applied {
+        // The webhook's caBundle lands a moment after the operator starts.
+        let out = cp.kubectl(&["apply", "-f", examples.to_str().context("utf-8 path")?]);
+        applied = out.status.success();
+        if applied || Instant::now() > deadline {
+            print!("{}", show(&out));
+            anyhow::ensure!(applied, "applying examples/ failed");
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    say("an invalid example is refused by the webhook: kubectl apply -f examples/invalid/csp-scram-plaintext.yaml");
+    let bad = examples.join("invalid/csp-scram-plaintext.yaml");
+    let out = cp.kubectl(&["apply", "-f", bad.to_str().context("utf-8 path")?]);
+    print!("{}", show(&out));
+    anyhow::ensure!(!out.status.success(), "the invalid example was accepted");
+
+    say("kubectl get clustersecurity -A (until every object reports its current generation and the brokers are ready)");
+    let deadline = Instant::now() + Duration::from_secs(settle_seconds);
+    loop {
+        let done = settled(&cp);
+        if done || Instant::now() > deadline {
+            print!("{}", show(&cp.kubectl(&["get", "clustersecurity", "-A"])));
+            print!("{}", show(&cp.kubectl(&["get", "statefulset", "-n", "kafka"])));
+            anyhow::ensure!(done, "resources did not settle within {settle_seconds}s; operator log: {}", op.log.display());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    if exit {
+        say("demo finished; stopping everything");
+        return Ok(());
+    }
+    say("the control plane keeps running. In another shell:");
+    println!("    export KUBECONFIG={}", kubeconfig.display());
+    println!("    kubectl get clustersecurity -A");
+    println!("    kubectl describe csp orders -n kafka");
+    println!("Press Ctrl-C to stop the control plane, the operator and the play kubelet.");
+    tokio::signal::ctrl_c().await?;
+    say("stopping");
+    Ok(())
+}
