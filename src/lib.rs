@@ -6,6 +6,6 @@ pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod pki;
+pub mod testbed;
 pub mod validate;
 pub mod webhook;
-pub mod testbed;

@@ -106,7 +106,8 @@ async fn invalid_examples_are_refused_with_the_rule() {
     assert!(files.len() >= 6, "invalid examples exist");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let rule = text.lines().find_map(|l| l.strip_prefix("# expect: ")).expect("each invalid example names its rule");
+        let rule =
+            text.lines().find_map(|l| l.strip_prefix("# expect: ")).expect("each invalid example names its rule");
         let out = apply_when_webhook_ready(cp, file.to_str().unwrap()).await;
         let err = stderr(&out);
         assert!(!out.status.success(), "{} was accepted", file.display());
@@ -134,7 +135,8 @@ async fn in_cluster_change_is_refused_on_update() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("InClusterEncryptionImmutable"), "{}", stderr(&out));
     assert!(stderr(&out).contains("you can't change the in-cluster (broker-to-broker) encryption setting"));
-    let out = cp.kubectl(&["get", "csp", "immutable", "-n", "kafka", "-o", "jsonpath={.spec.encryptionInTransit.inCluster}"]);
+    let out =
+        cp.kubectl(&["get", "csp", "immutable", "-n", "kafka", "-o", "jsonpath={.spec.encryptionInTransit.inCluster}"]);
     assert_eq!(stdout(&out), "true", "the stored object is untouched");
 }
 
@@ -183,18 +185,35 @@ async fn valid_examples_get_status_and_printer_columns() {
     let text = stdout(&out);
     let headers: Vec<Vec<&str>> =
         text.lines().filter(|l| l.starts_with("NAME")).map(|l| l.split_whitespace().collect()).collect();
-    assert!(headers.contains(&vec!["NAME", "CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]), "{text}");
     assert!(
-        headers.contains(&vec!["NAME", "CLUSTER", "EXTERNAL-LABEL", "INTERNAL-LABEL", "CLIENT-IMPACT", "OPERATION", "READY", "AGE"]),
+        headers.contains(&vec!["NAME", "CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]),
+        "{text}"
+    );
+    assert!(
+        headers.contains(&vec![
+            "NAME",
+            "CLUSTER",
+            "EXTERNAL-LABEL",
+            "INTERNAL-LABEL",
+            "CLIENT-IMPACT",
+            "OPERATION",
+            "READY",
+            "AGE"
+        ]),
         "{text}"
     );
     assert!(text.contains("upgradedlabel1") && text.contains("orders-kafka"), "{text}");
     let out = cp.kubectl(&["get", "kmsmode"]);
-    let first = stdout(&out).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
+    let first =
+        stdout(&out).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
     assert_eq!(first, ["NAME", "MODE", "KMS", "PHASE", "PROGRESS", "READY", "AGE"]);
     let out = cp.kubectl(&["get", "clustersecurity", "-A", "-o", "name"]);
     let names = stdout(&out);
-    for n in ["clustersecuritypolicy.clustersecurity.io/orders", "certificaterotation.clustersecurity.io/orders", "kmskeyvaultmode.clustersecurity.io/cluster"] {
+    for n in [
+        "clustersecuritypolicy.clustersecurity.io/orders",
+        "certificaterotation.clustersecurity.io/orders",
+        "kmskeyvaultmode.clustersecurity.io/cluster",
+    ] {
         assert!(names.contains(n), "category clustersecurity lists {n}: {names}");
     }
 }

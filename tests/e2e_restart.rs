@@ -56,13 +56,18 @@ async fn missing_crds_invalid_spec_and_apiserver_restart() {
     let conds = o.status.unwrap().conditions;
     let stalled = conds.iter().find(|c| c.type_ == "Stalled").unwrap();
     assert_eq!(stalled.reason, "InvalidSpec");
-    assert!(stalled.message.contains("SASL/SCRAM authentication allows client-broker encryption TLS"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("SASL/SCRAM authentication allows client-broker encryption TLS"),
+        "{}",
+        stalled.message
+    );
     let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
     assert!(conds.iter().all(|c| c.type_ != "Reconciling"));
     // A Warning event tells `kubectl describe` readers the same.
     wait_until(Duration::from_secs(30), "InvalidSpec warning event", || {
-        let out = cp.kubectl(&["get", "events", "-n", "kafka", "-o", "jsonpath={range .items[*]}{.type}/{.reason} {end}"]);
+        let out =
+            cp.kubectl(&["get", "events", "-n", "kafka", "-o", "jsonpath={range .items[*]}{.type}/{.reason} {end}"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         async move { text.contains("Warning/InvalidSpec").then_some(()).ok_or(text) }
     })

@@ -28,7 +28,10 @@ type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::C
 
 /// All three CRDs, in a stable order (what `crds/` holds and `crd` prints).
 pub fn all_crds() -> Vec<Crd> {
-    [ClusterSecurityPolicy::crd(), CertificateRotation::crd(), KmsKeyVaultMode::crd()].into_iter().map(strip_null_enum_values).collect()
+    [ClusterSecurityPolicy::crd(), CertificateRotation::crd(), KmsKeyVaultMode::crd()]
+        .into_iter()
+        .map(strip_null_enum_values)
+        .collect()
 }
 
 /// An optional enum comes out of schemars as `enum: [A, B, null]` beside `nullable: true`;

@@ -55,7 +55,15 @@ fn settled(cp: &ControlPlane) -> bool {
         && !text.trim().is_empty()
         && text.split_whitespace().all(|p| p.split_once('=').is_some_and(|(a, b)| a == b));
     // ...and the play kubelet brought the example brokers up.
-    let sts = cp.kubectl(&["get", "statefulset", "orders-kafka", "-n", "kafka", "-o", "jsonpath={.status.readyReplicas}/{.spec.replicas}"]);
+    let sts = cp.kubectl(&[
+        "get",
+        "statefulset",
+        "orders-kafka",
+        "-n",
+        "kafka",
+        "-o",
+        "jsonpath={.status.readyReplicas}/{.spec.replicas}",
+    ]);
     let sts = String::from_utf8_lossy(&sts.stdout);
     reconciled && sts.split_once('/').is_some_and(|(a, b)| a == b)
 }
@@ -78,7 +86,9 @@ async fn main() -> anyhow::Result<()> {
     let op = Operator::start(&cp, &operator_binary()?, webhook_port, &[])?;
     println!("    operator ready; log: {}", op.log.display());
 
-    say("starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run");
+    say(
+        "starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run",
+    );
     let client = cp.client().await?;
     let _kubelet = PlayKubelet::start(client, "play-node").await?;
 
@@ -111,7 +121,11 @@ async fn main() -> anyhow::Result<()> {
         if done || Instant::now() > deadline {
             print!("{}", show(&cp.kubectl(&["get", "clustersecurity", "-A"])));
             print!("{}", show(&cp.kubectl(&["get", "statefulset", "-n", "kafka"])));
-            anyhow::ensure!(done, "resources did not settle within {settle_seconds}s; operator log: {}", op.log.display());
+            anyhow::ensure!(
+                done,
+                "resources did not settle within {settle_seconds}s; operator log: {}",
+                op.log.display()
+            );
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -31,7 +31,8 @@ impl PlayKubelet {
     pub async fn start(client: Client, node: &str) -> anyhow::Result<Self> {
         let nodes: Api<Node> = Api::all(client.clone());
         if nodes.get_opt(node).await?.is_none() {
-            let n = Node { metadata: ObjectMeta { name: Some(node.into()), ..Default::default() }, ..Default::default() };
+            let n =
+                Node { metadata: ObjectMeta { name: Some(node.into()), ..Default::default() }, ..Default::default() };
             nodes.create(&PostParams::default(), &n).await?;
         }
         let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "PlayKubelet", "message": "stands in for a node; runs no containers"}]}});
@@ -84,10 +85,20 @@ async fn tick(client: &Client, node: &str) -> kube::Result<()> {
         match bound_to.as_deref() {
             None => {
                 let binding = Binding {
-                    metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
-                    target: ObjectReference { kind: Some("Node".into()), name: Some(node.into()), api_version: Some("v1".into()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(ns.clone()),
+                        ..Default::default()
+                    },
+                    target: ObjectReference {
+                        kind: Some("Node".into()),
+                        name: Some(node.into()),
+                        api_version: Some("v1".into()),
+                        ..Default::default()
+                    },
                 };
-                let _: kube::Result<serde_json::Value> = api.create_subresource("binding", &name, &PostParams::default(), &binding).await;
+                let _: kube::Result<serde_json::Value> =
+                    api.create_subresource("binding", &name, &PostParams::default(), &binding).await;
             }
             Some(n) if n == node => report_status(&api, &pod).await?,
             Some(_) => {}
@@ -108,14 +119,16 @@ async fn report_status(api: &Api<Pod>, pod: &Pod) -> kube::Result<()> {
     if phase_ok && ready_now == Some(ready) {
         return Ok(());
     }
-    let containers: Vec<serde_json::Value> = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.iter().map(|c| json!({
+    let containers: Vec<serde_json::Value> =
+        pod.spec
+            .as_ref()
+            .map(|s| {
+                s.containers.iter().map(|c| json!({
             "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": !held,
             "restartCount": 0, "started": true, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-        })).collect())
-        .unwrap_or_default();
+        })).collect()
+            })
+            .unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = json!({"status": {
         "phase": "Running",

@@ -52,7 +52,8 @@ pub fn kube_bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-control-plane.sh");
-    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().context("run build-control-plane.sh")?;
+    let out =
+        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().context("run build-control-plane.sh")?;
     if !out.status.success() {
         bail!("{} failed; see its output above", script.display());
     }
@@ -107,7 +108,8 @@ impl ControlPlane {
         let now = Timestamp::now();
 
         let ca = pki::new_ca("testbed cluster CA", now, 30)?;
-        let sans: Vec<String> = ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"].map(String::from).into();
+        let sans: Vec<String> =
+            ["127.0.0.1", "localhost", "kubernetes", "kubernetes.default.svc"].map(String::from).into();
         let serving = pki::issue_leaf(&ca, "kube-apiserver", &sans, pki::Usage::Server, now, 30)?;
         let admin = client_cert(&ca, "admin", "system:masters", now)?;
         let sa = KeyPair::generate()?;
@@ -185,8 +187,12 @@ impl ControlPlane {
             "--port=0".into(),
             "--secure-port=0".into(),
         ];
-        cp.controller_manager =
-            start_process(&cp.bin_dir.join("kube-controller-manager"), &kcm_args, cp.dir.path(), "kube-controller-manager")?;
+        cp.controller_manager = start_process(
+            &cp.bin_dir.join("kube-controller-manager"),
+            &kcm_args,
+            cp.dir.path(),
+            "kube-controller-manager",
+        )?;
         Ok(cp)
     }
 
@@ -269,8 +275,12 @@ impl ControlPlane {
 
     /// Start kube-apiserver again after [`Self::stop_apiserver`].
     pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
-        self.apiserver =
-            start_process(&self.bin_dir.join("kube-apiserver"), &self.apiserver_args, self.dir.path(), "kube-apiserver")?;
+        self.apiserver = start_process(
+            &self.bin_dir.join("kube-apiserver"),
+            &self.apiserver_args,
+            self.dir.path(),
+            "kube-apiserver",
+        )?;
         self.wait_ready(Duration::from_secs(90))
     }
 }
@@ -295,7 +305,9 @@ where
     loop {
         match check().await {
             Ok(v) => return Ok(v),
-            Err(last) if Instant::now() > deadline => bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}"),
+            Err(last) if Instant::now() > deadline => {
+                bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }

@@ -34,7 +34,14 @@ pub fn install(cp: &ControlPlane, webhook_port: Option<u16>) -> anyhow::Result<(
     kubectl_ok(cp, &["apply", "-f", crds.to_str().expect("utf-8 path")], None)?;
     kubectl_ok(
         cp,
-        &["wait", "--for=condition=Established", "--timeout=60s", "crd/clustersecuritypolicies.clustersecurity.io", "crd/certificaterotations.clustersecurity.io", "crd/kmskeyvaultmodes.clustersecurity.io"],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/clustersecuritypolicies.clustersecurity.io",
+            "crd/certificaterotations.clustersecurity.io",
+            "crd/kmskeyvaultmodes.clustersecurity.io",
+        ],
         None,
     )?;
     let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");

@@ -26,7 +26,9 @@ pub const WEBHOOK_NAME: &str = "validate.clustersecurity.io";
 pub fn configuration(
     client_config: k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
 ) -> k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration {
-    use k8s_openapi::api::admissionregistration::v1::{RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration};
+    use k8s_openapi::api::admissionregistration::v1::{
+        RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration,
+    };
     ValidatingWebhookConfiguration {
         metadata: kube::api::ObjectMeta { name: Some(CONFIGURATION_NAME.into()), ..Default::default() },
         webhooks: Some(vec![ValidatingWebhook {
@@ -41,7 +43,11 @@ pub fn configuration(
                 api_groups: Some(vec![crate::api::GROUP.into()]),
                 api_versions: Some(vec![crate::api::VERSION.into()]),
                 operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                resources: Some(vec!["clustersecuritypolicies".into(), "certificaterotations".into(), "kmskeyvaultmodes".into()]),
+                resources: Some(vec![
+                    "clustersecuritypolicies".into(),
+                    "certificaterotations".into(),
+                    "kmskeyvaultmodes".into(),
+                ]),
                 scope: Some("*".into()),
             }]),
             ..Default::default()
