@@ -64,6 +64,70 @@ pub enum Error {
     CrdMissing { crd: String },
     #[error("checking that {crd} is installed: {source}")]
     CrdCheck { crd: String, source: kube::Error },
+    #[error("{what}: {source}")]
+    Kube { what: String, source: kube::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, and `null` for
+/// removed ones, recursively. Sending the whole status this way removes what is gone exactly,
+/// which server-side apply on the v1.20 apiserver did not for nested objects.
+pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) => {
+                        if let Some(d) = merge_diff(ov, nv) {
+                            out.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        _ if old == new => None,
+        _ => Some(new.clone()),
+    }
+}
+
+/// Write `new` as the status of `obj` when it differs from the status `obj` carries. The patch
+/// names the resourceVersion it was computed from, so a decision made on a stale copy fails
+/// with a conflict (and is retried on fresh data) instead of overwriting newer status.
+pub async fn write_status_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<bool, Error>
+where
+    K: Reconciled,
+    S: Serialize,
+{
+    let old = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(json!({}));
+    let new = serde_json::to_value(new).map_err(|e| Error::Internal(e.to_string()))?;
+    let Some(diff) = merge_diff(&old, &new) else { return Ok(false) };
+    let patch = json!({"metadata": {"resourceVersion": obj.meta().resource_version}, "status": diff});
+    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::WriteStatus { kind: K::KIND, name: obj.name_any(), source })?;
+    Ok(true)
+}
+
+/// Publish an event about `obj`; a failed event is logged, never fatal.
+pub async fn publish_event<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
+where
+    K: Resource<DynamicType = ()>,
+{
+    // events.k8s.io limits the note to 1 kB.
+    let note: String = note.chars().take(1000).collect();
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(reason, error = %e, "could not publish event");
+    }
 }
 
 /// What a kind brings to the shared reconcile loop.
@@ -200,10 +264,7 @@ async fn event_on_transition<K: Reconciled>(ctx: &Context, obj: &K, health: &Hea
             (EventType::Normal, reason.clone(), message.clone())
         }
     };
-    let event = Event { type_, reason, note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        warn!(kind = K::KIND, name = %obj.name_any(), error = %e, "could not publish event");
-    }
+    publish_event(ctx, obj, type_, &reason, note).await;
 }
 
 async fn reconcile_validated<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>, api: Api<K>) -> Result<Action, Error> {
@@ -261,10 +322,10 @@ pub async fn run_all(client: Client, clock: Arc<dyn Clock>) -> Result<(), Error>
     check_crd(&csp).await?;
     check_crd(&certrot).await?;
     check_crd(&kms).await?;
-    let ctx = Arc::new(Context::new(client, clock));
+    let ctx = Arc::new(Context::new(client.clone(), clock));
     info!("starting controllers for ClusterSecurityPolicy, CertificateRotation, KmsKeyVaultMode");
     futures::join!(
-        run_kind(csp, ctx.clone(), api_for::<ClusterSecurityPolicy>),
+        crate::policy::reconcile::run(client, ctx.clone()),
         run_kind(certrot, ctx.clone(), api_for::<CertificateRotation>),
         run_kind(kms, ctx, |c, _| Api::all(c.clone())),
     );
@@ -287,6 +348,17 @@ mod tests {
         p.metadata.namespace = Some("kafka".into());
         p.metadata.generation = Some(3);
         p
+    }
+
+    #[test]
+    fn merge_diff_removes_what_is_gone_and_skips_what_is_equal() {
+        let old = json!({"a": 1, "op": {"id": "x", "target": {"tls": true}}, "list": [1, 2]});
+        let new = json!({"a": 1, "list": [1], "b": "new"});
+        assert_eq!(merge_diff(&old, &new), Some(json!({"op": null, "list": [1], "b": "new"})));
+        assert_eq!(merge_diff(&new, &new), None);
+        let nested = json!({"applied": {"tls": {"enabled": true}, "sasl": {}}});
+        let nested_new = json!({"applied": {"sasl": {}}});
+        assert_eq!(merge_diff(&nested, &nested_new), Some(json!({"applied": {"tls": null}})));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Types shared by the three kinds: the workload reference, the MSK-style operation record and
 //! the status conventions (observedGeneration, kstatus conditions).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -88,9 +87,15 @@ pub struct Operation<I> {
     pub operation_state: OperationState,
     /// When the operation was recorded (RFC 3339).
     pub creation_time: String,
+    /// When the operation moved to UPDATE_IN_PROGRESS (RFC 3339); the rollout deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
     /// When the operation reached UPDATE_COMPLETE or UPDATE_FAILED (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
+    /// The metadata.generation of the resource the operation was created for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     /// The settings in force before the operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_info: Option<I>,
@@ -104,9 +109,3 @@ pub struct Operation<I> {
 
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;
-
-/// Fields every kind's status has (kstatus conventions).
-pub trait CommonStatus {
-    fn observed_generation(&self) -> Option<i64>;
-    fn conditions(&self) -> &[Condition];
-}

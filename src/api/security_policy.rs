@@ -269,6 +269,10 @@ pub struct ClusterSecurityPolicyStatus {
     /// Listeners the applied settings open.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Listener>,
+    /// SHA-256 of the rendered artefacts last rolled into the pods (pod template annotation
+    /// `clustersecurity.io/security-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_hash: Option<String>,
     /// The settings currently applied to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<SecuritySettings>,

@@ -4,10 +4,12 @@
 //! no containers.
 //!
 //! A pod annotated `testbed.clustersecurity.io/hold-not-ready: "true"` (set it on the pod
-//! template) is reported Running but never Ready: that is how tests make a rollout stall.
+//! template) is reported Running but never Ready, and so is every pod that is not Ready yet in a
+//! namespace passed to [`PlayKubelet::hold_new_pods`]: that is how tests make a rollout stall.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
@@ -22,6 +24,7 @@ pub const HOLD_NOT_READY: &str = "testbed.clustersecurity.io/hold-not-ready";
 /// A running play kubelet; stops when dropped.
 pub struct PlayKubelet {
     stop: Arc<AtomicBool>,
+    held: Held,
     task: tokio::task::JoinHandle<()>,
     pub node: String,
 }
@@ -38,16 +41,22 @@ impl PlayKubelet {
         let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "PlayKubelet", "message": "stands in for a node; runs no containers"}]}});
         nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, node2) = (stop.clone(), node.to_string());
+        let held = Held::default();
+        let (stop2, node2, held2) = (stop.clone(), node.to_string(), held.clone());
         let task = tokio::spawn(async move {
             while !stop2.load(Ordering::Relaxed) {
-                if let Err(e) = tick(&client, &node2).await {
+                if let Err(e) = tick(&client, &node2, &held2).await {
                     debug!(error = %e, "play kubelet tick failed; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Ok(Self { stop, task, node: node.into() })
+        Ok(Self { stop, held, task, node: node.into() })
+    }
+
+    /// A handle to hold new pods not ready, usable from any thread.
+    pub fn held(&self) -> Held {
+        self.held.clone()
     }
 
     /// Stop serving pods (they keep their last reported state).
@@ -63,7 +72,26 @@ impl Drop for PlayKubelet {
     }
 }
 
-async fn tick(client: &Client, node: &str) -> kube::Result<()> {
+/// Namespaces whose pods that are not Ready yet stay not ready (pods already Ready keep running).
+#[derive(Clone, Default)]
+pub struct Held(Arc<Mutex<HashSet<String>>>);
+
+impl Held {
+    /// Hold (or release) new pods of `namespace`.
+    pub fn hold_new_pods(&self, namespace: &str, hold: bool) {
+        let mut set = self.0.lock().expect("held lock");
+        if hold {
+            set.insert(namespace.into());
+        } else {
+            set.remove(namespace);
+        }
+    }
+    fn contains(&self, namespace: &str) -> bool {
+        self.0.lock().expect("held lock").contains(namespace)
+    }
+}
+
+async fn tick(client: &Client, node: &str, held: &Held) -> kube::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     for pod in pods.list(&ListParams::default()).await? {
         let ns = pod.namespace().unwrap_or_default();
@@ -100,22 +128,23 @@ async fn tick(client: &Client, node: &str) -> kube::Result<()> {
                 let _: kube::Result<serde_json::Value> =
                     api.create_subresource("binding", &name, &PostParams::default(), &binding).await;
             }
-            Some(n) if n == node => report_status(&api, &pod).await?,
+            Some(n) if n == node => report_status(&api, &pod, held.contains(&ns)).await?,
             Some(_) => {}
         }
     }
     Ok(())
 }
 
-async fn report_status(api: &Api<Pod>, pod: &Pod) -> kube::Result<()> {
-    let held = pod.annotations().get(HOLD_NOT_READY).is_some_and(|v| v == "true");
-    let ready = if held { "False" } else { "True" };
+async fn report_status(api: &Api<Pod>, pod: &Pod, namespace_held: bool) -> kube::Result<()> {
     let status = pod.status.as_ref();
     let phase_ok = status.and_then(|s| s.phase.as_deref()) == Some("Running");
     let ready_now = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .map(|c| c.status.as_str());
+    let held = pod.annotations().get(HOLD_NOT_READY).is_some_and(|v| v == "true")
+        || (namespace_held && ready_now != Some("True"));
+    let ready = if held { "False" } else { "True" };
     if phase_ok && ready_now == Some(ready) {
         return Ok(());
     }

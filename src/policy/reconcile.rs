@@ -1,0 +1,446 @@
+//! The ClusterSecurityPolicy reconciler: validate, then carry the operation one step further
+//! (PENDING → UPDATE_IN_PROGRESS → UPDATE_COMPLETE / UPDATE_FAILED), writing the artefacts and
+//! rolling the workload, and finally write the whole status with one server-side apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::{client_ca_secret_name, configmap_name, desired_settings, listeners, properties, SECURITY_HASH_ANNOTATION};
+use crate::api::{
+    ClusterSecurityPolicy, ClusterSecurityPolicyStatus, ClusterState, Operation, OperationState, OperationType,
+    SecuritySettings, WorkloadKind, FIELD_MANAGER,
+};
+use crate::conditions::{self, reason, Health};
+use crate::controller::{publish_event, write_status_diff, Context, Error};
+use crate::rollout::{self, Progress, Workload};
+use crate::{operation, pki, validate};
+
+/// Step names used as Reconciling reasons.
+pub mod step {
+    pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
+    pub const ROLLING_PODS: &str = "RollingPods";
+    pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
+}
+
+const CLIENT_CA_DAYS: u32 = 3650;
+
+type Op = Operation<SecuritySettings>;
+
+/// What one reconcile decided to tell the user.
+struct Outcome {
+    health: Health,
+    requeue: Option<Duration>,
+    events: Vec<(EventType, String, String)>,
+}
+
+fn workload_text(csp: &ClusterSecurityPolicy) -> String {
+    let kind = match csp.spec.cluster_ref.kind {
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::Deployment => "Deployment",
+    };
+    format!("{kind} {}/{}", csp.namespace().unwrap_or_default(), csp.spec.cluster_ref.name)
+}
+
+fn state_text(s: ClusterState) -> &'static str {
+    match s {
+        ClusterState::Active => "ACTIVE",
+        ClusterState::Updating => "UPDATING",
+        ClusterState::Unavailable => "UNAVAILABLE",
+    }
+}
+
+/// The in-cluster setting can't change after the first operation applied it (webhook-less path).
+fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<String> {
+    let applied = status.applied.as_ref()?.encryption_in_transit.in_cluster;
+    (applied != csp.spec.encryption_in_transit.in_cluster).then(|| {
+        format!(
+            "spec.encryptionInTransit.inCluster: you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied} (rule {})",
+            validate::rule::IN_CLUSTER_IMMUTABLE
+        )
+    })
+}
+
+/// Artefacts written before the roll: CA bundle, ConfigMap; returns the hash that rolls the pods.
+async fn write_artefacts(
+    ctx: &Context,
+    csp: &ClusterSecurityPolicy,
+    target: &SecuritySettings,
+    now: Timestamp,
+) -> Result<Result<String, (String, String)>, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let cluster = &csp.spec.cluster_ref.name;
+    let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let kube_err = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Kube { what: what.clone(), source }
+    };
+
+    // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
+    let mut ca_bundle = String::new();
+    if let Some(tls) = target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
+        let ca_name = client_ca_secret_name(cluster);
+        let mut data: BTreeMap<String, String> = BTreeMap::new();
+        if tls.certificate_authority_secret_refs.is_empty() {
+            let existing = secrets.get_opt(&ca_name).await.map_err(kube_err("read client CA Secret"))?;
+            let kept = existing.and_then(|s| s.data).and_then(|d| {
+                let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+                Some((get("ca.crt")?, get("ca.key")?))
+            });
+            let (crt, key) = match kept {
+                Some(pair) => pair,
+                None => {
+                    let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    (ca.cert_pem, ca.key_pem)
+                }
+            };
+            data.insert("ca.key".into(), key);
+            ca_bundle = crt;
+        } else {
+            for r in &tls.certificate_authority_secret_refs {
+                let s = secrets.get_opt(&r.name).await.map_err(kube_err("read CA Secret"))?;
+                let crt = s
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
+                match crt {
+                    Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
+                    _ => {
+                        return Ok(Err((
+                            reason::SECRET_NOT_FOUND.into(),
+                            format!(
+                                "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
+                                r.name, r.name
+                            ),
+                        )))
+                    }
+                }
+            }
+        }
+        data.insert("ca.crt".into(), ca_bundle.clone());
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner],
+                         "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+            "type": "Opaque",
+            "stringData": data,
+        });
+        secrets.patch(&ca_name, &pp, &Patch::Apply(&secret)).await.map_err(kube_err("write client CA Secret"))?;
+    }
+
+    let source = format!("{ns}/{}", csp.name_any());
+    let server_properties = properties::render_server_properties(target, &source);
+    let security_json = properties::render_security_json(target);
+    let cm_name = configmap_name(cluster);
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "data": {"server.properties": server_properties, "security.json": security_json},
+    });
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .patch(&cm_name, &pp, &Patch::Apply(&cm))
+        .await
+        .map_err(kube_err("write security ConfigMap"))?;
+    Ok(Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()])))
+}
+
+fn ca_refs_present_hint(op: &Op) -> bool {
+    op.error_info.as_ref().is_some_and(|e| e.code == reason::SECRET_NOT_FOUND)
+}
+
+/// Advance the operation; returns what to report. Mutates `status`.
+async fn advance(
+    ctx: &Context,
+    csp: &ClusterSecurityPolicy,
+    status: &mut ClusterSecurityPolicyStatus,
+    workload: Option<&Workload>,
+    now: Timestamp,
+) -> Result<Outcome, Error> {
+    let desired = desired_settings(&csp.spec);
+    let generation = csp.meta().generation;
+    let state = rollout::cluster_state(workload);
+    let wl = workload_text(csp);
+    let mut events = Vec::new();
+
+    // No operation running: start one if the settings differ from what is applied.
+    if status.current_operation.is_none() {
+        if status.applied.as_ref() == Some(&desired) {
+            status.listeners = listeners::status_listeners(&desired);
+            let health = if state == ClusterState::Active {
+                Health::Ready { reason: reason::APPLIED.into(), message: format!("Security settings applied to {wl}.") }
+            } else {
+                Health::NotReady {
+                    reason: step::CLUSTER_NOT_ACTIVE.into(),
+                    message: format!("Security settings applied, but {wl} is {}.", state_text(state)),
+                }
+            };
+            return Ok(Outcome { health, requeue: None, events });
+        }
+        // A failed operation for this very spec is not retried until the spec changes
+        // (or, for a missing CA Secret, until it appears).
+        if let Some(last) = status.operations.first() {
+            let same = last.operation_state == OperationState::UpdateFailed
+                && last.generation == generation
+                && last.target_info.as_ref() == Some(&desired);
+            if same && !ca_refs_present_hint(last) {
+                let e = last
+                    .error_info
+                    .clone()
+                    .unwrap_or_else(|| crate::api::ErrorInfo { code: "Failed".into(), message: String::new() });
+                return Ok(Outcome {
+                    health: Health::Stalled { reason: e.code, message: e.message },
+                    requeue: None,
+                    events,
+                });
+            }
+        }
+        let op = operation::new(
+            operation::uuid_v4(),
+            OperationType::UpdateSecurity,
+            generation,
+            status.applied.clone(),
+            desired.clone(),
+            now,
+        );
+        events.push((
+            EventType::Normal,
+            "OperationPending".into(),
+            format!("Operation {} recorded: UPDATE_SECURITY of {wl}.", op.operation_id),
+        ));
+        operation::record(&mut status.operations, &op);
+        status.current_operation = Some(op);
+    }
+
+    let mut op = status.current_operation.clone().expect("set above");
+    let outcome = match op.operation_state {
+        OperationState::Pending => {
+            if op.target_info.as_ref() != Some(&desired) {
+                // Changed again before it started: the queued operation takes the newest settings.
+                op.target_info = Some(desired.clone());
+                op.generation = generation;
+            }
+            if state != ClusterState::Active {
+                let message = if workload.is_none() {
+                    format!("{wl} not found; the update starts once it exists and is ACTIVE.")
+                } else {
+                    format!("{wl} is {}; the update starts once it is ACTIVE.", state_text(state))
+                };
+                Outcome {
+                    health: Health::Reconciling { reason: step::WAITING_FOR_ACTIVE_CLUSTER.into(), message },
+                    requeue: Some(Duration::from_secs(30)),
+                    events,
+                }
+            } else {
+                let target = op.target_info.clone().expect("operations carry a target");
+                match write_artefacts(ctx, csp, &target, now).await? {
+                    Err((code, message)) => {
+                        operation::fail(&mut op, &code, message.clone(), now);
+                        events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
+                        let retry = (code == reason::SECRET_NOT_FOUND).then(|| Duration::from_secs(30));
+                        Outcome { health: Health::Stalled { reason: code, message }, requeue: retry, events }
+                    }
+                    Ok(hash) => {
+                        let mut ann = BTreeMap::new();
+                        ann.insert(SECURITY_HASH_ANNOTATION.to_string(), hash.clone());
+                        let ns = csp.namespace().unwrap_or_default();
+                        rollout::set_template_annotations(&ctx.client, &ns, &csp.spec.cluster_ref, &ann)
+                            .await
+                            .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })?;
+                        status.security_hash = Some(hash);
+                        operation::start(&mut op, now);
+                        events.push((
+                            EventType::Normal,
+                            "UpdateStarted".into(),
+                            format!("Operation {}: rolling {wl}.", op.operation_id),
+                        ));
+                        Outcome {
+                            health: Health::Reconciling {
+                                reason: step::ROLLING_PODS.into(),
+                                message: format!("Rolling {wl}."),
+                            },
+                            requeue: Some(Duration::from_secs(5)),
+                            events,
+                        }
+                    }
+                }
+            }
+        }
+        OperationState::UpdateInProgress => {
+            let ours = workload
+                .is_some_and(|w| w.template_annotations.get(SECURITY_HASH_ANNOTATION) == status.security_hash.as_ref());
+            let progress = workload.map(Workload::progress).unwrap_or(Progress::Missing);
+            let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
+            let timeout = i64::from(csp.spec.rollout_timeout_seconds);
+            if ours && progress == Progress::Complete {
+                operation::complete(&mut op, now);
+                let target = op.target_info.clone().expect("operations carry a target");
+                status.listeners = listeners::status_listeners(&target);
+                status.applied = Some(target.clone());
+                events.push((
+                    EventType::Normal,
+                    "UpdateComplete".into(),
+                    format!("Operation {}: {wl} runs the new security settings.", op.operation_id),
+                ));
+                let health = if target == desired {
+                    Health::Ready {
+                        reason: reason::APPLIED.into(),
+                        message: format!("Security settings applied to {wl}."),
+                    }
+                } else {
+                    Health::Reconciling {
+                        reason: "Queued".into(),
+                        message: "The spec changed during the update; the next operation starts now.".into(),
+                    }
+                };
+                Outcome { health, requeue: (target != desired).then(|| Duration::from_secs(1)), events }
+            } else if elapsed >= timeout {
+                let detail = match &progress {
+                    Progress::Rolling { updated, ready, replicas } => {
+                        format!("{updated}/{replicas} pods updated, {ready}/{replicas} ready")
+                    }
+                    Progress::Missing => "the workload is gone".into(),
+                    Progress::Complete => "the pod template was changed by someone else".into(),
+                };
+                let message = format!(
+                    "Rollout of {wl} did not complete within rolloutTimeoutSeconds={timeout} ({detail}). Check `kubectl rollout status` and the pods' events; fix the workload, then change the policy (e.g. rolloutTimeoutSeconds) to retry."
+                );
+                operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
+                events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
+                Outcome {
+                    health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
+                    requeue: None,
+                    events,
+                }
+            } else {
+                let message = match &progress {
+                    Progress::Rolling { updated, ready, replicas } => {
+                        format!("Rolling {wl}: {updated}/{replicas} pods updated, {ready}/{replicas} ready.")
+                    }
+                    _ => format!("Rolling {wl}."),
+                };
+                let left = (timeout - elapsed).max(1) as u64;
+                Outcome {
+                    health: Health::Reconciling { reason: step::ROLLING_PODS.into(), message },
+                    requeue: Some(Duration::from_secs(left.min(10))),
+                    events,
+                }
+            }
+        }
+        OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome {
+            health: Health::Reconciling { reason: "Recorded".into(), message: String::new() },
+            requeue: Some(Duration::from_secs(1)),
+            events,
+        },
+    };
+    operation::record(&mut status.operations, &op);
+    status.current_operation = (!op.operation_state.is_terminal()).then_some(op);
+    Ok(outcome)
+}
+
+/// Reconcile one ClusterSecurityPolicy.
+pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let now = ctx.clock.now();
+    let old = csp.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let methods: Vec<&str> = csp.spec.client_authentication.enabled_methods().iter().map(|m| m.label()).collect();
+    status.authentication = Some(methods.join(","));
+
+    let workload = rollout::get(&ctx.client, &ns, &csp.spec.cluster_ref)
+        .await
+        .map_err(|source| Error::Kube { what: format!("read {}", workload_text(&csp)), source })?;
+    status.cluster_state = Some(rollout::cluster_state(workload.as_ref()));
+
+    let invalid = match validate::security_policy(&csp.spec, None) {
+        Err(v) => Some(v.to_string()),
+        Ok(()) => in_cluster_violation(&csp, &status),
+    };
+    let outcome = match invalid {
+        // An operation already rolling finishes; nothing new starts from an invalid spec.
+        Some(v) if status.current_operation.as_ref().is_none_or(|o| o.operation_state == OperationState::Pending) => {
+            Outcome {
+                health: Health::Stalled {
+                    reason: reason::INVALID_SPEC.into(),
+                    message: format!("{v}. Nothing was applied; fix the spec and apply it again."),
+                },
+                requeue: None,
+                events: vec![],
+            }
+        }
+        _ => advance(&ctx, &csp, &mut status, workload.as_ref(), now).await?,
+    };
+
+    status.observed_generation = csp.meta().generation;
+    status.conditions = conditions::apply(&old.conditions, &outcome.health, csp.meta().generation, now);
+    let api = Api::<ClusterSecurityPolicy>::namespaced(ctx.client.clone(), &ns);
+    write_status_diff(&api, csp.as_ref(), &status).await?;
+    let mut events = outcome.events;
+    if let Health::Stalled { reason, message } = &outcome.health {
+        let was = conditions::get(&old.conditions, conditions::STALLED).map(|c| c.reason.as_str());
+        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
+            events.push((EventType::Warning, reason.clone(), message.clone()));
+        }
+    }
+    for (type_, reason, note) in events {
+        publish_event(&ctx, csp.as_ref(), type_, &reason, note).await;
+    }
+    Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+fn refs_workload(csp: &ClusterSecurityPolicy, kind: WorkloadKind, ns: Option<String>, name: &str) -> bool {
+    csp.spec.cluster_ref.kind == kind && csp.spec.cluster_ref.name == name && csp.namespace() == ns
+}
+
+/// Run the ClusterSecurityPolicy controller: it watches the policies and the StatefulSets and
+/// Deployments they target, so rollout progress is seen without polling.
+pub async fn run(client: Client, ctx: Arc<Context>) {
+    use futures::StreamExt;
+    let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let (store_sts, store_deploy) = (controller.store(), controller.store());
+    controller
+        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |sts| {
+            let (ns, name) = (sts.namespace(), sts.name_any());
+            store_sts
+                .state()
+                .into_iter()
+                .filter(|p| refs_workload(p, WorkloadKind::StatefulSet, ns.clone(), &name))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<Deployment>::all(client), watcher::Config::default().any_semantic(), move |d| {
+            let (ns, name) = (d.namespace(), d.name_any());
+            store_deploy
+                .state()
+                .into_iter()
+                .filter(|p| refs_workload(p, WorkloadKind::Deployment, ns.clone(), &name))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(
+            reconcile,
+            |p, err, _| {
+                warn!(kind = "ClusterSecurityPolicy", name = %p.name_any(), error = %err, "reconcile failed; retrying");
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}

@@ -1,0 +1,174 @@
+//! Rolling a change into a workload's pods: patch pod-template annotations with server-side
+//! apply (field manager `cluster-security-operator`), and read rollout progress of a
+//! StatefulSet or Deployment the way `kubectl rollout status` does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use crate::api::{ClusterRef, ClusterState, WorkloadKind, FIELD_MANAGER};
+
+/// What the operator needs to know of a workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub uid: Option<String>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub replicas: i32,
+    pub updated: i32,
+    pub ready: i32,
+    /// StatefulSet only: currentRevision == updateRevision.
+    pub revisions_match: bool,
+    pub template_annotations: BTreeMap<String, String>,
+}
+
+/// Rollout progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Workload missing.
+    Missing,
+    /// All replicas run the current template and are ready.
+    Complete,
+    /// Still rolling, or replicas not ready.
+    Rolling { updated: i32, ready: i32, replicas: i32 },
+}
+
+impl Workload {
+    /// Progress of the rollout of the current template.
+    pub fn progress(&self) -> Progress {
+        let done = self.observed_generation >= self.generation
+            && self.updated >= self.replicas
+            && self.ready >= self.replicas
+            && self.revisions_match;
+        if done {
+            Progress::Complete
+        } else {
+            Progress::Rolling { updated: self.updated, ready: self.ready, replicas: self.replicas }
+        }
+    }
+}
+
+/// The cluster state API.md derives from the workload.
+pub fn cluster_state(workload: Option<&Workload>) -> ClusterState {
+    match workload.map(Workload::progress) {
+        None | Some(Progress::Missing) => ClusterState::Unavailable,
+        Some(Progress::Complete) => ClusterState::Active,
+        Some(Progress::Rolling { .. }) => {
+            let w = workload.expect("rolling implies a workload");
+            // Template not yet rolled out everywhere: UPDATING; rolled out but pods not ready: UNAVAILABLE.
+            if w.observed_generation < w.generation || w.updated < w.replicas || !w.revisions_match {
+                ClusterState::Updating
+            } else {
+                ClusterState::Unavailable
+            }
+        }
+    }
+}
+
+fn from_statefulset(s: StatefulSet) -> Workload {
+    let spec = s.spec;
+    let st = s.status.unwrap_or_default();
+    Workload {
+        uid: s.metadata.uid,
+        generation: s.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        replicas: spec.replicas.unwrap_or(1),
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        revisions_match: st.current_revision.is_some() && st.current_revision == st.update_revision,
+        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+    }
+}
+
+fn from_deployment(d: Deployment) -> Workload {
+    let spec = d.spec;
+    let st = d.status.unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    // Old pods still around (status.replicas > desired) means the roll is not finished.
+    let extra = st.replicas.unwrap_or(0) > replicas;
+    Workload {
+        uid: d.metadata.uid,
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        replicas,
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.available_replicas.unwrap_or(0).min(st.ready_replicas.unwrap_or(0)),
+        revisions_match: !extra,
+        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+    }
+}
+
+/// Read the workload; None when it does not exist.
+pub async fn get(client: &Client, namespace: &str, r: &ClusterRef) -> kube::Result<Option<Workload>> {
+    Ok(match r.kind {
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace).get_opt(&r.name).await?.map(from_statefulset)
+        }
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(&r.name).await?.map(from_deployment)
+        }
+    })
+}
+
+/// Set pod-template annotations with server-side apply under our own field manager. Only the
+/// fields named here are ours: other managers' fields are left alone, and applying the same
+/// values again changes nothing (no new generation, no rollout).
+pub async fn set_template_annotations(
+    client: &Client,
+    namespace: &str,
+    r: &ClusterRef,
+    annotations: &BTreeMap<String, String>,
+) -> kube::Result<()> {
+    let (api_version, kind) = match r.kind {
+        WorkloadKind::StatefulSet => ("apps/v1", "StatefulSet"),
+        WorkloadKind::Deployment => ("apps/v1", "Deployment"),
+    };
+    let patch = json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": r.name, "namespace": namespace},
+        "spec": {"template": {"metadata": {"annotations": annotations}}},
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match r.kind {
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .patch(&r.name, &pp, &Patch::Apply(&patch))
+                .await?;
+        }
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), namespace).patch(&r.name, &pp, &Patch::Apply(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(generation: i64, observed: i64, replicas: i32, updated: i32, ready: i32, revs: bool) -> Workload {
+        Workload {
+            generation,
+            observed_generation: observed,
+            replicas,
+            updated,
+            ready,
+            revisions_match: revs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states_follow_rollout_progress() {
+        assert_eq!(cluster_state(None), ClusterState::Unavailable);
+        assert_eq!(cluster_state(Some(&w(2, 2, 3, 3, 3, true))), ClusterState::Active);
+        assert_eq!(cluster_state(Some(&w(3, 2, 3, 3, 3, true))), ClusterState::Updating, "not yet observed");
+        assert_eq!(cluster_state(Some(&w(3, 3, 3, 1, 3, false))), ClusterState::Updating, "rolling");
+        assert_eq!(cluster_state(Some(&w(3, 3, 3, 3, 2, true))), ClusterState::Unavailable, "a pod not ready");
+        assert_eq!(w(3, 3, 3, 3, 3, true).progress(), Progress::Complete);
+    }
+}
