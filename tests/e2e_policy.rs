@@ -250,3 +250,49 @@ async fn deleting_the_policy_removes_its_artefacts_not_the_workload() {
     let out = cp.kubectl(&["get", "statefulset", "kafka", "-n", ns]);
     assert!(out.status.success(), "the workload stays");
 }
+
+#[tokio::test]
+async fn change_during_own_rollout_is_queued_not_interleaved() {
+    let cp = &env().cp;
+    let held = &env().held;
+    let ns = "queued";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 300));
+    wait_op(ns, OperationState::UpdateComplete, 120).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+
+    // Our own rollout is stuck on not-ready pods...
+    held.hold_new_pods(ns, true);
+    apply(cp, &policy(ns, "kafka", "{sasl: {iam: {enabled: true}}}", "TLS", true, 300));
+    wait_op(ns, OperationState::UpdateInProgress, 60).await;
+    let gen_rolling = sts_generation(ns, "kafka").await;
+    // ...when the spec changes again: it is seen, but nothing new rolls meanwhile.
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 300));
+    let o = wait_op(ns, OperationState::UpdateInProgress, 60).await;
+    assert_eq!(o.status.as_ref().unwrap().observed_generation, Some(3));
+    let current = o.status.as_ref().unwrap().current_operation.clone().unwrap();
+    let target = current.target_info.unwrap().client_authentication;
+    assert!(target.iam_enabled() && !target.scram_enabled(), "the running operation keeps its target");
+    assert_eq!(sts_generation(ns, "kafka").await, gen_rolling, "no second rollout interleaved");
+
+    // Released: the running operation completes, then the queued change runs on its own.
+    held.hold_new_pods(ns, false);
+    let api = csp_api(ns).await;
+    let o = wait_until(Duration::from_secs(120), "the queued settings applied", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("policy").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let done = st.applied.as_ref().is_some_and(|a| a.client_authentication.scram_enabled() && a.client_authentication.iam_enabled())
+                && st.current_operation.is_none();
+            done.then_some(o).ok_or_else(|| format!("{:?}", st.operations.iter().map(|op| op.operation_state).collect::<Vec<_>>()))
+        }
+    })
+    .await
+    .unwrap();
+    let ops = o.status.unwrap().operations;
+    assert_eq!(ops.len(), 3);
+    assert!(ops.iter().all(|op| op.operation_state == OperationState::UpdateComplete), "{ops:?}");
+    assert_eq!(sts_generation(ns, "kafka").await, gen_rolling + 1, "one rollout per operation");
+}
