@@ -234,13 +234,6 @@ pub fn status_patch<K: Reconciled>(obj: &K, health: &Health, now: Timestamp) -> 
     }))
 }
 
-fn api_for<K>(client: &Client, obj: &K) -> Api<K>
-where
-    K: Reconciled + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default())
-}
-
 async fn write_status<K: Reconciled>(api: &Api<K>, name: &str, patch: &Value) -> Result<(), Error> {
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
         .await
@@ -326,7 +319,7 @@ pub async fn run_all(client: Client, clock: Arc<dyn Clock>) -> Result<(), Error>
     info!("starting controllers for ClusterSecurityPolicy, CertificateRotation, KmsKeyVaultMode");
     futures::join!(
         crate::policy::reconcile::run(client, ctx.clone()),
-        run_kind(certrot, ctx.clone(), api_for::<CertificateRotation>),
+        crate::certs::reconcile::run(ctx.client.clone(), ctx.clone()),
         run_kind(kms, ctx, |c, _| Api::all(c.clone())),
     );
     Ok(())

@@ -2,6 +2,7 @@
 //! key vault mode for Kubernetes. See README.md and the API contract in docs/.
 
 pub mod api;
+pub mod certs;
 pub mod cli;
 pub mod conditions;
 pub mod controller;

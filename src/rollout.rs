@@ -23,6 +23,8 @@ pub struct Workload {
     /// StatefulSet only: currentRevision == updateRevision.
     pub revisions_match: bool,
     pub template_annotations: BTreeMap<String, String>,
+    /// StatefulSet only: the governing (headless) Service.
+    pub service_name: Option<String>,
 }
 
 /// Rollout progress.
@@ -80,6 +82,7 @@ fn from_statefulset(s: StatefulSet) -> Workload {
         ready: st.ready_replicas.unwrap_or(0),
         revisions_match: st.current_revision.is_some() && st.current_revision == st.update_revision,
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+        service_name: spec.service_name,
     }
 }
 
@@ -98,6 +101,48 @@ fn from_deployment(d: Deployment) -> Workload {
         ready: st.available_replicas.unwrap_or(0).min(st.ready_replicas.unwrap_or(0)),
         revisions_match: !extra,
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+        service_name: None,
+    }
+}
+
+/// Where a rollout the operator started stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutCheck {
+    /// Our annotations are in the template and every replica runs it, ready.
+    Done,
+    /// Past the deadline; the message says what was seen and how to go on.
+    TimedOut(String),
+    /// Still going; check again after the duration at the latest.
+    Rolling(String, std::time::Duration),
+}
+
+/// Check a rollout the operator started `elapsed` seconds ago by setting `expected` annotations.
+pub fn check(
+    workload: Option<&Workload>,
+    expected: &BTreeMap<String, String>,
+    elapsed: i64,
+    timeout: i64,
+    what: &str,
+) -> RolloutCheck {
+    let ours = workload.is_some_and(|w| expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)));
+    let progress = workload.map(Workload::progress).unwrap_or(Progress::Missing);
+    if ours && progress == Progress::Complete {
+        return RolloutCheck::Done;
+    }
+    let detail = match &progress {
+        Progress::Rolling { updated, ready, replicas } => {
+            format!("{updated}/{replicas} pods updated, {ready}/{replicas} ready")
+        }
+        Progress::Missing => "the workload is gone".into(),
+        Progress::Complete => "the pod template no longer carries the operator's annotations".into(),
+    };
+    if elapsed >= timeout {
+        RolloutCheck::TimedOut(format!(
+            "Rollout of {what} did not complete within rolloutTimeoutSeconds={timeout} ({detail}). Check `kubectl rollout status` and the pods' events; fix the workload, then change this resource (e.g. rolloutTimeoutSeconds) to retry."
+        ))
+    } else {
+        let left = (timeout - elapsed).max(1) as u64;
+        RolloutCheck::Rolling(format!("Rolling {what}: {detail}."), std::time::Duration::from_secs(left.min(10)))
     }
 }
 

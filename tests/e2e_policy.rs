@@ -284,9 +284,13 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
         async move {
             let o = api.get("policy").await.map_err(|e| e.to_string())?;
             let st = o.status.clone().unwrap_or_default();
-            let done = st.applied.as_ref().is_some_and(|a| a.client_authentication.scram_enabled() && a.client_authentication.iam_enabled())
+            let done = st
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.client_authentication.scram_enabled() && a.client_authentication.iam_enabled())
                 && st.current_operation.is_none();
-            done.then_some(o).ok_or_else(|| format!("{:?}", st.operations.iter().map(|op| op.operation_state).collect::<Vec<_>>()))
+            done.then_some(o)
+                .ok_or_else(|| format!("{:?}", st.operations.iter().map(|op| op.operation_state).collect::<Vec<_>>()))
         }
     })
     .await

@@ -180,6 +180,10 @@ pub struct CertificateStatus {
     /// SHA-256 fingerprint of the CA certificate it chains to.
     #[serde(default, rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint_sha256: Option<String>,
+    /// When the operator re-issues a self-signed certificate on its own (RFC 3339): two thirds
+    /// into its validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
     /// None or TrustUpdateRequired, compared with the certificate it replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_impact: Option<ClientImpact>,
@@ -201,6 +205,10 @@ pub struct CertificateSettings {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateRotationStatus {
+    /// Hash of the certificates last rolled into the pods (pod template annotation
+    /// `clustersecurity.io/certificate-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_hash: Option<String>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -140,7 +140,12 @@ async fn main() -> anyhow::Result<()> {
     println!("    kubectl get clustersecurity -A");
     println!("    kubectl describe csp orders -n kafka");
     println!("Press Ctrl-C to stop the control plane, the operator and the play kubelet.");
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C or SIGTERM: return normally so every process and file is cleaned up.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     say("stopping");
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::api::{
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{publish_event, write_status_diff, Context, Error};
-use crate::rollout::{self, Progress, Workload};
+use crate::rollout::{self, RolloutCheck, Workload};
 use crate::{operation, pki, validate};
 
 /// Step names used as Reconciling reasons.
@@ -159,8 +159,30 @@ async fn write_artefacts(
     Ok(Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()])))
 }
 
-fn ca_refs_present_hint(op: &Op) -> bool {
-    op.error_info.as_ref().is_some_and(|e| e.code == reason::SECRET_NOT_FOUND)
+/// After a SecretNotFound failure: are all referenced CA Secrets there now?
+async fn ca_refs_present(ctx: &Context, csp: &ClusterSecurityPolicy, op: &Op) -> Result<bool, Error> {
+    if op.error_info.as_ref().is_none_or(|e| e.code != reason::SECRET_NOT_FOUND) {
+        return Ok(false);
+    }
+    let ns = csp.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let refs = csp
+        .spec
+        .client_authentication
+        .tls
+        .as_ref()
+        .map(|t| t.certificate_authority_secret_refs.clone())
+        .unwrap_or_default();
+    for r in refs {
+        let found = api
+            .get_metadata_opt(&r.name)
+            .await
+            .map_err(|source| Error::Kube { what: format!("read Secret {ns}/{}", r.name), source })?;
+        if found.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Advance the operation; returns what to report. Mutates `status`.
@@ -197,7 +219,7 @@ async fn advance(
             let same = last.operation_state == OperationState::UpdateFailed
                 && last.generation == generation
                 && last.target_info.as_ref() == Some(&desired);
-            if same && !ca_refs_present_hint(last) {
+            if same && !ca_refs_present(ctx, csp, last).await? {
                 let e = last
                     .error_info
                     .clone()
@@ -281,64 +303,47 @@ async fn advance(
             }
         }
         OperationState::UpdateInProgress => {
-            let ours = workload
-                .is_some_and(|w| w.template_annotations.get(SECURITY_HASH_ANNOTATION) == status.security_hash.as_ref());
-            let progress = workload.map(Workload::progress).unwrap_or(Progress::Missing);
+            let mut expected = BTreeMap::new();
+            expected.insert(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default());
             let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
-            let timeout = i64::from(csp.spec.rollout_timeout_seconds);
-            if ours && progress == Progress::Complete {
-                operation::complete(&mut op, now);
-                let target = op.target_info.clone().expect("operations carry a target");
-                status.listeners = listeners::status_listeners(&target);
-                status.applied = Some(target.clone());
-                events.push((
-                    EventType::Normal,
-                    "UpdateComplete".into(),
-                    format!("Operation {}: {wl} runs the new security settings.", op.operation_id),
-                ));
-                let health = if target == desired {
-                    Health::Ready {
-                        reason: reason::APPLIED.into(),
-                        message: format!("Security settings applied to {wl}."),
-                    }
-                } else {
-                    Health::Reconciling {
-                        reason: "Queued".into(),
-                        message: "The spec changed during the update; the next operation starts now.".into(),
-                    }
-                };
-                Outcome { health, requeue: (target != desired).then(|| Duration::from_secs(1)), events }
-            } else if elapsed >= timeout {
-                let detail = match &progress {
-                    Progress::Rolling { updated, ready, replicas } => {
-                        format!("{updated}/{replicas} pods updated, {ready}/{replicas} ready")
-                    }
-                    Progress::Missing => "the workload is gone".into(),
-                    Progress::Complete => "the pod template was changed by someone else".into(),
-                };
-                let message = format!(
-                    "Rollout of {wl} did not complete within rolloutTimeoutSeconds={timeout} ({detail}). Check `kubectl rollout status` and the pods' events; fix the workload, then change the policy (e.g. rolloutTimeoutSeconds) to retry."
-                );
-                operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
-                events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
-                Outcome {
-                    health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
-                    requeue: None,
-                    events,
+            match rollout::check(workload, &expected, elapsed, i64::from(csp.spec.rollout_timeout_seconds), &wl) {
+                RolloutCheck::Done => {
+                    operation::complete(&mut op, now);
+                    let target = op.target_info.clone().expect("operations carry a target");
+                    status.listeners = listeners::status_listeners(&target);
+                    status.applied = Some(target.clone());
+                    events.push((
+                        EventType::Normal,
+                        "UpdateComplete".into(),
+                        format!("Operation {}: {wl} runs the new security settings.", op.operation_id),
+                    ));
+                    let health = if target == desired {
+                        Health::Ready {
+                            reason: reason::APPLIED.into(),
+                            message: format!("Security settings applied to {wl}."),
+                        }
+                    } else {
+                        Health::Reconciling {
+                            reason: "Queued".into(),
+                            message: "The spec changed during the update; the next operation starts now.".into(),
+                        }
+                    };
+                    Outcome { health, requeue: (target != desired).then(|| Duration::from_secs(1)), events }
                 }
-            } else {
-                let message = match &progress {
-                    Progress::Rolling { updated, ready, replicas } => {
-                        format!("Rolling {wl}: {updated}/{replicas} pods updated, {ready}/{replicas} ready.")
+                RolloutCheck::TimedOut(message) => {
+                    operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
+                    events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
+                    Outcome {
+                        health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
+                        requeue: None,
+                        events,
                     }
-                    _ => format!("Rolling {wl}."),
-                };
-                let left = (timeout - elapsed).max(1) as u64;
-                Outcome {
+                }
+                RolloutCheck::Rolling(message, after) => Outcome {
                     health: Health::Reconciling { reason: step::ROLLING_PODS.into(), message },
-                    requeue: Some(Duration::from_secs(left.min(10))),
+                    requeue: Some(after),
                     events,
-                }
+                },
             }
         }
         OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome {

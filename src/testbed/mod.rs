@@ -30,7 +30,7 @@ pub struct Options {
 
 /// A running etcd + kube-apiserver + kube-controller-manager.
 pub struct ControlPlane {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     etcd: Child,
     apiserver: Child,
     controller_manager: Child,
@@ -102,9 +102,10 @@ impl ControlPlane {
     /// Start a control plane and wait until the apiserver is ready.
     pub fn start(opts: Options) -> anyhow::Result<Self> {
         let bin_dir = kube_bin_dir()?;
-        let dir = tempfile::Builder::new().prefix("cso-testbed-").tempdir()?;
-        spawn::remove_at_exit(dir.path());
-        let d = dir.path();
+        // Removed on drop or at exit (see spawn::remove_at_exit), unless CSO_TESTBED_KEEP is set.
+        let dir = tempfile::Builder::new().prefix("cso-testbed-").tempdir()?.keep();
+        spawn::remove_at_exit(&dir);
+        let d = dir.as_path();
         let now = Timestamp::now();
 
         let ca = pki::new_ca("testbed cluster CA", now, 30)?;
@@ -180,8 +181,8 @@ impl ControlPlane {
         let _ = cp.controller_manager.wait();
         let kcm_args: Vec<String> = vec![
             format!("--kubeconfig={}", cp.kubeconfig_path().display()),
-            format!("--service-account-private-key-file={}", cp.dir.path().join("sa.key").display()),
-            format!("--root-ca-file={}", cp.dir.path().join("ca.crt").display()),
+            format!("--service-account-private-key-file={}", cp.dir.as_path().join("sa.key").display()),
+            format!("--root-ca-file={}", cp.dir.as_path().join("ca.crt").display()),
             "--leader-elect=false".into(),
             "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle".into(),
             "--port=0".into(),
@@ -190,7 +191,7 @@ impl ControlPlane {
         cp.controller_manager = start_process(
             &cp.bin_dir.join("kube-controller-manager"),
             &kcm_args,
-            cp.dir.path(),
+            cp.dir.as_path(),
             "kube-controller-manager",
         )?;
         Ok(cp)
@@ -198,12 +199,12 @@ impl ControlPlane {
 
     /// Path of an admin kubeconfig for this control plane.
     pub fn kubeconfig_path(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
+        self.dir.as_path().join("kubeconfig")
     }
 
     /// Directory holding the control plane's files and logs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_path()
     }
 
     /// `http://127.0.0.1:<port>` of etcd (for etcdctl).
@@ -257,7 +258,7 @@ impl ControlPlane {
 
     /// Last `n` lines of a component's log.
     pub fn log_tail(&self, name: &str, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.as_path().join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
@@ -278,7 +279,7 @@ impl ControlPlane {
         self.apiserver = start_process(
             &self.bin_dir.join("kube-apiserver"),
             &self.apiserver_args,
-            self.dir.path(),
+            self.dir.as_path(),
             "kube-apiserver",
         )?;
         self.wait_ready(Duration::from_secs(90))
@@ -291,6 +292,9 @@ impl Drop for ControlPlane {
         spawn::stop(&mut self.controller_manager, grace);
         spawn::stop(&mut self.apiserver, grace);
         spawn::stop(&mut self.etcd, grace);
+        if std::env::var_os("CSO_TESTBED_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

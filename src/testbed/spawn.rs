@@ -67,7 +67,12 @@ pub fn stop(child: &mut Child, grace: std::time::Duration) {
 
 /// Remove `dir` when the process exits, also when its owner lives in a `static` and is never
 /// dropped (test binaries exit through `exit`, which runs atexit handlers).
+/// Set `CSO_TESTBED_KEEP=1` to keep the directories (logs, kubeconfig) for debugging.
 pub fn remove_at_exit(dir: &std::path::Path) {
+    if std::env::var_os("CSO_TESTBED_KEEP").is_some() {
+        eprintln!("testbed: keeping {}", dir.display());
+        return;
+    }
     static DIRS: OnceLock<Mutex<Vec<std::path::PathBuf>>> = OnceLock::new();
     extern "C" fn cleanup() {
         if let Some(dirs) = DIRS.get() {

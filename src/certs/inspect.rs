@@ -1,0 +1,182 @@
+//! Checking certificate material before anything is rolled: PEM parses, the key is PKCS#8 and
+//! matches the certificate, the certificate chains to the CA (verified with rustls/webpki, not by
+//! comparing names), is valid now and carries SANs. Messages never contain key material.
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// Facts about a certificate, as status shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub serial_number: String,
+    pub not_before: Timestamp,
+    pub not_after: Timestamp,
+    pub fingerprint_sha256: String,
+    pub dns_names: Vec<String>,
+}
+
+/// SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// DER of every CERTIFICATE block in `pem`, in order.
+pub fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|_| format!("{what} is not valid PEM"))?;
+        if block.label == "CERTIFICATE" {
+            out.push(block.contents);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{what} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' block)"));
+    }
+    Ok(out)
+}
+
+fn ts(t: x509_parser::time::ASN1Time) -> Timestamp {
+    Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Parse one DER certificate.
+pub fn info(der: &[u8], what: &str) -> Result<CertInfo, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|_| format!("{what} is not a valid X.509 certificate"))?;
+    let mut dns_names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                dns_names.push((*d).to_string());
+            }
+        }
+    }
+    Ok(CertInfo {
+        serial_number: cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
+        not_before: ts(cert.validity().not_before),
+        not_after: ts(cert.validity().not_after),
+        fingerprint_sha256: fingerprint(der),
+        dns_names,
+    })
+}
+
+/// Checked material: what goes into `<cluster>-<slot>-tls`.
+#[derive(Clone)]
+pub struct Material {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub leaf: CertInfo,
+    pub ca_fingerprint: String,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material").field("leaf", &self.leaf).field("key_pem", &"<redacted>").finish()
+    }
+}
+
+/// Check key, certificate and CA together.
+pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Result<Material, String> {
+    let chain = certificates(cert_pem, "the certificate")?;
+    let cas = certificates(ca_pem, "the CA certificate")?;
+    let leaf = info(&chain[0], "the certificate")?;
+    let ca_info = info(&cas[0], "the CA certificate")?;
+
+    if !key_pem.contains("-----BEGIN PRIVATE KEY-----") {
+        return Err(if key_pem.contains("-----BEGIN") {
+            "the private key is not PKCS#8 (Kafka's PEM key stores need '-----BEGIN PRIVATE KEY-----'); convert it with `openssl pkcs8 -topk8 -nocrypt`".into()
+        } else {
+            "the private key is not PEM".into()
+        });
+    }
+    let key = rcgen::KeyPair::from_pem(key_pem)
+        .map_err(|_| "the private key does not parse (PKCS#8 RSA, ECDSA or Ed25519 expected)".to_string())?;
+    let (_, parsed) =
+        X509Certificate::from_der(&chain[0]).map_err(|_| "the certificate is not valid X.509".to_string())?;
+    if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        return Err("the private key does not match the certificate (their public keys differ)".into());
+    }
+    if now < leaf.not_before {
+        return Err(format!("the certificate is not valid yet (notBefore {})", leaf.not_before));
+    }
+    if now >= leaf.not_after {
+        return Err(format!("the certificate expired at {}", leaf.not_after));
+    }
+    if leaf.dns_names.is_empty() {
+        return Err(
+            "the certificate has no DNS subject alternative names; clients verify the broker's name against them"
+                .into(),
+        );
+    }
+    verify_chain(&chain, &cas, &leaf.dns_names[0], now)?;
+    Ok(Material {
+        cert_pem: cert_pem.to_string(),
+        key_pem: key_pem.to_string(),
+        ca_pem: ca_pem.to_string(),
+        leaf,
+        ca_fingerprint: ca_info.fingerprint_sha256,
+    })
+}
+
+/// Verify `chain` (leaf first) against `roots` as a TLS client would, for `dns_name`.
+pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], dns_name: &str, now: Timestamp) -> Result<(), String> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(CertificateDer::from(r.clone()))
+            .map_err(|e| format!("the CA certificate is not usable as a trust anchor: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+        .build()
+        .map_err(|e| format!("cannot build a verifier for the CA: {e}"))?;
+    let name = dns_name.strip_prefix("*.").map(|rest| format!("x.{rest}")).unwrap_or_else(|| dns_name.to_string());
+    let server_name = ServerName::try_from(name).map_err(|_| format!("{dns_name:?} is not a valid DNS name"))?;
+    let end = CertificateDer::from(chain[0].clone());
+    let intermediates: Vec<CertificateDer> = chain[1..].iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0) as u64));
+    verifier
+        .verify_server_cert(&end, &intermediates, &server_name, &[], at)
+        .map(|_| ())
+        .map_err(|e| format!("the certificate does not chain to the given CA certificate ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki;
+
+    fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    #[test]
+    fn accepts_good_material_and_names_each_problem() {
+        let ca = pki::new_ca("a", now(), 30).unwrap();
+        let other_ca = pki::new_ca("b", now(), 30).unwrap();
+        let sans = vec!["broker.kafka.svc".to_string()];
+        let leaf = pki::issue_leaf(&ca, "broker", &sans, pki::Usage::Server, now(), 10).unwrap();
+        let m = check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now()).unwrap();
+        assert_eq!(m.leaf.dns_names, sans);
+        assert_eq!(m.ca_fingerprint.len(), 32 * 3 - 1);
+        assert!(!format!("{m:?}").contains("PRIVATE KEY"));
+
+        let other = pki::issue_leaf(&ca, "broker", &sans, pki::Usage::Server, now(), 10).unwrap();
+        let err = |r: Result<Material, String>| r.unwrap_err();
+        assert!(err(check(&leaf.cert_pem, &other.key_pem, &ca.cert_pem, now())).contains("does not match"));
+        assert!(err(check(&leaf.cert_pem, &leaf.key_pem, &other_ca.cert_pem, now())).contains("does not chain"));
+        assert!(err(check("garbage", &leaf.key_pem, &ca.cert_pem, now())).contains("no PEM certificate"));
+        let later = Timestamp::from_second(now().as_second() + 20 * 86_400).unwrap();
+        assert!(err(check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, later)).contains("expired"));
+        let sec1 = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n";
+        assert!(err(check(&leaf.cert_pem, sec1, &ca.cert_pem, now())).contains("not PKCS#8"));
+        let no_san = pki::issue_leaf(&ca, "broker", &[], pki::Usage::Server, now(), 10).unwrap();
+        assert!(err(check(&no_san.cert_pem, &no_san.key_pem, &ca.cert_pem, now()))
+            .contains("no DNS subject alternative names"));
+    }
+}

@@ -1,0 +1,552 @@
+//! The CertificateRotation reconciler: a new label (or a due renewal) becomes a
+//! ROTATE_CERTIFICATES operation that checks or issues the material, writes the TLS Secrets and the
+//! trust bundle, annotates the pod template and follows the rollout, like the other kinds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::inspect::{self, Material};
+use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, CERTIFICATE_HASH_ANNOTATION};
+use crate::api::{
+    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
+    ClientImpact, ClusterState, ErrorInfo, OperationState, OperationType, WorkloadKind, FIELD_MANAGER,
+};
+use crate::conditions::{self, reason, Health};
+use crate::controller::{publish_event, write_status_diff, Context, Error};
+use crate::operation::{self, rfc3339};
+use crate::rollout::{self, RolloutCheck, Workload};
+use crate::{pki, validate};
+
+const CA_DAYS: u32 = 3650;
+
+type Events = Vec<(EventType, String, String)>;
+
+/// What a slot asks for, taken from the spec.
+struct Want {
+    slot: Slot,
+    label: String,
+    type_: CertificateType,
+    dns_names: Vec<String>,
+    validity_days: u32,
+}
+
+fn wants(cr: &CertificateRotation) -> Vec<Want> {
+    let mut out = Vec::new();
+    if let Some(e) = &cr.spec.external {
+        out.push(Want {
+            slot: Slot::External,
+            label: e.label.clone(),
+            type_: e.type_,
+            dns_names: e.dns_names.clone(),
+            validity_days: e.validity_days,
+        });
+    }
+    if let Some(i) = &cr.spec.internal {
+        out.push(Want {
+            slot: Slot::Internal,
+            label: i.label.clone(),
+            type_: i.type_,
+            dns_names: i.dns_names.clone(),
+            validity_days: i.validity_days,
+        });
+    }
+    out
+}
+
+fn desired_settings(cr: &CertificateRotation) -> CertificateSettings {
+    CertificateSettings {
+        external_label: cr.spec.external.as_ref().map(|e| e.label.clone()),
+        external_type: cr.spec.external.as_ref().map(|e| e.type_),
+        internal_label: cr.spec.internal.as_ref().map(|i| i.label.clone()),
+    }
+}
+
+fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&CertificateStatus> {
+    match slot {
+        Slot::External => status.external.as_ref(),
+        Slot::Internal => status.internal.as_ref(),
+    }
+}
+
+/// A slot needs new material when its label is new, or its self-signed certificate is due.
+fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> bool {
+    match slot_status(status, w.slot) {
+        None => true,
+        Some(s) if s.label != w.label => true,
+        Some(s) => {
+            s.type_ == CertificateType::Selfsigned
+                && w.type_ == CertificateType::Selfsigned
+                && s.renewal_time.as_deref().and_then(operation::parse_time).is_some_and(|t| now >= t)
+        }
+    }
+}
+
+fn workload_text(cr: &CertificateRotation) -> String {
+    let kind = match cr.spec.cluster_ref.kind {
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::Deployment => "Deployment",
+    };
+    format!("{kind} {}/{}", cr.namespace().unwrap_or_default(), cr.spec.cluster_ref.name)
+}
+
+fn secret_string(s: &Secret, key: &str) -> Option<String> {
+    s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+/// Load or issue the material for one slot; Err((reason, message)) when the user must act.
+async fn material(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    w: &Want,
+    workload: Option<&Workload>,
+    now: Timestamp,
+) -> Result<Result<Material, (String, String)>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let kube_err = |what: String| move |source| Error::Kube { what: what.clone(), source };
+    let invalid = |msg: String| {
+        Ok(Err((
+            reason::INVALID_CERTIFICATE.to_string(),
+            format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str()),
+        )))
+    };
+    match w.type_ {
+        CertificateType::Selfsigned => {
+            let ca_name = w.slot.ca_secret(cluster);
+            let kept = secrets.get_opt(&ca_name).await.map_err(kube_err(format!("read Secret {ns}/{ca_name}")))?;
+            let ca = match kept.as_ref().and_then(|s| {
+                Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
+            }) {
+                Some(ca) => ca,
+                None => {
+                    let ca = pki::new_ca(&format!("{cluster} {} CA", w.slot.as_str()), now, CA_DAYS)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
+                    let body = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+                        "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
+                    secrets
+                        .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                        .await
+                        .map_err(kube_err(format!("write Secret {ns}/{ca_name}")))?;
+                    ca
+                }
+            };
+            let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
+            let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
+            let usage = match w.slot {
+                Slot::External => pki::Usage::Server,
+                Slot::Internal => pki::Usage::ServerAndClient,
+            };
+            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            Ok(inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
+                .map_err(|e| (reason::INVALID_CERTIFICATE.to_string(), e)))
+        }
+        CertificateType::Provided => {
+            let Some(ext) = cr.spec.external.as_ref() else {
+                return invalid("only the external certificate can be provided".into());
+            };
+            let decode = |name: &str, v: &Option<String>| -> Result<String, String> {
+                let raw: String =
+                    v.as_deref().unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .map_err(|_| format!("spec.external.{name} is not valid base64"))?;
+                String::from_utf8(bytes).map_err(|_| format!("spec.external.{name} does not decode to PEM text"))
+            };
+            let parts = decode("key", &ext.key)
+                .and_then(|k| Ok((k, decode("cert", &ext.cert)?, decode("cacert", &ext.cacert)?)));
+            match parts {
+                Err(e) => invalid(e),
+                Ok((key, cert, ca)) => match inspect::check(&cert, &key, &ca, now) {
+                    Ok(m) => Ok(Ok(m)),
+                    Err(e) => invalid(e),
+                },
+            }
+        }
+        CertificateType::Secret => {
+            let Some(ext) = cr.spec.external.as_ref() else {
+                return invalid("only the external certificate can come from a Secret".into());
+            };
+            let name = ext.secret_name.clone().unwrap_or_default();
+            let Some(secret) = secrets.get_opt(&name).await.map_err(kube_err(format!("read Secret {ns}/{name}")))?
+            else {
+                return Ok(Err((
+                    reason::SECRET_NOT_FOUND.into(),
+                    format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
+                        ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
+                )));
+            };
+            let mut got = Vec::new();
+            for (field, default) in [(&ext.key, "key"), (&ext.cert, "cert"), (&ext.cacert, "cacert")] {
+                let k = field.as_deref().unwrap_or(default);
+                match secret_string(&secret, k) {
+                    Some(v) => got.push(v),
+                    None => return invalid(format!("Secret {ns}/{name} has no key {k:?}")),
+                }
+            }
+            match inspect::check(&got[1], &got[0], &got[2], now) {
+                Ok(m) => Ok(Ok(m)),
+                Err(e) => invalid(e),
+            }
+        }
+    }
+}
+
+/// Write the slot's TLS Secret (and for external, the trust bundle); returns its status.
+async fn install(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    w: &Want,
+    m: &Material,
+    old: Option<&CertificateStatus>,
+    events: &mut Events,
+) -> Result<CertificateStatus, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let kube_err = |what: String| move |source| Error::Kube { what: what.clone(), source };
+    let name = w.slot.tls_secret(cluster);
+    let body = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "type": "kubernetes.io/tls", "stringData": {"tls.crt": m.cert_pem, "tls.key": m.key_pem, "ca.crt": m.ca_pem}});
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &pp, &Patch::Apply(&body))
+        .await
+        .map_err(kube_err(format!("write Secret {ns}/{name}")))?;
+
+    let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
+    if w.slot == Slot::External {
+        let cm_name = trust_configmap(cluster);
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut bundle = m.ca_pem.clone();
+        if impact == Some(ClientImpact::TrustUpdateRequired) {
+            // During a CA change clients may trust both while they move.
+            let previous = cms.get_opt(&cm_name).await.map_err(kube_err(format!("read ConfigMap {ns}/{cm_name}")))?;
+            if let Some(prev) = previous.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()) {
+                bundle.push_str(&prev);
+            }
+        }
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+            "data": {"ca.crt": bundle, "current-ca.crt": m.ca_pem}});
+        cms.patch(&cm_name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(kube_err(format!("write ConfigMap {ns}/{cm_name}")))?;
+        if impact == Some(ClientImpact::TrustUpdateRequired) {
+            events.push((EventType::Warning, "ClientTrustUpdateRequired".into(), format!(
+                "The external certificate (label {}) is signed by a different CA (SHA-256 {}). Clients connecting over TLS must trust the new CA before they reconnect: kubectl get configmap {cm_name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' holds the new and the previous CA.",
+                w.label, m.ca_fingerprint)));
+        }
+    }
+    Ok(CertificateStatus {
+        label: w.label.clone(),
+        type_: w.type_,
+        serial_number: Some(m.leaf.serial_number.clone()),
+        not_after: Some(rfc3339(m.leaf.not_after)),
+        fingerprint_sha256: Some(m.leaf.fingerprint_sha256.clone()),
+        ca_fingerprint_sha256: Some(m.ca_fingerprint.clone()),
+        renewal_time: (w.type_ == CertificateType::Selfsigned)
+            .then(|| rfc3339(renewal_time(m.leaf.not_before, m.leaf.not_after))),
+        client_impact: impact,
+    })
+}
+
+async fn referenced_secret_exists(ctx: &Context, cr: &CertificateRotation) -> Result<bool, Error> {
+    let Some(name) = cr.spec.external.as_ref().and_then(|e| e.secret_name.clone()) else { return Ok(false) };
+    let ns = cr.namespace().unwrap_or_default();
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::Kube { what: format!("read Secret {ns}/{name}"), source })?;
+    Ok(found.is_some())
+}
+
+struct Outcome {
+    health: Health,
+    requeue: Option<Duration>,
+}
+
+async fn advance(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    status: &mut CertificateRotationStatus,
+    workload: Option<&Workload>,
+    now: Timestamp,
+    events: &mut Events,
+) -> Result<Outcome, Error> {
+    let wl = workload_text(cr);
+    let state = rollout::cluster_state(workload);
+    let generation = cr.meta().generation;
+    let wants = wants(cr);
+    let desired = desired_settings(cr);
+
+    if status.current_operation.is_none() {
+        if !wants.iter().any(|w| needs_issue(w, status, now)) {
+            let next_renewal = [status.external.as_ref(), status.internal.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.renewal_time.as_deref().and_then(operation::parse_time))
+                .min()
+                .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
+            let health =
+                Health::Ready { reason: reason::APPLIED.into(), message: format!("Certificates in place on {wl}.") };
+            return Ok(Outcome { health, requeue: next_renewal });
+        }
+        if let Some(last) = status.operations.first() {
+            if last.operation_state == OperationState::UpdateFailed
+                && last.generation == generation
+                && last.target_info.as_ref() == Some(&desired)
+            {
+                // Retried only when what was missing is there now (a Secret), else on a spec change.
+                let e = last.error_info.clone().unwrap_or(ErrorInfo { code: "Failed".into(), message: String::new() });
+                let secret_now_there = e.code == reason::SECRET_NOT_FOUND && referenced_secret_exists(ctx, cr).await?;
+                if !secret_now_there {
+                    let retry = (e.code == reason::SECRET_NOT_FOUND).then(|| Duration::from_secs(30));
+                    return Ok(Outcome {
+                        health: Health::Stalled { reason: e.code, message: e.message },
+                        requeue: retry,
+                    });
+                }
+            }
+        }
+        let source = CertificateSettings {
+            external_label: status.external.as_ref().map(|s| s.label.clone()),
+            external_type: status.external.as_ref().map(|s| s.type_),
+            internal_label: status.internal.as_ref().map(|s| s.label.clone()),
+        };
+        let op = operation::new(
+            operation::uuid_v4(),
+            OperationType::RotateCertificates,
+            generation,
+            Some(source),
+            desired.clone(),
+            now,
+        );
+        events.push((
+            EventType::Normal,
+            "OperationPending".into(),
+            format!("Operation {} recorded: ROTATE_CERTIFICATES of {wl}.", op.operation_id),
+        ));
+        operation::record(&mut status.operations, &op);
+        status.current_operation = Some(op);
+    }
+
+    let mut op = status.current_operation.clone().expect("set above");
+    let outcome = match op.operation_state {
+        OperationState::Pending => {
+            op.target_info = Some(desired.clone());
+            op.generation = generation;
+            if state != ClusterState::Active {
+                let message = format!("{wl} is not ACTIVE; the rotation starts once it is.");
+                Outcome {
+                    health: Health::Reconciling { reason: "WaitingForActiveCluster".into(), message },
+                    requeue: Some(Duration::from_secs(30)),
+                }
+            } else {
+                // Check every new certificate before anything is written: all or nothing.
+                let mut ready = Vec::new();
+                let mut failure = None;
+                for w in wants.iter().filter(|w| needs_issue(w, status, now)) {
+                    match material(ctx, cr, w, workload, now).await? {
+                        Ok(m) => ready.push((w, m)),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    Some((code, message)) => {
+                        operation::fail(&mut op, &code, message.clone(), now);
+                        events.push((EventType::Warning, code.clone(), message.clone()));
+                        let retry = (code == reason::SECRET_NOT_FOUND).then(|| Duration::from_secs(30));
+                        Outcome { health: Health::Stalled { reason: code, message }, requeue: retry }
+                    }
+                    None => {
+                        for (w, m) in &ready {
+                            if w.type_ == CertificateType::Provided {
+                                events.push((EventType::Warning, "PrivateKeyInSpec".into(), "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.".into()));
+                            }
+                            let cs = install(ctx, cr, w, m, slot_status(status, w.slot), events).await?;
+                            match w.slot {
+                                Slot::External => status.external = Some(cs),
+                                Slot::Internal => status.internal = Some(cs),
+                            }
+                        }
+                        let mut ann = BTreeMap::new();
+                        let fps: Vec<&str> = [status.external.as_ref(), status.internal.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|s| s.fingerprint_sha256.as_deref())
+                            .collect();
+                        let hash = crate::policy::properties::security_hash(
+                            &fps.iter().map(|f| f.as_bytes()).collect::<Vec<_>>(),
+                        );
+                        ann.insert(CERTIFICATE_HASH_ANNOTATION.to_string(), hash.clone());
+                        for w in &wants {
+                            ann.insert(w.slot.label_annotation(), w.label.clone());
+                        }
+                        let ns = cr.namespace().unwrap_or_default();
+                        rollout::set_template_annotations(&ctx.client, &ns, &cr.spec.cluster_ref, &ann)
+                            .await
+                            .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })?;
+                        status.certificate_hash = Some(hash);
+                        operation::start(&mut op, now);
+                        events.push((
+                            EventType::Normal,
+                            "UpdateStarted".into(),
+                            format!("Operation {}: new certificates written; rolling {wl}.", op.operation_id),
+                        ));
+                        Outcome {
+                            health: Health::Reconciling {
+                                reason: "RollingPods".into(),
+                                message: format!("Rolling {wl}."),
+                            },
+                            requeue: Some(Duration::from_secs(5)),
+                        }
+                    }
+                }
+            }
+        }
+        OperationState::UpdateInProgress => {
+            let mut expected = BTreeMap::new();
+            expected
+                .insert(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default());
+            let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
+            match rollout::check(workload, &expected, elapsed, i64::from(cr.spec.rollout_timeout_seconds), &wl) {
+                RolloutCheck::Done => {
+                    operation::complete(&mut op, now);
+                    events.push((
+                        EventType::Normal,
+                        "UpdateComplete".into(),
+                        format!("Operation {}: {wl} runs the new certificates.", op.operation_id),
+                    ));
+                    Outcome {
+                        health: Health::Ready {
+                            reason: reason::APPLIED.into(),
+                            message: format!("Certificates in place on {wl}."),
+                        },
+                        requeue: Some(Duration::from_secs(1)),
+                    }
+                }
+                RolloutCheck::TimedOut(message) => {
+                    operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
+                    events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
+                    Outcome {
+                        health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
+                        requeue: None,
+                    }
+                }
+                RolloutCheck::Rolling(message, after) => Outcome {
+                    health: Health::Reconciling { reason: "RollingPods".into(), message },
+                    requeue: Some(after),
+                },
+            }
+        }
+        OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome {
+            health: Health::Reconciling { reason: "Recorded".into(), message: String::new() },
+            requeue: Some(Duration::from_secs(1)),
+        },
+    };
+    operation::record(&mut status.operations, &op);
+    status.current_operation = (!op.operation_state.is_terminal()).then_some(op);
+    Ok(outcome)
+}
+
+/// Reconcile one CertificateRotation.
+pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let now = ctx.clock.now();
+    let old = cr.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    let mut events = Events::new();
+    let outcome = match validate::certificate_rotation(&cr.spec) {
+        Err(v) if status.current_operation.as_ref().is_none_or(|o| o.operation_state == OperationState::Pending) => {
+            Outcome {
+                health: Health::Stalled {
+                    reason: reason::INVALID_SPEC.into(),
+                    message: format!("{v}. Nothing was applied; fix the spec and apply it again."),
+                },
+                requeue: None,
+            }
+        }
+        _ => {
+            let workload = rollout::get(&ctx.client, &ns, &cr.spec.cluster_ref)
+                .await
+                .map_err(|source| Error::Kube { what: format!("read {}", workload_text(&cr)), source })?;
+            advance(&ctx, &cr, &mut status, workload.as_ref(), now, &mut events).await?
+        }
+    };
+    status.observed_generation = cr.meta().generation;
+    status.conditions = conditions::apply(&old.conditions, &outcome.health, cr.meta().generation, now);
+    let api = Api::<CertificateRotation>::namespaced(ctx.client.clone(), &ns);
+    write_status_diff(&api, cr.as_ref(), &status).await?;
+    if let Health::Stalled { reason, message } = &outcome.health {
+        let was = conditions::get(&old.conditions, conditions::STALLED).map(|c| c.reason.as_str());
+        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
+            events.push((EventType::Warning, reason.clone(), message.clone()));
+        }
+    }
+    for (type_, reason, note) in events {
+        publish_event(&ctx, cr.as_ref(), type_, &reason, note).await;
+    }
+    Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+fn refs_workload(cr: &CertificateRotation, kind: WorkloadKind, ns: Option<String>, name: &str) -> bool {
+    cr.spec.cluster_ref.kind == kind && cr.spec.cluster_ref.name == name && cr.namespace() == ns
+}
+
+/// Run the CertificateRotation controller (watches its workloads for rollout progress).
+pub async fn run(client: Client, ctx: Arc<Context>) {
+    use futures::StreamExt;
+    let api: Api<CertificateRotation> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let (s1, s2) = (controller.store(), controller.store());
+    controller
+        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
+            let (ns, name) = (o.namespace(), o.name_any());
+            s1.state()
+                .into_iter()
+                .filter(|c| refs_workload(c, WorkloadKind::StatefulSet, ns.clone(), &name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<Deployment>::all(client), watcher::Config::default().any_semantic(), move |o| {
+            let (ns, name) = (o.namespace(), o.name_any());
+            s2.state()
+                .into_iter()
+                .filter(|c| refs_workload(c, WorkloadKind::Deployment, ns.clone(), &name))
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(
+            reconcile,
+            |c, err, _| {
+                warn!(kind = "CertificateRotation", name = %c.name_any(), error = %err, "reconcile failed; retrying");
+                Action::requeue(Duration::from_secs(5))
+            },
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
