@@ -246,3 +246,61 @@ async fn internal_provided_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("internal certificates can only be self-generated"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn changed_secret_is_reported_and_applied_on_the_next_label() {
+    let cp = &env().cp;
+    let ns = "certs-secret";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let now = Timestamp::now();
+    let ca = pki::new_ca("corp CA", now, 30).unwrap();
+    let sans = vec!["kafka.certs-secret.svc".to_string()];
+    let put = |leaf: &pki::KeyedCert| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: my-certs, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(&leaf.key_pem).unwrap(),
+            serde_json::to_string(&leaf.cert_pem).unwrap(),
+            serde_json::to_string(&ca.cert_pem).unwrap()
+        )
+    };
+    let first = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    apply(cp, &put(&first));
+    apply(cp, &rotation(ns, "{label: s1, type: secret, secretName: my-certs}", "{label: i1}"));
+    wait_op(ns, OperationState::UpdateComplete).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let gen = sts_generation(ns).await;
+
+    // The Secret changes: noticed through the metadata watch and reported, not rolled.
+    let second = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    apply(cp, &put(&second));
+    let api = api(ns).await;
+    wait_until(Duration::from_secs(60), "the change reported in Ready", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let ready = o
+                .status
+                .unwrap_or_default()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.message)
+                .unwrap_or_default();
+            ready.contains("now holds a different certificate").then_some(()).ok_or(ready)
+        }
+    })
+    .await
+    .unwrap();
+    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.reason} {end}"]));
+    assert!(events.contains("SourceSecretChanged"), "{events}");
+    assert_eq!(sts_generation(ns).await, gen, "not rolled before the label changes");
+
+    // A new label rolls the new certificate; same CA, so clients are unaffected.
+    apply(cp, &rotation(ns, "{label: s2, type: secret, secretName: my-certs}", "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let ext = o.status.unwrap().external.unwrap();
+    assert_eq!(ext.client_impact, Some(cluster_security_operator::api::ClientImpact::None));
+    assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
+    assert_eq!(sts_generation(ns).await, gen + 1);
+}

@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -269,6 +270,33 @@ async fn install(
     })
 }
 
+/// The seed applies a changed Secret only when the label changes: notice the change and say so.
+async fn source_secret_changed(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+) -> Result<Option<String>, Error> {
+    let Some(ext) = cr.spec.external.as_ref().filter(|e| e.type_ == CertificateType::Secret) else { return Ok(None) };
+    let (Some(name), Some(in_force)) = (ext.secret_name.as_deref(), status.external.as_ref()) else { return Ok(None) };
+    let ns = cr.namespace().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Kube { what: format!("read Secret {ns}/{name}"), source })?;
+    let current = secret
+        .as_ref()
+        .and_then(|s| secret_string(s, ext.cert.as_deref().unwrap_or("cert")))
+        .and_then(|pem| inspect::certificates(&pem, "cert").ok())
+        .and_then(|ders| ders.first().map(|d| inspect::fingerprint(d)));
+    Ok(match current {
+        Some(fp) if Some(&fp) != in_force.fingerprint_sha256.as_ref() => Some(format!(
+            "Secret {ns}/{name} now holds a different certificate (SHA-256 {fp}); change spec.external.label to roll it out."
+        )),
+        None => Some(format!("Secret {ns}/{name} no longer holds a readable certificate; the one in force stays.")),
+        _ => None,
+    })
+}
+
 async fn referenced_secret_exists(ctx: &Context, cr: &CertificateRotation) -> Result<bool, Error> {
     let Some(name) = cr.spec.external.as_ref().and_then(|e| e.secret_name.clone()) else { return Ok(false) };
     let ns = cr.namespace().unwrap_or_default();
@@ -306,8 +334,14 @@ async fn advance(
                 .filter_map(|s| s.renewal_time.as_deref().and_then(operation::parse_time))
                 .min()
                 .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
-            let health =
-                Health::Ready { reason: reason::APPLIED.into(), message: format!("Certificates in place on {wl}.") };
+            let mut message = format!("Certificates in place on {wl}.");
+            if let Some(note) = source_secret_changed(ctx, cr, status).await? {
+                if !conditions::get(&status.conditions, conditions::READY).is_some_and(|c| c.message.contains(&note)) {
+                    events.push((EventType::Normal, "SourceSecretChanged".into(), note.clone()));
+                }
+                message = format!("{message} {note}");
+            }
+            let health = Health::Ready { reason: reason::APPLIED.into(), message };
             return Ok(Outcome { health, requeue: next_renewal });
         }
         if let Some(last) = status.operations.first() {
@@ -520,7 +554,7 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let api: Api<CertificateRotation> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let (s1, s2) = (controller.store(), controller.store());
+    let (s1, s2, s3) = (controller.store(), controller.store(), controller.store());
     controller
         .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
             let (ns, name) = (o.namespace(), o.name_any());
@@ -530,7 +564,7 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches(Api::<Deployment>::all(client), watcher::Config::default().any_semantic(), move |o| {
+        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
             let (ns, name) = (o.namespace(), o.name_any());
             s2.state()
                 .into_iter()
@@ -538,6 +572,22 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // Referenced Secrets, metadata only: their contents are neither streamed nor cached.
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default().any_semantic(),
+            move |meta: PartialObjectMeta<Secret>| {
+                let (ns, name) = (meta.namespace(), meta.name_any());
+                s3.state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.namespace() == ns
+                            && c.spec.external.as_ref().and_then(|e| e.secret_name.as_deref()) == Some(name.as_str())
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .shutdown_on_signal()
         .run(
             reconcile,
@@ -549,4 +599,49 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
         )
         .for_each(|_| async {})
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with(label: &str, type_: CertificateType, renewal: Option<&str>) -> CertificateRotationStatus {
+        CertificateRotationStatus {
+            external: Some(CertificateStatus {
+                label: label.into(),
+                type_,
+                serial_number: None,
+                not_after: None,
+                fingerprint_sha256: None,
+                ca_fingerprint_sha256: None,
+                renewal_time: renewal.map(String::from),
+                client_impact: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issue_on_new_label_or_due_renewal_only() {
+        let want = |label: &str, type_| Want {
+            slot: Slot::External,
+            label: label.into(),
+            type_,
+            dns_names: vec![],
+            validity_days: 30,
+        };
+        let before = Timestamp::from_second(1_800_000_000).unwrap();
+        let after = Timestamp::from_second(1_900_000_000).unwrap();
+        let due = "2030-01-01T00:00:00Z"; // between the two instants above
+        let ss = CertificateType::Selfsigned;
+        assert!(needs_issue(&want("a", ss), &CertificateRotationStatus::default(), before), "first issue");
+        assert!(needs_issue(&want("b", ss), &status_with("a", ss, Some(due)), before), "new label");
+        assert!(!needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), before), "same label, not due");
+        assert!(needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), after), "renewal due");
+        let sec = CertificateType::Secret;
+        assert!(
+            !needs_issue(&want("a", sec), &status_with("a", sec, None), after),
+            "material from a Secret is not renewed by us"
+        );
+    }
 }
