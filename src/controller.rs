@@ -117,6 +117,82 @@ where
     Ok(true)
 }
 
+/// Events a reconcile decided to publish: (type, reason, note).
+pub type Events = Vec<(EventType, String, String)>;
+
+/// After the status write: publish the reconcile's events, plus a Warning when the object newly
+/// became Stalled without one, and turn the requeue wish into an Action.
+pub async fn finish<K>(
+    ctx: &Context,
+    obj: &K,
+    old_conditions: &[Condition],
+    health: &Health,
+    mut events: Events,
+    requeue: Option<Duration>,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    if let Health::Stalled { reason, message } = health {
+        let was = conditions::get(old_conditions, conditions::STALLED).map(|c| c.reason.as_str());
+        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
+            events.push((EventType::Warning, reason.clone(), message.clone()));
+        }
+    }
+    for (type_, reason, note) in events {
+        publish_event(ctx, obj, type_, &reason, note).await;
+    }
+    requeue.map(Action::requeue).unwrap_or_else(Action::await_change)
+}
+
+/// A kind that targets a workload in its own namespace.
+pub trait TargetsWorkload:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+    fn cluster_ref(&self) -> &crate::api::ClusterRef;
+}
+
+impl TargetsWorkload for ClusterSecurityPolicy {
+    fn cluster_ref(&self) -> &crate::api::ClusterRef {
+        &self.spec.cluster_ref
+    }
+}
+
+impl TargetsWorkload for CertificateRotation {
+    fn cluster_ref(&self) -> &crate::api::ClusterRef {
+        &self.spec.cluster_ref
+    }
+}
+
+/// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
+/// Deployment. The workloads are watched as triggers only; the controller caches none of them.
+pub fn watch_workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client) -> Controller<K> {
+    use crate::api::WorkloadKind;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use kube::runtime::reflector::{ObjectRef, Store};
+    fn mapper<K: TargetsWorkload>(
+        store: Store<K>,
+        kind: WorkloadKind,
+        ns: Option<String>,
+        name: String,
+    ) -> Vec<ObjectRef<K>> {
+        store
+            .state()
+            .into_iter()
+            .filter(|o| o.cluster_ref().kind == kind && o.cluster_ref().name == name && o.namespace() == ns)
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+    let (s1, s2) = (controller.store(), controller.store());
+    controller
+        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
+            mapper(s1.clone(), WorkloadKind::StatefulSet, o.namespace(), o.name_any())
+        })
+        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
+            mapper(s2.clone(), WorkloadKind::Deployment, o.namespace(), o.name_any())
+        })
+}
+
 /// Publish an event about `obj`; a failed event is logged, never fatal.
 pub async fn publish_event<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
 where

@@ -3,61 +3,34 @@
 //! example with its rule's message, `inCluster` can't change on update, and valid objects get
 //! observedGeneration and conditions from the operator.
 
-use std::path::Path;
+mod support;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use cluster_security_operator::api::ClusterSecurityPolicy;
-use cluster_security_operator::testbed::operator::{self, Operator};
-use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use cluster_security_operator::testbed::{wait_until, ControlPlane};
 use kube::{Api, ResourceExt};
+use support::{stderr, stdout};
 
-struct Env {
-    cp: ControlPlane,
-    _operator: Operator,
-}
-
-/// One control plane and operator for this test binary (started on first use).
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let cp = ControlPlane::start(Options::default()).expect("control plane starts");
-        let port = free_port();
-        operator::install(&cp, Some(port)).expect("install CRDs and webhook configuration");
-        let op = Operator::start(&cp, Path::new(env!("CARGO_BIN_EXE_cluster-security-operator")), port, &[])
-            .expect("operator starts");
-        let out = cp.kubectl(&["apply", "-f", &examples("00-namespace-and-brokers.yaml")]);
+/// The shared environment, plus the example brokers.
+fn env() -> &'static support::Env {
+    static EXAMPLES: OnceLock<()> = OnceLock::new();
+    let env = support::env();
+    EXAMPLES.get_or_init(|| {
+        let out = env.cp.kubectl(&["apply", "-f", &examples("00-namespace-and-brokers.yaml")]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Env { cp, _operator: op }
-    })
+    });
+    env
 }
 
 fn examples(name: &str) -> String {
     format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Apply with retries only while the webhook's caBundle is still being published.
+/// Apply once the webhook's caBundle is published.
 async fn apply_when_webhook_ready(cp: &ControlPlane, file: &str) -> std::process::Output {
-    let client = cp.client().await.unwrap();
-    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(client);
-    wait_until(Duration::from_secs(30), "webhook caBundle published", || {
-        let vwc = vwc.clone();
-        async move {
-            let cfg = vwc.get("cluster-security-operator").await.map_err(|e| e.to_string())?;
-            let has = cfg.webhooks.unwrap_or_default().iter().all(|w| w.client_config.ca_bundle.is_some());
-            has.then_some(()).ok_or_else(|| "no caBundle yet".to_string())
-        }
-    })
-    .await
-    .unwrap();
+    support::webhook_ready(cp).await;
     cp.kubectl(&["apply", "-f", file])
 }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -27,14 +26,12 @@ use crate::api::{
     ClientImpact, ClusterState, ErrorInfo, OperationState, OperationType, WorkloadKind, FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{publish_event, write_status_diff, Context, Error};
+use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
 use crate::operation::{self, rfc3339};
 use crate::rollout::{self, RolloutCheck, Workload};
 use crate::{pki, validate};
 
 const CA_DAYS: u32 = 3650;
-
-type Events = Vec<(EventType, String, String)>;
 
 /// What a slot asks for, taken from the spec.
 struct Want {
@@ -533,20 +530,7 @@ pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Resul
     status.conditions = conditions::apply(&old.conditions, &outcome.health, cr.meta().generation, now);
     let api = Api::<CertificateRotation>::namespaced(ctx.client.clone(), &ns);
     write_status_diff(&api, cr.as_ref(), &status).await?;
-    if let Health::Stalled { reason, message } = &outcome.health {
-        let was = conditions::get(&old.conditions, conditions::STALLED).map(|c| c.reason.as_str());
-        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
-            events.push((EventType::Warning, reason.clone(), message.clone()));
-        }
-    }
-    for (type_, reason, note) in events {
-        publish_event(&ctx, cr.as_ref(), type_, &reason, note).await;
-    }
-    Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
-}
-
-fn refs_workload(cr: &CertificateRotation, kind: WorkloadKind, ns: Option<String>, name: &str) -> bool {
-    cr.spec.cluster_ref.kind == kind && cr.spec.cluster_ref.name == name && cr.namespace() == ns
+    Ok(finish(&ctx, cr.as_ref(), &old.conditions, &outcome.health, events, outcome.requeue).await)
 }
 
 /// Run the CertificateRotation controller (watches its workloads for rollout progress).
@@ -554,31 +538,16 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let api: Api<CertificateRotation> = Api::all(client.clone());
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let (s1, s2, s3) = (controller.store(), controller.store(), controller.store());
-    controller
-        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
-            let (ns, name) = (o.namespace(), o.name_any());
-            s1.state()
-                .into_iter()
-                .filter(|c| refs_workload(c, WorkloadKind::StatefulSet, ns.clone(), &name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
-            let (ns, name) = (o.namespace(), o.name_any());
-            s2.state()
-                .into_iter()
-                .filter(|c| refs_workload(c, WorkloadKind::Deployment, ns.clone(), &name))
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
+    let secrets_store = controller.store();
+    watch_workloads(controller, &client)
         // Referenced Secrets, metadata only: their contents are neither streamed nor cached.
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client),
             watcher::Config::default().any_semantic(),
             move |meta: PartialObjectMeta<Secret>| {
                 let (ns, name) = (meta.namespace(), meta.name_any());
-                s3.state()
+                secrets_store
+                    .state()
                     .into_iter()
                     .filter(|c| {
                         c.namespace() == ns

@@ -6,13 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -24,7 +22,7 @@ use crate::api::{
     SecuritySettings, WorkloadKind, FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{publish_event, write_status_diff, Context, Error};
+use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
 use crate::rollout::{self, RolloutCheck, Workload};
 use crate::{operation, pki, validate};
 
@@ -43,7 +41,7 @@ type Op = Operation<SecuritySettings>;
 struct Outcome {
     health: Health,
     requeue: Option<Duration>,
-    events: Vec<(EventType, String, String)>,
+    events: Events,
 }
 
 fn workload_text(csp: &ClusterSecurityPolicy) -> String {
@@ -394,21 +392,7 @@ pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Re
     status.conditions = conditions::apply(&old.conditions, &outcome.health, csp.meta().generation, now);
     let api = Api::<ClusterSecurityPolicy>::namespaced(ctx.client.clone(), &ns);
     write_status_diff(&api, csp.as_ref(), &status).await?;
-    let mut events = outcome.events;
-    if let Health::Stalled { reason, message } = &outcome.health {
-        let was = conditions::get(&old.conditions, conditions::STALLED).map(|c| c.reason.as_str());
-        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
-            events.push((EventType::Warning, reason.clone(), message.clone()));
-        }
-    }
-    for (type_, reason, note) in events {
-        publish_event(&ctx, csp.as_ref(), type_, &reason, note).await;
-    }
-    Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
-}
-
-fn refs_workload(csp: &ClusterSecurityPolicy, kind: WorkloadKind, ns: Option<String>, name: &str) -> bool {
-    csp.spec.cluster_ref.kind == kind && csp.spec.cluster_ref.name == name && csp.namespace() == ns
+    Ok(finish(&ctx, csp.as_ref(), &old.conditions, &outcome.health, outcome.events, outcome.requeue).await)
 }
 
 /// Run the ClusterSecurityPolicy controller: it watches the policies and the StatefulSets and
@@ -417,26 +401,7 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let (store_sts, store_deploy) = (controller.store(), controller.store());
-    controller
-        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |sts| {
-            let (ns, name) = (sts.namespace(), sts.name_any());
-            store_sts
-                .state()
-                .into_iter()
-                .filter(|p| refs_workload(p, WorkloadKind::StatefulSet, ns.clone(), &name))
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches(Api::<Deployment>::all(client), watcher::Config::default().any_semantic(), move |d| {
-            let (ns, name) = (d.namespace(), d.name_any());
-            store_deploy
-                .state()
-                .into_iter()
-                .filter(|p| refs_workload(p, WorkloadKind::Deployment, ns.clone(), &name))
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
+    watch_workloads(controller, &client)
         .shutdown_on_signal()
         .run(
             reconcile,
