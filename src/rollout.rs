@@ -158,24 +158,41 @@ pub async fn get(client: &Client, namespace: &str, r: &ClusterRef) -> kube::Resu
     })
 }
 
-/// Set pod-template annotations with server-side apply under our own field manager. Only the
-/// fields named here are ours: other managers' fields are left alone, and applying the same
-/// values again changes nothing (no new generation, no rollout).
+/// Prefix of every pod-template annotation the operator owns.
+pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
+
+/// Set pod-template annotations with server-side apply under our field manager
+/// (`cluster-security-operator`). Only our fields are touched, so other managers' fields stay;
+/// applying the same values again changes nothing (no new generation, no rollout).
+///
+/// Every kind applies under the same manager, and an apply drops the manager's fields it does
+/// not name: so the apply carries all our annotations already on the template, and is
+/// conditional on the resourceVersion they were read at (a concurrent change is a conflict and
+/// is retried, never lost).
 pub async fn set_template_annotations(
     client: &Client,
     namespace: &str,
     r: &ClusterRef,
     annotations: &BTreeMap<String, String>,
 ) -> kube::Result<()> {
-    let (api_version, kind) = match r.kind {
-        WorkloadKind::StatefulSet => ("apps/v1", "StatefulSet"),
-        WorkloadKind::Deployment => ("apps/v1", "Deployment"),
+    let (kind, current, rv) = match r.kind {
+        WorkloadKind::StatefulSet => {
+            let s = Api::<StatefulSet>::namespaced(client.clone(), namespace).get(&r.name).await?;
+            ("StatefulSet", s.spec.template.metadata.and_then(|m| m.annotations), s.metadata.resource_version)
+        }
+        WorkloadKind::Deployment => {
+            let d = Api::<Deployment>::namespaced(client.clone(), namespace).get(&r.name).await?;
+            ("Deployment", d.spec.template.metadata.and_then(|m| m.annotations), d.metadata.resource_version)
+        }
     };
+    let mut ours: BTreeMap<String, String> =
+        current.unwrap_or_default().into_iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).collect();
+    ours.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
     let patch = json!({
-        "apiVersion": api_version,
+        "apiVersion": "apps/v1",
         "kind": kind,
-        "metadata": {"name": r.name, "namespace": namespace},
-        "spec": {"template": {"metadata": {"annotations": annotations}}},
+        "metadata": {"name": r.name, "namespace": namespace, "resourceVersion": rv},
+        "spec": {"template": {"metadata": {"annotations": ours}}},
     });
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match r.kind {

@@ -304,3 +304,42 @@ async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
     assert_eq!(sts_generation(ns).await, gen + 1);
 }
+
+#[tokio::test]
+async fn policy_and_rotation_on_one_workload_keep_each_others_annotations() {
+    let cp = &env().cp;
+    let ns = "certs-shared";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &rotation(ns, "{label: e1}", "{label: i1}"));
+    apply(
+        cp,
+        &format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  clientAuthentication: {{tls: {{enabled: true}}}}\n"
+        ),
+    );
+    wait_op(ns, OperationState::UpdateComplete).await;
+    let out = wait_until(Duration::from_secs(90), "policy Ready", || {
+        let out = cp.kubectl(&[
+            "get",
+            "csp",
+            "policy",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        async move { (stdout(&out) == "True").then_some(()).ok_or(stdout(&out)) }
+    })
+    .await;
+    assert!(out.is_ok(), "{out:?}");
+    let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns).get("kafka").await.unwrap();
+    let ann = sts.spec.template.metadata.unwrap().annotations.unwrap();
+    for k in [
+        "clustersecurity.io/security-hash",
+        "clustersecurity.io/certificate-hash",
+        "clustersecurity.io/external-certificate-label",
+    ] {
+        assert!(ann.contains_key(k), "{k} missing: {ann:?}");
+    }
+}

@@ -48,12 +48,16 @@ fn settled(cp: &ControlPlane) -> bool {
         "clustersecurity",
         "-A",
         "-o",
-        "jsonpath={range .items[*]}{.metadata.generation}={.status.observedGeneration} {end}",
+        "jsonpath={range .items[*]}{.metadata.generation}={.status.observedGeneration}={.status.currentOperation.operationId} {end}",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     let reconciled = out.status.success()
         && !text.trim().is_empty()
-        && text.split_whitespace().all(|p| p.split_once('=').is_some_and(|(a, b)| a == b));
+        && text.split_whitespace().all(|p| {
+            // generation observed, and no operation still running
+            let parts: Vec<&str> = p.split('=').collect();
+            parts.len() == 3 && parts[0] == parts[1] && parts[2].is_empty()
+        });
     // ...and the play kubelet brought the example brokers up.
     let sts = cp.kubectl(&[
         "get",
@@ -114,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", show(&out));
     anyhow::ensure!(!out.status.success(), "the invalid example was accepted");
 
-    say("kubectl get clustersecurity -A (until every object reports its current generation and the brokers are ready)");
+    say("kubectl get clustersecurity -A (until every object reports its current generation, no operation runs, and the brokers are ready)");
     let deadline = Instant::now() + Duration::from_secs(settle_seconds);
     loop {
         let done = settled(&cp);
