@@ -263,6 +263,33 @@ impl ControlPlane {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Replace the encryption configuration; it takes effect at the next apiserver (re)start (the
+    /// v1.20 apiserver does not reload it).
+    pub fn set_encryption_config(&mut self, config: &str) -> anyhow::Result<()> {
+        let path = self.dir.join("encryption.yaml");
+        write(&path, config)?;
+        let flag = format!("--encryption-provider-config={}", path.display());
+        if !self.apiserver_args.contains(&flag) {
+            self.apiserver_args.push(flag);
+        }
+        Ok(())
+    }
+
+    /// The raw value etcd holds for a key (to see how the apiserver stored it).
+    pub fn etcd_get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd_endpoint(), "get", key, "-w", "json"])
+            .output()
+            .context("run etcdctl (Debian package etcd-client)")?;
+        anyhow::ensure!(out.status.success(), "etcdctl failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        use base64::Engine as _;
+        let value =
+            v["kvs"][0]["value"].as_str().map(|b| base64::engine::general_purpose::STANDARD.decode(b)).transpose()?;
+        Ok(value)
+    }
+
     /// Stop kube-apiserver, start it again with the same flags, and wait until it is ready.
     pub fn restart_apiserver(&mut self) -> anyhow::Result<()> {
         self.stop_apiserver();
