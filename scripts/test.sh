@@ -3,6 +3,8 @@
 # End-to-end tests start their own control plane; the first run builds and caches it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Helm's engine for the chart test (a wheel carrying Helm as a library; no helm binary needed).
+python3 -c "import helm_python" 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 bash scripts/build-control-plane.sh >/dev/null

@@ -14,6 +14,15 @@ fn crds_directory_matches_the_code() {
 }
 
 #[test]
+fn deploy_and_chart_copies_match_the_code() {
+    for copy in ["deploy/crds.yaml", "charts/cluster-security-operator/crds/clustersecurity.io_crds.yaml"] {
+        let path = format!("{}/{copy}", env!("CARGO_MANIFEST_DIR"));
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{copy} exists"));
+        assert!(on_disk == api::crds_yaml(), "{copy} is out of date; regenerate it with\n  cargo run -- crd > {copy}");
+    }
+}
+
+#[test]
 fn crds_follow_the_contract() {
     let crds = api::all_crds();
     let names: Vec<(&str, &str, Vec<String>)> = crds

@@ -190,3 +190,41 @@ async fn valid_examples_get_status_and_printer_columns() {
         assert!(names.contains(n), "category clustersecurity lists {n}: {names}");
     }
 }
+
+#[tokio::test]
+async fn deploy_manifests_are_accepted_by_the_apiserver() {
+    let cp = &env().cp;
+    let dir = format!("{}/deploy", env!("CARGO_MANIFEST_DIR"));
+    let out = cp.kubectl(&["apply", "-k", &dir, "--dry-run=server"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for what in [
+        "customresourcedefinition",
+        "clusterrole",
+        "deployment.apps/cluster-security-operator",
+        "validatingwebhookconfiguration",
+    ] {
+        assert!(text.contains(what), "{what} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
+    let cp = &env().cp;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .args([
+            &format!("{root}/scripts/helm-render.py"),
+            &format!("{root}/charts/cluster-security-operator"),
+            "csop-chart",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "helm lint/render (pip install helm-python-sdk): {}", stderr(&out));
+    let rendered = stdout(&out);
+    assert!(rendered.contains("namespace: csop-chart"), "release namespace templated");
+    let _ = cp.kubectl(&["create", "namespace", "csop-chart"]);
+    let out = cp.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("deployment.apps/cluster-security-operator"), "{}", stdout(&out));
+}
