@@ -19,13 +19,22 @@ use k8s_openapi::ByteString;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
 
-fn config(key_name: Option<&str>) -> String {
-    let providers = match key_name {
-        None => "  - identity: {}\n".to_string(),
-        Some(k) => {
-            let secret = base64::engine::general_purpose::STANDARD.encode([k.len() as u8; 32]);
-            format!("  - aescbc:\n      keys:\n      - {{name: {k}, secret: {secret}}}\n  - identity: {{}}\n")
-        }
+/// An EncryptionConfiguration writing with the first of `keys` (identity when empty) and able
+/// to read all of them, as a key rotation needs.
+fn config(keys: &[&str]) -> String {
+    let providers = if keys.is_empty() {
+        "  - identity: {}\n".to_string()
+    } else {
+        let list: String = keys
+            .iter()
+            .map(|k| {
+                format!(
+                    "      - {{name: {k}, secret: {}}}\n",
+                    base64::engine::general_purpose::STANDARD.encode([k.len() as u8; 32])
+                )
+            })
+            .collect();
+        format!("  - aescbc:\n      keys:\n{list}  - identity: {{}}\n")
     };
     format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}")
 }
@@ -62,7 +71,7 @@ fn count_with_prefix(cp: &ControlPlane, prefix: &[u8], n: usize) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("CSO_BENCH_SECRETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    let mut cp = ControlPlane::start(Options { encryption_config: Some(config(None)) })?;
+    let mut cp = ControlPlane::start(Options { encryption_config: Some(config(&[])) })?;
     let client = cp.client().await?;
     let ns =
         Namespace { metadata: ObjectMeta { name: Some("bench".into()), ..Default::default() }, ..Default::default() };
@@ -92,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     let sample = n.div_ceil(50);
 
     // Baseline: the seed's kubectl pipeline, after switching to key "a".
-    cp.set_encryption_config(&config(Some("a")))?;
+    cp.set_encryption_config(&config(&["a"]))?;
     cp.restart_apiserver()?;
     let kubeconfig = cp.kubeconfig_path();
     let t = Instant::now();
@@ -113,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let kubectl_ok = count_with_prefix(&cp, b"k8s:enc:aescbc:v1:a:", n);
 
     // Engine, after switching to key "bb".
-    cp.set_encryption_config(&config(Some("bb")))?;
+    cp.set_encryption_config(&config(&["bb", "a"]))?;
     cp.restart_apiserver()?;
     let client = cp.client().await?;
     let before_hwm = self_hwm_mib();

@@ -64,6 +64,17 @@ pub fn record<I: Clone>(history: &mut Vec<Operation<I>>, op: &Operation<I>) {
     history.truncate(OPERATION_HISTORY);
 }
 
+/// The error of the newest operation when it failed for this very spec (same generation, same
+/// target). Such a failure is not retried until the spec changes, unless what was missing (a
+/// Secret) has appeared since.
+pub fn failed_for<I: PartialEq>(history: &[Operation<I>], generation: Option<i64>, desired: &I) -> Option<ErrorInfo> {
+    let last = history.first()?;
+    (last.operation_state == crate::api::OperationState::UpdateFailed
+        && last.generation == generation
+        && last.target_info.as_ref() == Some(desired))
+    .then(|| last.error_info.clone().unwrap_or(ErrorInfo { code: "Failed".into(), message: String::new() }))
+}
+
 /// Seconds the operation has been UPDATE_IN_PROGRESS.
 pub fn seconds_in_progress<I>(op: &Operation<I>, now: Timestamp) -> Option<i64> {
     let started = parse_time(op.start_time.as_deref()?)?;

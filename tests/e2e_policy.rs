@@ -300,3 +300,38 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
     assert!(ops.iter().all(|op| op.operation_state == OperationState::UpdateComplete), "{ops:?}");
     assert_eq!(sts_generation(ns, "kafka").await, gen_rolling + 1, "one rollout per operation");
 }
+
+#[tokio::test]
+async fn missing_ca_secret_fails_then_retries_once_it_exists() {
+    let cp = &env().cp;
+    let ns = "missing-ca";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let gen = sts_generation(ns, "kafka").await;
+    let auth = "{tls: {enabled: true, certificateAuthoritySecretRefs: [{name: corp-ca}]}}";
+    apply(cp, &policy(ns, "kafka", auth, "TLS", true, 120));
+    let o = wait_op(ns, OperationState::UpdateFailed, 60).await;
+    let err = o.status.as_ref().unwrap().operations[0].error_info.clone().unwrap();
+    assert_eq!(err.code, "SecretNotFound");
+    assert!(err.message.contains("corp-ca") && err.message.contains("ca.crt"), "{}", err.message);
+    assert_eq!(condition(&o, "Stalled"), Some(("True".into(), "SecretNotFound".into())));
+    assert_eq!(sts_generation(ns, "kafka").await, gen, "nothing rolled");
+
+    // The Secret appears: the operator retries on its own and completes.
+    let ca = cluster_security_operator::pki::new_ca("corp", k8s_openapi::jiff::Timestamp::now(), 30).unwrap();
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n",
+            serde_json::to_string(&ca.cert_pem).unwrap()
+        ),
+    );
+    let o = wait_op(ns, OperationState::UpdateComplete, 90).await;
+    assert_eq!(o.status.as_ref().unwrap().operations.len(), 2);
+    let bundle = Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get("kafka-client-ca").await.unwrap();
+    assert_eq!(
+        String::from_utf8(bundle.data.unwrap()["ca.crt"].0.clone()).unwrap(),
+        ca.cert_pem,
+        "the given CA is the bundle"
+    );
+}

@@ -23,7 +23,7 @@ use super::inspect::{self, Material};
 use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, CERTIFICATE_HASH_ANNOTATION};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
-    ClientImpact, ClusterState, ErrorInfo, OperationState, OperationType, WorkloadKind, FIELD_MANAGER,
+    ClientImpact, ClusterState, OperationState, OperationType, WorkloadKind, FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
@@ -341,21 +341,11 @@ async fn advance(
             let health = Health::Ready { reason: reason::APPLIED.into(), message };
             return Ok(Outcome { health, requeue: next_renewal });
         }
-        if let Some(last) = status.operations.first() {
-            if last.operation_state == OperationState::UpdateFailed
-                && last.generation == generation
-                && last.target_info.as_ref() == Some(&desired)
-            {
-                // Retried only when what was missing is there now (a Secret), else on a spec change.
-                let e = last.error_info.clone().unwrap_or(ErrorInfo { code: "Failed".into(), message: String::new() });
-                let secret_now_there = e.code == reason::SECRET_NOT_FOUND && referenced_secret_exists(ctx, cr).await?;
-                if !secret_now_there {
-                    let retry = (e.code == reason::SECRET_NOT_FOUND).then(|| Duration::from_secs(30));
-                    return Ok(Outcome {
-                        health: Health::Stalled { reason: e.code, message: e.message },
-                        requeue: retry,
-                    });
-                }
+        if let Some(e) = operation::failed_for(&status.operations, generation, &desired) {
+            let missing_secret = e.code == reason::SECRET_NOT_FOUND;
+            if !(missing_secret && referenced_secret_exists(ctx, cr).await?) {
+                let retry = missing_secret.then(|| Duration::from_secs(30));
+                return Ok(Outcome { health: Health::Stalled { reason: e.code, message: e.message }, requeue: retry });
             }
         }
         let source = CertificateSettings {

@@ -18,8 +18,8 @@ use tracing::warn;
 
 use super::{client_ca_secret_name, configmap_name, desired_settings, listeners, properties, SECURITY_HASH_ANNOTATION};
 use crate::api::{
-    ClusterSecurityPolicy, ClusterSecurityPolicyStatus, ClusterState, Operation, OperationState, OperationType,
-    SecuritySettings, WorkloadKind, FIELD_MANAGER,
+    ClusterSecurityPolicy, ClusterSecurityPolicyStatus, ClusterState, OperationState, OperationType, SecuritySettings,
+    WorkloadKind, FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
@@ -34,8 +34,6 @@ pub mod step {
 }
 
 const CLIENT_CA_DAYS: u32 = 3650;
-
-type Op = Operation<SecuritySettings>;
 
 /// What one reconcile decided to tell the user.
 struct Outcome {
@@ -158,10 +156,7 @@ async fn write_artefacts(
 }
 
 /// After a SecretNotFound failure: are all referenced CA Secrets there now?
-async fn ca_refs_present(ctx: &Context, csp: &ClusterSecurityPolicy, op: &Op) -> Result<bool, Error> {
-    if op.error_info.as_ref().is_none_or(|e| e.code != reason::SECRET_NOT_FOUND) {
-        return Ok(false);
-    }
+async fn ca_refs_present(ctx: &Context, csp: &ClusterSecurityPolicy) -> Result<bool, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let refs = csp
@@ -213,18 +208,13 @@ async fn advance(
         }
         // A failed operation for this very spec is not retried until the spec changes
         // (or, for a missing CA Secret, until it appears).
-        if let Some(last) = status.operations.first() {
-            let same = last.operation_state == OperationState::UpdateFailed
-                && last.generation == generation
-                && last.target_info.as_ref() == Some(&desired);
-            if same && !ca_refs_present(ctx, csp, last).await? {
-                let e = last
-                    .error_info
-                    .clone()
-                    .unwrap_or_else(|| crate::api::ErrorInfo { code: "Failed".into(), message: String::new() });
+        if let Some(e) = operation::failed_for(&status.operations, generation, &desired) {
+            let missing_secret = e.code == reason::SECRET_NOT_FOUND;
+            if !(missing_secret && ca_refs_present(ctx, csp).await?) {
+                let retry = missing_secret.then(|| Duration::from_secs(30));
                 return Ok(Outcome {
                     health: Health::Stalled { reason: e.code, message: e.message },
-                    requeue: None,
+                    requeue: retry,
                     events,
                 });
             }
