@@ -38,6 +38,22 @@ pub fn new<I>(
     }
 }
 
+/// Make a new operation the current one and record it in the history; returns the note of the
+/// event that announces it.
+pub fn open<I: Clone>(
+    history: &mut Vec<Operation<I>>,
+    current: &mut Option<Operation<I>>,
+    op: Operation<I>,
+    what: &str,
+) -> String {
+    let type_name =
+        serde_json::to_value(op.operation_type).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    let note = format!("Operation {} recorded: {type_name} of {what}.", op.operation_id);
+    record(history, &op);
+    *current = Some(op);
+    note
+}
+
 /// Move to UPDATE_IN_PROGRESS.
 pub fn start<I>(op: &mut Operation<I>, now: Timestamp) {
     op.operation_state = OperationState::UpdateInProgress;

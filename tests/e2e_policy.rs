@@ -47,6 +47,17 @@ async fn sts_generation(ns: &str, name: &str) -> i64 {
     api.get(name).await.unwrap().metadata.generation.unwrap()
 }
 
+/// Two brokers with a SASL/SCRAM policy applied and rolled out: where the change tests start.
+async fn applied_scram(ns: &str, timeout: u32) -> ClusterSecurityPolicy {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, timeout));
+    let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    o
+}
+
 fn condition(o: &ClusterSecurityPolicy, type_: &str) -> Option<(String, String)> {
     o.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }
@@ -135,11 +146,7 @@ async fn every_row_of_the_table_reaches_update_complete() {
 async fn same_settings_start_nothing_and_changes_roll_once() {
     let cp = &env().cp;
     let ns = "idempotent";
-    webhook_ready(cp).await;
-    brokers(cp, ns, "kafka", 2).await;
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120));
-    let first = wait_op(ns, OperationState::UpdateComplete, 120).await;
-    wait_sts_ready(cp, ns, "kafka").await;
+    let first = applied_scram(ns, 120).await;
     let gen_before = sts_generation(ns, "kafka").await;
     // Same settings, new generation (only the timeout changed): no operation, no rollout.
     apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 300));
@@ -176,11 +183,7 @@ async fn change_during_rollout_waits_pending_then_proceeds() {
     let cp = &env().cp;
     let held = &env().held;
     let ns = "pending";
-    webhook_ready(cp).await;
-    brokers(cp, ns, "kafka", 2).await;
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 300));
-    wait_op(ns, OperationState::UpdateComplete, 120).await;
-    wait_sts_ready(cp, ns, "kafka").await;
+    applied_scram(ns, 300).await;
 
     // Someone else starts a rollout that can't finish yet (new pods stay not ready).
     held.hold_new_pods(ns, true);
@@ -256,11 +259,7 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
     let cp = &env().cp;
     let held = &env().held;
     let ns = "queued";
-    webhook_ready(cp).await;
-    brokers(cp, ns, "kafka", 2).await;
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 300));
-    wait_op(ns, OperationState::UpdateComplete, 120).await;
-    wait_sts_ready(cp, ns, "kafka").await;
+    applied_scram(ns, 300).await;
 
     // Our own rollout is stuck on not-ready pods...
     held.hold_new_pods(ns, true);

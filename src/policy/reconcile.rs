@@ -227,13 +227,8 @@ async fn advance(
             desired.clone(),
             now,
         );
-        events.push((
-            EventType::Normal,
-            "OperationPending".into(),
-            format!("Operation {} recorded: UPDATE_SECURITY of {wl}.", op.operation_id),
-        ));
-        operation::record(&mut status.operations, &op);
-        status.current_operation = Some(op);
+        let note = operation::open(&mut status.operations, &mut status.current_operation, op, &wl);
+        events.push((EventType::Normal, "OperationPending".into(), note));
     }
 
     let mut op = status.current_operation.clone().expect("set above");
