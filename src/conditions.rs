@@ -17,6 +17,10 @@ pub mod reason {
     pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
     pub const VALIDATED: &str = "Validated";
     pub const APPLIED: &str = "Applied";
+    /// Reconciling steps shared by the kinds that roll pods.
+    pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
+    pub const ROLLING_PODS: &str = "RollingPods";
+    pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
 }
 
 /// What the conditions should say; turned into the list with [`apply`].

@@ -145,6 +145,49 @@ where
     requeue.map(Action::requeue).unwrap_or_else(Action::await_change)
 }
 
+/// Set the pod-template annotations that roll `target` and move `op` to UPDATE_IN_PROGRESS;
+/// returns the health to report while the pods roll.
+pub async fn start_rollout<I>(
+    ctx: &Context,
+    namespace: &str,
+    target: &crate::api::ClusterRef,
+    annotations: &std::collections::BTreeMap<String, String>,
+    op: &mut crate::api::Operation<I>,
+    now: Timestamp,
+    events: &mut Events,
+) -> Result<Health, Error> {
+    let wl = crate::rollout::describe(namespace, target);
+    crate::rollout::set_template_annotations(&ctx.client, namespace, target, annotations)
+        .await
+        .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })?;
+    crate::operation::start(op, now);
+    events.push((EventType::Normal, "UpdateStarted".into(), format!("Operation {}: rolling {wl}.", op.operation_id)));
+    Ok(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") })
+}
+
+/// The kind-independent part of following a rollout: past the deadline the operation fails
+/// (RolloutFailed, Stalled); still rolling, progress is reported with when to look again.
+/// None when the rollout is done: what completion means is the kind's.
+pub fn follow_rollout<I>(
+    check: crate::rollout::RolloutCheck,
+    op: &mut crate::api::Operation<I>,
+    now: Timestamp,
+    events: &mut Events,
+) -> Option<(Health, Option<Duration>)> {
+    use crate::rollout::RolloutCheck;
+    match check {
+        RolloutCheck::Done => None,
+        RolloutCheck::TimedOut(message) => {
+            crate::operation::fail(op, reason::ROLLOUT_FAILED, message.clone(), now);
+            events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
+            Some((Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message }, None))
+        }
+        RolloutCheck::Rolling(message, after) => {
+            Some((Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(after)))
+        }
+    }
+}
+
 /// A kind that targets a workload in its own namespace.
 pub trait TargetsWorkload:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static

@@ -105,6 +105,15 @@ fn from_deployment(d: Deployment) -> Workload {
     }
 }
 
+/// `StatefulSet kafka/orders-kafka`, as messages name a workload.
+pub fn describe(namespace: &str, r: &ClusterRef) -> String {
+    let kind = match r.kind {
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::Deployment => "Deployment",
+    };
+    format!("{kind} {namespace}/{}", r.name)
+}
+
 /// Where a rollout the operator started stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RolloutCheck {

@@ -23,12 +23,14 @@ use super::inspect::{self, Material};
 use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, CERTIFICATE_HASH_ANNOTATION};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
-    ClientImpact, ClusterState, OperationState, OperationType, WorkloadKind, FIELD_MANAGER,
+    ClientImpact, ClusterState, OperationState, OperationType, FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
+use crate::controller::{
+    finish, follow_rollout, start_rollout, watch_workloads, write_status_diff, Context, Error, Events,
+};
 use crate::operation::{self, rfc3339};
-use crate::rollout::{self, RolloutCheck, Workload};
+use crate::rollout::{self, Workload};
 use crate::{pki, validate};
 
 const CA_DAYS: u32 = 3650;
@@ -94,11 +96,7 @@ fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> 
 }
 
 fn workload_text(cr: &CertificateRotation) -> String {
-    let kind = match cr.spec.cluster_ref.kind {
-        WorkloadKind::StatefulSet => "StatefulSet",
-        WorkloadKind::Deployment => "Deployment",
-    };
-    format!("{kind} {}/{}", cr.namespace().unwrap_or_default(), cr.spec.cluster_ref.name)
+    rollout::describe(&cr.namespace().unwrap_or_default(), &cr.spec.cluster_ref)
 }
 
 fn secret_string(s: &Secret, key: &str) -> Option<String> {
@@ -373,7 +371,7 @@ async fn advance(
             if state != ClusterState::Active {
                 let message = format!("{wl} is not ACTIVE; the rotation starts once it is.");
                 Outcome {
-                    health: Health::Reconciling { reason: "WaitingForActiveCluster".into(), message },
+                    health: Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message },
                     requeue: Some(Duration::from_secs(30)),
                 }
             } else {
@@ -421,23 +419,9 @@ async fn advance(
                             ann.insert(w.slot.label_annotation(), w.label.clone());
                         }
                         let ns = cr.namespace().unwrap_or_default();
-                        rollout::set_template_annotations(&ctx.client, &ns, &cr.spec.cluster_ref, &ann)
-                            .await
-                            .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })?;
+                        let health = start_rollout(ctx, &ns, &cr.spec.cluster_ref, &ann, &mut op, now, events).await?;
                         status.certificate_hash = Some(hash);
-                        operation::start(&mut op, now);
-                        events.push((
-                            EventType::Normal,
-                            "UpdateStarted".into(),
-                            format!("Operation {}: new certificates written; rolling {wl}.", op.operation_id),
-                        ));
-                        Outcome {
-                            health: Health::Reconciling {
-                                reason: "RollingPods".into(),
-                                message: format!("Rolling {wl}."),
-                            },
-                            requeue: Some(Duration::from_secs(5)),
-                        }
+                        Outcome { health, requeue: Some(Duration::from_secs(5)) }
                     }
                 }
             }
@@ -447,8 +431,10 @@ async fn advance(
             expected
                 .insert(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default());
             let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
-            match rollout::check(workload, &expected, elapsed, i64::from(cr.spec.rollout_timeout_seconds), &wl) {
-                RolloutCheck::Done => {
+            let check = rollout::check(workload, &expected, elapsed, i64::from(cr.spec.rollout_timeout_seconds), &wl);
+            match follow_rollout(check, &mut op, now, events) {
+                Some((health, requeue)) => Outcome { health, requeue },
+                None => {
                     operation::complete(&mut op, now);
                     events.push((
                         EventType::Normal,
@@ -463,18 +449,6 @@ async fn advance(
                         requeue: Some(Duration::from_secs(1)),
                     }
                 }
-                RolloutCheck::TimedOut(message) => {
-                    operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
-                    events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
-                    Outcome {
-                        health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
-                        requeue: None,
-                    }
-                }
-                RolloutCheck::Rolling(message, after) => Outcome {
-                    health: Health::Reconciling { reason: "RollingPods".into(), message },
-                    requeue: Some(after),
-                },
             }
         }
         OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome {

@@ -19,19 +19,14 @@ use tracing::warn;
 use super::{client_ca_secret_name, configmap_name, desired_settings, listeners, properties, SECURITY_HASH_ANNOTATION};
 use crate::api::{
     ClusterSecurityPolicy, ClusterSecurityPolicyStatus, ClusterState, OperationState, OperationType, SecuritySettings,
-    WorkloadKind, FIELD_MANAGER,
+    FIELD_MANAGER,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{finish, watch_workloads, write_status_diff, Context, Error, Events};
-use crate::rollout::{self, RolloutCheck, Workload};
+use crate::controller::{
+    finish, follow_rollout, start_rollout, watch_workloads, write_status_diff, Context, Error, Events,
+};
+use crate::rollout::{self, Workload};
 use crate::{operation, pki, validate};
-
-/// Step names used as Reconciling reasons.
-pub mod step {
-    pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
-    pub const ROLLING_PODS: &str = "RollingPods";
-    pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
-}
 
 const CLIENT_CA_DAYS: u32 = 3650;
 
@@ -43,11 +38,7 @@ struct Outcome {
 }
 
 fn workload_text(csp: &ClusterSecurityPolicy) -> String {
-    let kind = match csp.spec.cluster_ref.kind {
-        WorkloadKind::StatefulSet => "StatefulSet",
-        WorkloadKind::Deployment => "Deployment",
-    };
-    format!("{kind} {}/{}", csp.namespace().unwrap_or_default(), csp.spec.cluster_ref.name)
+    rollout::describe(&csp.namespace().unwrap_or_default(), &csp.spec.cluster_ref)
 }
 
 fn state_text(s: ClusterState) -> &'static str {
@@ -200,7 +191,7 @@ async fn advance(
                 Health::Ready { reason: reason::APPLIED.into(), message: format!("Security settings applied to {wl}.") }
             } else {
                 Health::NotReady {
-                    reason: step::CLUSTER_NOT_ACTIVE.into(),
+                    reason: reason::CLUSTER_NOT_ACTIVE.into(),
                     message: format!("Security settings applied, but {wl} is {}.", state_text(state)),
                 }
             };
@@ -246,7 +237,7 @@ async fn advance(
                     format!("{wl} is {}; the update starts once it is ACTIVE.", state_text(state))
                 };
                 Outcome {
-                    health: Health::Reconciling { reason: step::WAITING_FOR_ACTIVE_CLUSTER.into(), message },
+                    health: Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message },
                     requeue: Some(Duration::from_secs(30)),
                     events,
                 }
@@ -263,24 +254,10 @@ async fn advance(
                         let mut ann = BTreeMap::new();
                         ann.insert(SECURITY_HASH_ANNOTATION.to_string(), hash.clone());
                         let ns = csp.namespace().unwrap_or_default();
-                        rollout::set_template_annotations(&ctx.client, &ns, &csp.spec.cluster_ref, &ann)
-                            .await
-                            .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })?;
+                        let health =
+                            start_rollout(ctx, &ns, &csp.spec.cluster_ref, &ann, &mut op, now, &mut events).await?;
                         status.security_hash = Some(hash);
-                        operation::start(&mut op, now);
-                        events.push((
-                            EventType::Normal,
-                            "UpdateStarted".into(),
-                            format!("Operation {}: rolling {wl}.", op.operation_id),
-                        ));
-                        Outcome {
-                            health: Health::Reconciling {
-                                reason: step::ROLLING_PODS.into(),
-                                message: format!("Rolling {wl}."),
-                            },
-                            requeue: Some(Duration::from_secs(5)),
-                            events,
-                        }
+                        Outcome { health, requeue: Some(Duration::from_secs(5)), events }
                     }
                 }
             }
@@ -289,8 +266,10 @@ async fn advance(
             let mut expected = BTreeMap::new();
             expected.insert(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default());
             let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
-            match rollout::check(workload, &expected, elapsed, i64::from(csp.spec.rollout_timeout_seconds), &wl) {
-                RolloutCheck::Done => {
+            let check = rollout::check(workload, &expected, elapsed, i64::from(csp.spec.rollout_timeout_seconds), &wl);
+            match follow_rollout(check, &mut op, now, &mut events) {
+                Some((health, requeue)) => Outcome { health, requeue, events },
+                None => {
                     operation::complete(&mut op, now);
                     let target = op.target_info.clone().expect("operations carry a target");
                     status.listeners = listeners::status_listeners(&target);
@@ -313,20 +292,6 @@ async fn advance(
                     };
                     Outcome { health, requeue: (target != desired).then(|| Duration::from_secs(1)), events }
                 }
-                RolloutCheck::TimedOut(message) => {
-                    operation::fail(&mut op, reason::ROLLOUT_FAILED, message.clone(), now);
-                    events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
-                    Outcome {
-                        health: Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message },
-                        requeue: None,
-                        events,
-                    }
-                }
-                RolloutCheck::Rolling(message, after) => Outcome {
-                    health: Health::Reconciling { reason: step::ROLLING_PODS.into(), message },
-                    requeue: Some(after),
-                    events,
-                },
             }
         }
         OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome {
