@@ -20,8 +20,8 @@ fn policy(client_broker: &str) -> String {
 
 async fn wait_condition(api: &Api<ClusterSecurityPolicy>, generation: i64, stalled: bool) -> ClusterSecurityPolicy {
     // Generous: after an apiserver restart the watches reconnect with kube-runtime's default
-    // exponential backoff (up to 30 s between attempts).
-    wait_until(Duration::from_secs(120), &format!("generation {generation} reconciled, stalled={stalled}"), || {
+    // exponential backoff (up to 30 s between attempts; seen taking up to ~100 s in all).
+    wait_until(Duration::from_secs(240), &format!("generation {generation} reconciled, stalled={stalled}"), || {
         let api = api.clone();
         async move {
             let o = api.get("orders").await.map_err(|e| e.to_string())?;
