@@ -71,7 +71,7 @@ fn count_with_prefix(cp: &ControlPlane, prefix: &[u8], n: usize) -> usize {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("CSO_BENCH_SECRETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
-    let mut cp = ControlPlane::start(Options { encryption_config: Some(config(&[])) })?;
+    let cp = ControlPlane::start(Options { encryption_config: Some(config(&[])) })?;
     let client = cp.client().await?;
     let ns =
         Namespace { metadata: ObjectMeta { name: Some("bench".into()), ..Default::default() }, ..Default::default() };

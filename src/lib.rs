@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
+pub mod http;
 pub mod kms;
 pub mod operation;
 pub mod pki;

@@ -42,7 +42,7 @@ fn stored_as(cp: &ControlPlane, name: &str) -> String {
 
 #[tokio::test]
 async fn rewrites_every_secret_without_losing_concurrent_changes() {
-    let mut cp = ControlPlane::start(Options { encryption_config: Some(IDENTITY.into()) }).unwrap();
+    let cp = ControlPlane::start(Options { encryption_config: Some(IDENTITY.into()) }).unwrap();
     let client = cp.client().await.unwrap();
     let ns = Namespace { metadata: ObjectMeta { name: Some(NS.into()), ..Default::default() }, ..Default::default() };
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();

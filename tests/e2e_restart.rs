@@ -38,7 +38,7 @@ async fn wait_condition(api: &Api<ClusterSecurityPolicy>, generation: i64, stall
 
 #[tokio::test]
 async fn missing_crds_invalid_spec_and_apiserver_restart() {
-    let mut cp = ControlPlane::start(Options::default()).expect("control plane starts");
+    let cp = ControlPlane::start(Options::default()).expect("control plane starts");
     let binary = Path::new(OPERATOR);
 
     // 1. No CRDs: the operator stops at once and says how to install them.

@@ -18,13 +18,8 @@ async fn start() -> (SocketAddr, reqwest::Client, axum_server::Handle) {
     let h = handle.clone();
     tokio::spawn(async move { webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h).await.unwrap() });
     let addr = handle.listening().await.expect("webhook listens");
-    let ca = reqwest::Certificate::from_pem(m.ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    // Trusts the operator's CA and nothing else.
+    let client = cluster_security_operator::http::https_client(Some(m.ca.cert_pem.as_bytes()), false).unwrap();
     (addr, client, handle)
 }
 
@@ -85,7 +80,7 @@ async fn answers_admission_reviews_over_tls() {
     assert_eq!(delete["response"]["allowed"], true, "deletes are never blocked");
 
     // A client that does not trust the operator's CA is refused at the handshake.
-    let stranger = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false).build().unwrap();
+    let stranger = cluster_security_operator::http::https_client(None, true).unwrap();
     let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
     assert!(stranger.post(url).json(&json!({})).send().await.is_err());
     handle.shutdown();

@@ -1,5 +1,7 @@
-//! KmsKeyVaultMode. So far: the re-encryption engine (usable on its own) and the step planner;
-//! the Azure provider and the controller that drives the steps come next.
+//! KmsKeyVaultMode: the re-encryption engine (usable on its own), the step planner, the cloud
+//! provider behind a trait (Azure first) and the controller that drives the steps.
 
+pub mod azure;
+pub mod provider;
 pub mod reencrypt;
 pub mod steps;

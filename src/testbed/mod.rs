@@ -6,6 +6,8 @@
 //! Free loopback ports, a temporary directory per control plane, and children that die with the
 //! process (see [`spawn`]): parallel runs never collide and nothing is left behind.
 
+pub mod azure;
+pub mod kms_plugin;
 pub mod kubelet;
 pub mod operator;
 pub mod spawn;
@@ -13,6 +15,7 @@ pub mod spawn;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -32,12 +35,18 @@ pub struct Options {
 pub struct ControlPlane {
     dir: PathBuf,
     etcd: Child,
-    apiserver: Child,
+    /// Behind a lock so that the Azure emulator can restart it (like AKS does) while tests hold
+    /// the control plane shared.
+    apiserver: Mutex<ApiServer>,
     controller_manager: Child,
-    apiserver_args: Vec<String>,
     bin_dir: PathBuf,
     pub etcd_port: u16,
     pub apiserver_port: u16,
+}
+
+struct ApiServer {
+    child: Child,
+    args: Vec<String>,
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; nothing is hard-coded).
@@ -170,9 +179,8 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             dir,
             etcd,
-            apiserver,
+            apiserver: Mutex::new(ApiServer { child: apiserver, args: apiserver_args }),
             controller_manager: Command::new("true").spawn()?, // replaced below once the apiserver is up
-            apiserver_args,
             bin_dir,
             etcd_port,
             apiserver_port,
@@ -239,10 +247,10 @@ impl ControlPlane {
     }
 
     /// Wait until `/readyz` answers ok, or fail with the apiserver's log tail.
-    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.apiserver.try_wait() {
+            if let Ok(Some(status)) = self.apiserver.lock().expect("apiserver lock").child.try_wait() {
                 bail!("kube-apiserver exited ({status}):\n{}", self.log_tail("kube-apiserver", 30));
             }
             let out = self.kubectl(&["get", "--raw", "/readyz"]);
@@ -265,12 +273,13 @@ impl ControlPlane {
 
     /// Replace the encryption configuration; it takes effect at the next apiserver (re)start (the
     /// v1.20 apiserver does not reload it).
-    pub fn set_encryption_config(&mut self, config: &str) -> anyhow::Result<()> {
+    pub fn set_encryption_config(&self, config: &str) -> anyhow::Result<()> {
         let path = self.dir.join("encryption.yaml");
         write(&path, config)?;
         let flag = format!("--encryption-provider-config={}", path.display());
-        if !self.apiserver_args.contains(&flag) {
-            self.apiserver_args.push(flag);
+        let mut apiserver = self.apiserver.lock().expect("apiserver lock");
+        if !apiserver.args.contains(&flag) {
+            apiserver.args.push(flag);
         }
         Ok(())
     }
@@ -291,24 +300,27 @@ impl ControlPlane {
     }
 
     /// Stop kube-apiserver, start it again with the same flags, and wait until it is ready.
-    pub fn restart_apiserver(&mut self) -> anyhow::Result<()> {
+    pub fn restart_apiserver(&self) -> anyhow::Result<()> {
         self.stop_apiserver();
         self.start_apiserver()
     }
 
     /// Stop kube-apiserver (clients see connection errors until [`Self::start_apiserver`]).
-    pub fn stop_apiserver(&mut self) {
-        spawn::stop(&mut self.apiserver, Duration::from_secs(10));
+    pub fn stop_apiserver(&self) {
+        spawn::stop(&mut self.apiserver.lock().expect("apiserver lock").child, Duration::from_secs(10));
     }
 
     /// Start kube-apiserver again after [`Self::stop_apiserver`].
-    pub fn start_apiserver(&mut self) -> anyhow::Result<()> {
-        self.apiserver = start_process(
-            &self.bin_dir.join("kube-apiserver"),
-            &self.apiserver_args,
-            self.dir.as_path(),
-            "kube-apiserver",
-        )?;
+    pub fn start_apiserver(&self) -> anyhow::Result<()> {
+        {
+            let mut apiserver = self.apiserver.lock().expect("apiserver lock");
+            apiserver.child = start_process(
+                &self.bin_dir.join("kube-apiserver"),
+                &apiserver.args,
+                self.dir.as_path(),
+                "kube-apiserver",
+            )?;
+        }
         self.wait_ready(Duration::from_secs(90))
     }
 }
@@ -317,7 +329,9 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         let grace = Duration::from_secs(5);
         spawn::stop(&mut self.controller_manager, grace);
-        spawn::stop(&mut self.apiserver, grace);
+        if let Ok(apiserver) = self.apiserver.get_mut() {
+            spawn::stop(&mut apiserver.child, grace);
+        }
         spawn::stop(&mut self.etcd, grace);
         if std::env::var_os("CSO_TESTBED_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
