@@ -127,7 +127,9 @@ async fn main() -> anyhow::Result<()> {
     let client = cp.client().await?;
     let before_hwm = self_hwm_mib();
     let t = Instant::now();
-    let p = reencrypt::run(&client, Settings { concurrency: 16, page_size: 500, attempts: 5 }, None, |_| {}).await?;
+    let p =
+        reencrypt::run(&client, Settings { concurrency: 16, page_size: 500, attempts: 5 }, Default::default(), |_| {})
+            .await?;
     let engine_secs = t.elapsed().as_secs_f64();
     let engine_ok = count_with_prefix(&cp, b"k8s:enc:aescbc:v1:bb:", n);
 

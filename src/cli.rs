@@ -76,9 +76,51 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "CSO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Azure Resource Manager endpoint (KmsKeyVaultMode).
+    #[arg(long, env = "CSO_AZURE_ARM_ENDPOINT", default_value = crate::kms::azure::DEFAULT_ARM_ENDPOINT)]
+    pub azure_arm_endpoint: String,
+    /// Entra ID authority host; unset: the public cloud.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+    /// Key Vault data-plane endpoint; `{vault}` stands for the vault name.
+    #[arg(long, env = "CSO_AZURE_KEY_VAULT_ENDPOINT", default_value = crate::kms::azure::DEFAULT_KEY_VAULT_ENDPOINT)]
+    pub azure_key_vault_endpoint: String,
+    /// PEM file of extra CAs to trust for Azure endpoints (a private cloud, a proxy, the emulator).
+    #[arg(long, env = "CSO_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<PathBuf>,
+    /// Secret (`name` in --namespace, or `namespace/name`) with AZURE_TENANT_ID, AZURE_CLIENT_ID and
+    /// AZURE_CLIENT_SECRET; unset: Azure workload identity (AZURE_* variables on the pod).
+    #[arg(long, env = "CSO_AZURE_CREDENTIALS_SECRET")]
+    pub azure_credentials_secret: Option<String>,
+    /// Seconds between polls of an Azure long-running operation when Azure sends no Retry-After.
+    #[arg(long, env = "CSO_AZURE_POLL_INTERVAL_SECONDS", default_value_t = 10)]
+    pub azure_poll_interval_seconds: u64,
 }
 
 impl RunArgs {
+    /// The KmsKeyVaultMode provider factory from the Azure flags.
+    pub fn azure_factory(&self) -> anyhow::Result<crate::kms::reconcile::AzureFactory> {
+        let extra_ca_pem = match &self.azure_ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("--azure-ca-file {}: {e}", p.display()))?),
+            None => None,
+        };
+        let credentials_secret = self.azure_credentials_secret.as_ref().map(|s| match s.split_once('/') {
+            Some((ns, name)) => (ns.to_string(), name.to_string()),
+            None => (self.namespace.clone(), s.clone()),
+        });
+        Ok(crate::kms::reconcile::AzureFactory {
+            settings: crate::kms::azure::AzureSettings {
+                arm_endpoint: self.azure_arm_endpoint.clone(),
+                authority_host: self.azure_authority_host.clone(),
+                key_vault_endpoint: self.azure_key_vault_endpoint.clone(),
+                extra_ca_pem,
+                poll_interval: Duration::from_secs(self.azure_poll_interval_seconds.max(1)),
+                ..Default::default()
+            },
+            credentials_secret,
+        })
+    }
+
     /// Names the serving certificate must carry.
     pub fn webhook_sans(&self) -> Vec<String> {
         let (svc, ns) = (&self.webhook_service, &self.namespace);
@@ -200,7 +242,7 @@ pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
         }
     }
     ready.controllers.store(true, Ordering::Relaxed);
-    let result = controller::run_all(client, clock).await;
+    let result = controller::run_all(client, clock, Arc::new(args.azure_factory()?)).await;
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     health.abort();
     info!("stopped");

@@ -1,14 +1,11 @@
-//! The three kube-runtime controllers and what they share: the context (client, clock, event
-//! recorder), the status write (one server-side apply of the whole status), and the error policy.
-//!
-//! At this stage every reconciler validates the spec and reports it through observedGeneration
-//! and kstatus conditions; the per-kind work (rollouts, certificates, KMS) plugs in per kind.
+//! What the three kube-runtime controllers share: the context (client, clock, event recorder),
+//! the status write (a JSON merge diff guarded by resourceVersion), events, the rollout start and
+//! follow path of the two kinds that roll pods, and starting them all.
 
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -23,7 +20,6 @@ use tracing::{info, warn};
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode, FIELD_MANAGER};
 use crate::conditions::{self, reason, Health};
-use crate::validate::{self, Violations};
 
 /// Where time comes from; tests pass a fixed clock.
 pub trait Clock: Send + Sync {
@@ -102,20 +98,33 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
 /// Write `new` as the status of `obj` when it differs from the status `obj` carries. The patch
 /// names the resourceVersion it was computed from, so a decision made on a stale copy fails
 /// with a conflict (and is retried on fresh data) instead of overwriting newer status.
-pub async fn write_status_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<bool, Error>
+/// Returns the object as stored after the write (None when nothing needed writing).
+pub async fn write_status_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<Option<K>, Error>
 where
     K: Reconciled,
     S: Serialize,
 {
     let old = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(json!({}));
     let new = serde_json::to_value(new).map_err(|e| Error::Internal(e.to_string()))?;
-    let Some(diff) = merge_diff(&old, &new) else { return Ok(false) };
+    let Some(diff) = merge_diff(&old, &new) else { return Ok(None) };
     let patch = json!({"metadata": {"resourceVersion": obj.meta().resource_version}, "status": diff});
     api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|source| Error::WriteStatus { kind: K::KIND, name: obj.name_any(), source })?;
-    Ok(true)
+        .map(Some)
+        .map_err(|source| Error::WriteStatus { kind: K::KIND, name: obj.name_any(), source })
 }
+
+/// How every controller watches: from the API server's cache (`any_semantic`), and with a short
+/// server-side timeout. After a kube-apiserver restart a watch opened while it was starting can
+/// stay open without ever delivering an event; a watch that ends every 30 s (and resumes from the
+/// last resourceVersion, losing nothing) bounds that to half a minute instead of kube-runtime's
+/// default of almost five.
+pub fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS)
+}
+
+/// Server-side timeout of every watch; see [`watch_config`].
+pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
 
 /// Events a reconcile decided to publish: (type, reason, note).
 pub type Events = Vec<(EventType, String, String)>;
@@ -228,10 +237,10 @@ pub fn watch_workloads<K: TargetsWorkload>(controller: Controller<K>, client: &C
     }
     let (s1, s2) = (controller.store(), controller.store());
     controller
-        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
+        .watches(Api::<StatefulSet>::all(client.clone()), watch_config(), move |o| {
             mapper(s1.clone(), WorkloadKind::StatefulSet, o.namespace(), o.name_any())
         })
-        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default().any_semantic(), move |o| {
+        .watches(Api::<Deployment>::all(client.clone()), watch_config(), move |o| {
             mapper(s2.clone(), WorkloadKind::Deployment, o.namespace(), o.name_any())
         })
 }
@@ -243,13 +252,56 @@ where
 {
     // events.k8s.io limits the note to 1 kB.
     let note: String = note.chars().take(1000).collect();
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let reference = obj.object_ref(&());
+    let result = if reference.namespace.is_none() {
+        publish_core_event(&ctx.client, reference, type_, reason, note).await
+    } else {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        ctx.recorder.publish(&event, &reference).await
+    };
+    if let Err(e) = result {
         warn!(reason, error = %e, "could not publish event");
     }
 }
 
-/// What a kind brings to the shared reconcile loop.
+/// A core/v1 Event in `default` for a cluster-scoped object: older API servers (v1.20) refuse
+/// events.k8s.io/v1 events whose namespace differs from the (empty) namespace of what they are
+/// about, while core/v1 has always allowed `default`. `kubectl describe` finds both.
+async fn publish_core_event(
+    client: &Client,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = Time(Timestamp::now());
+    let event = CoreEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", reference.name.clone().unwrap_or_default())),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        involved_object: reference,
+        type_: Some(match type_ {
+            EventType::Normal => "Normal".into(),
+            EventType::Warning => "Warning".into(),
+        }),
+        reason: Some(reason.into()),
+        message: Some(note),
+        source: Some(EventSource { component: Some(FIELD_MANAGER.into()), host: None }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    let api: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    api.create(&Default::default(), &event).await.map(|_| ())
+}
+
+/// What every kind tells the shared helpers about itself.
 pub trait Reconciled:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
 {
@@ -257,141 +309,21 @@ pub trait Reconciled:
     const KIND: &'static str;
     /// Plural resource name, for messages.
     const PLURAL: &'static str;
-    /// Every API.md rule that can be checked from the spec alone.
-    fn validate_spec(&self) -> Result<(), Violations>;
-    fn status_conditions(&self) -> &[Condition];
-    fn status_observed_generation(&self) -> Option<i64>;
-    /// Status fields (besides observedGeneration and conditions) derived from the spec alone.
-    fn derived_status(&self) -> serde_json::Map<String, Value> {
-        serde_json::Map::new()
-    }
 }
 
 impl Reconciled for ClusterSecurityPolicy {
     const KIND: &'static str = "ClusterSecurityPolicy";
     const PLURAL: &'static str = "clustersecuritypolicies";
-    fn validate_spec(&self) -> Result<(), Violations> {
-        validate::security_policy(&self.spec, None)
-    }
-    fn status_conditions(&self) -> &[Condition] {
-        self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
-    }
-    fn status_observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-    fn derived_status(&self) -> serde_json::Map<String, Value> {
-        let methods: Vec<&str> = self.spec.client_authentication.enabled_methods().iter().map(|m| m.label()).collect();
-        let mut m = serde_json::Map::new();
-        m.insert("authentication".into(), json!(methods.join(",")));
-        m
-    }
 }
 
 impl Reconciled for CertificateRotation {
     const KIND: &'static str = "CertificateRotation";
     const PLURAL: &'static str = "certificaterotations";
-    fn validate_spec(&self) -> Result<(), Violations> {
-        validate::certificate_rotation(&self.spec)
-    }
-    fn status_conditions(&self) -> &[Condition] {
-        self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
-    }
-    fn status_observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
 }
 
 impl Reconciled for KmsKeyVaultMode {
     const KIND: &'static str = "KmsKeyVaultMode";
     const PLURAL: &'static str = "kmskeyvaultmodes";
-    fn validate_spec(&self) -> Result<(), Violations> {
-        validate::kms_key_vault_mode(&self.spec)
-    }
-    fn status_conditions(&self) -> &[Condition] {
-        self.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
-    }
-    fn status_observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-}
-
-/// Health of an object from its spec alone.
-pub fn spec_health<K: Reconciled>(obj: &K) -> Health {
-    match obj.validate_spec() {
-        Err(v) => Health::Stalled {
-            reason: reason::INVALID_SPEC.into(),
-            message: format!("{v}. Nothing was applied; fix the spec and apply it again."),
-        },
-        Ok(()) => Health::NotReady {
-            reason: reason::VALIDATED.into(),
-            message: format!(
-                "The {} spec is valid; this operator version validates it but does not apply it yet.",
-                K::KIND
-            ),
-        },
-    }
-}
-
-/// The status patch for an object (pure): None when the stored status already says it.
-pub fn status_patch<K: Reconciled>(obj: &K, health: &Health, now: Timestamp) -> Option<Value> {
-    let generation = obj.meta().generation;
-    let conds = conditions::apply(obj.status_conditions(), health, generation, now);
-    let derived = obj.derived_status();
-    let stored = serde_json::to_value(obj).ok();
-    let derived_same =
-        derived.iter().all(|(k, v)| stored.as_ref().and_then(|s| s.pointer(&format!("/status/{k}"))) == Some(v));
-    if conds == obj.status_conditions() && obj.status_observed_generation() == generation && derived_same {
-        return None;
-    }
-    let mut status = derived;
-    status.insert("observedGeneration".into(), json!(generation));
-    status.insert("conditions".into(), json!(conds));
-    Some(json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    }))
-}
-
-async fn write_status<K: Reconciled>(api: &Api<K>, name: &str, patch: &Value) -> Result<(), Error> {
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::WriteStatus { kind: K::KIND, name: name.into(), source })
-}
-
-/// Publish an event on a condition transition; a failed event is logged, never fatal.
-async fn event_on_transition<K: Reconciled>(ctx: &Context, obj: &K, health: &Health) {
-    let was_stalled = conditions::get(obj.status_conditions(), conditions::STALLED).is_some();
-    let (type_, reason, note) = match health {
-        Health::Stalled { reason, message } if !was_stalled => (EventType::Warning, reason.clone(), message.clone()),
-        Health::Stalled { .. } => return,
-        Health::Ready { reason, message }
-        | Health::Reconciling { reason, message }
-        | Health::NotReady { reason, message } => {
-            let prev = conditions::get(obj.status_conditions(), conditions::READY).map(|c| c.reason.as_str());
-            if prev == Some(reason.as_str()) {
-                return;
-            }
-            (EventType::Normal, reason.clone(), message.clone())
-        }
-    };
-    publish_event(ctx, obj, type_, &reason, note).await;
-}
-
-async fn reconcile_validated<K: Reconciled>(obj: Arc<K>, ctx: Arc<Context>, api: Api<K>) -> Result<Action, Error> {
-    let health = spec_health(obj.as_ref());
-    if let Some(patch) = status_patch(obj.as_ref(), &health, ctx.clock.now()) {
-        write_status(&api, &obj.name_any(), &patch).await?;
-        event_on_transition(&ctx, obj.as_ref(), &health).await;
-    }
-    Ok(Action::await_change())
-}
-
-/// Transient errors back off; the next watch event retries sooner.
-fn error_policy<K: Reconciled>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(kind = K::KIND, name = %obj.name_any(), error = %err, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
 }
 
 /// Fail early, with the install command, when a CRD is missing.
@@ -404,30 +336,13 @@ pub async fn check_crd<K: Reconciled>(api: &Api<K>) -> Result<(), Error> {
     }
 }
 
-async fn run_kind<K>(api: Api<K>, ctx: Arc<Context>, make_api: fn(&Client, &K) -> Api<K>)
-where
-    K: Reconciled,
-{
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .shutdown_on_signal()
-        .run(
-            move |obj, ctx: Arc<Context>| {
-                let api = make_api(&ctx.client, &obj);
-                reconcile_validated(obj, ctx, api)
-            },
-            error_policy::<K>,
-            ctx,
-        )
-        .for_each(|res| async move {
-            if let Ok((obj, _)) = res {
-                tracing::debug!(kind = K::KIND, name = %obj.name, "reconciled");
-            }
-        })
-        .await;
-}
-
-/// Run the three controllers until SIGTERM / Ctrl-C.
-pub async fn run_all(client: Client, clock: Arc<dyn Clock>) -> Result<(), Error> {
+/// Run the three controllers until SIGTERM / Ctrl-C; `kms_providers` makes the cloud provider of
+/// each KmsKeyVaultMode.
+pub async fn run_all(
+    client: Client,
+    clock: Arc<dyn Clock>,
+    kms_providers: Arc<dyn crate::kms::reconcile::ProviderFactory>,
+) -> Result<(), Error> {
     let csp: Api<ClusterSecurityPolicy> = Api::all(client.clone());
     let certrot: Api<CertificateRotation> = Api::all(client.clone());
     let kms: Api<KmsKeyVaultMode> = Api::all(client.clone());
@@ -439,7 +354,7 @@ pub async fn run_all(client: Client, clock: Arc<dyn Clock>) -> Result<(), Error>
     futures::join!(
         crate::policy::reconcile::run(client, ctx.clone()),
         crate::certs::reconcile::run(ctx.client.clone(), ctx.clone()),
-        run_kind(kms, ctx, |c, _| Api::all(c.clone())),
+        crate::kms::reconcile::run(Arc::new(crate::kms::reconcile::KmsContext { ctx, providers: kms_providers })),
     );
     Ok(())
 }
@@ -447,20 +362,6 @@ pub async fn run_all(client: Client, clock: Arc<dyn Clock>) -> Result<(), Error>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ClusterSecurityPolicySpec;
-
-    fn policy(client_broker: &str) -> ClusterSecurityPolicy {
-        let spec: ClusterSecurityPolicySpec = serde_json::from_value(json!({
-            "clusterRef": {"kind": "StatefulSet", "name": "orders-kafka"},
-            "clientAuthentication": {"tls": {"enabled": true}},
-            "encryptionInTransit": {"clientBroker": client_broker}
-        }))
-        .unwrap();
-        let mut p = ClusterSecurityPolicy::new("orders", spec);
-        p.metadata.namespace = Some("kafka".into());
-        p.metadata.generation = Some(3);
-        p
-    }
 
     #[test]
     fn merge_diff_removes_what_is_gone_and_skips_what_is_equal() {
@@ -471,22 +372,5 @@ mod tests {
         let nested = json!({"applied": {"tls": {"enabled": true}, "sasl": {}}});
         let nested_new = json!({"applied": {"sasl": {}}});
         assert_eq!(merge_diff(&nested, &nested_new), Some(json!({"applied": {"tls": null}})));
-    }
-
-    #[test]
-    fn invalid_spec_stalls_with_reason_and_is_idempotent() {
-        let now = Timestamp::from_second(1_800_000_000).unwrap();
-        let mut p = policy("PLAINTEXT");
-        let health = spec_health(&p);
-        let patch = status_patch(&p, &health, now).expect("first write");
-        assert_eq!(patch["status"]["observedGeneration"], 3);
-        let conds = patch["status"]["conditions"].as_array().unwrap();
-        let stalled = conds.iter().find(|c| c["type"] == "Stalled").unwrap();
-        assert_eq!(stalled["reason"], "InvalidSpec");
-        assert!(stalled["message"].as_str().unwrap().contains("AuthenticationEncryptionCompatibility"));
-        assert_eq!(patch["status"]["authentication"], "mTLS");
-        // Once stored, the same spec produces no write at all (no status churn).
-        p.status = Some(serde_json::from_value(patch["status"].clone()).unwrap());
-        assert!(status_patch(&p, &health, now).is_none());
     }
 }

@@ -96,7 +96,7 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     };
     let mut pages = 0;
     let settings = Settings { concurrency: 8, page_size: 50, attempts: 5 };
-    let p = reencrypt::run(&client, settings, None, |_| pages += 1).await.unwrap();
+    let p = reencrypt::run(&client, settings, Default::default(), |_| pages += 1).await.unwrap();
     writer.await.unwrap();
     assert_eq!(p.failed, 0, "{p:?}");
     assert_eq!(p.total, p.rewritten + p.unchanged + p.gone + p.failed);
@@ -116,13 +116,22 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     assert_eq!(secrets.get(&name(100)).await.unwrap().data.unwrap()["v"].0, b"original-100".to_vec());
 
     // A second run finds nothing to do.
-    let again = reencrypt::run(&client, settings, None, |_| {}).await.unwrap();
+    let again = reencrypt::run(&client, settings, Default::default(), |_| {}).await.unwrap();
     assert_eq!((again.rewritten, again.failed), (0, 0), "{again:?}");
     assert_eq!(again.unchanged, again.total);
+    // Counting (names only, paged) agrees while nobody writes.
+    assert_eq!(reencrypt::count(&client, 7).await.unwrap(), again.total);
 
     // Resuming after a key handles only what comes after it.
     let after = format!("{NS}/{}", name(COUNT - 5));
-    let tail = reencrypt::run(&client, settings, Some(after), |_| {}).await.unwrap();
+    let tail = reencrypt::run(
+        &client,
+        settings,
+        reencrypt::Progress { resume_after: Some(after), ..Default::default() },
+        |_| {},
+    )
+    .await
+    .unwrap();
     // s-0296..s-0299 and the ten created; Secrets of namespaces sorting after "reenc" come too.
     assert!(tail.total >= 4 + 10 && tail.total < 100, "{tail:?}");
     assert_eq!(tail.unchanged, tail.total, "{tail:?}");

@@ -160,7 +160,8 @@ pub struct Step {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReencryptionStatus {
-    /// Secrets seen so far.
+    /// Secrets in the cluster when the run started (counted by name), or handled so far when
+    /// more were created meanwhile.
     pub total: u64,
     /// Secrets the API server stored again under its current provider.
     pub rewritten: u64,
@@ -168,6 +169,9 @@ pub struct ReencryptionStatus {
     pub unchanged: u64,
     /// Secrets that could not be rewritten.
     pub failed: u64,
+    /// Secrets deleted by someone else before their turn (never recreated).
+    #[serde(default)]
+    pub deleted: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -175,6 +179,28 @@ pub struct ReencryptionStatus {
     /// Where a restarted run continues: the last `namespace/name` fully handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_after: Option<String>,
+}
+
+/// Result of checking the KMS key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum KeyCheckResult {
+    /// The key exists and is enabled and within its validity.
+    Usable,
+    /// Missing, disabled, expired or not yet valid: KMS cannot work with it.
+    Unusable,
+    /// The key could not be checked (e.g. the vault is private and unreachable from here).
+    Unknown,
+}
+
+/// The last check of the KMS key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCheck {
+    pub result: KeyCheckResult,
+    /// What was found, and what to do about it.
+    pub message: String,
+    /// When the key was checked (RFC 3339).
+    pub check_time: String,
 }
 
 /// The KMS settings an operation moves from and to.
@@ -215,6 +241,9 @@ pub struct KmsKeyVaultModeStatus {
     /// Progress of the current Secret rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencryption: Option<ReencryptionStatus>,
+    /// The last check of the KMS key (it stays required after KMS is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<KeyCheck>,
     /// The operation running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_operation: Option<Operation<KmsSettings>>,

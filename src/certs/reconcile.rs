@@ -14,7 +14,6 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -496,13 +495,13 @@ pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Resul
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let api: Api<CertificateRotation> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, crate::controller::watch_config());
     let secrets_store = controller.store();
     watch_workloads(controller, &client)
         // Referenced Secrets, metadata only: their contents are neither streamed nor cached.
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client),
-            watcher::Config::default().any_semantic(),
+            crate::controller::watch_config(),
             move |meta: PartialObjectMeta<Secret>| {
                 let (ns, name) = (meta.namespace(), meta.name_any());
                 secrets_store

@@ -3,5 +3,6 @@
 
 pub mod azure;
 pub mod provider;
+pub mod reconcile;
 pub mod reencrypt;
 pub mod steps;

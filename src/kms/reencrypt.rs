@@ -99,16 +99,47 @@ async fn rewrite_one(client: &Client, meta: &PartialObjectMeta<Secret>, attempts
     Outcome::Failed
 }
 
-/// Rewrite every Secret listed after `resume_after`. `on_page` sees the progress after each page
-/// (to persist the resume point at a modest rate).
+/// How many Secrets the cluster holds now: a names-only paged listing (the v1.20 API server does
+/// not carry `remainingItemCount` into PartialObjectMetadataList, and a full one-item list would
+/// pass a Secret's data through us). Cheap next to the rewrite: one request per page.
+pub async fn count(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
+    let api: Api<Secret> = Api::all(client.clone());
+    let mut total = 0u64;
+    let mut continue_token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(page_size.max(1));
+        if let Some(c) = &continue_token {
+            lp = lp.continue_token(c);
+        }
+        let page = match api.list_metadata(&lp).await {
+            Ok(p) => p,
+            // The continuation expired: count again from the start.
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                total = 0;
+                continue_token = None;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        total += page.items.len() as u64;
+        continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if continue_token.is_none() {
+            return Ok(total);
+        }
+    }
+}
+
+/// Rewrite every Secret listed after `start.resume_after`, adding to the counters of `start`
+/// (so a resumed run keeps counting where it stopped). `on_page` sees the progress after each
+/// page (to persist the resume point at a modest rate).
 pub async fn run(
     client: &Client,
     settings: Settings,
-    resume_after: Option<String>,
+    start: Progress,
     mut on_page: impl FnMut(&Progress),
 ) -> Result<Progress, ReencryptError> {
     let api: Api<Secret> = Api::all(client.clone());
-    let mut progress = Progress { resume_after: resume_after.clone(), ..Default::default() };
+    let mut progress = start;
     let mut continue_token: Option<String> = None;
     loop {
         let mut lp = ListParams::default().limit(settings.page_size);
@@ -130,7 +161,13 @@ pub async fn run(
             .filter(|m| progress.resume_after.as_deref().is_none_or(|after| key(m).as_str() > after))
             .collect();
         let last = items.last().map(key);
-        let outcomes: Vec<Outcome> = stream::iter(items.iter().map(|m| rewrite_one(client, m, settings.attempts)))
+        // Owned items and client clones: the futures borrow nothing, so the whole run stays Send
+        // inside a controller's reconcile future.
+        let outcomes: Vec<Outcome> = stream::iter(items)
+            .map(|m| {
+                let client = client.clone();
+                async move { rewrite_one(&client, &m, settings.attempts).await }
+            })
             .buffer_unordered(settings.concurrency.max(1))
             .collect()
             .await;

@@ -11,7 +11,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
@@ -350,7 +349,7 @@ pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Re
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let controller = Controller::new(policies, crate::controller::watch_config());
     watch_workloads(controller, &client)
         .shutdown_on_signal()
         .run(

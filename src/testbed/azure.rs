@@ -83,17 +83,26 @@ impl Spec {
 /// restart kube-apiserver). An error fails the operation.
 pub type ApplyKms = Arc<dyn Fn(&Value) -> anyhow::Result<()> + Send + Sync>;
 
-/// The hook that makes KMS changes real on a testbed control plane: switch the
-/// EncryptionConfiguration between KMS-first and identity-first and restart kube-apiserver.
-pub fn kms_hook(
-    cp: Arc<super::ControlPlane>,
-    plugin_config: impl Fn(bool) -> String + Send + Sync + 'static,
-) -> ApplyKms {
+/// The hook that makes KMS changes real on a testbed control plane: write the
+/// EncryptionConfiguration for the new settings (the KMS provider of the key's vault first, or
+/// identity first when KMS is off; see [`super::kms_plugin::encryption_config`]) and restart
+/// kube-apiserver, which v1.20 needs to read it.
+pub fn kms_hook(cp: Arc<super::ControlPlane>, endpoint: String, vaults: Vec<String>) -> ApplyKms {
     Arc::new(move |kms: &Value| {
-        let enabled = kms.get("enabled").and_then(Value::as_bool).unwrap_or(false);
-        cp.set_encryption_config(&plugin_config(enabled))?;
+        let vaults: Vec<&str> = vaults.iter().map(String::as_str).collect();
+        let config = super::kms_plugin::encryption_config(&endpoint, active_vault(kms).as_deref(), &vaults);
+        cp.set_encryption_config(&config)?;
         cp.restart_apiserver()
     })
+}
+
+/// The vault whose key a KMS block uses while KMS is on.
+pub fn active_vault(kms: &Value) -> Option<String> {
+    if !kms.get("enabled").and_then(Value::as_bool).unwrap_or(false) {
+        return None;
+    }
+    let key = kms.get("keyId").and_then(Value::as_str)?;
+    crate::validate::parse_key_id(key).ok().map(|k| k.vault.to_string())
 }
 
 #[derive(Debug, Clone)]

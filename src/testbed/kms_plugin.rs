@@ -1,12 +1,12 @@
 //! A KMS v1 plugin for the testbed: the gRPC service kube-apiserver calls to wrap and unwrap the
 //! data keys of envelope encryption (`k8s.io/apiserver/.../envelope/v1beta1`, service
-//! `v1beta1.KeyManagementService`: Version, Encrypt, Decrypt), served with tonic on a unix socket.
+//! `v1beta1.KeyManagementService`: Version, Encrypt, Decrypt), served with tonic on an abstract
+//! unix socket.
 //! It encrypts with AES-256-GCM under a key that lives as long as the plugin: what the Azure key
 //! vault key is to AKS. Test code: it stands in for the cloud's KMS plugin.
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,8 +17,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tonic::codegen::{http, Service};
 use tonic::{Request, Response, Status};
 
-/// Name of the KMS provider in the EncryptionConfiguration; etcd values read
-/// `k8s:enc:kms:v1:<name>:`.
+/// Prefix of the KMS provider names in the EncryptionConfiguration (see [`provider_name`]).
 pub const PROVIDER_NAME: &str = "azurekmsprovider";
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -177,16 +176,24 @@ impl Service<http::Request<tonic::body::Body>> for KmsService {
 
 /// A running plugin; stops when dropped.
 pub struct KmsPlugin {
-    pub socket: PathBuf,
+    /// The `endpoint` of the provider entry: `unix:///@<name>`.
+    pub endpoint: String,
     pub keys: Arc<Keyring>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl KmsPlugin {
-    /// Serve on `socket` (created; an old socket file is replaced).
-    pub async fn start(socket: &Path) -> anyhow::Result<Self> {
-        let _ = std::fs::remove_file(socket);
-        let listener = tokio::net::UnixListener::bind(socket)?;
+    /// Serve on a fresh Linux abstract unix socket. Abstract, because kube-apiserver v1.20's
+    /// gRPC client sends the socket address as the HTTP/2 `:authority`, and a filesystem path
+    /// (with `/`) is not a valid authority for the HTTP/2 server, while `@name` is; nothing is
+    /// left on disk either.
+    pub async fn start() -> anyhow::Result<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("csop-kms-{}", crate::operation::uuid_v4());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let keys = Arc::new(Keyring::new()?);
         let svc = KmsService(keys.clone());
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -195,42 +202,56 @@ impl KmsPlugin {
                 tracing::error!(error = %e, "KMS plugin stopped");
             }
         });
-        Ok(Self { socket: socket.to_path_buf(), keys, task })
+        Ok(Self { endpoint: format!("unix:///@{name}"), keys, task })
     }
 
-    /// The EncryptionConfiguration provider entry for this plugin.
-    fn provider_entry(&self) -> String {
-        format!(
-            "    - kms:\n        name: {PROVIDER_NAME}\n        endpoint: unix://{}\n        cachesize: 1000\n        timeout: 3s\n",
-            self.socket.display()
-        )
+    /// The EncryptionConfiguration for this plugin (see [`encryption_config`]).
+    pub fn encryption_config(&self, active_vault: Option<&str>, vaults: &[&str]) -> String {
+        encryption_config(&self.endpoint, active_vault, vaults)
     }
+}
 
-    /// EncryptionConfiguration for Secrets: with KMS on, `kms` first (new writes are encrypted);
-    /// with KMS off, `identity` first (new writes are plaintext) and `kms` kept to read what is
-    /// still encrypted (the seed: the key stays needed after KMS is off).
-    pub fn encryption_config(&self, kms_enabled: bool) -> String {
-        let (first, second) = if kms_enabled {
-            (self.provider_entry(), "    - identity: {}\n".to_string())
-        } else {
-            ("    - identity: {}\n".to_string(), self.provider_entry())
-        };
+/// Name of the KMS provider entry for a key vault: a new vault (key) gets a provider of its own,
+/// so the API server sees values written under the previous one as stale and a no-op write
+/// rewrites them (as AKS names its provider after the key).
+pub fn provider_name(vault: &str) -> String {
+    format!("{PROVIDER_NAME}-{vault}")
+}
+
+/// EncryptionConfiguration for Secrets with the plugin at `endpoint`. With KMS on (`active_vault`),
+/// that vault's `kms` provider comes first (new writes are encrypted with it); with KMS off,
+/// `identity` comes first (new writes are plaintext). The other providers stay listed to read what
+/// is still stored under them (the seed: the key stays needed after KMS is off).
+pub fn encryption_config(endpoint: &str, active_vault: Option<&str>, vaults: &[&str]) -> String {
+    let kms = |vault: &str| {
         format!(
-            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n{first}{second}"
+            "    - kms:\n        name: {}\n        endpoint: {endpoint}\n        cachesize: 1000\n        timeout: 3s\n",
+            provider_name(vault),
         )
+    };
+    let mut providers = String::new();
+    if let Some(v) = active_vault {
+        providers.push_str(&kms(v));
     }
+    providers.push_str("    - identity: {}\n");
+    for v in vaults.iter().filter(|v| Some(**v) != active_vault) {
+        providers.push_str(&kms(v));
+    }
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n{providers}"
+    )
 }
 
 impl Drop for KmsPlugin {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
-/// How etcd holds a value: `k8s:enc:kms:v1:<provider>:` for KMS, `k8s\0` for plaintext.
-pub fn stored_with_kms(value: &[u8]) -> bool {
-    value.starts_with(format!("k8s:enc:kms:v1:{PROVIDER_NAME}:").as_bytes())
+/// Whether etcd holds the value encrypted by the KMS provider of `vault`
+/// (`k8s:enc:kms:v1:<provider>:`).
+pub fn stored_with_kms(value: &[u8], vault: &str) -> bool {
+    value.starts_with(format!("k8s:enc:kms:v1:{}:", provider_name(vault)).as_bytes())
 }
 
 /// Whether etcd holds the value in plaintext (protobuf with the `k8s\0` magic).

@@ -299,6 +299,25 @@ impl ControlPlane {
         Ok(value)
     }
 
+    /// Every key under `prefix` with its raw value, in one etcd read.
+    pub fn etcd_get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd_endpoint(), "get", prefix, "--prefix", "-w", "json"])
+            .output()
+            .context("run etcdctl (Debian package etcd-client)")?;
+        anyhow::ensure!(out.status.success(), "etcdctl failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut kvs = Vec::new();
+        for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
+            let key = String::from_utf8(b64.decode(kv["key"].as_str().unwrap_or_default())?)?;
+            kvs.push((key, b64.decode(kv["value"].as_str().unwrap_or_default())?));
+        }
+        Ok(kvs)
+    }
+
     /// Stop kube-apiserver, start it again with the same flags, and wait until it is ready.
     pub fn restart_apiserver(&self) -> anyhow::Result<()> {
         self.stop_apiserver();
