@@ -3,8 +3,10 @@
 //! engine  = this operator's names-only paged listing + server-side no-op patch.
 //! Both rewrite the same Secrets (the key changes before each run); etcd confirms the result.
 //!
-//! `cargo bench --bench reencrypt` (N from CSO_BENCH_SECRETS, default 5000). Prints one line per
-//! method and a closing `reencrypt:` summary line.
+//! `cargo bench --bench reencrypt -- --secrets 5000` (or CSO_BENCH_SECRETS; default 5000). Prints
+//! one line per method and a closing line
+//! `reencrypt: engine=<Secrets/s> kubectl=<Secrets/s> ratio=<engine/kubectl> engine_rss_mib=<MiB>
+//! kubectl_rss_mib=<MiB> verified=<true|false>`.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -70,7 +72,12 @@ fn count_with_prefix(cp: &ControlPlane, prefix: &[u8], n: usize) -> usize {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("CSO_BENCH_SECRETS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    // `-- --secrets N` (cargo passes `--bench` too, which is ignored), else CSO_BENCH_SECRETS.
+    let args: Vec<String> = std::env::args().collect();
+    let from_args =
+        args.iter().position(|a| a == "--secrets").and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
+    let n: usize =
+        from_args.or_else(|| std::env::var("CSO_BENCH_SECRETS").ok().and_then(|v| v.parse().ok())).unwrap_or(5000);
     let cp = ControlPlane::start(Options { encryption_config: Some(config(&[])) })?;
     let client = cp.client().await?;
     let ns =
@@ -139,11 +146,13 @@ async fn main() -> anyhow::Result<()> {
         p.total as f64 / engine_secs,
         self_hwm_mib()
     );
+    let (engine_rate, kubectl_rate) = (p.total as f64 / engine_secs, n as f64 / kubectl_secs);
+    let verified = engine_ok == sample && kubectl_ok == sample && p.failed == 0;
     println!(
-        "reencrypt: secrets={n} kubectl_s={kubectl_secs:.1} engine_s={engine_secs:.1} speedup={:.1}x engine_failed={}",
-        kubectl_secs / engine_secs,
-        p.failed
+        "reencrypt: engine={engine_rate:.0} kubectl={kubectl_rate:.0} ratio={:.1} engine_rss_mib={:.0} kubectl_rss_mib={kubectl_rss:.0} verified={verified}",
+        engine_rate / kubectl_rate,
+        self_hwm_mib()
     );
-    anyhow::ensure!(engine_ok == sample && p.failed == 0, "engine left Secrets behind");
+    anyhow::ensure!(verified, "a method left Secrets behind (etcd sample)");
     Ok(())
 }

@@ -126,6 +126,18 @@ pub fn watch_config() -> watcher::Config {
 /// Server-side timeout of every watch; see [`watch_config`].
 pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
 
+/// The object as the API server holds it now (None: deleted). Reconciles decide on this rather
+/// than on the watch cache: after an API server restart the cache can lag for a while, and
+/// decisions on a stale copy would only end in resourceVersion conflicts (or, worse, redo work
+/// whose record the cache does not show yet). One GET per reconcile; our objects are few.
+pub async fn fresh<K: Reconciled>(api: &Api<K>, cached: Arc<K>) -> Result<Option<Arc<K>>, Error> {
+    match api.get_opt(&cached.name_any()).await {
+        Ok(Some(o)) => Ok(Some(Arc::new(o))),
+        Ok(None) => Ok(None),
+        Err(source) => Err(Error::Kube { what: format!("read {} {}", K::KIND, cached.name_any()), source }),
+    }
+}
+
 /// Events a reconcile decided to publish: (type, reason, note).
 pub type Events = Vec<(EventType, String, String)>;
 
@@ -172,6 +184,28 @@ pub async fn start_rollout<I>(
     crate::operation::start(op, now);
     events.push((EventType::Normal, "UpdateStarted".into(), format!("Operation {}: rolling {wl}.", op.operation_id)));
     Ok(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") })
+}
+
+/// Put `expected` back into the workload's pod template when it is not there while the operation
+/// rolls: a status write lost to an API server restart or a conflict can leave the template with
+/// an older value than the status records, and waiting alone would never finish. Server-side
+/// apply of the same values is a no-op, so this is safe to repeat.
+pub async fn reassert_template_annotations(
+    ctx: &Context,
+    namespace: &str,
+    target: &crate::api::ClusterRef,
+    workload: Option<&crate::rollout::Workload>,
+    expected: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let Some(w) = workload else { return Ok(()) };
+    if expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) {
+        return Ok(());
+    }
+    let wl = crate::rollout::describe(namespace, target);
+    warn!(workload = %wl, "pod template lacks the operator's current annotations; applying them again");
+    crate::rollout::set_template_annotations(&ctx.client, namespace, target, expected)
+        .await
+        .map_err(|source| Error::Kube { what: format!("patch pod template of {wl}"), source })
 }
 
 /// The kind-independent part of following a rollout: past the deadline the operation fails

@@ -1,13 +1,17 @@
 //! `csop-testbed demo`: the operator's whole job on a local control plane, from a fresh machine.
-//! Starts etcd + kube-apiserver + kube-controller-manager on loopback, installs the CRDs and the
-//! webhook, runs the operator and the play kubelet, applies `examples/`, shows an invalid example
-//! being refused, and prints `kubectl get clustersecurity` until everything settles.
+//! Starts a KMS plugin, etcd + kube-apiserver (Secrets encrypted with KMS) + kube-controller-manager
+//! on loopback and the local Azure emulator, installs the CRDs and the webhook, runs the operator
+//! and the play kubelet, applies `examples/`, shows an invalid example being refused, and prints
+//! `kubectl get clustersecurity` until everything settles.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use cluster_security_operator::testbed::azure::{kms_hook, AzureEmulator, Spec};
+use cluster_security_operator::testbed::kms_plugin::KmsPlugin;
 use cluster_security_operator::testbed::kubelet::PlayKubelet;
 use cluster_security_operator::testbed::operator::{self, Operator};
 use cluster_security_operator::testbed::{free_port, ControlPlane, Options};
@@ -21,7 +25,7 @@ enum Cmd {
         #[arg(long)]
         exit: bool,
         /// How long to wait for the resources to settle.
-        #[arg(long, default_value = "120")]
+        #[arg(long, default_value = "240")]
         settle_seconds: u64,
     },
 }
@@ -51,7 +55,12 @@ fn settled(cp: &ControlPlane) -> bool {
         "jsonpath={range .items[*]}{.metadata.generation}={.status.observedGeneration}={.status.currentOperation.operationId} {end}",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let reconciled = out.status.success()
+    // The KmsKeyVaultMode example must have switched the vault to Private.
+    let kms =
+        cp.kubectl(&["get", "kmsmode", "cluster", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+    let kms_ready = String::from_utf8_lossy(&kms.stdout).trim() == "True";
+    let reconciled = kms_ready
+        && out.status.success()
         && !text.trim().is_empty()
         && text.split_whitespace().all(|p| {
             // generation observed, and no operation still running
@@ -77,17 +86,50 @@ async fn main() -> anyhow::Result<()> {
     let Cmd::Demo { exit, settle_seconds } = Cmd::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
 
-    say("starting etcd, kube-apiserver and kube-controller-manager on loopback (first run builds them: ~5-8 min)");
-    let cp = ControlPlane::start(Options::default())?;
+    say("starting a KMS v1 plugin (gRPC on an abstract unix socket) for etcd encryption of Secrets");
+    let plugin = KmsPlugin::start().await?;
+    say("starting etcd, kube-apiserver and kube-controller-manager on loopback, Secrets encrypted with KMS (first run builds them: ~5-8 min)");
+    let vaults = ["orders-kv"];
+    let cp = Arc::new(ControlPlane::start(Options {
+        encryption_config: Some(plugin.encryption_config(Some("orders-kv"), &vaults)),
+    })?);
     let kubeconfig = cp.kubeconfig_path();
     println!("    control plane up; files and logs in {}", cp.dir().display());
+
+    say("starting the LOCAL AZURE EMULATOR (Azure itself cannot be reached from here): Resource Manager, Entra ID and Key Vault contracts over HTTPS; like AKS, a KMS change rewrites the apiserver's encryption config and restarts it");
+    let mut spec = Spec::new("orders-aks", &vaults, "0123abcd");
+    spec.subscription_id = "00000000-0000-0000-0000-000000000000".into();
+    spec.resource_group = "orders-rg".into();
+    spec.kms = serde_json::json!({"enabled": true, "keyId": spec.key_id("orders-kv", "0123abcd"), "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""});
+    let hook = kms_hook(cp.clone(), plugin.endpoint.clone(), vaults.iter().map(|v| v.to_string()).collect());
+    let emu = AzureEmulator::start(spec.clone(), Some(hook)).await?;
+    println!("    emulator at {}; cluster orders-aks has KMS on with key vault orders-kv, Public", emu.url);
 
     say("installing the CRDs and the validating webhook configuration (URL webhook on 127.0.0.1)");
     let webhook_port = free_port();
     operator::install(&cp, Some(webhook_port))?;
+    let creds = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: azure-credentials, namespace: {}}}\nstringData: {{AZURE_TENANT_ID: {}, AZURE_CLIENT_ID: {}, AZURE_CLIENT_SECRET: {}}}\n",
+        operator::NAMESPACE, spec.tenant_id, spec.client_id, spec.client_secret
+    );
+    anyhow::ensure!(
+        cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&creds)).status.success(),
+        "creating the Azure credentials Secret failed"
+    );
+    let ca_file = cp.dir().join("azure-emulator-ca.pem");
+    std::fs::write(&ca_file, &emu.ca_pem)?;
 
-    say("starting the operator (cluster-security-operator run)");
-    let op = Operator::start(&cp, &operator_binary()?, webhook_port, &[])?;
+    say("starting the operator (cluster-security-operator run), pointed at the emulator");
+    let args = [
+        format!("--azure-arm-endpoint={}", emu.url),
+        format!("--azure-authority-host={}", emu.url),
+        format!("--azure-key-vault-endpoint={}", emu.key_vault_endpoint()),
+        format!("--azure-ca-file={}", ca_file.display()),
+        "--azure-credentials-secret=azure-credentials".to_string(),
+        "--azure-poll-interval-seconds=1".to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = Operator::start(&cp, &operator_binary()?, webhook_port, &args)?;
     println!("    operator ready; log: {}", op.log.display());
 
     say(
@@ -114,9 +156,19 @@ async fn main() -> anyhow::Result<()> {
 
     say("an invalid example is refused by the webhook: kubectl apply -f examples/invalid/csp-scram-plaintext.yaml");
     let bad = examples.join("invalid/csp-scram-plaintext.yaml");
-    let out = cp.kubectl(&["apply", "-f", bad.to_str().context("utf-8 path")?]);
-    print!("{}", show(&out));
-    anyhow::ensure!(!out.status.success(), "the invalid example was accepted");
+    // The KMS example restarts kube-apiserver (as AKS does) meanwhile: ask again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = cp.kubectl(&["apply", "-f", bad.to_str().context("utf-8 path")?]);
+        anyhow::ensure!(!out.status.success(), "the invalid example was accepted");
+        let refused = String::from_utf8_lossy(&out.stderr).contains("denied the request");
+        if refused || Instant::now() > deadline {
+            print!("{}", show(&out));
+            anyhow::ensure!(refused, "the invalid example was not refused by the webhook");
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     say("kubectl get clustersecurity -A (until every object reports its current generation, no operation runs, and the brokers are ready)");
     let deadline = Instant::now() + Duration::from_secs(settle_seconds);
@@ -143,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
     println!("    export KUBECONFIG={}", kubeconfig.display());
     println!("    kubectl get clustersecurity -A");
     println!("    kubectl describe csp orders -n kafka");
+    println!("    kubectl describe kmsmode cluster");
+    println!("    kubectl patch kmsmode cluster --type=merge -p '{{\"spec\":{{\"networkAccess\":\"Public\"}}}}'");
     println!("Press Ctrl-C to stop the control plane, the operator and the play kubelet.");
     // Ctrl-C or SIGTERM: return normally so every process and file is cleaned up.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

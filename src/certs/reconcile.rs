@@ -429,6 +429,9 @@ async fn advance(
             let mut expected = BTreeMap::new();
             expected
                 .insert(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default());
+            let ns = cr.namespace().unwrap_or_default();
+            crate::controller::reassert_template_annotations(ctx, &ns, &cr.spec.cluster_ref, workload, &expected)
+                .await?;
             let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
             let check = rollout::check(workload, &expected, elapsed, i64::from(cr.spec.rollout_timeout_seconds), &wl);
             match follow_rollout(check, &mut op, now, events) {
@@ -463,6 +466,8 @@ async fn advance(
 /// Reconcile one CertificateRotation.
 pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cr.namespace().unwrap_or_default();
+    let api: Api<CertificateRotation> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cr) = crate::controller::fresh(&api, cr).await? else { return Ok(Action::await_change()) };
     let now = ctx.clock.now();
     let old = cr.status.clone().unwrap_or_default();
     let mut status = old.clone();

@@ -577,6 +577,9 @@ async fn decide(
 /// Reconcile one KmsKeyVaultMode.
 pub async fn reconcile(obj: Arc<KmsKeyVaultMode>, kctx: Arc<KmsContext>) -> Result<Action, Error> {
     let ctx = &kctx.ctx;
+    let Some(obj) = crate::controller::fresh(&Api::all(ctx.client.clone()), obj).await? else {
+        return Ok(Action::await_change());
+    };
     let now = ctx.clock.now();
     let old = obj.status.clone().unwrap_or_default();
     let mut status = old.clone();

@@ -264,6 +264,14 @@ async fn advance(
         OperationState::UpdateInProgress => {
             let mut expected = BTreeMap::new();
             expected.insert(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default());
+            crate::controller::reassert_template_annotations(
+                ctx,
+                &csp.namespace().unwrap_or_default(),
+                &csp.spec.cluster_ref,
+                workload,
+                &expected,
+            )
+            .await?;
             let elapsed = operation::seconds_in_progress(&op, now).unwrap_or(0);
             let check = rollout::check(workload, &expected, elapsed, i64::from(csp.spec.rollout_timeout_seconds), &wl);
             match follow_rollout(check, &mut op, now, &mut events) {
@@ -307,6 +315,8 @@ async fn advance(
 /// Reconcile one ClusterSecurityPolicy.
 pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = csp.namespace().unwrap_or_default();
+    let api: Api<ClusterSecurityPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(csp) = crate::controller::fresh(&api, csp).await? else { return Ok(Action::await_change()) };
     let now = ctx.clock.now();
     let old = csp.status.clone().unwrap_or_default();
     let mut status = old.clone();
