@@ -8,7 +8,8 @@
 //!   (new resourceVersion), one already current is left alone (same resourceVersion), and a
 //!   concurrent change by someone else can't be overwritten because we send no data.
 //! - A Secret deleted meanwhile answers NotFound: counted as gone, never recreated.
-//! - Bounded concurrency, retries with backoff on 429, 5xx and transport errors.
+//! - Bounded concurrency, retries with backoff (backon, with jitter) on 429, 409, 5xx and
+//!   transport errors.
 //! - Resumable: Secrets are listed in key order (namespace/name); `resume_after` is the last key
 //!   of the last fully handled page, and an expired list continuation restarts the listing
 //!   after it.
@@ -80,23 +81,22 @@ fn transient(e: &kube::Error) -> bool {
 }
 
 async fn rewrite_one(client: &Client, meta: &PartialObjectMeta<Secret>, attempts: u32) -> Outcome {
+    use backon::{ExponentialBuilder, Retryable};
     let api: Api<Secret> = Api::namespaced(client.clone(), &meta.namespace().unwrap_or_default());
-    let before = meta.resource_version();
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=attempts {
-        match api.patch_metadata(&meta.name_any(), &PatchParams::default(), &Patch::Merge(json!({}))).await {
-            Ok(after) => {
-                return if after.resource_version() == before { Outcome::Unchanged } else { Outcome::Rewritten };
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => return Outcome::Gone,
-            Err(e) if transient(&e) && attempt < attempts => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(_) => return Outcome::Failed,
-        }
+    let (name, before) = (meta.name_any(), meta.resource_version());
+    let (params, noop) = (PatchParams::default(), Patch::Merge(json!({})));
+    let patch = || api.patch_metadata(&name, &params, &noop);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(attempts.saturating_sub(1) as usize)
+        .with_jitter();
+    match patch.retry(backoff).when(transient).await {
+        Ok(after) if after.resource_version() == before => Outcome::Unchanged,
+        Ok(_) => Outcome::Rewritten,
+        Err(kube::Error::Api(s)) if s.code == 404 => Outcome::Gone,
+        Err(_) => Outcome::Failed,
     }
-    Outcome::Failed
 }
 
 /// How many Secrets the cluster holds now: a names-only paged listing (the v1.20 API server does
