@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Lint and render the Helm chart with Helm's own engine (PyPI helm-python-sdk), offline.
 
-Usage: helm-render.py CHART_DIR NAMESPACE  -> rendered manifests (CRDs first) on stdout.
-Exits non-zero when lint reports an error or a template fails to render.
+Usage: helm-render.py CHART_DIR NAMESPACE [VALUES_JSON]  -> rendered manifests (CRDs first) on
+stdout. Exits non-zero when lint reports an error (including values that break
+values.schema.json) or a template fails to render.
 """
+import json
 import sys
 
 from helm_python import chart as helm_chart
@@ -11,14 +13,15 @@ from helm_python import chart as helm_chart
 
 def main() -> int:
     path, namespace = sys.argv[1], sys.argv[2]
-    report = helm_chart.lint(path, namespace=namespace, strict=True)
+    values = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    report = helm_chart.lint(path, values=values, namespace=namespace, strict=True)
     problems = [m for m in report.get("messages") or [] if m.get("severity", 0) >= 2] + list(report.get("errors") or [])
     if problems:
         print(f"helm lint: {problems}", file=sys.stderr)
         return 1
     loaded = helm_chart.Chart.load(path)
     docs = [c.get("data", "") for c in loaded.crds]
-    rendered = loaded.render(name="cluster-security-operator", namespace=namespace, is_install=True)
+    rendered = loaded.render(values, name="cluster-security-operator", namespace=namespace, is_install=True)
     docs += [rendered[k] for k in sorted(rendered) if rendered[k].strip()]
     print("\n---\n".join(d.strip() for d in docs))
     return 0

@@ -227,4 +227,40 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     let out = cp.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("deployment.apps/cluster-security-operator"), "{}", stdout(&out));
+
+    // values.schema.json: Helm refuses bad values, naming the value and what is wrong.
+    for (values, says) in [
+        (r#"{"replicas": "two"}"#, "/replicas"),
+        (r#"{"logFormat": "xml"}"#, "/logFormat"),
+        (r#"{"azure": {"armEndpoint": "http://management.azure.com"}}"#, "/azure/armEndpoint"),
+        (r#"{"replica": 2}"#, "additional properties 'replica' not allowed"),
+    ] {
+        let out = std::process::Command::new("python3")
+            .args([
+                &format!("{root}/scripts/helm-render.py"),
+                &format!("{root}/charts/cluster-security-operator"),
+                "csop-chart",
+                values,
+            ])
+            .output()
+            .expect("python3 runs");
+        assert!(!out.status.success(), "values {values} were accepted");
+        assert!(stderr(&out).contains(says), "values {values}: {}", stderr(&out));
+    }
+    // A good override renders, and reaches the Deployment.
+    let out = std::process::Command::new("python3")
+        .args([
+            &format!("{root}/scripts/helm-render.py"),
+            &format!("{root}/charts/cluster-security-operator"),
+            "csop-chart",
+            r#"{"azure": {"credentialsSecret": "azure-credentials", "workloadIdentity": {"clientId": "0b2c6a4e"}}}"#,
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rendered = stdout(&out);
+    assert!(
+        rendered.contains("CSO_AZURE_CREDENTIALS_SECRET") && rendered.contains("azure.workload.identity/client-id"),
+        "{rendered}"
+    );
 }
