@@ -49,8 +49,7 @@ pub fn open<I: Clone>(
     let type_name =
         serde_json::to_value(op.operation_type).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let note = format!("Operation {} recorded: {type_name} of {what}.", op.operation_id);
-    record(history, &op);
-    *current = Some(op);
+    settle(history, current, op);
     note
 }
 
@@ -78,6 +77,13 @@ pub fn record<I: Clone>(history: &mut Vec<Operation<I>>, op: &Operation<I>) {
     history.retain(|o| o.operation_id != op.operation_id);
     history.insert(0, op.clone());
     history.truncate(OPERATION_HISTORY);
+}
+
+/// After a reconcile moved `op` on: record it in the history, and keep it as the current
+/// operation only while it has not ended.
+pub fn settle<I: Clone>(history: &mut Vec<Operation<I>>, current: &mut Option<Operation<I>>, op: Operation<I>) {
+    record(history, &op);
+    *current = (!op.operation_state.is_terminal()).then_some(op);
 }
 
 /// The error of the newest operation when it failed for this very spec (same generation, same

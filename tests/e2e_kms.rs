@@ -21,7 +21,7 @@ use cluster_security_operator::api::{
 };
 use cluster_security_operator::testbed::azure::{kms_hook, AzureEmulator, Spec};
 use cluster_security_operator::testbed::kms_plugin::{self, KmsPlugin};
-use cluster_security_operator::testbed::operator::{self, Operator, NAMESPACE};
+use cluster_security_operator::testbed::operator::{self, Operator};
 use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -179,7 +179,6 @@ fn step_names(s: &KmsKeyVaultModeStatus) -> Vec<StepName> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator() {
-    let dir = tempfile::tempdir().unwrap();
     let plugin = KmsPlugin::start().await.unwrap();
     let vaults = ["kv-orders", "kv-other"];
     let cp = Arc::new(tokio::task::block_in_place(|| {
@@ -206,29 +205,7 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     // emulator's CA.
     let port = free_port();
     tokio::task::block_in_place(|| operator::install(&cp, Some(port))).unwrap();
-    let ca_file = dir.path().join("azure-ca.pem");
-    std::fs::write(&ca_file, &emu.ca_pem).unwrap();
-    let creds = Secret {
-        metadata: ObjectMeta { name: Some("azure-credentials".into()), ..Default::default() },
-        string_data: Some(
-            [
-                ("AZURE_TENANT_ID".to_string(), spec.tenant_id.clone()),
-                ("AZURE_CLIENT_ID".to_string(), spec.client_id.clone()),
-                ("AZURE_CLIENT_SECRET".to_string(), spec.client_secret.clone()),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), NAMESPACE).create(&PostParams::default(), &creds).await.unwrap();
-    let args = [
-        format!("--azure-arm-endpoint={}", emu.url),
-        format!("--azure-authority-host={}", emu.url),
-        format!("--azure-key-vault-endpoint={}", emu.key_vault_endpoint()),
-        format!("--azure-ca-file={}", ca_file.display()),
-        "--azure-credentials-secret=azure-credentials".to_string(),
-        "--azure-poll-interval-seconds=1".to_string(),
-    ];
+    let args = tokio::task::block_in_place(|| emu.operator_args(&cp)).unwrap();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut op = tokio::task::block_in_place(|| Operator::start(&cp, binary, port, &args)).unwrap();

@@ -108,26 +108,9 @@ async fn main() -> anyhow::Result<()> {
     say("installing the CRDs and the validating webhook configuration (URL webhook on 127.0.0.1)");
     let webhook_port = free_port();
     operator::install(&cp, Some(webhook_port))?;
-    let creds = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: azure-credentials, namespace: {}}}\nstringData: {{AZURE_TENANT_ID: {}, AZURE_CLIENT_ID: {}, AZURE_CLIENT_SECRET: {}}}\n",
-        operator::NAMESPACE, spec.tenant_id, spec.client_id, spec.client_secret
-    );
-    anyhow::ensure!(
-        cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&creds)).status.success(),
-        "creating the Azure credentials Secret failed"
-    );
-    let ca_file = cp.dir().join("azure-emulator-ca.pem");
-    std::fs::write(&ca_file, &emu.ca_pem)?;
+    let args = emu.operator_args(&cp)?;
 
     say("starting the operator (cluster-security-operator run), pointed at the emulator");
-    let args = [
-        format!("--azure-arm-endpoint={}", emu.url),
-        format!("--azure-authority-host={}", emu.url),
-        format!("--azure-key-vault-endpoint={}", emu.key_vault_endpoint()),
-        format!("--azure-ca-file={}", ca_file.display()),
-        "--azure-credentials-secret=azure-credentials".to_string(),
-        "--azure-poll-interval-seconds=1".to_string(),
-    ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = Operator::start(&cp, &operator_binary()?, webhook_port, &args)?;
     println!("    operator ready; log: {}", op.log.display());

@@ -458,8 +458,7 @@ async fn advance(
             requeue: Some(Duration::from_secs(1)),
         },
     };
-    operation::record(&mut status.operations, &op);
-    status.current_operation = (!op.operation_state.is_terminal()).then_some(op);
+    operation::settle(&mut status.operations, &mut status.current_operation, op);
     Ok(outcome)
 }
 

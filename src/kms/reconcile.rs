@@ -24,7 +24,7 @@ use super::reencrypt::{self, Progress};
 use super::steps::{self, Next};
 use crate::api::{
     KeyCheck, KeyCheckResult, KmsKeyVaultMode, KmsKeyVaultModeSpec, KmsKeyVaultModeStatus, KmsSettings, NetworkAccess,
-    Operation, OperationState, OperationType, ReencryptionStatus, StepName, StepState,
+    OperationState, OperationType, ReencryptionStatus, StepName, StepState,
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{finish, write_status_diff, Context, Error, Events};
@@ -256,8 +256,6 @@ async fn run_step(
 enum StepError {
     #[error("{0}")]
     Cloud(ProviderError),
-    #[error("{0}")]
-    Kube(#[from] Error),
     #[error("re-encryption stopped: {0}")]
     Reencrypt(reencrypt::ReencryptError),
     #[error("{0}")]
@@ -389,7 +387,7 @@ async fn advance(
                     if names.is_empty() { "nothing to do".into() } else { names.join(" → ") }
                 ),
             ));
-            set_op(status, op);
+            operation::settle(&mut status.operations, &mut status.current_operation, op);
             writer.write(status).await?;
             continue;
         }
@@ -397,6 +395,7 @@ async fn advance(
             Next::Run(i) => {
                 let total = status.steps.len();
                 let name = status.steps[i].name;
+                status.phase = Some(format!("{name:?}"));
                 if status.steps[i].state == StepState::Pending {
                     let now = rfc3339(clock.now());
                     let step = &mut status.steps[i];
@@ -416,7 +415,6 @@ async fn advance(
                             Some(ReencryptionStatus { total: estimate, start_time: Some(now), ..Default::default() });
                         status.progress = status.reencryption.as_ref().map(progress_text);
                     }
-                    status.phase = Some(format!("{name:?}"));
                     events.push((
                         EventType::Normal,
                         format!("{name:?}Started"),
@@ -424,31 +422,22 @@ async fn advance(
                     ));
                     writer.write(status).await?;
                 }
-                status.phase = Some(format!("{name:?}"));
                 match run_step(kctx, provider, writer, status, i).await {
                     Ok(result) => {
+                        let (state, type_, outcome, message) = match result {
+                            Ok(m) => (StepState::Succeeded, EventType::Normal, "Succeeded", m),
+                            Err(m) => (StepState::Failed, EventType::Warning, "Failed", m),
+                        };
                         let step = &mut status.steps[i];
                         step.end_time = Some(rfc3339(clock.now()));
-                        match result {
-                            Ok(message) => {
-                                step.state = StepState::Succeeded;
-                                step.message = Some(message.clone());
-                                events.push((
-                                    EventType::Normal,
-                                    format!("{name:?}Succeeded"),
-                                    format!("Step {}/{total}: {message}", i + 1),
-                                ));
-                            }
-                            Err(message) => {
-                                step.state = StepState::Failed;
-                                step.message = Some(message.clone());
-                                events.push((
-                                    EventType::Warning,
-                                    format!("{name:?}Failed"),
-                                    format!("Step {}/{total} failed: {message}", i + 1),
-                                ));
-                            }
-                        }
+                        step.state = state;
+                        step.message = Some(message.clone());
+                        let lead = if state == StepState::Failed { " failed" } else { "" };
+                        events.push((
+                            type_,
+                            format!("{name:?}{outcome}"),
+                            format!("Step {}/{total}{lead}: {message}", i + 1),
+                        ));
                         writer.write(status).await?;
                     }
                     Err(StepError::Cloud(e)) if !e.is_transient() => {
@@ -472,7 +461,7 @@ async fn advance(
                 status.phase = Some("Idle".into());
                 let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
                 events.push((EventType::Normal, "UpdateCompleted".into(), message.clone()));
-                set_op(status, op);
+                operation::settle(&mut status.operations, &mut status.current_operation, op);
                 return Ok(Outcome {
                     health: Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message },
                     requeue: Some(IDLE_RECHECK),
@@ -487,7 +476,7 @@ async fn advance(
                     op.operation_id
                 );
                 events.push((EventType::Warning, "UpdateFailed".into(), message.clone()));
-                set_op(status, op);
+                operation::settle(&mut status.operations, &mut status.current_operation, op);
                 return Ok(Outcome {
                     health: Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message },
                     requeue: None,
@@ -502,12 +491,6 @@ fn retry_outcome(step: &str, e: &dyn std::fmt::Display) -> Outcome {
         health: Health::Reconciling { reason: step.to_string(), message: format!("{step}: {e}; retrying.") },
         requeue: Some(STEP_RETRY),
     }
-}
-
-/// Put `op` back as the current operation (or into the history only, once it ended).
-fn set_op(status: &mut KmsKeyVaultModeStatus, op: Operation<KmsSettings>) {
-    operation::record(&mut status.operations, &op);
-    status.current_operation = (!op.operation_state.is_terminal()).then_some(op);
 }
 
 /// Nothing running: compare the cluster with the spec and start an operation when they differ.

@@ -232,6 +232,35 @@ impl AzureEmulator {
         Ok(Self { shared, handle, url: base, ca_pem: ca.cert_pem, spec })
     }
 
+    /// Point an operator at this emulator: store its client secret in the Secret
+    /// `azure-credentials` of the operator's namespace, write its CA next to the control plane's
+    /// files, and return the `run` flags that use both (blocking: runs kubectl).
+    pub fn operator_args(&self, cp: &super::ControlPlane) -> anyhow::Result<Vec<String>> {
+        let creds = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: azure-credentials, namespace: {}}}\nstringData: {{AZURE_TENANT_ID: {}, AZURE_CLIENT_ID: {}, AZURE_CLIENT_SECRET: {}}}\n",
+            super::operator::NAMESPACE,
+            self.spec.tenant_id,
+            self.spec.client_id,
+            self.spec.client_secret
+        );
+        let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&creds));
+        anyhow::ensure!(
+            out.status.success(),
+            "creating the Azure credentials Secret failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ca_file = cp.dir().join("azure-emulator-ca.pem");
+        std::fs::write(&ca_file, &self.ca_pem)?;
+        Ok(vec![
+            format!("--azure-arm-endpoint={}", self.url),
+            format!("--azure-authority-host={}", self.url),
+            format!("--azure-key-vault-endpoint={}", self.key_vault_endpoint()),
+            format!("--azure-ca-file={}", ca_file.display()),
+            "--azure-credentials-secret=azure-credentials".to_string(),
+            "--azure-poll-interval-seconds=1".to_string(),
+        ])
+    }
+
     fn world(&self) -> std::sync::MutexGuard<'_, World> {
         self.shared.world.lock().expect("emulator lock")
     }
