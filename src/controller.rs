@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -20,6 +21,8 @@ use tracing::{info, warn};
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode, FIELD_MANAGER};
 use crate::conditions::{self, reason, Health};
+use crate::health::Readiness;
+use crate::metrics::Metrics;
 
 /// Where time comes from; tests pass a fixed clock.
 pub trait Clock: Send + Sync {
@@ -40,12 +43,75 @@ pub struct Context {
     pub client: Client,
     pub clock: Arc<dyn Clock>,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
 }
 
 impl Context {
-    pub fn new(client: Client, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(client: Client, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, clock }
+        Self { recorder: Recorder::new(client.clone(), reporter), client, clock, metrics, readiness }
+    }
+}
+
+/// Run one reconcile of `obj` and record it in the metrics: count, error, duration, and the
+/// state of the object's newest operation as the reconcile saw it (every status write triggers
+/// another reconcile, so this follows the object).
+pub async fn measured<K, E>(
+    metrics: Arc<Metrics>,
+    obj: Arc<K>,
+    reconcile: impl std::future::Future<Output = Result<Action, E>>,
+) -> Result<Action, E>
+where
+    K: Reconciled,
+{
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
+    metrics.newest_operation(K::KIND, &obj.name_any(), obj.newest_operation_state());
+    result
+}
+
+/// Mark the controller's cache synced in `readiness` once its store holds the first full list.
+pub fn report_cache_sync<K: Reconciled>(store: kube::runtime::reflector::Store<K>, readiness: Arc<Readiness>) {
+    // Polled rather than awaited: kube-runtime's store readiness wakes only the last waiter,
+    // and the controller itself waits on it too, so an await here could sleep forever.
+    tokio::spawn(async move {
+        use futures::FutureExt;
+        loop {
+            match store.wait_until_ready().now_or_never() {
+                Some(Ok(())) => {
+                    info!(kind = K::KIND, "cache synced");
+                    readiness.cache_synced();
+                    return;
+                }
+                Some(Err(_)) => return,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+}
+
+/// One item of a controller's result stream.
+pub type ReconcileResult<K, E1, E2> = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E1, E2>>;
+
+/// What each controller does with a reconcile's result in its stream: an object that is gone
+/// (kube-runtime reports it as not found) leaves the metrics; a failing watch (the API server
+/// away, a permission missing) is logged, since no reconcile would report it.
+pub fn forget_deleted<K: Reconciled, E1, E2: std::fmt::Display>(
+    metrics: Arc<Metrics>,
+) -> impl FnMut(ReconcileResult<K, E1, E2>) -> futures::future::Ready<()> {
+    move |result| {
+        match result {
+            Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
+                metrics.newest_operation(K::KIND, &r.name, None);
+            }
+            Err(kube::runtime::controller::Error::QueueError(e)) => {
+                warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+            }
+            _ => {}
+        }
+        futures::future::ready(())
     }
 }
 
@@ -343,21 +409,35 @@ pub trait Reconciled:
     const KIND: &'static str;
     /// Plural resource name, for messages.
     const PLURAL: &'static str;
+    /// State of the newest operation (current, else the newest in the history), for metrics.
+    fn newest_operation_state(&self) -> Option<crate::api::OperationState>;
+}
+
+macro_rules! newest_operation_state {
+    () => {
+        fn newest_operation_state(&self) -> Option<crate::api::OperationState> {
+            let s = self.status.as_ref()?;
+            s.current_operation.as_ref().or(s.operations.first()).map(|o| o.operation_state)
+        }
+    };
 }
 
 impl Reconciled for ClusterSecurityPolicy {
     const KIND: &'static str = "ClusterSecurityPolicy";
     const PLURAL: &'static str = "clustersecuritypolicies";
+    newest_operation_state!();
 }
 
 impl Reconciled for CertificateRotation {
     const KIND: &'static str = "CertificateRotation";
     const PLURAL: &'static str = "certificaterotations";
+    newest_operation_state!();
 }
 
 impl Reconciled for KmsKeyVaultMode {
     const KIND: &'static str = "KmsKeyVaultMode";
     const PLURAL: &'static str = "kmskeyvaultmodes";
+    newest_operation_state!();
 }
 
 /// Fail early, with the install command, when a CRD is missing.
@@ -373,17 +453,17 @@ pub async fn check_crd<K: Reconciled>(api: &Api<K>) -> Result<(), Error> {
 /// Run the three controllers until SIGTERM / Ctrl-C; `kms_providers` makes the cloud provider of
 /// each KmsKeyVaultMode.
 pub async fn run_all(
-    client: Client,
-    clock: Arc<dyn Clock>,
+    ctx: Context,
     kms_providers: Arc<dyn crate::kms::reconcile::ProviderFactory>,
 ) -> Result<(), Error> {
+    let client = ctx.client.clone();
     let csp: Api<ClusterSecurityPolicy> = Api::all(client.clone());
     let certrot: Api<CertificateRotation> = Api::all(client.clone());
     let kms: Api<KmsKeyVaultMode> = Api::all(client.clone());
     check_crd(&csp).await?;
     check_crd(&certrot).await?;
     check_crd(&kms).await?;
-    let ctx = Arc::new(Context::new(client.clone(), clock));
+    let ctx = Arc::new(ctx);
     info!("starting controllers for ClusterSecurityPolicy, CertificateRotation, KmsKeyVaultMode");
     futures::join!(
         crate::policy::reconcile::run(client, ctx.clone()),

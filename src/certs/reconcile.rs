@@ -26,7 +26,8 @@ use crate::api::{
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{
-    finish, follow_rollout, start_rollout, watch_workloads, write_status_diff, Context, Error, Events,
+    finish, follow_rollout, forget_deleted, measured, report_cache_sync, start_rollout, watch_workloads,
+    write_status_diff, Context, Error, Events,
 };
 use crate::operation::{self, rfc3339};
 use crate::rollout::{self, Workload};
@@ -501,6 +502,8 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
     let api: Api<CertificateRotation> = Api::all(client.clone());
     let controller = Controller::new(api, crate::controller::watch_config());
     let secrets_store = controller.store();
+    report_cache_sync(controller.store(), ctx.readiness.clone());
+    let metrics = ctx.metrics.clone();
     watch_workloads(controller, &client)
         // Referenced Secrets, metadata only: their contents are neither streamed nor cached.
         .watches(
@@ -521,14 +524,14 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(
-            reconcile,
+            |c, ctx| measured(ctx.metrics.clone(), c.clone(), reconcile(c, ctx)),
             |c, err, _| {
                 warn!(kind = "CertificateRotation", name = %c.name_any(), error = %err, "reconcile failed; retrying");
                 Action::requeue(Duration::from_secs(5))
             },
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(forget_deleted(metrics))
         .await;
 }
 

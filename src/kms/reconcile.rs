@@ -27,7 +27,9 @@ use crate::api::{
     OperationState, OperationType, ReencryptionStatus, StepName, StepState,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{finish, write_status_diff, Context, Error, Events};
+use crate::controller::{
+    finish, forget_deleted, measured, report_cache_sync, write_status_diff, Context, Error, Events,
+};
 use crate::operation::{self, rfc3339};
 use crate::validate;
 
@@ -161,12 +163,17 @@ fn progress_text(r: &ReencryptionStatus) -> String {
 struct StatusWriter {
     api: Api<KmsKeyVaultMode>,
     obj: KmsKeyVaultMode,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl StatusWriter {
     async fn write(&mut self, status: &KmsKeyVaultModeStatus) -> Result<(), Error> {
         if let Some(stored) = write_status_diff(&self.api, &self.obj, status).await? {
             self.obj = stored;
+        }
+        // Progress is written from inside a long reconcile; the metric follows every write.
+        if let Some(r) = &status.reencryption {
+            self.metrics.reencryption(&self.obj.name_any(), r);
         }
         Ok(())
     }
@@ -565,9 +572,13 @@ pub async fn reconcile(obj: Arc<KmsKeyVaultMode>, kctx: Arc<KmsContext>) -> Resu
     };
     let now = ctx.clock.now();
     let old = obj.status.clone().unwrap_or_default();
+    if let Some(r) = &old.reencryption {
+        ctx.metrics.reencryption(&obj.name_any(), r);
+    }
     let mut status = old.clone();
     let mut events = Events::new();
-    let mut writer = StatusWriter { api: Api::all(ctx.client.clone()), obj: obj.as_ref().clone() };
+    let mut writer =
+        StatusWriter { api: Api::all(ctx.client.clone()), obj: obj.as_ref().clone(), metrics: ctx.metrics.clone() };
     status.phase.get_or_insert_with(|| "Idle".into());
 
     let outcome = match validate::kms_key_vault_mode(&obj.spec) {
@@ -607,17 +618,20 @@ pub async fn reconcile(obj: Arc<KmsKeyVaultMode>, kctx: Arc<KmsContext>) -> Resu
 pub async fn run(kctx: Arc<KmsContext>) {
     use futures::StreamExt;
     let api: Api<KmsKeyVaultMode> = Api::all(kctx.ctx.client.clone());
-    Controller::new(api, crate::controller::watch_config())
+    let controller = Controller::new(api, crate::controller::watch_config());
+    report_cache_sync(controller.store(), kctx.ctx.readiness.clone());
+    let metrics = kctx.ctx.metrics.clone();
+    controller
         .shutdown_on_signal()
         .run(
-            reconcile,
+            |o, kctx| measured(kctx.ctx.metrics.clone(), o.clone(), reconcile(o, kctx)),
             |o, err, _| {
                 warn!(kind = "KmsKeyVaultMode", name = %o.name_any(), error = %err, "reconcile failed; retrying");
                 Action::requeue(STEP_RETRY)
             },
             kctx,
         )
-        .for_each(|_| async {})
+        .for_each(forget_deleted(metrics))
         .await;
 }
 

@@ -22,7 +22,8 @@ use crate::api::{
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{
-    finish, follow_rollout, start_rollout, watch_workloads, write_status_diff, Context, Error, Events,
+    finish, follow_rollout, forget_deleted, measured, report_cache_sync, start_rollout, watch_workloads,
+    write_status_diff, Context, Error, Events,
 };
 use crate::rollout::{self, Workload};
 use crate::{operation, pki, validate};
@@ -359,16 +360,18 @@ pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
     let controller = Controller::new(policies, crate::controller::watch_config());
+    report_cache_sync(controller.store(), ctx.readiness.clone());
+    let metrics = ctx.metrics.clone();
     watch_workloads(controller, &client)
         .shutdown_on_signal()
         .run(
-            reconcile,
+            |p, ctx| measured(ctx.metrics.clone(), p.clone(), reconcile(p, ctx)),
             |p, err, _| {
                 warn!(kind = "ClusterSecurityPolicy", name = %p.name_any(), error = %err, "reconcile failed; retrying");
                 Action::requeue(Duration::from_secs(5))
             },
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(forget_deleted(metrics))
         .await;
 }
