@@ -3,19 +3,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
 use crate::controller::{self, Clock, SystemClock};
-use crate::webhook;
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::{leader, webhook};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,9 +69,25 @@ pub struct RunArgs {
     /// Namespace the operator runs in (its Secrets live here).
     #[arg(long, env = "POD_NAMESPACE", default_value = "cluster-security-operator")]
     pub namespace: String,
-    /// Address of /healthz, /readyz (plain HTTP).
+    /// Address of /healthz, /readyz and /metrics (plain HTTP).
     #[arg(long, env = "CSO_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
+    /// This replica's name (the pod's): its identity in the leader Lease; unset: host name and a
+    /// random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Run the controllers only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "CSO_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the leader Lease (in --namespace).
+    #[arg(long, env = "CSO_LEADER_ELECT_LEASE", default_value = "cluster-security-operator")]
+    pub leader_elect_lease: String,
+    /// Seconds a leader Lease lasts without renewal (a killed leader is replaced after at most this).
+    #[arg(long, env = "CSO_LEADER_ELECT_LEASE_SECONDS", default_value_t = 15)]
+    pub leader_elect_lease_seconds: u64,
+    /// Seconds before expiry at which the leader renews its Lease.
+    #[arg(long, env = "CSO_LEADER_ELECT_RENEW_BEFORE_SECONDS", default_value_t = 5)]
+    pub leader_elect_renew_before_seconds: u64,
     /// Log format.
     #[arg(long, env = "CSO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -146,31 +161,6 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-/// Process-wide readiness: the webhook serves (or is disabled) and the controllers started.
-#[derive(Default)]
-pub struct Readiness {
-    pub webhook: AtomicBool,
-    pub controllers: AtomicBool,
-}
-
-async fn serve_health(addr: SocketAddr, ready: Arc<Readiness>) -> std::io::Result<()> {
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.webhook.load(Ordering::Relaxed) && ready.controllers.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
-}
-
 /// Load or create the webhook's serving material and keep it renewed in the background.
 async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
     if let Some(dir) = &args.webhook_cert_dir {
@@ -214,7 +204,8 @@ async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock
     Ok(config)
 }
 
-/// `run`: webhook, health endpoints and the three controllers until SIGTERM / Ctrl-C.
+/// `run`: webhook, health endpoints and the three controllers (on the leader) until SIGTERM /
+/// Ctrl-C.
 pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -222,29 +213,70 @@ pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
     })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ready = Arc::new(Readiness::default());
+    let metrics = Arc::new(Metrics::new());
+    ready.standby.store(args.leader_elect, Ordering::Release);
 
-    let health = tokio::spawn(serve_health(args.health_addr, ready.clone()));
+    let health = tokio::spawn(health::serve(args.health_addr, ready.clone(), metrics.clone()));
     let handle = axum_server::Handle::new();
     if args.disable_webhook {
-        ready.webhook.store(true, Ordering::Relaxed);
+        ready.webhook.store(true, Ordering::Release);
     } else {
         let tls = webhook_tls(&client, &args, clock.clone()).await?;
         let (addr, handle2, ready2) = (args.webhook_addr, handle.clone(), ready.clone());
         tokio::spawn(async move {
             if let Err(e) = webhook::serve(addr, tls, handle2).await {
                 error!(error = %e, %addr, "webhook server stopped");
-                ready2.webhook.store(false, Ordering::Relaxed);
+                ready2.webhook.store(false, Ordering::Release);
             }
         });
         if let Some(bound) = handle.listening().await {
             info!(addr = %bound, "admission webhook serving");
-            ready.webhook.store(true, Ordering::Relaxed);
+            ready.webhook.store(true, Ordering::Release);
         }
     }
-    ready.controllers.store(true, Ordering::Relaxed);
-    let result = controller::run_all(client, clock, Arc::new(args.azure_factory()?)).await;
+    let kms = Arc::new(args.azure_factory()?);
+    let ctx = controller::Context::new(client.clone(), clock, metrics.clone(), ready.clone());
+    let result = if args.leader_elect {
+        let election = leader::Election {
+            namespace: args.namespace.clone(),
+            lease: args.leader_elect_lease.clone(),
+            identity: leader::identity(args.pod_name.as_deref()),
+            duration: Duration::from_secs(args.leader_elect_lease_seconds),
+            renew_before: Duration::from_secs(args.leader_elect_renew_before_seconds),
+        };
+        let mut leadership = leader::Leadership::join(client, &election).await?;
+        let result = tokio::select! {
+            _ = leadership.acquired() => {
+                metrics.set_leader(true);
+                ready.standby.store(false, Ordering::Release);
+                tokio::select! {
+                    r = controller::run_all(ctx, kms) => r.map_err(anyhow::Error::from),
+                    _ = leadership.lost() => Err(anyhow::anyhow!(
+                        "lost the leader lease {}/{}; exiting so that this replica re-joins the election afresh",
+                        election.namespace, election.lease
+                    )),
+                }
+            }
+            _ = shutdown_signal() => Ok(()),
+        };
+        leadership.release().await;
+        result
+    } else {
+        metrics.set_leader(true);
+        controller::run_all(ctx, kms).await.map_err(anyhow::Error::from)
+    };
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     health.abort();
     info!("stopped");
-    Ok(result?)
+    result
+}
+
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C, for a standby replica; the controllers
+/// listen for these themselves.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
