@@ -11,19 +11,29 @@ import sys
 from helm_python import chart as helm_chart
 
 
-def main() -> int:
-    path, namespace = sys.argv[1], sys.argv[2]
-    values = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+def render(path, namespace, values=None, crds=True):
+    """Lint, then render: a list of YAML documents (CRDs first when `crds`). Raises ValueError
+    with lint's findings."""
     report = helm_chart.lint(path, values=values, namespace=namespace, strict=True)
     problems = [m for m in report.get("messages") or [] if m.get("severity", 0) >= 2] + list(report.get("errors") or [])
     if problems:
-        print(f"helm lint: {problems}", file=sys.stderr)
-        return 1
+        raise ValueError(f"helm lint: {problems}")
     loaded = helm_chart.Chart.load(path)
-    docs = [c.get("data", "") for c in loaded.crds]
+    docs = [c.get("data", "") for c in loaded.crds] if crds else []
     rendered = loaded.render(values, name="cluster-security-operator", namespace=namespace, is_install=True)
     docs += [rendered[k] for k in sorted(rendered) if rendered[k].strip()]
-    print("\n---\n".join(d.strip() for d in docs))
+    return [d.strip() for d in docs]
+
+
+def main() -> int:
+    path, namespace = sys.argv[1], sys.argv[2]
+    values = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    try:
+        docs = render(path, namespace, values)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print("\n---\n".join(docs))
     return 0
 
 
