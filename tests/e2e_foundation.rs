@@ -189,18 +189,106 @@ async fn valid_examples_get_status_and_printer_columns() {
     ] {
         assert!(names.contains(n), "category clustersecurity lists {n}: {names}");
     }
+
+    // GitOps: once the operator has written status and annotated the brokers, re-applying the
+    // same manifests changes nothing (kubectl diff exits 0), so Argo CD / Flux see no drift.
+    for f in ["00-namespace-and-brokers.yaml", "clustersecuritypolicy.yaml", "certificaterotation.yaml"] {
+        let out = cp.kubectl(&["diff", "-f", &examples(f)]);
+        assert_eq!(out.status.code(), Some(0), "{f} shows a diff:\n{}{}", stdout(&out), stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    use cluster_security_operator::testbed::operator::http_get;
+    let env = env();
+    let port = env.operator.health_port;
+    assert_eq!(http_get(port, "/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(http_get(port, "/readyz"), Some((200, "ready".to_string())));
+    // Objects of every kind exist (the examples): each kind's reconciles are counted.
+    for f in ["clustersecuritypolicy.yaml", "certificaterotation.yaml", "kmskeyvaultmode.yaml"] {
+        let out = apply_when_webhook_ready(&env.cp, &examples(f)).await;
+        assert!(out.status.success(), "{f}: {}", stderr(&out));
+    }
+    let text = wait_until(Duration::from_secs(60), "every kind's reconciles in /metrics", || async move {
+        let (code, text) = http_get(port, "/metrics").ok_or("no answer")?;
+        let counted = ["ClusterSecurityPolicy", "CertificateRotation", "KmsKeyVaultMode"].iter().all(|k| {
+            text.lines()
+                .any(|l| l.starts_with(&format!("csop_reconciliations_total{{kind=\"{k}\"}} ")) && !l.ends_with(" 0"))
+        });
+        (code == 200 && counted).then_some(text.clone()).ok_or(text)
+    })
+    .await
+    .unwrap();
+    for expected in [
+        "# TYPE csop_reconcile_duration_seconds histogram",
+        "csop_reconcile_duration_seconds_count{kind=\"CertificateRotation\"}",
+        "# TYPE csop_reconcile_errors counter",
+        "csop_operations{kind=\"ClusterSecurityPolicy\",state=\"UPDATE_COMPLETE\"}",
+        "csop_leader 1",
+        "# EOF",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(!text.contains("BEGIN"), "no key material in metrics");
+}
+
+#[tokio::test]
+async fn the_chart_grants_only_what_the_operator_uses() {
+    let cp = &env().cp;
+    let sa = cluster_security_operator::testbed::operator::SERVICE_ACCOUNT_USER;
+    let can = |verb: &str, what: &str, ns: Option<&str>| {
+        let mut args = vec!["auth", "can-i", verb, what, "--as", sa];
+        if let Some((resource, "status")) = what.split_once("/status").map(|(r, _)| (r, "status")) {
+            args = vec!["auth", "can-i", verb, resource, "--subresource=status", "--as", sa];
+        }
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        stdout(&cp.kubectl(&args)).trim() == "yes"
+    };
+    for (verb, what) in [
+        ("patch", "statefulsets.apps"),
+        ("patch", "clustersecuritypolicies.clustersecurity.io/status"),
+        ("create", "secrets"),
+        ("create", "leases.coordination.k8s.io"),
+    ] {
+        let ns = (what == "leases.coordination.k8s.io").then_some("cluster-security-operator");
+        assert!(can(verb, what, ns), "the operator needs {verb} {what}");
+    }
+    for (verb, what, ns) in [
+        ("delete", "secrets", None),
+        ("delete", "statefulsets.apps", None),
+        ("update", "clustersecuritypolicies.clustersecurity.io", None),
+        ("create", "pods", None),
+        ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/someone-else", None),
+        ("create", "leases.coordination.k8s.io", Some("kube-system")),
+        ("patch", "leases.coordination.k8s.io/other-lease", Some("cluster-security-operator")),
+    ] {
+        assert!(!can(verb, what, ns), "the chart grants {verb} {what} in {ns:?}, which the operator never uses");
+    }
 }
 
 #[tokio::test]
 async fn deploy_manifests_are_accepted_by_the_apiserver() {
     let cp = &env().cp;
-    let dir = format!("{}/deploy", env!("CARGO_MANIFEST_DIR"));
+    let root = env!("CARGO_MANIFEST_DIR");
+    // deploy/operator.yaml is what the chart renders (no drift).
+    let out = std::process::Command::new("python3")
+        .args([&format!("{root}/scripts/gen-deploy.py"), "--check"])
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = format!("{root}/deploy");
     let out = cp.kubectl(&["apply", "-k", &dir, "--dry-run=server"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     for what in [
+        "namespace/cluster-security-operator",
         "customresourcedefinition",
         "clusterrole",
+        "role.rbac.authorization.k8s.io/cluster-security-operator-leader-election",
+        "service/cluster-security-operator-metrics",
         "deployment.apps/cluster-security-operator",
         "validatingwebhookconfiguration",
     ] {
@@ -263,4 +351,23 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
         rendered.contains("CSO_AZURE_CREDENTIALS_SECRET") && rendered.contains("azure.workload.identity/client-id"),
         "{rendered}"
     );
+    // Optional ServiceMonitor; more than one replica needs leader election.
+    let render = |values: &str| {
+        std::process::Command::new("python3")
+            .args([
+                &format!("{root}/scripts/helm-render.py"),
+                &format!("{root}/charts/cluster-security-operator"),
+                "csop-chart",
+                values,
+            ])
+            .output()
+            .expect("python3 runs")
+    };
+    let out = render(r#"{"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}}}"#);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("kind: ServiceMonitor") && stdout(&out).contains("release: prom"));
+    assert!(!rendered.contains("kind: ServiceMonitor"), "off by default");
+    let out = render(r#"{"replicas": 3, "leaderElection": {"enabled": false}}"#);
+    assert!(!out.status.success(), "3 replicas without leader election were accepted");
+    assert!(stderr(&out).contains("needs leaderElection.enabled=true"), "{}", stderr(&out));
 }

@@ -371,5 +371,11 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     assert_eq!(emu.kms()["keyId"], spec.key_id("kv-other", "v1"));
     assert_all_stored(&cp, "kms:kv-other", "after the resumed rewrite: every Secret under the new vault's key");
     assert!(op.log_text().contains("resuming the Secret rewrite"), "the restarted operator resumed");
+    // The restarted operator's metrics carry the run's final counters.
+    let (_, metrics) = operator::http_get(op.health_port, "/metrics").expect("metrics served");
+    for (counter, v) in [("total", r.total), ("rewritten", r.rewritten), ("failed", r.failed)] {
+        let line = format!("csop_reencryption_secrets{{kmskeyvaultmode=\"cluster\",counter=\"{counter}\"}} {v}.0");
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
     drop(plugin);
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
+use serde::Deserialize;
 
 use super::{free_port, spawn, ControlPlane};
 use crate::webhook;
@@ -56,6 +57,37 @@ pub fn install(cp: &ControlPlane, webhook_port: Option<u16>) -> anyhow::Result<(
     Ok(())
 }
 
+/// The ServiceAccount the chart runs the operator as, as an API user.
+pub const SERVICE_ACCOUNT_USER: &str = "system:serviceaccount:cluster-security-operator:cluster-security-operator";
+
+/// Apply the chart's ServiceAccount and RBAC (from `deploy/operator.yaml`, which is generated from
+/// the chart and drift-checked) into `cp`, and write a kubeconfig that acts as that
+/// ServiceAccount (impersonation): the operator then has exactly the chart's permissions, and a
+/// permission the chart lacks fails the test that needs it.
+pub fn service_account_kubeconfig(cp: &ControlPlane) -> anyhow::Result<PathBuf> {
+    let manifests = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/operator.yaml"))?;
+    let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
+    let mut rbac = vec![ns];
+    for doc in serde_yaml::Deserializer::from_str(&manifests) {
+        let v = serde_yaml::Value::deserialize(doc)?;
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind) {
+            rbac.push(serde_yaml::to_string(&v)?);
+        }
+    }
+    kubectl_ok(cp, &["apply", "-f", "-"], Some(&rbac.join("\n---\n")))?;
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig_path())?)?;
+    let users = kc.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig has users")?;
+    for u in users {
+        if let Some(user) = u.get_mut("user").and_then(|x| x.as_mapping_mut()) {
+            user.insert("as".into(), SERVICE_ACCOUNT_USER.into());
+        }
+    }
+    let path = cp.dir().join("operator-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    Ok(path)
+}
+
 /// The operator binary running as a child process.
 pub struct Operator {
     child: Child,
@@ -78,7 +110,12 @@ impl Operator {
             format!("--namespace={NAMESPACE}"),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let log = cp.dir().join("operator.log");
+        // One log per operator process of this control plane (the HA test runs two).
+        let log = (1..)
+            .map(|n| cp.dir().join(if n == 1 { "operator.log".to_string() } else { format!("operator-{n}.log") }))
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        std::fs::File::create(&log)?;
         let mut op = Operator {
             child: Command::new("true").spawn()?,
             webhook_port,
@@ -86,7 +123,7 @@ impl Operator {
             log,
             binary: binary.to_path_buf(),
             args,
-            kubeconfig: cp.kubeconfig_path(),
+            kubeconfig: service_account_kubeconfig(cp)?,
         };
         op.restart()?;
         Ok(op)
@@ -133,7 +170,8 @@ impl Operator {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("operator not ready after {timeout:?}:\n{}", self.log_text());
+                let readyz = http_get(self.health_port, "/readyz").map(|(_, b)| b).unwrap_or_default();
+                bail!("operator not ready after {timeout:?} ({readyz}):\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -153,15 +191,18 @@ impl Drop for Operator {
 
 /// A plain HTTP GET on loopback; true on a 200 answer.
 pub fn http_get_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some_and(|(code, _)| code == 200)
+}
+
+/// A plain HTTP GET on loopback: status code and body (None: no answer).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.1 200")
+    let code = buf.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
 }
