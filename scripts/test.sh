@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Helm's engine for the chart test (a wheel carrying Helm as a library; no helm binary needed).
 python3 -c "import helm_python" 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
+# Lua 5.1 for the Argo CD health-check tests (Debian package; installed when we may).
+command -v lua5.1 >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; } || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 bash scripts/build-control-plane.sh >/dev/null
