@@ -196,6 +196,45 @@ async fn valid_examples_get_status_and_printer_columns() {
         let out = cp.kubectl(&["diff", "-f", &examples(f)]);
         assert_eq!(out.status.code(), Some(0), "{f} shows a diff:\n{}{}", stdout(&out), stderr(&out));
     }
+    // What Argo CD's ignoreDifferences.managedFieldsManagers relies on: on the broker workload the
+    // operator's field manager owns the clustersecurity.io/ pod-template annotations and nothing else.
+    let client = cp.client().await.unwrap();
+    let sts =
+        Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, "kafka").get("orders-kafka").await.unwrap();
+    let ours: Vec<_> = sts
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.manager.as_deref() == Some("cluster-security-operator"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one managedFields entry of the operator: {ours:?}");
+    assert_eq!(ours[0].operation.as_deref(), Some("Apply"));
+    let fields = ours[0].fields_v1.as_ref().unwrap().0.clone();
+    let annotations = &fields["f:spec"]["f:template"]["f:metadata"]["f:annotations"];
+    let owned: Vec<&String> = annotations.as_object().expect("owns pod-template annotations").keys().collect();
+    assert!(!owned.is_empty() && owned.iter().all(|k| k.starts_with("f:clustersecurity.io/")), "{owned:?}");
+    let mut rest = fields.clone();
+    rest["f:spec"]["f:template"]["f:metadata"].as_object_mut().unwrap().remove("f:annotations");
+    assert_eq!(
+        rest,
+        serde_json::json!({"f:spec": {"f:template": {"f:metadata": {}}}}),
+        "the operator owns no other field of the workload"
+    );
+    // kubectl wait reads our conditions. (This control plane has no Azure to reach, so the
+    // KmsKeyVaultMode is Stalled with CloudAccessFailed, which wait sees as well.)
+    for (what, ns, condition) in [
+        ("csp/orders", Some("kafka"), "--for=condition=Ready"),
+        ("certrot/orders", Some("kafka"), "--for=condition=Ready"),
+        ("kmsmode/cluster", None, "--for=condition=Stalled"),
+    ] {
+        let mut args = vec!["wait", condition, what, "--timeout=60s"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = cp.kubectl(&args);
+        assert!(out.status.success() && stdout(&out).contains("condition met"), "{what}: {}", stderr(&out));
+    }
 }
 
 #[tokio::test]
