@@ -82,6 +82,18 @@ impl std::error::Error for Violations {}
 // ---------------------------------------------------------------------------------------------
 // Shared syntax checks
 
+/// A user's value quoted for a message: whole when short, else its start and its length, so
+/// that an oversized value never makes an oversized error (or log line, or event).
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.chars().count() <= SHOWN {
+        format!("{value:?}")
+    } else {
+        let start: String = value.chars().take(SHOWN).collect();
+        format!("{start:?}… ({} characters)", value.chars().count())
+    }
+}
+
 /// Kubernetes label value: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
 pub fn label_value_error(value: &str) -> Option<String> {
     if value.len() > 63 {
@@ -115,7 +127,8 @@ pub fn dns_subdomain_error(name: &str) -> Option<String> {
             || label.ends_with('-')
         {
             return Some(format!(
-                "{name:?} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+                "{} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+                quoted(name)
             ));
         }
     }
@@ -134,7 +147,7 @@ fn dns_name_error(name: &str) -> Option<String> {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
-    (!ok).then(|| format!("{name:?} is not a valid DNS name"))
+    (!ok).then(|| format!("{} is not a valid DNS name", quoted(name)))
 }
 
 fn validate_cluster_ref(r: &ClusterRef, out: &mut Violations) {
@@ -251,7 +264,7 @@ fn validate_label(label: &str, field: &str, out: &mut Violations) {
             "must not be empty; set a unique string and change it to rotate the certificate",
         );
     } else if let Some(e) = label_value_error(label) {
-        out.push(rule::LABEL_VALUE, field, format!("{label:?} {e}"));
+        out.push(rule::LABEL_VALUE, field, format!("{} {e}", quoted(label)));
     }
 }
 
@@ -390,20 +403,21 @@ pub fn parse_key_id(key_id: &str) -> Result<KeyId<'_>, String> {
         .split_once('.')
         .filter(|(_, domain)| domain.starts_with("vault."))
         .map(|(v, _)| v)
-        .ok_or_else(|| format!("host {host:?} is not a key vault host; {HINT}"))?;
+        .ok_or_else(|| format!("host {} is not a key vault host; {HINT}", quoted(host)))?;
     if !vault_name_ok(vault) {
         return Err(format!(
-            "vault name {vault:?} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}"
+            "vault name {} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}",
+            quoted(vault)
         ));
     }
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         ["keys", name, version] if !name.is_empty() && !version.is_empty() => {
             if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("key name {name:?} may contain only letters, digits and '-'; {HINT}"));
+                return Err(format!("key name {} may contain only letters, digits and '-'; {HINT}", quoted(name)));
             }
             if !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                return Err(format!("key version {version:?} may contain only letters and digits; {HINT}"));
+                return Err(format!("key version {} may contain only letters and digits; {HINT}", quoted(version)));
             }
             Ok(KeyId { vault, name, version })
         }
@@ -425,14 +439,15 @@ pub fn parse_key_vault_resource_id(id: &str) -> Result<&str, String> {
                 && vaults.eq_ignore_ascii_case("vaults") =>
         {
             if !is_guid(sub) {
-                return Err(format!("subscription id {sub:?} is not a GUID; {HINT}"));
+                return Err(format!("subscription id {} is not a GUID; {HINT}", quoted(sub)));
             }
             if rg.is_empty() {
                 return Err(format!("resource group is empty; {HINT}"));
             }
             if !vault_name_ok(vault) {
                 return Err(format!(
-                    "vault name {vault:?} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}"
+                    "vault name {} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}",
+                    quoted(vault)
                 ));
             }
             Ok(vault)
@@ -469,7 +484,7 @@ pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> 
                         out.push(
                             rule::KEY_VAULT_MATCH,
                             "spec.keyVaultResourceId",
-                            format!("names vault {vault:?} but keyId is in vault {:?}; both must name the vault that holds the key", k.vault),
+                            format!("names vault {} but keyId is in vault {}; both must name the vault that holds the key", quoted(vault), quoted(k.vault)),
                         );
                     }
                 }
@@ -487,7 +502,7 @@ pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> 
                 out.push(
                     rule::PROVIDER,
                     "spec.provider.azure.subscriptionId",
-                    format!("{:?} is not a GUID (az account show --query id)", az.subscription_id),
+                    format!("{} is not a GUID (az account show --query id)", quoted(&az.subscription_id)),
                 );
             }
             if az.resource_group.is_empty() || az.resource_group.len() > 90 {

@@ -70,7 +70,13 @@ pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 
 fn decode<K: DeserializeOwned>(obj: &DynamicObject, what: &str) -> Result<K, String> {
     let value = serde_json::to_value(obj).map_err(|e| format!("cannot read the {what} object: {e}"))?;
-    serde_json::from_value(value).map_err(|e| format!("the {what} object does not match the {what} schema: {e}"))
+    serde_json::from_value(value).map_err(|e| {
+        // serde quotes the offending value; keep an oversized one from filling the answer.
+        let e = e.to_string();
+        let shown: String = e.chars().take(300).collect();
+        let more = if shown.len() < e.len() { "…" } else { "" };
+        format!("the {what} object does not match the {what} schema: {shown}{more}")
+    })
 }
 
 fn is_deleting(obj: &DynamicObject) -> bool {
