@@ -49,6 +49,10 @@ fn kms_yaml(spec: &Spec, vault: &str, mode: &str, reencryption: &str) -> String 
     )
 }
 
+fn support_stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn apply(cp: &ControlPlane, manifest: &str) {
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
     assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -371,6 +375,12 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     assert_eq!(emu.kms()["keyId"], spec.key_id("kv-other", "v1"));
     assert_all_stored(&cp, "kms:kv-other", "after the resumed rewrite: every Secret under the new vault's key");
     assert!(op.log_text().contains("resuming the Secret rewrite"), "the restarted operator resumed");
+    // The Azure client secret (from the credentials Secret) is nowhere the operator writes.
+    let events = support_stdout(&cp.kubectl(&["get", "events", "-A", "-o", "json"]));
+    let status = support_stdout(&cp.kubectl(&["get", "kmsmode", "-o", "jsonpath={range .items[*]}{.status}{end}"]));
+    for (what, text) in [("operator log", op.log_text()), ("events", events), ("status", status)] {
+        assert!(!text.contains(&spec.client_secret), "the Azure client secret appears in the {what}");
+    }
     // The restarted operator's metrics carry the run's final counters.
     let (_, metrics) = operator::http_get(op.health_port, "/metrics").expect("metrics served");
     for (counter, v) in [("total", r.total), ("rewritten", r.rewritten), ("failed", r.failed)] {

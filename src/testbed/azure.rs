@@ -55,7 +55,7 @@ impl Spec {
         Self {
             tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
             client_id: "0b2c6a4e-58c1-4b7e-9c1a-6f1d2e3a4b5c".into(),
-            client_secret: "emulator-client-secret".into(),
+            client_secret: "CSOP-MARKER-azure-client-secret-4d2b".into(),
             federated_token: "emulator-federated-token".into(),
             subscription_id: "00000000-0000-0000-0000-000000000001".into(),
             resource_group: "rg-orders".into(),
