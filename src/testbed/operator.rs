@@ -155,6 +155,11 @@ impl Operator {
         self.wait_ready(Duration::from_secs(60))
     }
 
+    /// Process id of the running operator (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
