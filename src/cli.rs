@@ -76,6 +76,9 @@ pub struct RunArgs {
     /// random suffix.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Objects each controller reconciles at once (0: unbounded).
+    #[arg(long, env = "CSO_CONCURRENT_RECONCILES", default_value_t = controller::CONCURRENT_RECONCILES)]
+    pub concurrent_reconciles: u16,
     /// Run the controllers only while holding the leader Lease (for more than one replica).
     #[arg(long, env = "CSO_LEADER_ELECT")]
     pub leader_elect: bool,
@@ -235,7 +238,8 @@ pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
         }
     }
     let kms = Arc::new(args.azure_factory()?);
-    let ctx = controller::Context::new(client.clone(), clock, metrics.clone(), ready.clone());
+    let mut ctx = controller::Context::new(client.clone(), clock, metrics.clone(), ready.clone());
+    ctx.concurrency = args.concurrent_reconciles;
     let result = if args.leader_elect {
         let election = leader::Election {
             namespace: args.namespace.clone(),

@@ -500,7 +500,8 @@ pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Resul
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let api: Api<CertificateRotation> = Api::all(client.clone());
-    let controller = Controller::new(api, crate::controller::watch_config());
+    let controller = Controller::new(api, crate::controller::watch_config())
+        .with_config(crate::controller::controller_config(ctx.concurrency));
     let secrets_store = controller.store();
     report_cache_sync(controller.store(), ctx.readiness.clone());
     let metrics = ctx.metrics.clone();

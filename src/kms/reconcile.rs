@@ -618,7 +618,8 @@ pub async fn reconcile(obj: Arc<KmsKeyVaultMode>, kctx: Arc<KmsContext>) -> Resu
 pub async fn run(kctx: Arc<KmsContext>) {
     use futures::StreamExt;
     let api: Api<KmsKeyVaultMode> = Api::all(kctx.ctx.client.clone());
-    let controller = Controller::new(api, crate::controller::watch_config());
+    let controller = Controller::new(api, crate::controller::watch_config())
+        .with_config(crate::controller::controller_config(kctx.ctx.concurrency));
     report_cache_sync(controller.store(), kctx.ctx.readiness.clone());
     let metrics = kctx.ctx.metrics.clone();
     controller

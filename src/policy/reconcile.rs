@@ -359,7 +359,8 @@ pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Re
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
-    let controller = Controller::new(policies, crate::controller::watch_config());
+    let controller = Controller::new(policies, crate::controller::watch_config())
+        .with_config(crate::controller::controller_config(ctx.concurrency));
     report_cache_sync(controller.store(), ctx.readiness.clone());
     let metrics = ctx.metrics.clone();
     watch_workloads(controller, &client)
