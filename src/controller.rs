@@ -171,23 +171,49 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
 }
 
 /// Write `new` as the status of `obj` when it differs from the status `obj` carries. The patch
-/// names the resourceVersion it was computed from, so a decision made on a stale copy fails
-/// with a conflict (and is retried on fresh data) instead of overwriting newer status.
+/// names the resourceVersion it was computed from, so a decision made on a stale status fails
+/// with a conflict (and is retried on fresh data) instead of overwriting newer status; a
+/// conflict caused only by other fields (labels, annotations, spec) is written again.
 /// Returns the object as stored after the write (None when nothing needed writing).
 pub async fn write_status_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<Option<K>, Error>
 where
     K: Reconciled,
     S: Serialize,
 {
-    let old = serde_json::to_value(obj).ok().and_then(|v| v.get("status").cloned()).unwrap_or(json!({}));
+    let status_of = |o: &K| serde_json::to_value(o).ok().and_then(|v| v.get("status").cloned()).unwrap_or(json!({}));
+    let old = status_of(obj);
     let new = serde_json::to_value(new).map_err(|e| Error::Internal(e.to_string()))?;
     let Some(diff) = merge_diff(&old, &new) else { return Ok(None) };
-    let patch = json!({"metadata": {"resourceVersion": obj.meta().resource_version}, "status": diff});
-    api.patch_status(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(Some)
-        .map_err(|source| Error::WriteStatus { kind: K::KIND, name: obj.name_any(), source })
+    let name = obj.name_any();
+    let err = |source| Error::WriteStatus { kind: K::KIND, name: name.clone(), source };
+    let mut resource_version = obj.meta().resource_version.clone();
+    for _ in 0..STATUS_WRITE_ATTEMPTS {
+        let patch = json!({"metadata": {"resourceVersion": resource_version}, "status": diff});
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(stored) => return Ok(Some(stored)),
+            // Someone else changed the object since it was read (a label, an annotation, the
+            // spec). Status has one writer, this operator: while it is still what the decision
+            // was made from, the write is still right — and it may record work already done (a
+            // certificate issued, a rollout started) that must not be redone. Send it again on
+            // the object as it is now; a changed spec is picked up by the next reconcile.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let current = api.get(&name).await.map_err(err)?;
+                if status_of(&current) != old {
+                    return Err(err(kube::Error::Api(s)));
+                }
+                resource_version = current.meta().resource_version.clone();
+            }
+            Err(source) => return Err(err(source)),
+        }
+    }
+    Err(Error::Internal(format!(
+        "writing status of {} {name}: the object kept changing under {STATUS_WRITE_ATTEMPTS} attempts",
+        K::KIND
+    )))
 }
+
+/// How often a status write is re-sent when only other fields of the object changed meanwhile.
+const STATUS_WRITE_ATTEMPTS: usize = 10;
 
 /// How every controller watches: from the API server's cache (`any_semantic`), and with a short
 /// server-side timeout. After a kube-apiserver restart a watch opened while it was starting can
