@@ -3,9 +3,11 @@
 //! (one pod-template change of the workload), the certificate in the Secret being the one the
 //! status reports (no second issuance over it), and an unrelated Secret untouched.
 //!
-//! `cargo bench --bench faults -- --trials 20 --seed 1` (or CSO_FAULT_TRIALS / CSO_FAULT_SEED).
-//! Each trial prints its seed and kill delay so a failure can be replayed with `--seed`; the run
-//! ends with `faults: trials=<n per kind> kinds=2 passed=<n> failed=<n>`. (The KmsKeyVaultMode
+//! `cargo bench --bench faults -- --trials 20 --seed 1 [--apiserver-restarts 5]` (or
+//! CSO_FAULT_TRIALS / CSO_FAULT_SEED / CSO_FAULT_APISERVER_RESTARTS): SIGKILL trials per kind,
+//! then trials that restart kube-apiserver at the random point instead. Each trial prints its
+//! seed and delay so a failure can be replayed; the run ends with
+//! `faults: trials=<n per kind> kinds=2 apiserver_restarts=<n per kind> passed=<n> failed=<n>`. (The KmsKeyVaultMode
 //! kill-and-resume trial is tests/e2e_kms.rs, which needs the KMS control plane and the Azure
 //! emulator.)
 
@@ -61,6 +63,15 @@ async fn sts_ready(client: &Client, ns: &str) -> bool {
     st.ready_replicas == Some(1) && st.current_revision.is_some() && st.current_revision == st.update_revision
 }
 
+/// What goes wrong in the middle of the operation.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL of the operator, then a restart.
+    KillOperator,
+    /// kube-apiserver stopped and started again (etcd keeps running).
+    RestartApiserver,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Policy,
@@ -90,11 +101,15 @@ async fn trial(
     cp: &ControlPlane,
     client: &Client,
     op: &mut Operator,
-    kind: Kind,
+    (fault, kind): (Fault, Kind),
     i: u64,
     delay_ms: u64,
 ) -> Result<String, String> {
-    let ns = format!("fault-{}-{i}", if matches!(kind, Kind::Policy) { "csp" } else { "certrot" });
+    let ns = format!(
+        "{}-{}-{i}",
+        if matches!(fault, Fault::KillOperator) { "kill" } else { "apiserver" },
+        if matches!(kind, Kind::Policy) { "csp" } else { "certrot" }
+    );
     kubectl_apply(
         cp,
         &format!(
@@ -122,9 +137,16 @@ async fn trial(
     kubectl_apply(cp, &manifest);
     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     let (at_kill, _, _) = operation(client, kind, &ns).await;
-    op.kill();
-    tokio::task::block_in_place(|| op.restart()).map_err(|e| format!("restart: {e}"))?;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    match fault {
+        Fault::KillOperator => {
+            op.kill();
+            tokio::task::block_in_place(|| op.restart()).map_err(|e| format!("restart: {e}"))?;
+        }
+        Fault::RestartApiserver => {
+            tokio::task::block_in_place(|| cp.restart_apiserver()).map_err(|e| format!("apiserver restart: {e}"))?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
     let (records, _) = loop {
         let (state, records, no_current) = operation(client, kind, &ns).await;
         if state == Some(OperationState::UpdateComplete) && no_current {
@@ -174,28 +196,35 @@ async fn main() -> anyhow::Result<()> {
     operator::install(&cp, None)?;
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut op = tokio::task::block_in_place(|| Operator::start(&cp, binary, free_port(), &["--disable-webhook"]))?;
+    let restarts = arg("--apiserver-restarts", "CSO_FAULT_APISERVER_RESTARTS", 0);
     let (mut passed, mut failed) = (0, 0);
     let mut kill_states = std::collections::BTreeMap::<String, u32>::new();
-    for (k, kind) in [Kind::Policy, Kind::Rotation].into_iter().enumerate() {
+    let plan = [
+        (Fault::KillOperator, Kind::Policy, trials),
+        (Fault::KillOperator, Kind::Rotation, trials),
+        (Fault::RestartApiserver, Kind::Policy, restarts),
+        (Fault::RestartApiserver, Kind::Rotation, restarts),
+    ];
+    for (k, (fault, kind, trials)) in plan.into_iter().enumerate() {
         for i in 0..trials {
             let trial_seed = seed.wrapping_mul(1_000_003).wrapping_add(k as u64 * 10_000 + i);
             // An operation takes well under a second here: most kills land inside it.
             let delay_ms = Rng(trial_seed).next() % KILL_WINDOW_MS;
-            match trial(&cp, &client, &mut op, kind, i, delay_ms).await {
+            match trial(&cp, &client, &mut op, (fault, kind), i, delay_ms).await {
                 Ok(note) => {
                     passed += 1;
-                    *kill_states.entry(format!("{kind:?} {note}")).or_default() += 1;
-                    println!("trial {kind:?} #{i} seed={trial_seed} kill_after_ms={delay_ms}: ok ({note})");
+                    *kill_states.entry(format!("{fault:?} {kind:?} {note}")).or_default() += 1;
+                    println!("trial {fault:?} {kind:?} #{i} seed={trial_seed} fault_after_ms={delay_ms}: ok ({note})");
                 }
                 Err(e) => {
                     failed += 1;
-                    println!("trial {kind:?} #{i} seed={trial_seed} kill_after_ms={delay_ms}: FAILED: {e}");
+                    println!("trial {fault:?} {kind:?} #{i} seed={trial_seed} fault_after_ms={delay_ms}: FAILED: {e}");
                 }
             }
         }
     }
-    println!("kill points: {kill_states:?}");
-    println!("faults: trials={trials} kinds=2 passed={passed} failed={failed}");
+    println!("fault points: {kill_states:?}");
+    println!("faults: trials={trials} kinds=2 apiserver_restarts={restarts} passed={passed} failed={failed}");
     kubelet.stop();
     drop(op);
     anyhow::ensure!(failed == 0, "{failed} trials failed");
