@@ -28,6 +28,18 @@ fn examples(name: &str) -> String {
     format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Lint and render the chart with Helm's engine (scripts/helm-render.py), with `values` JSON.
+fn helm_render(values: Option<&str>) -> std::process::Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut args = vec![
+        format!("{root}/scripts/helm-render.py"),
+        format!("{root}/charts/cluster-security-operator"),
+        "csop-chart".into(),
+    ];
+    args.extend(values.map(String::from));
+    std::process::Command::new("python3").args(&args).output().expect("python3 runs")
+}
+
 /// Apply once the webhook's caBundle is published.
 async fn apply_when_webhook_ready(cp: &ControlPlane, file: &str) -> std::process::Output {
     support::webhook_ready(cp).await;
@@ -338,15 +350,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
 #[tokio::test]
 async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     let cp = &env().cp;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new("python3")
-        .args([
-            &format!("{root}/scripts/helm-render.py"),
-            &format!("{root}/charts/cluster-security-operator"),
-            "csop-chart",
-        ])
-        .output()
-        .expect("python3 runs");
+    let out = helm_render(None);
     assert!(out.status.success(), "helm lint/render (pip install helm-python-sdk): {}", stderr(&out));
     let rendered = stdout(&out);
     assert!(rendered.contains("namespace: csop-chart"), "release namespace templated");
@@ -362,28 +366,14 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
         (r#"{"azure": {"armEndpoint": "http://management.azure.com"}}"#, "/azure/armEndpoint"),
         (r#"{"replica": 2}"#, "additional properties 'replica' not allowed"),
     ] {
-        let out = std::process::Command::new("python3")
-            .args([
-                &format!("{root}/scripts/helm-render.py"),
-                &format!("{root}/charts/cluster-security-operator"),
-                "csop-chart",
-                values,
-            ])
-            .output()
-            .expect("python3 runs");
+        let out = helm_render(Some(values));
         assert!(!out.status.success(), "values {values} were accepted");
         assert!(stderr(&out).contains(says), "values {values}: {}", stderr(&out));
     }
     // A good override renders, and reaches the Deployment.
-    let out = std::process::Command::new("python3")
-        .args([
-            &format!("{root}/scripts/helm-render.py"),
-            &format!("{root}/charts/cluster-security-operator"),
-            "csop-chart",
-            r#"{"azure": {"credentialsSecret": "azure-credentials", "workloadIdentity": {"clientId": "0b2c6a4e"}}}"#,
-        ])
-        .output()
-        .expect("python3 runs");
+    let out = helm_render(Some(
+        r#"{"azure": {"credentialsSecret": "azure-credentials", "workloadIdentity": {"clientId": "0b2c6a4e"}}}"#,
+    ));
     assert!(out.status.success(), "{}", stderr(&out));
     let rendered = stdout(&out);
     assert!(
@@ -391,22 +381,11 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
         "{rendered}"
     );
     // Optional ServiceMonitor; more than one replica needs leader election.
-    let render = |values: &str| {
-        std::process::Command::new("python3")
-            .args([
-                &format!("{root}/scripts/helm-render.py"),
-                &format!("{root}/charts/cluster-security-operator"),
-                "csop-chart",
-                values,
-            ])
-            .output()
-            .expect("python3 runs")
-    };
-    let out = render(r#"{"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}}}"#);
+    let out = helm_render(Some(r#"{"metrics": {"serviceMonitor": {"enabled": true, "labels": {"release": "prom"}}}}"#));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("kind: ServiceMonitor") && stdout(&out).contains("release: prom"));
     assert!(!rendered.contains("kind: ServiceMonitor"), "off by default");
-    let out = render(r#"{"replicas": 3, "leaderElection": {"enabled": false}}"#);
+    let out = helm_render(Some(r#"{"replicas": 3, "leaderElection": {"enabled": false}}"#));
     assert!(!out.status.success(), "3 replicas without leader election were accepted");
     assert!(stderr(&out).contains("needs leaderElection.enabled=true"), "{}", stderr(&out));
 }

@@ -32,18 +32,24 @@ fn replica(cp: &ControlPlane, name: &str, webhook_port: u16) -> Operator {
     Operator::start(cp, Path::new(OPERATOR), webhook_port, &args).expect("replica starts")
 }
 
+/// Who holds the leader Lease now ("" when nobody does).
+fn lease_holder(cp: &ControlPlane) -> String {
+    let out = cp.kubectl(&[
+        "get",
+        "lease",
+        "cluster-security-operator",
+        "-n",
+        operator::NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    stdout(&out) + &stderr(&out)
+}
+
 async fn wait_holder(cp: &ControlPlane, want: &str, within: Duration) {
     wait_until(within, &format!("{want} holds the leader lease"), || {
-        let out = cp.kubectl(&[
-            "get",
-            "lease",
-            "cluster-security-operator",
-            "-n",
-            operator::NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]);
-        async move { (stdout(&out) == want).then_some(()).ok_or(stdout(&out) + &stderr(&out)) }
+        let holder = lease_holder(cp);
+        async move { (holder == want).then_some(()).ok_or(holder) }
     })
     .await
     .unwrap();
@@ -140,15 +146,6 @@ async fn the_standby_takes_over_a_running_operation_without_repeating_it() {
 
     // SIGTERM hands the lease back at once (released, not left to expire).
     b.stop();
-    let out = cp.kubectl(&[
-        "get",
-        "lease",
-        "cluster-security-operator",
-        "-n",
-        operator::NAMESPACE,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    assert_eq!(stdout(&out), "", "the lease was released on shutdown");
+    assert_eq!(lease_holder(&cp), "", "the lease was released on shutdown");
     kubelet.stop();
 }
