@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cluster_security_operator::api::{CertificateRotation, ClusterSecurityPolicy, OperationState};
 use cluster_security_operator::certs::inspect;
+use cluster_security_operator::controller::Reconciled;
 use cluster_security_operator::testbed::kubelet::PlayKubelet;
 use cluster_security_operator::testbed::operator::{self, Operator};
 use cluster_security_operator::testbed::{free_port, ControlPlane, Options};
@@ -78,21 +79,17 @@ enum Kind {
     Rotation,
 }
 
-/// Newest operation state and how many operation records there are.
+/// Newest operation state, how many operation records there are, and whether none is current.
 async fn operation(client: &Client, kind: Kind, ns: &str) -> (Option<OperationState>, usize, bool) {
+    async fn of<K: Reconciled>(api: Api<K>, name: &str) -> (Option<OperationState>, usize, bool) {
+        let Some(o) = api.get_opt(name).await.ok().flatten() else { return (None, 0, true) };
+        let status = serde_json::to_value(&o).map(|v| v["status"].clone()).unwrap_or_default();
+        let records = status["operations"].as_array().map_or(0, Vec::len);
+        (o.newest_operation_state(), records, status["currentOperation"].is_null())
+    }
     match kind {
-        Kind::Policy => {
-            let o = Api::<ClusterSecurityPolicy>::namespaced(client.clone(), ns).get_opt("p").await.ok().flatten();
-            let st = o.and_then(|o| o.status).unwrap_or_default();
-            let newest = st.current_operation.as_ref().or(st.operations.first()).map(|o| o.operation_state);
-            (newest, st.operations.len(), st.current_operation.is_none())
-        }
-        Kind::Rotation => {
-            let o = Api::<CertificateRotation>::namespaced(client.clone(), ns).get_opt("r").await.ok().flatten();
-            let st = o.and_then(|o| o.status).unwrap_or_default();
-            let newest = st.current_operation.as_ref().or(st.operations.first()).map(|o| o.operation_state);
-            (newest, st.operations.len(), st.current_operation.is_none())
-        }
+        Kind::Policy => of(Api::<ClusterSecurityPolicy>::namespaced(client.clone(), ns), "p").await,
+        Kind::Rotation => of(Api::<CertificateRotation>::namespaced(client.clone(), ns), "r").await,
     }
 }
 

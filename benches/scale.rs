@@ -245,7 +245,6 @@ async fn run(concurrency: u16) -> anyhow::Result<Run> {
         format!("--azure-authority-host={closed}"),
         "--azure-credentials-secret=missing".to_string(),
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let writes_before = write_requests(&cp);
     let started = Instant::now();
     let op = Operator::start(&cp, &operator_binary(), free_port(), &args)?;

@@ -275,9 +275,9 @@ pub async fn run(args: Box<RunArgs>) -> anyhow::Result<()> {
     result
 }
 
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C, for a standby replica; the controllers
-/// listen for these themselves.
-async fn shutdown_signal() {
+/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C: for a standby replica (the controllers listen
+/// for these themselves) and for the demo.
+pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}

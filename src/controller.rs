@@ -82,7 +82,7 @@ where
 }
 
 /// Mark the controller's cache synced in `readiness` once its store holds the first full list.
-pub fn report_cache_sync<K: Reconciled>(store: kube::runtime::reflector::Store<K>, readiness: Arc<Readiness>) {
+fn report_cache_sync<K: Reconciled>(store: kube::runtime::reflector::Store<K>, readiness: Arc<Readiness>) {
     // Polled rather than awaited: kube-runtime's store readiness wakes only the last waiter,
     // and the controller itself waits on it too, so an await here could sleep forever.
     tokio::spawn(async move {
@@ -230,9 +230,14 @@ pub fn watch_config() -> watcher::Config {
 /// ~100 MiB (benches/scale.rs: 36 MiB with 8); bounded, the API server also sees no burst.
 pub const CONCURRENT_RECONCILES: u16 = 8;
 
-/// The kube-runtime controller settings every controller uses (0: unbounded).
-pub fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(concurrency)
+/// A kube-runtime controller for `api`, set up as every kind runs one: watches through
+/// [`watch_config`], at most `ctx.concurrency` reconciles at once (0: unbounded), and its cache
+/// sync reported to readiness.
+pub fn new_controller<K: Reconciled>(api: Api<K>, ctx: &Context) -> Controller<K> {
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
+    let controller = Controller::new(api, watch_config()).with_config(config);
+    report_cache_sync(controller.store(), ctx.readiness.clone());
+    controller
 }
 
 /// Server-side timeout of every watch; see [`watch_config`].

@@ -28,7 +28,6 @@ fn replica(cp: &ControlPlane, name: &str, webhook_port: u16) -> Operator {
         format!("--leader-elect-lease-seconds={LEASE_SECONDS}"),
         "--leader-elect-renew-before-seconds=2".to_string(),
     ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Operator::start(cp, Path::new(OPERATOR), webhook_port, &args).expect("replica starts")
 }
 

@@ -210,7 +210,6 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let port = free_port();
     tokio::task::block_in_place(|| operator::install(&cp, Some(port))).unwrap();
     let args = tokio::task::block_in_place(|| emu.operator_args(&cp)).unwrap();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut op = tokio::task::block_in_place(|| Operator::start(&cp, binary, port, &args)).unwrap();
 

@@ -111,7 +111,6 @@ async fn main() -> anyhow::Result<()> {
     let args = emu.operator_args(&cp)?;
 
     say("starting the operator (cluster-security-operator run), pointed at the emulator");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = Operator::start(&cp, &operator_binary()?, webhook_port, &args)?;
     println!("    operator ready; log: {}", op.log.display());
 
@@ -182,11 +181,7 @@ async fn main() -> anyhow::Result<()> {
     println!("    kubectl patch kmsmode cluster --type=merge -p '{{\"spec\":{{\"networkAccess\":\"Public\"}}}}'");
     println!("Press Ctrl-C to stop the control plane, the operator and the play kubelet.");
     // Ctrl-C or SIGTERM: return normally so every process and file is cleaned up.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
+    cluster_security_operator::cli::shutdown_signal().await;
     say("stopping");
     Ok(())
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -26,7 +26,7 @@ use crate::api::{
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{
-    finish, follow_rollout, forget_deleted, measured, report_cache_sync, start_rollout, watch_workloads,
+    finish, follow_rollout, forget_deleted, measured, new_controller, start_rollout, watch_workloads,
     write_status_diff, Context, Error, Events,
 };
 use crate::operation::{self, rfc3339};
@@ -500,10 +500,8 @@ pub async fn reconcile(cr: Arc<CertificateRotation>, ctx: Arc<Context>) -> Resul
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let api: Api<CertificateRotation> = Api::all(client.clone());
-    let controller = Controller::new(api, crate::controller::watch_config())
-        .with_config(crate::controller::controller_config(ctx.concurrency));
+    let controller = new_controller(api, &ctx);
     let secrets_store = controller.store();
-    report_cache_sync(controller.store(), ctx.readiness.clone());
     let metrics = ctx.metrics.clone();
     watch_workloads(controller, &client)
         // Referenced Secrets, metadata only: their contents are neither streamed nor cached.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
@@ -27,9 +27,7 @@ use crate::api::{
     OperationState, OperationType, ReencryptionStatus, StepName, StepState,
 };
 use crate::conditions::{self, reason, Health};
-use crate::controller::{
-    finish, forget_deleted, measured, report_cache_sync, write_status_diff, Context, Error, Events,
-};
+use crate::controller::{finish, forget_deleted, measured, new_controller, write_status_diff, Context, Error, Events};
 use crate::operation::{self, rfc3339};
 use crate::validate;
 
@@ -618,9 +616,7 @@ pub async fn reconcile(obj: Arc<KmsKeyVaultMode>, kctx: Arc<KmsContext>) -> Resu
 pub async fn run(kctx: Arc<KmsContext>) {
     use futures::StreamExt;
     let api: Api<KmsKeyVaultMode> = Api::all(kctx.ctx.client.clone());
-    let controller = Controller::new(api, crate::controller::watch_config())
-        .with_config(crate::controller::controller_config(kctx.ctx.concurrency));
-    report_cache_sync(controller.store(), kctx.ctx.readiness.clone());
+    let controller = new_controller(api, &kctx.ctx);
     let metrics = kctx.ctx.metrics.clone();
     controller
         .shutdown_on_signal()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::conditions::{self, reason, Health};
 use crate::controller::{
-    finish, follow_rollout, forget_deleted, measured, report_cache_sync, start_rollout, watch_workloads,
+    finish, follow_rollout, forget_deleted, measured, new_controller, start_rollout, watch_workloads,
     write_status_diff, Context, Error, Events,
 };
 use crate::rollout::{self, Workload};
@@ -359,9 +359,7 @@ pub async fn reconcile(csp: Arc<ClusterSecurityPolicy>, ctx: Arc<Context>) -> Re
 pub async fn run(client: Client, ctx: Arc<Context>) {
     use futures::StreamExt;
     let policies: Api<ClusterSecurityPolicy> = Api::all(client.clone());
-    let controller = Controller::new(policies, crate::controller::watch_config())
-        .with_config(crate::controller::controller_config(ctx.concurrency));
-    report_cache_sync(controller.store(), ctx.readiness.clone());
+    let controller = new_controller(policies, &ctx);
     let metrics = ctx.metrics.clone();
     watch_workloads(controller, &client)
         .shutdown_on_signal()

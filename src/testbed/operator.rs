@@ -101,7 +101,12 @@ pub struct Operator {
 
 impl Operator {
     /// Start `binary run` against `cp` and wait until `/readyz` says ready.
-    pub fn start(cp: &ControlPlane, binary: &Path, webhook_port: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
+    pub fn start(
+        cp: &ControlPlane,
+        binary: &Path,
+        webhook_port: u16,
+        extra_args: &[impl AsRef<str>],
+    ) -> anyhow::Result<Self> {
         let health_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -109,7 +114,7 @@ impl Operator {
             format!("--health-addr=127.0.0.1:{health_port}"),
             format!("--namespace={NAMESPACE}"),
         ];
-        args.extend(extra_args.iter().map(|s| s.to_string()));
+        args.extend(extra_args.iter().map(|s| s.as_ref().to_string()));
         // One log per operator process of this control plane (the HA test runs two).
         let log = (1..)
             .map(|n| cp.dir().join(if n == 1 { "operator.log".to_string() } else { format!("operator-{n}.log") }))

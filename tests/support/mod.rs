@@ -24,7 +24,7 @@ pub fn env() -> &'static Env {
         let cp = ControlPlane::start(Options::default()).expect("control plane starts");
         let port = free_port();
         operator::install(&cp, Some(port)).expect("install CRDs and webhook configuration");
-        let op = Operator::start(&cp, Path::new(env!("CARGO_BIN_EXE_cluster-security-operator")), port, &[])
+        let op = Operator::start(&cp, Path::new(env!("CARGO_BIN_EXE_cluster-security-operator")), port, &[] as &[&str])
             .expect("operator starts");
         // The play kubelet gets a runtime of its own that lives as long as the test binary.
         let kubeconfig = cp.kubeconfig_path();
