@@ -77,7 +77,8 @@ where
     let started = std::time::Instant::now();
     let result = reconcile.await;
     metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
-    metrics.newest_operation(K::KIND, &obj.name_any(), obj.newest_operation_state());
+    let key = ObjectRef::from_obj(obj.as_ref()).to_string();
+    metrics.newest_operation(K::KIND, &key, obj.newest_operation_state());
     result
 }
 
@@ -113,7 +114,7 @@ pub fn forget_deleted<K: Reconciled, E1, E2: std::fmt::Display>(
     move |result| {
         match result {
             Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
-                metrics.newest_operation(K::KIND, &r.name, None);
+                metrics.newest_operation(K::KIND, &r.to_string(), None);
             }
             Err(kube::runtime::controller::Error::QueueError(e)) => {
                 warn!(kind = K::KIND, error = %e, "watch failed; retrying");

@@ -124,11 +124,11 @@ impl Metrics {
         self.durations.get_or_create(&l).observe(took.as_secs_f64());
     }
 
-    /// The newest operation of `kind`/`name` is in `state` (None: it has none, or the object is
-    /// gone).
-    pub fn newest_operation(&self, kind: &'static str, name: &str, state: Option<OperationState>) {
+    /// The newest operation of the `kind` object `object` (its namespace and name: two
+    /// namespaces may hold the same name) is in `state` (None: it has none, or it is gone).
+    pub fn newest_operation(&self, kind: &'static str, object: &str, state: Option<OperationState>) {
         let mut newest = self.newest.lock().expect("metrics lock");
-        let key = (kind, name.to_string());
+        let key = (kind, object.to_string());
         match state {
             Some(s) => newest.insert(key, s),
             None => newest.remove(&key),
@@ -182,6 +182,10 @@ mod tests {
         assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_COMPLETE"} 1"#), "{text}");
         m.newest_operation("CertificateRotation", "b", None);
         assert!(m.encode().contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_IN_PROGRESS"} 0"#));
+        // The same name in two namespaces is two objects.
+        m.newest_operation("ClusterSecurityPolicy", "orders.team-a", Some(OperationState::Pending));
+        m.newest_operation("ClusterSecurityPolicy", "orders.team-b", Some(OperationState::Pending));
+        assert!(m.encode().contains(r#"csop_operations{kind="ClusterSecurityPolicy",state="PENDING"} 2"#));
     }
 
     #[test]
