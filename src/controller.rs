@@ -236,9 +236,27 @@ pub const CONCURRENT_RECONCILES: u16 = 8;
 /// sync reported to readiness.
 pub fn new_controller<K: Reconciled>(api: Api<K>, ctx: &Context) -> Controller<K> {
     let config = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
-    let controller = Controller::new(api, watch_config()).with_config(config);
+    let controller = Controller::new(api, watch_config()).with_config(config).trigger_backoff(watch_backoff());
     report_cache_sync(controller.store(), ctx.readiness.clone());
     controller
+}
+
+/// Pause after a failed watch: 250 ms doubling to at most 5 s (jittered), back to 250 ms on the
+/// next event. kube-runtime pauses *all* of a controller's watches (the kind's own, its workloads',
+/// its Secrets') when any one fails, and its client-go default grows to 30 s and only resets
+/// after two quiet minutes. After a kube-apiserver restart the watches fail one after another
+/// (connection refused, 403 while its RBAC cache warms up, 410 for a resourceVersion from before),
+/// and with that default the controller stayed deaf for minutes — an object created just before
+/// the restart waited over four (found by tests/e2e_faults.rs). One retry per kind every 5 s
+/// costs the API server nothing.
+pub fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 /// Server-side timeout of every watch; see [`watch_config`].
