@@ -130,6 +130,7 @@ async fn selfsigned_rotation_keeps_the_ca_and_rolls_the_pods() {
     let o = wait_op(ns, OperationState::UpdateComplete).await;
     assert_eq!(o.status.unwrap().operations.len(), 2);
     assert_eq!(sts_generation(ns).await, gen + 1);
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 fn b64(s: &str) -> String {
@@ -233,6 +234,7 @@ async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
             "{label}: running certificate stays"
         );
     }
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -245,6 +247,7 @@ async fn internal_provided_is_refused() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("internal certificates can only be self-generated"), "{}", stderr(&out));
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -303,6 +306,7 @@ async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     assert_eq!(ext.client_impact, Some(cluster_security_operator::api::ClientImpact::None));
     assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
     assert_eq!(sts_generation(ns).await, gen + 1);
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -342,4 +346,5 @@ async fn policy_and_rotation_on_one_workload_keep_each_others_annotations() {
     ] {
         assert!(ann.contains_key(k), "{k} missing: {ann:?}");
     }
+    support::assert_no_secret_leaks(&[]).await;
 }

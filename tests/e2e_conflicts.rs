@@ -114,4 +114,5 @@ async fn other_writers_neither_stop_the_operator_nor_lose_their_fields() {
     }
     let labels = rotations.get("certs").await.unwrap().metadata.labels.unwrap_or_default();
     assert!(labels.contains_key("team.example.com/tick"), "the rotation kept the other writer's label");
+    support::assert_no_secret_leaks(&[]).await;
 }

@@ -64,6 +64,7 @@ async fn crds_are_established_and_explained() {
     assert!(text.contains("Public or Private network access of the key vault"), "{text}");
     let text = explain(cp, "certrot.spec.internal").await;
     assert!(text.contains("can only be self-generated"), "{text}");
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 /// `kubectl explain`; the apiserver publishes a new CRD's OpenAPI a little after it is Established.
@@ -101,6 +102,7 @@ async fn invalid_examples_are_refused_with_the_rule() {
     // Nothing of them was stored.
     let out = cp.kubectl(&["get", "clustersecurity", "-A", "-o", "name"]);
     assert!(!stdout(&out).contains("invalid-"), "{}", stdout(&out));
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -123,6 +125,7 @@ async fn in_cluster_change_is_refused_on_update() {
     let out =
         cp.kubectl(&["get", "csp", "immutable", "-n", "kafka", "-o", "jsonpath={.spec.encryptionInTransit.inCluster}"]);
     assert_eq!(stdout(&out), "true", "the stored object is untouched");
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -247,6 +250,7 @@ async fn valid_examples_get_status_and_printer_columns() {
         let out = cp.kubectl(&args);
         assert!(out.status.success() && stdout(&out).contains("condition met"), "{what}: {}", stderr(&out));
     }
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -282,6 +286,7 @@ async fn metrics_health_and_readiness_are_served() {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
     assert!(!text.contains("BEGIN"), "no key material in metrics");
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -318,6 +323,7 @@ async fn the_chart_grants_only_what_the_operator_uses() {
     ] {
         assert!(!can(verb, what, ns), "the chart grants {verb} {what} in {ns:?}, which the operator never uses");
     }
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -345,6 +351,7 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
     ] {
         assert!(text.contains(what), "{what} missing from:\n{text}");
     }
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -388,4 +395,5 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     let out = helm_render(Some(r#"{"replicas": 3, "leaderElection": {"enabled": false}}"#));
     assert!(!out.status.success(), "3 replicas without leader election were accepted");
     assert!(stderr(&out).contains("needs leaderElection.enabled=true"), "{}", stderr(&out));
+    support::assert_no_secret_leaks(&[]).await;
 }

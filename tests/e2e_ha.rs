@@ -147,4 +147,7 @@ async fn the_standby_takes_over_a_running_operation_without_repeating_it() {
     b.stop();
     assert_eq!(lease_holder(&cp), "", "the lease was released on shutdown");
     kubelet.stop();
+    // Both replicas' logs (operator.log, operator-2.log).
+    let report = support::assert_no_secret_leaks_in(&cp, &[]).await;
+    assert_eq!(report.logs, 2, "{report}");
 }

@@ -140,6 +140,7 @@ async fn every_row_of_the_table_reaches_update_complete() {
             && table.contains("True"),
         "{table}"
     );
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -176,6 +177,7 @@ async fn same_settings_start_nothing_and_changes_roll_once() {
     assert!(src.client_authentication.scram_enabled() && !src.client_authentication.iam_enabled());
     assert_eq!(sts_generation(ns, "kafka").await, gen_before + 1, "exactly one rollout");
     assert_eq!(st.listeners.iter().map(|l| l.port).collect::<Vec<_>>(), vec![9096, 9098]);
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -209,6 +211,7 @@ async fn change_during_rollout_waits_pending_then_proceeds() {
     let st = o.status.unwrap();
     assert!(st.applied.unwrap().client_authentication.iam_enabled());
     assert_eq!(sts_generation(ns, "kafka").await, gen_pending + 1);
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -231,6 +234,7 @@ async fn rollout_that_cannot_finish_fails_and_stalls() {
     // kubectl wait sees the failure the way GitOps tools do.
     let out = cp.kubectl(&["wait", "csp/policy", "-n", ns, "--for=condition=Stalled", "--timeout=5s"]);
     assert!(out.status.success());
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -252,6 +256,7 @@ async fn deleting_the_policy_removes_its_artefacts_not_the_workload() {
     .unwrap();
     let out = cp.kubectl(&["get", "statefulset", "kafka", "-n", ns]);
     assert!(out.status.success(), "the workload stays");
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -298,6 +303,7 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
     assert_eq!(ops.len(), 3);
     assert!(ops.iter().all(|op| op.operation_state == OperationState::UpdateComplete), "{ops:?}");
     assert_eq!(sts_generation(ns, "kafka").await, gen_rolling + 1, "one rollout per operation");
+    support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -333,4 +339,5 @@ async fn missing_ca_secret_fails_then_retries_once_it_exists() {
         ca.cert_pem,
         "the given CA is the bundle"
     );
+    support::assert_no_secret_leaks(&[]).await;
 }

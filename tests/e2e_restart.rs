@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster_security_operator::api::ClusterSecurityPolicy;
+use cluster_security_operator::testbed::leaks;
 use cluster_security_operator::testbed::operator::{self, Operator};
 use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
 use kube::Api;
@@ -86,4 +87,5 @@ async fn missing_crds_invalid_spec_and_apiserver_restart() {
     assert!(conds.iter().all(|c| c.type_ != "Stalled"), "Stalled is removed once the spec is fixed");
     assert!(op.is_running(), "operator survived the apiserver restart:\n{}", op.log_text());
     op.stop();
+    leaks::audit(&cp, &[]).await.unwrap_or_else(|e| panic!("{e:#}"));
 }

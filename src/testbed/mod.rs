@@ -9,6 +9,7 @@
 pub mod azure;
 pub mod kms_plugin;
 pub mod kubelet;
+pub mod leaks;
 pub mod operator;
 pub mod spawn;
 

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cluster_security_operator::testbed::kubelet::{Held, PlayKubelet};
+use cluster_security_operator::testbed::leaks;
 use cluster_security_operator::testbed::operator::{self, Operator};
 use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -43,6 +44,18 @@ pub fn env() -> &'static Env {
         let held = rx.recv().expect("play kubelet starts");
         Env { cp, operator: op, held }
     })
+}
+
+/// Secrets stay secret: no value of any Secret (nor `markers`) in the operator's log, any Event,
+/// or any status of our objects (see [`leaks::audit`]). Every test ends with it, so the whole
+/// suite's flows are checked, not only the ones written to provoke a leak.
+pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
+    assert_no_secret_leaks_in(&env().cp, markers).await
+}
+
+/// [`assert_no_secret_leaks`] for a test with a control plane of its own.
+pub async fn assert_no_secret_leaks_in(cp: &ControlPlane, markers: &[&str]) -> leaks::Report {
+    leaks::audit(cp, markers).await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn stdout(o: &std::process::Output) -> String {
