@@ -7,6 +7,7 @@
 //! process (see [`spawn`]): parallel runs never collide and nothing is left behind.
 
 pub mod azure;
+pub mod faults;
 pub mod kms_plugin;
 pub mod kubelet;
 pub mod leaks;
@@ -35,17 +36,18 @@ pub struct Options {
 /// A running etcd + kube-apiserver + kube-controller-manager.
 pub struct ControlPlane {
     dir: PathBuf,
-    etcd: Child,
-    /// Behind a lock so that the Azure emulator can restart it (like AKS does) while tests hold
-    /// the control plane shared.
-    apiserver: Mutex<ApiServer>,
+    /// Behind locks so that they can be restarted (the Azure emulator restarts the apiserver,
+    /// like AKS does; fault trials restart either) while tests hold the control plane shared.
+    etcd: Mutex<Process>,
+    apiserver: Mutex<Process>,
     controller_manager: Child,
     bin_dir: PathBuf,
     pub etcd_port: u16,
     pub apiserver_port: u16,
 }
 
-struct ApiServer {
+/// A control-plane process and the flags to start it again with.
+struct Process {
     child: Child,
     args: Vec<String>,
 }
@@ -179,8 +181,8 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             dir,
-            etcd,
-            apiserver: Mutex::new(ApiServer { child: apiserver, args: apiserver_args }),
+            etcd: Mutex::new(Process { child: etcd, args: etcd_args }),
+            apiserver: Mutex::new(Process { child: apiserver, args: apiserver_args }),
             controller_manager: Command::new("true").spawn()?, // replaced below once the apiserver is up
             bin_dir,
             etcd_port,
@@ -343,6 +345,16 @@ impl ControlPlane {
         }
         self.wait_ready(Duration::from_secs(90))
     }
+
+    /// Stop etcd (SIGTERM; its data directory stays), start it again with the same flags, and
+    /// wait until the apiserver, which reconnects on its own, is ready again.
+    pub fn restart_etcd(&self) -> anyhow::Result<()> {
+        let mut etcd = self.etcd.lock().expect("etcd lock");
+        spawn::stop(&mut etcd.child, Duration::from_secs(10));
+        etcd.child = start_process(Path::new("/usr/bin/etcd"), &etcd.args, self.dir.as_path(), "etcd")?;
+        drop(etcd);
+        self.wait_ready(Duration::from_secs(90))
+    }
 }
 
 impl Drop for ControlPlane {
@@ -352,7 +364,9 @@ impl Drop for ControlPlane {
         if let Ok(apiserver) = self.apiserver.get_mut() {
             spawn::stop(&mut apiserver.child, grace);
         }
-        spawn::stop(&mut self.etcd, grace);
+        if let Ok(etcd) = self.etcd.get_mut() {
+            spawn::stop(&mut etcd.child, grace);
+        }
         if std::env::var_os("CSO_TESTBED_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
