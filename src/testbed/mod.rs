@@ -322,20 +322,12 @@ impl ControlPlane {
     }
 
     /// Stop kube-apiserver, start it again with the same flags, and wait until it is ready.
+    /// The stop and the start happen under one lock: two restarts at once (the Azure emulator's
+    /// and a fault trial's) follow each other instead of starting two apiservers.
     pub fn restart_apiserver(&self) -> anyhow::Result<()> {
-        self.stop_apiserver();
-        self.start_apiserver()
-    }
-
-    /// Stop kube-apiserver (clients see connection errors until [`Self::start_apiserver`]).
-    pub fn stop_apiserver(&self) {
-        spawn::stop(&mut self.apiserver.lock().expect("apiserver lock").child, Duration::from_secs(10));
-    }
-
-    /// Start kube-apiserver again after [`Self::stop_apiserver`].
-    pub fn start_apiserver(&self) -> anyhow::Result<()> {
         {
             let mut apiserver = self.apiserver.lock().expect("apiserver lock");
+            spawn::stop(&mut apiserver.child, Duration::from_secs(10));
             apiserver.child = start_process(
                 &self.bin_dir.join("kube-apiserver"),
                 &apiserver.args,
