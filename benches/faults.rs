@@ -100,11 +100,18 @@ async fn main() -> anyhow::Result<()> {
         bed.run(None, 0).await.map_err(|e| anyhow::anyhow!("the unfaulted switch failed: {e}"))?;
         let window_ms = t.elapsed().as_millis() as u64;
         println!("kms: one switch without a fault took {window_ms} ms ({KMS_SECRETS} Secrets)");
-        for i in 0..kms_trials {
-            let seed = trial_seed(seed, 100, i);
-            let delay_ms = Rng(seed).next_u64() % window_ms.max(1);
-            let result = bed.run(Some(Fault::KillOperator), delay_ms).await;
-            tally.record("KillOperator KmsKeyVaultMode", i, seed, delay_ms, result);
+        let kms_plan = [
+            (Fault::KillOperator, kms_trials),
+            (Fault::RestartApiserver, apiserver_restarts),
+            (Fault::RestartEtcd, etcd_restarts),
+        ];
+        for (row, (fault, n)) in kms_plan.into_iter().enumerate() {
+            for i in 0..n {
+                let seed = trial_seed(seed, 100 + row as u64, i);
+                let delay_ms = Rng(seed).next_u64() % window_ms.max(1);
+                let result = bed.run(Some(fault), delay_ms).await;
+                tally.record(&format!("{fault:?} KmsKeyVaultMode"), i, seed, delay_ms, result);
+            }
         }
         let marker = bed.emulator.spec.client_secret.clone();
         println!("secret scan: {}", leaks::audit(&bed.cp, &[&marker]).await?);
