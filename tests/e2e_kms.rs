@@ -23,10 +23,8 @@ use cluster_security_operator::testbed::azure::{kms_hook, AzureEmulator, Spec};
 use cluster_security_operator::testbed::kms_plugin::{self, KmsPlugin};
 use cluster_security_operator::testbed::leaks;
 use cluster_security_operator::testbed::operator::{self, Operator};
-use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use cluster_security_operator::testbed::{create_numbered_secrets, free_port, wait_until, ControlPlane, Options};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
@@ -109,28 +107,6 @@ fn assert_all_stored(cp: &ControlPlane, want: &str, when: &str) {
     assert!(wrong.is_empty(), "{when}: every Secret should be stored {want}; not: {wrong:?} (of {})", all.len());
 }
 
-async fn create_secrets(client: &Client, ns: &str, prefix: &str, n: usize) {
-    let nsobj =
-        Namespace { metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() }, ..Default::default() };
-    let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &nsobj).await;
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let s = Secret {
-                    metadata: ObjectMeta { name: Some(format!("{prefix}-{i:05}")), ..Default::default() },
-                    data: Some([("v".to_string(), ByteString(format!("original-{i}").into_bytes()))].into()),
-                    ..Default::default()
-                };
-                api.create(&PostParams::default(), &s).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-}
-
 /// Another writer: replaces the writer Secrets' data over and over (read-modify-write, retried
 /// across apiserver restarts) and deletes the doomed Secrets one by one, until told to stop.
 /// Returns the last value it wrote to each Secret.
@@ -195,11 +171,11 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let emu = AzureEmulator::start(spec.clone(), Some(hook)).await.unwrap();
 
     // Secrets before anything: stored with KMS.
-    create_secrets(&client, "kms-a", "s", SECRETS / 3).await;
-    create_secrets(&client, "kms-b", "s", SECRETS / 3).await;
-    create_secrets(&client, "kms-c", "s", SECRETS - 2 * (SECRETS / 3)).await;
-    create_secrets(&client, WRITER_NS, "w", WRITER_SECRETS).await;
-    create_secrets(&client, DOOMED_NS, "d", DOOMED_SECRETS).await;
+    create_numbered_secrets(&client, "kms-a", "s", SECRETS / 3).await.unwrap();
+    create_numbered_secrets(&client, "kms-b", "s", SECRETS / 3).await.unwrap();
+    create_numbered_secrets(&client, "kms-c", "s", SECRETS - 2 * (SECRETS / 3)).await.unwrap();
+    create_numbered_secrets(&client, WRITER_NS, "w", WRITER_SECRETS).await.unwrap();
+    create_numbered_secrets(&client, DOOMED_NS, "d", DOOMED_SECRETS).await.unwrap();
     assert_all_stored(&cp, "kms:kv-orders", "at start");
 
     // The operator, authenticating with a client secret kept in a Secret, trusting the

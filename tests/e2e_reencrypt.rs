@@ -3,15 +3,13 @@
 //! changed, created or deleted meanwhile by others are neither lost nor overwritten nor
 //! recreated, a second run changes nothing, and a run resumes after a given key.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use cluster_security_operator::kms::reencrypt::{self, Settings};
 use cluster_security_operator::testbed::leaks;
-use cluster_security_operator::testbed::{ControlPlane, Options};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::ByteString;
+use cluster_security_operator::testbed::{
+    create_numbered_secrets, numbered_name, numbered_value, ControlPlane, Options,
+};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
@@ -27,7 +25,7 @@ const NS: &str = "reenc";
 const COUNT: usize = 300;
 
 fn name(i: usize) -> String {
-    format!("s-{i:04}")
+    numbered_name("s", i)
 }
 
 fn stored_as(cp: &ControlPlane, name: &str) -> String {
@@ -45,26 +43,7 @@ fn stored_as(cp: &ControlPlane, name: &str) -> String {
 async fn rewrites_every_secret_without_losing_concurrent_changes() {
     let cp = ControlPlane::start(Options { encryption_config: Some(IDENTITY.into()) }).unwrap();
     let client = cp.client().await.unwrap();
-    let ns = Namespace { metadata: ObjectMeta { name: Some(NS.into()), ..Default::default() }, ..Default::default() };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    futures::stream::iter(0..COUNT)
-        .map(|i| {
-            let secrets = secrets.clone();
-            async move {
-                let mut data = BTreeMap::new();
-                data.insert("v".to_string(), ByteString(format!("original-{i}").into_bytes()));
-                let s = Secret {
-                    metadata: ObjectMeta { name: Some(name(i)), ..Default::default() },
-                    data: Some(data),
-                    ..Default::default()
-                };
-                secrets.create(&PostParams::default(), &s).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    create_numbered_secrets(&client, NS, "s", COUNT).await.unwrap();
     assert_eq!(stored_as(&cp, &name(0)), "plain");
 
     // Switch to aescbc: nothing is rewritten by itself.
@@ -114,7 +93,7 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     for i in 20..30 {
         assert!(secrets.get_opt(&name(i)).await.unwrap().is_none(), "deleted Secret not recreated");
     }
-    assert_eq!(secrets.get(&name(100)).await.unwrap().data.unwrap()["v"].0, b"original-100".to_vec());
+    assert_eq!(secrets.get(&name(100)).await.unwrap().data.unwrap()["v"].0, numbered_value(100).into_bytes());
 
     // A second run finds nothing to do.
     let again = reencrypt::run(&client, settings, Default::default(), |_| {}).await.unwrap();
@@ -133,7 +112,7 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     )
     .await
     .unwrap();
-    // s-0296..s-0299 and the ten created; Secrets of namespaces sorting after "reenc" come too.
+    // s-00296..s-00299 and the ten created; Secrets of namespaces sorting after "reenc" come too.
     assert!(tail.total >= 4 + 10 && tail.total < 100, "{tail:?}");
     assert_eq!(tail.unchanged, tail.total, "{tail:?}");
     // No operator runs here (nor our CRDs): the audit reads the Events only.

@@ -12,12 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::ByteString;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -262,29 +258,7 @@ impl KmsTrials {
         let hook = kms_hook(cp.clone(), plugin.endpoint.clone(), vec![VAULT.to_string()]);
         let emulator = AzureEmulator::start(spec.clone(), Some(hook)).await?;
         emulator.set_lro(1, Duration::from_millis(200));
-        let client = cp.client().await?;
-        let ns = Namespace {
-            metadata: ObjectMeta { name: Some(KMS_DATA_NS.into()), ..Default::default() },
-            ..Default::default()
-        };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-        let api: Api<Secret> = Api::namespaced(client, KMS_DATA_NS);
-        let created: Vec<kube::Result<Secret>> = futures::stream::iter(0..secrets)
-            .map(|i| {
-                let api = api.clone();
-                async move {
-                    let s = Secret {
-                        metadata: ObjectMeta { name: Some(format!("s-{i:05}")), ..Default::default() },
-                        data: Some([("v".to_string(), ByteString(format!("original-{i}").into_bytes()))].into()),
-                        ..Default::default()
-                    };
-                    api.create(&PostParams::default(), &s).await
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        created.into_iter().collect::<kube::Result<Vec<_>>>()?;
+        super::create_numbered_secrets(&cp.client().await?, KMS_DATA_NS, "s", secrets).await?;
         let op = tokio::task::block_in_place(|| -> anyhow::Result<Operator> {
             operator::install(&cp, None)?;
             let mut args = emulator.operator_args(&cp)?;
@@ -408,9 +382,9 @@ impl KmsTrials {
         if values.len() != self.secrets {
             return Err(format!("{} of {} Secrets left", values.len(), self.secrets));
         }
-        for (name, v) in &values {
-            let i: usize = name.trim_start_matches("s-").parse().map_err(|_| format!("unexpected Secret {name}"))?;
-            if v != format!("original-{i}").as_bytes() {
+        for i in 0..self.secrets {
+            let name = super::numbered_name("s", i);
+            if values.get(&name).map(Vec::as_slice) != Some(super::numbered_value(i).as_bytes()) {
                 return Err(format!("Secret {KMS_DATA_NS}/{name} no longer holds its value"));
             }
         }

@@ -365,6 +365,49 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Name of the `i`-th Secret made by [`create_numbered_secrets`] with `prefix`.
+pub fn numbered_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}-{i:05}")
+}
+
+/// What the `i`-th Secret made by [`create_numbered_secrets`] holds under key `v`.
+pub fn numbered_value(i: usize) -> String {
+    format!("original-{i}")
+}
+
+/// Create namespace `ns` (if missing) and `n` Secrets in it named [`numbered_name`] holding
+/// [`numbered_value`], 16 requests at a time: the bulk data of re-encryption and fault tests.
+pub async fn create_numbered_secrets(client: &kube::Client, ns: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{ObjectMeta, PostParams};
+    let namespace =
+        Namespace { metadata: ObjectMeta { name: Some(ns.into()), ..Default::default() }, ..Default::default() };
+    match kube::Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e).with_context(|| format!("create namespace {ns}")),
+    }
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
+    let created: Vec<kube::Result<Secret>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let s = Secret {
+                    metadata: ObjectMeta { name: Some(numbered_name(prefix, i)), ..Default::default() },
+                    data: Some([("v".to_string(), k8s_openapi::ByteString(numbered_value(i).into_bytes()))].into()),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &s).await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    created.into_iter().collect::<kube::Result<Vec<_>>>().with_context(|| format!("create Secrets in {ns}"))?;
+    Ok(())
+}
+
 /// Poll `check` until it yields a value, or fail after `timeout` saying what was awaited and
 /// what was last seen.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
