@@ -8,9 +8,9 @@
 //! _ETCD_RESTARTS / _KMS_TRIALS): `--trials` SIGKILLs per workload kind (ClusterSecurityPolicy,
 //! CertificateRotation), then the restart trials per kind; then, with `--kms-trials`, the same for
 //! KmsKeyVaultMode switches Public↔Private (`--kms-trials` SIGKILLs, then the restarts) on a
-//! control plane with KMS encryption and the Azure emulator (`--kms-only`: only those). Each trial
-//! prints its seed and delay so a failure can be replayed; the run ends with
-//! `faults: … passed=<n> failed=<n>`.
+//! control plane with KMS encryption and the Azure emulator (`--kms-only`: only those, also with
+//! `--kms-trials 0` for the restarts alone). Each trial prints its seed and delay so a failure can
+//! be replayed; the run ends with `faults: … passed=<n> failed=<n>`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         bed.stop();
     }
 
-    if kms_trials > 0 {
+    if kms_only || kms_trials > 0 {
         let mut bed = KmsTrials::start(binary, KMS_SECRETS).await?;
         // One switch without a fault says how long a switch takes: the kills spread over it.
         let t = Instant::now();
