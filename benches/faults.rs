@@ -4,7 +4,7 @@
 //! overwritten.
 //!
 //! `cargo bench --bench faults -- --trials 20 --seed 1 [--apiserver-restarts 5] [--etcd-restarts 5]
-//! [--kms-trials 20] [--kms-only]` (or CSO_FAULT_TRIALS / _SEED / _APISERVER_RESTARTS /
+//! [--window-ms 700] [--kms-trials 20] [--kms-only]` (or CSO_FAULT_TRIALS / _SEED / _APISERVER_RESTARTS /
 //! _ETCD_RESTARTS / _KMS_TRIALS): `--trials` SIGKILLs per workload kind (ClusterSecurityPolicy,
 //! CertificateRotation), then the restart trials per kind; then, with `--kms-trials`, the same for
 //! KmsKeyVaultMode switches Public↔Private (`--kms-trials` SIGKILLs, then the restarts) on a
@@ -19,8 +19,8 @@ use std::time::Instant;
 use cluster_security_operator::testbed::faults::{trial_seed, Fault, Kind, KmsTrials, Rng, WorkloadTrials};
 use cluster_security_operator::testbed::leaks;
 
-/// Faults land uniformly within this long after the apply: a policy or rotation takes well under
-/// a second here, so most land inside it.
+/// Faults land uniformly within this long after the apply (`--window-ms`): a policy or rotation
+/// takes well under a second here, so most land inside it.
 const WORKLOAD_WINDOW_MS: u64 = 700;
 /// Secrets in the KMS trials' cluster (each switch rewrites them twice).
 const KMS_SECRETS: usize = 300;
@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let apiserver_restarts = arg("--apiserver-restarts", "CSO_FAULT_APISERVER_RESTARTS", 0);
     let etcd_restarts = arg("--etcd-restarts", "CSO_FAULT_ETCD_RESTARTS", 0);
     let kms_trials = arg("--kms-trials", "CSO_FAULT_KMS_TRIALS", 0);
+    let window_ms = arg("--window-ms", "CSO_FAULT_WINDOW_MS", WORKLOAD_WINDOW_MS).max(1);
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut tally = Tally::default();
     let started = Instant::now();
@@ -84,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             for kind in [Kind::Policy, Kind::Rotation] {
                 for i in 0..n {
                     let seed = trial_seed(seed, row, i);
-                    let delay_ms = Rng(seed).next_u64() % WORKLOAD_WINDOW_MS;
+                    let delay_ms = Rng(seed).next_u64() % window_ms;
                     let result = bed.run(fault, kind, i, delay_ms).await;
                     tally.record(&format!("{fault:?} {kind:?}"), i, seed, delay_ms, result);
                 }
@@ -101,8 +102,8 @@ async fn main() -> anyhow::Result<()> {
         // One switch without a fault says how long a switch takes: the kills spread over it.
         let t = Instant::now();
         bed.run(None, 0).await.map_err(|e| anyhow::anyhow!("the unfaulted switch failed: {e}"))?;
-        let window_ms = t.elapsed().as_millis() as u64;
-        println!("kms: one switch without a fault took {window_ms} ms ({KMS_SECRETS} Secrets)");
+        let switch_ms = t.elapsed().as_millis() as u64;
+        println!("kms: one switch without a fault took {switch_ms} ms ({KMS_SECRETS} Secrets)");
         let kms_plan = [
             (Fault::KillOperator, kms_trials),
             (Fault::RestartApiserver, apiserver_restarts),
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         for (row, (fault, n)) in kms_plan.into_iter().enumerate() {
             for i in 0..n {
                 let seed = trial_seed(seed, 100 + row as u64, i);
-                let delay_ms = Rng(seed).next_u64() % window_ms.max(1);
+                let delay_ms = Rng(seed).next_u64() % switch_ms.max(1);
                 let result = bed.run(Some(fault), delay_ms).await;
                 tally.record(&format!("{fault:?} KmsKeyVaultMode"), i, seed, delay_ms, result);
             }
