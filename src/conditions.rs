@@ -18,6 +18,7 @@ pub mod reason {
     pub const VALIDATED: &str = "Validated";
     pub const APPLIED: &str = "Applied";
     /// Reconciling steps shared by the kinds that roll pods.
+    pub const OPERATION_RECORDED: &str = "OperationRecorded";
     pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
     pub const ROLLING_PODS: &str = "RollingPods";
     pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";

@@ -348,3 +348,95 @@ async fn policy_and_rotation_on_one_workload_keep_each_others_annotations() {
     }
     support::assert_no_secret_leaks(&[]).await;
 }
+
+/// A TLS Secret for `slot` holding `leaf` signed by `ca`, marked as issued for `operation_id`.
+fn tls_secret_yaml(ns: &str, slot: &str, leaf: &pki::KeyedCert, ca: &pki::KeyedCert, operation_id: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-{slot}-tls\n  namespace: {ns}\n  annotations: {{clustersecurity.io/operation-id: {operation_id}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        serde_json::to_string(&leaf.cert_pem).unwrap(),
+        serde_json::to_string(&leaf.key_pem).unwrap(),
+        serde_json::to_string(&ca.cert_pem).unwrap()
+    )
+}
+
+/// What an operator killed after issuing but before recording the rollout leaves behind — the
+/// operation recorded, TLS Secrets written for it — is picked up, not redone: the certificate
+/// issued for the recorded operation is reused (one issuance, one rollout), while one from another
+/// operation is replaced.
+#[tokio::test]
+async fn certificates_issued_for_the_recorded_operation_are_reused_after_a_restart() {
+    let env = env();
+    let cp = &env.cp;
+    let ns = "certs-reuse";
+    webhook_ready(cp).await;
+    // Brokers whose pods stay not ready: the operation is recorded and waits for an ACTIVE cluster.
+    apply(cp, &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"));
+    env.held.hold_new_pods(ns, true);
+    apply(
+        cp,
+        &format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  serviceName: kafka\n  replicas: 1\n  selector: {{matchLabels: {{app: kafka}}}}\n  template:\n    metadata: {{labels: {{app: kafka}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+        ),
+    );
+    // The CAs the operator keeps (as a first, interrupted run would have created them).
+    let now = Timestamp::now();
+    let sans = vec![format!("kafka.{ns}.svc")];
+    let (ext_ca, int_ca) =
+        (pki::new_ca("reuse ext CA", now, 30).unwrap(), pki::new_ca("reuse int CA", now, 30).unwrap());
+    for (slot, ca) in [("external", &ext_ca), ("internal", &int_ca)] {
+        apply(
+            cp,
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: kafka-{slot}-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n  ca.key: {}\n",
+                serde_json::to_string(&ca.cert_pem).unwrap(),
+                serde_json::to_string(&ca.key_pem).unwrap()
+            ),
+        );
+    }
+    apply(cp, &rotation(ns, "{label: e1}", "{label: i1}"));
+    let api = api(ns).await;
+    let operation_id = wait_until(Duration::from_secs(60), "operation recorded, waiting for the cluster", || {
+        let api = api.clone();
+        async move {
+            let st = api.get("certs").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+            match st.current_operation {
+                Some(op) if op.operation_state == OperationState::Pending => Ok(op.operation_id),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Issued for this operation before the "crash": external. From another operation: internal.
+    let ext_leaf = pki::issue_leaf(&ext_ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    let int_leaf = pki::issue_leaf(&int_ca, "kafka", &sans, pki::Usage::ServerAndClient, now, 10).unwrap();
+    apply(cp, &tls_secret_yaml(ns, "external", &ext_leaf, &ext_ca, &operation_id));
+    apply(cp, &tls_secret_yaml(ns, "internal", &int_leaf, &int_ca, "an-earlier-operation"));
+    let generation = sts_generation(ns).await;
+
+    env.held.hold_new_pods(ns, false);
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let st = o.status.unwrap();
+    assert_eq!(st.operations.len(), 1, "one operation");
+    assert_eq!(st.operations[0].operation_id, operation_id);
+    let fingerprint = |pem: &str| {
+        cluster_security_operator::certs::inspect::fingerprint(
+            &cluster_security_operator::certs::inspect::certificates(pem, "cert").unwrap()[0],
+        )
+    };
+    let ext = secret(ns, "kafka-external-tls").await;
+    assert_eq!(data(&ext, "tls.crt"), ext_leaf.cert_pem, "the certificate issued for the operation is kept");
+    assert_eq!(st.external.unwrap().fingerprint_sha256, Some(fingerprint(&ext_leaf.cert_pem)));
+    let int = secret(ns, "kafka-internal-tls").await;
+    assert_ne!(data(&int, "tls.crt"), int_leaf.cert_pem, "one from another operation is replaced");
+    assert_eq!(st.internal.unwrap().fingerprint_sha256, Some(fingerprint(&data(&int, "tls.crt"))));
+    assert!(openssl_verifies(&int_ca.cert_pem, &data(&int, "tls.crt")), "signed by the kept CA");
+    assert_eq!(
+        int.metadata.annotations.unwrap_or_default().get("clustersecurity.io/operation-id"),
+        Some(&operation_id),
+        "marked with the operation it was issued for"
+    );
+    assert_eq!(sts_generation(ns).await - generation, 1, "one rollout");
+    wait_sts_ready(cp, ns, "kafka").await;
+    support::assert_no_secret_leaks(&[]).await;
+}

@@ -44,6 +44,11 @@ pub fn trust_configmap(cluster: &str) -> String {
 /// Pod-template annotation that changes with the certificates themselves (renewals keep labels).
 pub const CERTIFICATE_HASH_ANNOTATION: &str = "clustersecurity.io/certificate-hash";
 
+/// TLS Secret annotation: the operation its certificate was issued for. An operator restarted
+/// after issuing but before recording the rollout finds it and reuses the certificate instead of
+/// issuing (and rolling) another.
+pub const OPERATION_ANNOTATION: &str = "clustersecurity.io/operation-id";
+
 /// Default SANs: the names a client uses to reach the brokers through their Service.
 pub fn default_dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![

@@ -19,7 +19,10 @@ use serde_json::json;
 use tracing::warn;
 
 use super::inspect::{self, Material};
-use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, CERTIFICATE_HASH_ANNOTATION};
+use super::{
+    client_impact, default_dns_names, renewal_time, trust_configmap, Slot, CERTIFICATE_HASH_ANNOTATION,
+    OPERATION_ANNOTATION,
+};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
     ClientImpact, ClusterState, OperationState, OperationType, FIELD_MANAGER,
@@ -103,12 +106,14 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
-/// Load or issue the material for one slot; Err((reason, message)) when the user must act.
+/// Load or issue the material for one slot of operation `operation_id`; Err((reason, message))
+/// when the user must act.
 async fn material(
     ctx: &Context,
     cr: &CertificateRotation,
     w: &Want,
     workload: Option<&Workload>,
+    operation_id: &str,
     now: Timestamp,
 ) -> Result<Result<Material, (String, String)>, Error> {
     let ns = cr.namespace().unwrap_or_default();
@@ -143,6 +148,9 @@ async fn material(
                     ca
                 }
             };
+            if let Some(m) = issued_for(&secrets, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
+                return Ok(Ok(m));
+            }
             let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
             let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
             let usage = match w.slot {
@@ -205,12 +213,34 @@ async fn material(
     }
 }
 
-/// Write the slot's TLS Secret (and for external, the trust bundle); returns its status.
+/// The certificate in TLS Secret `name` when it was issued for `operation_id` by `ca` and is still
+/// sound: a restart in the middle of the operation reuses it rather than issuing another.
+async fn issued_for(
+    secrets: &Api<Secret>,
+    name: &str,
+    operation_id: &str,
+    ca: &pki::KeyedCert,
+    now: Timestamp,
+) -> Result<Option<Material>, Error> {
+    let existing =
+        secrets.get_opt(name).await.map_err(|source| Error::Kube { what: format!("read Secret {name}"), source })?;
+    let Some(s) =
+        existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))
+    else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (secret_string(&s, "tls.crt"), secret_string(&s, "tls.key")) else { return Ok(None) };
+    Ok(inspect::check(&cert, &key, &ca.cert_pem, now).ok())
+}
+
+/// Write the slot's TLS Secret for operation `operation_id` (and for external, the trust bundle);
+/// returns its status.
 async fn install(
     ctx: &Context,
     cr: &CertificateRotation,
     w: &Want,
     m: &Material,
+    operation_id: &str,
     old: Option<&CertificateStatus>,
     events: &mut Events,
 ) -> Result<CertificateStatus, Error> {
@@ -221,7 +251,8 @@ async fn install(
     let kube_err = |what: String| move |source| Error::Kube { what: what.clone(), source };
     let name = w.slot.tls_secret(cluster);
     let body = json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+            "annotations": {OPERATION_ANNOTATION: operation_id}},
         "type": "kubernetes.io/tls", "stringData": {"tls.crt": m.cert_pem, "tls.key": m.key_pem, "ca.crt": m.ca_pem}});
     Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(&body))
@@ -359,8 +390,15 @@ async fn advance(
             desired.clone(),
             now,
         );
+        let id = op.operation_id.clone();
         let note = operation::open(&mut status.operations, &mut status.current_operation, op, &wl);
         events.push((EventType::Normal, "OperationPending".into(), note));
+        // Recorded before anything is issued or written: an operator restarted from here on
+        // finds this operation, and the certificates issued for it, instead of starting another
+        // (which would issue new ones and roll the pods twice).
+        let message = format!("Operation {id} recorded; the certificates are issued next.");
+        let health = Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message };
+        return Ok(Outcome { health, requeue: Some(Duration::from_millis(100)) });
     }
 
     let mut op = status.current_operation.clone().expect("set above");
@@ -379,7 +417,7 @@ async fn advance(
                 let mut ready = Vec::new();
                 let mut failure = None;
                 for w in wants.iter().filter(|w| needs_issue(w, status, now)) {
-                    match material(ctx, cr, w, workload, now).await? {
+                    match material(ctx, cr, w, workload, &op.operation_id, now).await? {
                         Ok(m) => ready.push((w, m)),
                         Err(e) => {
                             failure = Some(e);
@@ -399,7 +437,8 @@ async fn advance(
                             if w.type_ == CertificateType::Provided {
                                 events.push((EventType::Warning, "PrivateKeyInSpec".into(), "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.".into()));
                             }
-                            let cs = install(ctx, cr, w, m, slot_status(status, w.slot), events).await?;
+                            let cs =
+                                install(ctx, cr, w, m, &op.operation_id, slot_status(status, w.slot), events).await?;
                             match w.slot {
                                 Slot::External => status.external = Some(cs),
                                 Slot::Internal => status.internal = Some(cs),
