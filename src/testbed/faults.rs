@@ -291,36 +291,32 @@ impl KmsTrials {
         self.switches += 1;
         let log_before = self.emulator.log().len();
         kubectl_apply(&self.cp, &self.manifest(mode))?;
-        // Watch the operation until the fault: the API server may be down at that very moment
-        // (the emulator restarts it for each KMS change), so keep what was last seen.
-        let fault_at = Instant::now() + Duration::from_millis(delay_ms);
-        let mut at_fault: (Option<String>, String) = (None, "before any status".into());
-        loop {
-            let left = fault_at.saturating_duration_since(Instant::now());
-            if let Ok(Ok(o)) = tokio::time::timeout(left, self.object()).await {
-                let s = o.status.unwrap_or_default();
-                let step = s.steps.iter().find(|x| x.state == crate::api::StepState::InProgress).map(|x| x.name);
-                at_fault = (
-                    s.current_operation.map(|c| c.operation_id).or(at_fault.0),
-                    step.map_or_else(|| s.phase.unwrap_or_else(|| "-".into()), |x| format!("{x:?}")),
-                );
-            }
-            if Instant::now() >= fault_at {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100).min(fault_at.saturating_duration_since(Instant::now())))
-                .await;
-        }
-        let (cp, op) = (&self.cp, &mut self.op);
-        tokio::task::block_in_place(|| match fault {
-            None => Ok(()),
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        // Where the fault lands, as the operator recorded it. The API server is often down (the
+        // emulator restarts it for each KMS change): a killed operator writes nothing more, so
+        // its last record is read after the kill, however long the API server takes to return.
+        let before = self.where_is_the_operation(Duration::from_secs(1)).await;
+        let at_fault = match fault {
+            None => before,
             Some(Fault::KillOperator) => {
-                op.kill();
-                restart_operator(op)
+                self.op.kill();
+                let at = self.where_is_the_operation(Duration::from_secs(120)).await.or(before);
+                tokio::task::block_in_place(|| restart_operator(&mut self.op))?;
+                at
             }
-            Some(Fault::RestartApiserver) => cp.restart_apiserver().map_err(|e| format!("apiserver restart: {e:#}")),
-            Some(Fault::RestartEtcd) => cp.restart_etcd().map_err(|e| format!("etcd restart: {e:#}")),
-        })?;
+            Some(Fault::RestartApiserver) => {
+                let cp = &self.cp;
+                tokio::task::block_in_place(|| cp.restart_apiserver())
+                    .map_err(|e| format!("apiserver restart: {e:#}"))?;
+                before
+            }
+            Some(Fault::RestartEtcd) => {
+                let cp = &self.cp;
+                tokio::task::block_in_place(|| cp.restart_etcd()).map_err(|e| format!("etcd restart: {e:#}"))?;
+                before
+            }
+        };
+        let at_fault = at_fault.unwrap_or((None, "the API server not answering".into()));
         let deadline = Instant::now() + Duration::from_secs(300);
         let (o, s) = loop {
             if let Ok(o) = self.object().await {
@@ -367,6 +363,31 @@ impl KmsTrials {
         }
         self.check_secrets().await?;
         Ok(format!("fault at {}", at_fault.1))
+    }
+
+    /// The running operation's id and where it is ("step 4/5 EnableKms", "between steps 2 and 3",
+    /// "no operation running"), read within `patience` (None: the API server did not answer).
+    async fn where_is_the_operation(&self, patience: Duration) -> Option<(Option<String>, String)> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(Ok(o)) = tokio::time::timeout(Duration::from_secs(2), self.object()).await {
+                let s = o.status.unwrap_or_default();
+                let total = s.steps.len();
+                let running = s.steps.iter().position(|x| x.state == crate::api::StepState::InProgress);
+                let done = s.steps.iter().filter(|x| x.state == crate::api::StepState::Succeeded).count();
+                let place = match (&s.current_operation, running) {
+                    (None, _) => "no operation running".to_string(),
+                    (Some(_), Some(i)) => format!("step {}/{total} {:?}", i + 1, s.steps[i].name),
+                    (Some(_), None) if done == 0 => "operation recorded, no step started".to_string(),
+                    (Some(_), None) => format!("between steps {done} and {}", done + 1),
+                };
+                return Some((s.current_operation.map(|c| c.operation_id), place));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Every Secret the trials created still holds its value, and etcd holds every Secret
