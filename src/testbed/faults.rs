@@ -77,6 +77,19 @@ fn restart_operator(op: &mut Operator) -> Result<(), String> {
     Err(format!("the operator did not come back: {}", last.lines().next().unwrap_or_default()))
 }
 
+/// Inject `fault` now (its blocking parts off the async workers); a killed operator is restarted
+/// at once.
+fn inject(cp: &ControlPlane, op: &mut Operator, fault: Fault) -> Result<(), String> {
+    tokio::task::block_in_place(|| match fault {
+        Fault::KillOperator => {
+            op.kill();
+            restart_operator(op)
+        }
+        Fault::RestartApiserver => cp.restart_apiserver().map_err(|e| format!("apiserver restart: {e:#}")),
+        Fault::RestartEtcd => cp.restart_etcd().map_err(|e| format!("etcd restart: {e:#}")),
+    })
+}
+
 fn kubectl_apply(cp: &ControlPlane, manifest: &str) -> Result<(), String> {
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
     if out.status.success() {
@@ -168,15 +181,7 @@ impl WorkloadTrials {
         kubectl_apply(&self.cp, &manifest)?;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         let (at_fault, _, _) = self.operation(kind, &ns).await;
-        let (cp, op) = (&self.cp, &mut self.op);
-        tokio::task::block_in_place(|| match fault {
-            Fault::KillOperator => {
-                op.kill();
-                restart_operator(op)
-            }
-            Fault::RestartApiserver => cp.restart_apiserver().map_err(|e| format!("apiserver restart: {e:#}")),
-            Fault::RestartEtcd => cp.restart_etcd().map_err(|e| format!("etcd restart: {e:#}")),
-        })?;
+        inject(&self.cp, &mut self.op, fault)?;
         if !self.op.is_running() {
             return Err(format!("the operator exited on the {fault:?}:\n{}", self.op.log_text()));
         }
@@ -304,15 +309,8 @@ impl KmsTrials {
                 tokio::task::block_in_place(|| restart_operator(&mut self.op))?;
                 at
             }
-            Some(Fault::RestartApiserver) => {
-                let cp = &self.cp;
-                tokio::task::block_in_place(|| cp.restart_apiserver())
-                    .map_err(|e| format!("apiserver restart: {e:#}"))?;
-                before
-            }
-            Some(Fault::RestartEtcd) => {
-                let cp = &self.cp;
-                tokio::task::block_in_place(|| cp.restart_etcd()).map_err(|e| format!("etcd restart: {e:#}"))?;
+            Some(restart) => {
+                inject(&self.cp, &mut self.op, restart)?;
                 before
             }
         };

@@ -52,6 +52,15 @@ struct Process {
     args: Vec<String>,
 }
 
+impl Process {
+    /// Stop the process (SIGTERM, SIGKILL after 10 s) and start `bin` again with the same flags.
+    fn restart(&mut self, bin: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
+        spawn::stop(&mut self.child, Duration::from_secs(10));
+        self.child = start_process(bin, &self.args, dir, name)?;
+        Ok(())
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (the OS picks it; nothing is hard-coded).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind a free loopback port")
@@ -325,26 +334,15 @@ impl ControlPlane {
     /// The stop and the start happen under one lock: two restarts at once (the Azure emulator's
     /// and a fault trial's) follow each other instead of starting two apiservers.
     pub fn restart_apiserver(&self) -> anyhow::Result<()> {
-        {
-            let mut apiserver = self.apiserver.lock().expect("apiserver lock");
-            spawn::stop(&mut apiserver.child, Duration::from_secs(10));
-            apiserver.child = start_process(
-                &self.bin_dir.join("kube-apiserver"),
-                &apiserver.args,
-                self.dir.as_path(),
-                "kube-apiserver",
-            )?;
-        }
+        let bin = self.bin_dir.join("kube-apiserver");
+        self.apiserver.lock().expect("apiserver lock").restart(&bin, self.dir.as_path(), "kube-apiserver")?;
         self.wait_ready(Duration::from_secs(90))
     }
 
     /// Stop etcd (SIGTERM; its data directory stays), start it again with the same flags, and
     /// wait until the apiserver, which reconnects on its own, is ready again.
     pub fn restart_etcd(&self) -> anyhow::Result<()> {
-        let mut etcd = self.etcd.lock().expect("etcd lock");
-        spawn::stop(&mut etcd.child, Duration::from_secs(10));
-        etcd.child = start_process(Path::new("/usr/bin/etcd"), &etcd.args, self.dir.as_path(), "etcd")?;
-        drop(etcd);
+        self.etcd.lock().expect("etcd lock").restart(Path::new("/usr/bin/etcd"), self.dir.as_path(), "etcd")?;
         self.wait_ready(Duration::from_secs(90))
     }
 }
