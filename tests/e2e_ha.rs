@@ -12,7 +12,7 @@ use std::time::Duration;
 use cluster_security_operator::api::{CertificateRotation, OperationState};
 use cluster_security_operator::testbed::kubelet::PlayKubelet;
 use cluster_security_operator::testbed::operator::{self, http_get, Operator};
-use cluster_security_operator::testbed::{free_port, wait_until, ControlPlane, Options};
+use cluster_security_operator::testbed::{free_port, leaks, wait_until, ControlPlane, Options};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use kube::api::ListParams;
 use kube::Api;
@@ -148,6 +148,6 @@ async fn the_standby_takes_over_a_running_operation_without_repeating_it() {
     assert_eq!(lease_holder(&cp), "", "the lease was released on shutdown");
     kubelet.stop();
     // Both replicas' logs (operator.log, operator-2.log).
-    let report = support::assert_no_secret_leaks_in(&cp, &[]).await;
+    let report = leaks::assert_none(&cp, &[]).await;
     assert_eq!(report.logs, 2, "{report}");
 }

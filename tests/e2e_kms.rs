@@ -355,7 +355,7 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     }
     // The Azure client secret (from the credentials Secret; named too in case that Secret is
     // gone), and every other Secret value, is nowhere the operator writes.
-    let report = leaks::audit(&cp, &[&spec.client_secret]).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let report = leaks::assert_none(&cp, &[&spec.client_secret]).await;
     assert!(report.secrets >= SECRETS && report.statuses == 1, "{report}");
     eprintln!("secret leak audit: {report}");
     drop(plugin);

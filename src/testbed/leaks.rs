@@ -292,6 +292,11 @@ pub async fn audit(cp: &ControlPlane, markers: &[&str]) -> anyhow::Result<Report
     Ok(report)
 }
 
+/// [`audit`] for tests: panics with the findings (every end-to-end test ends with it).
+pub async fn assert_none(cp: &ControlPlane, markers: &[&str]) -> Report {
+    audit(cp, markers).await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

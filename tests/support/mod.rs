@@ -50,12 +50,7 @@ pub fn env() -> &'static Env {
 /// or any status of our objects (see [`leaks::audit`]). Every test ends with it, so the whole
 /// suite's flows are checked, not only the ones written to provoke a leak.
 pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
-    assert_no_secret_leaks_in(&env().cp, markers).await
-}
-
-/// [`assert_no_secret_leaks`] for a test with a control plane of its own.
-pub async fn assert_no_secret_leaks_in(cp: &ControlPlane, markers: &[&str]) -> leaks::Report {
-    leaks::audit(cp, markers).await.unwrap_or_else(|e| panic!("{e:#}"))
+    leaks::assert_none(&env().cp, markers).await
 }
 
 pub fn stdout(o: &std::process::Output) -> String {
