@@ -1,0 +1,232 @@
+//! CertificateRotation (`certrot`): external and internal certificates of one broker cluster,
+//! rotated by changing a label (the Event Streams "updating certificates" procedure).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{default_rollout_timeout, ClusterRef, Operation};
+
+/// Default certificate validity for self-signed certificates.
+pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
+
+fn default_validity_days() -> u32 {
+    DEFAULT_VALIDITY_DAYS
+}
+
+/// Certificates of one broker cluster. Changing a label re-issues (or reloads) that certificate
+/// and rolls it into the pods.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "clustersecurity.io",
+    version = "v1alpha1",
+    kind = "CertificateRotation",
+    namespaced,
+    status = "CertificateRotationStatus",
+    shortname = "certrot",
+    category = "clustersecurity",
+    doc = "CertificateRotation: external and internal certificates of one broker cluster, rotated by changing a label.",
+    printcolumn(
+        name = "Cluster",
+        type_ = "string",
+        json_path = ".spec.clusterRef.name",
+        description = "Workload that runs the brokers"
+    ),
+    printcolumn(
+        name = "External-Label",
+        type_ = "string",
+        json_path = ".spec.external.label",
+        description = "Label of the external certificate"
+    ),
+    printcolumn(
+        name = "Internal-Label",
+        type_ = "string",
+        json_path = ".spec.internal.label",
+        description = "Label of the internal certificate"
+    ),
+    printcolumn(
+        name = "Client-Impact",
+        type_ = "string",
+        json_path = ".status.external.clientImpact",
+        description = "Whether clients must update their trust"
+    ),
+    printcolumn(
+        name = "Operation",
+        type_ = "string",
+        json_path = ".status.operations[0].operationState",
+        description = "State of the latest operation"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRotationSpec {
+    /// The broker cluster (StatefulSet or Deployment in this namespace) whose certificates these are.
+    pub cluster_ref: ClusterRef,
+    /// Certificate clients see (Kafka bootstrap ports, REST endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalCertificate>,
+    /// Certificate for TLS between the pods; can only be self-generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<InternalCertificate>,
+    /// Seconds a rollout may take before the operation fails with RolloutFailed.
+    #[serde(default = "default_rollout_timeout")]
+    #[schemars(range(min = 1))]
+    pub rollout_timeout_seconds: u32,
+}
+
+/// Where a certificate comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateType {
+    /// Issued by the operator from a CA it keeps across rotations.
+    #[default]
+    Selfsigned,
+    /// Base64-encoded PEM values given in this spec.
+    Provided,
+    /// Read from a Secret in this namespace.
+    Secret,
+}
+
+impl CertificateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Selfsigned => "selfsigned",
+            Self::Provided => "provided",
+            Self::Secret => "secret",
+        }
+    }
+}
+
+/// The external certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalCertificate {
+    /// Any valid Kubernetes label value; a new value re-issues the certificate and rolls the pods.
+    pub label: String,
+    /// selfsigned (default), provided or secret.
+    #[serde(rename = "type", default)]
+    pub type_: CertificateType,
+    /// type secret: name of the Secret holding the certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// type secret: key name of the private key in the Secret (default `key`);
+    /// type provided: the base64-encoded PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// type secret: key name of the certificate (default `cert`);
+    /// type provided: the base64-encoded PEM certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// type secret: key name of the CA root certificate (default `cacert`);
+    /// type provided: the base64-encoded PEM CA root certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<String>,
+    /// selfsigned: subject alternative names (default: the workload's service DNS names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// selfsigned: validity of issued certificates in days.
+    #[serde(default = "default_validity_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub validity_days: u32,
+}
+
+/// The internal (pod-to-pod) certificate. Internal certificates can only be self-generated.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InternalCertificate {
+    /// Any valid Kubernetes label value; a new value re-issues the certificate and rolls the pods.
+    pub label: String,
+    /// Only selfsigned is allowed.
+    #[serde(rename = "type", default)]
+    pub type_: CertificateType,
+    /// Subject alternative names (default: the workload's service DNS names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// Validity of issued certificates in days.
+    #[serde(default = "default_validity_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub validity_days: u32,
+}
+
+/// Whether clients must change what they trust after a rotation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClientImpact {
+    /// The new certificate chains to the same CA as the old one: clients keep working.
+    None,
+    /// The CA changed: clients must trust the new CA.
+    TrustUpdateRequired,
+}
+
+/// The certificate in force for one of external/internal (never key material).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// Label the certificate was issued for.
+    pub label: String,
+    /// selfsigned, provided or secret.
+    #[serde(rename = "type")]
+    pub type_: CertificateType,
+    /// Serial number, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// Expiry (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// SHA-256 fingerprint of the certificate.
+    #[serde(default, rename = "fingerprintSHA256", skip_serializing_if = "Option::is_none")]
+    pub fingerprint_sha256: Option<String>,
+    /// SHA-256 fingerprint of the CA certificate it chains to.
+    #[serde(default, rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint_sha256: Option<String>,
+    /// When the operator re-issues a self-signed certificate on its own (RFC 3339): two thirds
+    /// into its validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// None or TrustUpdateRequired, compared with the certificate it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_impact: Option<ClientImpact>,
+}
+
+/// Labels and types an operation moves from and to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_type: Option<CertificateType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_label: Option<String>,
+}
+
+/// Observed state of a CertificateRotation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateRotationStatus {
+    /// Hash of the certificates last rolled into the pods (pod template annotation
+    /// `clustersecurity.io/certificate-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_hash: Option<String>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The external certificate in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<CertificateStatus>,
+    /// The internal certificate in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<CertificateStatus>,
+    /// The operation running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_operation: Option<Operation<CertificateSettings>>,
+    /// The last 10 operations, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<Operation<CertificateSettings>>,
+}
+
+super::common::operated!(CertificateRotation, CertificateRotationStatus, CertificateSettings);

@@ -1,0 +1,171 @@
+//! Types shared by the three kinds: the workload reference, the MSK-style operation record and
+//! the status conventions (observedGeneration, kstatus conditions).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default for `spec.rolloutTimeoutSeconds`.
+pub const DEFAULT_ROLLOUT_TIMEOUT_SECONDS: u32 = 600;
+
+pub(crate) fn default_rollout_timeout() -> u32 {
+    DEFAULT_ROLLOUT_TIMEOUT_SECONDS
+}
+
+/// Kind of workload that runs the brokers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    StatefulSet,
+    Deployment,
+}
+
+/// The broker cluster: a StatefulSet or Deployment in the same namespace as this resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ClusterRef {
+    /// Kind of the workload: StatefulSet or Deployment.
+    pub kind: WorkloadKind,
+    /// Name of the workload in this resource's namespace.
+    pub name: String,
+}
+
+/// Reference to a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    pub name: String,
+}
+
+/// What kind of change an operation carries out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(clippy::enum_variant_names)]
+pub enum OperationType {
+    UpdateSecurity,
+    RotateCertificates,
+    UpdateKmsKeyVaultMode,
+}
+
+/// Lifecycle of an operation (the MSK cluster-operation states).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationState {
+    /// Recorded, waiting for the cluster to become ACTIVE.
+    Pending,
+    /// Artefacts are being written and pods rolled.
+    UpdateInProgress,
+    /// Applied and verified.
+    UpdateComplete,
+    /// Stopped with an error; see errorInfo.
+    UpdateFailed,
+}
+
+impl OperationState {
+    /// True for UPDATE_COMPLETE and UPDATE_FAILED.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::UpdateComplete | Self::UpdateFailed)
+    }
+}
+
+/// Why an operation failed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ErrorInfo {
+    /// Machine-readable code, e.g. RolloutFailed.
+    pub code: String,
+    /// What went wrong and how to fix it.
+    pub message: String,
+}
+
+/// One change rolled out by the operator, like `aws kafka describe-cluster-operation` shows it.
+/// `I` is the kind's settings type, recorded before (sourceInfo) and after (targetInfo).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", bound(deserialize = "I: Deserialize<'de>", serialize = "I: Serialize"))]
+pub struct Operation<I> {
+    /// Unique id (UUID) of this operation.
+    pub operation_id: String,
+    /// What the operation changes.
+    pub operation_type: OperationType,
+    /// Where the operation is in its lifecycle.
+    pub operation_state: OperationState,
+    /// When the operation was recorded (RFC 3339).
+    pub creation_time: String,
+    /// When the operation moved to UPDATE_IN_PROGRESS (RFC 3339); the rollout deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the operation reached UPDATE_COMPLETE or UPDATE_FAILED (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// The metadata.generation of the resource the operation was created for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The settings in force before the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_info: Option<I>,
+    /// The settings the operation applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_info: Option<I>,
+    /// Why the operation failed; only when UPDATE_FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_info: Option<ErrorInfo>,
+}
+
+/// How many finished operations `status.operations` keeps.
+pub const OPERATION_HISTORY: usize = 10;
+
+/// What every kind's status shares: conditions, the generation they describe, and the
+/// operation record (the current operation and the history, newest first).
+pub trait OperationRecord {
+    /// What an operation of this kind moves from and to (`sourceInfo`/`targetInfo`).
+    type Info: Clone + PartialEq + Serialize + Send + Sync + 'static;
+    fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+    fn set_conditions(&mut self, conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>);
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+    fn current_operation(&self) -> Option<&Operation<Self::Info>>;
+    /// The current operation and the history, to move an operation on and record it.
+    fn record_mut(&mut self) -> (&mut Option<Operation<Self::Info>>, &mut Vec<Operation<Self::Info>>);
+    fn history(&self) -> &[Operation<Self::Info>];
+    /// State of the newest operation: the current one, else the newest in the history.
+    fn newest_operation_state(&self) -> Option<OperationState> {
+        self.current_operation().or(self.history().first()).map(|o| o.operation_state)
+    }
+}
+
+/// A kind whose status is an [`OperationRecord`].
+pub trait Operated {
+    type Status: OperationRecord + Default + Clone + Serialize + Send + Sync + 'static;
+    fn status(&self) -> Option<&Self::Status>;
+}
+
+/// Implements [`Operated`] and [`OperationRecord`] for a kind whose status has the shared fields.
+macro_rules! operated {
+    ($kind:ty, $status:ty, $info:ty) => {
+        impl $crate::common::OperationRecord for $status {
+            type Info = $info;
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+            fn set_conditions(&mut self, conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>) {
+                self.conditions = conditions;
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+            fn current_operation(&self) -> Option<&$crate::common::Operation<$info>> {
+                self.current_operation.as_ref()
+            }
+            fn record_mut(
+                &mut self,
+            ) -> (&mut Option<$crate::common::Operation<$info>>, &mut Vec<$crate::common::Operation<$info>>) {
+                (&mut self.current_operation, &mut self.operations)
+            }
+            fn history(&self) -> &[$crate::common::Operation<$info>] {
+                &self.operations
+            }
+        }
+        impl $crate::common::Operated for $kind {
+            type Status = $status;
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+        }
+    };
+}
+pub(crate) use operated;

@@ -1,0 +1,255 @@
+//! KmsKeyVaultMode (`kmsmode`, cluster-scoped): switch the key vault behind KMS etcd encryption
+//! between public and private network access (the AKS procedure as a resource).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::Operation;
+
+/// Default `spec.reencryption.concurrency`.
+pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 8;
+/// Default `spec.reencryption.pageSize`.
+pub const DEFAULT_REENCRYPTION_PAGE_SIZE: u32 = 500;
+
+/// Desired network access of the key vault behind the cluster's KMS etcd encryption.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "clustersecurity.io",
+    version = "v1alpha1",
+    kind = "KmsKeyVaultMode",
+    status = "KmsKeyVaultModeStatus",
+    shortname = "kmsmode",
+    category = "clustersecurity",
+    doc = "KmsKeyVaultMode: switch the key vault behind KMS etcd encryption between public and private network access.",
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.networkAccess",
+        description = "Desired key vault network access"
+    ),
+    printcolumn(
+        name = "KMS",
+        type_ = "string",
+        json_path = ".status.kms",
+        description = "KMS on the cluster: Enabled or Disabled"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Step running now, or Idle"
+    ),
+    printcolumn(
+        name = "Progress",
+        type_ = "string",
+        json_path = ".status.progress",
+        description = "Secrets re-encrypted of total"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKeyVaultModeSpec {
+    /// Public or Private network access of the key vault.
+    pub network_access: NetworkAccess,
+    /// Key used for KMS: `https://<vault>.vault.azure.net/keys/<name>/<version>`.
+    pub key_id: String,
+    /// Resource id of the key vault:
+    /// `/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.KeyVault/vaults/<vault>`.
+    /// Required for Private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vault_resource_id: Option<String>,
+    /// The cloud API that manages the cluster and the vault.
+    pub provider: KmsProvider,
+    /// How Secrets are rewritten.
+    #[serde(default)]
+    pub reencryption: ReencryptionSettings,
+}
+
+/// Key vault network access.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NetworkAccess {
+    Public,
+    Private,
+}
+
+/// The cloud provider; exactly one must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct KmsProvider {
+    /// Azure Resource Manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureProvider>,
+}
+
+/// The AKS managed cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureProvider {
+    /// Subscription id (a GUID).
+    pub subscription_id: String,
+    /// Resource group of the managed cluster.
+    pub resource_group: String,
+    /// Name of the managed cluster.
+    pub cluster_name: String,
+}
+
+/// Tuning of the Secret rewrite.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReencryptionSettings {
+    /// Secrets rewritten at once (1-64).
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: u32,
+    /// Secrets listed per page (1-5000).
+    #[serde(default = "default_page_size")]
+    #[schemars(range(min = 1, max = 5000))]
+    pub page_size: u32,
+}
+
+impl Default for ReencryptionSettings {
+    fn default() -> Self {
+        Self { concurrency: DEFAULT_REENCRYPTION_CONCURRENCY, page_size: DEFAULT_REENCRYPTION_PAGE_SIZE }
+    }
+}
+
+fn default_concurrency() -> u32 {
+    DEFAULT_REENCRYPTION_CONCURRENCY
+}
+
+fn default_page_size() -> u32 {
+    DEFAULT_REENCRYPTION_PAGE_SIZE
+}
+
+/// Name of a step of the key-vault-mode switch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StepName {
+    DisableKms,
+    ReencryptSecrets,
+    UpdateKeyVaultNetworkAccess,
+    EnableKms,
+    UpdateKms,
+}
+
+/// State of a step.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StepState {
+    Pending,
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+/// One step of the running (or last) operation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub name: StepName,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Progress of the Secret rewrite.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReencryptionStatus {
+    /// Secrets in the cluster when the run started (counted by name), or handled so far when
+    /// more were created meanwhile.
+    pub total: u64,
+    /// Secrets the API server stored again under its current provider.
+    pub rewritten: u64,
+    /// Secrets already stored under the current provider.
+    pub unchanged: u64,
+    /// Secrets that could not be rewritten.
+    pub failed: u64,
+    /// Secrets deleted by someone else before their turn (never recreated).
+    #[serde(default)]
+    pub deleted: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<String>,
+    /// Where a restarted run continues: the last `namespace/name` fully handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
+}
+
+/// Result of checking the KMS key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum KeyCheckResult {
+    /// The key exists and is enabled and within its validity.
+    Usable,
+    /// Missing, disabled, expired or not yet valid: KMS cannot work with it.
+    Unusable,
+    /// The key could not be checked (e.g. the vault is private and unreachable from here).
+    Unknown,
+}
+
+/// The last check of the KMS key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyCheck {
+    pub result: KeyCheckResult,
+    /// What was found, and what to do about it.
+    pub message: String,
+    /// When the key was checked (RFC 3339).
+    pub check_time: String,
+}
+
+/// The KMS settings an operation moves from and to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsSettings {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_access: Option<NetworkAccess>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_vault_resource_id: Option<String>,
+}
+
+/// Observed state of a KmsKeyVaultMode.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KmsKeyVaultModeStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// KMS on the cluster: Enabled or Disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
+    /// The step running now, or Idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Secrets handled of total, e.g. `1200/5000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// Steps of the running (or last) operation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+    /// Progress of the current Secret rewrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencryption: Option<ReencryptionStatus>,
+    /// The last check of the KMS key (it stays required after KMS is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<KeyCheck>,
+    /// The operation running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_operation: Option<Operation<KmsSettings>>,
+    /// The last 10 operations, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<Operation<KmsSettings>>,
+}
+
+super::common::operated!(KmsKeyVaultMode, KmsKeyVaultModeStatus, KmsSettings);

@@ -1,0 +1,287 @@
+//! ClusterSecurityPolicy (`csp`): client authentication and encryption in transit of one broker
+//! cluster (the Amazon MSK "update security" operation as a resource).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{default_rollout_timeout, ClusterRef, Operation, SecretRef};
+
+/// Desired client authentication and encryption in transit for one broker cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "clustersecurity.io",
+    version = "v1alpha1",
+    kind = "ClusterSecurityPolicy",
+    namespaced,
+    status = "ClusterSecurityPolicyStatus",
+    shortname = "csp",
+    category = "clustersecurity",
+    doc = "ClusterSecurityPolicy: desired client authentication and encryption in transit for one broker cluster, applied as an MSK-style operation and rolled into its pods.",
+    printcolumn(
+        name = "Cluster",
+        type_ = "string",
+        json_path = ".spec.clusterRef.name",
+        description = "Workload that runs the brokers"
+    ),
+    printcolumn(
+        name = "Auth",
+        type_ = "string",
+        json_path = ".status.authentication",
+        description = "Enabled client authentication methods"
+    ),
+    printcolumn(
+        name = "Client-Broker",
+        type_ = "string",
+        json_path = ".spec.encryptionInTransit.clientBroker",
+        description = "Client-broker encryption"
+    ),
+    printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.clusterState",
+        description = "ACTIVE, UPDATING or UNAVAILABLE"
+    ),
+    printcolumn(
+        name = "Operation",
+        type_ = "string",
+        json_path = ".status.operations[0].operationState",
+        description = "State of the latest operation"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSecurityPolicySpec {
+    /// The broker cluster (StatefulSet or Deployment in this namespace) these settings apply to.
+    pub cluster_ref: ClusterRef,
+    /// Client authentication methods; at least one must be enabled.
+    pub client_authentication: ClientAuthentication,
+    /// Encryption between clients and brokers and between brokers.
+    #[serde(default)]
+    pub encryption_in_transit: EncryptionInTransit,
+    /// Seconds a rollout may take before the operation fails with RolloutFailed.
+    #[serde(default = "default_rollout_timeout")]
+    #[schemars(range(min = 1))]
+    pub rollout_timeout_seconds: u32,
+}
+
+/// Client authentication methods. Several may be enabled at once when the encryption settings
+/// suit every one of them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthentication {
+    /// Clients connect without authenticating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<Toggle>,
+    /// Mutual TLS: clients present a certificate signed by a trusted CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsAuthentication>,
+    /// SASL authentication (SCRAM, IAM-style token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<SaslAuthentication>,
+}
+
+/// An on/off switch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub struct Toggle {
+    /// Whether this method is enabled.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Mutual TLS client authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsAuthentication {
+    /// Whether mTLS is enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Secrets (key `ca.crt`) holding the CAs that sign client certificates. When empty, the
+    /// operator generates a client CA in Secret `<clusterRef.name>-client-ca`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_authority_secret_refs: Vec<SecretRef>,
+}
+
+/// SASL client authentication mechanisms.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub struct SaslAuthentication {
+    /// SASL/SCRAM (SCRAM-SHA-512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<Toggle>,
+    /// SASL/IAM: token authentication (OAUTHBEARER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam: Option<Toggle>,
+}
+
+impl ClientAuthentication {
+    pub fn unauthenticated_enabled(&self) -> bool {
+        self.unauthenticated.as_ref().is_some_and(|t| t.enabled)
+    }
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.enabled)
+    }
+    pub fn scram_enabled(&self) -> bool {
+        self.sasl.as_ref().and_then(|s| s.scram.as_ref()).is_some_and(|t| t.enabled)
+    }
+    pub fn iam_enabled(&self) -> bool {
+        self.sasl.as_ref().and_then(|s| s.iam.as_ref()).is_some_and(|t| t.enabled)
+    }
+
+    /// Enabled methods in the table's order, as shown in the AUTH column.
+    pub fn enabled_methods(&self) -> Vec<AuthMethod> {
+        let mut out = Vec::new();
+        if self.unauthenticated_enabled() {
+            out.push(AuthMethod::Unauthenticated);
+        }
+        if self.tls_enabled() {
+            out.push(AuthMethod::MutualTls);
+        }
+        if self.scram_enabled() {
+            out.push(AuthMethod::SaslScram);
+        }
+        if self.iam_enabled() {
+            out.push(AuthMethod::SaslIam);
+        }
+        out
+    }
+}
+
+/// One client authentication method (a row of the seed's compatibility table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Unauthenticated,
+    MutualTls,
+    SaslScram,
+    SaslIam,
+}
+
+impl AuthMethod {
+    /// Name used in messages and the AUTH column.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::MutualTls => "mTLS",
+            Self::SaslScram => "SASL/SCRAM",
+            Self::SaslIam => "SASL/IAM",
+        }
+    }
+}
+
+/// Encryption between clients and brokers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientBroker {
+    /// TLS only.
+    #[default]
+    Tls,
+    /// Both TLS and plaintext listeners.
+    TlsPlaintext,
+    /// Plaintext only.
+    Plaintext,
+}
+
+impl ClientBroker {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls => "TLS",
+            Self::TlsPlaintext => "TLS_PLAINTEXT",
+            Self::Plaintext => "PLAINTEXT",
+        }
+    }
+}
+
+/// Encryption in transit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionInTransit {
+    /// Encryption between clients and brokers: TLS, TLS_PLAINTEXT or PLAINTEXT.
+    #[serde(default)]
+    pub client_broker: ClientBroker,
+    /// Broker-to-broker encryption. Cannot be changed after creation.
+    #[serde(default = "default_true")]
+    pub in_cluster: bool,
+}
+
+impl Default for EncryptionInTransit {
+    fn default() -> Self {
+        Self { client_broker: ClientBroker::Tls, in_cluster: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Observed state of the broker cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClusterState {
+    /// Workload exists, rollout complete, all replicas ready.
+    Active,
+    /// A rollout is in progress.
+    Updating,
+    /// Workload missing or not ready.
+    Unavailable,
+}
+
+/// A listener the brokers open for clients (MSK port convention).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// PLAINTEXT, TLS, SASL_SCRAM or SASL_IAM.
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// Kafka security protocol of the listener.
+    pub protocol: String,
+    /// Client authentication on this listener.
+    pub authentication: String,
+}
+
+/// The security settings an operation moves from and to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySettings {
+    /// Client authentication.
+    pub client_authentication: ClientAuthentication,
+    /// Encryption in transit.
+    pub encryption_in_transit: EncryptionInTransit,
+}
+
+/// Observed state of a ClusterSecurityPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSecurityPolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling and Stalled (kstatus).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Enabled authentication methods, comma separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<String>,
+    /// ACTIVE, UPDATING or UNAVAILABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<ClusterState>,
+    /// Listeners the applied settings open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+    /// SHA-256 of the rendered artefacts last rolled into the pods (pod template annotation
+    /// `clustersecurity.io/security-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_hash: Option<String>,
+    /// The settings currently applied to the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<SecuritySettings>,
+    /// The operation running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_operation: Option<Operation<SecuritySettings>>,
+    /// The last 10 operations, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<Operation<SecuritySettings>>,
+}
+
+super::common::operated!(ClusterSecurityPolicy, ClusterSecurityPolicyStatus, SecuritySettings);

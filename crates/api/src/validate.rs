@@ -1,0 +1,532 @@
+//! Every rule of API.md as pure functions, shared by the admission webhook and the reconcilers.
+//! A rejection names the rule it breaks, the field, and how to fix it.
+
+use std::fmt;
+
+use crate::{
+    AuthMethod, CertificateRotationSpec, CertificateType, ClientBroker, ClusterRef, ClusterSecurityPolicySpec,
+    KmsKeyVaultModeSpec, NetworkAccess,
+};
+
+/// Names of the rules, as they appear in messages.
+pub mod rule {
+    pub const AUTH_REQUIRED: &str = "AtLeastOneAuthenticationMethod";
+    pub const AUTH_ENCRYPTION_TABLE: &str = "AuthenticationEncryptionCompatibility";
+    pub const IN_CLUSTER_IMMUTABLE: &str = "InClusterEncryptionImmutable";
+    pub const CLUSTER_REF: &str = "ClusterRefName";
+    pub const SECRET_REF: &str = "SecretRefName";
+    pub const ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
+    pub const CERTIFICATE_REQUIRED: &str = "AtLeastOneCertificate";
+    pub const LABEL_VALUE: &str = "CertificateLabelValue";
+    pub const INTERNAL_SELFSIGNED: &str = "InternalCertificatesSelfSigned";
+    pub const TYPE_FIELDS: &str = "CertificateTypeFields";
+    pub const DNS_NAMES: &str = "CertificateDnsNames";
+    pub const VALIDITY: &str = "CertificateValidity";
+    pub const KEY_ID: &str = "KeyIdSyntax";
+    pub const KEY_VAULT_RESOURCE_ID: &str = "KeyVaultResourceIdSyntax";
+    pub const KEY_VAULT_MATCH: &str = "KeyVaultMatchesKeyId";
+    pub const PROVIDER: &str = "ExactlyOneProvider";
+    pub const REENCRYPTION: &str = "ReencryptionSettings";
+}
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule's name (see [`rule`]).
+    pub rule: &'static str,
+    /// Path of the offending field, e.g. `spec.encryptionInTransit.clientBroker`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (rule {})", self.field, self.message, self.rule)
+    }
+}
+
+/// All broken rules of one object; empty means valid.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations(pub Vec<Violation>);
+
+impl Violations {
+    fn push(&mut self, rule: &'static str, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Violation { rule, field: field.into(), message: message.into() });
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// Ok when no rule is broken.
+    pub fn into_result(self) -> Result<(), Violations> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+    pub fn rules(&self) -> Vec<&'static str> {
+        self.0.iter().map(|v| v.rule).collect()
+    }
+}
+
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl std::error::Error for Violations {}
+
+// ---------------------------------------------------------------------------------------------
+// Shared syntax checks
+
+/// A user's value quoted for a message: whole when short, else its start and its length, so
+/// that an oversized value never makes an oversized error (or log line, or event).
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.chars().count() <= SHOWN {
+        format!("{value:?}")
+    } else {
+        let start: String = value.chars().take(SHOWN).collect();
+        format!("{start:?}… ({} characters)", value.chars().count())
+    }
+}
+
+/// Kubernetes label value: at most 63 characters, alphanumerics with `-`, `_`, `.` inside.
+pub fn label_value_error(value: &str) -> Option<String> {
+    if value.len() > 63 {
+        return Some(format!("must be at most 63 characters, got {}", value.chars().count()));
+    }
+    let bytes = value.as_bytes();
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Some(format!(
+            "may contain only letters, digits, '-', '_' and '.', found {bad:?} (Kubernetes label value syntax)"
+        ));
+    }
+    if !bytes.is_empty() && (!alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1])) {
+        return Some("must begin and end with a letter or digit (Kubernetes label value syntax)".into());
+    }
+    None
+}
+
+/// DNS-1123 subdomain, the syntax of most object names (Secrets, StatefulSets, Deployments).
+pub fn dns_subdomain_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Some(format!("must be at most 253 characters, got {}", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty()
+            || !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Some(format!(
+                "{} is not a valid name: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+                quoted(name)
+            ));
+        }
+    }
+    None
+}
+
+/// A DNS name for a certificate SAN; a leading `*.` wildcard is allowed.
+fn dns_name_error(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
+    let ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    (!ok).then(|| format!("{} is not a valid DNS name", quoted(name)))
+}
+
+fn validate_cluster_ref(r: &ClusterRef, out: &mut Violations) {
+    if let Some(e) = dns_subdomain_error(&r.name) {
+        out.push(
+            rule::CLUSTER_REF,
+            "spec.clusterRef.name",
+            format!("{e}; name the StatefulSet or Deployment that runs the brokers"),
+        );
+    }
+}
+
+fn validate_rollout_timeout(secs: u32, out: &mut Violations) {
+    if secs == 0 {
+        out.push(rule::ROLLOUT_TIMEOUT, "spec.rolloutTimeoutSeconds", "must be at least 1 second (default 600)");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ClusterSecurityPolicy
+
+/// Client-broker encryption settings each authentication method allows, and whether it needs
+/// in-cluster encryption: the seed's table.
+pub fn allowed_encryption(method: AuthMethod) -> (&'static [ClientBroker], bool) {
+    use ClientBroker::*;
+    match method {
+        AuthMethod::Unauthenticated => (&[Tls, Plaintext, TlsPlaintext], false),
+        AuthMethod::MutualTls => (&[Tls, TlsPlaintext], true),
+        AuthMethod::SaslScram | AuthMethod::SaslIam => (&[Tls], true),
+    }
+}
+
+/// Validate a ClusterSecurityPolicy spec; `old` is the stored spec on update.
+pub fn security_policy(
+    spec: &ClusterSecurityPolicySpec,
+    old: Option<&ClusterSecurityPolicySpec>,
+) -> Result<(), Violations> {
+    let mut out = Violations::default();
+    validate_cluster_ref(&spec.cluster_ref, &mut out);
+    validate_rollout_timeout(spec.rollout_timeout_seconds, &mut out);
+
+    let auth = &spec.client_authentication;
+    let methods = auth.enabled_methods();
+    if methods.is_empty() {
+        out.push(
+            rule::AUTH_REQUIRED,
+            "spec.clientAuthentication",
+            "no authentication method is enabled; enable at least one of unauthenticated, tls, sasl.scram or sasl.iam",
+        );
+    }
+    let enc = &spec.encryption_in_transit;
+    for method in &methods {
+        let (brokers, needs_in_cluster) = allowed_encryption(*method);
+        if !brokers.contains(&enc.client_broker) {
+            let allowed: Vec<&str> = brokers.iter().map(|b| b.as_str()).collect();
+            out.push(
+                rule::AUTH_ENCRYPTION_TABLE,
+                "spec.encryptionInTransit.clientBroker",
+                format!(
+                    "{} authentication allows client-broker encryption {}, not {}; with IAM, SASL or TLS authentication, encryption between clients and brokers must be on: set clientBroker to {} or disable {}",
+                    method.label(),
+                    allowed.join(" or "),
+                    enc.client_broker.as_str(),
+                    allowed[0],
+                    method.label()
+                ),
+            );
+        }
+        if needs_in_cluster && !enc.in_cluster {
+            out.push(
+                rule::AUTH_ENCRYPTION_TABLE,
+                "spec.encryptionInTransit.inCluster",
+                format!(
+                    "{} authentication requires broker-to-broker encryption (inCluster: true); only unauthenticated access works with inCluster: false",
+                    method.label()
+                ),
+            );
+        }
+    }
+    if let Some(tls) = &auth.tls {
+        for (i, r) in tls.certificate_authority_secret_refs.iter().enumerate() {
+            if let Some(e) = dns_subdomain_error(&r.name) {
+                out.push(
+                    rule::SECRET_REF,
+                    format!("spec.clientAuthentication.tls.certificateAuthoritySecretRefs[{i}].name"),
+                    e,
+                );
+            }
+        }
+    }
+    if let Some(old) = old {
+        if old.encryption_in_transit.in_cluster != enc.in_cluster {
+            out.push(
+                rule::IN_CLUSTER_IMMUTABLE,
+                "spec.encryptionInTransit.inCluster",
+                format!(
+                    "you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {}); put back inCluster: {} or create a new ClusterSecurityPolicy for a new cluster",
+                    old.encryption_in_transit.in_cluster, old.encryption_in_transit.in_cluster
+                ),
+            );
+        }
+    }
+    out.into_result()
+}
+
+// ---------------------------------------------------------------------------------------------
+// CertificateRotation
+
+fn validate_label(label: &str, field: &str, out: &mut Violations) {
+    if label.is_empty() {
+        out.push(
+            rule::LABEL_VALUE,
+            field,
+            "must not be empty; set a unique string and change it to rotate the certificate",
+        );
+    } else if let Some(e) = label_value_error(label) {
+        out.push(rule::LABEL_VALUE, field, format!("{} {e}", quoted(label)));
+    }
+}
+
+fn validate_dns_names(names: &[String], field: &str, out: &mut Violations) {
+    for (i, n) in names.iter().enumerate() {
+        if let Some(e) = dns_name_error(n) {
+            out.push(rule::DNS_NAMES, format!("{field}[{i}]"), e);
+        }
+    }
+}
+
+fn validate_validity(days: u32, field: &str, out: &mut Violations) {
+    if !(1..=3650).contains(&days) {
+        out.push(rule::VALIDITY, field, format!("must be between 1 and 3650 days, got {days}"));
+    }
+}
+
+/// Validate a CertificateRotation spec (no old-vs-new rule applies to it).
+pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violations> {
+    let mut out = Violations::default();
+    validate_cluster_ref(&spec.cluster_ref, &mut out);
+    validate_rollout_timeout(spec.rollout_timeout_seconds, &mut out);
+    if spec.external.is_none() && spec.internal.is_none() {
+        out.push(rule::CERTIFICATE_REQUIRED, "spec", "set external, internal or both");
+    }
+    if let Some(ext) = &spec.external {
+        validate_label(&ext.label, "spec.external.label", &mut out);
+        validate_validity(ext.validity_days, "spec.external.validityDays", &mut out);
+        validate_dns_names(&ext.dns_names, "spec.external.dnsNames", &mut out);
+        let set = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
+        match ext.type_ {
+            CertificateType::Selfsigned => {
+                for (name, v) in [("secretName", &ext.secret_name), ("key", &ext.key), ("cert", &ext.cert), ("cacert", &ext.cacert)] {
+                    if set(v) {
+                        out.push(
+                            rule::TYPE_FIELDS,
+                            format!("spec.external.{name}"),
+                            "is only used with type provided or secret; remove it or set type to provided or secret",
+                        );
+                    }
+                }
+            }
+            CertificateType::Secret => match ext.secret_name.as_deref() {
+                None | Some("") => out.push(
+                    rule::TYPE_FIELDS,
+                    "spec.external.secretName",
+                    "type secret needs secretName: the Secret in this namespace that holds the key, certificate and CA certificate",
+                ),
+                Some(n) => {
+                    if let Some(e) = dns_subdomain_error(n) {
+                        out.push(rule::TYPE_FIELDS, "spec.external.secretName", e);
+                    }
+                }
+            },
+            CertificateType::Provided => {
+                if set(&ext.secret_name) {
+                    out.push(rule::TYPE_FIELDS, "spec.external.secretName", "is only used with type secret; remove it");
+                }
+                for (name, v) in [("key", &ext.key), ("cert", &ext.cert), ("cacert", &ext.cacert)] {
+                    match v.as_deref() {
+                        None | Some("") => out.push(
+                            rule::TYPE_FIELDS,
+                            format!("spec.external.{name}"),
+                            "type provided needs key, cert and cacert as base64-encoded PEM values (or use type secret with a Secret)",
+                        ),
+                        Some(b64) => {
+                            if let Some(e) = base64_pem_error(b64) {
+                                out.push(rule::TYPE_FIELDS, format!("spec.external.{name}"), e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(int) = &spec.internal {
+        validate_label(&int.label, "spec.internal.label", &mut out);
+        validate_validity(int.validity_days, "spec.internal.validityDays", &mut out);
+        validate_dns_names(&int.dns_names, "spec.internal.dnsNames", &mut out);
+        if int.type_ != CertificateType::Selfsigned {
+            out.push(
+                rule::INTERNAL_SELFSIGNED,
+                "spec.internal.type",
+                format!(
+                    "internal certificates can only be self-generated: type must be selfsigned, not {}",
+                    int.type_.as_str()
+                ),
+            );
+        }
+    }
+    out.into_result()
+}
+
+/// A `provided` value must be base64 of a PEM block; says which without echoing the value
+/// (it may be a private key).
+fn base64_pem_error(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+        Err(_) => {
+            Some("is not valid base64; give the PEM file base64-encoded on one line (base64 -w0 file.pem)".into())
+        }
+        Ok(bytes) if !bytes.windows(11).any(|w| w == b"-----BEGIN ") => {
+            Some("decodes from base64 but is not PEM (no '-----BEGIN' line); encode the PEM file itself".into())
+        }
+        Ok(_) => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KmsKeyVaultMode
+
+/// Parts of a key id `https://<vault>.vault.azure.net/keys/<name>/<version>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyId<'a> {
+    pub vault: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+}
+
+fn vault_name_ok(v: &str) -> bool {
+    (3..=24).contains(&v.len())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && v.as_bytes()[0].is_ascii_alphabetic()
+        && !v.ends_with('-')
+        && !v.contains("--")
+}
+
+/// Parse a Key Vault key id; the version is required (AKS needs a versioned key).
+pub fn parse_key_id(key_id: &str) -> Result<KeyId<'_>, String> {
+    const HINT: &str =
+        "expected https://<vault>.vault.azure.net/keys/<key-name>/<key-version> (az keyvault key show --query key.kid)";
+    let rest = key_id.strip_prefix("https://").ok_or_else(|| format!("must start with https://; {HINT}"))?;
+    let (host, path) = rest.split_once('/').ok_or_else(|| format!("has no path; {HINT}"))?;
+    let vault = host
+        .split_once('.')
+        .filter(|(_, domain)| domain.starts_with("vault."))
+        .map(|(v, _)| v)
+        .ok_or_else(|| format!("host {} is not a key vault host; {HINT}", quoted(host)))?;
+    if !vault_name_ok(vault) {
+        return Err(format!(
+            "vault name {} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}",
+            quoted(vault)
+        ));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["keys", name, version] if !name.is_empty() && !version.is_empty() => {
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(format!("key name {} may contain only letters, digits and '-'; {HINT}", quoted(name)));
+            }
+            if !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return Err(format!("key version {} may contain only letters and digits; {HINT}", quoted(version)));
+            }
+            Ok(KeyId { vault, name, version })
+        }
+        ["keys", _] | ["keys", _, ""] => Err(format!("has no key version; AKS needs a versioned key id; {HINT}")),
+        _ => Err(format!("path must be /keys/<key-name>/<key-version>; {HINT}")),
+    }
+}
+
+/// Parse a key vault resource id; returns the vault name.
+pub fn parse_key_vault_resource_id(id: &str) -> Result<&str, String> {
+    const HINT: &str = "expected /subscriptions/<subscription-id>/resourceGroups/<group>/providers/Microsoft.KeyVault/vaults/<vault> (az keyvault show --query id)";
+    let parts: Vec<&str> = id.split('/').collect();
+    match parts.as_slice() {
+        ["", subs, sub, rgs, rg, providers, ns, vaults, vault]
+            if subs.eq_ignore_ascii_case("subscriptions")
+                && rgs.eq_ignore_ascii_case("resourceGroups")
+                && providers.eq_ignore_ascii_case("providers")
+                && ns.eq_ignore_ascii_case("Microsoft.KeyVault")
+                && vaults.eq_ignore_ascii_case("vaults") =>
+        {
+            if !is_guid(sub) {
+                return Err(format!("subscription id {} is not a GUID; {HINT}", quoted(sub)));
+            }
+            if rg.is_empty() {
+                return Err(format!("resource group is empty; {HINT}"));
+            }
+            if !vault_name_ok(vault) {
+                return Err(format!(
+                    "vault name {} is not valid (3-24 letters, digits and '-', starting with a letter); {HINT}",
+                    quoted(vault)
+                ));
+            }
+            Ok(vault)
+        }
+        _ => Err(HINT.to_string()),
+    }
+}
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Validate a KmsKeyVaultMode spec.
+pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> {
+    let mut out = Violations::default();
+    let key = parse_key_id(&spec.key_id);
+    if let Err(e) = &key {
+        out.push(rule::KEY_ID, "spec.keyId", e.clone());
+    }
+    match spec.key_vault_resource_id.as_deref().filter(|s| !s.is_empty()) {
+        None if spec.network_access == NetworkAccess::Private => out.push(
+            rule::KEY_VAULT_RESOURCE_ID,
+            "spec.keyVaultResourceId",
+            "networkAccess Private needs keyVaultResourceId, the resource id of the key vault (az keyvault show --query id)",
+        ),
+        None => {}
+        Some(id) => match parse_key_vault_resource_id(id) {
+            Err(e) => out.push(rule::KEY_VAULT_RESOURCE_ID, "spec.keyVaultResourceId", e),
+            Ok(vault) => {
+                if let Ok(k) = &key {
+                    if !vault.eq_ignore_ascii_case(k.vault) {
+                        out.push(
+                            rule::KEY_VAULT_MATCH,
+                            "spec.keyVaultResourceId",
+                            format!("names vault {} but keyId is in vault {}; both must name the vault that holds the key", quoted(vault), quoted(k.vault)),
+                        );
+                    }
+                }
+            }
+        },
+    }
+    match &spec.provider.azure {
+        None => out.push(
+            rule::PROVIDER,
+            "spec.provider",
+            "set provider.azure with subscriptionId, resourceGroup and clusterName of the AKS cluster",
+        ),
+        Some(az) => {
+            if !is_guid(&az.subscription_id) {
+                out.push(
+                    rule::PROVIDER,
+                    "spec.provider.azure.subscriptionId",
+                    format!("{} is not a GUID (az account show --query id)", quoted(&az.subscription_id)),
+                );
+            }
+            if az.resource_group.is_empty() || az.resource_group.len() > 90 {
+                out.push(rule::PROVIDER, "spec.provider.azure.resourceGroup", "must be 1-90 characters");
+            }
+            if az.cluster_name.is_empty() || az.cluster_name.len() > 63 {
+                out.push(rule::PROVIDER, "spec.provider.azure.clusterName", "must be 1-63 characters");
+            }
+        }
+    }
+    let r = &spec.reencryption;
+    if !(1..=64).contains(&r.concurrency) {
+        out.push(
+            rule::REENCRYPTION,
+            "spec.reencryption.concurrency",
+            format!("must be between 1 and 64, got {}", r.concurrency),
+        );
+    }
+    if !(1..=5000).contains(&r.page_size) {
+        out.push(
+            rule::REENCRYPTION,
+            "spec.reencryption.pageSize",
+            format!("must be between 1 and 5000, got {}", r.page_size),
+        );
+    }
+    out.into_result()
+}

@@ -1,0 +1,66 @@
+//! `crds/` is generated from the Rust types; this fails when someone changes the types and
+//! forgets `cargo run -q -- crd > crds/clustersecurity.io_crds.yaml`.
+
+use cluster_security_api::manifests as api;
+
+#[test]
+fn crds_directory_matches_the_code() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../crds/clustersecurity.io_crds.yaml");
+    let on_disk = std::fs::read_to_string(path).expect("crds/clustersecurity.io_crds.yaml exists");
+    assert!(
+        on_disk == api::crds_yaml(),
+        "crds/ is out of date with the API types; regenerate it with\n  cargo run -q -- crd > crds/clustersecurity.io_crds.yaml"
+    );
+}
+
+#[test]
+fn deploy_and_chart_copies_match_the_code() {
+    for copy in ["deploy/crds.yaml", "charts/cluster-security-operator/crds/clustersecurity.io_crds.yaml"] {
+        let path = format!("{}/../../{copy}", env!("CARGO_MANIFEST_DIR"));
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{copy} exists"));
+        assert!(on_disk == api::crds_yaml(), "{copy} is out of date; regenerate it with\n  cargo run -q -- crd > {copy}");
+    }
+}
+
+#[test]
+fn crds_follow_the_contract() {
+    let crds = api::all_crds();
+    let names: Vec<(&str, &str, Vec<String>)> = crds
+        .iter()
+        .map(|c| {
+            (c.spec.names.kind.as_str(), c.spec.scope.as_str(), c.spec.names.short_names.clone().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("ClusterSecurityPolicy", "Namespaced", vec!["csp".to_string()]),
+            ("CertificateRotation", "Namespaced", vec!["certrot".to_string()]),
+            ("KmsKeyVaultMode", "Cluster", vec!["kmsmode".to_string()]),
+        ]
+    );
+    let columns = |i: usize| -> Vec<String> {
+        crds[i].spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.to_uppercase())
+            .collect()
+    };
+    assert_eq!(columns(0), ["CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]);
+    assert_eq!(
+        columns(1),
+        ["CLUSTER", "EXTERNAL-LABEL", "INTERNAL-LABEL", "CLIENT-IMPACT", "OPERATION", "READY", "AGE"]
+    );
+    assert_eq!(columns(2), ["MODE", "KMS", "PHASE", "PROGRESS", "READY", "AGE"]);
+    for crd in &crds {
+        assert_eq!(crd.spec.group, "clustersecurity.io");
+        assert_eq!(crd.spec.names.categories.as_deref(), Some(&["clustersecurity".to_string()][..]));
+        let v = &crd.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
+        let schema = serde_json::to_string(&v.schema).unwrap();
+        assert!(!schema.contains("Auto-generated derived type"), "kubectl explain needs real descriptions");
+    }
+}

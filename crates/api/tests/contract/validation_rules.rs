@@ -1,0 +1,253 @@
+//! Every row of the MSK seed's authentication × encryption table and every other rule of API.md,
+//! valid and invalid, through the shared validation module.
+
+use cluster_security_api::{CertificateRotationSpec, ClusterSecurityPolicySpec, KmsKeyVaultModeSpec};
+use cluster_security_api::validate::{self, rule};
+use serde_json::{json, Value};
+
+fn csp(auth: Value, client_broker: &str, in_cluster: bool) -> ClusterSecurityPolicySpec {
+    serde_json::from_value(json!({
+        "clusterRef": {"kind": "StatefulSet", "name": "orders-kafka"},
+        "clientAuthentication": auth,
+        "encryptionInTransit": {"clientBroker": client_broker, "inCluster": in_cluster}
+    }))
+    .unwrap()
+}
+
+fn method(name: &str) -> Value {
+    match name {
+        "unauthenticated" => json!({"unauthenticated": {"enabled": true}}),
+        "tls" => json!({"tls": {"enabled": true}}),
+        "scram" => json!({"sasl": {"scram": {"enabled": true}}}),
+        "iam" => json!({"sasl": {"iam": {"enabled": true}}}),
+        _ => unreachable!(),
+    }
+}
+
+/// The seed's table: (method, allowed client-broker settings, in-cluster must be on).
+const TABLE: &[(&str, &[&str], bool)] = &[
+    ("unauthenticated", &["TLS", "PLAINTEXT", "TLS_PLAINTEXT"], false),
+    ("tls", &["TLS", "TLS_PLAINTEXT"], true),
+    ("scram", &["TLS"], true),
+    ("iam", &["TLS"], true),
+];
+const ALL_CLIENT_BROKER: &[&str] = &["TLS", "TLS_PLAINTEXT", "PLAINTEXT"];
+
+#[test]
+fn every_cell_of_the_seed_table() {
+    let mut checked = 0;
+    for (m, allowed, needs_in_cluster) in TABLE {
+        for cb in ALL_CLIENT_BROKER {
+            for in_cluster in [true, false] {
+                let result = validate::security_policy(&csp(method(m), cb, in_cluster), None);
+                let expect_ok = allowed.contains(cb) && (in_cluster || !needs_in_cluster);
+                assert_eq!(result.is_ok(), expect_ok, "{m} clientBroker={cb} inCluster={in_cluster}: {result:?}");
+                if let Err(v) = result {
+                    assert!(v.rules().iter().all(|r| *r == rule::AUTH_ENCRYPTION_TABLE), "{v}");
+                    let text = v.to_string();
+                    assert!(text.contains("AuthenticationEncryptionCompatibility"), "message names the rule: {text}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+}
+
+#[test]
+fn several_methods_must_all_allow_the_combination() {
+    let both = json!({"unauthenticated": {"enabled": true}, "tls": {"enabled": true}});
+    assert!(validate::security_policy(&csp(both.clone(), "TLS_PLAINTEXT", true), None).is_ok());
+    let err = validate::security_policy(&csp(both.clone(), "PLAINTEXT", true), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mTLS authentication allows client-broker encryption TLS or TLS_PLAINTEXT, not PLAINTEXT"),
+        "{err}"
+    );
+    let err = validate::security_policy(&csp(both, "TLS", false), None).unwrap_err();
+    assert!(err.to_string().contains("spec.encryptionInTransit.inCluster"), "{err}");
+    let scram_tls = json!({"tls": {"enabled": true}, "sasl": {"scram": {"enabled": true}}});
+    assert!(validate::security_policy(&csp(scram_tls.clone(), "TLS", true), None).is_ok());
+    assert!(validate::security_policy(&csp(scram_tls, "TLS_PLAINTEXT", true), None).is_err());
+}
+
+#[test]
+fn at_least_one_method() {
+    for auth in [json!({}), json!({"tls": {"enabled": false}, "sasl": {"scram": {"enabled": false}}})] {
+        let err = validate::security_policy(&csp(auth, "TLS", true), None).unwrap_err();
+        assert_eq!(err.rules(), vec![rule::AUTH_REQUIRED]);
+        assert!(err.to_string().contains("enable at least one of"), "{err}");
+    }
+}
+
+#[test]
+fn defaults_are_tls_and_in_cluster_on() {
+    let spec: ClusterSecurityPolicySpec = serde_json::from_value(json!({
+        "clusterRef": {"kind": "Deployment", "name": "k"},
+        "clientAuthentication": {"sasl": {"iam": {"enabled": true}}}
+    }))
+    .unwrap();
+    assert_eq!(spec.encryption_in_transit.client_broker.as_str(), "TLS");
+    assert!(spec.encryption_in_transit.in_cluster);
+    assert_eq!(spec.rollout_timeout_seconds, 600);
+    assert!(validate::security_policy(&spec, None).is_ok());
+}
+
+#[test]
+fn in_cluster_is_immutable_on_update() {
+    let old = csp(method("unauthenticated"), "PLAINTEXT", true);
+    let new = csp(method("unauthenticated"), "PLAINTEXT", false);
+    assert!(validate::security_policy(&new, None).is_ok(), "valid on create");
+    let err = validate::security_policy(&new, Some(&old)).unwrap_err();
+    assert_eq!(err.rules(), vec![rule::IN_CLUSTER_IMMUTABLE]);
+    assert!(err.to_string().contains("you can't change the in-cluster (broker-to-broker) encryption setting"), "{err}");
+    // Changing other settings on update is fine.
+    let other = csp(method("unauthenticated"), "TLS", true);
+    assert!(validate::security_policy(&other, Some(&old)).is_ok());
+}
+
+#[test]
+fn names_and_timeouts() {
+    let spec: ClusterSecurityPolicySpec = serde_json::from_value(json!({
+        "clusterRef": {"kind": "StatefulSet", "name": "Orders_Kafka"},
+        "clientAuthentication": {"tls": {"enabled": true, "certificateAuthoritySecretRefs": [{"name": "bad name"}]}},
+        "rolloutTimeoutSeconds": 0
+    }))
+    .unwrap();
+    let err = validate::security_policy(&spec, None).unwrap_err();
+    assert_eq!(err.rules(), vec![rule::CLUSTER_REF, rule::ROLLOUT_TIMEOUT, rule::SECRET_REF]);
+}
+
+fn certrot(v: Value) -> CertificateRotationSpec {
+    let mut base = json!({"clusterRef": {"kind": "StatefulSet", "name": "orders-kafka"}});
+    base.as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
+    serde_json::from_value(base).unwrap()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn certificate_rotation_rules() {
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let cases: Vec<(Value, Option<&str>, &str)> = vec![
+        (
+            json!({"external": {"label": "upgradedlabel1"}, "internal": {"label": "internal1"}}),
+            None,
+            "self-signed both",
+        ),
+        (json!({"external": {"label": "a", "type": "secret", "secretName": "my-certs"}}), None, "secret with name"),
+        (
+            json!({"external": {"label": "a", "type": "provided", "key": b64(pem), "cert": b64(pem), "cacert": b64(pem)}}),
+            None,
+            "provided",
+        ),
+        (json!({}), Some(rule::CERTIFICATE_REQUIRED), "neither certificate"),
+        (json!({"external": {"label": "has space"}}), Some(rule::LABEL_VALUE), "space in label"),
+        (json!({"external": {"label": "-lead"}}), Some(rule::LABEL_VALUE), "label starts with dash"),
+        (json!({"external": {"label": "x".repeat(64)}}), Some(rule::LABEL_VALUE), "label too long"),
+        (json!({"external": {"label": ""}}), Some(rule::LABEL_VALUE), "empty label"),
+        (json!({"internal": {"label": "a", "type": "provided"}}), Some(rule::INTERNAL_SELFSIGNED), "internal provided"),
+        (json!({"internal": {"label": "a", "type": "secret"}}), Some(rule::INTERNAL_SELFSIGNED), "internal secret"),
+        (json!({"external": {"label": "a", "type": "secret"}}), Some(rule::TYPE_FIELDS), "secret without name"),
+        (
+            json!({"external": {"label": "a", "type": "provided", "cert": b64(pem), "cacert": b64(pem)}}),
+            Some(rule::TYPE_FIELDS),
+            "provided without key",
+        ),
+        (
+            json!({"external": {"label": "a", "type": "provided", "key": "%%%", "cert": b64(pem), "cacert": b64(pem)}}),
+            Some(rule::TYPE_FIELDS),
+            "provided not base64",
+        ),
+        (
+            json!({"external": {"label": "a", "type": "provided", "key": b64("hello"), "cert": b64(pem), "cacert": b64(pem)}}),
+            Some(rule::TYPE_FIELDS),
+            "provided not PEM",
+        ),
+        (json!({"external": {"label": "a", "secretName": "x"}}), Some(rule::TYPE_FIELDS), "selfsigned with secretName"),
+        (json!({"external": {"label": "a", "dnsNames": ["bad_name"]}}), Some(rule::DNS_NAMES), "bad SAN"),
+        (json!({"external": {"label": "a", "dnsNames": ["*.orders.svc"]}}), None, "wildcard SAN"),
+        (json!({"external": {"label": "a", "validityDays": 0}}), Some(rule::VALIDITY), "zero validity"),
+    ];
+    for (spec, expected, what) in cases {
+        let result = validate::certificate_rotation(&certrot(spec));
+        match expected {
+            None => assert!(result.is_ok(), "{what}: {result:?}"),
+            Some(r) => {
+                let err = result.unwrap_err();
+                assert!(err.rules().contains(&r), "{what}: expected {r}, got {err}");
+                assert!(err.to_string().contains(r), "{what}: message names the rule: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn provided_key_material_is_never_echoed() {
+    let secret = b64("-----BEGIN PRIVATE KEY-----\nSECRETMARKER\n-----END PRIVATE KEY-----\n");
+    let spec = certrot(json!({"external": {"label": "a", "type": "provided", "key": secret.clone()}}));
+    let err = validate::certificate_rotation(&spec).unwrap_err().to_string();
+    assert!(!err.contains(&secret) && !err.contains("SECRETMARKER"), "{err}");
+}
+
+fn kms(v: Value) -> KmsKeyVaultModeSpec {
+    let mut base = json!({
+        "networkAccess": "Private",
+        "keyId": "https://orders-kv.vault.azure.net/keys/etcd/0123abcd",
+        "keyVaultResourceId": "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/orders-kv",
+        "provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "rg", "clusterName": "aks"}}
+    });
+    base.as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
+    serde_json::from_value(base).unwrap()
+}
+
+#[test]
+fn kms_key_vault_mode_rules() {
+    let cases: Vec<(Value, Option<&str>, &str)> = vec![
+        (json!({}), None, "private with resource id"),
+        (json!({"networkAccess": "Public", "keyVaultResourceId": null}), None, "public without resource id"),
+        (json!({"keyVaultResourceId": null}), Some(rule::KEY_VAULT_RESOURCE_ID), "private without resource id"),
+        (json!({"keyId": "http://orders-kv.vault.azure.net/keys/etcd/1"}), Some(rule::KEY_ID), "not https"),
+        (json!({"keyId": "https://orders-kv.vault.azure.net/keys/etcd"}), Some(rule::KEY_ID), "no version"),
+        (json!({"keyId": "https://orders-kv.example.com/keys/etcd/1"}), Some(rule::KEY_ID), "not a vault host"),
+        (json!({"keyId": "https://orders-kv.vault.azure.net/secrets/etcd/1"}), Some(rule::KEY_ID), "secrets path"),
+        (
+            json!({"keyVaultResourceId": "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/orders-kv"}),
+            Some(rule::KEY_VAULT_RESOURCE_ID),
+            "subscription not a GUID",
+        ),
+        (
+            json!({"keyVaultResourceId": "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg/providers/Microsoft.Storage/vaults/orders-kv"}),
+            Some(rule::KEY_VAULT_RESOURCE_ID),
+            "wrong provider",
+        ),
+        (
+            json!({"keyVaultResourceId": "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/other-kv"}),
+            Some(rule::KEY_VAULT_MATCH),
+            "vault mismatch",
+        ),
+        (json!({"provider": {}}), Some(rule::PROVIDER), "no provider"),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "nope", "resourceGroup": "rg", "clusterName": "aks"}}}),
+            Some(rule::PROVIDER),
+            "bad subscription",
+        ),
+        (json!({"reencryption": {"concurrency": 0}}), Some(rule::REENCRYPTION), "zero concurrency"),
+        (json!({"reencryption": {"pageSize": 100000}}), Some(rule::REENCRYPTION), "huge page"),
+    ];
+    for (spec, expected, what) in cases {
+        let result = validate::kms_key_vault_mode(&kms(spec));
+        match expected {
+            None => assert!(result.is_ok(), "{what}: {result:?}"),
+            Some(r) => {
+                let err = result.unwrap_err();
+                assert!(err.rules().contains(&r), "{what}: expected {r}, got {err}");
+            }
+        }
+    }
+    let parsed = validate::parse_key_id("https://orders-kv.vault.azure.net/keys/etcd/0123abcd").unwrap();
+    assert_eq!((parsed.vault, parsed.name, parsed.version), ("orders-kv", "etcd", "0123abcd"));
+}

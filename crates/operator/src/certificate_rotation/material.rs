@@ -1,0 +1,369 @@
+//! The material of a rotation: what each slot asks for, loading or issuing its certificate
+//! (self-signed, provided, or from a Secret), and installing it as the slot's TLS Secret and the
+//! clients' trust bundle.
+//!
+//! What this module may touch: in the rotation's namespace, the `<cluster>-<slot>-ca` and
+//! `<cluster>-<slot>-tls` Secrets and the `<cluster>-external-trust` ConfigMap it writes, and the
+//! Secret `spec.external.secretName` names (read only).
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::inspect::{self, Material};
+use super::{
+    client_impact, default_dns_names, renewal_time, trust_configmap, Slot,
+    OPERATION_ANNOTATION,
+};
+use crate::api::{
+    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
+    ClientImpact, FIELD_MANAGER,
+};
+use crate::pki;
+use crate::reconciler::conditions::reason;
+use crate::reconciler::operation::{self, rfc3339};
+use crate::reconciler::workload::Workload;
+use crate::reconciler::{Context, Error, Named, Round};
+
+const CA_DAYS: u32 = 3650;
+
+/// What a slot asks for, taken from the spec.
+pub struct Want {
+    pub slot: Slot,
+    pub label: String,
+    pub type_: CertificateType,
+    pub dns_names: Vec<String>,
+    pub validity_days: u32,
+}
+
+pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
+    let mut out = Vec::new();
+    if let Some(e) = &cr.spec.external {
+        out.push(Want {
+            slot: Slot::External,
+            label: e.label.clone(),
+            type_: e.type_,
+            dns_names: e.dns_names.clone(),
+            validity_days: e.validity_days,
+        });
+    }
+    if let Some(i) = &cr.spec.internal {
+        out.push(Want {
+            slot: Slot::Internal,
+            label: i.label.clone(),
+            type_: i.type_,
+            dns_names: i.dns_names.clone(),
+            validity_days: i.validity_days,
+        });
+    }
+    out
+}
+
+pub fn desired_settings(cr: &CertificateRotation) -> CertificateSettings {
+    CertificateSettings {
+        external_label: cr.spec.external.as_ref().map(|e| e.label.clone()),
+        external_type: cr.spec.external.as_ref().map(|e| e.type_),
+        internal_label: cr.spec.internal.as_ref().map(|i| i.label.clone()),
+    }
+}
+
+pub fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&CertificateStatus> {
+    match slot {
+        Slot::External => status.external.as_ref(),
+        Slot::Internal => status.internal.as_ref(),
+    }
+}
+
+/// A slot needs new material when its label is new, or its self-signed certificate is due.
+pub fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> bool {
+    match slot_status(status, w.slot) {
+        None => true,
+        Some(s) if s.label != w.label => true,
+        Some(s) => {
+            s.type_ == CertificateType::Selfsigned
+                && w.type_ == CertificateType::Selfsigned
+                && s.renewal_time.as_deref().and_then(operation::parse_time).is_some_and(|t| now >= t)
+        }
+    }
+}
+
+fn secret(ns: &str, name: &str) -> Named {
+    Named::new("Secret", ns, name)
+}
+
+fn secret_string(s: &Secret, key: &str) -> Option<String> {
+    s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+/// Load or issue the material for one slot of operation `operation_id`; Err((reason, message))
+/// when the user must act.
+pub async fn material(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    w: &Want,
+    workload: Option<&Workload>,
+    operation_id: &str,
+    now: Timestamp,
+) -> Result<Result<Material, (String, String)>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let invalid = |msg: String| {
+        Ok(Err((
+            reason::INVALID_CERTIFICATE.to_string(),
+            format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str()),
+        )))
+    };
+    match w.type_ {
+        CertificateType::Selfsigned => {
+            let ca_name = w.slot.ca_secret(cluster);
+            let kept =
+                secrets.get_opt(&ca_name).await.map_err(|source| Error::Read { object: secret(&ns, &ca_name), source })?;
+            let ca = match kept.as_ref().and_then(|s| {
+                Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
+            }) {
+                Some(ca) => ca,
+                None => {
+                    let what = format!("{} CA of {cluster}", w.slot.as_str());
+                    let ca = pki::new_ca(&format!("{cluster} {} CA", w.slot.as_str()), now, CA_DAYS)
+                        .map_err(|source| Error::Issue { what, source })?;
+                    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
+                    let body = json!({"apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+                        "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
+                    secrets
+                        .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+                        .await
+                        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source })?;
+                    ca
+                }
+            };
+            if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
+                return Ok(Ok(m));
+            }
+            let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
+            let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
+            let usage = match w.slot {
+                Slot::External => pki::Usage::Server,
+                Slot::Internal => pki::Usage::ServerAndClient,
+            };
+            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days)
+                .map_err(|source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source })?;
+            Ok(inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
+                .map_err(|e| (reason::INVALID_CERTIFICATE.to_string(), e)))
+        }
+        CertificateType::Provided => {
+            let Some(ext) = cr.spec.external.as_ref() else {
+                return invalid("only the external certificate can be provided".into());
+            };
+            let decode = |name: &str, v: &Option<String>| -> Result<String, String> {
+                let raw: String =
+                    v.as_deref().unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(raw)
+                    .map_err(|_| format!("spec.external.{name} is not valid base64"))?;
+                String::from_utf8(bytes).map_err(|_| format!("spec.external.{name} does not decode to PEM text"))
+            };
+            let parts = decode("key", &ext.key)
+                .and_then(|k| Ok((k, decode("cert", &ext.cert)?, decode("cacert", &ext.cacert)?)));
+            match parts {
+                Err(e) => invalid(e),
+                Ok((key, cert, ca)) => match inspect::check(&cert, &key, &ca, now) {
+                    Ok(m) => Ok(Ok(m)),
+                    Err(e) => invalid(e),
+                },
+            }
+        }
+        CertificateType::Secret => {
+            let Some(ext) = cr.spec.external.as_ref() else {
+                return invalid("only the external certificate can come from a Secret".into());
+            };
+            let name = ext.secret_name.clone().unwrap_or_default();
+            let Some(source_secret) =
+                secrets.get_opt(&name).await.map_err(|source| Error::Read { object: secret(&ns, &name), source })?
+            else {
+                return Ok(Err((
+                    reason::SECRET_NOT_FOUND.into(),
+                    format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
+                        ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
+                )));
+            };
+            let mut got = Vec::new();
+            for (field, default) in [(&ext.key, "key"), (&ext.cert, "cert"), (&ext.cacert, "cacert")] {
+                let k = field.as_deref().unwrap_or(default);
+                match secret_string(&source_secret, k) {
+                    Some(v) => got.push(v),
+                    None => return invalid(format!("Secret {ns}/{name} has no key {k:?}")),
+                }
+            }
+            match inspect::check(&got[1], &got[0], &got[2], now) {
+                Ok(m) => Ok(Ok(m)),
+                Err(e) => invalid(e),
+            }
+        }
+    }
+}
+
+/// The certificate in TLS Secret `name` when it was issued for `operation_id` by `ca` and is still
+/// sound: a restart in the middle of the operation reuses it rather than issuing another.
+async fn issued_for(
+    secrets: &Api<Secret>,
+    ns: &str,
+    name: &str,
+    operation_id: &str,
+    ca: &pki::KeyedCert,
+    now: Timestamp,
+) -> Result<Option<Material>, Error> {
+    let existing = secrets.get_opt(name).await.map_err(|source| Error::Read {
+        object: secret(ns, name),
+        source,
+    })?;
+    let Some(s) =
+        existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))
+    else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (secret_string(&s, "tls.crt"), secret_string(&s, "tls.key")) else { return Ok(None) };
+    Ok(inspect::check(&cert, &key, &ca.cert_pem, now).ok())
+}
+
+/// Write the slot's TLS Secret for operation `operation_id` (and for external, the trust bundle);
+/// returns its status.
+pub async fn install(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    w: &Want,
+    m: &Material,
+    operation_id: &str,
+    old: Option<&CertificateStatus>,
+    round: &mut Round<CertificateRotation>,
+) -> Result<CertificateStatus, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let name = w.slot.tls_secret(cluster);
+    let body = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+            "annotations": {OPERATION_ANNOTATION: operation_id}},
+        "type": "kubernetes.io/tls", "stringData": {"tls.crt": m.cert_pem, "tls.key": m.key_pem, "ca.crt": m.ca_pem}});
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &pp, &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: secret(&ns, &name), source })?;
+
+    let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
+    if w.slot == Slot::External {
+        let cm_name = trust_configmap(cluster);
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut bundle = m.ca_pem.clone();
+        if impact == Some(ClientImpact::TrustUpdateRequired) {
+            // During a CA change clients may trust both while they move.
+            let previous = cms
+                .get_opt(&cm_name)
+                .await
+                .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+            if let Some(prev) = previous.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()) {
+                bundle.push_str(&prev);
+            }
+        }
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+            "data": {"ca.crt": bundle, "current-ca.crt": m.ca_pem}});
+        cms.patch(&cm_name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+        if impact == Some(ClientImpact::TrustUpdateRequired) {
+            round.event(EventType::Warning, "ClientTrustUpdateRequired", format!(
+                "The external certificate (label {}) is signed by a different CA (SHA-256 {}). Clients connecting over TLS must trust the new CA before they reconnect: kubectl get configmap {cm_name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' holds the new and the previous CA.",
+                w.label, m.ca_fingerprint));
+        }
+    }
+    Ok(CertificateStatus {
+        label: w.label.clone(),
+        type_: w.type_,
+        serial_number: Some(m.leaf.serial_number.clone()),
+        not_after: Some(rfc3339(m.leaf.not_after)),
+        fingerprint_sha256: Some(m.leaf.fingerprint_sha256.clone()),
+        ca_fingerprint_sha256: Some(m.ca_fingerprint.clone()),
+        renewal_time: (w.type_ == CertificateType::Selfsigned)
+            .then(|| rfc3339(renewal_time(m.leaf.not_before, m.leaf.not_after))),
+        client_impact: impact,
+    })
+}
+
+/// The seed applies a changed Secret only when the label changes: notice the change and say so.
+pub async fn source_secret_changed(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+) -> Result<Option<String>, Error> {
+    let Some(ext) = cr.spec.external.as_ref().filter(|e| e.type_ == CertificateType::Secret) else { return Ok(None) };
+    let (Some(name), Some(in_force)) = (ext.secret_name.as_deref(), status.external.as_ref()) else { return Ok(None) };
+    let ns = cr.namespace().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read { object: secret(&ns, name), source })?;
+    let current = secret
+        .as_ref()
+        .and_then(|s| secret_string(s, ext.cert.as_deref().unwrap_or("cert")))
+        .and_then(|pem| inspect::certificates(&pem, "cert").ok())
+        .and_then(|ders| ders.first().map(|d| inspect::fingerprint(d)));
+    Ok(match current {
+        Some(fp) if Some(&fp) != in_force.fingerprint_sha256.as_ref() => Some(format!(
+            "Secret {ns}/{name} now holds a different certificate (SHA-256 {fp}); change spec.external.label to roll it out."
+        )),
+        None => Some(format!("Secret {ns}/{name} no longer holds a readable certificate; the one in force stays.")),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with(label: &str, type_: CertificateType, renewal: Option<&str>) -> CertificateRotationStatus {
+        CertificateRotationStatus {
+            external: Some(CertificateStatus {
+                label: label.into(),
+                type_,
+                serial_number: None,
+                not_after: None,
+                fingerprint_sha256: None,
+                ca_fingerprint_sha256: None,
+                renewal_time: renewal.map(String::from),
+                client_impact: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issue_on_new_label_or_due_renewal_only() {
+        let want = |label: &str, type_| Want {
+            slot: Slot::External,
+            label: label.into(),
+            type_,
+            dns_names: vec![],
+            validity_days: 30,
+        };
+        let before = Timestamp::from_second(1_800_000_000).unwrap();
+        let after = Timestamp::from_second(1_900_000_000).unwrap();
+        let due = "2030-01-01T00:00:00Z"; // between the two instants above
+        let ss = CertificateType::Selfsigned;
+        assert!(needs_issue(&want("a", ss), &CertificateRotationStatus::default(), before), "first issue");
+        assert!(needs_issue(&want("b", ss), &status_with("a", ss, Some(due)), before), "new label");
+        assert!(!needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), before), "same label, not due");
+        assert!(needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), after), "renewal due");
+        let sec = CertificateType::Secret;
+        assert!(
+            !needs_issue(&want("a", sec), &status_with("a", sec, None), after),
+            "material from a Secret is not renewed by us"
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! CertificateRotation: a new label (or a due renewal) becomes a ROTATE_CERTIFICATES operation,
+//! driven by the kit's rolling driver: check or issue the material, write the TLS Secrets and
+//! the trust bundle ([`material`]), roll the pods. Certificate checks are in [`inspect`] (pure);
+//! names and client impact below (pure).
+//!
+//! What this module may touch: see [`material`]; it reads the workload and, for `type: secret`,
+//! watches the referenced Secrets' metadata.
+
+pub mod inspect;
+pub mod material;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, ResourceExt};
+
+use self::material::{install, material, needs_issue, slot_status, wants};
+use crate::api::{
+    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
+    OperationType, OperationRecord,
+};
+use crate::reconciler::conditions::{self, reason};
+use crate::reconciler::rolling::{self, Idle, Prepared, Rolling};
+use crate::reconciler::watch::{self, TargetsWorkload};
+use crate::reconciler::workload::{self, Workload};
+use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
+use crate::validate;
+
+/// External (clients) or internal (pod-to-pod) certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    External,
+    Internal,
+}
+
+impl Slot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::External => "external",
+            Self::Internal => "internal",
+        }
+    }
+    /// Secret `<cluster>-<slot>-tls` with tls.crt, tls.key, ca.crt.
+    pub fn tls_secret(self, cluster: &str) -> String {
+        format!("{cluster}-{}-tls", self.as_str())
+    }
+    /// Secret `<cluster>-<slot>-ca` with the CA the operator keeps for self-signed certificates.
+    pub fn ca_secret(self, cluster: &str) -> String {
+        format!("{cluster}-{}-ca", self.as_str())
+    }
+    /// Pod-template annotation carrying the label.
+    pub fn label_annotation(self) -> String {
+        format!("clustersecurity.io/{}-certificate-label", self.as_str())
+    }
+}
+
+/// ConfigMap with the CA(s) clients of the external listeners should trust.
+pub fn trust_configmap(cluster: &str) -> String {
+    format!("{cluster}-external-trust")
+}
+
+/// Pod-template annotation that changes with the certificates themselves (renewals keep labels).
+pub const CERTIFICATE_HASH_ANNOTATION: &str = "clustersecurity.io/certificate-hash";
+
+/// TLS Secret annotation: the operation its certificate was issued for. An operator restarted
+/// after issuing but before recording the rollout finds it and reuses the certificate instead of
+/// issuing (and rolling) another.
+pub const OPERATION_ANNOTATION: &str = "clustersecurity.io/operation-id";
+
+/// Default SANs: the names a client uses to reach the brokers through their Service.
+pub fn default_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_string(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("*.{service}.{namespace}.svc"),
+        format!("*.{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// The seed's "Updating clients after certificate change": clients keep working when the new
+/// certificate chains to the CA they already trust. None for a first issue.
+pub fn client_impact(old_ca_fingerprint: Option<&str>, new_ca_fingerprint: &str) -> Option<ClientImpact> {
+    old_ca_fingerprint.map(|old| {
+        if old == new_ca_fingerprint {
+            ClientImpact::None
+        } else {
+            ClientImpact::TrustUpdateRequired
+        }
+    })
+}
+
+/// When a self-signed certificate is renewed: two thirds into its validity.
+pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+    let span = not_after.as_second() - not_before.as_second();
+    Timestamp::from_second(not_after.as_second() - span / 3).unwrap_or(not_after)
+}
+
+impl Reconcile for CertificateRotation {
+    const KIND: &'static str = "CertificateRotation";
+    const PLURAL: &'static str = "certificaterotations";
+    fn api(client: Client, obj: &Self) -> Api<Self> {
+        Api::namespaced(client, &obj.namespace().unwrap_or_default())
+    }
+
+    type Deps = ();
+
+    fn validate(&self, _: &CertificateRotationStatus) -> Result<(), String> {
+        validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())
+    }
+
+    async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
+        let workload = workload::read(&ctx.client, &round.namespace(), &self.spec.cluster_ref).await?;
+        rolling::drive(self, round, ctx, workload.as_ref()).await
+    }
+
+    /// Its workloads (rollout progress) and the Secrets `spec.external.secretName` names,
+    /// metadata only: their contents are neither streamed nor cached.
+    fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
+        let store = controller.store();
+        watch::workloads(controller, client).watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watch::config(),
+            move |meta: PartialObjectMeta<Secret>| {
+                let (ns, name) = (meta.namespace(), meta.name_any());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.namespace() == ns
+                            && c.spec.external.as_ref().and_then(|e| e.secret_name.as_deref()) == Some(name.as_str())
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+    }
+}
+
+impl TargetsWorkload for CertificateRotation {
+    fn cluster_ref(&self) -> &crate::api::ClusterRef {
+        &self.spec.cluster_ref
+    }
+}
+
+impl Rolling for CertificateRotation {
+    const OPERATION: OperationType = OperationType::RotateCertificates;
+    const WHAT: &'static str = "certificates";
+
+    fn desired(&self) -> CertificateSettings {
+        material::desired_settings(self)
+    }
+
+    fn rollout_timeout_seconds(&self) -> u32 {
+        self.spec.rollout_timeout_seconds
+    }
+
+    async fn idle(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        _: Option<&Workload>,
+    ) -> Result<Idle<CertificateSettings>, Error> {
+        let status = &round.status;
+        if wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
+            let source = CertificateSettings {
+                external_label: status.external.as_ref().map(|s| s.label.clone()),
+                external_type: status.external.as_ref().map(|s| s.type_),
+                internal_label: status.internal.as_ref().map(|s| s.label.clone()),
+            };
+            return Ok(Idle::Start { source: Some(source) });
+        }
+        // Settled: look again when the first self-signed certificate is due for renewal.
+        let now = round.now;
+        let next_renewal = [status.external.as_ref(), status.internal.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.renewal_time.as_deref().and_then(operation::parse_time))
+            .min()
+            .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
+        let wl = workload::describe(&round.namespace(), &self.spec.cluster_ref);
+        let mut message = rolling::in_effect::<Self>(&wl);
+        if let Some(note) = material::source_secret_changed(ctx, self, &round.status).await? {
+            let said = conditions::get(round.status.conditions(), conditions::READY).is_some_and(|c| c.message.contains(&note));
+            if !said {
+                round.event(EventType::Normal, "SourceSecretChanged", note.clone());
+            }
+            message = format!("{message} {note}");
+        }
+        Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_renewal)))
+    }
+
+    async fn referenced_secrets_present(&self, ctx: &Context) -> Result<bool, Error> {
+        let Some(name) = self.spec.external.as_ref().and_then(|e| e.secret_name.clone()) else { return Ok(false) };
+        let ns = self.namespace().unwrap_or_default();
+        let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+            .get_metadata_opt(&name)
+            .await
+            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source })?;
+        Ok(found.is_some())
+    }
+
+    async fn prepare(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        op: &Operation<CertificateSettings>,
+        workload: Option<&Workload>,
+    ) -> Result<Prepared, Error> {
+        // Check every new certificate before anything is written: all or nothing.
+        let mut ready = Vec::new();
+        for w in wants(self).into_iter().filter(|w| needs_issue(w, &round.status, round.now)) {
+            match material(ctx, self, &w, workload, &op.operation_id, round.now).await? {
+                Ok(m) => ready.push((w, m)),
+                Err((reason, message)) => return Ok(Prepared::Refused { reason, message }),
+            }
+        }
+        for (w, m) in &ready {
+            if w.type_ == CertificateType::Provided {
+                round.event(EventType::Warning, "PrivateKeyInSpec", "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.");
+            }
+            let old = slot_status(&round.status, w.slot).cloned();
+            let installed = install(ctx, self, w, m, &op.operation_id, old.as_ref(), round).await?;
+            match w.slot {
+                Slot::External => round.status.external = Some(installed),
+                Slot::Internal => round.status.internal = Some(installed),
+            }
+        }
+        let fingerprints: Vec<&[u8]> = [round.status.external.as_ref(), round.status.internal.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.fingerprint_sha256.as_deref().map(str::as_bytes))
+            .collect();
+        let hash = crate::security_policy::properties::security_hash(&fingerprints);
+        round.status.certificate_hash = Some(hash.clone());
+        let mut annotations = BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), hash)]);
+        for w in wants(self) {
+            annotations.insert(w.slot.label_annotation(), w.label);
+        }
+        Ok(Prepared::Roll(annotations))
+    }
+
+    fn expected(status: &CertificateRotationStatus) -> BTreeMap<String, String> {
+        BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impact_and_renewal() {
+        assert_eq!(client_impact(None, "A"), None);
+        assert_eq!(client_impact(Some("A"), "A"), Some(ClientImpact::None));
+        assert_eq!(client_impact(Some("A"), "B"), Some(ClientImpact::TrustUpdateRequired));
+        let (nb, na) = (Timestamp::from_second(0).unwrap(), Timestamp::from_second(300).unwrap());
+        assert_eq!(renewal_time(nb, na).as_second(), 200);
+        assert!(default_dns_names("orders-kafka", "kafka").contains(&"*.orders-kafka.kafka.svc".to_string()));
+    }
+}

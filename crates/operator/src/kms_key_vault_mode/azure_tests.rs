@@ -1,0 +1,182 @@
+//! The Azure provider against the local Azure emulator (Azure Resource Manager, Entra ID and Key
+//! Vault contracts over HTTPS): read-modify-write of the KMS block with eTags, long-running
+//! operations through Azure-AsyncOperation and Location, Retry-After, 429 and 409 handling,
+//! AKS's refusals, key checks, and both ways of authenticating. No control plane is involved.
+
+use std::time::Duration;
+
+use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
+use super::azure::{AzureKms, AzureSettings, Credentials};
+use super::provider::{KeyState, KmsProvider, ProviderError};
+use cluster_security_testbed::azure::{AzureEmulator, Spec};
+use serde_json::json;
+
+fn settings(emu: &AzureEmulator) -> AzureSettings {
+    AzureSettings {
+        arm_endpoint: emu.url.clone(),
+        authority_host: Some(emu.url.clone()),
+        key_vault_endpoint: emu.key_vault_endpoint(),
+        extra_ca_pem: Some(emu.ca_pem.clone().into_bytes()),
+        poll_interval: Duration::from_millis(200),
+        operation_timeout: Duration::from_secs(60),
+    }
+}
+
+fn target(spec: &Spec) -> AzureProvider {
+    AzureProvider {
+        subscription_id: spec.subscription_id.clone(),
+        resource_group: spec.resource_group.clone(),
+        cluster_name: spec.cluster_name.clone(),
+    }
+}
+
+fn secret(spec: &Spec) -> Credentials {
+    Credentials::ClientSecret {
+        tenant_id: spec.tenant_id.clone(),
+        client_id: spec.client_id.clone(),
+        secret: spec.client_secret.clone(),
+    }
+}
+
+fn enabled(spec: &Spec, vault: &str, mode: NetworkAccess) -> KmsSettings {
+    KmsSettings {
+        enabled: true,
+        key_id: Some(spec.key_id(vault, "v1")),
+        network_access: Some(mode),
+        key_vault_resource_id: (mode == NetworkAccess::Private).then(|| spec.vault_resource_id(vault)),
+    }
+}
+
+fn off() -> KmsSettings {
+    KmsSettings { enabled: false, key_id: None, network_access: None, key_vault_resource_id: None }
+}
+
+async fn emulator(initial: serde_json::Value) -> AzureEmulator {
+    let mut spec = Spec::new("aks-orders", &["kv-orders", "kv-other"], "v1");
+    spec.kms = initial;
+    AzureEmulator::start(spec, None).await.expect("emulator starts")
+}
+
+#[tokio::test]
+async fn mode_switch_follows_the_four_steps_with_client_secret() {
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
+
+    assert_eq!(az.check_key(&spec.key_id("kv-orders", "v1")).await.unwrap(), KeyState::Usable { expires: None });
+    emu.set_lro(3, Duration::from_millis(300));
+    let public = enabled(&spec, "kv-orders", NetworkAccess::Public);
+    az.set_kms(&public).await.expect("enable KMS Public");
+    assert_eq!(az.get_kms().await.unwrap().settings, public);
+
+    // AKS refuses to change the mode of the attached vault while KMS is on.
+    let private = enabled(&spec, "kv-orders", NetworkAccess::Private);
+    match az.set_kms(&private).await {
+        Err(ProviderError::Rejected { code, message }) => {
+            assert_eq!(code, "OperationNotAllowed");
+            assert!(message.contains("turn KMS off first"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The seed's steps: off, vault private, on with Private.
+    az.set_kms(&off()).await.expect("disable");
+    az.set_vault_network_access(&spec.vault_resource_id("kv-orders"), NetworkAccess::Private).await.unwrap();
+    assert_eq!(emu.vault_public("kv-orders"), Some(false));
+    az.set_kms(&private).await.expect("enable Private");
+    // Idempotent: the same settings again change nothing.
+    az.set_kms(&private).await.unwrap();
+    assert_eq!(
+        emu.log(),
+        vec![
+            "PUT kms enabled=true vault=kv-orders access=Public",
+            "PUT kms enabled=false",
+            "PATCH vault kv-orders publicNetworkAccess=Disabled",
+            "PUT kms enabled=true vault=kv-orders access=Private",
+        ]
+    );
+    assert_eq!(emu.kms()["keyVaultResourceId"], spec.vault_resource_id("kv-orders"));
+    // Public mode needs a publicly reachable vault: AKS's refusal reaches us with its code.
+    let other_public = enabled(&spec, "kv-other", NetworkAccess::Public);
+    az.set_vault_network_access(&spec.vault_resource_id("kv-other"), NetworkAccess::Private).await.unwrap();
+    match az.set_kms(&other_public).await {
+        Err(ProviderError::Rejected { code, .. }) => assert_eq!(code, "AzureKeyVaultKmsKeyVaultNotReachable"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(emu.token_grants().iter().all(|g| *g == "client_secret"));
+}
+
+#[tokio::test]
+async fn workload_identity_location_polling_throttling_and_conflicts() {
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, &spec.federated_token).unwrap();
+    let wi = Credentials::WorkloadIdentity {
+        tenant_id: Some(spec.tenant_id.clone()),
+        client_id: Some(spec.client_id.clone()),
+        token_file: Some(token_file.clone()),
+    };
+    let az = AzureKms::new(&target(&spec), settings(&emu), &wi).unwrap();
+
+    // Location-only long-running operation, behind two throttled answers.
+    emu.location_only(true);
+    emu.set_lro(2, Duration::from_millis(100));
+    emu.throttle_next(2);
+    let public = enabled(&spec, "kv-orders", NetworkAccess::Public);
+    az.set_kms(&public).await.expect("enable through Location polling after 429s");
+    assert_eq!(emu.provisioning_state(), "Succeeded");
+    assert!(emu.token_grants().iter().all(|g| *g == "client_assertion"), "workload identity exchanged its token");
+
+    // Another operation in progress: transient, and nothing changed.
+    emu.conflict_next(1);
+    let err = az.set_kms(&off()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(az.get_kms().await.unwrap().settings, public);
+
+    // An update that ends Failed is a refusal with Azure's code and message.
+    emu.location_only(false);
+    emu.fail_next_update("KMSPluginUnavailable", "the KMS plugin could not reach the key vault");
+    match az.set_kms(&off()).await {
+        Err(ProviderError::Rejected { code, message }) => {
+            assert_eq!(code, "KMSPluginUnavailable");
+            assert!(message.contains("could not reach"), "{message}");
+        }
+        other => panic!("expected the failed operation, got {other:?}"),
+    }
+    assert_eq!(emu.provisioning_state(), "Failed");
+    assert!(emu.kms()["enabled"].as_bool().unwrap(), "a failed update leaves KMS as it was");
+    // Retrying after a failure works.
+    az.set_kms(&off()).await.expect("disable on retry");
+
+    // A deleted key is reported unusable, with what to do.
+    emu.delete_key("kv-orders/etcd/v1");
+    match az.check_key(&spec.key_id("kv-orders", "v1")).await.unwrap() {
+        KeyState::Unusable(m) => assert!(m.contains("recover"), "{m}"),
+        other => panic!("expected unusable, got {other:?}"),
+    }
+
+    // A wrong federated token fails authentication, and says so.
+    std::fs::write(&token_file, "not-the-token").unwrap();
+    let az = AzureKms::new(&target(&spec), settings(&emu), &wi).unwrap();
+    let err = az.get_kms().await.unwrap_err();
+    assert!(matches!(err, ProviderError::Auth(_)), "{err}");
+}
+
+#[tokio::test]
+async fn wrong_client_secret_is_an_authentication_error_without_the_secret() {
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let bad = Credentials::ClientSecret {
+        tenant_id: spec.tenant_id.clone(),
+        client_id: spec.client_id.clone(),
+        secret: "s3cr3t-marker-value".into(),
+    };
+    let az = AzureKms::new(&target(&spec), settings(&emu), &bad).unwrap();
+    let err = az.get_kms().await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ProviderError::Auth(_)), "{text}");
+    assert!(text.contains("AADSTS7000215"), "{text}");
+    assert!(!text.contains("s3cr3t-marker-value"), "the secret must not appear: {text}");
+    assert!(!format!("{bad:?}").contains("s3cr3t-marker-value"));
+}

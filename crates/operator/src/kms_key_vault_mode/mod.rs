@@ -1,0 +1,595 @@
+//! KmsKeyVaultMode: switch the key vault behind KMS etcd encryption between public and private.
+//! Plan the steps from what differs between the cluster and the spec ([`steps`], pure), run them
+//! one at a time with every step recorded in `status.steps` before and after it runs, and resume
+//! from the status after a restart. The cloud sits behind [`provider::KmsProvider`] (Azure:
+//! [`azure`]); Secrets are rewritten by the [`reencrypt`] engine.
+//!
+//! What this module may touch: the cluster's KMS settings and the key vault's network access
+//! through the provider, and every Secret (a no-op PATCH each, re-encrypting it).
+//!
+//! One reconcile runs as many steps as it can in a row (the object is not reconciled twice at
+//! once, so steps never overlap); a transient cloud or API error leaves the step InProgress and
+//! the next reconcile resumes it. A spec changed meanwhile waits for the running operation (its
+//! target was fixed when it started) and becomes the next operation.
+
+pub mod azure;
+pub mod provider;
+pub mod reencrypt;
+pub mod steps;
+
+#[cfg(test)]
+mod azure_tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use self::azure::{AzureKms, AzureSettings, Credentials};
+use self::provider::{KeyState, KmsProvider, ProviderError};
+use self::reencrypt::{self as engine, Progress};
+use self::steps::{self as planner, Next};
+use crate::api::{
+    KeyCheck, KeyCheckResult, KmsKeyVaultMode, KmsKeyVaultModeSpec, KmsKeyVaultModeStatus, KmsSettings, NetworkAccess,
+    OperationRecord, OperationState, OperationType, ReencryptionStatus, StepName, StepState,
+};
+use crate::reconciler::events::reason as event;
+use crate::reconciler::operation::{self, rfc3339};
+use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
+use crate::validate;
+
+/// Reasons of this kind's conditions.
+pub mod kms_reason {
+    /// The key is missing, disabled or expired (Stalled).
+    pub const KEY_NOT_USABLE: &str = "KeyNotUsable";
+    /// The operator cannot reach or authenticate to the cloud (Stalled until fixed).
+    pub const CLOUD_ACCESS_FAILED: &str = "CloudAccessFailed";
+    /// A step failed; the operation ended UPDATE_FAILED (Stalled until the spec changes).
+    pub const OPERATION_FAILED: &str = "OperationFailed";
+    /// The cluster's KMS settings match the spec (Ready).
+    pub const KMS_IN_SYNC: &str = "KmsInSync";
+    /// Waiting for an update of the cluster that someone else started.
+    pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
+}
+
+/// How often progress of a Secret rewrite is written to status at most.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(2);
+/// When to look again at a KMS setup that is in sync (drift, key expiry).
+const IDLE_RECHECK: Duration = Duration::from_secs(30 * 60);
+/// When to retry after a transient failure of a step.
+const STEP_RETRY: Duration = Duration::from_secs(10);
+
+/// Makes the cloud provider for a KmsKeyVaultMode.
+#[async_trait]
+pub trait ProviderFactory: Send + Sync {
+    async fn provider(
+        &self,
+        client: &Client,
+        spec: &KmsKeyVaultModeSpec,
+    ) -> Result<Arc<dyn KmsProvider>, ProviderError>;
+}
+
+/// Azure, with the operator's Azure settings and credentials.
+pub struct AzureFactory {
+    pub settings: AzureSettings,
+    /// `namespace/name` of a Secret with `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
+    /// `AZURE_CLIENT_SECRET`; None: workload identity.
+    pub credentials_secret: Option<(String, String)>,
+}
+
+impl AzureFactory {
+    async fn credentials(&self, client: &Client) -> Result<Credentials, ProviderError> {
+        let Some((ns, name)) = &self.credentials_secret else {
+            return Ok(Credentials::WorkloadIdentity { tenant_id: None, client_id: None, token_file: None });
+        };
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| ProviderError::Transient(format!("reading the Azure credentials Secret {ns}/{name}: {e}")))?;
+        let secret = secret.ok_or_else(|| {
+            ProviderError::Config(format!(
+                "the Azure credentials Secret {ns}/{name} does not exist; create it with keys AZURE_TENANT_ID, \
+                 AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, or run the operator with Azure workload identity"
+            ))
+        })?;
+        let data = secret.data.unwrap_or_default();
+        let field = |k: &str| {
+            data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok()).map(|s| s.trim().to_string()).ok_or_else(
+                || ProviderError::Config(format!("the Azure credentials Secret {ns}/{name} has no key {k}")),
+            )
+        };
+        Ok(Credentials::ClientSecret {
+            tenant_id: field("AZURE_TENANT_ID")?,
+            client_id: field("AZURE_CLIENT_ID")?,
+            secret: field("AZURE_CLIENT_SECRET")?,
+        })
+    }
+}
+
+#[async_trait]
+impl ProviderFactory for AzureFactory {
+    async fn provider(
+        &self,
+        client: &Client,
+        spec: &KmsKeyVaultModeSpec,
+    ) -> Result<Arc<dyn KmsProvider>, ProviderError> {
+        let azure = spec
+            .provider
+            .azure
+            .as_ref()
+            .ok_or_else(|| ProviderError::Config("spec.provider.azure is not set".into()))?;
+        let credentials = self.credentials(client).await?;
+        Ok(Arc::new(AzureKms::new(azure, self.settings.clone(), &credentials)?))
+    }
+}
+
+/// The settings the spec asks for (Public carries no vault resource id, as AKS wants).
+pub fn desired_settings(spec: &KmsKeyVaultModeSpec) -> KmsSettings {
+    KmsSettings {
+        enabled: true,
+        key_id: Some(spec.key_id.clone()),
+        network_access: Some(spec.network_access),
+        key_vault_resource_id: match spec.network_access {
+            NetworkAccess::Private => spec.key_vault_resource_id.clone().filter(|s| !s.is_empty()),
+            NetworkAccess::Public => None,
+        },
+    }
+}
+
+fn kms_text(s: &KmsSettings) -> &'static str {
+    if s.enabled {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
+
+fn describe(s: &KmsSettings) -> String {
+    if !s.enabled {
+        return "KMS off".into();
+    }
+    let vault = s.key_id.as_deref().and_then(|k| validate::parse_key_id(k).ok()).map(|k| k.vault.to_string());
+    format!("KMS on, vault {}, {:?}", vault.unwrap_or_default(), s.network_access.unwrap_or(NetworkAccess::Public))
+}
+
+fn progress_text(r: &ReencryptionStatus) -> String {
+    let handled = r.rewritten + r.unchanged + r.failed + r.deleted;
+    format!("{handled}/{}", r.total.max(handled))
+}
+
+/// Write the status as decided so far, and the re-encryption progress metric with it
+/// (progress is written from inside a long round).
+async fn checkpoint(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Result<(), Error> {
+    round.checkpoint().await?;
+    if let Some(r) = &round.status.reencryption {
+        ctx.metrics.reencryption(&round.obj.name_any(), r);
+    }
+    Ok(())
+}
+
+fn key_check_of(state: &Result<KeyState, ProviderError>, now: Timestamp) -> KeyCheck {
+    let (result, message) = match state {
+        Ok(KeyState::Usable { expires: Some(e) }) => {
+            (KeyCheckResult::Usable, format!("The key is usable; it expires at {e}."))
+        }
+        Ok(KeyState::Usable { expires: None }) => (KeyCheckResult::Usable, "The key is usable.".to_string()),
+        Ok(KeyState::Unusable(m)) => (KeyCheckResult::Unusable, m.clone()),
+        Err(e) => (KeyCheckResult::Unknown, format!("The key could not be checked: {e}")),
+    };
+    KeyCheck { result, message, check_time: rfc3339(now) }
+}
+
+fn cloud_stalled(e: &ProviderError) -> Outcome {
+    Outcome::new(
+        Health::Stalled {
+            reason: kms_reason::CLOUD_ACCESS_FAILED.into(),
+            message: format!("{e}. Fix the operator's cloud access; it retries every minute."),
+        },
+        Some(Duration::from_secs(60)),
+    )
+}
+
+/// Run one step to its end. Ok(Err(..)) is the step's own failure; Err is a transient problem
+/// (the step stays InProgress and is resumed).
+async fn run_step(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+    index: usize,
+) -> Result<Result<String, String>, StepError> {
+    let op = round.status.current_operation.clone().expect("steps run within an operation");
+    let target = op.target_info.clone().expect("operations carry a target");
+    let source = op.source_info.clone();
+    let name = round.status.steps[index].name;
+    let cloud = |r: Result<(), ProviderError>, done: String| match r {
+        Ok(()) => Ok(Ok(done)),
+        Err(ProviderError::Rejected { code, message }) => Ok(Err(format!("{code}: {message}"))),
+        Err(e) => Err(StepError::Cloud(e)),
+    };
+    match name {
+        StepName::DisableKms => {
+            let off = KmsSettings { enabled: false, key_id: None, network_access: None, key_vault_resource_id: None };
+            let r = provider.set_kms(&off).await;
+            if r.is_ok() {
+                round.status.kms = Some("Disabled".into());
+            }
+            cloud(r, format!("KMS turned off on {}.", provider.describe()))
+        }
+        StepName::EnableKms | StepName::UpdateKms => {
+            let r = provider.set_kms(&target).await;
+            if r.is_ok() {
+                round.status.kms = Some("Enabled".into());
+            }
+            cloud(r, format!("{} on {}.", describe(&target), provider.describe()))
+        }
+        StepName::UpdateKeyVaultNetworkAccess => {
+            let mode = target.network_access.unwrap_or(NetworkAccess::Public);
+            let rid = target
+                .key_vault_resource_id
+                .clone()
+                .or_else(|| source.as_ref().and_then(|s| s.key_vault_resource_id.clone()));
+            let Some(rid) = rid else {
+                return Ok(Err("the key vault's resource id is unknown: set spec.keyVaultResourceId".into()));
+            };
+            let r = provider.set_vault_network_access(&rid, mode).await;
+            let vault = validate::parse_key_vault_resource_id(&rid).unwrap_or(&rid).to_string();
+            let access = if mode == NetworkAccess::Private { "Disabled" } else { "Enabled" };
+            cloud(r, format!("Key vault {vault}: public network access {access}."))
+        }
+        StepName::ReencryptSecrets => reencrypt_step(round, ctx).await,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("{0}")]
+    Cloud(ProviderError),
+    #[error("re-encryption stopped: {0}")]
+    Reencrypt(engine::ReencryptError),
+}
+
+fn record_progress(status: &mut KmsKeyVaultModeStatus, p: &Progress) {
+    let r = status.reencryption.get_or_insert_with(Default::default);
+    r.rewritten = p.rewritten;
+    r.unchanged = p.unchanged;
+    r.failed = p.failed;
+    r.deleted = p.gone;
+    r.resume_after = p.resume_after.clone();
+    status.progress = Some(progress_text(r));
+}
+
+async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Result<Result<String, String>, StepError> {
+    let client = ctx.client.clone();
+    let r = round.status.reencryption.clone().unwrap_or_default();
+    let start = Progress {
+        total: r.rewritten + r.unchanged + r.failed + r.deleted,
+        rewritten: r.rewritten,
+        unchanged: r.unchanged,
+        gone: r.deleted,
+        failed: r.failed,
+        resume_after: r.resume_after.clone(),
+    };
+    if r.resume_after.is_some() {
+        info!(resume_after = ?r.resume_after, "resuming the Secret rewrite where it stopped");
+    }
+    let spec = round.obj.spec.reencryption.clone();
+    let settings = engine::Settings {
+        concurrency: spec.concurrency.clamp(1, 64) as usize,
+        page_size: spec.page_size.clamp(1, 5000),
+        attempts: 5,
+    };
+    // The engine reports each page on a channel; this side writes the newest progress to status
+    // at most every PROGRESS_WRITE_INTERVAL while the engine goes on.
+    let (tx, mut rx) = tokio::sync::watch::channel(start.clone());
+    let rewrite = async move { engine::run(&client, settings, start, |p| drop(tx.send(p.clone()))).await };
+    let reporter = async {
+        while rx.changed().await.is_ok() {
+            let p = rx.borrow_and_update().clone();
+            record_progress(&mut round.status, &p);
+            if let Err(e) = checkpoint(round, ctx).await {
+                // Progress is also kept in memory; the next write reports it.
+                warn!(error = %e, "could not write re-encryption progress");
+            }
+            tokio::time::sleep(PROGRESS_WRITE_INTERVAL).await;
+        }
+        rx.borrow().clone()
+    };
+    let (result, last) = tokio::join!(rewrite, reporter);
+    record_progress(&mut round.status, &last);
+    let p = result.map_err(StepError::Reencrypt)?;
+    let r = round.status.reencryption.get_or_insert_with(Default::default);
+    r.end_time = Some(rfc3339(ctx.clock.now()));
+    round.status.progress = Some(progress_text(r));
+    let summary = format!(
+        "{} Secrets: {} rewritten, {} already current, {} deleted meanwhile, {} failed.",
+        p.rewritten + p.unchanged + p.gone + p.failed,
+        p.rewritten,
+        p.unchanged,
+        p.gone,
+        p.failed
+    );
+    Ok(if p.failed > 0 {
+        Err(format!(
+            "{summary} Secrets that could not be rewritten stay under the old configuration; see the operator log."
+        ))
+    } else {
+        Ok(summary)
+    })
+}
+
+impl Reconcile for KmsKeyVaultMode {
+    const KIND: &'static str = "KmsKeyVaultMode";
+    const PLURAL: &'static str = "kmskeyvaultmodes";
+    fn api(client: Client, _: &Self) -> Api<Self> {
+        Api::all(client)
+    }
+
+    type Deps = Arc<dyn ProviderFactory>;
+
+    fn validate(&self, _: &KmsKeyVaultModeStatus) -> Result<(), String> {
+        validate::kms_key_vault_mode(&self.spec).map_err(|v| v.to_string())
+    }
+
+    /// A recorded operation finishes even when the spec turned invalid: its target was fixed,
+    /// and valid, when it was recorded.
+    fn in_flight(status: &KmsKeyVaultModeStatus) -> bool {
+        status.current_operation.is_some()
+    }
+
+    async fn advance(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        providers: &Arc<dyn ProviderFactory>,
+    ) -> Result<Outcome, Error> {
+        if let Some(r) = &round.status.reencryption {
+            ctx.metrics.reencryption(&self.name_any(), r);
+        }
+        round.status.phase.get_or_insert_with(|| "Idle".into());
+        let provider = match providers.provider(&ctx.client, &self.spec).await {
+            Err(e) if e.is_transient() => return Ok(retry_outcome("Connecting", &e)),
+            Err(e) => return Ok(cloud_stalled(&e)),
+            Ok(provider) => provider,
+        };
+        if round.status.current_operation.is_none() {
+            if let Some(settled) = decide(self, round, provider.as_ref()).await? {
+                return Ok(settled);
+            }
+        }
+        run_steps(round, ctx, provider.as_ref()).await
+    }
+}
+
+/// Drive the current operation as far as it goes now: start it (plan its steps), then run one
+/// step after another until it ends or a step must wait.
+async fn run_steps(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+) -> Result<Outcome, Error> {
+    let clock = ctx.clock.clone();
+    loop {
+        let mut op = round.status.current_operation.clone().expect("an operation is current");
+        if op.operation_state == OperationState::Pending {
+            let current = match provider.get_kms().await {
+                Ok(c) => c,
+                Err(e) if e.is_transient() => return Ok(retry_outcome("Starting", &e)),
+                Err(e) => return Ok(cloud_stalled(&e)),
+            };
+            round.status.kms = Some(kms_text(&current.settings).into());
+            if current.busy() {
+                let message = format!(
+                    "{} is {}; operation {} starts when that update ends.",
+                    provider.describe(),
+                    current.provisioning_state,
+                    op.operation_id
+                );
+                let health = Health::Reconciling { reason: kms_reason::WAITING_FOR_CLUSTER.into(), message };
+                return Ok(Outcome::new(health, Some(Duration::from_secs(30))));
+            }
+            let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+            let plan = planner::plan(&current.settings, &target);
+            op.source_info = Some(current.settings.clone());
+            operation::start(&mut op, clock.now());
+            round.status.steps = planner::pending(&plan);
+            round.status.reencryption = None;
+            let names: Vec<String> = plan.iter().map(|s| format!("{s:?}")).collect();
+            let note = format!(
+                "Operation {}: {} → {}: {}.",
+                op.operation_id,
+                describe(&current.settings),
+                describe(&target),
+                if names.is_empty() { "nothing to do".into() } else { names.join(" → ") }
+            );
+            round.event(EventType::Normal, event::UPDATE_STARTED, note);
+            let (current_op, history) = round.status.record_mut();
+            operation::settle(history, current_op, op);
+            checkpoint(round, ctx).await?;
+            continue;
+        }
+        match planner::next(&round.status.steps) {
+            Next::Run(i) => {
+                if let Some(wait) = run_one(round, ctx, provider, i).await? {
+                    return Ok(wait);
+                }
+            }
+            Next::Done => {
+                operation::complete(&mut op, clock.now());
+                let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+                round.status.kms = Some(kms_text(&target).into());
+                round.status.phase = Some("Idle".into());
+                let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
+                round.event(EventType::Normal, event::UPDATE_COMPLETE, message.clone());
+                let (current_op, history) = round.status.record_mut();
+                operation::settle(history, current_op, op);
+                let health = Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message };
+                return Ok(Outcome::new(health, Some(IDLE_RECHECK)));
+            }
+            Next::Failed(message) => {
+                operation::fail(&mut op, kms_reason::OPERATION_FAILED, message.clone(), clock.now());
+                round.status.phase = Some("Idle".into());
+                let message = format!(
+                    "Operation {} failed: {message}. Fix the cause and change the spec (or re-apply it with a new \
+                     generation) to try again.",
+                    op.operation_id
+                );
+                round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+                let (current_op, history) = round.status.record_mut();
+                operation::settle(history, current_op, op);
+                let health = Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message };
+                return Ok(Outcome::new(health, None));
+            }
+        }
+    }
+}
+
+/// Run step `i` to its end, recorded before and after. Some(outcome) when it must wait (a
+/// transient failure leaves it InProgress, resumed by the next round).
+async fn run_one(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+    i: usize,
+) -> Result<Option<Outcome>, Error> {
+    let total = round.status.steps.len();
+    let name = round.status.steps[i].name;
+    round.status.phase = Some(format!("{name:?}"));
+    if round.status.steps[i].state == StepState::Pending {
+        let now = rfc3339(ctx.clock.now());
+        let step = &mut round.status.steps[i];
+        step.state = StepState::InProgress;
+        step.start_time = Some(now.clone());
+        step.message = None;
+        if name == StepName::ReencryptSecrets {
+            let page_size = round.obj.spec.reencryption.page_size.clamp(1, 5000);
+            let estimate = engine::count(&ctx.client, page_size).await.unwrap_or_else(|e| {
+                warn!(error = %e, "could not count the Secrets; progress shows no total");
+                0
+            });
+            round.status.reencryption =
+                Some(ReencryptionStatus { total: estimate, start_time: Some(now), ..Default::default() });
+            round.status.progress = round.status.reencryption.as_ref().map(progress_text);
+        }
+        round.event(EventType::Normal, format!("{name:?}Started"), format!("Step {}/{total} {name:?} started.", i + 1));
+        checkpoint(round, ctx).await?;
+    }
+    match run_step(round, ctx, provider, i).await {
+        Ok(result) => {
+            let (state, type_, outcome, message) = match result {
+                Ok(m) => (StepState::Succeeded, EventType::Normal, "Succeeded", m),
+                Err(m) => (StepState::Failed, EventType::Warning, "Failed", m),
+            };
+            let step = &mut round.status.steps[i];
+            step.end_time = Some(rfc3339(ctx.clock.now()));
+            step.state = state;
+            step.message = Some(message.clone());
+            let lead = if state == StepState::Failed { " failed" } else { "" };
+            round.event(type_, format!("{name:?}{outcome}"), format!("Step {}/{total}{lead}: {message}", i + 1));
+            checkpoint(round, ctx).await?;
+            Ok(None)
+        }
+        Err(StepError::Cloud(e)) if !e.is_transient() => {
+            round.status.steps[i].message = Some(format!("waiting: {e}"));
+            checkpoint(round, ctx).await?;
+            Ok(Some(cloud_stalled(&e)))
+        }
+        Err(e) => {
+            warn!(step = ?name, error = %e, "step interrupted; it resumes on the next reconcile");
+            round.status.steps[i].message = Some(format!("retrying: {e}"));
+            // The API server may be restarting; a failed write is retried with the step.
+            let _ = checkpoint(round, ctx).await;
+            Ok(Some(retry_outcome(&format!("{name:?}"), &e)))
+        }
+    }
+}
+
+fn retry_outcome(step: &str, e: &dyn std::fmt::Display) -> Outcome {
+    let health = Health::Reconciling { reason: step.to_string(), message: format!("{step}: {e}; retrying.") };
+    Outcome::new(health, Some(STEP_RETRY))
+}
+
+/// Nothing running: compare the cluster with the spec and record an operation when they differ
+/// (None); otherwise what to report.
+async fn decide(
+    obj: &KmsKeyVaultMode,
+    round: &mut Round<KmsKeyVaultMode>,
+    provider: &dyn KmsProvider,
+) -> Result<Option<Outcome>, Error> {
+    let now = round.now;
+    let desired = desired_settings(&obj.spec);
+    let current = match provider.get_kms().await {
+        Ok(c) => c,
+        Err(e) if e.is_transient() => return Ok(Some(retry_outcome("ReadingCluster", &e))),
+        Err(e) => return Ok(Some(cloud_stalled(&e))),
+    };
+    round.status.kms = Some(kms_text(&current.settings).into());
+    let key = provider.check_key(&obj.spec.key_id).await;
+    let check = key_check_of(&key, now);
+    if round.status.key_check.as_ref().map(|k| k.result) != Some(check.result) && check.result != KeyCheckResult::Usable
+    {
+        round.event(EventType::Warning, "KeyCheck", check.message.clone());
+    }
+    let unusable = check.result == KeyCheckResult::Unusable;
+    round.status.key_check = Some(check.clone());
+    if unusable {
+        let health = Health::Stalled { reason: kms_reason::KEY_NOT_USABLE.into(), message: check.message };
+        return Ok(Some(Outcome::new(health, Some(Duration::from_secs(300)))));
+    }
+    if planner::plan(&current.settings, &desired).is_empty() {
+        round.status.phase = Some("Idle".into());
+        let message = format!("{}: {}.", provider.describe(), describe(&current.settings));
+        return Ok(Some(Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message }, Some(IDLE_RECHECK))));
+    }
+    if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired) {
+        let message = format!(
+            "The last operation for this spec failed ({}: {}). Fix the cause and change the spec to try again.",
+            err.code, err.message
+        );
+        return Ok(Some(Outcome::new(Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message }, None)));
+    }
+    let op = operation::new(
+        operation::uuid_v4(),
+        OperationType::UpdateKmsKeyVaultMode,
+        round.generation(),
+        Some(current.settings.clone()),
+        desired.clone(),
+        now,
+    );
+    let (current_op, history) = round.status.record_mut();
+    let note = operation::open(history, current_op, op, &describe(&desired));
+    round.event(EventType::Normal, event::OPERATION_PENDING, note);
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_desired_settings_carry_no_vault_resource_id() {
+        let spec: KmsKeyVaultModeSpec = serde_json::from_value(serde_json::json!({
+            "networkAccess": "Public",
+            "keyId": "https://orders-kv.vault.azure.net/keys/etcd/0123abcd",
+            "keyVaultResourceId": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/orders-kv",
+            "provider": {"azure": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "clusterName": "aks"}}
+        }))
+        .unwrap();
+        assert_eq!(desired_settings(&spec).key_vault_resource_id, None);
+        let private = KmsKeyVaultModeSpec { network_access: NetworkAccess::Private, ..spec };
+        assert!(desired_settings(&private).key_vault_resource_id.is_some());
+    }
+
+    #[test]
+    fn progress_counts_everything_handled() {
+        let r =
+            ReencryptionStatus { total: 10, rewritten: 4, unchanged: 3, failed: 1, deleted: 1, ..Default::default() };
+        assert_eq!(progress_text(&r), "9/10");
+        let more = ReencryptionStatus { total: 2, rewritten: 5, ..Default::default() };
+        assert_eq!(progress_text(&more), "5/5", "Secrets created meanwhile raise the total");
+    }
+}

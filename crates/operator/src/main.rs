@@ -1,0 +1,13 @@
+use clap::Parser;
+use cluster_security_operator::{run, Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => {
+            print!("{}", cluster_security_api::manifests::crds_yaml());
+            Ok(())
+        }
+        Command::Run(args) => run(*args).await,
+    }
+}

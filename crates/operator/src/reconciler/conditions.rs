@@ -1,0 +1,150 @@
+//! kstatus conditions: `Ready` (normal-true), `Reconciling` and `Stalled` (abnormal-true: present
+//! only while True). Setting a condition whose status did not change keeps its
+//! `lastTransitionTime`, so a status write that changes nothing writes nothing new.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const READY: &str = "Ready";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
+
+/// Reasons used across kinds.
+pub mod reason {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    pub const APPLIED: &str = "Applied";
+    /// Reconciling steps shared by the kinds that roll pods.
+    pub const OPERATION_RECORDED: &str = "OperationRecorded";
+    pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
+    pub const ROLLING_PODS: &str = "RollingPods";
+    pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
+    /// The spec changed while an operation ran; the next one starts now.
+    pub const QUEUED: &str = "Queued";
+}
+
+/// What the conditions should say; turned into the list with [`apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Desired state applied and verified.
+    Ready { reason: String, message: String },
+    /// Work in progress; `reason` names the step.
+    Reconciling { reason: String, message: String },
+    /// Cannot progress without a change from the user.
+    Stalled { reason: String, message: String },
+    /// Neither ready nor stuck nor working (e.g. waiting for something outside our control).
+    NotReady { reason: String, message: String },
+}
+
+fn upsert(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    match conds.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Time(now);
+            }
+            c.status = status.to_string();
+            c.reason = reason.to_string();
+            c.message = message.to_string();
+            c.observed_generation = generation;
+        }
+        None => conds.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+fn remove(conds: &mut Vec<Condition>, type_: &str) {
+    conds.retain(|c| c.type_ != type_);
+}
+
+/// The condition list for `health`, starting from the current list (to keep transition times).
+pub fn apply(current: &[Condition], health: &Health, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    let mut conds: Vec<Condition> = current.to_vec();
+    match health {
+        Health::Ready { reason, message } => {
+            upsert(&mut conds, READY, "True", reason, message, generation, now);
+            remove(&mut conds, RECONCILING);
+            remove(&mut conds, STALLED);
+        }
+        Health::Reconciling { reason, message } => {
+            upsert(&mut conds, READY, "False", reason, message, generation, now);
+            upsert(&mut conds, RECONCILING, "True", reason, message, generation, now);
+            remove(&mut conds, STALLED);
+        }
+        Health::Stalled { reason, message } => {
+            upsert(&mut conds, READY, "False", reason, message, generation, now);
+            upsert(&mut conds, STALLED, "True", reason, message, generation, now);
+            remove(&mut conds, RECONCILING);
+        }
+        Health::NotReady { reason, message } => {
+            upsert(&mut conds, READY, "False", reason, message, generation, now);
+            remove(&mut conds, RECONCILING);
+            remove(&mut conds, STALLED);
+        }
+    }
+    // Stable order so repeated applies produce identical lists.
+    let rank = |t: &str| match t {
+        READY => 0,
+        RECONCILING => 1,
+        STALLED => 2,
+        _ => 3,
+    };
+    conds.sort_by_key(|c| rank(&c.type_));
+    conds
+}
+
+/// Find a condition by type.
+pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn stalled_then_ready_removes_abnormal_true_conditions() {
+        let stalled = Health::Stalled { reason: reason::INVALID_SPEC.into(), message: "bad".into() };
+        let c = apply(&[], &stalled, Some(1), t(10));
+        assert_eq!(get(&c, STALLED).unwrap().status, "True");
+        assert_eq!(get(&c, READY).unwrap().status, "False");
+        let ready = Health::Ready { reason: reason::APPLIED.into(), message: "ok".into() };
+        let c = apply(&c, &ready, Some(2), t(20));
+        assert!(get(&c, STALLED).is_none());
+        assert!(get(&c, RECONCILING).is_none());
+        let r = get(&c, READY).unwrap();
+        assert_eq!((r.status.as_str(), r.observed_generation, r.last_transition_time.0), ("True", Some(2), t(20)));
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_time() {
+        let h = Health::Reconciling { reason: "RollingPods".into(), message: "1/3".into() };
+        let c1 = apply(&[], &h, Some(1), t(10));
+        let h2 = Health::Reconciling { reason: "RollingPods".into(), message: "2/3".into() };
+        let c2 = apply(&c1, &h2, Some(1), t(50));
+        let r = get(&c2, RECONCILING).unwrap();
+        assert_eq!(r.last_transition_time.0, t(10));
+        assert_eq!(r.message, "2/3");
+        // Same input twice gives identical output: no perpetual status churn.
+        assert_eq!(apply(&c2, &h2, Some(1), t(99)), c2);
+    }
+}

@@ -1,0 +1,101 @@
+//! Events: the reasons every kind shares, and publishing a round's events after its status
+//! write. Namespaced objects get events.k8s.io/v1 Events; cluster-scoped ones core/v1 Events in
+//! `default` (see [`publish_core_event`]).
+
+use cluster_security_api::FIELD_MANAGER;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Client, Resource};
+use tracing::warn;
+
+use super::conditions::{self, Health};
+use super::Context;
+
+/// Events a round decided to publish: (type, reason, note).
+pub type Events = Vec<(EventType, String, String)>;
+
+/// Event reasons of the operation record, the same for every kind.
+pub mod reason {
+    /// A new operation is recorded (PENDING).
+    pub const OPERATION_PENDING: &str = "OperationPending";
+    /// The operation started (UPDATE_IN_PROGRESS).
+    pub const UPDATE_STARTED: &str = "UpdateStarted";
+    /// The operation ended UPDATE_COMPLETE.
+    pub const UPDATE_COMPLETE: &str = "UpdateComplete";
+    /// The operation ended UPDATE_FAILED.
+    pub const UPDATE_FAILED: &str = "UpdateFailed";
+}
+
+/// After the status write: publish the round's events, plus a Warning when the object newly
+/// became Stalled without one.
+pub async fn publish_all<K>(ctx: &Context, obj: &K, old_conditions: &[Condition], health: &Health, mut events: Events)
+where
+    K: Resource<DynamicType = ()>,
+{
+    if let Health::Stalled { reason, message } = health {
+        let was = conditions::get(old_conditions, conditions::STALLED).map(|c| c.reason.as_str());
+        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
+            events.push((EventType::Warning, reason.clone(), message.clone()));
+        }
+    }
+    for (type_, reason, note) in events {
+        publish(ctx, obj, type_, &reason, note).await;
+    }
+}
+
+/// Publish an event about `obj`; a failed event is logged, never fatal.
+pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
+where
+    K: Resource<DynamicType = ()>,
+{
+    // events.k8s.io limits the note to 1 kB.
+    let note: String = note.chars().take(1000).collect();
+    let reference = obj.object_ref(&());
+    let result = if reference.namespace.is_none() {
+        publish_core_event(&ctx.client, reference, type_, reason, note).await
+    } else {
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        ctx.recorder.publish(&event, &reference).await
+    };
+    if let Err(e) = result {
+        warn!(reason, error = %e, "could not publish event");
+    }
+}
+
+/// A core/v1 Event in `default` for a cluster-scoped object: older API servers (v1.20) refuse
+/// events.k8s.io/v1 events whose namespace differs from the (empty) namespace of what they are
+/// about, while core/v1 has always allowed `default`. `kubectl describe` finds both.
+async fn publish_core_event(
+    client: &Client,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let now = Time(Timestamp::now());
+    let event = CoreEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", reference.name.clone().unwrap_or_default())),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        involved_object: reference,
+        type_: Some(match type_ {
+            EventType::Normal => "Normal".into(),
+            EventType::Warning => "Warning".into(),
+        }),
+        reason: Some(reason.into()),
+        message: Some(note),
+        source: Some(EventSource { component: Some(FIELD_MANAGER.into()), host: None }),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    let api: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    api.create(&Default::default(), &event).await.map(|_| ())
+}

@@ -1,0 +1,277 @@
+//! The reconciler kit: what every kind's controller shares, written once. It never names a kind.
+//!
+//! - [`Reconcile`]: what a kind tells the kit (its name, rules, and `advance`, one step of its
+//!   operation). The kit owns the rest of a reconcile: a fresh read, the clock, refusing an
+//!   invalid spec, conditions, one guarded status write, events and the requeue ([`round`]).
+//! - [`rolling`]: the one operation driver (PENDING → record → prepare → roll → follow →
+//!   complete) of the kinds that roll a workload's pods.
+//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`]: the pieces.
+//!
+//! What this module may touch: the kind's own object and its status, Events, and the pod-template
+//! annotations of the workload a kind targets. Everything else is the kinds'.
+
+pub mod conditions;
+pub mod events;
+pub mod operation;
+pub mod rolling;
+pub mod round;
+pub mod status;
+pub mod watch;
+pub mod workload;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_security_api::{Operated, OperationRecord, FIELD_MANAGER};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{info, warn};
+
+pub use self::conditions::Health;
+pub use self::round::Round;
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+
+/// Where time comes from; tests pass a fixed clock.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Shared by every reconciler.
+pub struct Context {
+    pub client: Client,
+    pub clock: Arc<dyn Clock>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// Reconciles at once per controller (0: unbounded).
+    pub concurrency: u16,
+}
+
+impl Context {
+    pub fn new(client: Client, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            clock,
+            metrics,
+            readiness,
+            concurrency: CONCURRENT_RECONCILES,
+        }
+    }
+}
+
+/// How many objects each controller reconciles at once, by default (`--concurrent-reconciles`).
+/// Unbounded, 300 objects changed together meant 300 reconciles at once, each holding its own
+/// connection to the API server, and the connection pool's buffers kept the operator at
+/// ~100 MiB (benches/scale.rs: 36 MiB with 8); bounded, the API server also sees no burst.
+pub const CONCURRENT_RECONCILES: u16 = 8;
+
+/// An object, as messages name it: `Secret kafka/orders-kafka-external-tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+impl Named {
+    pub fn new(kind: &'static str, namespace: &str, name: &str) -> Self {
+        Self { kind, namespace: namespace.into(), name: name.into() }
+    }
+}
+
+/// Why a reconcile could not finish. Every one of these is transient from the kit's point of
+/// view (the API server, the cloud or a write that lost a race): the reconcile is retried with
+/// backoff; what the user must fix is reported in the status instead (Stalled), not here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {object}: {source}")]
+    Read { object: Named, source: kube::Error },
+    #[error("writing {object}: {source}")]
+    Write { object: Named, source: kube::Error },
+    #[error("writing the status of {object}: {source}")]
+    WriteStatus { object: Named, source: kube::Error },
+    #[error("writing the status of {object}: the object kept changing under {attempts} attempts")]
+    StatusContention { object: Named, attempts: usize },
+    #[error("encoding the status of {object}: {source}")]
+    EncodeStatus { object: Named, source: serde_json::Error },
+    #[error("patching the pod template of {workload}: {source}")]
+    PatchTemplate { workload: String, source: kube::Error },
+    #[error("issuing the {what}: {source}")]
+    Issue { what: String, source: crate::pki::PkiError },
+    #[error(
+        "the CustomResourceDefinition {crd} is not installed in this cluster; install the CRDs with \
+         `kubectl apply -f crds/` (or `cluster-security-operator crd | kubectl apply -f -`) and start again"
+    )]
+    CrdMissing { crd: String },
+    #[error("checking that {crd} is installed: {source}")]
+    CrdCheck { crd: String, source: kube::Error },
+}
+
+/// What one round decided to report: the health for the conditions and when to look again
+/// (None: at the next change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub health: Health,
+    pub requeue: Option<Duration>,
+}
+
+impl Outcome {
+    pub fn new(health: Health, requeue: Option<Duration>) -> Self {
+        Self { health, requeue }
+    }
+}
+
+/// What a kind tells the kit. The kit runs the controller, reads the object fresh, refuses an
+/// invalid spec (unless an operation is already rolling), calls [`Reconcile::advance`], then
+/// writes conditions and status once and publishes the round's events.
+pub trait Reconcile:
+    Resource<DynamicType = ()> + Operated + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
+{
+    /// Kind name, for messages and metrics.
+    const KIND: &'static str;
+    /// Plural resource name (the CRD is `<plural>.<group>`).
+    const PLURAL: &'static str;
+    /// What the kind needs besides the [`Context`] (a cloud provider factory; `()` for most).
+    type Deps: Send + Sync + 'static;
+
+    /// The API of the object's kind where `obj` lives (its namespace, or cluster-wide).
+    fn api(client: Client, obj: &Self) -> Api<Self>;
+
+    /// The contract's rules for this spec, given what the status records; Err: the violation.
+    fn validate(&self, status: &Self::Status) -> Result<(), String>;
+
+    /// Whether an operation is under way that an invalid spec must not interrupt: by default,
+    /// one past PENDING (a PENDING operation still takes the newest spec).
+    fn in_flight(status: &Self::Status) -> bool {
+        status.current_operation().is_some_and(|o| o.operation_state != cluster_security_api::OperationState::Pending)
+    }
+
+    /// Carry the object's operation one step further; mutate `round.status`, push events.
+    fn advance(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        deps: &Self::Deps,
+    ) -> impl Future<Output = Result<Outcome, Error>> + Send;
+
+    /// Watches besides the kind's own objects (workloads, referenced Secrets).
+    fn watches(controller: Controller<Self>, _client: &Client) -> Controller<Self> {
+        controller
+    }
+}
+
+/// The health for a spec the rules refuse: nothing new starts until it is fixed.
+pub fn invalid_spec(violation: &str) -> Outcome {
+    Outcome::new(
+        Health::Stalled {
+            reason: conditions::reason::INVALID_SPEC.into(),
+            message: format!("{violation}. Nothing was applied; fix the spec and apply it again."),
+        },
+        None,
+    )
+}
+
+/// One reconcile of `cached`: fresh read, validate, advance, conditions, status, events.
+async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Result<Action, Error> {
+    let (ctx, deps) = (&shared.0, &shared.1);
+    let api = K::api(ctx.client.clone(), cached.as_ref());
+    let Some(obj) = fresh(&api, cached.as_ref()).await? else { return Ok(Action::await_change()) };
+    let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api, ctx.client.clone(), obj));
+    let old_conditions = round.status.conditions().to_vec();
+    let outcome = match round.obj.validate(&round.status) {
+        Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
+        _ => {
+            let obj = round.obj.clone();
+            obj.advance(&mut round, ctx, deps).await?
+        }
+    };
+    round.conclude(&outcome.health);
+    round.checkpoint().await?;
+    let obj = round.obj.clone();
+    events::publish_all(ctx, obj.as_ref(), &old_conditions, &outcome.health, round.events).await;
+    Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+/// What a failed reconcile waits before the next try (the error is logged, and transient by
+/// construction: see [`Error`]).
+fn error_policy<K: Reconcile>(obj: Arc<K>, error: &Error, _: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Action {
+    warn!(kind = K::KIND, name = %obj.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER_ERROR)
+}
+
+/// Wait after a failed reconcile.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+
+/// The object as the API server holds it now (None: deleted). Reconciles decide on this rather
+/// than on the watch cache: after an API server restart the cache can lag for a while, and
+/// decisions on a stale copy would only end in resourceVersion conflicts (or, worse, redo work
+/// whose record the cache does not show yet). One GET per reconcile; our objects are few.
+async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>, Error> {
+    api.get_opt(&cached.name_any()).await.map(|o| o.map(Arc::new)).map_err(|source| Error::Read {
+        object: Named::new(K::KIND, &cached.namespace().unwrap_or_default(), &cached.name_any()),
+        source,
+    })
+}
+
+/// Fail early, with the install command, when a CRD is missing.
+pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
+    let crd = format!("{}.{}", K::PLURAL, K::group(&()));
+    match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing { crd }),
+        Err(source) => Err(Error::CrdCheck { crd, source }),
+    }
+}
+
+/// Run the controller of kind `K` until SIGTERM / Ctrl-C.
+pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
+    use futures::StreamExt;
+    let client = ctx.client.clone();
+    let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &client);
+    let metrics = ctx.metrics.clone();
+    info!(kind = K::KIND, "controller starting");
+    controller
+        .shutdown_on_signal()
+        .run(
+            |obj, shared| watch::measured(shared.0.metrics.clone(), obj.clone(), reconcile(obj, shared)),
+            error_policy,
+            Arc::new((ctx, deps)),
+        )
+        .for_each(watch::forget_deleted::<K>(metrics))
+        .await;
+}
+
+/// `namespace/name` of an object, as metrics key it.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    ObjectRef::from_obj(obj).to_string()
+}

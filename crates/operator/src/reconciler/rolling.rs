@@ -1,0 +1,252 @@
+//! The one operation driver of the kinds that roll a workload's pods (ClusterSecurityPolicy,
+//! CertificateRotation): PENDING → record → wait for ACTIVE → prepare → roll → follow →
+//! UPDATE_COMPLETE / UPDATE_FAILED. A kind supplies decisions through [`Rolling`]; the driver
+//! owns the state machine, the operation record, the pod-template annotations and the events,
+//! so a fix to any of them lands once for both kinds.
+//!
+//! What this module may touch: through the [`Round`], the object's status and the target
+//! workload's pod-template annotations. The kinds' artefacts (Secrets, ConfigMaps) are written
+//! by the kind's `prepare`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use cluster_security_api::{ClusterState, Operation, OperationRecord, OperationState, OperationType};
+use kube::runtime::events::EventType;
+
+use super::conditions::reason;
+use super::events::reason as event;
+use super::watch::TargetsWorkload;
+use super::workload::{self, RolloutCheck, Workload};
+use super::{operation, Context, Error, Health, Outcome, Round};
+
+/// What the kind's operation moves from and to.
+pub type Info<K> = <<K as cluster_security_api::Operated>::Status as OperationRecord>::Info;
+
+/// What [`Rolling::idle`] decided with no operation running.
+#[derive(Debug)]
+pub enum Idle<I> {
+    /// Nothing to roll: report this.
+    Settled(Outcome),
+    /// Start an operation from `source` (what is in effect now) to the desired settings.
+    Start { source: Option<I> },
+}
+
+/// What [`Rolling::prepare`] decided for a PENDING operation on an ACTIVE workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The artefacts are written: apply these pod-template annotations to roll the pods.
+    Roll(BTreeMap<String, String>),
+    /// The user must act (`reason` is a condition reason); nothing was rolled.
+    Refused { reason: String, message: String },
+}
+
+/// When to look again after a failure the user may fix without a spec change (a Secret that
+/// appears later).
+const RETRY_MISSING_SECRET: Duration = Duration::from_secs(30);
+/// When to look again at a workload that is not ACTIVE.
+const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
+/// When to look at a rollout just started (workload watches usually come sooner).
+const FOLLOW_ROLLOUT: Duration = Duration::from_secs(5);
+/// When to look again after an operation ended (the next one may be queued).
+const AFTER_END: Duration = Duration::from_secs(1);
+
+/// A kind whose operations roll a workload's pods. Hooks decide; [`drive`] writes.
+pub trait Rolling: TargetsWorkload {
+    /// The operation type this kind records.
+    const OPERATION: OperationType;
+    /// What the operation puts in place, for messages ("security settings", "certificates").
+    const WHAT: &'static str;
+
+    /// The settings the spec asks for (an operation's `targetInfo`).
+    fn desired(&self) -> Info<Self>;
+
+    /// `rolloutTimeoutSeconds` of the spec.
+    fn rollout_timeout_seconds(&self) -> u32;
+
+    /// Status fields the kind derives from the workload on every round.
+    fn observe(&self, _status: &mut Self::Status, _workload: Option<&Workload>) {}
+
+    /// No operation is running: report the settled state, or start an operation.
+    fn idle(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        workload: Option<&Workload>,
+    ) -> impl Future<Output = Result<Idle<Info<Self>>, Error>> + Send;
+
+    /// After an operation failed for want of a Secret: is every Secret the spec names there now?
+    fn referenced_secrets_present(&self, ctx: &Context) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Write what operation `op` puts in place (Secrets, ConfigMaps) and say which annotations
+    /// roll the pods; or refuse. Record what the status should show in `round.status`.
+    fn prepare(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        op: &Operation<Info<Self>>,
+        workload: Option<&Workload>,
+    ) -> impl Future<Output = Result<Prepared, Error>> + Send;
+
+    /// The pod-template annotations the rolling operation set (from the status).
+    fn expected(status: &Self::Status) -> BTreeMap<String, String>;
+
+    /// The rollout of `target` is complete: record what is now in effect.
+    fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
+}
+
+/// `StatefulSet kafka/orders-kafka`.
+fn workload_text<K: Rolling>(round: &Round<K>) -> String {
+    workload::describe(&round.namespace(), round.obj.cluster_ref())
+}
+
+/// The message of Ready for a kind whose settings are in effect on `wl`.
+pub fn in_effect<K: Rolling>(wl: &str) -> String {
+    let what = K::WHAT;
+    let mut chars = what.chars();
+    let capital: String = chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
+    format!("{capital} in effect on {wl}.")
+}
+
+/// Carry the kind's operation one step further, as far as it goes in this round.
+pub async fn drive<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+) -> Result<Outcome, Error> {
+    kind.observe(&mut round.status, workload);
+    let desired = kind.desired();
+    let wl = workload_text(round);
+
+    if round.status.current_operation().is_none() {
+        let source = match kind.idle(round, ctx, workload).await? {
+            Idle::Settled(outcome) => return Ok(outcome),
+            Idle::Start { source } => source,
+        };
+        // A failed operation for this very spec is not retried until the spec changes (or, for
+        // a missing Secret, until it appears).
+        if let Some(e) = operation::failed_for(round.status.history(), round.generation(), &desired) {
+            let missing_secret = e.code == reason::SECRET_NOT_FOUND;
+            if !(missing_secret && kind.referenced_secrets_present(ctx).await?) {
+                let retry = missing_secret.then_some(RETRY_MISSING_SECRET);
+                return Ok(Outcome::new(Health::Stalled { reason: e.code, message: e.message }, retry));
+            }
+        }
+        let op = operation::new(operation::uuid_v4(), K::OPERATION, round.generation(), source, desired.clone(), round.now);
+        let (current, history) = round.status.record_mut();
+        let id = op.operation_id.clone();
+        let note = operation::open(history, current, op, &wl);
+        round.event(EventType::Normal, event::OPERATION_PENDING, note);
+        // Recorded before anything is issued or written: an operator restarted from here on
+        // finds this operation (and what was issued for it) instead of starting another, which
+        // would issue again and roll the pods twice.
+        let message = format!("Operation {id} recorded; the {} are prepared next.", K::WHAT);
+        round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message });
+        round.checkpoint().await?;
+    }
+
+    let mut op = round.status.current_operation().cloned().expect("an operation is current");
+    let outcome = match op.operation_state {
+        OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl).await?,
+        OperationState::UpdateInProgress => follow(kind, round, workload, &mut op, &desired, &wl).await?,
+        OperationState::UpdateComplete | OperationState::UpdateFailed => {
+            Outcome::new(Health::Reconciling { reason: "Recorded".into(), message: String::new() }, Some(AFTER_END))
+        }
+    };
+    let (current, history) = round.status.record_mut();
+    operation::settle(history, current, op);
+    Ok(outcome)
+}
+
+/// PENDING: take the newest settings, wait for an ACTIVE workload, prepare, start the roll.
+async fn pending<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+    op: &mut Operation<Info<K>>,
+    desired: &Info<K>,
+    wl: &str,
+) -> Result<Outcome, Error> {
+    // Changed again before it started: the queued operation takes the newest settings.
+    op.target_info = Some(desired.clone());
+    op.generation = round.generation();
+    let state = workload::cluster_state(workload);
+    if state != ClusterState::Active {
+        let message = match workload {
+            None => format!("{wl} not found; the operation starts once it exists and is ACTIVE."),
+            Some(_) => format!("{wl} is {}; the operation starts once it is ACTIVE.", workload::state_text(state)),
+        };
+        let health = Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message };
+        return Ok(Outcome::new(health, Some(RETRY_NOT_ACTIVE)));
+    }
+    match kind.prepare(round, ctx, op, workload).await? {
+        Prepared::Refused { reason: code, message } => {
+            operation::fail(op, &code, message.clone(), round.now);
+            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+            let retry = (code == reason::SECRET_NOT_FOUND).then_some(RETRY_MISSING_SECRET);
+            Ok(Outcome::new(Health::Stalled { reason: code, message }, retry))
+        }
+        Prepared::Roll(annotations) => {
+            round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations).await?;
+            operation::start(op, round.now);
+            round.event(EventType::Normal, event::UPDATE_STARTED, format!("Operation {}: rolling {wl}.", op.operation_id));
+            let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
+            Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
+        }
+    }
+}
+
+/// UPDATE_IN_PROGRESS: keep the annotations in the template, follow the rollout, complete it.
+async fn follow<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    workload: Option<&Workload>,
+    op: &mut Operation<Info<K>>,
+    desired: &Info<K>,
+    wl: &str,
+) -> Result<Outcome, Error> {
+    let expected = K::expected(&round.status);
+    // A status write lost to an API server restart or a conflict can leave the template with an
+    // older value than the status records, and waiting alone would never finish. Applying the
+    // same values again is a no-op, so this is safe to repeat.
+    if let Some(w) = workload {
+        if !expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) {
+            tracing::warn!(workload = %wl, "pod template lacks the operator's current annotations; applying them again");
+            round.set_template_annotations(round.obj.clone().cluster_ref(), &expected).await?;
+        }
+    }
+    let elapsed = operation::seconds_in_progress(op, round.now).unwrap_or(0);
+    let timeout = i64::from(kind.rollout_timeout_seconds());
+    match workload::check(workload, &expected, elapsed, timeout, wl) {
+        RolloutCheck::Rolling(message, after) => {
+            Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(after)))
+        }
+        RolloutCheck::TimedOut(message) => {
+            operation::fail(op, reason::ROLLOUT_FAILED, message.clone(), round.now);
+            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+            Ok(Outcome::new(Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message }, None))
+        }
+        RolloutCheck::Done => {
+            operation::complete(op, round.now);
+            let target = op.target_info.clone().expect("operations carry a target");
+            kind.completed(&mut round.status, &target);
+            let note = format!("Operation {}: {wl} runs the new {}.", op.operation_id, K::WHAT);
+            round.event(EventType::Normal, event::UPDATE_COMPLETE, note);
+            let health = if &target == desired {
+                Health::Ready { reason: reason::APPLIED.into(), message: in_effect::<K>(wl) }
+            } else {
+                Health::Reconciling {
+                    reason: reason::QUEUED.into(),
+                    message: "The spec changed during the operation; the next operation starts now.".into(),
+                }
+            };
+            Ok(Outcome::new(health, Some(AFTER_END)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

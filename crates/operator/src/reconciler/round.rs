@@ -1,0 +1,134 @@
+//! One reconcile round of one object: the object as read, the time, the status being decided,
+//! the events to publish, and the only writes the kit makes on a kind's behalf — the status
+//! (a checkpoint, or the final write) and the workload's pod-template annotations.
+//!
+//! The writes go through a [`Writer`]: against the API server in production, or into a list of
+//! [`Effect`]s in unit tests, so the operation driver is tested without an API server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cluster_security_api::{ClusterRef, OperationRecord};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
+use kube::{Api, Client, ResourceExt};
+
+use super::events::Events;
+use super::{conditions, status, workload, Error, Health, Named, Reconcile};
+
+/// A write the kit made (recorded in unit tests).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// The status as written.
+    Status(serde_json::Value),
+    /// Pod-template annotations applied to the workload.
+    Template(BTreeMap<String, String>),
+}
+
+/// Where the round's writes go.
+pub enum Writer<K> {
+    Api {
+        api: Api<K>,
+        client: Client,
+        /// The object as last stored: the next status write is guarded by its resourceVersion.
+        stored: Arc<K>,
+    },
+    /// Unit tests: every write is recorded and succeeds.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Record(Vec<Effect>),
+}
+
+impl<K: Reconcile> Writer<K> {
+    pub fn api(api: Api<K>, client: Client, stored: Arc<K>) -> Self {
+        Self::Api { api, client, stored }
+    }
+}
+
+/// One reconcile of one object.
+pub struct Round<K: Reconcile> {
+    /// The object as read at the start of the round.
+    pub obj: Arc<K>,
+    /// The round's one instant: every time it records is this.
+    pub now: Timestamp,
+    /// The status being decided, starting from the stored one.
+    pub status: K::Status,
+    /// Events to publish after the status write.
+    pub events: Events,
+    writer: Writer<K>,
+}
+
+impl<K: Reconcile> Round<K> {
+    pub fn new(obj: Arc<K>, now: Timestamp, writer: Writer<K>) -> Self {
+        let status = obj.status().cloned().unwrap_or_default();
+        Self { obj, now, status, events: Events::new(), writer }
+    }
+
+    /// The object's namespace ("" for cluster-scoped kinds).
+    pub fn namespace(&self) -> String {
+        self.obj.namespace().unwrap_or_default()
+    }
+
+    pub fn generation(&self) -> Option<i64> {
+        self.obj.meta().generation
+    }
+
+    pub fn event(&mut self, type_: EventType, reason: impl Into<String>, note: impl Into<String>) {
+        self.events.push((type_, reason.into(), note.into()));
+    }
+
+    /// Set the conditions for `health` and the generation they describe.
+    pub fn conclude(&mut self, health: &Health) {
+        let generation = self.generation();
+        let conditions = conditions::apply(self.status.conditions(), health, generation, self.now);
+        self.status.set_conditions(conditions);
+        self.status.set_observed_generation(generation);
+    }
+
+    /// Write the status as decided so far (nothing when it is unchanged). Used mid-round to
+    /// record work before doing it, and once at the end of every round.
+    pub async fn checkpoint(&mut self) -> Result<(), Error> {
+        match &mut self.writer {
+            Writer::Api { api, stored, .. } => {
+                if let Some(now_stored) = status::write_diff(api, stored.as_ref(), &self.status).await? {
+                    *stored = Arc::new(now_stored);
+                }
+                Ok(())
+            }
+            Writer::Record(effects) => {
+                let value = serde_json::to_value(&self.status).map_err(|source| Error::EncodeStatus {
+                    object: Named::new(K::KIND, &self.obj.namespace().unwrap_or_default(), &self.obj.name_any()),
+                    source,
+                })?;
+                effects.push(Effect::Status(value));
+                Ok(())
+            }
+        }
+    }
+
+    /// Apply `annotations` to the pod template of `target` (in the object's namespace).
+    pub async fn set_template_annotations(
+        &mut self,
+        target: &ClusterRef,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let namespace = self.namespace();
+        match &mut self.writer {
+            Writer::Api { client, .. } => workload::set_template_annotations(client, &namespace, target, annotations)
+                .await
+                .map_err(|source| Error::PatchTemplate { workload: workload::describe(&namespace, target), source }),
+            Writer::Record(effects) => {
+                effects.push(Effect::Template(annotations.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// The writes recorded so far (unit tests).
+    #[cfg(test)]
+    pub fn effects(&self) -> &[Effect] {
+        match &self.writer {
+            Writer::Record(effects) => effects,
+            Writer::Api { .. } => &[],
+        }
+    }
+}

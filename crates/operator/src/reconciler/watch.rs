@@ -1,0 +1,148 @@
+//! How every controller watches and reports: the watch configuration and backoff, the cache-sync
+//! readiness report, the per-reconcile metrics, and the workload watches of the kinds that
+//! target a StatefulSet or Deployment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_security_api::{ClusterRef, OperationRecord, WorkloadKind};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use super::{object_key, Context, Reconcile};
+use crate::health::Readiness;
+use crate::metrics::Metrics;
+
+/// Server-side timeout of every watch; see [`config`].
+pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
+
+/// How every controller watches: from the API server's cache (`any_semantic`), and with a short
+/// server-side timeout. After a kube-apiserver restart a watch opened while it was starting can
+/// stay open without ever delivering an event; a watch that ends every 30 s (and resumes from the
+/// last resourceVersion, losing nothing) bounds that to half a minute instead of kube-runtime's
+/// default of almost five.
+pub fn config() -> watcher::Config {
+    watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS)
+}
+
+/// Pause after a failed watch: 250 ms doubling to at most 5 s (jittered), back to 250 ms on the
+/// next event. kube-runtime pauses *all* of a controller's watches (the kind's own, its workloads',
+/// its Secrets') when any one fails, and its client-go default grows to 30 s and only resets
+/// after two quiet minutes. After a kube-apiserver restart the watches fail one after another
+/// (connection refused, 403 while its RBAC cache warms up, 410 for a resourceVersion from before),
+/// and with that default the controller stayed deaf for minutes — an object created just before
+/// the restart waited over four (found by the fault trials). One retry per kind every 5 s costs
+/// the API server nothing.
+pub fn backoff() -> watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+/// A kube-runtime controller for `api`, set up as every kind runs one: watches through
+/// [`config`], at most `ctx.concurrency` reconciles at once (0: unbounded), and its cache sync
+/// reported to readiness.
+pub fn new_controller<K: Reconcile>(api: Api<K>, ctx: &Context) -> Controller<K> {
+    let settings = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
+    let controller = Controller::new(api, config()).with_config(settings).trigger_backoff(backoff());
+    report_cache_sync(controller.store(), ctx.readiness.clone());
+    controller
+}
+
+/// Mark the controller's cache synced in `readiness` once its store holds the first full list.
+fn report_cache_sync<K: Reconcile>(store: Store<K>, readiness: Arc<Readiness>) {
+    // Polled rather than awaited: kube-runtime's store readiness wakes only the last waiter,
+    // and the controller itself waits on it too, so an await here could sleep forever.
+    tokio::spawn(async move {
+        use futures::FutureExt;
+        loop {
+            match store.wait_until_ready().now_or_never() {
+                Some(Ok(())) => {
+                    info!(kind = K::KIND, "cache synced");
+                    readiness.cache_synced();
+                    return;
+                }
+                Some(Err(_)) => return,
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+}
+
+/// Run one reconcile of `obj` and record it in the metrics: count, error, duration, and the
+/// state of the object's newest operation as the reconcile saw it (every status write triggers
+/// another reconcile, so this follows the object).
+pub async fn measured<K: Reconcile, E>(
+    metrics: Arc<Metrics>,
+    obj: Arc<K>,
+    reconcile: impl std::future::Future<Output = Result<Action, E>>,
+) -> Result<Action, E> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
+    let state = obj.status().and_then(|s| s.newest_operation_state());
+    metrics.newest_operation(K::KIND, &object_key(obj.as_ref()), state);
+    result
+}
+
+/// One item of a controller's result stream.
+type ReconcileResult<K, E1, E2> = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E1, E2>>;
+
+/// What each controller does with a reconcile's result in its stream: an object that is gone
+/// (kube-runtime reports it as not found) leaves the metrics; a failing watch (the API server
+/// away, a permission missing) is logged, since no reconcile would report it.
+pub fn forget_deleted<K: Reconcile>(
+    metrics: Arc<Metrics>,
+) -> impl FnMut(ReconcileResult<K, super::Error, watcher::Error>) -> futures::future::Ready<()> {
+    move |result| {
+        match result {
+            Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
+                metrics.newest_operation(K::KIND, &r.to_string(), None);
+            }
+            Err(kube::runtime::controller::Error::QueueError(e)) => {
+                warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+            }
+            _ => {}
+        }
+        futures::future::ready(())
+    }
+}
+
+/// A kind that targets a workload in its own namespace.
+pub trait TargetsWorkload: Reconcile {
+    fn cluster_ref(&self) -> &ClusterRef;
+}
+
+/// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
+/// Deployment. The workloads are watched as triggers only; the controller caches none of them.
+pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client) -> Controller<K> {
+    fn targeting<K: TargetsWorkload>(
+        store: &Store<K>,
+        kind: WorkloadKind,
+        ns: Option<String>,
+        name: String,
+    ) -> Vec<ObjectRef<K>> {
+        store
+            .state()
+            .into_iter()
+            .filter(|o| o.cluster_ref().kind == kind && o.cluster_ref().name == name && o.namespace() == ns)
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+    let (s1, s2) = (controller.store(), controller.store());
+    controller
+        .watches(Api::<StatefulSet>::all(client.clone()), config(), move |o| {
+            targeting(&s1, WorkloadKind::StatefulSet, o.namespace(), o.name_any())
+        })
+        .watches(Api::<Deployment>::all(client.clone()), config(), move |o| {
+            targeting(&s2, WorkloadKind::Deployment, o.namespace(), o.name_any())
+        })
+}

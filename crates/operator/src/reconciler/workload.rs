@@ -1,0 +1,265 @@
+//! The workload a kind targets (a StatefulSet or Deployment in the object's namespace): patch pod-template annotations with server-side
+//! apply (field manager `cluster-security-operator`), and read rollout progress of a
+//! StatefulSet or Deployment the way `kubectl rollout status` does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+use cluster_security_api::{ClusterRef, ClusterState, WorkloadKind, FIELD_MANAGER};
+
+/// What the operator needs to know of a workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub uid: Option<String>,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub replicas: i32,
+    pub updated: i32,
+    pub ready: i32,
+    /// StatefulSet only: currentRevision == updateRevision.
+    pub revisions_match: bool,
+    pub template_annotations: BTreeMap<String, String>,
+    /// StatefulSet only: the governing (headless) Service.
+    pub service_name: Option<String>,
+}
+
+/// Rollout progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Workload missing.
+    Missing,
+    /// All replicas run the current template and are ready.
+    Complete,
+    /// Still rolling, or replicas not ready.
+    Rolling { updated: i32, ready: i32, replicas: i32 },
+}
+
+impl Workload {
+    /// Progress of the rollout of the current template.
+    pub fn progress(&self) -> Progress {
+        let done = self.observed_generation >= self.generation
+            && self.updated >= self.replicas
+            && self.ready >= self.replicas
+            && self.revisions_match;
+        if done {
+            Progress::Complete
+        } else {
+            Progress::Rolling { updated: self.updated, ready: self.ready, replicas: self.replicas }
+        }
+    }
+}
+
+/// The cluster state API.md derives from the workload.
+pub fn cluster_state(workload: Option<&Workload>) -> ClusterState {
+    match workload.map(Workload::progress) {
+        None | Some(Progress::Missing) => ClusterState::Unavailable,
+        Some(Progress::Complete) => ClusterState::Active,
+        Some(Progress::Rolling { .. }) => {
+            let w = workload.expect("rolling implies a workload");
+            // Template not yet rolled out everywhere: UPDATING; rolled out but pods not ready: UNAVAILABLE.
+            if w.observed_generation < w.generation || w.updated < w.replicas || !w.revisions_match {
+                ClusterState::Updating
+            } else {
+                ClusterState::Unavailable
+            }
+        }
+    }
+}
+
+/// A cluster state as the contract spells it.
+pub fn state_text(s: ClusterState) -> &'static str {
+    match s {
+        ClusterState::Active => "ACTIVE",
+        ClusterState::Updating => "UPDATING",
+        ClusterState::Unavailable => "UNAVAILABLE",
+    }
+}
+
+fn from_statefulset(s: StatefulSet) -> Workload {
+    let spec = s.spec;
+    let st = s.status.unwrap_or_default();
+    Workload {
+        uid: s.metadata.uid,
+        generation: s.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        replicas: spec.replicas.unwrap_or(1),
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.ready_replicas.unwrap_or(0),
+        revisions_match: st.current_revision.is_some() && st.current_revision == st.update_revision,
+        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+        service_name: spec.service_name,
+    }
+}
+
+fn from_deployment(d: Deployment) -> Workload {
+    let spec = d.spec;
+    let st = d.status.unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    // Old pods still around (status.replicas > desired) means the roll is not finished.
+    let extra = st.replicas.unwrap_or(0) > replicas;
+    Workload {
+        uid: d.metadata.uid,
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: st.observed_generation.unwrap_or(0),
+        replicas,
+        updated: st.updated_replicas.unwrap_or(0),
+        ready: st.available_replicas.unwrap_or(0).min(st.ready_replicas.unwrap_or(0)),
+        revisions_match: !extra,
+        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+        service_name: None,
+    }
+}
+
+/// `StatefulSet kafka/orders-kafka`, as messages name a workload.
+pub fn describe(namespace: &str, r: &ClusterRef) -> String {
+    let kind = match r.kind {
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::Deployment => "Deployment",
+    };
+    format!("{kind} {namespace}/{}", r.name)
+}
+
+/// Where a rollout the operator started stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutCheck {
+    /// Our annotations are in the template and every replica runs it, ready.
+    Done,
+    /// Past the deadline; the message says what was seen and how to go on.
+    TimedOut(String),
+    /// Still going; check again after the duration at the latest.
+    Rolling(String, std::time::Duration),
+}
+
+/// Check a rollout the operator started `elapsed` seconds ago by setting `expected` annotations.
+pub fn check(
+    workload: Option<&Workload>,
+    expected: &BTreeMap<String, String>,
+    elapsed: i64,
+    timeout: i64,
+    what: &str,
+) -> RolloutCheck {
+    let ours = workload.is_some_and(|w| expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)));
+    let progress = workload.map(Workload::progress).unwrap_or(Progress::Missing);
+    if ours && progress == Progress::Complete {
+        return RolloutCheck::Done;
+    }
+    let detail = match &progress {
+        Progress::Rolling { updated, ready, replicas } => {
+            format!("{updated}/{replicas} pods updated, {ready}/{replicas} ready")
+        }
+        Progress::Missing => "the workload is gone".into(),
+        Progress::Complete => "the pod template no longer carries the operator's annotations".into(),
+    };
+    if elapsed >= timeout {
+        RolloutCheck::TimedOut(format!(
+            "Rollout of {what} did not complete within rolloutTimeoutSeconds={timeout} ({detail}). Check `kubectl rollout status` and the pods' events; fix the workload, then change this resource (e.g. rolloutTimeoutSeconds) to retry."
+        ))
+    } else {
+        let left = (timeout - elapsed).max(1) as u64;
+        RolloutCheck::Rolling(format!("Rolling {what}: {detail}."), std::time::Duration::from_secs(left.min(10)))
+    }
+}
+
+/// Read the workload; None when it does not exist.
+async fn get(client: &Client, namespace: &str, r: &ClusterRef) -> kube::Result<Option<Workload>> {
+    Ok(match r.kind {
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace).get_opt(&r.name).await?.map(from_statefulset)
+        }
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(&r.name).await?.map(from_deployment)
+        }
+    })
+}
+
+/// Read the workload `r` names in `namespace`; None when it does not exist.
+pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Option<Workload>, super::Error> {
+    let kind = match r.kind {
+        WorkloadKind::StatefulSet => "StatefulSet",
+        WorkloadKind::Deployment => "Deployment",
+    };
+    get(client, namespace, r)
+        .await
+        .map_err(|source| super::Error::Read { object: super::Named::new(kind, namespace, &r.name), source })
+}
+
+/// Prefix of every pod-template annotation the operator owns.
+pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
+
+/// Set pod-template annotations with server-side apply under our field manager
+/// (`cluster-security-operator`). Only our fields are touched, so other managers' fields stay;
+/// applying the same values again changes nothing (no new generation, no rollout).
+///
+/// Every kind applies under the same manager, and an apply drops the manager's fields it does
+/// not name: so the apply carries all our annotations already on the template, and is
+/// conditional on the resourceVersion they were read at (a concurrent change is a conflict and
+/// is retried, never lost).
+pub async fn set_template_annotations(
+    client: &Client,
+    namespace: &str,
+    r: &ClusterRef,
+    annotations: &BTreeMap<String, String>,
+) -> kube::Result<()> {
+    let (kind, current, rv) = match r.kind {
+        WorkloadKind::StatefulSet => {
+            let s = Api::<StatefulSet>::namespaced(client.clone(), namespace).get(&r.name).await?;
+            ("StatefulSet", s.spec.template.metadata.and_then(|m| m.annotations), s.metadata.resource_version)
+        }
+        WorkloadKind::Deployment => {
+            let d = Api::<Deployment>::namespaced(client.clone(), namespace).get(&r.name).await?;
+            ("Deployment", d.spec.template.metadata.and_then(|m| m.annotations), d.metadata.resource_version)
+        }
+    };
+    let mut ours: BTreeMap<String, String> =
+        current.unwrap_or_default().into_iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).collect();
+    ours.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": r.name, "namespace": namespace, "resourceVersion": rv},
+        "spec": {"template": {"metadata": {"annotations": ours}}},
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match r.kind {
+        WorkloadKind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), namespace)
+                .patch(&r.name, &pp, &Patch::Apply(&patch))
+                .await?;
+        }
+        WorkloadKind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), namespace).patch(&r.name, &pp, &Patch::Apply(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(generation: i64, observed: i64, replicas: i32, updated: i32, ready: i32, revs: bool) -> Workload {
+        Workload {
+            generation,
+            observed_generation: observed,
+            replicas,
+            updated,
+            ready,
+            revisions_match: revs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states_follow_rollout_progress() {
+        assert_eq!(cluster_state(None), ClusterState::Unavailable);
+        assert_eq!(cluster_state(Some(&w(2, 2, 3, 3, 3, true))), ClusterState::Active);
+        assert_eq!(cluster_state(Some(&w(3, 2, 3, 3, 3, true))), ClusterState::Updating, "not yet observed");
+        assert_eq!(cluster_state(Some(&w(3, 3, 3, 1, 3, false))), ClusterState::Updating, "rolling");
+        assert_eq!(cluster_state(Some(&w(3, 3, 3, 3, 2, true))), ClusterState::Unavailable, "a pod not ready");
+        assert_eq!(w(3, 3, 3, 3, 3, true).progress(), Progress::Complete);
+    }
+}

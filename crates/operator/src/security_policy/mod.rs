@@ -1,0 +1,270 @@
+//! ClusterSecurityPolicy: client authentication and encryption in transit of a broker cluster,
+//! rolled into the brokers as an MSK-style UPDATE_SECURITY operation by the kit's rolling
+//! driver. This module decides; [`listeners`] and [`properties`] render (pure).
+//!
+//! What this module may touch: the `<cluster>-security` ConfigMap and the `<cluster>-client-ca`
+//! Secret in the policy's namespace, and read the CA Secrets the spec names.
+
+pub mod listeners;
+pub mod properties;
+#[cfg(test)]
+mod rendering_tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Controller;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::api::{
+    ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Operation,
+    OperationType, SecuritySettings, FIELD_MANAGER,
+};
+use crate::reconciler::conditions::reason;
+use crate::reconciler::rolling::{self, Idle, Prepared, Rolling};
+use crate::reconciler::watch::{self, TargetsWorkload};
+use crate::reconciler::workload::{self, Workload};
+use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
+use crate::{pki, validate};
+
+/// Name of the ConfigMap holding `server.properties` and `security.json`.
+pub fn configmap_name(cluster: &str) -> String {
+    format!("{cluster}-security")
+}
+
+/// Name of the Secret holding the client CA bundle (`ca.crt`; `ca.key` when generated).
+pub fn client_ca_secret_name(cluster: &str) -> String {
+    format!("{cluster}-client-ca")
+}
+
+/// Pod-template annotation whose change rolls the brokers.
+pub const SECURITY_HASH_ANNOTATION: &str = "clustersecurity.io/security-hash";
+
+/// Validity of the client CA the operator keeps when the spec names none.
+const CLIENT_CA_DAYS: u32 = 3650;
+
+/// The settings a spec asks for.
+pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
+    SecuritySettings {
+        client_authentication: spec.client_authentication.clone(),
+        encryption_in_transit: spec.encryption_in_transit.clone(),
+    }
+}
+
+/// The in-cluster setting can't change after the first operation applied it (webhook-less path).
+fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<String> {
+    let applied = status.applied.as_ref()?.encryption_in_transit.in_cluster;
+    (applied != csp.spec.encryption_in_transit.in_cluster).then(|| {
+        format!(
+            "spec.encryptionInTransit.inCluster: you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied} (rule {})",
+            validate::rule::IN_CLUSTER_IMMUTABLE
+        )
+    })
+}
+
+impl Reconcile for ClusterSecurityPolicy {
+    const KIND: &'static str = "ClusterSecurityPolicy";
+    const PLURAL: &'static str = "clustersecuritypolicies";
+    fn api(client: Client, obj: &Self) -> Api<Self> {
+        Api::namespaced(client, &obj.namespace().unwrap_or_default())
+    }
+
+    type Deps = ();
+
+    fn validate(&self, status: &ClusterSecurityPolicyStatus) -> Result<(), String> {
+        validate::security_policy(&self.spec, None).map_err(|v| v.to_string())?;
+        in_cluster_violation(self, status).map_or(Ok(()), Err)
+    }
+
+    async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
+        let workload = workload::read(&ctx.client, &round.namespace(), &self.spec.cluster_ref).await?;
+        rolling::drive(self, round, ctx, workload.as_ref()).await
+    }
+
+    fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
+        watch::workloads(controller, client)
+    }
+}
+
+impl TargetsWorkload for ClusterSecurityPolicy {
+    fn cluster_ref(&self) -> &crate::api::ClusterRef {
+        &self.spec.cluster_ref
+    }
+}
+
+impl Rolling for ClusterSecurityPolicy {
+    const OPERATION: OperationType = OperationType::UpdateSecurity;
+    const WHAT: &'static str = "security settings";
+
+    fn desired(&self) -> SecuritySettings {
+        desired_settings(&self.spec)
+    }
+
+    fn rollout_timeout_seconds(&self) -> u32 {
+        self.spec.rollout_timeout_seconds
+    }
+
+    fn observe(&self, status: &mut ClusterSecurityPolicyStatus, workload: Option<&Workload>) {
+        let methods: Vec<&str> = self.spec.client_authentication.enabled_methods().iter().map(|m| m.label()).collect();
+        status.authentication = Some(methods.join(","));
+        status.cluster_state = Some(workload::cluster_state(workload));
+    }
+
+    async fn idle(
+        &self,
+        round: &mut Round<Self>,
+        _: &Context,
+        workload: Option<&Workload>,
+    ) -> Result<Idle<SecuritySettings>, Error> {
+        let desired = self.desired();
+        if round.status.applied.as_ref() != Some(&desired) {
+            return Ok(Idle::Start { source: round.status.applied.clone() });
+        }
+        round.status.listeners = listeners::status_listeners(&desired);
+        let wl = workload::describe(&round.namespace(), &self.spec.cluster_ref);
+        let state = workload::cluster_state(workload);
+        let health = if state == ClusterState::Active {
+            Health::Ready { reason: reason::APPLIED.into(), message: rolling::in_effect::<Self>(&wl) }
+        } else {
+            Health::NotReady {
+                reason: reason::CLUSTER_NOT_ACTIVE.into(),
+                message: format!("Security settings applied, but {wl} is {}.", workload::state_text(state)),
+            }
+        };
+        Ok(Idle::Settled(Outcome::new(health, None)))
+    }
+
+    async fn referenced_secrets_present(&self, ctx: &Context) -> Result<bool, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let refs = self.spec.client_authentication.tls.iter().flat_map(|t| t.certificate_authority_secret_refs.iter());
+        for r in refs {
+            let found = api
+                .get_metadata_opt(&r.name)
+                .await
+                .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &r.name), source })?;
+            if found.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn prepare(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        op: &Operation<SecuritySettings>,
+        _: Option<&Workload>,
+    ) -> Result<Prepared, Error> {
+        let target = op.target_info.as_ref().expect("operations carry a target");
+        Ok(match write_artefacts(ctx, self, target, round.now).await? {
+            Err((reason, message)) => Prepared::Refused { reason, message },
+            Ok(hash) => {
+                round.status.security_hash = Some(hash.clone());
+                Prepared::Roll(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
+            }
+        })
+    }
+
+    fn expected(status: &ClusterSecurityPolicyStatus) -> BTreeMap<String, String> {
+        BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default())])
+    }
+
+    fn completed(&self, status: &mut ClusterSecurityPolicyStatus, target: &SecuritySettings) {
+        status.listeners = listeners::status_listeners(target);
+        status.applied = Some(target.clone());
+    }
+}
+
+/// Write what the brokers read before the roll: the client CA bundle (mTLS) and the security
+/// ConfigMap. Returns the hash that rolls the pods, or (reason, message) when the user must act.
+async fn write_artefacts(
+    ctx: &Context,
+    csp: &ClusterSecurityPolicy,
+    target: &SecuritySettings,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<Result<String, (String, String)>, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let cluster = &csp.spec.cluster_ref.name;
+    let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let secret = |name: &str| Named::new("Secret", &ns, name);
+
+    // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
+    let mut ca_bundle = String::new();
+    if let Some(tls) = target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
+        let ca_name = client_ca_secret_name(cluster);
+        let mut data: BTreeMap<String, String> = BTreeMap::new();
+        if tls.certificate_authority_secret_refs.is_empty() {
+            let existing = secrets
+                .get_opt(&ca_name)
+                .await
+                .map_err(|source| Error::Read { object: secret(&ca_name), source })?;
+            let kept = existing.and_then(|s| s.data).and_then(|d| {
+                let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+                Some((get("ca.crt")?, get("ca.key")?))
+            });
+            let (crt, key) = match kept {
+                Some(pair) => pair,
+                None => {
+                    let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
+                        .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
+                    (ca.cert_pem, ca.key_pem)
+                }
+            };
+            data.insert("ca.key".into(), key);
+            ca_bundle = crt;
+        } else {
+            for r in &tls.certificate_authority_secret_refs {
+                let s = secrets.get_opt(&r.name).await.map_err(|source| Error::Read { object: secret(&r.name), source })?;
+                let crt = s
+                    .and_then(|s| s.data)
+                    .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
+                match crt {
+                    Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
+                    _ => {
+                        return Ok(Err((
+                            reason::SECRET_NOT_FOUND.into(),
+                            format!(
+                                "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
+                                r.name, r.name
+                            ),
+                        )))
+                    }
+                }
+            }
+        }
+        data.insert("ca.crt".into(), ca_bundle.clone());
+        let body = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner],
+                         "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+            "type": "Opaque",
+            "stringData": data,
+        });
+        secrets
+            .patch(&ca_name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Write { object: secret(&ca_name), source })?;
+    }
+
+    let source = format!("{ns}/{}", csp.name_any());
+    let server_properties = properties::render_server_properties(target, &source);
+    let security_json = properties::render_security_json(target);
+    let cm_name = configmap_name(cluster);
+    let cm = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "data": {"server.properties": server_properties, "security.json": security_json},
+    });
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .patch(&cm_name, &pp, &Patch::Apply(&cm))
+        .await
+        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+    Ok(Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()])))
+}

@@ -1,0 +1,151 @@
+//! Rendering of every valid combination of the seed's table: listeners on the MSK ports,
+//! protocol map, client auth, SASL mechanisms, inter-broker listener.
+
+use std::collections::BTreeMap;
+
+use crate::api::{ClusterSecurityPolicySpec, SecuritySettings};
+use super::{desired_settings, listeners, properties};
+use crate::validate;
+use serde_json::json;
+
+const METHODS: [&str; 4] = ["unauthenticated", "tls", "scram", "iam"];
+
+fn spec(methods: &[&str], cb: &str, in_cluster: bool) -> ClusterSecurityPolicySpec {
+    let mut auth = json!({});
+    for m in methods {
+        match *m {
+            "unauthenticated" => auth["unauthenticated"] = json!({"enabled": true}),
+            "tls" => auth["tls"] = json!({"enabled": true}),
+            "scram" => auth["sasl"]["scram"] = json!({"enabled": true}),
+            "iam" => auth["sasl"]["iam"] = json!({"enabled": true}),
+            _ => unreachable!(),
+        }
+    }
+    serde_json::from_value(json!({
+        "clusterRef": {"kind": "StatefulSet", "name": "k"},
+        "clientAuthentication": auth,
+        "encryptionInTransit": {"clientBroker": cb, "inCluster": in_cluster}
+    }))
+    .unwrap()
+}
+
+fn props(s: &SecuritySettings) -> BTreeMap<String, String> {
+    properties::server_properties(s).into_iter().collect()
+}
+
+fn names(s: &SecuritySettings) -> Vec<(String, u16)> {
+    listeners::client_listeners(s).into_iter().map(|l| (l.name.to_string(), l.port)).collect()
+}
+
+/// Every valid combination (all subsets of methods × clientBroker × inCluster) renders
+/// consistently; the expected listener set is derived independently here from API.md's table.
+#[test]
+fn every_valid_combination_renders_consistently() {
+    let mut valid = 0;
+    for mask in 1u8..16 {
+        let methods: Vec<&str> =
+            METHODS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, m)| *m).collect();
+        for cb in ["TLS", "TLS_PLAINTEXT", "PLAINTEXT"] {
+            for in_cluster in [true, false] {
+                let sp = spec(&methods, cb, in_cluster);
+                if validate::security_policy(&sp, None).is_err() {
+                    continue;
+                }
+                valid += 1;
+                let s = desired_settings(&sp);
+                let p = props(&s);
+                let has = |m: &str| methods.contains(&m);
+                let mut expected: Vec<(String, u16)> = Vec::new();
+                if cb != "TLS" {
+                    expected.push(("PLAINTEXT".into(), 9092));
+                }
+                if cb != "PLAINTEXT" && (has("tls") || has("unauthenticated")) {
+                    expected.push(("TLS".into(), 9094));
+                }
+                if cb != "PLAINTEXT" && has("tls") && has("unauthenticated") {
+                    expected.push(("TLS_UNAUTHENTICATED".into(), 9095));
+                }
+                if has("scram") {
+                    expected.push(("SASL_SCRAM".into(), 9096));
+                }
+                if has("iam") {
+                    expected.push(("SASL_IAM".into(), 9098));
+                }
+                let what = format!("{methods:?} {cb} inCluster={in_cluster}");
+                assert_eq!(names(&s), expected, "{what}");
+                // listeners and protocol map name the same listeners, replication last.
+                let listed: Vec<&str> = p["listeners"].split(',').map(|l| l.split("://").next().unwrap()).collect();
+                let mapped: Vec<&str> =
+                    p["listener.security.protocol.map"].split(',').map(|l| l.split(':').next().unwrap()).collect();
+                assert_eq!(listed, mapped, "{what}");
+                assert_eq!(listed.last(), Some(&"REPLICATION"));
+                assert_eq!(p["inter.broker.listener.name"], "REPLICATION");
+                assert!(!p.contains_key("security.inter.broker.protocol"), "never both inter-broker settings");
+                let repl_protocol = if in_cluster { "REPLICATION:SSL" } else { "REPLICATION:PLAINTEXT" };
+                assert!(p["listener.security.protocol.map"].ends_with(repl_protocol), "{what}");
+                assert_eq!(
+                    p.get("listener.name.replication.ssl.client.auth").map(String::as_str),
+                    in_cluster.then_some("required")
+                );
+                assert_eq!(
+                    p.get("listener.name.tls.ssl.client.auth").map(String::as_str),
+                    (cb != "PLAINTEXT" && (has("tls") || has("unauthenticated"))).then_some(if has("tls") {
+                        "required"
+                    } else {
+                        "none"
+                    }),
+                    "{what}"
+                );
+                assert_eq!(p["sasl.enabled.mechanisms"], "", "GSSAPI off globally");
+                assert_eq!(
+                    p.get("listener.name.sasl_scram.sasl.enabled.mechanisms").map(String::as_str),
+                    has("scram").then_some("SCRAM-SHA-512")
+                );
+                assert_eq!(
+                    p.get("listener.name.sasl_iam.sasl.enabled.mechanisms").map(String::as_str),
+                    has("iam").then_some("OAUTHBEARER")
+                );
+                if has("iam") {
+                    assert!(p["listener.name.sasl_iam.oauthbearer.sasl.server.callback.handler.class"]
+                        .ends_with("OAuthBearerValidatorCallbackHandler"));
+                }
+                for (k, v) in &p {
+                    assert!(!v.contains("BEGIN"), "{k}: no PEM inlined");
+                    if k.ends_with("ssl.keystore.type") || k.ends_with("ssl.truststore.type") {
+                        assert_eq!(v, "PEM");
+                    }
+                    assert!(!k.ends_with("ssl.keystore.password"), "PEM stores take no password");
+                }
+                let sj: serde_json::Value = serde_json::from_str(&properties::render_security_json(&s)).unwrap();
+                assert_eq!(sj["listeners"].as_array().unwrap().len(), expected.len());
+                assert_eq!(sj["interBroker"]["protocol"], if in_cluster { "SSL" } else { "PLAINTEXT" });
+            }
+        }
+    }
+    assert!(valid > 20, "covered {valid} valid combinations");
+}
+
+#[test]
+fn mtls_with_tls_plaintext_gives_two_listeners() {
+    let s = desired_settings(&spec(&["tls"], "TLS_PLAINTEXT", true));
+    assert_eq!(names(&s), vec![("PLAINTEXT".to_string(), 9092), ("TLS".to_string(), 9094)]);
+    let st = listeners::status_listeners(&s);
+    assert_eq!((st[0].authentication.as_str(), st[1].authentication.as_str()), ("none", "mTLS"));
+}
+
+#[test]
+fn rendering_is_deterministic_and_hash_tracks_content() {
+    let a = desired_settings(&spec(&["scram"], "TLS", true));
+    let b = desired_settings(&spec(&["iam"], "TLS", true));
+    let ra = properties::render_server_properties(&a, "kafka/orders");
+    assert_eq!(ra, properties::render_server_properties(&a, "kafka/orders"));
+    let h = |s: &SecuritySettings| {
+        properties::security_hash(&[
+            properties::render_server_properties(s, "x").as_bytes(),
+            properties::render_security_json(s).as_bytes(),
+        ])
+    };
+    assert_eq!(h(&a), h(&a));
+    assert_ne!(h(&a), h(&b));
+    assert_eq!(h(&a).len(), 64);
+}

@@ -1,0 +1,187 @@
+//! Validating admission webhook (AdmissionReview v1) over HTTPS with rustls. It calls the same
+//! validation module as the reconcilers, including old-vs-new rules on UPDATE.
+
+pub mod certs;
+#[cfg(test)]
+mod tls_tests;
+
+use std::net::SocketAddr;
+
+use axum::{routing::post, Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+use serde::de::DeserializeOwned;
+
+use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
+use crate::validate;
+
+pub use crate::api::manifests::VALIDATE_PATH;
+
+/// Answer one AdmissionReview.
+pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(req) => req,
+        Err(e) => return AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
+    };
+    let resp = AdmissionResponse::from(&req);
+    match decide(&req) {
+        Ok(()) => resp.into_review(),
+        Err(message) => resp.deny(message).into_review(),
+    }
+}
+
+fn decode<K: DeserializeOwned>(obj: &DynamicObject, what: &str) -> Result<K, String> {
+    let value = serde_json::to_value(obj).map_err(|e| format!("cannot read the {what} object: {e}"))?;
+    serde_json::from_value(value).map_err(|e| {
+        // serde quotes the offending value; keep an oversized one from filling the answer.
+        let e = e.to_string();
+        let shown: String = e.chars().take(300).collect();
+        let more = if shown.len() < e.len() { "…" } else { "" };
+        format!("the {what} object does not match the {what} schema: {shown}{more}")
+    })
+}
+
+fn is_deleting(obj: &DynamicObject) -> bool {
+    obj.metadata.deletion_timestamp.is_some()
+}
+
+/// Allow or deny, with the validation message. Deletes and updates of objects being deleted are
+/// always allowed (a webhook must never block cleanup); so is an update that leaves the spec as it
+/// is (labels, annotations), which disturbs nothing already running.
+fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Ok(());
+    }
+    let Some(obj) = req.object.as_ref() else {
+        return Ok(());
+    };
+    if is_deleting(obj) {
+        return Ok(());
+    }
+    let kind = req.kind.kind.as_str();
+    let old_obj = req.old_object.as_ref().filter(|_| req.operation == Operation::Update);
+    if let Some(old) = old_obj {
+        if old.data.get("spec") == obj.data.get("spec") {
+            return Ok(());
+        }
+    }
+    let target = format!(
+        "{kind} {}{}",
+        req.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or(&req.name)
+    );
+    let result = match kind {
+        "ClusterSecurityPolicy" => {
+            let new: ClusterSecurityPolicy = decode(obj, kind)?;
+            let old: Option<ClusterSecurityPolicy> = old_obj.map(|o| decode(o, kind)).transpose()?;
+            validate::security_policy(&new.spec, old.as_ref().map(|o| &o.spec))
+        }
+        "CertificateRotation" => validate::certificate_rotation(&decode::<CertificateRotation>(obj, kind)?.spec),
+        "KmsKeyVaultMode" => validate::kms_key_vault_mode(&decode::<KmsKeyVaultMode>(obj, kind)?.spec),
+        // Not one of ours: the webhook configuration should not send it; let it through.
+        _ => Ok(()),
+    };
+    result.map_err(|v| format!("{target} is invalid: {v}"))
+}
+
+async fn handle(Json(body): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
+    Json(review(body))
+}
+
+/// The webhook's HTTP routes.
+pub fn router() -> Router {
+    Router::new().route(VALIDATE_PATH, post(handle))
+}
+
+/// Serve the webhook over TLS until `handle` is shut down.
+pub async fn serve(addr: SocketAddr, tls: RustlsConfig, handle: axum_server::Handle) -> std::io::Result<()> {
+    axum_server::bind_rustls(addr, tls).handle(handle).serve(router().into_make_service()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review_of(
+        op: &str,
+        kind: &str,
+        object: serde_json::Value,
+        old: Option<serde_json::Value>,
+    ) -> AdmissionReview<DynamicObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "clustersecurity.io", "version": "v1alpha1", "kind": kind},
+                "resource": {"group": "clustersecurity.io", "version": "v1alpha1", "resource": "x"},
+                "name": "orders", "namespace": "kafka", "operation": op,
+                "userInfo": {"username": "admin"},
+                "object": object, "oldObject": old, "dryRun": false
+            }
+        }))
+        .unwrap()
+    }
+
+    fn csp(client_broker: &str, in_cluster: bool) -> serde_json::Value {
+        json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "ClusterSecurityPolicy",
+            "metadata": {"name": "orders", "namespace": "kafka"},
+            "spec": {
+                "clusterRef": {"kind": "StatefulSet", "name": "orders-kafka"},
+                "clientAuthentication": {"sasl": {"scram": {"enabled": true}}},
+                "encryptionInTransit": {"clientBroker": client_broker, "inCluster": in_cluster}
+            }
+        })
+    }
+
+    fn verdict(r: AdmissionReview<DynamicObject>) -> (bool, String) {
+        let resp = r.response.expect("a response");
+        (resp.allowed, resp.result.message)
+    }
+
+    #[test]
+    fn create_denied_with_rule_name() {
+        let (allowed, msg) =
+            verdict(review(review_of("CREATE", "ClusterSecurityPolicy", csp("PLAINTEXT", true), None)));
+        assert!(!allowed);
+        assert!(msg.contains("AuthenticationEncryptionCompatibility"), "{msg}");
+        assert!(msg.starts_with("ClusterSecurityPolicy kafka/orders is invalid"), "{msg}");
+    }
+
+    #[test]
+    fn update_of_in_cluster_denied_but_metadata_only_update_allowed() {
+        let mut old = csp("TLS", true);
+        old["spec"]["clientAuthentication"] = json!({"unauthenticated": {"enabled": true}});
+        let mut new = old.clone();
+        new["spec"]["encryptionInTransit"]["inCluster"] = json!(false);
+        let (allowed, msg) = verdict(review(review_of("UPDATE", "ClusterSecurityPolicy", new, Some(old.clone()))));
+        assert!(!allowed);
+        assert!(msg.contains("InClusterEncryptionImmutable"), "{msg}");
+
+        let mut relabeled = old.clone();
+        relabeled["metadata"]["labels"] = json!({"team": "a"});
+        assert!(verdict(review(review_of("UPDATE", "ClusterSecurityPolicy", relabeled, Some(old)))).0);
+    }
+
+    #[test]
+    fn deleting_object_is_never_blocked() {
+        let mut obj = csp("PLAINTEXT", true);
+        obj["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert!(verdict(review(review_of("UPDATE", "ClusterSecurityPolicy", obj.clone(), Some(obj)))).0);
+    }
+
+    #[test]
+    fn internal_certificate_must_be_selfsigned() {
+        let obj = json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "CertificateRotation",
+            "metadata": {"name": "orders", "namespace": "kafka"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "k"}, "internal": {"label": "a", "type": "secret"}}
+        });
+        let (allowed, msg) = verdict(review(review_of("CREATE", "CertificateRotation", obj, None)));
+        assert!(!allowed);
+        assert!(msg.contains("internal certificates can only be self-generated"), "{msg}");
+    }
+}

@@ -1,0 +1,438 @@
+//! CertificateRotation against a real apiserver with the play kubelet: label rotations reach
+//! UPDATE_COMPLETE and roll the pods; self-signed rotations keep the CA (the new leaf verifies
+//! against the old ca.crt, checked with openssl); a type change requires a trust update; every
+//! kind of bad material is refused with its reason and rolls nothing.
+
+use crate::support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use cluster_security_api::{CertificateRotation, OperationState};
+use cluster_security_testbed::pki;
+use cluster_security_testbed::wait_until;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use crate::support::{apply, brokers, env, stderr, stdout, wait_sts_ready, webhook_ready};
+
+fn rotation(ns: &str, external: &str, internal: &str) -> String {
+    format!(
+        "apiVersion: clustersecurity.io/v1alpha1\nkind: CertificateRotation\nmetadata: {{name: certs, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  external: {external}\n  internal: {internal}\n  rolloutTimeoutSeconds: 120\n"
+    )
+}
+
+async fn api(ns: &str) -> Api<CertificateRotation> {
+    Api::namespaced(env().cp.client().await.unwrap(), ns)
+}
+
+/// Wait until the status describes the current generation and the latest operation is `state`.
+async fn wait_op(ns: &str, state: OperationState) -> CertificateRotation {
+    let api = api(ns).await;
+    wait_until(Duration::from_secs(90), &format!("{ns}/certs operation {state:?}"), || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let latest = st.operations.first().map(|op| op.operation_state);
+            (latest == Some(state)
+                && st.observed_generation == o.metadata.generation
+                && st.current_operation.is_none() == state.is_terminal())
+            .then_some(o)
+            .ok_or_else(|| format!("{latest:?} {:?}", st.conditions))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn secret(ns: &str, name: &str) -> Secret {
+    Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get(name).await.unwrap()
+}
+
+fn data(s: &Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+async fn sts_generation(ns: &str) -> i64 {
+    Api::<StatefulSet>::namespaced(env().cp.client().await.unwrap(), ns)
+        .get("kafka")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap()
+}
+
+/// `openssl verify -CAfile ca leaf` in a temp dir: an independent check of the chain.
+fn openssl_verifies(ca_pem: &str, leaf_pem: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), leaf_pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl runs");
+    out.status.success()
+}
+
+#[tokio::test]
+async fn selfsigned_rotation_keeps_the_ca_and_rolls_the_pods() {
+    let cp = &env().cp;
+    let ns = "certs-selfsigned";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &rotation(ns, "{label: ext1}", "{label: int1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let st = o.status.unwrap();
+    let ext = st.external.clone().unwrap();
+    let internal_serial = st.internal.as_ref().unwrap().serial_number.clone();
+    assert!(internal_serial.is_some());
+    assert_eq!((ext.label.as_str(), ext.client_impact), ("ext1", None), "first issue has no impact");
+    assert!(ext.serial_number.is_some() && ext.not_after.is_some() && ext.renewal_time.is_some());
+    let first = secret(ns, "kafka-external-tls").await;
+    let old_ca = data(&first, "ca.crt");
+    assert!(openssl_verifies(&old_ca, &data(&first, "tls.crt")));
+    assert!(data(&first, "tls.key").contains("BEGIN PRIVATE KEY"));
+    assert!(secret(ns, "kafka-internal-tls").await.data.is_some());
+    wait_sts_ready(cp, ns, "kafka").await;
+    let gen = sts_generation(ns).await;
+
+    // Rotate the external label only.
+    apply(cp, &rotation(ns, "{label: ext2}", "{label: int1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let st = o.status.unwrap();
+    let ext2 = st.external.clone().unwrap();
+    assert_eq!(ext2.label, "ext2");
+    assert_ne!(ext2.serial_number, ext.serial_number, "a new certificate");
+    assert_eq!(ext2.ca_fingerprint_sha256, ext.ca_fingerprint_sha256, "same CA");
+    assert_eq!(ext2.client_impact, Some(cluster_security_api::ClientImpact::None));
+    assert_eq!(st.internal.as_ref().unwrap().serial_number, internal_serial, "internal untouched");
+    let second = secret(ns, "kafka-external-tls").await;
+    assert_ne!(data(&second, "tls.crt"), data(&first, "tls.crt"));
+    assert!(openssl_verifies(&old_ca, &data(&second, "tls.crt")), "the new leaf verifies against the old ca.crt");
+    assert_eq!(sts_generation(ns).await, gen + 1, "one rollout");
+    let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns).get("kafka").await.unwrap();
+    let ann = sts.spec.template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(ann["clustersecurity.io/external-certificate-label"], "ext2");
+    assert_eq!(ann["clustersecurity.io/internal-certificate-label"], "int1");
+    let table = stdout(&cp.kubectl(&["get", "certrot", "-n", ns]));
+    assert!(
+        table.contains("ext2") && table.contains("int1") && table.contains("None") && table.contains("UPDATE_COMPLETE"),
+        "{table}"
+    );
+
+    // Same labels again: nothing happens.
+    apply(cp, &rotation(ns, "{label: ext2, validityDays: 300}", "{label: int1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    assert_eq!(o.status.unwrap().operations.len(), 2);
+    assert_eq!(sts_generation(ns).await, gen + 1);
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
+    let cp = &env().cp;
+    let ns = "certs-provided";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(cp, &rotation(ns, "{label: a1}", "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let selfsigned_ca = o.status.unwrap().external.unwrap().ca_fingerprint_sha256;
+
+    // Material from the user's own CA.
+    let now = Timestamp::now();
+    let ca = pki::new_ca("corp CA", now, 30).unwrap();
+    let sans = vec!["kafka.certs-provided.svc".to_string()];
+    let leaf = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    let provided = format!(
+        "{{label: a2, type: provided, key: {}, cert: {}, cacert: {}}}",
+        b64(&leaf.key_pem),
+        b64(&leaf.cert_pem),
+        b64(&ca.cert_pem)
+    );
+    apply(cp, &rotation(ns, &provided, "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let ext = o.status.unwrap().external.unwrap();
+    assert_eq!(ext.client_impact, Some(cluster_security_api::ClientImpact::TrustUpdateRequired));
+    assert_ne!(ext.ca_fingerprint_sha256, selfsigned_ca);
+    let trust = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-trust").await.unwrap();
+    let bundle = trust.data.unwrap()["ca.crt"].clone();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "new and previous CA during the change");
+    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.reason} {end}"]));
+    assert!(events.contains("ClientTrustUpdateRequired") && events.contains("PrivateKeyInSpec"), "{events}");
+    wait_sts_ready(cp, ns, "kafka").await;
+    let gen = sts_generation(ns).await;
+    let installed = data(&secret(ns, "kafka-external-tls").await, "tls.crt");
+
+    // Each kind of bad material: its reason, nothing rolled, the running certificate stays.
+    let other_ca = pki::new_ca("other", now, 30).unwrap();
+    let other_leaf = pki::issue_leaf(&other_ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    let past = Timestamp::from_second(now.as_second() - 400 * 86_400).unwrap();
+    let expired = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, past, 1).unwrap();
+    let secret_yaml = |name: &str, key: &str, cert: &str, cacert: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(key).unwrap(),
+            serde_json::to_string(cert).unwrap(),
+            serde_json::to_string(cacert).unwrap()
+        )
+    };
+    apply(cp, &secret_yaml("garbage", "not a key", "not a cert", &ca.cert_pem));
+    apply(cp, &secret_yaml("wrong-key", &other_leaf.key_pem, &leaf.cert_pem, &ca.cert_pem));
+    apply(cp, &secret_yaml("expired", &expired.key_pem, &expired.cert_pem, &ca.cert_pem));
+    apply(cp, &secret_yaml("other-ca", &other_leaf.key_pem, &other_leaf.cert_pem, &ca.cert_pem));
+    let cases = [
+        ("b1", "{secretName: garbage}", "InvalidCertificate", "no PEM certificate"),
+        ("b2", "{secretName: wrong-key}", "InvalidCertificate", "does not match the certificate"),
+        ("b3", "{secretName: expired}", "InvalidCertificate", "expired"),
+        ("b4", "{secretName: other-ca}", "InvalidCertificate", "does not chain to the given CA"),
+        ("b5", "{secretName: missing}", "SecretNotFound", "does not exist"),
+        ("b6", "{secretName: garbage, cert: tls.crt}", "InvalidCertificate", "has no key \"tls.crt\""),
+    ];
+    let api = api(ns).await;
+    for (label, extra, reason, text) in cases {
+        let ext = format!("{{label: {label}, type: secret, {}}}", &extra[1..extra.len() - 1]);
+        apply(cp, &rotation(ns, &ext, "{label: i1}"));
+        let o = wait_until(Duration::from_secs(60), &format!("{label} stalled with {reason}"), || {
+            let api = api.clone();
+            async move {
+                let o = api.get("certs").await.map_err(|e| e.to_string())?;
+                let st = o.status.clone().unwrap_or_default();
+                let stalled = st.conditions.iter().find(|c| c.type_ == "Stalled" && c.reason == reason).cloned();
+                match stalled {
+                    Some(c)
+                        if st.observed_generation == o.metadata.generation
+                            && st.operations[0]
+                                .target_info
+                                .as_ref()
+                                .and_then(|t| t.external_label.clone())
+                                .as_deref()
+                                == Some(label) =>
+                    {
+                        Ok(c)
+                    }
+                    _ => Err(format!("{:?}", st.conditions)),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(o.message.contains(text), "{label}: {}", o.message);
+        assert!(!o.message.contains("PRIVATE KEY"), "no key material in messages");
+        assert_eq!(sts_generation(ns).await, gen, "{label}: nothing rolled");
+        assert_eq!(
+            data(&secret(ns, "kafka-external-tls").await, "tls.crt"),
+            installed,
+            "{label}: running certificate stays"
+        );
+    }
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn internal_provided_is_refused() {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    let out = cp.kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        Some(&rotation("default", "{label: a}", "{label: b, type: provided}")),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("internal certificates can only be self-generated"), "{}", stderr(&out));
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn changed_secret_is_reported_and_applied_on_the_next_label() {
+    let cp = &env().cp;
+    let ns = "certs-secret";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let now = Timestamp::now();
+    let ca = pki::new_ca("corp CA", now, 30).unwrap();
+    let sans = vec!["kafka.certs-secret.svc".to_string()];
+    let put = |leaf: &pki::KeyedCert| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: my-certs, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(&leaf.key_pem).unwrap(),
+            serde_json::to_string(&leaf.cert_pem).unwrap(),
+            serde_json::to_string(&ca.cert_pem).unwrap()
+        )
+    };
+    let first = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    apply(cp, &put(&first));
+    apply(cp, &rotation(ns, "{label: s1, type: secret, secretName: my-certs}", "{label: i1}"));
+    wait_op(ns, OperationState::UpdateComplete).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let gen = sts_generation(ns).await;
+
+    // The Secret changes: noticed through the metadata watch and reported, not rolled.
+    let second = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    apply(cp, &put(&second));
+    let api = api(ns).await;
+    wait_until(Duration::from_secs(60), "the change reported in Ready", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let ready = o
+                .status
+                .unwrap_or_default()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.message)
+                .unwrap_or_default();
+            ready.contains("now holds a different certificate").then_some(()).ok_or(ready)
+        }
+    })
+    .await
+    .unwrap();
+    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.reason} {end}"]));
+    assert!(events.contains("SourceSecretChanged"), "{events}");
+    assert_eq!(sts_generation(ns).await, gen, "not rolled before the label changes");
+
+    // A new label rolls the new certificate; same CA, so clients are unaffected.
+    apply(cp, &rotation(ns, "{label: s2, type: secret, secretName: my-certs}", "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let ext = o.status.unwrap().external.unwrap();
+    assert_eq!(ext.client_impact, Some(cluster_security_api::ClientImpact::None));
+    assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
+    assert_eq!(sts_generation(ns).await, gen + 1);
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn policy_and_rotation_on_one_workload_keep_each_others_annotations() {
+    let cp = &env().cp;
+    let ns = "certs-shared";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &rotation(ns, "{label: e1}", "{label: i1}"));
+    apply(
+        cp,
+        &format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  clientAuthentication: {{tls: {{enabled: true}}}}\n"
+        ),
+    );
+    wait_op(ns, OperationState::UpdateComplete).await;
+    let out = wait_until(Duration::from_secs(90), "policy Ready", || {
+        let out = cp.kubectl(&[
+            "get",
+            "csp",
+            "policy",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        async move { (stdout(&out) == "True").then_some(()).ok_or(stdout(&out)) }
+    })
+    .await;
+    assert!(out.is_ok(), "{out:?}");
+    let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns).get("kafka").await.unwrap();
+    let ann = sts.spec.template.metadata.unwrap().annotations.unwrap();
+    for k in [
+        "clustersecurity.io/security-hash",
+        "clustersecurity.io/certificate-hash",
+        "clustersecurity.io/external-certificate-label",
+    ] {
+        assert!(ann.contains_key(k), "{k} missing: {ann:?}");
+    }
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+/// A TLS Secret for `slot` holding `leaf` signed by `ca`, marked as issued for `operation_id`.
+fn tls_secret_yaml(ns: &str, slot: &str, leaf: &pki::KeyedCert, ca: &pki::KeyedCert, operation_id: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-{slot}-tls\n  namespace: {ns}\n  annotations: {{clustersecurity.io/operation-id: {operation_id}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        serde_json::to_string(&leaf.cert_pem).unwrap(),
+        serde_json::to_string(&leaf.key_pem).unwrap(),
+        serde_json::to_string(&ca.cert_pem).unwrap()
+    )
+}
+
+/// What an operator killed after issuing but before recording the rollout leaves behind — the
+/// operation recorded, TLS Secrets written for it — is picked up, not redone: the certificate
+/// issued for the recorded operation is reused (one issuance, one rollout), while one from another
+/// operation is replaced.
+#[tokio::test]
+async fn certificates_issued_for_the_recorded_operation_are_reused_after_a_restart() {
+    let env = env();
+    let cp = &env.cp;
+    let ns = "certs-reuse";
+    webhook_ready(cp).await;
+    // Brokers whose pods stay not ready: the operation is recorded and waits for an ACTIVE cluster.
+    apply(cp, &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"));
+    env.held.hold_new_pods(ns, true);
+    apply(
+        cp,
+        &format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  serviceName: kafka\n  replicas: 1\n  selector: {{matchLabels: {{app: kafka}}}}\n  template:\n    metadata: {{labels: {{app: kafka}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+        ),
+    );
+    // The CAs the operator keeps (as a first, interrupted run would have created them).
+    let now = Timestamp::now();
+    let sans = vec![format!("kafka.{ns}.svc")];
+    let (ext_ca, int_ca) =
+        (pki::new_ca("reuse ext CA", now, 30).unwrap(), pki::new_ca("reuse int CA", now, 30).unwrap());
+    for (slot, ca) in [("external", &ext_ca), ("internal", &int_ca)] {
+        apply(
+            cp,
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: kafka-{slot}-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n  ca.key: {}\n",
+                serde_json::to_string(&ca.cert_pem).unwrap(),
+                serde_json::to_string(&ca.key_pem).unwrap()
+            ),
+        );
+    }
+    apply(cp, &rotation(ns, "{label: e1}", "{label: i1}"));
+    let api = api(ns).await;
+    let operation_id = wait_until(Duration::from_secs(60), "operation recorded, waiting for the cluster", || {
+        let api = api.clone();
+        async move {
+            let st = api.get("certs").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+            match st.current_operation {
+                Some(op) if op.operation_state == OperationState::Pending => Ok(op.operation_id),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Issued for this operation before the "crash": external. From another operation: internal.
+    let ext_leaf = pki::issue_leaf(&ext_ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    let int_leaf = pki::issue_leaf(&int_ca, "kafka", &sans, pki::Usage::ServerAndClient, now, 10).unwrap();
+    apply(cp, &tls_secret_yaml(ns, "external", &ext_leaf, &ext_ca, &operation_id));
+    apply(cp, &tls_secret_yaml(ns, "internal", &int_leaf, &int_ca, "an-earlier-operation"));
+    let generation = sts_generation(ns).await;
+
+    env.held.hold_new_pods(ns, false);
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let st = o.status.unwrap();
+    assert_eq!(st.operations.len(), 1, "one operation");
+    assert_eq!(st.operations[0].operation_id, operation_id);
+    let fingerprint = |pem: &str| pki::pem_fingerprint(pem).unwrap();
+    let ext = secret(ns, "kafka-external-tls").await;
+    assert_eq!(data(&ext, "tls.crt"), ext_leaf.cert_pem, "the certificate issued for the operation is kept");
+    assert_eq!(st.external.unwrap().fingerprint_sha256, Some(fingerprint(&ext_leaf.cert_pem)));
+    let int = secret(ns, "kafka-internal-tls").await;
+    assert_ne!(data(&int, "tls.crt"), int_leaf.cert_pem, "one from another operation is replaced");
+    assert_eq!(st.internal.unwrap().fingerprint_sha256, Some(fingerprint(&data(&int, "tls.crt"))));
+    assert!(openssl_verifies(&int_ca.cert_pem, &data(&int, "tls.crt")), "signed by the kept CA");
+    assert_eq!(
+        int.metadata.annotations.unwrap_or_default().get("clustersecurity.io/operation-id"),
+        Some(&operation_id),
+        "marked with the operation it was issued for"
+    );
+    assert_eq!(sts_generation(ns).await - generation, 1, "one rollout");
+    wait_sts_ready(cp, ns, "kafka").await;
+    support::assert_no_secret_leaks(&[]).await;
+}

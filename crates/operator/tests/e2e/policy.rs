@@ -1,0 +1,343 @@
+//! ClusterSecurityPolicy against a real apiserver with the play kubelet: every row of the seed's
+//! table reaches UPDATE_COMPLETE with its listeners and properties; re-applying changes nothing;
+//! a change during a rollout waits in PENDING; a rollout that can't finish fails with
+//! RolloutFailed; deleting the policy removes its artefacts.
+
+use crate::support;
+
+use std::time::Duration;
+
+use cluster_security_api::{ClusterSecurityPolicy, OperationState};
+use cluster_security_testbed::wait_until;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use crate::support::{apply, brokers, env, stdout, wait_sts_ready, webhook_ready};
+
+fn policy(ns: &str, cluster: &str, auth: &str, cb: &str, in_cluster: bool, timeout: u32) -> String {
+    format!(
+        "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: {cluster}}}\n  clientAuthentication: {auth}\n  encryptionInTransit: {{clientBroker: {cb}, inCluster: {in_cluster}}}\n  rolloutTimeoutSeconds: {timeout}\n"
+    )
+}
+
+async fn csp_api(ns: &str) -> Api<ClusterSecurityPolicy> {
+    Api::namespaced(env().cp.client().await.unwrap(), ns)
+}
+
+/// Wait until the latest operation is in `state` and the status describes the current generation.
+async fn wait_op(ns: &str, state: OperationState, timeout: u64) -> ClusterSecurityPolicy {
+    let api = csp_api(ns).await;
+    wait_until(Duration::from_secs(timeout), &format!("{ns}/policy operation {state:?}"), || {
+        let api = api.clone();
+        async move {
+            let o = api.get("policy").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let latest = st.operations.first().map(|op| op.operation_state);
+            (latest == Some(state) && st.observed_generation == o.metadata.generation)
+                .then_some(o)
+                .ok_or_else(|| format!("{:?} {:?}", latest, st.conditions))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+async fn sts_generation(ns: &str, name: &str) -> i64 {
+    let api: Api<StatefulSet> = Api::namespaced(env().cp.client().await.unwrap(), ns);
+    api.get(name).await.unwrap().metadata.generation.unwrap()
+}
+
+/// Two brokers with a SASL/SCRAM policy applied and rolled out: where the change tests start.
+async fn applied_scram(ns: &str, timeout: u32) -> ClusterSecurityPolicy {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, timeout));
+    let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    o
+}
+
+fn condition(o: &ClusterSecurityPolicy, type_: &str) -> Option<(String, String)> {
+    o.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn every_row_of_the_table_reaches_update_complete() {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    let rows = [
+        (
+            "row-unauth",
+            "{unauthenticated: {enabled: true}}",
+            "PLAINTEXT",
+            false,
+            vec![("PLAINTEXT", 9092)],
+            "REPLICATION:PLAINTEXT",
+        ),
+        (
+            "row-mtls",
+            "{tls: {enabled: true}}",
+            "TLS_PLAINTEXT",
+            true,
+            vec![("PLAINTEXT", 9092), ("TLS", 9094)],
+            "REPLICATION:SSL",
+        ),
+        ("row-scram", "{sasl: {scram: {enabled: true}}}", "TLS", true, vec![("SASL_SCRAM", 9096)], "REPLICATION:SSL"),
+        ("row-iam", "{sasl: {iam: {enabled: true}}}", "TLS", true, vec![("SASL_IAM", 9098)], "REPLICATION:SSL"),
+    ];
+    for (ns, ..) in &rows {
+        brokers(cp, ns, "kafka", 2).await;
+    }
+    for (ns, auth, cb, in_cluster, ..) in &rows {
+        apply(cp, &policy(ns, "kafka", auth, cb, *in_cluster, 120));
+    }
+    let client = cp.client().await.unwrap();
+    for (ns, _, _, _, listeners, replication) in &rows {
+        let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+        let st = o.status.clone().unwrap();
+        let got: Vec<(&str, u16)> = st.listeners.iter().map(|l| (l.name.as_str(), l.port)).collect();
+        assert_eq!(&got, listeners, "{ns}");
+        assert_eq!(condition(&o, "Ready"), Some(("True".into(), "Applied".into())), "{ns}");
+        assert_eq!(st.cluster_state.map(|s| format!("{s:?}")), Some("Active".into()));
+        let op = &st.operations[0];
+        assert!(op.end_time.is_some() && op.target_info.is_some() && op.source_info.is_none(), "{op:?}");
+        assert!(st.current_operation.is_none());
+        // The artefacts: ConfigMap with the properties, pod template annotated with the hash.
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get("kafka-security").await.unwrap();
+        let props = cm.data.as_ref().unwrap()["server.properties"].clone();
+        for (name, port) in listeners {
+            assert!(props.contains(&format!("{name}://:{port}")), "{ns}: {props}");
+        }
+        assert!(props.contains(replication), "{ns}: {props}");
+        assert!(cm.data.as_ref().unwrap().contains_key("security.json"));
+        let sts = Api::<StatefulSet>::namespaced(client.clone(), ns).get("kafka").await.unwrap();
+        let ann = sts.spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(ann.get("clustersecurity.io/security-hash"), st.security_hash.as_ref(), "{ns}");
+        wait_sts_ready(cp, ns, "kafka").await;
+    }
+    // mTLS without a CA given: the operator generated one, owned by the policy.
+    let ca = Api::<Secret>::namespaced(client.clone(), "row-mtls").get("kafka-client-ca").await.unwrap();
+    let data = ca.data.unwrap();
+    assert!(String::from_utf8_lossy(&data["ca.crt"].0).contains("BEGIN CERTIFICATE"));
+    assert_eq!(ca.metadata.owner_references.unwrap()[0].kind, "ClusterSecurityPolicy");
+    let props = stdout(&cp.kubectl(&[
+        "get",
+        "cm",
+        "kafka-security",
+        "-n",
+        "row-mtls",
+        "-o",
+        "jsonpath={.data.server\\.properties}",
+    ]));
+    assert!(props.contains("listener.name.tls.ssl.client.auth=required"), "{props}");
+    // The printer columns show the outcome.
+    let table = stdout(&cp.kubectl(&["get", "csp", "-n", "row-scram"]));
+    assert!(
+        table.contains("SASL/SCRAM")
+            && table.contains("ACTIVE")
+            && table.contains("UPDATE_COMPLETE")
+            && table.contains("True"),
+        "{table}"
+    );
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn same_settings_start_nothing_and_changes_roll_once() {
+    let cp = &env().cp;
+    let ns = "idempotent";
+    let first = applied_scram(ns, 120).await;
+    let gen_before = sts_generation(ns, "kafka").await;
+    // Same settings, new generation (only the timeout changed): no operation, no rollout.
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 300));
+    let api = csp_api(ns).await;
+    let after = wait_until(Duration::from_secs(30), "generation 2 observed", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("policy").await.map_err(|e| e.to_string())?;
+            (o.status.as_ref().and_then(|s| s.observed_generation) == Some(2))
+                .then_some(o)
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(after.status.as_ref().unwrap().operations.len(), first.status.as_ref().unwrap().operations.len());
+    assert_eq!(sts_generation(ns, "kafka").await, gen_before, "no rollout for unchanged settings");
+    assert_eq!(condition(&after, "Ready"), Some(("True".into(), "Applied".into())));
+
+    // A real change: one new operation, one new workload generation, source = old settings.
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 300));
+    let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let st = o.status.unwrap();
+    assert_eq!(st.operations.len(), 2);
+    assert_ne!(st.operations[0].operation_id, st.operations[1].operation_id);
+    let src = st.operations[0].source_info.as_ref().unwrap();
+    assert!(src.client_authentication.scram_enabled() && !src.client_authentication.iam_enabled());
+    assert_eq!(sts_generation(ns, "kafka").await, gen_before + 1, "exactly one rollout");
+    assert_eq!(st.listeners.iter().map(|l| l.port).collect::<Vec<_>>(), vec![9096, 9098]);
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn change_during_rollout_waits_pending_then_proceeds() {
+    let cp = &env().cp;
+    let held = &env().held;
+    let ns = "pending";
+    applied_scram(ns, 300).await;
+
+    // Someone else starts a rollout that can't finish yet (new pods stay not ready).
+    held.hold_new_pods(ns, true);
+    let out = cp.kubectl(&[
+        "patch",
+        "statefulset",
+        "kafka",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"team/restart":"1"}}}}}"#,
+    ]);
+    assert!(out.status.success());
+    apply(cp, &policy(ns, "kafka", "{sasl: {iam: {enabled: true}}}", "TLS", true, 300));
+    let o = wait_op(ns, OperationState::Pending, 60).await;
+    assert_eq!(condition(&o, "Reconciling").map(|c| c.1), Some("WaitingForActiveCluster".into()));
+    let gen_pending = sts_generation(ns, "kafka").await;
+
+    // The other rollout finishes: the queued operation runs and completes.
+    held.hold_new_pods(ns, false);
+    let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let st = o.status.unwrap();
+    assert!(st.applied.unwrap().client_authentication.iam_enabled());
+    assert_eq!(sts_generation(ns, "kafka").await, gen_pending + 1);
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn rollout_that_cannot_finish_fails_and_stalls() {
+    let cp = &env().cp;
+    let held = &env().held;
+    let ns = "stuck";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 2).await;
+    held.hold_new_pods(ns, true);
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 5));
+    let o = wait_op(ns, OperationState::UpdateFailed, 60).await;
+    let st = o.status.clone().unwrap();
+    let err = st.operations[0].error_info.clone().unwrap();
+    assert_eq!(err.code, "RolloutFailed");
+    assert!(err.message.contains("rolloutTimeoutSeconds=5"), "{}", err.message);
+    assert_eq!(condition(&o, "Stalled"), Some(("True".into(), "RolloutFailed".into())));
+    assert!(st.applied.is_none(), "nothing is reported applied");
+    held.hold_new_pods(ns, false);
+    // kubectl wait sees the failure the way GitOps tools do.
+    let out = cp.kubectl(&["wait", "csp/policy", "-n", ns, "--for=condition=Stalled", "--timeout=5s"]);
+    assert!(out.status.success());
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn deleting_the_policy_removes_its_artefacts_not_the_workload() {
+    let cp = &env().cp;
+    let ns = "cleanup";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(cp, &policy(ns, "kafka", "{tls: {enabled: true}}", "TLS", true, 120));
+    wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let out = cp.kubectl(&["delete", "csp", "policy", "-n", ns, "--wait=true"]);
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(60), "artefacts garbage-collected", || {
+        let out = cp.kubectl(&["get", "cm,secret", "-n", ns, "-o", "name"]);
+        let text = stdout(&out);
+        async move { (!text.contains("kafka-security") && !text.contains("kafka-client-ca")).then_some(()).ok_or(text) }
+    })
+    .await
+    .unwrap();
+    let out = cp.kubectl(&["get", "statefulset", "kafka", "-n", ns]);
+    assert!(out.status.success(), "the workload stays");
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn change_during_own_rollout_is_queued_not_interleaved() {
+    let cp = &env().cp;
+    let held = &env().held;
+    let ns = "queued";
+    applied_scram(ns, 300).await;
+
+    // Our own rollout is stuck on not-ready pods...
+    held.hold_new_pods(ns, true);
+    apply(cp, &policy(ns, "kafka", "{sasl: {iam: {enabled: true}}}", "TLS", true, 300));
+    wait_op(ns, OperationState::UpdateInProgress, 60).await;
+    let gen_rolling = sts_generation(ns, "kafka").await;
+    // ...when the spec changes again: it is seen, but nothing new rolls meanwhile.
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 300));
+    let o = wait_op(ns, OperationState::UpdateInProgress, 60).await;
+    assert_eq!(o.status.as_ref().unwrap().observed_generation, Some(3));
+    let current = o.status.as_ref().unwrap().current_operation.clone().unwrap();
+    let target = current.target_info.unwrap().client_authentication;
+    assert!(target.iam_enabled() && !target.scram_enabled(), "the running operation keeps its target");
+    assert_eq!(sts_generation(ns, "kafka").await, gen_rolling, "no second rollout interleaved");
+
+    // Released: the running operation completes, then the queued change runs on its own.
+    held.hold_new_pods(ns, false);
+    let api = csp_api(ns).await;
+    let o = wait_until(Duration::from_secs(120), "the queued settings applied", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("policy").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let done = st
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.client_authentication.scram_enabled() && a.client_authentication.iam_enabled())
+                && st.current_operation.is_none();
+            done.then_some(o)
+                .ok_or_else(|| format!("{:?}", st.operations.iter().map(|op| op.operation_state).collect::<Vec<_>>()))
+        }
+    })
+    .await
+    .unwrap();
+    let ops = o.status.unwrap().operations;
+    assert_eq!(ops.len(), 3);
+    assert!(ops.iter().all(|op| op.operation_state == OperationState::UpdateComplete), "{ops:?}");
+    assert_eq!(sts_generation(ns, "kafka").await, gen_rolling + 1, "one rollout per operation");
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn missing_ca_secret_fails_then_retries_once_it_exists() {
+    let cp = &env().cp;
+    let ns = "missing-ca";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let gen = sts_generation(ns, "kafka").await;
+    let auth = "{tls: {enabled: true, certificateAuthoritySecretRefs: [{name: corp-ca}]}}";
+    apply(cp, &policy(ns, "kafka", auth, "TLS", true, 120));
+    let o = wait_op(ns, OperationState::UpdateFailed, 60).await;
+    let err = o.status.as_ref().unwrap().operations[0].error_info.clone().unwrap();
+    assert_eq!(err.code, "SecretNotFound");
+    assert!(err.message.contains("corp-ca") && err.message.contains("ca.crt"), "{}", err.message);
+    assert_eq!(condition(&o, "Stalled"), Some(("True".into(), "SecretNotFound".into())));
+    assert_eq!(sts_generation(ns, "kafka").await, gen, "nothing rolled");
+
+    // The Secret appears: the operator retries on its own and completes.
+    let ca = cluster_security_testbed::pki::new_ca("corp", k8s_openapi::jiff::Timestamp::now(), 30).unwrap();
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n",
+            serde_json::to_string(&ca.cert_pem).unwrap()
+        ),
+    );
+    let o = wait_op(ns, OperationState::UpdateComplete, 90).await;
+    assert_eq!(o.status.as_ref().unwrap().operations.len(), 2);
+    let bundle = Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get("kafka-client-ca").await.unwrap();
+    assert_eq!(
+        String::from_utf8(bundle.data.unwrap()["ca.crt"].0.clone()).unwrap(),
+        ca.cert_pem,
+        "the given CA is the bundle"
+    );
+    support::assert_no_secret_leaks(&[]).await;
+}

@@ -1,0 +1,116 @@
+//! Shared end-to-end environment: one control plane, the operator with its webhook, and the play
+//! kubelet, started on first use and stopped when the test binary exits.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cluster_security_testbed::kubelet::{Held, PlayKubelet};
+use cluster_security_testbed::leaks;
+use cluster_security_testbed::operator::{self, Operator};
+use cluster_security_testbed::{free_port, wait_until, ControlPlane, Options};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use kube::Api;
+
+pub struct Env {
+    pub cp: ControlPlane,
+    pub operator: Operator,
+    pub held: Held,
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cp = ControlPlane::start(Options::default()).expect("control plane starts");
+        let port = free_port();
+        operator::install(&cp, Some(port)).expect("install CRDs and webhook configuration");
+        let op = Operator::start(&cp, Path::new(env!("CARGO_BIN_EXE_cluster-security-operator")), port, &[] as &[&str])
+            .expect("operator starts");
+        // The play kubelet gets a runtime of its own that lives as long as the test binary.
+        let kubeconfig = cp.kubeconfig_path();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                let kubelet = PlayKubelet::start(kube::Client::try_from(cfg).unwrap(), "play-node").await.unwrap();
+                tx.send(kubelet.held()).unwrap();
+                futures::future::pending::<()>().await;
+            })
+        });
+        let held = rx.recv().expect("play kubelet starts");
+        Env { cp, operator: op, held }
+    })
+}
+
+/// Secrets stay secret: no value of any Secret (nor `markers`) in the operator's log, any Event,
+/// or any status of our objects (see [`leaks::audit`]). Every test ends with it, so the whole
+/// suite's flows are checked, not only the ones written to provoke a leak.
+pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
+    leaks::assert_none(&env().cp, markers).await
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// kubectl apply of a manifest given as text; panics with kubectl's message on failure.
+pub fn apply(cp: &ControlPlane, manifest: &str) {
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(out.status.success(), "kubectl apply failed: {}\n{manifest}", stderr(&out));
+}
+
+/// Wait until the webhook's caBundle is published (the operator does it at start).
+pub async fn webhook_ready(cp: &ControlPlane) {
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
+    wait_until(Duration::from_secs(30), "webhook caBundle published", || {
+        let vwc = vwc.clone();
+        async move {
+            let cfg = vwc.get("cluster-security-operator").await.map_err(|e| e.to_string())?;
+            let has = cfg.webhooks.unwrap_or_default().iter().all(|w| w.client_config.ca_bundle.is_some());
+            has.then_some(()).ok_or_else(|| "no caBundle yet".to_string())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A namespace with a broker StatefulSet of `replicas` pods, all ready.
+pub async fn brokers(cp: &ControlPlane, ns: &str, name: &str, replicas: i32) {
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceName: {name}\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+        ),
+    );
+    wait_sts_ready(cp, ns, name).await;
+}
+
+/// Wait until every replica of a StatefulSet runs the current revision and is ready.
+pub async fn wait_sts_ready(cp: &ControlPlane, ns: &str, name: &str) {
+    wait_until(Duration::from_secs(90), &format!("statefulset {ns}/{name} ready"), || {
+        let out = cp.kubectl(&[
+            "get",
+            "statefulset",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.replicas}/{.status.readyReplicas}/{.status.updatedReplicas}/{.status.currentRevision}/{.status.updateRevision}",
+        ]);
+        let text = stdout(&out);
+        async move {
+            let p: Vec<&str> = text.split('/').collect();
+            (p.len() == 5 && p[0] == p[1] && p[0] == p[2] && p[3] == p[4] && !p[3].is_empty()).then_some(()).ok_or(text)
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests that break things: operator SIGKILLs, kube-apiserver and etcd restarts,
+//! leader hand-over between two replicas. Each test owns its control plane.
+
+#[path = "../e2e/support.rs"]
+mod support;
+
+mod faults;
+mod ha;
+mod restart;

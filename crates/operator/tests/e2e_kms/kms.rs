@@ -1,0 +1,362 @@
+//! KmsKeyVaultMode end to end, against a real kube-apiserver + etcd whose Secrets are encrypted by
+//! a KMS v1 plugin, and the local Azure emulator that, like AKS, reconfigures that apiserver's
+//! encryption (and restarts it) when KMS is turned on or off. etcd is read directly to see how
+//! every Secret is stored.
+//!
+//! One control plane, the phases in order:
+//! 1. Public → Private with another writer updating and deleting Secrets meanwhile: the five
+//!    steps, every Secret plaintext after the disable step, KMS-encrypted at the end, the writer's
+//!    last writes kept and deleted Secrets still deleted.
+//! 2. Private → Public.
+//! 3. DisableKms fails: the Secrets are still rewritten, then the operation ends UPDATE_FAILED.
+//! 4. SIGKILL of the operator in the middle of a Secret rewrite: it resumes, not starts over.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_security_api::{
+    KeyCheckResult, KmsKeyVaultMode, KmsKeyVaultModeStatus, Operation, OperationState, StepName, StepState,
+};
+use cluster_security_testbed::azure::{kms_hook, AzureEmulator, Spec};
+use cluster_security_testbed::kms_plugin::{self, KmsPlugin};
+use cluster_security_testbed::leaks;
+use cluster_security_testbed::operator::{self, Operator};
+use cluster_security_testbed::{create_numbered_secrets, free_port, wait_until, ControlPlane, Options};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+/// Secrets created up front, spread over three namespaces.
+const SECRETS: usize = 3000;
+const WRITER_NS: &str = "kms-writer";
+const WRITER_SECRETS: usize = 10;
+const DOOMED_NS: &str = "kms-doomed";
+const DOOMED_SECRETS: usize = 20;
+
+fn kms_yaml(spec: &Spec, vault: &str, mode: &str, reencryption: &str) -> String {
+    format!(
+        "apiVersion: clustersecurity.io/v1alpha1\nkind: KmsKeyVaultMode\nmetadata: {{name: cluster}}\nspec:\n  networkAccess: {mode}\n  keyId: {}\n  keyVaultResourceId: {}\n  provider:\n    azure: {{subscriptionId: {}, resourceGroup: {}, clusterName: {}}}\n  reencryption: {reencryption}\n",
+        spec.key_id(vault, "v1"),
+        spec.vault_resource_id(vault),
+        spec.subscription_id,
+        spec.resource_group,
+        spec.cluster_name
+    )
+}
+
+fn apply(cp: &ControlPlane, manifest: &str) {
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn status(api: &Api<KmsKeyVaultMode>) -> Result<(Option<i64>, KmsKeyVaultModeStatus), String> {
+    let o = api.get("cluster").await.map_err(|e| e.to_string())?;
+    Ok((o.metadata.generation, o.status.unwrap_or_default()))
+}
+
+/// Wait until the operation for the current generation has ended; returns it with the status.
+async fn wait_operation_end(
+    cp: &ControlPlane,
+    secs: u64,
+) -> (Operation<cluster_security_api::KmsSettings>, KmsKeyVaultModeStatus) {
+    wait_until(Duration::from_secs(secs), "KmsKeyVaultMode operation ends", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (generation, s) = status(&api).await?;
+        match s.operations.first() {
+            Some(op)
+                if op.generation == generation && op.operation_state.is_terminal() && s.current_operation.is_none() =>
+            {
+                Ok((op.clone(), s.clone()))
+            }
+            _ => Err(format!(
+                "phase {:?}, progress {:?}, steps {:?}",
+                s.phase,
+                s.progress,
+                s.steps.iter().map(|x| (x.name, x.state)).collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// How etcd stores every Secret: `kms:<vault>`, `plain` or `other`.
+fn etcd_secrets(cp: &ControlPlane) -> Vec<(String, String)> {
+    cp.etcd_get_prefix("/registry/secrets/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let how = ["kv-orders", "kv-other"]
+                .iter()
+                .find(|vault| kms_plugin::stored_with_kms(&v, vault))
+                .map(|vault| format!("kms:{vault}"))
+                .unwrap_or_else(|| if kms_plugin::stored_plain(&v) { "plain".into() } else { "other".into() });
+            (k, how)
+        })
+        .collect()
+}
+
+fn assert_all_stored(cp: &ControlPlane, want: &str, when: &str) {
+    let all = etcd_secrets(cp);
+    assert!(all.len() >= SECRETS, "{when}: only {} Secrets in etcd", all.len());
+    let wrong: Vec<_> = all.iter().filter(|(_, how)| *how != want).take(5).collect();
+    assert!(wrong.is_empty(), "{when}: every Secret should be stored {want}; not: {wrong:?} (of {})", all.len());
+}
+
+/// Another writer: replaces the writer Secrets' data over and over (read-modify-write, retried
+/// across apiserver restarts) and deletes the doomed Secrets one by one, until told to stop.
+/// Returns the last value it wrote to each Secret.
+fn start_writer(
+    kubeconfig: std::path::PathBuf,
+    stop: Arc<Mutex<bool>>,
+) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
+    tokio::spawn(async move {
+        let client = || async {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+            Client::try_from(cfg).unwrap()
+        };
+        let mut last = BTreeMap::new();
+        let mut round = 0usize;
+        let mut doomed = 0usize;
+        while !*stop.lock().unwrap() {
+            let c = client().await;
+            let api: Api<Secret> = Api::namespaced(c.clone(), WRITER_NS);
+            let name = format!("w-{:05}", round % WRITER_SECRETS);
+            let value = format!("round-{round}");
+            if let Ok(mut s) = api.get(&name).await {
+                s.data = Some([("v".to_string(), ByteString(value.clone().into_bytes()))].into());
+                if api.replace(&name, &PostParams::default(), &s).await.is_ok() {
+                    last.insert(name, value);
+                    round += 1;
+                }
+            }
+            if doomed < DOOMED_SECRETS && round % 3 == 0 {
+                let d: Api<Secret> = Api::namespaced(c, DOOMED_NS);
+                match d.delete(&format!("d-{doomed:05}"), &DeleteParams::default()).await {
+                    Ok(_) => doomed += 1,
+                    Err(kube::Error::Api(e)) if e.code == 404 => doomed += 1,
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(doomed, DOOMED_SECRETS, "the writer deleted every doomed Secret");
+        last
+    })
+}
+
+fn step_names(s: &KmsKeyVaultModeStatus) -> Vec<StepName> {
+    s.steps.iter().map(|x| x.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator() {
+    let plugin = KmsPlugin::start().await.unwrap();
+    let vaults = ["kv-orders", "kv-other"];
+    let cp = Arc::new(tokio::task::block_in_place(|| {
+        ControlPlane::start(Options { encryption_config: Some(plugin.encryption_config(Some("kv-orders"), &vaults)) })
+            .unwrap()
+    }));
+    let client = cp.client().await.unwrap();
+
+    // The AKS cluster starts with KMS on, vault kv-orders, Public.
+    let mut spec = Spec::new("aks-orders", &vaults, "v1");
+    spec.kms = json!({"enabled": true, "keyId": spec.key_id("kv-orders", "v1"), "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""});
+    let hook = kms_hook(cp.clone(), plugin.endpoint.clone(), vaults.iter().map(|v| v.to_string()).collect());
+    let emu = AzureEmulator::start(spec.clone(), Some(hook)).await.unwrap();
+
+    // Secrets before anything: stored with KMS.
+    create_numbered_secrets(&client, "kms-a", "s", SECRETS / 3).await.unwrap();
+    create_numbered_secrets(&client, "kms-b", "s", SECRETS / 3).await.unwrap();
+    create_numbered_secrets(&client, "kms-c", "s", SECRETS - 2 * (SECRETS / 3)).await.unwrap();
+    create_numbered_secrets(&client, WRITER_NS, "w", WRITER_SECRETS).await.unwrap();
+    create_numbered_secrets(&client, DOOMED_NS, "d", DOOMED_SECRETS).await.unwrap();
+    assert_all_stored(&cp, "kms:kv-orders", "at start");
+
+    // The operator, authenticating with a client secret kept in a Secret, trusting the
+    // emulator's CA.
+    let port = free_port();
+    tokio::task::block_in_place(|| operator::install(&cp, Some(port))).unwrap();
+    let args = tokio::task::block_in_place(|| emu.operator_args(&cp)).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
+    let mut op = tokio::task::block_in_place(|| Operator::start(&cp, binary, port, &args)).unwrap();
+
+    // ---- 1. Public → Private, with another writer at work. --------------------------------
+    emu.set_lro(1, Duration::from_secs(6)); // a window to look at etcd before KMS comes back on
+    let stop = Arc::new(Mutex::new(false));
+    let writer = start_writer(cp.kubeconfig_path(), stop.clone());
+    apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
+
+    // While EnableKms runs (KMS still off), every Secret is plaintext: the disable step's
+    // rewrite reached them all, and the writer's writes are plaintext too.
+    wait_until(Duration::from_secs(180), "EnableKms in progress", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (_, s) = status(&api).await?;
+        s.steps
+            .iter()
+            .any(|x| x.name == StepName::EnableKms && x.state == StepState::InProgress)
+            .then_some(())
+            .ok_or(format!("steps {:?}", s.steps.iter().map(|x| (x.name, x.state)).collect::<Vec<_>>()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(emu.vault_public("kv-orders"), Some(false), "the vault went private before KMS came back");
+    assert_all_stored(&cp, "plain", "after DisableKms + ReencryptSecrets");
+
+    let (done, s) = wait_operation_end(&cp, 240).await;
+    *stop.lock().unwrap() = true;
+    let last_writes = writer.await.unwrap();
+    assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
+    assert_eq!(
+        step_names(&s),
+        vec![
+            StepName::DisableKms,
+            StepName::ReencryptSecrets,
+            StepName::UpdateKeyVaultNetworkAccess,
+            StepName::EnableKms,
+            StepName::ReencryptSecrets
+        ]
+    );
+    assert!(s.steps.iter().all(|x| x.state == StepState::Succeeded && x.start_time.is_some() && x.end_time.is_some()));
+    assert_eq!(s.kms.as_deref(), Some("Enabled"));
+    assert_eq!(s.phase.as_deref(), Some("Idle"));
+    assert_eq!(s.key_check.as_ref().map(|k| k.result), Some(KeyCheckResult::Usable));
+    let r = s.reencryption.clone().unwrap();
+    assert!(r.rewritten >= SECRETS as u64, "{r:?}");
+    assert_eq!(r.failed, 0);
+    assert!(s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{:?}", s.conditions);
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
+    assert_eq!(
+        emu.log(),
+        vec![
+            "PUT kms enabled=false",
+            "PATCH vault kv-orders publicNetworkAccess=Disabled",
+            "PUT kms enabled=true vault=kv-orders access=Private"
+        ]
+    );
+    assert_all_stored(&cp, "kms:kv-orders", "after Public → Private");
+    // Nothing lost or overwritten: the writer's last writes are there, deleted Secrets are gone.
+    assert!(last_writes.len() == WRITER_SECRETS, "the writer wrote every Secret: {last_writes:?}");
+    let wapi: Api<Secret> = Api::namespaced(cp.client().await.unwrap(), WRITER_NS);
+    for (name, value) in &last_writes {
+        let got = wapi.get(name).await.unwrap().data.unwrap()["v"].0.clone();
+        assert_eq!(String::from_utf8(got).unwrap(), *value, "{name} keeps the writer's last write");
+    }
+    let doomed =
+        Api::<Secret>::namespaced(cp.client().await.unwrap(), DOOMED_NS).list(&Default::default()).await.unwrap();
+    let left: Vec<_> =
+        doomed.items.iter().filter_map(|s| s.metadata.name.clone()).filter(|n| n.starts_with("d-")).collect();
+    assert!(left.is_empty(), "deleted Secrets stay deleted: {left:?}");
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        "involvedObject.kind=KmsKeyVaultMode",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    let reasons = String::from_utf8_lossy(&events.stdout).to_string();
+    for r in ["UpdateRecorded", "UpdateStarted", "DisableKmsSucceeded", "UpdateCompleted"] {
+        assert!(reasons.contains(r), "event {r} in {reasons}");
+    }
+
+    // ---- 2. Private → Public. ----------------------------------------------------------------
+    emu.set_lro(1, Duration::from_millis(200));
+    apply(&cp, &kms_yaml(&spec, "kv-orders", "Public", "{concurrency: 8, pageSize: 250}"));
+    let (done, s) = wait_operation_end(&cp, 240).await;
+    assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
+    assert_eq!(s.steps.len(), 5);
+    assert_eq!(emu.vault_public("kv-orders"), Some(true));
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
+    assert_all_stored(&cp, "kms:kv-orders", "after Private → Public");
+    let printed = cp.kubectl(&["get", "kmsmode", "cluster"]);
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        printed.contains("MODE")
+            && printed.contains("PROGRESS")
+            && printed.contains("Enabled")
+            && printed.contains("Idle"),
+        "{printed}"
+    );
+
+    // ---- 3. DisableKms fails: the Secrets are still rewritten, then UPDATE_FAILED. ------------
+    let puts_before = emu.log().len();
+    emu.fail_next_update("KMSPluginUnavailable", "the KMS plugin could not be stopped");
+    apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
+    let (done, s) = wait_operation_end(&cp, 240).await;
+    assert_eq!(done.operation_state, OperationState::UpdateFailed);
+    let err = done.error_info.unwrap();
+    assert!(err.message.contains("DisableKms") && err.message.contains("KMSPluginUnavailable"), "{err:?}");
+    let states: Vec<(StepName, StepState)> = s.steps.iter().map(|x| (x.name, x.state)).collect();
+    assert_eq!(
+        &states[..3],
+        &[
+            (StepName::DisableKms, StepState::Failed),
+            (StepName::ReencryptSecrets, StepState::Succeeded),
+            (StepName::UpdateKeyVaultNetworkAccess, StepState::Pending)
+        ]
+    );
+    assert!(s.conditions.iter().any(|c| c.type_ == "Stalled" && c.reason == "OperationFailed"), "{:?}", s.conditions);
+    assert_eq!(emu.log()[puts_before..], ["PUT kms enabled=false", "FAILED KMSPluginUnavailable: enabled=false"]);
+    assert_eq!(emu.vault_public("kv-orders"), Some(true), "nothing after the failed step ran");
+    assert_all_stored(&cp, "kms:kv-orders", "after the failed DisableKms (KMS still on)");
+
+    // ---- 4. SIGKILL in the middle of a rewrite: the run resumes from where it stopped. ---------
+    // A move to the other vault: UpdateKms, then one slow rewrite (one Secret at a time).
+    let secrets_total =
+        Api::<Secret>::all(cp.client().await.unwrap()).list_metadata(&Default::default()).await.unwrap().items.len()
+            as u64;
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 1, pageSize: 20}"));
+    let seen = wait_until(Duration::from_secs(180), "half of the Secrets rewritten", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (_, s) = status(&api).await?;
+        let r = s.reencryption.clone().unwrap_or_default();
+        let handled = r.rewritten + r.unchanged + r.deleted + r.failed;
+        let running = s.steps.iter().any(|x| x.name == StepName::ReencryptSecrets && x.state == StepState::InProgress);
+        (running && handled * 2 >= secrets_total).then_some((handled, s.clone())).ok_or(format!("{:?}", s.progress))
+    })
+    .await
+    .unwrap();
+    op.kill();
+    let (handled_at_kill, at_kill) = seen;
+    let op_id = at_kill.current_operation.clone().unwrap().operation_id;
+    tokio::task::block_in_place(|| op.restart()).unwrap();
+    let (done, s) = wait_operation_end(&cp, 240).await;
+    assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
+    assert_eq!(done.operation_id, op_id, "the same operation finished");
+    assert_eq!(s.operations.iter().filter(|o| o.operation_id == op_id).count(), 1, "no duplicate operation record");
+    assert_eq!(step_names(&s), vec![StepName::UpdateKms, StepName::ReencryptSecrets]);
+    let r = s.reencryption.clone().unwrap();
+    let secrets_now =
+        Api::<Secret>::all(cp.client().await.unwrap()).list_metadata(&Default::default()).await.unwrap().items.len()
+            as u64;
+    let handled = r.rewritten + r.unchanged + r.deleted + r.failed;
+    assert_eq!(r.total, secrets_total, "the count of Secrets to rewrite");
+    assert_eq!(r.start_time, at_kill.reencryption.clone().unwrap().start_time, "the run kept its start");
+    assert_eq!(handled, secrets_now, "every Secret counted once: resumed, not started over ({r:?})");
+    assert!(
+        r.unchanged < handled_at_kill,
+        "only the pages after the last saved resume point were redone ({r:?}, {handled_at_kill} handled at the kill)"
+    );
+    assert_eq!(emu.kms()["keyId"], spec.key_id("kv-other", "v1"));
+    assert_all_stored(&cp, "kms:kv-other", "after the resumed rewrite: every Secret under the new vault's key");
+    assert!(op.log_text().contains("resuming the Secret rewrite"), "the restarted operator resumed");
+    // The restarted operator's metrics carry the run's final counters.
+    let (_, metrics) = operator::http_get(op.health_port, "/metrics").expect("metrics served");
+    for (counter, v) in [("total", r.total), ("rewritten", r.rewritten), ("failed", r.failed)] {
+        let line = format!("csop_reencryption_secrets{{kmskeyvaultmode=\"cluster\",counter=\"{counter}\"}} {v}.0");
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
+    // The Azure client secret (from the credentials Secret; named too in case that Secret is
+    // gone), and every other Secret value, is nowhere the operator writes.
+    let report = leaks::assert_none(&cp, &[&spec.client_secret]).await;
+    assert!(report.secrets >= SECRETS && report.statuses == 1, "{report}");
+    eprintln!("secret leak audit: {report}");
+    drop(plugin);
+}

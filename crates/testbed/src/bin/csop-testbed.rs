@@ -1,0 +1,196 @@
+//! `csop-testbed demo`: the operator's whole job on a local control plane, from a fresh machine.
+//! Starts a KMS plugin, etcd + kube-apiserver (Secrets encrypted with KMS) + kube-controller-manager
+//! on loopback and the local Azure emulator, installs the CRDs and the webhook, runs the operator
+//! and the play kubelet, applies `examples/`, shows an invalid example being refused, and prints
+//! `kubectl get clustersecurity` until everything settles.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use cluster_security_testbed::azure::{kms_hook, AzureEmulator, Spec};
+use cluster_security_testbed::kms_plugin::KmsPlugin;
+use cluster_security_testbed::kubelet::PlayKubelet;
+use cluster_security_testbed::operator::{self, Operator};
+use cluster_security_testbed::{free_port, ControlPlane, Options};
+
+#[derive(Parser)]
+#[command(about = "Local control plane for the cluster-security-operator demo")]
+enum Cmd {
+    /// Run the demo; keeps the control plane up until Ctrl-C unless --exit is given.
+    Demo {
+        /// Stop everything once the resources have settled (for CI).
+        #[arg(long)]
+        exit: bool,
+        /// How long to wait for the resources to settle.
+        #[arg(long, default_value = "240")]
+        settle_seconds: u64,
+    },
+}
+
+fn say(msg: &str) {
+    println!("\n==> {msg}");
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn operator_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("cluster-security-operator");
+    anyhow::ensure!(bin.exists(), "{} not found: build it with `cargo build --bins`", bin.display());
+    Ok(bin)
+}
+
+/// Every object of ours reports the generation it last reconciled.
+fn settled(cp: &ControlPlane) -> bool {
+    let out = cp.kubectl(&[
+        "get",
+        "clustersecurity",
+        "-A",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.generation}={.status.observedGeneration}={.status.currentOperation.operationId} {end}",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The KmsKeyVaultMode example must have switched the vault to Private.
+    let kms =
+        cp.kubectl(&["get", "kmsmode", "cluster", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+    let kms_ready = String::from_utf8_lossy(&kms.stdout).trim() == "True";
+    let reconciled = kms_ready
+        && out.status.success()
+        && !text.trim().is_empty()
+        && text.split_whitespace().all(|p| {
+            // generation observed, and no operation still running
+            let parts: Vec<&str> = p.split('=').collect();
+            parts.len() == 3 && parts[0] == parts[1] && parts[2].is_empty()
+        });
+    // ...and the play kubelet brought the example brokers up.
+    let sts = cp.kubectl(&[
+        "get",
+        "statefulset",
+        "orders-kafka",
+        "-n",
+        "kafka",
+        "-o",
+        "jsonpath={.status.readyReplicas}/{.spec.replicas}",
+    ]);
+    let sts = String::from_utf8_lossy(&sts.stdout);
+    reconciled && sts.split_once('/').is_some_and(|(a, b)| a == b)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cmd::Demo { exit, settle_seconds } = Cmd::parse();
+    let root = cluster_security_testbed::repo_root();
+
+    say("starting a KMS v1 plugin (gRPC on an abstract unix socket) for etcd encryption of Secrets");
+    let plugin = KmsPlugin::start().await?;
+    say("starting etcd, kube-apiserver and kube-controller-manager on loopback, Secrets encrypted with KMS (first run builds them: ~5-8 min)");
+    let vaults = ["orders-kv"];
+    let cp = Arc::new(ControlPlane::start(Options {
+        encryption_config: Some(plugin.encryption_config(Some("orders-kv"), &vaults)),
+    })?);
+    let kubeconfig = cp.kubeconfig_path();
+    println!("    control plane up; files and logs in {}", cp.dir().display());
+
+    say("starting the LOCAL AZURE EMULATOR (Azure itself cannot be reached from here): Resource Manager, Entra ID and Key Vault contracts over HTTPS; like AKS, a KMS change rewrites the apiserver's encryption config and restarts it");
+    let mut spec = Spec::new("orders-aks", &vaults, "0123abcd");
+    spec.subscription_id = "00000000-0000-0000-0000-000000000000".into();
+    spec.resource_group = "orders-rg".into();
+    spec.kms = serde_json::json!({"enabled": true, "keyId": spec.key_id("orders-kv", "0123abcd"), "keyVaultNetworkAccess": "Public", "keyVaultResourceId": ""});
+    let hook = kms_hook(cp.clone(), plugin.endpoint.clone(), vaults.iter().map(|v| v.to_string()).collect());
+    let emu = AzureEmulator::start(spec.clone(), Some(hook)).await?;
+    println!("    emulator at {}; cluster orders-aks has KMS on with key vault orders-kv, Public", emu.url);
+
+    say("installing the CRDs and the validating webhook configuration (URL webhook on 127.0.0.1)");
+    let webhook_port = free_port();
+    operator::install(&cp, Some(webhook_port))?;
+    let args = emu.operator_args(&cp)?;
+
+    say("starting the operator (cluster-security-operator run), pointed at the emulator");
+    let op = Operator::start(&cp, &operator_binary()?, webhook_port, &args)?;
+    println!("    operator ready; log: {}", op.log.display());
+
+    say(
+        "starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run",
+    );
+    let client = cp.client().await?;
+    let _kubelet = PlayKubelet::start(client, "play-node").await?;
+
+    say("kubectl apply -f examples/");
+    let examples = root.join("examples");
+    let mut applied = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !applied {
+        // The webhook's caBundle lands a moment after the operator starts.
+        let out = cp.kubectl(&["apply", "-f", examples.to_str().context("utf-8 path")?]);
+        applied = out.status.success();
+        if applied || Instant::now() > deadline {
+            print!("{}", show(&out));
+            anyhow::ensure!(applied, "applying examples/ failed");
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    say("an invalid example is refused by the webhook: kubectl apply -f examples/invalid/csp-scram-plaintext.yaml");
+    let bad = examples.join("invalid/csp-scram-plaintext.yaml");
+    // The KMS example restarts kube-apiserver (as AKS does) meanwhile: ask again until it answers.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = cp.kubectl(&["apply", "-f", bad.to_str().context("utf-8 path")?]);
+        anyhow::ensure!(!out.status.success(), "the invalid example was accepted");
+        let refused = String::from_utf8_lossy(&out.stderr).contains("denied the request");
+        if refused || Instant::now() > deadline {
+            print!("{}", show(&out));
+            anyhow::ensure!(refused, "the invalid example was not refused by the webhook");
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    say("kubectl get clustersecurity -A (until every object reports its current generation, no operation runs, and the brokers are ready)");
+    let deadline = Instant::now() + Duration::from_secs(settle_seconds);
+    loop {
+        let done = settled(&cp);
+        if done || Instant::now() > deadline {
+            print!("{}", show(&cp.kubectl(&["get", "clustersecurity", "-A"])));
+            print!("{}", show(&cp.kubectl(&["get", "statefulset", "-n", "kafka"])));
+            anyhow::ensure!(
+                done,
+                "resources did not settle within {settle_seconds}s; operator log: {}",
+                op.log.display()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    if exit {
+        say("demo finished; stopping everything");
+        return Ok(());
+    }
+    say("the control plane keeps running. In another shell:");
+    println!("    export KUBECONFIG={}", kubeconfig.display());
+    println!("    kubectl get clustersecurity -A");
+    println!("    kubectl describe csp orders -n kafka");
+    println!("    kubectl describe kmsmode cluster");
+    println!("    kubectl patch kmsmode cluster --type=merge -p '{{\"spec\":{{\"networkAccess\":\"Public\"}}}}'");
+    println!("Press Ctrl-C to stop the control plane, the operator and the play kubelet.");
+    // Ctrl-C or SIGTERM: return normally so every process and file is cleaned up.
+    shutdown_signal().await;
+    say("stopping");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

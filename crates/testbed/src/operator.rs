@@ -1,0 +1,218 @@
+//! Install the operator's cluster-side pieces into a testbed control plane (CRDs, namespace,
+//! URL-based webhook on loopback) and run the operator binary against it as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::admissionregistration::v1::WebhookClientConfig;
+use serde::Deserialize;
+
+use super::{free_port, spawn, ControlPlane};
+use cluster_security_api::manifests;
+
+/// Namespace the operator keeps its Secrets in.
+pub const NAMESPACE: &str = "cluster-security-operator";
+
+/// Path of the generated CRDs in this repository.
+pub fn crds_path() -> PathBuf {
+    crate::repo_root().join("crds")
+}
+
+fn kubectl_ok(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let out = cp.kubectl_with_stdin(args, stdin);
+    if !out.status.success() {
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Apply the CRDs and wait until all three are Established; create the operator's namespace and
+/// a webhook configuration that points at `https://127.0.0.1:<webhook_port>/validate`.
+pub fn install(cp: &ControlPlane, webhook_port: Option<u16>) -> anyhow::Result<()> {
+    let crds = crds_path();
+    kubectl_ok(cp, &["apply", "-f", crds.to_str().expect("utf-8 path")], None)?;
+    kubectl_ok(
+        cp,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/clustersecuritypolicies.clustersecurity.io",
+            "crd/certificaterotations.clustersecurity.io",
+            "crd/kmskeyvaultmodes.clustersecurity.io",
+        ],
+        None,
+    )?;
+    let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
+    kubectl_ok(cp, &["apply", "-f", "-"], Some(&ns))?;
+    if let Some(port) = webhook_port {
+        let cfg = manifests::webhook_configuration(WebhookClientConfig {
+            url: Some(format!("https://127.0.0.1:{port}{}", manifests::VALIDATE_PATH)),
+            ..Default::default()
+        });
+        kubectl_ok(cp, &["apply", "-f", "-"], Some(&serde_json::to_string(&cfg)?))?;
+    }
+    Ok(())
+}
+
+/// The ServiceAccount the chart runs the operator as, as an API user.
+pub const SERVICE_ACCOUNT_USER: &str = "system:serviceaccount:cluster-security-operator:cluster-security-operator";
+
+/// Apply the chart's ServiceAccount and RBAC (from `deploy/operator.yaml`, which is generated from
+/// the chart and drift-checked) into `cp`, and write a kubeconfig that acts as that
+/// ServiceAccount (impersonation): the operator then has exactly the chart's permissions, and a
+/// permission the chart lacks fails the test that needs it.
+pub fn service_account_kubeconfig(cp: &ControlPlane) -> anyhow::Result<PathBuf> {
+    let manifests = std::fs::read_to_string(crate::repo_root().join("deploy/operator.yaml"))?;
+    let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
+    let mut rbac = vec![ns];
+    for doc in serde_yaml::Deserializer::from_str(&manifests) {
+        let v = serde_yaml::Value::deserialize(doc)?;
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind) {
+            rbac.push(serde_yaml::to_string(&v)?);
+        }
+    }
+    kubectl_ok(cp, &["apply", "-f", "-"], Some(&rbac.join("\n---\n")))?;
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig_path())?)?;
+    let users = kc.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig has users")?;
+    for u in users {
+        if let Some(user) = u.get_mut("user").and_then(|x| x.as_mapping_mut()) {
+            user.insert("as".into(), SERVICE_ACCOUNT_USER.into());
+        }
+    }
+    let path = cp.dir().join("operator-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    Ok(path)
+}
+
+/// The operator binary running as a child process.
+pub struct Operator {
+    child: Child,
+    pub webhook_port: u16,
+    pub health_port: u16,
+    pub log: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    kubeconfig: PathBuf,
+}
+
+impl Operator {
+    /// Start `binary run` against `cp` and wait until `/readyz` says ready.
+    pub fn start(
+        cp: &ControlPlane,
+        binary: &Path,
+        webhook_port: u16,
+        extra_args: &[impl AsRef<str>],
+    ) -> anyhow::Result<Self> {
+        let health_port = free_port();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            format!("--webhook-addr=127.0.0.1:{webhook_port}"),
+            format!("--health-addr=127.0.0.1:{health_port}"),
+            format!("--namespace={NAMESPACE}"),
+        ];
+        args.extend(extra_args.iter().map(|s| s.as_ref().to_string()));
+        // One log per operator process of this control plane (the HA test runs two).
+        let log = (1..)
+            .map(|n| cp.dir().join(if n == 1 { "operator.log".to_string() } else { format!("operator-{n}.log") }))
+            .find(|p| !p.exists())
+            .expect("a free log name");
+        std::fs::File::create(&log)?;
+        let mut op = Operator {
+            child: Command::new("true").spawn()?,
+            webhook_port,
+            health_port,
+            log,
+            binary: binary.to_path_buf(),
+            args,
+            kubeconfig: service_account_kubeconfig(cp)?,
+        };
+        op.restart()?;
+        Ok(op)
+    }
+
+    /// Stop the operator with SIGTERM (as Kubernetes does).
+    pub fn stop(&mut self) {
+        spawn::stop(&mut self.child, Duration::from_secs(10));
+    }
+
+    /// Kill the operator with SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// (Re)start the operator process and wait until it is ready.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f));
+        self.child = spawn::spawn(cmd).with_context(|| format!("start {}", self.binary.display()))?;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// Process id of the running operator (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("operator exited ({status}):\n{}", self.log_text());
+            }
+            if http_get_ok(self.health_port, "/readyz") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let readyz = http_get(self.health_port, "/readyz").map(|(_, b)| b).unwrap_or_default();
+                bail!("operator not ready after {timeout:?} ({readyz}):\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Everything the operator logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A plain HTTP GET on loopback; true on a 200 answer.
+pub fn http_get_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some_and(|(code, _)| code == 200)
+}
+
+/// A plain HTTP GET on loopback: status code and body (None: no answer).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    let code = buf.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
