@@ -5,8 +5,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY benches ./benches
+COPY crates ./crates
 COPY crds ./crds
 COPY scripts/build-release.sh ./scripts/
 RUN bash scripts/build-release.sh x86_64-unknown-linux-musl \

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${1:-}"
-args=(build --release --locked --bin cluster-security-operator)
+args=(build --release --locked -p cluster-security-operator --bin cluster-security-operator)
 dir=target/release
 if [ -n "$target" ]; then
   args+=(--target "$target")

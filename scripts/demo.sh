@@ -3,5 +3,5 @@
 # Usage: scripts/demo.sh [--exit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --bins
+cargo build --quiet --workspace --bins
 exec target/debug/csop-testbed demo "$@"

@@ -8,6 +8,6 @@ python3 -c "import helm_python" 2>/dev/null || python3 -m pip install --quiet he
 # Lua 5.1 for the Argo CD health-check tests (Debian package; installed when we may).
 command -v lua5.1 >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; } || true
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 bash scripts/build-control-plane.sh >/dev/null
-cargo test --locked
+cargo test --workspace --locked

@@ -110,6 +110,9 @@ pub struct Operation<I> {
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;
 
+/// The current operation and the history, borrowed to move an operation on and record it.
+pub type RecordMut<'a, I> = (&'a mut Option<Operation<I>>, &'a mut Vec<Operation<I>>);
+
 /// What every kind's status shares: conditions, the generation they describe, and the
 /// operation record (the current operation and the history, newest first).
 pub trait OperationRecord {
@@ -120,7 +123,7 @@ pub trait OperationRecord {
     fn set_observed_generation(&mut self, generation: Option<i64>);
     fn current_operation(&self) -> Option<&Operation<Self::Info>>;
     /// The current operation and the history, to move an operation on and record it.
-    fn record_mut(&mut self) -> (&mut Option<Operation<Self::Info>>, &mut Vec<Operation<Self::Info>>);
+    fn record_mut(&mut self) -> RecordMut<'_, Self::Info>;
     fn history(&self) -> &[Operation<Self::Info>];
     /// State of the newest operation: the current one, else the newest in the history.
     fn newest_operation_state(&self) -> Option<OperationState> {
@@ -151,9 +154,7 @@ macro_rules! operated {
             fn current_operation(&self) -> Option<&$crate::common::Operation<$info>> {
                 self.current_operation.as_ref()
             }
-            fn record_mut(
-                &mut self,
-            ) -> (&mut Option<$crate::common::Operation<$info>>, &mut Vec<$crate::common::Operation<$info>>) {
+            fn record_mut(&mut self) -> $crate::common::RecordMut<'_, $info> {
                 (&mut self.current_operation, &mut self.operations)
             }
             fn history(&self) -> &[$crate::common::Operation<$info>] {

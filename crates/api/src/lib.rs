@@ -12,9 +12,9 @@ pub mod certificate_rotation;
 pub mod common;
 #[allow(clippy::duplicated_attributes)]
 pub mod kms_key_vault_mode;
+pub mod manifests;
 #[allow(clippy::duplicated_attributes)]
 pub mod security_policy;
-pub mod manifests;
 pub mod validate;
 
 pub use certificate_rotation::*;
@@ -28,4 +28,3 @@ pub const GROUP: &str = "clustersecurity.io";
 pub const VERSION: &str = "v1alpha1";
 /// Field manager used for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "cluster-security-operator";
-

@@ -1,4 +1,4 @@
-//! Fault trials (see `cluster_security_operator::testbed::faults`): a fault at a seeded moment of
+//! Fault trials (see `cluster_security_testbed::faults`): a fault at a seeded moment of
 //! an operation — SIGKILL of the operator, a kube-apiserver restart, an etcd restart — then checks
 //! that the operation ends right: one operation record, one rollout, no Secret lost or
 //! overwritten.
@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use cluster_security_operator::testbed::faults::{trial_seed, Fault, Kind, KmsTrials, Rng, WorkloadTrials};
-use cluster_security_operator::testbed::leaks;
+use cluster_security_testbed::faults::{trial_seed, Fault, Kind, KmsTrials, Rng, WorkloadTrials};
+use cluster_security_testbed::leaks;
 
 /// Faults land uniformly within this long after the apply (`--window-ms`): a policy or rotation
 /// takes well under a second here, so most land inside it.

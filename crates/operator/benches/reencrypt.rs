@@ -13,8 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use base64::Engine as _;
-use cluster_security_operator::kms::reencrypt::{self, Settings};
-use cluster_security_operator::testbed::{ControlPlane, Options};
+use cluster_security_operator::reencrypt::{self, Settings};
+use cluster_security_testbed::{ControlPlane, Options};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::ByteString;
@@ -41,13 +41,7 @@ fn config(keys: &[&str]) -> String {
     format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n{providers}")
 }
 
-/// Peak RSS (MiB) of the largest child process waited for so far.
-fn children_max_rss_mib() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as f64 / 1024.0
-}
+use cluster_security_testbed::spawn::children_max_rss_mib;
 
 /// Peak RSS (MiB) of this process.
 fn self_hwm_mib() -> f64 {

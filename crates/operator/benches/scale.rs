@@ -15,9 +15,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cluster_security_operator::controller;
-use cluster_security_operator::testbed::operator::{self, Operator};
-use cluster_security_operator::testbed::{free_port, ControlPlane, Options};
+use cluster_security_testbed::operator::{self, Operator};
+use cluster_security_testbed::{free_port, ControlPlane, Options};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::ByteString;
@@ -288,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
     let n = objects();
     eprintln!("{n} of each kind, {PODS} Pods; baseline = unbounded reconciles (kube-runtime's default), operator = --concurrent-reconciles=8");
     let mut runs = Vec::new();
-    for (name, c) in [("baseline", 0u16), ("operator", controller::CONCURRENT_RECONCILES)] {
+    for (name, c) in [("baseline", 0u16), ("operator", cluster_security_operator::CONCURRENT_RECONCILES)] {
         let r = run(c).await?;
         println!(
             "{name:8}: rss_mib 0={:.1} 5000={:.1} 20000={:.1} max={:.1}  {n} rotations complete in {:.1} s, rollouts/rotation={:.2}, writes/object={:.1}",

@@ -35,6 +35,8 @@ pub use args::{Cli, Command};
 /// The re-encryption engine: every Secret stored again under the API server's current first
 /// encryption provider (what the ReencryptSecrets step runs).
 pub use kms_key_vault_mode::reencrypt;
+/// Default of `--concurrent-reconciles` (the scale benchmark compares it with unbounded).
+pub use reconciler::CONCURRENT_RECONCILES;
 pub use runtime::run;
 
 #[cfg(test)]

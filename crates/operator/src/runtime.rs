@@ -29,7 +29,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-
 /// Load or create the webhook's serving material and keep it renewed in the background.
 async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
     if let Some(dir) = &args.webhook_cert_dir {

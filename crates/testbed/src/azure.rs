@@ -407,7 +407,7 @@ async fn token(State(s): S, Path(tenant): Path<String>, Form(form): Form<HashMap
     let Some(audience) = form.get("scope").and_then(|s| s.strip_suffix("/.default")) else {
         return bad("invalid_scope", "AADSTS70011: The scope must end with /.default.");
     };
-    let token = format!("emulator-token-{}", pki::uuid_v4());
+    let token = format!("emulator-token-{}", pki::random_hex());
     w.tokens.insert(token.clone(), audience.to_string());
     w.token_grants.push(grant);
     Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}))
@@ -539,7 +539,7 @@ async fn put_cluster(
     w.etag += 1;
     w.cluster["eTag"] = json!(w.etag.to_string());
     w.busy = true;
-    let id = pki::uuid_v4();
+    let id = pki::random_hex();
     let failure = w.faults.fail_next_update.take();
     let polls = w.faults.lro_polls;
     w.ops.insert(id.clone(), Op { status: "InProgress", polls_left: polls, error: None, start: now_text() });

@@ -22,10 +22,10 @@ use super::kms_plugin::{self, KmsPlugin};
 use super::kubelet::PlayKubelet;
 use super::operator::{self, Operator};
 use super::{free_port, ControlPlane, Options};
+use crate::pki;
 use cluster_security_api::{
     CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode, Operated, OperationRecord, OperationState,
 };
-use crate::pki;
 
 /// splitmix64: a seeded, dependency-free sequence, enough to place faults reproducibly.
 pub struct Rng(pub u64);

@@ -189,7 +189,7 @@ impl KmsPlugin {
     /// left on disk either.
     pub async fn start() -> anyhow::Result<Self> {
         use std::os::linux::net::SocketAddrExt;
-        let name = format!("csop-kms-{}", crate::pki::uuid_v4());
+        let name = format!("csop-kms-{}", crate::pki::random_hex());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
         std_listener.set_nonblocking(true)?;

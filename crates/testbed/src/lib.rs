@@ -25,7 +25,6 @@ use anyhow::{bail, Context as _};
 use k8s_openapi::jiff::Timestamp;
 use rcgen::KeyPair;
 
-
 /// How to start a control plane.
 #[derive(Debug, Clone, Default)]
 pub struct Options {

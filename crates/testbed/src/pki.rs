@@ -110,13 +110,10 @@ pub fn pem_fingerprint(pem: &str) -> anyhow::Result<String> {
     Ok(fingerprint(&certificates(pem)?[0]))
 }
 
-/// A random (v4) UUID, for unique names in the test bed.
-pub fn uuid_v4() -> String {
+/// 32 random hex digits, for unique names and tokens in the test bed.
+pub fn random_hex() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 16];
     SystemRandom::new().fill(&mut b).expect("the system random generator works");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

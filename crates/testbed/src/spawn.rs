@@ -96,3 +96,11 @@ pub fn remove_at_exit(dir: &std::path::Path) {
         }
     }
 }
+
+/// Peak RSS (MiB) of the largest child process waited for so far (benchmarks).
+pub fn children_max_rss_mib() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value, and getrusage fills the struct we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}

@@ -18,7 +18,10 @@ fn deploy_and_chart_copies_match_the_code() {
     for copy in ["deploy/crds.yaml", "charts/cluster-security-operator/crds/clustersecurity.io_crds.yaml"] {
         let path = format!("{}/../../{copy}", env!("CARGO_MANIFEST_DIR"));
         let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{copy} exists"));
-        assert!(on_disk == api::crds_yaml(), "{copy} is out of date; regenerate it with\n  cargo run -q -- crd > {copy}");
+        assert!(
+            on_disk == api::crds_yaml(),
+            "{copy} is out of date; regenerate it with\n  cargo run -q -- crd > {copy}"
+        );
     }
 }
 

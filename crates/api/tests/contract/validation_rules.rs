@@ -1,8 +1,8 @@
 //! Every row of the MSK seed's authentication × encryption table and every other rule of API.md,
 //! valid and invalid, through the shared validation module.
 
-use cluster_security_api::{CertificateRotationSpec, ClusterSecurityPolicySpec, KmsKeyVaultModeSpec};
 use cluster_security_api::validate::{self, rule};
+use cluster_security_api::{CertificateRotationSpec, ClusterSecurityPolicySpec, KmsKeyVaultModeSpec};
 use serde_json::{json, Value};
 
 fn csp(auth: Value, client_broker: &str, in_cluster: bool) -> ClusterSecurityPolicySpec {

@@ -15,10 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::inspect::{self, Material};
-use super::{
-    client_impact, default_dns_names, renewal_time, trust_configmap, Slot,
-    OPERATION_ANNOTATION,
-};
+use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, OPERATION_ANNOTATION};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
     ClientImpact, FIELD_MANAGER,
@@ -121,8 +118,10 @@ pub async fn material(
     match w.type_ {
         CertificateType::Selfsigned => {
             let ca_name = w.slot.ca_secret(cluster);
-            let kept =
-                secrets.get_opt(&ca_name).await.map_err(|source| Error::Read { object: secret(&ns, &ca_name), source })?;
+            let kept = secrets
+                .get_opt(&ca_name)
+                .await
+                .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
             let ca = match kept.as_ref().and_then(|s| {
                 Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
             }) {
@@ -138,7 +137,7 @@ pub async fn material(
                     secrets
                         .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
                         .await
-                        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source })?;
+                        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
                     ca
                 }
             };
@@ -151,8 +150,9 @@ pub async fn material(
                 Slot::External => pki::Usage::Server,
                 Slot::Internal => pki::Usage::ServerAndClient,
             };
-            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days)
-                .map_err(|source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source })?;
+            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days).map_err(|source| {
+                Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source }
+            })?;
             Ok(inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
                 .map_err(|e| (reason::INVALID_CERTIFICATE.to_string(), e)))
         }
@@ -183,8 +183,10 @@ pub async fn material(
                 return invalid("only the external certificate can come from a Secret".into());
             };
             let name = ext.secret_name.clone().unwrap_or_default();
-            let Some(source_secret) =
-                secrets.get_opt(&name).await.map_err(|source| Error::Read { object: secret(&ns, &name), source })?
+            let Some(source_secret) = secrets
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?
             else {
                 return Ok(Err((
                     reason::SECRET_NOT_FOUND.into(),
@@ -218,10 +220,10 @@ async fn issued_for(
     ca: &pki::KeyedCert,
     now: Timestamp,
 ) -> Result<Option<Material>, Error> {
-    let existing = secrets.get_opt(name).await.map_err(|source| Error::Read {
-        object: secret(ns, name),
-        source,
-    })?;
+    let existing = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read { object: secret(ns, name), source: Box::new(source) })?;
     let Some(s) =
         existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))
     else {
@@ -254,7 +256,7 @@ pub async fn install(
     Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(&body))
         .await
-        .map_err(|source| Error::Write { object: secret(&ns, &name), source })?;
+        .map_err(|source| Error::Write { object: secret(&ns, &name), source: Box::new(source) })?;
 
     let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
     if w.slot == Slot::External {
@@ -263,10 +265,10 @@ pub async fn install(
         let mut bundle = m.ca_pem.clone();
         if impact == Some(ClientImpact::TrustUpdateRequired) {
             // During a CA change clients may trust both while they move.
-            let previous = cms
-                .get_opt(&cm_name)
-                .await
-                .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+            let previous = cms.get_opt(&cm_name).await.map_err(|source| Error::Read {
+                object: Named::new("ConfigMap", &ns, &cm_name),
+                source: Box::new(source),
+            })?;
             if let Some(prev) = previous.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()) {
                 bundle.push_str(&prev);
             }
@@ -274,9 +276,10 @@ pub async fn install(
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
             "data": {"ca.crt": bundle, "current-ca.crt": m.ca_pem}});
-        cms.patch(&cm_name, &pp, &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+        cms.patch(&cm_name, &pp, &Patch::Apply(&body)).await.map_err(|source| Error::Write {
+            object: Named::new("ConfigMap", &ns, &cm_name),
+            source: Box::new(source),
+        })?;
         if impact == Some(ClientImpact::TrustUpdateRequired) {
             round.event(EventType::Warning, "ClientTrustUpdateRequired", format!(
                 "The external certificate (label {}) is signed by a different CA (SHA-256 {}). Clients connecting over TLS must trust the new CA before they reconnect: kubectl get configmap {cm_name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' holds the new and the previous CA.",
@@ -308,7 +311,7 @@ pub async fn source_secret_changed(
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .get_opt(name)
         .await
-        .map_err(|source| Error::Read { object: secret(&ns, name), source })?;
+        .map_err(|source| Error::Read { object: secret(&ns, name), source: Box::new(source) })?;
     let current = secret
         .as_ref()
         .and_then(|s| secret_string(s, ext.cert.as_deref().unwrap_or("cert")))

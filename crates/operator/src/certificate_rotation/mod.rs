@@ -23,7 +23,7 @@ use kube::{Api, Client, ResourceExt};
 use self::material::{install, material, needs_issue, slot_status, wants};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
-    OperationType, OperationRecord,
+    OperationRecord, OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::rolling::{self, Idle, Prepared, Rolling};
@@ -188,7 +188,8 @@ impl Rolling for CertificateRotation {
         let wl = workload::describe(&round.namespace(), &self.spec.cluster_ref);
         let mut message = rolling::in_effect::<Self>(&wl);
         if let Some(note) = material::source_secret_changed(ctx, self, &round.status).await? {
-            let said = conditions::get(round.status.conditions(), conditions::READY).is_some_and(|c| c.message.contains(&note));
+            let said = conditions::get(round.status.conditions(), conditions::READY)
+                .is_some_and(|c| c.message.contains(&note));
             if !said {
                 round.event(EventType::Normal, "SourceSecretChanged", note.clone());
             }
@@ -203,7 +204,7 @@ impl Rolling for CertificateRotation {
         let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
             .get_metadata_opt(&name)
             .await
-            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source })?;
+            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source: Box::new(source) })?;
         Ok(found.is_some())
     }
 

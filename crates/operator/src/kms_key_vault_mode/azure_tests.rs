@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
 use super::azure::{AzureKms, AzureSettings, Credentials};
 use super::provider::{KeyState, KmsProvider, ProviderError};
+use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
 use cluster_security_testbed::azure::{AzureEmulator, Spec};
 use serde_json::json;
 

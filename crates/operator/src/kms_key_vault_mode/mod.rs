@@ -263,7 +263,10 @@ fn record_progress(status: &mut KmsKeyVaultModeStatus, p: &Progress) {
     status.progress = Some(progress_text(r));
 }
 
-async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Result<Result<String, String>, StepError> {
+async fn reencrypt_step(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+) -> Result<Result<String, String>, StepError> {
     let client = ctx.client.clone();
     let r = round.status.reencryption.clone().unwrap_or_default();
     let start = Progress {
@@ -543,7 +546,10 @@ async fn decide(
     if planner::plan(&current.settings, &desired).is_empty() {
         round.status.phase = Some("Idle".into());
         let message = format!("{}: {}.", provider.describe(), describe(&current.settings));
-        return Ok(Some(Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message }, Some(IDLE_RECHECK))));
+        return Ok(Some(Outcome::new(
+            Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message },
+            Some(IDLE_RECHECK),
+        )));
     }
     if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired) {
         let message = format!(

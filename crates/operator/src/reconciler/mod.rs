@@ -109,23 +109,24 @@ impl Named {
     }
 }
 
-/// Why a reconcile could not finish. Every one of these is transient from the kit's point of
+/// Why a reconcile could not finish. Sources are boxed: errors travel the cold path, and a
+/// small `Result` keeps every happy path cheap. Every one of these is transient from the kit's point of
 /// view (the API server, the cloud or a write that lost a race): the reconcile is retried with
 /// backoff; what the user must fix is reported in the status instead (Stalled), not here.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading {object}: {source}")]
-    Read { object: Named, source: kube::Error },
+    Read { object: Named, source: Box<kube::Error> },
     #[error("writing {object}: {source}")]
-    Write { object: Named, source: kube::Error },
+    Write { object: Named, source: Box<kube::Error> },
     #[error("writing the status of {object}: {source}")]
-    WriteStatus { object: Named, source: kube::Error },
+    WriteStatus { object: Named, source: Box<kube::Error> },
     #[error("writing the status of {object}: the object kept changing under {attempts} attempts")]
     StatusContention { object: Named, attempts: usize },
     #[error("encoding the status of {object}: {source}")]
     EncodeStatus { object: Named, source: serde_json::Error },
     #[error("patching the pod template of {workload}: {source}")]
-    PatchTemplate { workload: String, source: kube::Error },
+    PatchTemplate { workload: String, source: Box<kube::Error> },
     #[error("issuing the {what}: {source}")]
     Issue { what: String, source: crate::pki::PkiError },
     #[error(
@@ -134,7 +135,7 @@ pub enum Error {
     )]
     CrdMissing { crd: String },
     #[error("checking that {crd} is installed: {source}")]
-    CrdCheck { crd: String, source: kube::Error },
+    CrdCheck { crd: String, source: Box<kube::Error> },
 }
 
 /// What one round decided to report: the health for the conditions and when to look again
@@ -239,7 +240,7 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
 async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>, Error> {
     api.get_opt(&cached.name_any()).await.map(|o| o.map(Arc::new)).map_err(|source| Error::Read {
         object: Named::new(K::KIND, &cached.namespace().unwrap_or_default(), &cached.name_any()),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -249,7 +250,7 @@ pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
     match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing { crd }),
-        Err(source) => Err(Error::CrdCheck { crd, source }),
+        Err(source) => Err(Error::CrdCheck { crd, source: Box::new(source) }),
     }
 }
 

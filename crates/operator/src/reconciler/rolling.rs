@@ -134,7 +134,8 @@ pub async fn drive<K: Rolling>(
                 return Ok(Outcome::new(Health::Stalled { reason: e.code, message: e.message }, retry));
             }
         }
-        let op = operation::new(operation::uuid_v4(), K::OPERATION, round.generation(), source, desired.clone(), round.now);
+        let op =
+            operation::new(operation::uuid_v4(), K::OPERATION, round.generation(), source, desired.clone(), round.now);
         let (current, history) = round.status.record_mut();
         let id = op.operation_id.clone();
         let note = operation::open(history, current, op, &wl);
@@ -192,7 +193,11 @@ async fn pending<K: Rolling>(
         Prepared::Roll(annotations) => {
             round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations).await?;
             operation::start(op, round.now);
-            round.event(EventType::Normal, event::UPDATE_STARTED, format!("Operation {}: rolling {wl}.", op.operation_id));
+            round.event(
+                EventType::Normal,
+                event::UPDATE_STARTED,
+                format!("Operation {}: rolling {wl}.", op.operation_id),
+            );
             let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
             Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
         }

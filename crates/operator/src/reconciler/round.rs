@@ -26,6 +26,8 @@ pub enum Effect {
 }
 
 /// Where the round's writes go.
+// One per round, never stored in bulk: the size of the API variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Writer<K> {
     Api {
         api: Api<K>,
@@ -113,9 +115,11 @@ impl<K: Reconcile> Round<K> {
     ) -> Result<(), Error> {
         let namespace = self.namespace();
         match &mut self.writer {
-            Writer::Api { client, .. } => workload::set_template_annotations(client, &namespace, target, annotations)
-                .await
-                .map_err(|source| Error::PatchTemplate { workload: workload::describe(&namespace, target), source }),
+            Writer::Api { client, .. } => {
+                workload::set_template_annotations(client, &namespace, target, annotations).await.map_err(|source| {
+                    Error::PatchTemplate { workload: workload::describe(&namespace, target), source: Box::new(source) }
+                })
+            }
             Writer::Record(effects) => {
                 effects.push(Effect::Template(annotations.clone()));
                 Ok(())

@@ -67,13 +67,16 @@ where
             // certificate issued, a rollout started) that must not be redone. Send it again on
             // the object as it is now; a changed spec is picked up by the next reconcile.
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let current = api.get(&name).await.map_err(|source| Error::Read { object: object(), source })?;
+                let current = api
+                    .get(&name)
+                    .await
+                    .map_err(|source| Error::Read { object: object(), source: Box::new(source) })?;
                 if status_of(&current) != old {
-                    return Err(Error::WriteStatus { object: object(), source: kube::Error::Api(s) });
+                    return Err(Error::WriteStatus { object: object(), source: Box::new(kube::Error::Api(s)) });
                 }
                 resource_version = current.meta().resource_version.clone();
             }
-            Err(source) => return Err(Error::WriteStatus { object: object(), source }),
+            Err(source) => return Err(Error::WriteStatus { object: object(), source: Box::new(source) }),
         }
     }
     Err(Error::StatusContention { object: object(), attempts: STATUS_WRITE_ATTEMPTS })

@@ -182,9 +182,10 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
         WorkloadKind::StatefulSet => "StatefulSet",
         WorkloadKind::Deployment => "Deployment",
     };
-    get(client, namespace, r)
-        .await
-        .map_err(|source| super::Error::Read { object: super::Named::new(kind, namespace, &r.name), source })
+    get(client, namespace, r).await.map_err(|source| super::Error::Read {
+        object: super::Named::new(kind, namespace, &r.name),
+        source: Box::new(source),
+    })
 }
 
 /// Prefix of every pod-template annotation the operator owns.

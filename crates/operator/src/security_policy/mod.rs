@@ -141,10 +141,10 @@ impl Rolling for ClusterSecurityPolicy {
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let refs = self.spec.client_authentication.tls.iter().flat_map(|t| t.certificate_authority_secret_refs.iter());
         for r in refs {
-            let found = api
-                .get_metadata_opt(&r.name)
-                .await
-                .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &r.name), source })?;
+            let found = api.get_metadata_opt(&r.name).await.map_err(|source| Error::Read {
+                object: Named::new("Secret", &ns, &r.name),
+                source: Box::new(source),
+            })?;
             if found.is_none() {
                 return Ok(false);
             }
@@ -203,7 +203,7 @@ async fn write_artefacts(
             let existing = secrets
                 .get_opt(&ca_name)
                 .await
-                .map_err(|source| Error::Read { object: secret(&ca_name), source })?;
+                .map_err(|source| Error::Read { object: secret(&ca_name), source: Box::new(source) })?;
             let kept = existing.and_then(|s| s.data).and_then(|d| {
                 let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
                 Some((get("ca.crt")?, get("ca.key")?))
@@ -220,7 +220,10 @@ async fn write_artefacts(
             ca_bundle = crt;
         } else {
             for r in &tls.certificate_authority_secret_refs {
-                let s = secrets.get_opt(&r.name).await.map_err(|source| Error::Read { object: secret(&r.name), source })?;
+                let s = secrets
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(|source| Error::Read { object: secret(&r.name), source: Box::new(source) })?;
                 let crt = s
                     .and_then(|s| s.data)
                     .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
@@ -249,7 +252,7 @@ async fn write_artefacts(
         secrets
             .patch(&ca_name, &pp, &Patch::Apply(&body))
             .await
-            .map_err(|source| Error::Write { object: secret(&ca_name), source })?;
+            .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
     }
 
     let source = format!("{ns}/{}", csp.name_any());
@@ -265,6 +268,6 @@ async fn write_artefacts(
     Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
         .patch(&cm_name, &pp, &Patch::Apply(&cm))
         .await
-        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source })?;
+        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
     Ok(Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()])))
 }

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{ClusterSecurityPolicySpec, SecuritySettings};
 use super::{desired_settings, listeners, properties};
+use crate::api::{ClusterSecurityPolicySpec, SecuritySettings};
 use crate::validate;
 use serde_json::json;
 

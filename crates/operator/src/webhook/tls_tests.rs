@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 
-use axum_server::tls_rustls::RustlsConfig;
 use crate::webhook::{self, certs};
+use axum_server::tls_rustls::RustlsConfig;
 use serde_json::{json, Value};
 
 async fn start() -> (SocketAddr, reqwest::Client, axum_server::Handle) {

@@ -8,6 +8,7 @@ use crate::support;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::{apply, brokers, env, stderr, stdout, wait_sts_ready, webhook_ready};
 use base64::Engine as _;
 use cluster_security_api::{CertificateRotation, OperationState};
 use cluster_security_testbed::pki;
@@ -16,7 +17,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use crate::support::{apply, brokers, env, stderr, stdout, wait_sts_ready, webhook_ready};
 
 fn rotation(ns: &str, external: &str, internal: &str) -> String {
     format!(

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{apply, brokers, env, wait_sts_ready, webhook_ready};
 use cluster_security_api::{CertificateRotation, OperationState};
 use cluster_security_testbed::wait_until;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,7 +19,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 use serde_json::json;
-use crate::support::{apply, brokers, env, wait_sts_ready, webhook_ready};
 
 const NS: &str = "conflicts";
 

@@ -8,10 +8,10 @@ use crate::support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::support::{stderr, stdout};
 use cluster_security_api::ClusterSecurityPolicy;
 use cluster_security_testbed::{wait_until, ControlPlane};
 use kube::{Api, ResourceExt};
-use crate::support::{stderr, stdout};
 
 /// The shared environment, plus the example brokers.
 fn env() -> &'static support::Env {

@@ -7,12 +7,12 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{apply, brokers, env, stdout, wait_sts_ready, webhook_ready};
 use cluster_security_api::{ClusterSecurityPolicy, OperationState};
 use cluster_security_testbed::wait_until;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use crate::support::{apply, brokers, env, stdout, wait_sts_ready, webhook_ready};
 
 fn policy(ns: &str, cluster: &str, auth: &str, cb: &str, in_cluster: bool, timeout: u32) -> String {
     format!(

@@ -9,11 +9,11 @@ use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{apply, brokers, env, stderr, stdout, webhook_ready};
 use base64::Engine as _;
 use cluster_security_testbed::pki;
 use cluster_security_testbed::wait_until;
 use k8s_openapi::jiff::Timestamp;
-use crate::support::{apply, brokers, env, stderr, stdout, webhook_ready};
 
 const MARKER: &str = "CSOP-MARKER-7f3a9c1e-do-not-log";
 

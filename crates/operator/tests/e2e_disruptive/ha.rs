@@ -9,6 +9,7 @@ use crate::support;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{apply, brokers, stderr, stdout};
 use cluster_security_api::{CertificateRotation, OperationState};
 use cluster_security_testbed::kubelet::PlayKubelet;
 use cluster_security_testbed::operator::{self, http_get, Operator};
@@ -16,7 +17,6 @@ use cluster_security_testbed::{free_port, leaks, wait_until, ControlPlane, Optio
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use kube::api::ListParams;
 use kube::Api;
-use crate::support::{apply, brokers, stderr, stdout};
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_cluster-security-operator");
 const LEASE_SECONDS: u64 = 6;

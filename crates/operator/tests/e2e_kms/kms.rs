@@ -262,7 +262,7 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
         "jsonpath={.items[*].reason}",
     ]);
     let reasons = String::from_utf8_lossy(&events.stdout).to_string();
-    for r in ["UpdateRecorded", "UpdateStarted", "DisableKmsSucceeded", "UpdateCompleted"] {
+    for r in ["OperationPending", "UpdateStarted", "DisableKmsSucceeded", "UpdateComplete"] {
         assert!(reasons.contains(r), "event {r} in {reasons}");
     }
 

@@ -6,9 +6,7 @@
 use base64::Engine as _;
 use cluster_security_operator::reencrypt::{self, Settings};
 use cluster_security_testbed::leaks;
-use cluster_security_testbed::{
-    create_numbered_secrets, numbered_name, numbered_value, ControlPlane, Options,
-};
+use cluster_security_testbed::{create_numbered_secrets, numbered_name, numbered_value, ControlPlane, Options};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::Api;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_security_api::{ClusterRef, Operated, Operation, OperationRecord, OperationState, OperationType, WorkloadKind};
+use cluster_security_api::{
+    ClusterRef, Operated, Operation, OperationRecord, OperationState, OperationType, WorkloadKind,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
@@ -56,7 +58,7 @@ impl OperationRecord for WidgetStatus {
     fn current_operation(&self) -> Option<&Operation<String>> {
         self.current_operation.as_ref()
     }
-    fn record_mut(&mut self) -> (&mut Option<Operation<String>>, &mut Vec<Operation<String>>) {
+    fn record_mut(&mut self) -> cluster_security_api::RecordMut<'_, String> {
         (&mut self.current_operation, &mut self.operations)
     }
     fn history(&self) -> &[Operation<String>] {
@@ -155,8 +157,14 @@ fn context() -> Context {
 }
 
 fn widget(setting: &str, status: WidgetStatus) -> Widget {
-    let mut w = Widget::new("w", WidgetSpec { setting: setting.into(), refuse: None, secrets_present: false, timeout: 600 });
-    w.metadata = ObjectMeta { name: Some("w".into()), namespace: Some("test".into()), generation: Some(1), ..Default::default() };
+    let mut w =
+        Widget::new("w", WidgetSpec { setting: setting.into(), refuse: None, secrets_present: false, timeout: 600 });
+    w.metadata = ObjectMeta {
+        name: Some("w".into()),
+        namespace: Some("test".into()),
+        generation: Some(1),
+        ..Default::default()
+    };
     w.status = Some(status);
     w
 }
@@ -209,7 +217,10 @@ async fn a_change_is_recorded_before_anything_is_prepared_then_rolled() {
     assert_eq!(recorded["conditions"][1]["reason"], reason::OPERATION_RECORDED);
     assert_eq!(annotations, &BTreeMap::from([(HASH.to_string(), "hash-of-a".to_string())]));
     let op = r.status.current_operation.as_ref().unwrap();
-    assert_eq!((op.operation_state, op.target_info.as_deref(), op.source_info.as_deref()), (OperationState::UpdateInProgress, Some("a"), None));
+    assert_eq!(
+        (op.operation_state, op.target_info.as_deref(), op.source_info.as_deref()),
+        (OperationState::UpdateInProgress, Some("a"), None)
+    );
     assert_eq!(op.start_time.as_deref(), Some(operation::rfc3339(t(0)).as_str()));
     assert_eq!(r.status.operations.len(), 1, "one record, updated in place");
     assert_eq!(reasons(&r), [event::OPERATION_PENDING, event::UPDATE_STARTED]);
@@ -254,7 +265,10 @@ async fn a_refusal_fails_the_operation_and_a_missing_secret_is_retried() {
         assert_eq!(failed.operation_state, OperationState::UpdateFailed);
         assert_eq!(failed.error_info.as_ref().unwrap().code, code);
         assert_eq!(reasons(&r), [event::OPERATION_PENDING, event::UPDATE_FAILED]);
-        assert_eq!(outcome, Outcome::new(Health::Stalled { reason: code.into(), message: format!("refused: {code}") }, retry));
+        assert_eq!(
+            outcome,
+            Outcome::new(Health::Stalled { reason: code.into(), message: format!("refused: {code}") }, retry)
+        );
     }
 }
 
@@ -298,7 +312,10 @@ async fn a_finished_rollout_completes_the_operation() {
     let (outcome, r) = round(widget("a", status), t(30), Some(active(&[(HASH, "hash-of-a")]))).await;
     assert!(r.status.current_operation.is_none());
     let done = &r.status.operations[0];
-    assert_eq!((done.operation_state, done.end_time.as_deref()), (OperationState::UpdateComplete, Some(operation::rfc3339(t(30)).as_str())));
+    assert_eq!(
+        (done.operation_state, done.end_time.as_deref()),
+        (OperationState::UpdateComplete, Some(operation::rfc3339(t(30)).as_str()))
+    );
     assert_eq!(r.status.applied.as_deref(), Some("a"), "the kind records what is in effect");
     assert_eq!(reasons(&r), [event::UPDATE_COMPLETE]);
     assert!(matches!(outcome.health, Health::Ready { ref reason, .. } if reason == reason::APPLIED));
