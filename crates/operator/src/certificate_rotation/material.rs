@@ -117,30 +117,7 @@ pub async fn material(
     };
     match w.type_ {
         CertificateType::Selfsigned => {
-            let ca_name = w.slot.ca_secret(cluster);
-            let kept = secrets
-                .get_opt(&ca_name)
-                .await
-                .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
-            let ca = match kept.as_ref().and_then(|s| {
-                Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
-            }) {
-                Some(ca) => ca,
-                None => {
-                    let what = format!("{} CA of {cluster}", w.slot.as_str());
-                    let ca = pki::new_ca(&format!("{cluster} {} CA", w.slot.as_str()), now, CA_DAYS)
-                        .map_err(|source| Error::Issue { what, source })?;
-                    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
-                    let body = json!({"apiVersion": "v1", "kind": "Secret",
-                        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
-                        "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
-                    secrets
-                        .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-                        .await
-                        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
-                    ca
-                }
-            };
+            let ca = kept_ca(&secrets, cr, w.slot, now).await?;
             if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
                 return Ok(Ok(m));
             }
@@ -160,14 +137,7 @@ pub async fn material(
             let Some(ext) = cr.spec.external.as_ref() else {
                 return invalid("only the external certificate can be provided".into());
             };
-            let decode = |name: &str, v: &Option<String>| -> Result<String, String> {
-                let raw: String =
-                    v.as_deref().unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(raw)
-                    .map_err(|_| format!("spec.external.{name} is not valid base64"))?;
-                String::from_utf8(bytes).map_err(|_| format!("spec.external.{name} does not decode to PEM text"))
-            };
+            let decode = |name: &str, v: &Option<String>| decode_spec_pem(name, v.as_deref());
             let parts = decode("key", &ext.key)
                 .and_then(|k| Ok((k, decode("cert", &ext.cert)?, decode("cacert", &ext.cacert)?)));
             match parts {
@@ -208,6 +178,50 @@ pub async fn material(
             }
         }
     }
+}
+
+/// The CA the operator keeps for a slot's self-signed certificates, created (and kept in the
+/// `<cluster>-<slot>-ca` Secret) on first use.
+async fn kept_ca(
+    secrets: &Api<Secret>,
+    cr: &CertificateRotation,
+    slot: Slot,
+    now: Timestamp,
+) -> Result<pki::KeyedCert, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let ca_name = slot.ca_secret(cluster);
+    let kept = secrets
+        .get_opt(&ca_name)
+        .await
+        .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
+    let pair = kept.as_ref().and_then(|s| {
+        Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
+    });
+    if let Some(ca) = pair {
+        return Ok(ca);
+    }
+    let what = format!("{} CA of {cluster}", slot.as_str());
+    let ca = pki::new_ca(&format!("{cluster} {} CA", slot.as_str()), now, CA_DAYS)
+        .map_err(|source| Error::Issue { what, source })?;
+    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
+    let body = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
+    secrets
+        .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
+    Ok(ca)
+}
+
+/// PEM text of a base64 field of `spec.external` (white space ignored).
+fn decode_spec_pem(name: &str, value: Option<&str>) -> Result<String, String> {
+    let raw: String = value.unwrap_or_default().chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|_| format!("spec.external.{name} is not valid base64"))?;
+    String::from_utf8(bytes).map_err(|_| format!("spec.external.{name} does not decode to PEM text"))
 }
 
 /// The certificate in TLS Secret `name` when it was issued for `operation_id` by `ca` and is still
