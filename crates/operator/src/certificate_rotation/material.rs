@@ -23,6 +23,7 @@ use crate::api::{
 use crate::pki;
 use crate::reconciler::conditions::reason;
 use crate::reconciler::operation::{self, rfc3339};
+use crate::reconciler::rolling::PrepareError;
 use crate::reconciler::workload::Workload;
 use crate::reconciler::{Context, Error, Named, Round};
 
@@ -96,8 +97,8 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
-/// Load or issue the material for one slot of operation `operation_id`; Err((reason, message))
-/// when the user must act.
+/// Load or issue the material for one slot of operation `operation_id`; an Err is a refusal
+/// (refused) when the user must act.
 pub async fn material(
     ctx: &Context,
     cr: &CertificateRotation,
@@ -105,21 +106,19 @@ pub async fn material(
     workload: Option<&Workload>,
     operation_id: &str,
     now: Timestamp,
-) -> Result<Result<Material, (String, String)>, Error> {
+) -> Result<Material, PrepareError> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let invalid = |msg: String| {
-        Ok(Err((
-            reason::INVALID_CERTIFICATE.to_string(),
-            format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str()),
-        )))
+        let message = format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str());
+        Err(PrepareError::refused(reason::INVALID_CERTIFICATE, message))
     };
     match w.type_ {
         CertificateType::Selfsigned => {
             let ca = kept_ca(&secrets, cr, w.slot, now).await?;
             if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
-                return Ok(Ok(m));
+                return Ok(m);
             }
             let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
             let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
@@ -130,8 +129,8 @@ pub async fn material(
             let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days).map_err(|source| {
                 Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source }
             })?;
-            Ok(inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
-                .map_err(|e| (reason::INVALID_CERTIFICATE.to_string(), e)))
+            inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
+                .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))
         }
         CertificateType::Provided => {
             let Some(ext) = cr.spec.external.as_ref() else {
@@ -143,7 +142,7 @@ pub async fn material(
             match parts {
                 Err(e) => invalid(e),
                 Ok((key, cert, ca)) => match inspect::check(&cert, &key, &ca, now) {
-                    Ok(m) => Ok(Ok(m)),
+                    Ok(m) => Ok(m),
                     Err(e) => invalid(e),
                 },
             }
@@ -158,11 +157,11 @@ pub async fn material(
                 .await
                 .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?
             else {
-                return Ok(Err((
-                    reason::SECRET_NOT_FOUND.into(),
+                return Err(PrepareError::refused(
+                    reason::SECRET_NOT_FOUND,
                     format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
                         ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
-                )));
+                ));
             };
             let mut got = Vec::new();
             for (field, default) in [(&ext.key, "key"), (&ext.cert, "cert"), (&ext.cacert, "cacert")] {
@@ -173,7 +172,7 @@ pub async fn material(
                 }
             }
             match inspect::check(&got[1], &got[0], &got[2], now) {
-                Ok(m) => Ok(Ok(m)),
+                Ok(m) => Ok(m),
                 Err(e) => invalid(e),
             }
         }

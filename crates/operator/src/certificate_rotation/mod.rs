@@ -26,7 +26,7 @@ use crate::api::{
     OperationRecord, OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
-use crate::reconciler::rolling::{self, Idle, Prepared, Rolling};
+use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::{self, Workload};
 use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
@@ -214,14 +214,12 @@ impl Rolling for CertificateRotation {
         ctx: &Context,
         op: &Operation<CertificateSettings>,
         workload: Option<&Workload>,
-    ) -> Result<Prepared, Error> {
+    ) -> Result<BTreeMap<String, String>, PrepareError> {
         // Check every new certificate before anything is written: all or nothing.
         let mut ready = Vec::new();
         for w in wants(self).into_iter().filter(|w| needs_issue(w, &round.status, round.now)) {
-            match material(ctx, self, &w, workload, &op.operation_id, round.now).await? {
-                Ok(m) => ready.push((w, m)),
-                Err((reason, message)) => return Ok(Prepared::Refused { reason, message }),
-            }
+            let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
+            ready.push((w, m));
         }
         for (w, m) in &ready {
             if w.type_ == CertificateType::Provided {
@@ -245,7 +243,7 @@ impl Rolling for CertificateRotation {
         for w in wants(self) {
             annotations.insert(w.slot.label_annotation(), w.label);
         }
-        Ok(Prepared::Roll(annotations))
+        Ok(annotations)
     }
 
     fn expected(status: &CertificateRotationStatus) -> BTreeMap<String, String> {

@@ -194,21 +194,21 @@ fn cloud_stalled(e: &ProviderError) -> Outcome {
     )
 }
 
-/// Run one step to its end. Ok(Err(..)) is the step's own failure; Err is a transient problem
-/// (the step stays InProgress and is resumed).
+/// Run one step to its end: Ok with what it did, or why not — the step's own failure
+/// ([`StepError::Failed`]) or a problem it waits out (the step stays InProgress and is resumed).
 async fn run_step(
     round: &mut Round<KmsKeyVaultMode>,
     ctx: &Context,
     provider: &dyn KmsProvider,
     index: usize,
-) -> Result<Result<String, String>, StepError> {
+) -> Result<String, StepError> {
     let op = round.status.current_operation.clone().expect("steps run within an operation");
     let target = op.target_info.clone().expect("operations carry a target");
     let source = op.source_info.clone();
     let name = round.status.steps[index].name;
     let cloud = |r: Result<(), ProviderError>, done: String| match r {
-        Ok(()) => Ok(Ok(done)),
-        Err(ProviderError::Rejected { code, message }) => Ok(Err(format!("{code}: {message}"))),
+        Ok(()) => Ok(done),
+        Err(ProviderError::Rejected { code, message }) => Err(StepError::Failed(format!("{code}: {message}"))),
         Err(e) => Err(StepError::Cloud(e)),
     };
     match name {
@@ -234,7 +234,9 @@ async fn run_step(
                 .clone()
                 .or_else(|| source.as_ref().and_then(|s| s.key_vault_resource_id.clone()));
             let Some(rid) = rid else {
-                return Ok(Err("the key vault's resource id is unknown: set spec.keyVaultResourceId".into()));
+                return Err(StepError::Failed(
+                    "the key vault's resource id is unknown: set spec.keyVaultResourceId".into(),
+                ));
             };
             let r = provider.set_vault_network_access(&rid, mode).await;
             let vault = validate::parse_key_vault_resource_id(&rid).unwrap_or(&rid).to_string();
@@ -247,6 +249,9 @@ async fn run_step(
 
 #[derive(Debug, thiserror::Error)]
 enum StepError {
+    /// The step failed for good: the operation ends UPDATE_FAILED.
+    #[error("{0}")]
+    Failed(String),
     #[error("{0}")]
     Cloud(ProviderError),
     #[error("re-encryption stopped: {0}")]
@@ -263,10 +268,7 @@ fn record_progress(status: &mut KmsKeyVaultModeStatus, p: &Progress) {
     status.progress = Some(progress_text(r));
 }
 
-async fn reencrypt_step(
-    round: &mut Round<KmsKeyVaultMode>,
-    ctx: &Context,
-) -> Result<Result<String, String>, StepError> {
+async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Result<String, StepError> {
     let client = ctx.client.clone();
     let r = round.status.reencryption.clone().unwrap_or_default();
     let start = Progress {
@@ -316,13 +318,13 @@ async fn reencrypt_step(
         p.gone,
         p.failed
     );
-    Ok(if p.failed > 0 {
-        Err(format!(
+    if p.failed > 0 {
+        Err(StepError::Failed(format!(
             "{summary} Secrets that could not be rewritten stay under the old configuration; see the operator log."
-        ))
+        )))
     } else {
         Ok(summary)
-    })
+    }
 }
 
 impl Reconcile for KmsKeyVaultMode {
@@ -481,12 +483,13 @@ async fn run_one(
         round.event(EventType::Normal, format!("{name:?}Started"), format!("Step {}/{total} {name:?} started.", i + 1));
         checkpoint(round, ctx).await?;
     }
-    match run_step(round, ctx, provider, i).await {
-        Ok(result) => {
-            let (state, type_, outcome, message) = match result {
-                Ok(m) => (StepState::Succeeded, EventType::Normal, "Succeeded", m),
-                Err(m) => (StepState::Failed, EventType::Warning, "Failed", m),
-            };
+    let ended = match run_step(round, ctx, provider, i).await {
+        Ok(m) => Ok((StepState::Succeeded, EventType::Normal, "Succeeded", m)),
+        Err(StepError::Failed(m)) => Ok((StepState::Failed, EventType::Warning, "Failed", m)),
+        Err(e) => Err(e),
+    };
+    match ended {
+        Ok((state, type_, outcome, message)) => {
             let step = &mut round.status.steps[i];
             step.end_time = Some(rfc3339(ctx.clock.now()));
             step.state = state;

@@ -33,13 +33,26 @@ pub enum Idle<I> {
     Start { source: Option<I> },
 }
 
-/// What [`Rolling::prepare`] decided for a PENDING operation on an ACTIVE workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Prepared {
-    /// The artefacts are written: apply these pod-template annotations to roll the pods.
-    Roll(BTreeMap<String, String>),
-    /// The user must act (`reason` is a condition reason); nothing was rolled.
+/// Why [`Rolling::prepare`] did not roll: the user must act, or a transient failure.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// The user must act (`reason` is a condition reason); nothing was rolled. Ends the
+    /// operation UPDATE_FAILED.
     Refused { reason: String, message: String },
+    /// The API server could not be read or written; the round is retried.
+    Failed(Error),
+}
+
+impl From<Error> for PrepareError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl PrepareError {
+    pub fn refused(reason: &str, message: impl Into<String>) -> Self {
+        Self::Refused { reason: reason.into(), message: message.into() }
+    }
 }
 
 /// When to look again after a failure the user may fix without a spec change (a Secret that
@@ -79,15 +92,16 @@ pub trait Rolling: TargetsWorkload {
     /// After an operation failed for want of a Secret: is every Secret the spec names there now?
     fn referenced_secrets_present(&self, ctx: &Context) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Write what operation `op` puts in place (Secrets, ConfigMaps) and say which annotations
-    /// roll the pods; or refuse. Record what the status should show in `round.status`.
+    /// Write what operation `op` puts in place (Secrets, ConfigMaps) and return the pod-template
+    /// annotations that roll the pods; or refuse. Record what the status should show in
+    /// `round.status`.
     fn prepare(
         &self,
         round: &mut Round<Self>,
         ctx: &Context,
         op: &Operation<Info<Self>>,
         workload: Option<&Workload>,
-    ) -> impl Future<Output = Result<Prepared, Error>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, PrepareError>> + Send;
 
     /// The pod-template annotations the rolling operation set (from the status).
     fn expected(status: &Self::Status) -> BTreeMap<String, String>;
@@ -183,14 +197,15 @@ async fn pending<K: Rolling>(
         let health = Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message };
         return Ok(Outcome::new(health, Some(RETRY_NOT_ACTIVE)));
     }
-    match kind.prepare(round, ctx, op, workload).await? {
-        Prepared::Refused { reason: code, message } => {
+    match kind.prepare(round, ctx, op, workload).await {
+        Err(PrepareError::Failed(e)) => Err(e),
+        Err(PrepareError::Refused { reason: code, message }) => {
             operation::fail(op, &code, message.clone(), round.now);
             round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
             let retry = (code == reason::SECRET_NOT_FOUND).then_some(RETRY_MISSING_SECRET);
             Ok(Outcome::new(Health::Stalled { reason: code, message }, retry))
         }
-        Prepared::Roll(annotations) => {
+        Ok(annotations) => {
             round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations).await?;
             operation::start(op, round.now);
             round.event(

@@ -23,7 +23,7 @@ use crate::api::{
     OperationType, SecuritySettings, FIELD_MANAGER,
 };
 use crate::reconciler::conditions::reason;
-use crate::reconciler::rolling::{self, Idle, Prepared, Rolling};
+use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::{self, Workload};
 use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
@@ -158,15 +158,11 @@ impl Rolling for ClusterSecurityPolicy {
         ctx: &Context,
         op: &Operation<SecuritySettings>,
         _: Option<&Workload>,
-    ) -> Result<Prepared, Error> {
+    ) -> Result<BTreeMap<String, String>, PrepareError> {
         let target = op.target_info.as_ref().expect("operations carry a target");
-        Ok(match write_artefacts(ctx, self, target, round.now).await? {
-            Err((reason, message)) => Prepared::Refused { reason, message },
-            Ok(hash) => {
-                round.status.security_hash = Some(hash.clone());
-                Prepared::Roll(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
-            }
-        })
+        let hash = write_artefacts(ctx, self, target, round.now).await?;
+        round.status.security_hash = Some(hash.clone());
+        Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
     }
 
     fn expected(status: &ClusterSecurityPolicyStatus) -> BTreeMap<String, String> {
@@ -180,13 +176,13 @@ impl Rolling for ClusterSecurityPolicy {
 }
 
 /// Write what the brokers read before the roll: the client CA bundle (mTLS) and the security
-/// ConfigMap. Returns the hash that rolls the pods, or (reason, message) when the user must act.
+/// ConfigMap. Returns the hash that rolls the pods.
 async fn write_artefacts(
     ctx: &Context,
     csp: &ClusterSecurityPolicy,
     target: &SecuritySettings,
     now: k8s_openapi::jiff::Timestamp,
-) -> Result<Result<String, (String, String)>, Error> {
+) -> Result<String, PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let cluster = &csp.spec.cluster_ref.name;
     let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
@@ -230,13 +226,13 @@ async fn write_artefacts(
                 match crt {
                     Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
                     _ => {
-                        return Ok(Err((
-                            reason::SECRET_NOT_FOUND.into(),
+                        return Err(PrepareError::refused(
+                            reason::SECRET_NOT_FOUND,
                             format!(
                                 "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
                                 r.name, r.name
                             ),
-                        )))
+                        ))
                     }
                 }
             }
@@ -269,5 +265,5 @@ async fn write_artefacts(
         .patch(&cm_name, &pp, &Patch::Apply(&cm))
         .await
         .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
-    Ok(Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()])))
+    Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
 }

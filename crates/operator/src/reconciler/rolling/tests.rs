@@ -123,13 +123,13 @@ impl Rolling for Widget {
         _: &Context,
         op: &Operation<String>,
         _: Option<&Workload>,
-    ) -> Result<Prepared, Error> {
+    ) -> Result<BTreeMap<String, String>, PrepareError> {
         if let Some(reason) = &self.spec.refuse {
-            return Ok(Prepared::Refused { reason: reason.clone(), message: format!("refused: {reason}") });
+            return Err(PrepareError::refused(reason, format!("refused: {reason}")));
         }
         let hash = format!("hash-of-{}", op.target_info.as_deref().unwrap_or_default());
         round.status.hash = Some(hash.clone());
-        Ok(Prepared::Roll(BTreeMap::from([(HASH.to_string(), hash)])))
+        Ok(BTreeMap::from([(HASH.to_string(), hash)]))
     }
     fn expected(status: &WidgetStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(HASH.to_string(), status.hash.clone().unwrap_or_default())])
