@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::common::Operation;
 
-/// Default `spec.reencryption.concurrency`.
-pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 8;
+/// Default `spec.reencryption.concurrency`: the most Secrets rewritten at once; the operator
+/// adapts below it to the API server's latency and throttling.
+pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 32;
 /// Default `spec.reencryption.pageSize`.
 pub const DEFAULT_REENCRYPTION_PAGE_SIZE: u32 = 500;
 
@@ -99,7 +100,9 @@ pub struct AzureProvider {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReencryptionSettings {
-    /// Secrets rewritten at once (1-64).
+    /// The most Secrets rewritten at once (1-64). The operator starts at 8 (or this, if lower)
+    /// and adapts to the API server: more while its latency holds, fewer when it climbs or the
+    /// server throttles (429, 5xx); never more than this.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 64))]
     pub concurrency: u32,

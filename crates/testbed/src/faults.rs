@@ -235,8 +235,8 @@ impl WorkloadTrials {
 }
 
 /// Secrets the KMS trials create (their values are checked after every trial).
-const KMS_DATA_NS: &str = "kms-data";
-const VAULT: &str = "kv-orders";
+pub const KMS_DATA_NS: &str = "kms-data";
+pub const VAULT: &str = "kv-orders";
 
 /// A control plane whose Secrets are encrypted by a KMS plugin, the Azure emulator reconfiguring
 /// it like AKS (each KMS change restarts kube-apiserver), and the operator: for trials that
@@ -249,7 +249,9 @@ pub struct KmsTrials {
     secrets: usize,
     /// Switches so far; the vault starts Public, so an even count means the next is to Private.
     switches: u64,
-    _plugin: KmsPlugin,
+    /// `spec.reencryption` of the switches (YAML flow map; `{}`: the defaults).
+    pub reencryption: String,
+    pub plugin: KmsPlugin,
 }
 
 impl KmsTrials {
@@ -273,17 +275,20 @@ impl KmsTrials {
             args.push("--disable-webhook".into());
             Operator::start(&cp, binary, free_port(), &args)
         })?;
-        Ok(Self { cp, op, emulator, spec, secrets, switches: 0, _plugin: plugin })
+        let reencryption = "{concurrency: 8, pageSize: 100}".to_string();
+        Ok(Self { cp, op, emulator, spec, secrets, switches: 0, reencryption, plugin })
     }
 
-    fn manifest(&self, mode: &str) -> String {
+    /// The KmsKeyVaultMode `cluster` asking for `mode` (Public or Private).
+    pub fn manifest(&self, mode: &str) -> String {
         format!(
-            "apiVersion: clustersecurity.io/v1alpha1\nkind: KmsKeyVaultMode\nmetadata: {{name: cluster}}\nspec:\n  networkAccess: {mode}\n  keyId: {}\n  keyVaultResourceId: {}\n  provider:\n    azure: {{subscriptionId: {}, resourceGroup: {}, clusterName: {}}}\n  reencryption: {{concurrency: 8, pageSize: 100}}\n",
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: KmsKeyVaultMode\nmetadata: {{name: cluster}}\nspec:\n  networkAccess: {mode}\n  keyId: {}\n  keyVaultResourceId: {}\n  provider:\n    azure: {{subscriptionId: {}, resourceGroup: {}, clusterName: {}}}\n  reencryption: {}\n",
             self.spec.key_id(VAULT, "v1"),
             self.spec.vault_resource_id(VAULT),
             self.spec.subscription_id,
             self.spec.resource_group,
-            self.spec.cluster_name
+            self.spec.cluster_name,
+            self.reencryption
         )
     }
 

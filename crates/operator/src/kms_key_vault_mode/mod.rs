@@ -283,24 +283,37 @@ async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Re
         info!(resume_after = ?r.resume_after, "resuming the Secret rewrite where it stopped");
     }
     let spec = round.obj.spec.reencryption.clone();
+    // The spec's concurrency is a cap: the engine finds how many the API server takes.
     let settings = engine::Settings {
         concurrency: spec.concurrency.clamp(1, 64) as usize,
         page_size: spec.page_size.clamp(1, 5000),
         attempts: 5,
+        adaptive: true,
     };
-    // The engine reports each page on a channel; this side writes the newest progress to status
-    // at most every PROGRESS_WRITE_INTERVAL while the engine goes on.
+    // The engine reports its progress on a channel; the reporter writes the newest to status
+    // every PROGRESS_WRITE_INTERVAL and stops the moment the engine ends (a sleep the end had to
+    // wait out would add up to the whole interval to every step).
     let (tx, mut rx) = tokio::sync::watch::channel(start.clone());
-    let rewrite = async move { engine::run(&client, settings, start, |p| drop(tx.send(p.clone()))).await };
+    let ended = tokio::sync::Notify::new();
+    let rewrite = async {
+        let result = engine::run(&client, settings, start, |p| drop(tx.send(p.clone()))).await;
+        ended.notify_one();
+        result
+    };
     let reporter = async {
-        while rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            record_progress(&mut round.status, &p);
-            if let Err(e) = checkpoint(round, ctx).await {
-                // Progress is also kept in memory; the next write reports it.
-                warn!(error = %e, "could not write re-encryption progress");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PROGRESS_WRITE_INTERVAL) => {}
+                _ = ended.notified() => break,
             }
-            tokio::time::sleep(PROGRESS_WRITE_INTERVAL).await;
+            if rx.has_changed().unwrap_or(false) {
+                let p = rx.borrow_and_update().clone();
+                record_progress(&mut round.status, &p);
+                if let Err(e) = checkpoint(round, ctx).await {
+                    // Progress is also kept in memory; the next write reports it.
+                    warn!(error = %e, "could not write re-encryption progress");
+                }
+            }
         }
         rx.borrow().clone()
     };

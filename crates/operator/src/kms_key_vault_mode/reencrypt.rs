@@ -8,33 +8,46 @@
 //!   (new resourceVersion), one already current is left alone (same resourceVersion), and a
 //!   concurrent change by someone else can't be overwritten because we send no data.
 //! - A Secret deleted meanwhile answers NotFound: counted as gone, never recreated.
-//! - Bounded concurrency, retries with backoff (backon, with jitter) on 429, 409, 5xx and
-//!   transport errors.
-//! - Resumable: Secrets are listed in key order (namespace/name); `resume_after` is the last key
-//!   of the last fully handled page, and an expired list continuation restarts the listing
-//!   after it.
+//! - A pipeline, not pages in lock-step: the next pages are listed while rewrites run, and a
+//!   fixed number of rewrites is kept in flight at all times (no page waits for its slowest
+//!   Secret before the next one starts).
+//! - How many in flight is measured, not guessed ([`Limiter`]): it grows while the API server's
+//!   latency holds and shrinks when latency climbs or the server throttles (429, 5xx), never
+//!   above `Settings::concurrency`. Retries with backoff (backon, with jitter) on 429, 409, 5xx
+//!   and transport errors.
+//! - Resumable: Secrets are listed in key order (namespace/name); `resume_after` is exact — the
+//!   last key below which every Secret is handled — and an expired list continuation restarts
+//!   the listing after the last key listed.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use futures::{stream, StreamExt};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::mpsc;
 
 /// How the engine runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
+    /// The most rewrites in flight (`spec.reencryption.concurrency`): a cap when `adaptive`,
+    /// the number in flight otherwise.
     pub concurrency: usize,
     pub page_size: u32,
     /// Attempts per Secret before it counts as failed.
     pub attempts: u32,
+    /// Adapt the number in flight to the API server's answers ([`Limiter`]).
+    pub adaptive: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { concurrency: 8, page_size: 500, attempts: 5 }
+        Self { concurrency: 32, page_size: 500, attempts: 5, adaptive: true }
     }
 }
 
@@ -51,7 +64,7 @@ pub struct Progress {
     pub gone: u64,
     /// Could not be rewritten after every attempt.
     pub failed: u64,
-    /// `namespace/name` of the last Secret of the last fully handled page.
+    /// `namespace/name` of the last Secret below which every Secret is handled.
     pub resume_after: Option<String>,
 }
 
@@ -69,6 +82,14 @@ enum Outcome {
     Failed,
 }
 
+/// How the API server answered one rewrite, for the [`Limiter`].
+enum Signal {
+    /// Answered at the first attempt, after this long.
+    Latency(Duration),
+    /// Throttled (429) or failing (5xx, transport) at least once.
+    Pushback,
+}
+
 fn key(meta: &PartialObjectMeta<Secret>) -> String {
     format!("{}/{}", meta.namespace().unwrap_or_default(), meta.name_any())
 }
@@ -80,9 +101,17 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-async fn rewrite_one(client: &Client, meta: &PartialObjectMeta<Secret>, attempts: u32) -> Outcome {
+/// Pushback from the server itself (not a conflict with another writer).
+fn pushback(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        _ => true,
+    }
+}
+
+async fn rewrite_one(client: Client, meta: PartialObjectMeta<Secret>, attempts: u32) -> (Outcome, Signal) {
     use backon::{ExponentialBuilder, Retryable};
-    let api: Api<Secret> = Api::namespaced(client.clone(), &meta.namespace().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(client, &meta.namespace().unwrap_or_default());
     let (name, before) = (meta.name_any(), meta.resource_version());
     let (params, noop) = (PatchParams::default(), Patch::Merge(json!({})));
     let patch = || api.patch_metadata(&name, &params, &noop);
@@ -91,11 +120,163 @@ async fn rewrite_one(client: &Client, meta: &PartialObjectMeta<Secret>, attempts
         .with_max_delay(Duration::from_secs(5))
         .with_max_times(attempts.saturating_sub(1) as usize)
         .with_jitter();
-    match patch.retry(backoff).when(transient).await {
+    let pushed_back = AtomicBool::new(false);
+    let started = Instant::now();
+    let result = patch
+        .retry(backoff)
+        .when(transient)
+        .notify(|e, _| {
+            if pushback(e) {
+                pushed_back.store(true, Ordering::Relaxed);
+            }
+        })
+        .await;
+    let signal =
+        if pushed_back.load(Ordering::Relaxed) { Signal::Pushback } else { Signal::Latency(started.elapsed()) };
+    let outcome = match result {
         Ok(after) if after.resource_version() == before => Outcome::Unchanged,
         Ok(_) => Outcome::Rewritten,
         Err(kube::Error::Api(s)) if s.code == 404 => Outcome::Gone,
         Err(_) => Outcome::Failed,
+    };
+    (outcome, signal)
+}
+
+/// How many rewrites to keep in flight, from the API server's answers (after Netflix's
+/// concurrency-limits "gradient"): every window of answers compares their latency with the
+/// long-run latency. While it holds (within `TOLERANCE`) the limit grows by a small queue
+/// allowance; as it climbs, the limit shrinks in proportion; throttling (429, 5xx) halves it.
+/// An idle API server is used fully, a busy one is not piled on. Never above the cap, never
+/// below one.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    limit: f64,
+    cap: f64,
+    /// Long-run latency (exponential average over about `LONG_WINDOW` answers), seconds.
+    long: Option<f64>,
+    /// Sum and count of the current window's latencies.
+    window_sum: f64,
+    window_len: usize,
+    /// The highest limit reached, and how often the server pushed back (for the log).
+    most: usize,
+    pushbacks: u64,
+}
+
+impl Limiter {
+    /// Where the limit starts: what a fixed default used to run at.
+    pub const START: usize = 8;
+    const TOLERANCE: f64 = 1.5;
+    const LONG_WINDOW: f64 = 600.0;
+    const SMOOTHING: f64 = 0.2;
+
+    pub fn new(cap: usize) -> Self {
+        let cap = cap.max(1) as f64;
+        let limit = (Self::START as f64).min(cap);
+        Self { limit, cap, long: None, window_sum: 0.0, window_len: 0, most: limit as usize, pushbacks: 0 }
+    }
+
+    /// Rewrites to keep in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit.round().max(1.0) as usize
+    }
+
+    /// One answer took `latency`.
+    pub fn on_latency(&mut self, latency: Duration) {
+        let rtt = latency.as_secs_f64();
+        let alpha = 2.0 / (Self::LONG_WINDOW + 1.0);
+        self.long = Some(self.long.map_or(rtt, |l| l + alpha * (rtt - l)));
+        self.window_sum += rtt;
+        self.window_len += 1;
+        // One window: as many answers as the limit allows in flight (at least 8, so one slow
+        // answer does not swing it).
+        if self.window_len < self.limit().max(8) {
+            return;
+        }
+        let short = self.window_sum / self.window_len as f64;
+        let long = self.long.unwrap_or(short);
+        let gradient = (Self::TOLERANCE * long / short).clamp(0.5, 1.0);
+        let queue = self.limit.sqrt().max(1.0);
+        let wanted = self.limit * gradient + queue;
+        self.limit = (self.limit * (1.0 - Self::SMOOTHING) + wanted * Self::SMOOTHING).clamp(1.0, self.cap);
+        self.most = self.most.max(self.limit());
+        (self.window_sum, self.window_len) = (0.0, 0);
+    }
+
+    /// The server pushed back (429, 5xx, unreachable): halve.
+    pub fn on_pushback(&mut self) {
+        self.pushbacks += 1;
+        self.limit = (self.limit / 2.0).max(1.0);
+        (self.window_sum, self.window_len) = (0.0, 0);
+    }
+}
+
+/// Pages listed ahead of the rewrites.
+const LIST_AHEAD: usize = 2;
+
+/// List the Secrets after `after`, a page at a time, into `pages` (in key order). An expired
+/// continuation (410) lists again from the start and skips what was already sent.
+async fn list_pages(
+    client: Client,
+    page_size: u32,
+    mut after: Option<String>,
+    pages: mpsc::Sender<Result<Vec<PartialObjectMeta<Secret>>, kube::Error>>,
+) {
+    let api: Api<Secret> = Api::all(client);
+    let mut continue_token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(page_size.max(1));
+        if let Some(c) = &continue_token {
+            lp = lp.continue_token(c);
+        }
+        let page = match api.list_metadata(&lp).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                continue_token = None;
+                continue;
+            }
+            Err(e) => {
+                let _ = pages.send(Err(e)).await;
+                return;
+            }
+        };
+        let items: Vec<_> =
+            page.items.into_iter().filter(|m| after.as_deref().is_none_or(|a| key(m).as_str() > a)).collect();
+        if let Some(last) = items.last() {
+            after = Some(key(last));
+        }
+        if !items.is_empty() && pages.send(Ok(items)).await.is_err() {
+            return; // the run ended
+        }
+        continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+        if continue_token.is_none() {
+            return;
+        }
+    }
+}
+
+/// Secrets started but not yet below the resume point, in key order: the front is the oldest.
+/// When the front is handled, it and every handled one after it pass below the resume point.
+struct Watermark {
+    /// Sequence number of the front.
+    base: u64,
+    items: VecDeque<(String, bool)>,
+}
+
+impl Watermark {
+    fn start(&mut self, key: String) -> u64 {
+        self.items.push_back((key, false));
+        self.base + self.items.len() as u64 - 1
+    }
+
+    /// Mark `seq` handled; the new resume point when it moved.
+    fn handled(&mut self, seq: u64) -> Option<String> {
+        self.items[(seq - self.base) as usize].1 = true;
+        let mut moved = None;
+        while self.items.front().is_some_and(|(_, done)| *done) {
+            moved = self.items.pop_front().map(|(k, _)| k);
+            self.base += 1;
+        }
+        moved
     }
 }
 
@@ -130,63 +311,153 @@ pub async fn count(client: &Client, page_size: u32) -> Result<u64, kube::Error> 
 }
 
 /// Rewrite every Secret listed after `start.resume_after`, adding to the counters of `start`
-/// (so a resumed run keeps counting where it stopped). `on_page` sees the progress after each
-/// page (to persist the resume point at a modest rate).
+/// (so a resumed run keeps counting where it stopped). `on_progress` sees the progress as it
+/// goes (after about a page's worth of Secrets, and at the end), to persist the resume point at
+/// a modest rate.
 pub async fn run(
     client: &Client,
     settings: Settings,
     start: Progress,
-    mut on_page: impl FnMut(&Progress),
+    mut on_progress: impl FnMut(&Progress),
 ) -> Result<Progress, ReencryptError> {
-    let api: Api<Secret> = Api::all(client.clone());
+    let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
+    let lister = tokio::spawn(list_pages(client.clone(), settings.page_size, start.resume_after.clone(), tx));
+    // The lister stops with the run, however it ends (a dropped run included).
+    let _stop_lister = AbortOnDrop(lister);
     let mut progress = start;
-    let mut continue_token: Option<String> = None;
+    let mut limiter = Limiter::new(settings.concurrency);
+    let fixed = settings.concurrency.max(1);
+    let mut queue: VecDeque<PartialObjectMeta<Secret>> = VecDeque::new();
+    let mut watermark = Watermark { base: 0, items: VecDeque::new() };
+    let mut in_flight = FuturesUnordered::new();
+    let (mut listed_all, mut since_report) = (false, 0u64);
     loop {
-        let mut lp = ListParams::default().limit(settings.page_size);
-        if let Some(c) = &continue_token {
-            lp = lp.continue_token(c);
-        }
-        let page = match api.list_metadata(&lp).await {
-            Ok(p) => p,
-            // The continuation expired (410): list again from the start and skip what is done.
-            Err(kube::Error::Api(s)) if s.code == 410 => {
-                continue_token = None;
+        let limit = if settings.adaptive { limiter.limit() } else { fixed };
+        while in_flight.len() < limit {
+            if queue.is_empty() && !listed_all {
+                // Wait for a page only when nothing is in flight; otherwise take what is there.
+                let next = if in_flight.is_empty() {
+                    pages.recv().await
+                } else {
+                    match pages.try_recv() {
+                        Ok(page) => Some(page),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                match next {
+                    Some(Ok(page)) => queue.extend(page),
+                    Some(Err(e)) => return Err(ReencryptError::List(e)),
+                    None => listed_all = true,
+                }
                 continue;
             }
-            Err(e) => return Err(ReencryptError::List(e)),
-        };
-        let items: Vec<PartialObjectMeta<Secret>> = page
-            .items
-            .into_iter()
-            .filter(|m| progress.resume_after.as_deref().is_none_or(|after| key(m).as_str() > after))
-            .collect();
-        let last = items.last().map(key);
-        // Owned items and client clones: the futures borrow nothing, so the whole run stays Send
-        // inside a controller's reconcile future.
-        let outcomes: Vec<Outcome> = stream::iter(items)
-            .map(|m| {
-                let client = client.clone();
-                async move { rewrite_one(&client, &m, settings.attempts).await }
-            })
-            .buffer_unordered(settings.concurrency.max(1))
-            .collect()
-            .await;
-        for o in outcomes {
-            progress.total += 1;
-            match o {
-                Outcome::Rewritten => progress.rewritten += 1,
-                Outcome::Unchanged => progress.unchanged += 1,
-                Outcome::Gone => progress.gone += 1,
-                Outcome::Failed => progress.failed += 1,
+            let Some(meta) = queue.pop_front() else { break };
+            let seq = watermark.start(key(&meta));
+            let client = client.clone();
+            // Owned arguments: the futures borrow nothing, so the run stays Send inside a
+            // controller's reconcile future.
+            in_flight.push(async move { (seq, rewrite_one(client, meta, settings.attempts).await) });
+        }
+        let Some((seq, (outcome, signal))) = in_flight.next().await else {
+            if listed_all && queue.is_empty() {
+                break;
             }
+            continue;
+        };
+        match signal {
+            Signal::Latency(l) => limiter.on_latency(l),
+            Signal::Pushback => limiter.on_pushback(),
         }
-        if last.is_some() {
-            progress.resume_after = last;
-            on_page(&progress);
+        progress.total += 1;
+        match outcome {
+            Outcome::Rewritten => progress.rewritten += 1,
+            Outcome::Unchanged => progress.unchanged += 1,
+            Outcome::Gone => progress.gone += 1,
+            Outcome::Failed => progress.failed += 1,
         }
-        continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
-        if continue_token.is_none() {
-            return Ok(progress);
+        if let Some(k) = watermark.handled(seq) {
+            progress.resume_after = Some(k);
         }
+        since_report += 1;
+        if since_report >= u64::from(settings.page_size.max(1)) {
+            since_report = 0;
+            on_progress(&progress);
+        }
+    }
+    on_progress(&progress);
+    tracing::info!(
+        secrets = progress.total,
+        in_flight_at_end = limiter.limit(),
+        most_in_flight = limiter.most,
+        pushbacks = limiter.pushbacks,
+        "re-encryption pass finished"
+    );
+    Ok(progress)
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_limit_grows_while_latency_holds_and_stays_under_the_cap() {
+        let mut l = Limiter::new(32);
+        assert_eq!(l.limit(), Limiter::START);
+        for _ in 0..2000 {
+            l.on_latency(ms(20));
+        }
+        assert_eq!(l.limit(), 32, "steady latency: up to the cap");
+        let mut small = Limiter::new(4);
+        assert_eq!(small.limit(), 4, "never above the cap, from the start");
+        small.on_latency(ms(1));
+        assert!(small.limit() <= 4);
+    }
+
+    #[test]
+    fn rising_latency_and_pushback_shrink_the_limit() {
+        let mut l = Limiter::new(64);
+        for _ in 0..3000 {
+            l.on_latency(ms(10));
+        }
+        let before = l.limit();
+        // Latency climbs fourfold and stays there: the limit comes down.
+        for _ in 0..200 {
+            l.on_latency(ms(40));
+        }
+        assert!(l.limit() < before, "{} < {before}", l.limit());
+        let at = l.limit();
+        l.on_pushback();
+        assert!(((at / 2).max(1)..=at.div_ceil(2)).contains(&l.limit()), "halved on 429/5xx: {at} -> {}", l.limit());
+        for _ in 0..10 {
+            l.on_pushback();
+        }
+        assert_eq!(l.limit(), 1, "never below one");
+    }
+
+    #[test]
+    fn the_resume_point_is_the_last_key_below_which_everything_is_handled() {
+        let mut w = Watermark { base: 0, items: VecDeque::new() };
+        let seqs: Vec<u64> = ["a", "b", "c", "d"].iter().map(|k| w.start(k.to_string())).collect();
+        assert_eq!(w.handled(seqs[2]), None, "c done, a and b not: nothing passes");
+        assert_eq!(w.handled(seqs[1]), None);
+        assert_eq!(w.handled(seqs[0]).as_deref(), Some("c"), "a done: a, b, c pass at once");
+        let e = w.start("e".into());
+        assert_eq!(w.handled(e), None, "d still in flight");
+        assert_eq!(w.handled(seqs[3]).as_deref(), Some("e"));
+        assert!(w.items.is_empty());
     }
 }

@@ -73,7 +73,7 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
         })
     };
     let mut pages = 0;
-    let settings = Settings { concurrency: 8, page_size: 50, attempts: 5 };
+    let settings = Settings { concurrency: 8, page_size: 50, attempts: 5, adaptive: true };
     let p = reencrypt::run(&client, settings, Default::default(), |_| pages += 1).await.unwrap();
     writer.await.unwrap();
     assert_eq!(p.failed, 0, "{p:?}");
