@@ -10,7 +10,9 @@
 //! - engine:   `reencrypt::run` alone with default settings.
 //!
 //! Secrets are encrypted by a KMS v1 plugin (the AKS case: every data key not in the API
-//! server's cache is a plugin call). Every Secret in etcd is checked after each method.
+//! server's cache is a plugin call); `--aescbc` encrypts them with aescbc keys instead (no
+//! product then: a KmsKeyVaultMode switch is the KMS case). Every Secret in etcd is checked
+//! after each method.
 //!
 //! `cargo bench --bench reencrypt -- --secrets N` (or CSO_BENCH_SECRETS; default 5000).
 //! `--skip-kubectl` leaves the slowest method out (for large N); `--product-only` runs only the
@@ -22,6 +24,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster_security_api::{KmsKeyVaultMode, StepName, StepState};
@@ -29,7 +32,7 @@ use cluster_security_operator::reencrypt::{self, Settings};
 use cluster_security_testbed::faults::{KmsTrials, VAULT};
 use cluster_security_testbed::kms_plugin;
 use cluster_security_testbed::spawn::children_max_rss_mib;
-use cluster_security_testbed::ControlPlane;
+use cluster_security_testbed::{create_numbered_secrets, ControlPlane, Options};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -46,17 +49,53 @@ fn peak_rss_mib(pid: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Make `vault` the key new writes use (the others stay readable), as a key change does.
-fn switch_key(cp: &ControlPlane, plugin_config: impl Fn(&str, &[&str]) -> String, vault: &str, all: &[&str]) {
-    cp.set_encryption_config(&plugin_config(vault, all)).expect("encryption config written");
-    cp.restart_apiserver().expect("kube-apiserver restarts");
+/// How Secrets are encrypted at rest in this run.
+enum Encryption {
+    /// The KMS v1 plugin at this endpoint; a key is a vault.
+    Kms(String),
+    /// aescbc; a key is a key name.
+    Aescbc,
 }
 
-/// (Secrets in etcd, how many of them are stored under `vault`'s key): every one, not a sample.
-fn stored_under(cp: &ControlPlane, vault: &str) -> (usize, usize) {
-    let all = cp.etcd_get_prefix("/registry/secrets/").expect("etcd answers");
-    let under = all.iter().filter(|(_, v)| kms_plugin::stored_with_kms(v, vault)).count();
-    (all.len(), under)
+impl Encryption {
+    /// The EncryptionConfiguration writing with `key` and able to read every key in `all`.
+    fn config(&self, key: &str, all: &[&str]) -> String {
+        match self {
+            Self::Kms(endpoint) => kms_plugin::encryption_config(endpoint, Some(key), all),
+            Self::Aescbc => {
+                use base64::Engine as _;
+                let secret = |k: &str| {
+                    let digest = ring::digest::digest(&ring::digest::SHA256, k.as_bytes());
+                    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+                };
+                let keys: String = std::iter::once(key)
+                    .chain(all.iter().copied().filter(|k| *k != key))
+                    .map(|k| format!("      - {{name: {k}, secret: {}}}\n", secret(k)))
+                    .collect();
+                format!("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n{keys}  - identity: {{}}\n")
+            }
+        }
+    }
+
+    fn stored_under(&self, value: &[u8], key: &str) -> bool {
+        match self {
+            Self::Kms(_) => kms_plugin::stored_with_kms(value, key),
+            Self::Aescbc => value.starts_with(format!("k8s:enc:aescbc:v1:{key}:").as_bytes()),
+        }
+    }
+
+    /// Make `key` the one new writes use (the others stay readable), as a key change does.
+    fn switch_key(&self, cp: &ControlPlane, key: &str, all: &[&str]) {
+        cp.set_encryption_config(&self.config(key, all)).expect("encryption config written");
+        cp.restart_apiserver().expect("kube-apiserver restarts");
+    }
+
+    /// (Secrets in etcd, how many are stored under `key`): every one, not a sample.
+    fn stored(&self, cp: &ControlPlane, key: &str) -> (usize, usize) {
+        let all = cp.etcd_get_prefix("/registry/secrets/").expect("etcd answers");
+        let under = all.iter().filter(|(_, v)| self.stored_under(v, key)).count();
+        (all.len(), under)
+    }
 }
 
 /// The plain loop of the ceiling: list every name, then a no-op PATCH each, `connections` at once.
@@ -119,6 +158,12 @@ async fn switch(trials: &mut KmsTrials, mode: &str, kill_at_half: bool) -> Vec<S
         };
         let s = o.status.clone().unwrap_or_default();
         let now = Instant::now();
+        // Until this change's operation is recorded, the steps shown are the previous one's.
+        let newest = s.current_operation.as_ref().or(s.operations.first()).map(|op| op.generation);
+        if newest != Some(o.metadata.generation) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         started.resize(s.steps.len(), None);
         runs.resize(s.steps.len(), None);
         for (i, step) in s.steps.iter().enumerate().filter(|(_, x)| x.name == StepName::ReencryptSecrets) {
@@ -168,57 +213,68 @@ async fn main() -> anyhow::Result<()> {
     let n: usize =
         from_args.or_else(|| std::env::var("CSO_BENCH_SECRETS").ok().and_then(|v| v.parse().ok())).unwrap_or(5000);
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
-
-    // Control plane encrypting Secrets with the KMS plugin, the Azure emulator, the operator.
     let t = Instant::now();
-    let mut trials = KmsTrials::start(binary, n).await?;
-    trials.reencryption = "{}".into(); // the defaults: what users run
-    println!("setup: {n} Secrets of ~1.8 KiB under KMS (vault {VAULT}) in {:.1}s", t.elapsed().as_secs_f64());
-    let cp = trials.cp.clone();
-    let endpoint = trials.plugin.endpoint.clone();
-    let config = move |vault: &str, all: &[&str]| kms_plugin::encryption_config(&endpoint, Some(vault), all);
+    let (cp, enc, first_key, mut trials) = if flag("--aescbc") {
+        let enc = Encryption::Aescbc;
+        let cp = Arc::new(ControlPlane::start(Options { encryption_config: Some(enc.config("k0", &["k0"])) })?);
+        create_numbered_secrets(&cp.client().await?, "bench", "s", n).await?;
+        println!("setup: {n} Secrets of ~1.8 KiB under aescbc in {:.1}s", t.elapsed().as_secs_f64());
+        (cp, enc, "k0".to_string(), None)
+    } else {
+        // Control plane encrypting Secrets with the KMS plugin, the Azure emulator, the operator.
+        let mut trials = KmsTrials::start(binary, n).await?;
+        trials.reencryption = "{}".into(); // the defaults: what users run
+        println!("setup: {n} Secrets of ~1.8 KiB under KMS (vault {VAULT}) in {:.1}s", t.elapsed().as_secs_f64());
+        (trials.cp.clone(), Encryption::Kms(trials.plugin.endpoint.clone()), VAULT.to_string(), Some(trials))
+    };
 
     // (c) The product: a switch through the operator, defaults.
-    let runs = switch(&mut trials, "Private", false).await;
-    anyhow::ensure!(runs.len() == 2, "a switch has two ReencryptSecrets steps, saw {runs:?}");
-    let product: Vec<f64> = runs.iter().map(|r| r.handled as f64 / r.secs).collect();
-    let product_rate = product.iter().sum::<f64>() / product.len() as f64;
-    let operator_rss = peak_rss_mib(&trials.op.pid().to_string());
-    let (total, under) = stored_under(&cp, VAULT);
-    let mut verified = under == total;
-    println!(
-        "product (KmsKeyVaultMode switch, default settings): ReencryptSecrets {:.0} and {:.0} Secrets/s ({} Secrets in {:.1}s and {:.1}s), operator peak RSS {operator_rss:.0} MiB, etcd {under}/{total} under the vault's key",
-        product[0], product[1], runs[0].handled, runs[0].secs, runs[1].secs
-    );
-    if flag("--resume-trial") {
-        let resumed = switch(&mut trials, "Public", true).await;
-        let clean = runs[0].secs;
+    let (mut product_rate, mut operator_rss, mut verified) = (f64::NAN, f64::NAN, true);
+    if let Some(trials) = trials.as_mut() {
+        let runs = switch(trials, "Private", false).await;
+        anyhow::ensure!(runs.len() == 2, "a switch has two ReencryptSecrets steps, saw {runs:?}");
+        let product: Vec<f64> = runs.iter().map(|r| r.handled as f64 / r.secs).collect();
+        product_rate = product.iter().sum::<f64>() / product.len() as f64;
+        operator_rss = peak_rss_mib(&trials.op.pid().to_string());
+        let (total, under) = enc.stored(&cp, VAULT);
+        verified &= under == total;
         println!(
-            "resume trial: first ReencryptSecrets step {:.1}s with a SIGKILL at half, {clean:.1}s without: {:+.1}% time; operator peak RSS {:.0} MiB",
-            resumed[0].secs,
-            (resumed[0].secs / clean - 1.0) * 100.0,
-            peak_rss_mib(&trials.op.pid().to_string())
+            "product (KmsKeyVaultMode switch, default settings): ReencryptSecrets {:.0} and {:.0} Secrets/s ({} Secrets in {:.1}s and {:.1}s), operator peak RSS {operator_rss:.0} MiB, etcd {under}/{total} under the vault's key",
+            product[0], product[1], runs[0].handled, runs[0].secs, runs[1].secs
         );
-        verified &= stored_under(&cp, VAULT).1 == stored_under(&cp, VAULT).0;
-    }
-    for line in trials.op.log_text().lines().filter(|l| l.contains("re-encryption pass finished")) {
-        println!("operator: {line}");
-    }
-    trials.op.stop(); // the other methods run without the operator
-    if flag("--product-only") {
-        println!("reencrypt: engine={product_rate:.0} engine_rss_mib={operator_rss:.0} verified={verified}");
-        anyhow::ensure!(verified, "Secrets left behind (etcd)");
-        return Ok(());
+        if flag("--resume-trial") {
+            let resumed = switch(trials, "Public", true).await;
+            let clean = runs[0].secs;
+            println!(
+                "resume trial: first ReencryptSecrets step {:.1}s with a SIGKILL at half, {clean:.1}s without: {:+.1}% time; operator peak RSS {:.0} MiB",
+                resumed[0].secs,
+                (resumed[0].secs / clean - 1.0) * 100.0,
+                peak_rss_mib(&trials.op.pid().to_string())
+            );
+            let (total, under) = enc.stored(&cp, VAULT);
+            verified &= under == total;
+        }
+        for line in trials.op.log_text().lines().filter(|l| l.contains("re-encryption pass finished")) {
+            println!("operator: {line}");
+        }
+        trials.op.stop(); // the other methods run without the operator
+        if flag("--product-only") {
+            println!("reencrypt: engine={product_rate:.0} engine_rss_mib={operator_rss:.0} verified={verified}");
+            anyhow::ensure!(verified, "Secrets left behind (etcd)");
+            return Ok(());
+        }
+    } else {
+        println!("product: not measured with --aescbc (a KmsKeyVaultMode switch is the KMS case)");
     }
 
     // Every other method gets a key of its own, so each rewrites every Secret.
-    let mut vaults: Vec<String> = vec![VAULT.to_string()];
+    let mut keys: Vec<String> = vec![first_key];
     let mut next_key = |cp: &ControlPlane| {
-        let v = format!("kv-bench-{}", vaults.len());
-        vaults.push(v.clone());
-        let all: Vec<&str> = vaults.iter().map(String::as_str).collect();
-        switch_key(cp, &config, &v, &all);
-        v
+        let k = format!("k{}", keys.len());
+        keys.push(k.clone());
+        let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+        enc.switch_key(cp, &k, &all);
+        k
     };
 
     // (a) The seed's kubectl pipeline.
@@ -242,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
         let secs = t.elapsed().as_secs_f64();
         anyhow::ensure!(replace.success(), "kubectl replace failed");
         kubectl_rss = children_max_rss_mib();
-        let (total, under) = stored_under(&cp, &vault);
+        let (total, under) = enc.stored(&cp, &vault);
         verified &= under == total;
         kubectl_rate = total as f64 / secs;
         println!("kubectl get|replace: {secs:.1}s, {kubectl_rate:.0} Secrets/s, client peak RSS {kubectl_rss:.0} MiB, etcd {under}/{total}");
@@ -256,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let count = plain_loop(&client, connections).await;
         let rate = count as f64 / t.elapsed().as_secs_f64();
-        let (total, under) = stored_under(&cp, &vault);
+        let (total, under) = enc.stored(&cp, &vault);
         verified &= under == total;
         ceiling = ceiling.max(rate);
         println!("ceiling, plain list + no-op PATCH at {connections:2}: {rate:.0} Secrets/s, etcd {under}/{total}");
@@ -268,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let p = reencrypt::run(&client, Settings::default(), Default::default(), |_| {}).await?;
     let engine_alone = p.total as f64 / t.elapsed().as_secs_f64();
-    let (total, under) = stored_under(&cp, &vault);
+    let (total, under) = enc.stored(&cp, &vault);
     verified &= under == total && p.failed == 0;
     println!("engine alone (default settings): {engine_alone:.0} Secrets/s, etcd {under}/{total}; {p:?}");
 

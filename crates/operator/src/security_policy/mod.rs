@@ -188,68 +188,12 @@ async fn write_artefacts(
     let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let secret = |name: &str| Named::new("Secret", &ns, name);
 
     // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
-    let mut ca_bundle = String::new();
-    if let Some(tls) = target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
-        let ca_name = client_ca_secret_name(cluster);
-        let mut data: BTreeMap<String, String> = BTreeMap::new();
-        if tls.certificate_authority_secret_refs.is_empty() {
-            let existing = secrets
-                .get_opt(&ca_name)
-                .await
-                .map_err(|source| Error::Read { object: secret(&ca_name), source: Box::new(source) })?;
-            let kept = existing.and_then(|s| s.data).and_then(|d| {
-                let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
-                Some((get("ca.crt")?, get("ca.key")?))
-            });
-            let (crt, key) = match kept {
-                Some(pair) => pair,
-                None => {
-                    let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
-                        .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
-                    (ca.cert_pem, ca.key_pem)
-                }
-            };
-            data.insert("ca.key".into(), key);
-            ca_bundle = crt;
-        } else {
-            for r in &tls.certificate_authority_secret_refs {
-                let s = secrets
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(|source| Error::Read { object: secret(&r.name), source: Box::new(source) })?;
-                let crt = s
-                    .and_then(|s| s.data)
-                    .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
-                match crt {
-                    Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
-                    _ => {
-                        return Err(PrepareError::refused(
-                            reason::SECRET_NOT_FOUND,
-                            format!(
-                                "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
-                                r.name, r.name
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
-        data.insert("ca.crt".into(), ca_bundle.clone());
-        let body = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner],
-                         "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
-            "type": "Opaque",
-            "stringData": data,
-        });
-        secrets
-            .patch(&ca_name, &pp, &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
-    }
+    let ca_bundle = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
+        Some(tls) => client_ca_bundle(&secrets, csp, tls, now).await?,
+        None => String::new(),
+    };
 
     let source = format!("{ns}/{}", csp.name_any());
     let server_properties = properties::render_server_properties(target, &source);
@@ -266,4 +210,76 @@ async fn write_artefacts(
         .await
         .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
     Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
+}
+
+/// The client CA bundle for mTLS, kept in the `<cluster>-client-ca` Secret: the CAs of the
+/// Secrets the spec names, or a CA the operator keeps (its key stays in that Secret).
+async fn client_ca_bundle(
+    secrets: &Api<Secret>,
+    csp: &ClusterSecurityPolicy,
+    tls: &crate::api::TlsAuthentication,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<String, PrepareError> {
+    let ns = csp.namespace().unwrap_or_default();
+    let cluster = &csp.spec.cluster_ref.name;
+    let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let secret = |name: &str| Named::new("Secret", &ns, name);
+    let mut ca_bundle = String::new();
+    let ca_name = client_ca_secret_name(cluster);
+    let mut data: BTreeMap<String, String> = BTreeMap::new();
+    if tls.certificate_authority_secret_refs.is_empty() {
+        let existing = secrets
+            .get_opt(&ca_name)
+            .await
+            .map_err(|source| Error::Read { object: secret(&ca_name), source: Box::new(source) })?;
+        let kept = existing.and_then(|s| s.data).and_then(|d| {
+            let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+            Some((get("ca.crt")?, get("ca.key")?))
+        });
+        let (crt, key) = match kept {
+            Some(pair) => pair,
+            None => {
+                let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
+                    .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
+                (ca.cert_pem, ca.key_pem)
+            }
+        };
+        data.insert("ca.key".into(), key);
+        ca_bundle = crt;
+    } else {
+        for r in &tls.certificate_authority_secret_refs {
+            let s = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(|source| Error::Read { object: secret(&r.name), source: Box::new(source) })?;
+            let crt =
+                s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
+            match crt {
+                Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
+                _ => {
+                    return Err(PrepareError::refused(
+                        reason::SECRET_NOT_FOUND,
+                        format!(
+                            "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
+                            r.name, r.name
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    data.insert("ca.crt".into(), ca_bundle.clone());
+    let body = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner],
+                     "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "type": "Opaque",
+        "stringData": data,
+    });
+    secrets
+        .patch(&ca_name, &pp, &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
+    Ok(ca_bundle)
 }
