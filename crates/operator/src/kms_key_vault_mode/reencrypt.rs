@@ -284,30 +284,13 @@ impl Watermark {
 /// not carry `remainingItemCount` into PartialObjectMetadataList, and a full one-item list would
 /// pass a Secret's data through us). Cheap next to the rewrite: one request per page.
 pub async fn count(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
-    let api: Api<Secret> = Api::all(client.clone());
+    let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
+    let _stop_lister = AbortOnDrop(tokio::spawn(list_pages(client.clone(), page_size, None, tx)));
     let mut total = 0u64;
-    let mut continue_token: Option<String> = None;
-    loop {
-        let mut lp = ListParams::default().limit(page_size.max(1));
-        if let Some(c) = &continue_token {
-            lp = lp.continue_token(c);
-        }
-        let page = match api.list_metadata(&lp).await {
-            Ok(p) => p,
-            // The continuation expired: count again from the start.
-            Err(kube::Error::Api(s)) if s.code == 410 => {
-                total = 0;
-                continue_token = None;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        total += page.items.len() as u64;
-        continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
-        if continue_token.is_none() {
-            return Ok(total);
-        }
+    while let Some(page) = pages.recv().await {
+        total += page?.len() as u64;
     }
+    Ok(total)
 }
 
 /// Rewrite every Secret listed after `start.resume_after`, adding to the counters of `start`
