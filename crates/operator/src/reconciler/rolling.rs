@@ -134,6 +134,7 @@ pub async fn drive<K: Rolling>(
     let desired = kind.desired();
     let wl = workload_text(round);
 
+    let mut recorded_now = false;
     if round.status.current_operation().is_none() {
         let source = match kind.idle(round, ctx, workload).await? {
             Idle::Settled(outcome) => return Ok(outcome),
@@ -151,20 +152,14 @@ pub async fn drive<K: Rolling>(
         let op =
             operation::new(operation::uuid_v4(), K::OPERATION, round.generation(), source, desired.clone(), round.now);
         let (current, history) = round.status.record_mut();
-        let id = op.operation_id.clone();
         let note = operation::open(history, current, op, &wl);
         round.event(EventType::Normal, event::OPERATION_PENDING, note);
-        // Recorded before anything is issued or written: an operator restarted from here on
-        // finds this operation (and what was issued for it) instead of starting another, which
-        // would issue again and roll the pods twice.
-        let message = format!("Operation {id} recorded; the {} are prepared next.", K::WHAT);
-        round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message });
-        round.checkpoint().await?;
+        recorded_now = true;
     }
 
     let mut op = round.status.current_operation().cloned().expect("an operation is current");
     let outcome = match op.operation_state {
-        OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl).await?,
+        OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl, recorded_now).await?,
         OperationState::UpdateInProgress => follow(kind, round, workload, &mut op, &desired, &wl).await?,
         OperationState::UpdateComplete | OperationState::UpdateFailed => {
             Outcome::new(Health::Reconciling { reason: "Recorded".into(), message: String::new() }, Some(AFTER_END))
@@ -176,6 +171,8 @@ pub async fn drive<K: Rolling>(
 }
 
 /// PENDING: take the newest settings, wait for an ACTIVE workload, prepare, start the roll.
+/// `recorded_now`: the operation was opened in this round and is not stored yet.
+#[allow(clippy::too_many_arguments)]
 async fn pending<K: Rolling>(
     kind: &K,
     round: &mut Round<K>,
@@ -184,6 +181,7 @@ async fn pending<K: Rolling>(
     op: &mut Operation<Info<K>>,
     desired: &Info<K>,
     wl: &str,
+    recorded_now: bool,
 ) -> Result<Outcome, Error> {
     // Changed again before it started: the queued operation takes the newest settings.
     op.target_info = Some(desired.clone());
@@ -196,6 +194,15 @@ async fn pending<K: Rolling>(
         };
         let health = Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message };
         return Ok(Outcome::new(health, Some(RETRY_NOT_ACTIVE)));
+    }
+    if recorded_now {
+        // Stored before anything is issued or written: an operator restarted from here on finds
+        // this operation (and what was issued for it) instead of starting another, which would
+        // issue again and roll the pods twice. (Waiting for ACTIVE writes nothing, so the
+        // round's own status write records it then.)
+        let message = format!("Operation {} recorded; the {} are prepared next.", op.operation_id, K::WHAT);
+        round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message });
+        round.checkpoint().await?;
     }
     match kind.prepare(round, ctx, op, workload).await {
         Err(PrepareError::Failed(e)) => Err(e),
