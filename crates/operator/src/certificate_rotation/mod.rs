@@ -28,7 +28,7 @@ use crate::api::{
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
-use crate::reconciler::workload::{self, Workload};
+use crate::reconciler::workload::Workload;
 use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::validate;
 
@@ -106,19 +106,18 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
 impl Reconcile for CertificateRotation {
     const KIND: &'static str = "CertificateRotation";
     const PLURAL: &'static str = "certificaterotations";
+    type Deps = ();
+
     fn api(client: Client, obj: &Self) -> Api<Self> {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
-
-    type Deps = ();
 
     fn validate(&self, _: &CertificateRotationStatus) -> Result<(), String> {
         validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
-        let workload = workload::read(&ctx.client, &round.namespace(), &self.spec.cluster_ref).await?;
-        rolling::drive(self, round, ctx, workload.as_ref()).await
+        rolling::advance(self, round, ctx).await
     }
 
     /// Its workloads (rollout progress) and the Secrets `spec.external.secretName` names,
@@ -185,7 +184,7 @@ impl Rolling for CertificateRotation {
             .filter_map(|s| s.renewal_time.as_deref().and_then(operation::parse_time))
             .min()
             .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
-        let wl = workload::describe(&round.namespace(), &self.spec.cluster_ref);
+        let wl = rolling::workload_text(round);
         let mut message = rolling::in_effect::<Self>(&wl);
         if let Some(note) = material::source_secret_changed(ctx, self, &round.status).await? {
             let said = conditions::get(round.status.conditions(), conditions::READY)

@@ -344,11 +344,11 @@ async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Re
 impl Reconcile for KmsKeyVaultMode {
     const KIND: &'static str = "KmsKeyVaultMode";
     const PLURAL: &'static str = "kmskeyvaultmodes";
+    type Deps = Arc<dyn ProviderFactory>;
+
     fn api(client: Client, _: &Self) -> Api<Self> {
         Api::all(client)
     }
-
-    type Deps = Arc<dyn ProviderFactory>;
 
     fn validate(&self, _: &KmsKeyVaultModeStatus) -> Result<(), String> {
         validate::kms_key_vault_mode(&self.spec).map_err(|v| v.to_string())

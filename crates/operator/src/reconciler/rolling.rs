@@ -110,9 +110,16 @@ pub trait Rolling: TargetsWorkload {
     fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
 }
 
-/// `StatefulSet kafka/orders-kafka`.
-fn workload_text<K: Rolling>(round: &Round<K>) -> String {
+/// The workload the object targets, as messages name it: `StatefulSet kafka/orders-kafka`.
+pub fn workload_text<K: Rolling>(round: &Round<K>) -> String {
     workload::describe(&round.namespace(), round.obj.cluster_ref())
+}
+
+/// What a rolling kind's [`Reconcile::advance`](super::Reconcile::advance) is: read the target
+/// workload, then [`drive`].
+pub async fn advance<K: Rolling>(kind: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
+    let workload = workload::read(&ctx.client, &round.namespace(), kind.cluster_ref()).await?;
+    drive(kind, round, ctx, workload.as_ref()).await
 }
 
 /// The message of Ready for a kind whose settings are in effect on `wl`.

@@ -67,11 +67,11 @@ fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPol
 impl Reconcile for ClusterSecurityPolicy {
     const KIND: &'static str = "ClusterSecurityPolicy";
     const PLURAL: &'static str = "clustersecuritypolicies";
+    type Deps = ();
+
     fn api(client: Client, obj: &Self) -> Api<Self> {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
-
-    type Deps = ();
 
     fn validate(&self, status: &ClusterSecurityPolicyStatus) -> Result<(), String> {
         validate::security_policy(&self.spec, None).map_err(|v| v.to_string())?;
@@ -79,8 +79,7 @@ impl Reconcile for ClusterSecurityPolicy {
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
-        let workload = workload::read(&ctx.client, &round.namespace(), &self.spec.cluster_ref).await?;
-        rolling::drive(self, round, ctx, workload.as_ref()).await
+        rolling::advance(self, round, ctx).await
     }
 
     fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
@@ -123,7 +122,7 @@ impl Rolling for ClusterSecurityPolicy {
             return Ok(Idle::Start { source: round.status.applied.clone() });
         }
         round.status.listeners = listeners::status_listeners(&desired);
-        let wl = workload::describe(&round.namespace(), &self.spec.cluster_ref);
+        let wl = rolling::workload_text(round);
         let state = workload::cluster_state(workload);
         let health = if state == ClusterState::Active {
             Health::Ready { reason: reason::APPLIED.into(), message: rolling::in_effect::<Self>(&wl) }
