@@ -147,11 +147,12 @@ async fn switch(trials: &mut KmsTrials, mode: &str, kill_at_half: bool) -> Vec<S
     let mut runs: Vec<Option<StepRun>> = Vec::new();
     let mut killed = !kill_at_half;
     let deadline = Instant::now() + Duration::from_secs(3600);
+    let objects = Api::<KmsKeyVaultMode>::all(trials.cp.client().await.expect("a client for the control plane"));
     loop {
         assert!(Instant::now() < deadline, "the switch did not end within an hour");
-        let Ok(client) = trials.cp.client().await else { continue };
-        let got =
-            tokio::time::timeout(Duration::from_secs(2), Api::<KmsKeyVaultMode>::all(client).get("cluster")).await;
+        // One client for the whole switch (it reconnects across the API server's restarts): a new
+        // one per poll would spend the CPU the measured step runs on.
+        let got = tokio::time::timeout(Duration::from_secs(2), objects.get("cluster")).await;
         let Ok(Ok(o)) = got else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
