@@ -13,6 +13,8 @@ use super::common::Operation;
 pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 32;
 /// Default `spec.reencryption.pageSize`.
 pub const DEFAULT_REENCRYPTION_PAGE_SIZE: u32 = 500;
+/// Default `spec.rollbackAfterSeconds`: the longest KMS may stay off during a switch.
+pub const DEFAULT_ROLLBACK_AFTER_SECONDS: u32 = 1800;
 
 /// Desired network access of the key vault behind the cluster's KMS etcd encryption.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -67,6 +69,17 @@ pub struct KmsKeyVaultModeSpec {
     /// How Secrets are rewritten.
     #[serde(default)]
     pub reencryption: ReencryptionSettings,
+    /// The longest KMS may stay off during a switch (60-86400 s, default 1800). Once DisableKms
+    /// has succeeded, a failing later step is retried with backoff; if KMS is not back on this
+    /// long after it went off (or a step keeps failing), the operator restores the settings the
+    /// operation started from and ends it UPDATE_FAILED.
+    #[serde(default = "default_rollback_after_seconds")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub rollback_after_seconds: u32,
+}
+
+fn default_rollback_after_seconds() -> u32 {
+    DEFAULT_ROLLBACK_AFTER_SECONDS
 }
 
 /// Key vault network access.
@@ -143,6 +156,8 @@ pub enum StepState {
     InProgress,
     Succeeded,
     Failed,
+    /// Not run: the operation rolled back before reaching it.
+    Skipped,
 }
 
 /// One step of the running (or last) operation.
@@ -157,6 +172,26 @@ pub struct Step {
     pub end_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How many times the step has started (above 1: it failed and was retried).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Why and from where an operation restores the settings it started from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollback {
+    /// What made the target unreachable.
+    pub reason: String,
+    /// When the rollback started (RFC 3339).
+    pub start_time: String,
+    /// Index in `steps` of the first rollback step; the steps from there on restore the
+    /// operation's `sourceInfo`.
+    pub first_step: u32,
 }
 
 /// Progress of the Secret rewrite.
@@ -244,6 +279,10 @@ pub struct KmsKeyVaultModeStatus {
     /// Progress of the current Secret rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencryption: Option<ReencryptionStatus>,
+    /// Set when the running (or last) operation could not reach its target and restores the
+    /// settings it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
     /// The last check of the KMS key (it stays required after KMS is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_check: Option<KeyCheck>,

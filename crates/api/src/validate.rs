@@ -27,6 +27,7 @@ pub mod rule {
     pub const KEY_VAULT_MATCH: &str = "KeyVaultMatchesKeyId";
     pub const PROVIDER: &str = "ExactlyOneProvider";
     pub const REENCRYPTION: &str = "ReencryptionSettings";
+    pub const ROLLBACK_AFTER: &str = "RollbackAfterSeconds";
 }
 
 /// One broken rule.
@@ -526,6 +527,17 @@ pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> 
             rule::REENCRYPTION,
             "spec.reencryption.pageSize",
             format!("must be between 1 and 5000, got {}", r.page_size),
+        );
+    }
+    if !(60..=86400).contains(&spec.rollback_after_seconds) {
+        out.push(
+            rule::ROLLBACK_AFTER,
+            "spec.rollbackAfterSeconds",
+            format!(
+                "must be between 60 and 86400 (how long KMS may stay off before the operator restores the \
+                 settings it started from), got {}",
+                spec.rollback_after_seconds
+            ),
         );
     }
     out.into_result()

@@ -1,5 +1,5 @@
 //! Prometheus metrics (`/metrics`, OpenMetrics text): reconciliations, errors and durations per
-//! kind, objects per state of their newest operation, re-encryption progress and leadership.
+//! kind, objects per state of their newest operation, re-encryption progress, KMS off, and leadership.
 //! Names carry the `csop_` prefix; labels never carry Secret material (kind, object name, state).
 
 use std::collections::HashMap;
@@ -31,6 +31,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KmsLabels {
+    kmskeyvaultmode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReencryptionLabels {
     kmskeyvaultmode: String,
     counter: &'static str,
@@ -44,6 +49,7 @@ pub struct Metrics {
     durations: Family<KindLabels, Histogram>,
     operations: Family<StateLabels, Gauge>,
     reencryption: Family<ReencryptionLabels, Gauge<f64, AtomicU64>>,
+    kms_disabled: Family<KmsLabels, Gauge>,
     leader: Gauge,
     /// Newest operation state of every object seen, to count objects per state.
     newest: Mutex<HashMap<(&'static str, String), OperationState>>,
@@ -85,6 +91,7 @@ impl Metrics {
         let durations = Family::<KindLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
         let operations = Family::<StateLabels, Gauge>::default();
         let reencryption = Family::<ReencryptionLabels, Gauge<f64, AtomicU64>>::default();
+        let kms_disabled = Family::<KmsLabels, Gauge>::default();
         let leader = Gauge::default();
         registry.register("reconciliations", "Reconciles run, per kind", reconciliations.clone());
         registry.register("reconcile_errors", "Reconciles that ended in an error (retried), per kind", errors.clone());
@@ -94,6 +101,11 @@ impl Metrics {
             "reencryption_secrets",
             "Progress of the current or last re-encryption of a KmsKeyVaultMode (total, rewritten, unchanged, deleted, failed)",
             reencryption.clone(),
+        );
+        registry.register(
+            "kms_encryption_disabled",
+            "1 while the cluster of a KmsKeyVaultMode runs with KMS etcd encryption off (Secrets written meanwhile are not KMS-encrypted)",
+            kms_disabled.clone(),
         );
         registry.register(
             "leader",
@@ -107,6 +119,7 @@ impl Metrics {
             durations,
             operations,
             reencryption,
+            kms_disabled,
             leader,
             newest: Mutex::new(HashMap::new()),
         }
@@ -152,6 +165,11 @@ impl Metrics {
                 .get_or_create(&ReencryptionLabels { kmskeyvaultmode: name.into(), counter })
                 .set(v as f64);
         }
+    }
+
+    /// Whether the cluster of KmsKeyVaultMode `name` runs with KMS off.
+    pub fn kms_disabled(&self, name: &str, off: bool) {
+        self.kms_disabled.get_or_create(&KmsLabels { kmskeyvaultmode: name.into() }).set(off as i64);
     }
 
     /// Whether this replica leads.

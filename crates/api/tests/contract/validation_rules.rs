@@ -237,6 +237,8 @@ fn kms_key_vault_mode_rules() {
         ),
         (json!({"reencryption": {"concurrency": 0}}), Some(rule::REENCRYPTION), "zero concurrency"),
         (json!({"reencryption": {"pageSize": 100000}}), Some(rule::REENCRYPTION), "huge page"),
+        (json!({"rollbackAfterSeconds": 5}), Some(rule::ROLLBACK_AFTER), "KMS off deadline too short to switch"),
+        (json!({"rollbackAfterSeconds": 600}), None, "a ten-minute KMS off deadline"),
     ];
     for (spec, expected, what) in cases {
         let result = validate::kms_key_vault_mode(&kms(spec));

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use self::azure::{AzureKms, AzureSettings, Credentials};
@@ -36,8 +36,9 @@ use self::reencrypt::{self as engine, Progress};
 use self::steps::{self as planner, Next};
 use crate::api::{
     KeyCheck, KeyCheckResult, KmsKeyVaultMode, KmsKeyVaultModeSpec, KmsKeyVaultModeStatus, KmsSettings, NetworkAccess,
-    OperationRecord, OperationState, OperationType, ReencryptionStatus, StepName, StepState,
+    Operation, OperationRecord, OperationState, OperationType, ReencryptionStatus, Rollback, StepName, StepState,
 };
+use crate::reconciler::conditions;
 use crate::reconciler::events::reason as event;
 use crate::reconciler::operation::{self, rfc3339};
 use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
@@ -55,7 +56,27 @@ pub mod kms_reason {
     pub const KMS_IN_SYNC: &str = "KmsInSync";
     /// Waiting for an update of the cluster that someone else started.
     pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
+    /// A step failed while KMS is off; it runs again after a backoff (Reconciling).
+    pub const RETRYING_STEP: &str = "RetryingStep";
+    /// The target could not be reached; the source settings are being restored (Reconciling),
+    /// and the event when the rollback starts.
+    pub const ROLLING_BACK: &str = "RollingBack";
+    /// The operation restored the settings it started from and ended UPDATE_FAILED (Stalled).
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// The object is being deleted: nothing new starts (NotReady while it waits to go).
+    pub const DELETING: &str = "Deleting";
+    /// `EncryptionDisabled`: True while the cluster runs with KMS off (reason `KmsDisabled`;
+    /// a Warning event of that reason when it turns True), False once it is on (`KmsEnabled`).
+    pub const KMS_DISABLED: &str = "KmsDisabled";
+    pub const KMS_ENABLED: &str = "KmsEnabled";
 }
+
+/// Condition type: True while the cluster runs with KMS etcd encryption off.
+pub const ENCRYPTION_DISABLED: &str = "EncryptionDisabled";
+
+/// Holds a deleted KmsKeyVaultMode until its running operation has ended: a switch that turned
+/// KMS off finishes (or rolls back) before the object goes.
+pub const FINALIZER: &str = "clustersecurity.io/kms-switch";
 
 /// How often the progress of a Secret rewrite is written to status: what a killed operator
 /// redoes is at most this much work (100,000 Secrets, a SIGKILL at half: +0.7 % time with 1 s).
@@ -64,6 +85,9 @@ const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 const IDLE_RECHECK: Duration = Duration::from_secs(30 * 60);
 /// When to retry after a transient failure of a step.
 const STEP_RETRY: Duration = Duration::from_secs(10);
+/// When to look again while KMS is off and nothing runs (a step waits for its retry, the cloud
+/// is unreachable): soon enough to meet `spec.rollbackAfterSeconds`.
+const KMS_OFF_RECHECK: Duration = Duration::from_secs(30);
 
 /// Makes the cloud provider for a KmsKeyVaultMode.
 #[async_trait]
@@ -204,8 +228,7 @@ async fn run_step(
     index: usize,
 ) -> Result<String, StepError> {
     let op = round.status.current_operation.clone().expect("steps run within an operation");
-    let target = op.target_info.clone().expect("operations carry a target");
-    let source = op.source_info.clone();
+    let (target, source) = aims(&op, round.status.rollback.as_ref(), index);
     let name = round.status.steps[index].name;
     let cloud = |r: Result<(), ProviderError>, done: String| match r {
         Ok(()) => Ok(done),
@@ -245,6 +268,16 @@ async fn run_step(
             cloud(r, format!("Key vault {vault}: public network access {access}."))
         }
         StepName::ReencryptSecrets => reencrypt_step(round, ctx).await,
+    }
+}
+
+/// What step `index` moves the cluster to, and from: the operation's target, or — for the steps
+/// of a rollback — back to the settings it started from.
+fn aims(op: &Operation<KmsSettings>, rollback: Option<&Rollback>, index: usize) -> (KmsSettings, Option<KmsSettings>) {
+    let target = op.target_info.clone().expect("operations carry a target");
+    match (rollback, op.source_info.clone()) {
+        (Some(r), Some(source)) if index >= r.first_step as usize => (source, Some(target)),
+        _ => (target, op.source_info.clone()),
     }
 }
 
@@ -360,6 +393,14 @@ impl Reconcile for KmsKeyVaultMode {
         status.current_operation.is_some()
     }
 
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    /// A deleted object goes once no operation runs: one that changed the cloud finishes or
+    /// rolls back first.
+    fn may_go(status: &KmsKeyVaultModeStatus) -> bool {
+        status.current_operation.is_none()
+    }
+
     async fn advance(
         &self,
         round: &mut Round<Self>,
@@ -369,19 +410,90 @@ impl Reconcile for KmsKeyVaultMode {
         if let Some(r) = &round.status.reencryption {
             ctx.metrics.reencryption(&self.name_any(), r);
         }
-        round.status.phase.get_or_insert_with(|| "Idle".into());
-        let provider = match providers.provider(&ctx.client, &self.spec).await {
-            Err(e) if e.is_transient() => return Ok(retry_outcome("Connecting", &e)),
-            Err(e) => return Ok(cloud_stalled(&e)),
-            Ok(provider) => provider,
-        };
-        if round.status.current_operation.is_none() {
-            if let Some(settled) = decide(self, round, provider.as_ref()).await? {
-                return Ok(settled);
-            }
-        }
-        run_steps(round, ctx, provider.as_ref()).await
+        let outcome = carry_on(self, round, ctx, providers).await;
+        report_encryption(round, ctx);
+        outcome
     }
+}
+
+/// Take the object's operation as far as it goes now (what [`Reconcile::advance`] reports on).
+async fn carry_on(
+    obj: &KmsKeyVaultMode,
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    providers: &Arc<dyn ProviderFactory>,
+) -> Result<Outcome, Error> {
+    round.status.phase.get_or_insert_with(|| "Idle".into());
+    if obj.meta().deletion_timestamp.is_some() {
+        if let Some(deleted) = being_deleted(round) {
+            return Ok(deleted);
+        }
+    }
+    let provider = match providers.provider(&ctx.client, &obj.spec).await {
+        Err(e) if e.is_transient() => return Ok(retry_outcome("Connecting", &e)),
+        Err(e) => return Ok(cloud_stalled(&e)),
+        Ok(provider) => provider,
+    };
+    if round.status.current_operation.is_none() {
+        if let Some(settled) = decide(obj, round, provider.as_ref()).await? {
+            return Ok(settled);
+        }
+    }
+    run_steps(round, ctx, provider.as_ref()).await
+}
+
+/// A deleted object starts nothing new: a PENDING operation (nothing changed in the cloud yet)
+/// is dropped, and with nothing running the object may go (Some). None: an operation that has
+/// changed the cloud runs to its end first.
+fn being_deleted(round: &mut Round<KmsKeyVaultMode>) -> Option<Outcome> {
+    let now = round.now;
+    if let Some(mut op) = round.status.current_operation.clone() {
+        if op.operation_state != OperationState::Pending {
+            return None;
+        }
+        let why = "cancelled before it started: the KmsKeyVaultMode was deleted".to_string();
+        operation::fail(&mut op, kms_reason::DELETING, why, now);
+        let (current_op, history) = round.status.record_mut();
+        operation::settle(history, current_op, op);
+    }
+    let message = "Deleted: no operation runs, so the cluster's KMS settings and the key vault stay as they are.";
+    Some(Outcome::new(Health::NotReady { reason: kms_reason::DELETING.into(), message: message.into() }, None))
+}
+
+/// The `EncryptionDisabled` condition, its Warning event and metric, from what the cluster
+/// reported last. The condition appears the first time KMS is seen off and stays (False) after.
+fn report_encryption(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) {
+    let Some(kms) = round.status.kms.as_deref() else { return };
+    let off = kms == "Disabled";
+    ctx.metrics.kms_disabled(&round.obj.name_any(), off);
+    let was = conditions::get(round.status.conditions(), ENCRYPTION_DISABLED).map(|c| c.status == "True");
+    if !off && was.is_none() {
+        return;
+    }
+    let (reason, message) = if off {
+        let since = planner::kms_off_since(&round.status.steps).map(|t| format!(" since {t}")).unwrap_or_default();
+        let plan = match &round.status.current_operation {
+            Some(op) => format!(
+                "; operation {} turns it back on, restoring the settings it started from if the switch cannot \
+                 finish within spec.rollbackAfterSeconds",
+                op.operation_id
+            ),
+            None => String::new(),
+        };
+        (
+            kms_reason::KMS_DISABLED,
+            format!("KMS etcd encryption is off on the cluster{since}: Secrets written meanwhile are not KMS-encrypted{plan}."),
+        )
+    } else {
+        (kms_reason::KMS_ENABLED, "KMS etcd encryption is on.".to_string())
+    };
+    if off && was != Some(true) {
+        round.event(EventType::Warning, reason, message.clone());
+    }
+    let (generation, now) = (round.generation(), round.now);
+    let mut conds = round.status.conditions().to_vec();
+    conditions::set(&mut conds, ENCRYPTION_DISABLED, off, reason, &message, generation, now);
+    round.status.set_conditions(conds);
 }
 
 /// Drive the current operation as far as it goes now: start it (plan its steps), then run one
@@ -417,6 +529,7 @@ async fn run_steps(
             operation::start(&mut op, clock.now());
             round.status.steps = planner::pending(&plan);
             round.status.reencryption = None;
+            round.status.rollback = None;
             let names: Vec<String> = plan.iter().map(|s| format!("{s:?}")).collect();
             let note = format!(
                 "Operation {}: {} → {}: {}.",
@@ -431,24 +544,44 @@ async fn run_steps(
             checkpoint(round, ctx).await?;
             continue;
         }
-        match planner::next(&round.status.steps) {
+        let rollback_after = Duration::from_secs(round.obj.spec.rollback_after_seconds.into());
+        match planner::next(&round.status.steps, round.status.rollback.as_ref(), clock.now(), rollback_after) {
             Next::Run(i) => {
                 if let Some(wait) = run_one(round, ctx, provider, i).await? {
                     return Ok(wait);
                 }
             }
-            Next::Done => {
-                operation::complete(&mut op, clock.now());
-                let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
-                round.status.kms = Some(kms_text(&target).into());
-                round.status.phase = Some("Idle".into());
-                let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
-                round.event(EventType::Normal, event::UPDATE_COMPLETE, message.clone());
-                let (current_op, history) = round.status.record_mut();
-                operation::settle(history, current_op, op);
-                let health = Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message };
-                return Ok(Outcome::new(health, Some(IDLE_RECHECK)));
+            Next::Retry { step, wait } if wait.is_zero() => {
+                // Pending again: run_one starts it afresh and counts the attempt.
+                let s = &mut round.status.steps[step];
+                s.state = StepState::Pending;
+                s.end_time = None;
             }
+            Next::Retry { step, wait } => {
+                let s = &round.status.steps[step];
+                let message = format!(
+                    "Step {:?} failed (attempt {}): {}. It runs again in {} s.",
+                    s.name,
+                    s.attempts,
+                    s.message.as_deref().unwrap_or_default(),
+                    wait.as_secs().max(1)
+                );
+                let health = Health::Reconciling { reason: kms_reason::RETRYING_STEP.into(), message };
+                return Ok(Outcome::new(health, Some(wait.min(KMS_OFF_RECHECK))));
+            }
+            Next::RollBack(reason) => {
+                let source = op.source_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+                let now = rfc3339(clock.now());
+                round.status.rollback = Some(planner::begin_rollback(&mut round.status.steps, reason.clone(), &now));
+                let note = format!(
+                    "Operation {}: {reason}. Rolling back to the settings it started from: {}.",
+                    op.operation_id,
+                    describe(&source)
+                );
+                round.event(EventType::Warning, kms_reason::ROLLING_BACK, note);
+                checkpoint(round, ctx).await?;
+            }
+            Next::Done => return Ok(conclude(round, op, clock.now())),
             Next::Failed(message) => {
                 operation::fail(&mut op, kms_reason::OPERATION_FAILED, message.clone(), clock.now());
                 round.status.phase = Some("Idle".into());
@@ -465,6 +598,38 @@ async fn run_steps(
             }
         }
     }
+}
+
+/// Every step of `op` is done: the target is in effect (UPDATE_COMPLETE), or the rollback put
+/// the source settings back (UPDATE_FAILED, saying so).
+fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, now: Timestamp) -> Outcome {
+    round.status.phase = Some("Idle".into());
+    let outcome = match round.status.rollback.clone() {
+        None => {
+            operation::complete(&mut op, now);
+            let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+            round.status.kms = Some(kms_text(&target).into());
+            let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
+            round.event(EventType::Normal, event::UPDATE_COMPLETE, message.clone());
+            Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message }, Some(IDLE_RECHECK))
+        }
+        Some(rollback) => {
+            let source = op.source_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+            round.status.kms = Some(kms_text(&source).into());
+            let error = format!("rolled back to the settings it started from ({}): {}", describe(&source), rollback.reason);
+            operation::fail(&mut op, kms_reason::ROLLED_BACK, error.clone(), now);
+            let message = format!(
+                "Operation {} {error}. Encryption is as before the switch. Fix the cause and change the spec (or \
+                 re-apply it with a new generation) to try again.",
+                op.operation_id
+            );
+            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+            Outcome::new(Health::Stalled { reason: kms_reason::ROLLED_BACK.into(), message }, None)
+        }
+    };
+    let (current_op, history) = round.status.record_mut();
+    operation::settle(history, current_op, op);
+    outcome
 }
 
 /// Run step `i` to its end, recorded before and after. Some(outcome) when it must wait (a
@@ -484,6 +649,7 @@ async fn run_one(
         step.state = StepState::InProgress;
         step.start_time = Some(now.clone());
         step.message = None;
+        step.attempts += 1;
         if name == StepName::ReencryptSecrets {
             let page_size = round.obj.spec.reencryption.page_size.clamp(1, 5000);
             let estimate = engine::count(&ctx.client, page_size).await.unwrap_or_else(|e| {

@@ -25,6 +25,20 @@ pub mod reason {
     pub const QUEUED: &str = "Queued";
 }
 
+/// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);
+/// [`apply`] keeps it. The transition time moves only when the status does.
+pub fn set(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    upsert(conds, type_, if status { "True" } else { "False" }, reason, message, generation, now);
+}
+
 /// What the conditions should say; turned into the list with [`apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {

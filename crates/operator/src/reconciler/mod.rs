@@ -5,13 +5,15 @@
 //!   invalid spec, conditions, one guarded status write, events and the requeue ([`round`]).
 //! - [`rolling`]: the one operation driver (PENDING → record → prepare → roll → follow →
 //!   complete) of the kinds that roll a workload's pods.
-//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`]: the pieces.
+//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`], [`finalizer`]:
+//!   the pieces.
 //!
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
 //! annotations of the workload a kind targets. Everything else is the kinds'.
 
 pub mod conditions;
 pub mod events;
+mod finalizer;
 pub mod operation;
 pub mod rolling;
 pub mod round;
@@ -185,6 +187,15 @@ pub trait Reconcile:
         deps: &Self::Deps,
     ) -> impl Future<Output = Result<Outcome, Error>> + Send;
 
+    /// A finalizer that holds the object's deletion until [`Reconcile::may_go`] (None: the kind
+    /// lets its objects go at once). While the object is being deleted, rounds go on as usual.
+    const FINALIZER: Option<&'static str> = None;
+
+    /// Whether a deleted object may go now (checked after each round of a deleted object).
+    fn may_go(_status: &Self::Status) -> bool {
+        true
+    }
+
     /// Watches besides the kind's own objects (workloads, referenced Secrets).
     fn watches(controller: Controller<Self>, _client: &Client) -> Controller<Self> {
         controller
@@ -207,7 +218,13 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     let (ctx, deps) = (&shared.0, &shared.1);
     let api = K::api(ctx.client.clone(), cached.as_ref());
     let Some(obj) = fresh(&api, cached.as_ref()).await? else { return Ok(Action::await_change()) };
-    let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api, ctx.client.clone(), obj));
+    let obj = match K::FINALIZER {
+        Some(f) if obj.meta().deletion_timestamp.is_none() && !obj.finalizers().iter().any(|x| x == f) => {
+            finalizer::add(&api, obj.as_ref(), f).await?
+        }
+        _ => obj,
+    };
+    let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api.clone(), ctx.client.clone(), obj));
     let old_conditions = round.status.conditions().to_vec();
     let outcome = match round.obj.validate(&round.status) {
         Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
@@ -220,6 +237,12 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     round.checkpoint().await?;
     let obj = round.obj.clone();
     events::publish_all(ctx, obj.as_ref(), &old_conditions, &outcome.health, round.events).await;
+    if let Some(f) = K::FINALIZER {
+        if obj.meta().deletion_timestamp.is_some() && K::may_go(&round.status) {
+            finalizer::remove(&api, obj.as_ref(), f).await?;
+            return Ok(Action::await_change());
+        }
+    }
     Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
