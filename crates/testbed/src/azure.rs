@@ -116,6 +116,10 @@ struct Op {
 #[derive(Default)]
 struct Faults {
     fail_next_update: Option<(String, String)>,
+    /// Refuse (400) every cluster PUT that turns KMS on with this network access: (access, code).
+    refuse_enable: Option<(String, String)>,
+    /// Refuse (400) the next this many key vault PATCHes.
+    refuse_vault_patches: u32,
     conflicts: u32,
     throttles: u32,
     location_only: bool,
@@ -297,6 +301,24 @@ impl AzureEmulator {
     /// The next accepted cluster update ends Failed with this error.
     pub fn fail_next_update(&self, code: &str, message: &str) {
         self.world().faults.fail_next_update = Some((code.into(), message.into()));
+    }
+
+    /// Refuse (400 `code`) every cluster update that turns KMS on with network access `access`
+    /// (`Public` or `Private`) until [`Self::clear_refusals`]: a target that cannot be reached.
+    pub fn refuse_enable(&self, access: &str, code: &str) {
+        self.world().faults.refuse_enable = Some((access.into(), code.into()));
+    }
+
+    /// Refuse (400 Forbidden-by-policy) the next `n` key vault PATCHes.
+    pub fn refuse_vault_patches(&self, n: u32) {
+        self.world().faults.refuse_vault_patches = n;
+    }
+
+    /// Stop refusing.
+    pub fn clear_refusals(&self) {
+        let mut w = self.world();
+        w.faults.refuse_enable = None;
+        w.faults.refuse_vault_patches = 0;
     }
 
     /// The next `n` cluster PUTs answer 409 OperationNotAllowed.
@@ -532,6 +554,13 @@ async fn put_cluster(
     if let Err((code, message)) = check_kms(&w, &new) {
         return arm_error(StatusCode::BAD_REQUEST, &code, &message);
     }
+    if let Some((access, code)) = w.faults.refuse_enable.clone() {
+        let enabling = new.get("enabled").and_then(Value::as_bool) == Some(true);
+        if enabling && new.get("keyVaultNetworkAccess").and_then(Value::as_str).unwrap_or("Public") == access {
+            w.log.push(format!("REFUSED {code}: {}", summary(&new)));
+            return arm_error(StatusCode::BAD_REQUEST, &code, "the KMS settings were refused (injected fault)");
+        }
+    }
     let old = w.cluster.pointer("/properties/securityProfile/azureKeyVaultKms").cloned().unwrap_or(Value::Null);
     let changed = old != new;
     w.cluster["properties"]["securityProfile"]["azureKeyVaultKms"] = new.clone();
@@ -741,6 +770,15 @@ async fn patch_vault(
             )
         }
     };
+    if w.faults.refuse_vault_patches > 0 {
+        w.faults.refuse_vault_patches -= 1;
+        w.log.push(format!("REFUSED vault {vault} PATCH"));
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "RequestDisallowedByPolicy",
+            "the key vault update was disallowed by policy (injected fault)",
+        );
+    }
     w.vaults.insert(vault.clone(), public);
     w.log.push(format!("PATCH vault {vault} publicNetworkAccess={}", if public { "Enabled" } else { "Disabled" }));
     Json(vault_body(&w, &vault, public)).into_response()

@@ -616,7 +616,8 @@ fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, 
         Some(rollback) => {
             let source = op.source_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
             round.status.kms = Some(kms_text(&source).into());
-            let error = format!("rolled back to the settings it started from ({}): {}", describe(&source), rollback.reason);
+            let error =
+                format!("rolled back to the settings it started from ({}): {}", describe(&source), rollback.reason);
             operation::fail(&mut op, kms_reason::ROLLED_BACK, error.clone(), now);
             let message = format!(
                 "Operation {} {error}. Encryption is as before the switch. Fix the cause and change the spec (or \
@@ -739,7 +740,10 @@ async fn decide(
             "The last operation for this spec failed ({}: {}). Fix the cause and change the spec to try again.",
             err.code, err.message
         );
-        return Ok(Some(Outcome::new(Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message }, None)));
+        // A rolled-back operation keeps saying so: the cluster runs the settings it started from.
+        let reason =
+            if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
+        return Ok(Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None)));
     }
     let op = operation::new(
         operation::uuid_v4(),

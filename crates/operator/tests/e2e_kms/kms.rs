@@ -10,6 +10,11 @@
 //! 2. Private → Public.
 //! 3. DisableKms fails: the Secrets are still rewritten, then the operation ends UPDATE_FAILED.
 //! 4. SIGKILL of the operator in the middle of a Secret rewrite: it resumes, not starts over.
+//! 5. The vault PATCH refused twice: retried with backoff, the switch completes.
+//! 6. EnableKms refused for good: four tries, then a rollback to the source settings — KMS on,
+//!    every Secret KMS-encrypted, UPDATE_FAILED `RolledBack`, EncryptionDisabled back to False.
+//! 7. Deleted while KMS is off: the finalizer holds the object until the switch is done.
+//! 8. Deleted while idle: no cloud call.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -358,5 +363,141 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let report = leaks::assert_none(&cp, &[&spec.client_secret]).await;
     assert!(report.secrets >= SECRETS && report.statuses == 1, "{report}");
     eprintln!("secret leak audit: {report}");
+
+    // ---- 5. The vault PATCH is refused twice, then passes: retried, the switch completes. -----
+    let log_before = emu.log().len();
+    emu.refuse_vault_patches(2);
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 250}"));
+    let (done, s) = wait_operation_end(&cp, 240).await;
+    assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
+    let vault_step = s.steps.iter().find(|x| x.name == StepName::UpdateKeyVaultNetworkAccess).unwrap();
+    assert_eq!((vault_step.state, vault_step.attempts), (StepState::Succeeded, 3), "{vault_step:?}");
+    assert_eq!(
+        emu.log()[log_before..],
+        [
+            "PUT kms enabled=false",
+            "REFUSED vault kv-other PATCH",
+            "REFUSED vault kv-other PATCH",
+            "PATCH vault kv-other publicNetworkAccess=Disabled",
+            "PUT kms enabled=true vault=kv-other access=Private"
+        ]
+    );
+    assert_all_stored(&cp, "kms:kv-other", "after the retried vault PATCH");
+
+    // ---- 6. EnableKms refused for good: the operation rolls back, KMS is never left off. -----
+    let log_before = emu.log().len();
+    emu.refuse_enable("Public", "AzureKeyVaultKmsNotSupported");
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 250}"));
+    let (done, s) = wait_operation_end(&cp, 300).await;
+    emu.clear_refusals();
+    assert_eq!(done.operation_state, OperationState::UpdateFailed);
+    let err = done.error_info.clone().unwrap();
+    assert_eq!(err.code, "RolledBack", "{err:?}");
+    assert!(
+        err.message.contains("EnableKms failed 4 times") && err.message.contains("AzureKeyVaultKmsNotSupported"),
+        "{err:?}"
+    );
+    let rollback = s.rollback.clone().expect("status.rollback says where the rollback started");
+    let states: Vec<(StepName, StepState)> = s.steps.iter().map(|x| (x.name, x.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (StepName::DisableKms, StepState::Succeeded),
+            (StepName::ReencryptSecrets, StepState::Succeeded),
+            (StepName::UpdateKeyVaultNetworkAccess, StepState::Succeeded),
+            (StepName::EnableKms, StepState::Failed),
+            (StepName::ReencryptSecrets, StepState::Skipped),
+            (StepName::UpdateKeyVaultNetworkAccess, StepState::Succeeded),
+            (StepName::EnableKms, StepState::Succeeded),
+            (StepName::ReencryptSecrets, StepState::Succeeded),
+        ]
+    );
+    assert_eq!(rollback.first_step, 5);
+    let refused = "REFUSED AzureKeyVaultKmsNotSupported: enabled=true vault=kv-other access=Public";
+    assert_eq!(
+        emu.log()[log_before..],
+        [
+            "PUT kms enabled=false",
+            "PATCH vault kv-other publicNetworkAccess=Enabled",
+            refused,
+            refused,
+            refused,
+            refused,
+            "PATCH vault kv-other publicNetworkAccess=Disabled",
+            "PUT kms enabled=true vault=kv-other access=Private"
+        ],
+        "four tries, then the source settings back: vault private again, KMS on as before"
+    );
+    assert_eq!(emu.kms()["enabled"], true);
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
+    assert_eq!(emu.vault_public("kv-other"), Some(false));
+    assert_all_stored(&cp, "kms:kv-other", "after the rollback: every Secret KMS-encrypted again");
+    assert_eq!(s.kms.as_deref(), Some("Enabled"));
+    let condition = |s: &KmsKeyVaultModeStatus, t: &str| s.conditions.iter().find(|c| c.type_ == t).cloned();
+    let off = condition(&s, "EncryptionDisabled").expect("EncryptionDisabled appeared while KMS was off");
+    assert_eq!((off.status.as_str(), off.reason.as_str()), ("False", "KmsEnabled"));
+    assert_eq!(condition(&s, "Stalled").map(|c| c.reason), Some("RolledBack".to_string()));
+    let events = cp.kubectl(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        "involvedObject.kind=KmsKeyVaultMode,type=Warning",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    let warnings = String::from_utf8_lossy(&events.stdout).to_string();
+    for r in ["KmsDisabled", "RollingBack", "UpdateFailed"] {
+        assert!(warnings.contains(r), "Warning event {r} in {warnings}");
+    }
+    let (_, metrics) = operator::http_get(op.health_port, "/metrics").expect("metrics served");
+    let line = "csop_kms_encryption_disabled{kmskeyvaultmode=\"cluster\"} 0";
+    assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+
+    // ---- 7. Deleted in the middle of a switch: the switch finishes before the object goes. ----
+    emu.set_lro(1, Duration::from_secs(4));
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}"));
+    wait_until(Duration::from_secs(120), "KMS off, mid-switch", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (_, s) = status(&api).await?;
+        (s.kms.as_deref() == Some("Disabled") && s.current_operation.is_some())
+            .then_some(())
+            .ok_or(format!("kms {:?}, phase {:?}", s.kms, s.phase))
+    })
+    .await
+    .unwrap();
+    let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=false"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.unwrap());
+    let held = api.get("cluster").await.expect("the finalizer holds the object while KMS is off");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(held.metadata.finalizers.unwrap_or_default().contains(&"clustersecurity.io/kms-switch".to_string()));
+    wait_until(Duration::from_secs(240), "the deleted KmsKeyVaultMode goes after its switch", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        match api.get_opt("cluster").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(o) => Err(format!("still there: phase {:?}", o.status.and_then(|s| s.phase))),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(emu.kms()["enabled"], true, "the switch finished: KMS on");
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
+    assert_all_stored(&cp, "kms:kv-other", "after a deletion mid-switch");
+
+    // ---- 8. Deleting an idle KmsKeyVaultMode changes nothing in Azure. -------------------------
+    emu.set_lro(1, Duration::from_millis(200));
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}"));
+    wait_until(Duration::from_secs(60), "the re-created object is Ready (in sync)", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (_, s) = status(&api).await?;
+        condition(&s, "Ready").filter(|c| c.status == "True").map(|_| ()).ok_or(format!("{:?}", s.conditions))
+    })
+    .await
+    .unwrap();
+    let log_before = emu.log().len();
+    let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--timeout=60s"]);
+    assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
+    assert_eq!(emu.log()[log_before..], [] as [&str; 0], "no cloud call for an idle deletion");
     drop(plugin);
 }
