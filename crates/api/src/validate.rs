@@ -28,6 +28,7 @@ pub mod rule {
     pub const PROVIDER: &str = "ExactlyOneProvider";
     pub const REENCRYPTION: &str = "ReencryptionSettings";
     pub const ROLLBACK_AFTER: &str = "RollbackAfterSeconds";
+    pub const ONE_PER_CLUSTER: &str = "OneKmsKeyVaultModePerCluster";
 }
 
 /// One broken rule.
@@ -537,6 +538,39 @@ pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> 
                 "must be between 60 and 86400 (how long KMS may stay off before the operator restores the \
                  settings it started from), got {}",
                 spec.rollback_after_seconds
+            ),
+        );
+    }
+    out.into_result()
+}
+
+/// The rule that one managed cluster has one KmsKeyVaultMode: `others` are the other objects as
+/// `(name, spec)`, not being deleted. Err names the one already managing the cluster, and the
+/// way out. Azure names compare case-insensitively, as Azure Resource Manager does.
+pub fn one_per_cluster<'a>(
+    spec: &KmsKeyVaultModeSpec,
+    others: impl IntoIterator<Item = (&'a str, &'a KmsKeyVaultModeSpec)>,
+) -> Result<(), Violations> {
+    let Some(mine) = &spec.provider.azure else { return Ok(()) };
+    let same = |o: &KmsKeyVaultModeSpec| {
+        o.provider.azure.as_ref().is_some_and(|a| {
+            a.subscription_id.eq_ignore_ascii_case(&mine.subscription_id)
+                && a.resource_group.eq_ignore_ascii_case(&mine.resource_group)
+                && a.cluster_name.eq_ignore_ascii_case(&mine.cluster_name)
+        })
+    };
+    let mut out = Violations::default();
+    if let Some((name, _)) = others.into_iter().find(|(_, o)| same(o)) {
+        out.push(
+            rule::ONE_PER_CLUSTER,
+            "spec.provider.azure",
+            format!(
+                "KmsKeyVaultMode {} already manages the KMS settings of managed cluster {}/{}; two objects would \
+                 switch one cluster against each other. Change {} instead, or delete it first",
+                quoted(name),
+                mine.resource_group,
+                mine.cluster_name,
+                quoted(name)
             ),
         );
     }

@@ -250,6 +250,18 @@ fn kms_key_vault_mode_rules() {
             }
         }
     }
+    let mine = kms(json!({}));
+    let mut other_cluster = kms(json!({}));
+    other_cluster.provider.azure.as_mut().unwrap().cluster_name = "payments-aks".into();
+    let mut same_other_case = kms(json!({}));
+    let az = same_other_case.provider.azure.as_mut().unwrap();
+    az.resource_group = az.resource_group.to_uppercase();
+    assert!(validate::one_per_cluster(&mine, [("payments", &other_cluster)]).is_ok(), "another cluster");
+    let err =
+        validate::one_per_cluster(&mine, [("payments", &other_cluster), ("orders", &same_other_case)]).unwrap_err();
+    assert_eq!(err.rules(), vec![rule::ONE_PER_CLUSTER]);
+    assert!(err.to_string().contains("\"orders\" already manages"), "{err}");
+
     let parsed = validate::parse_key_id("https://orders-kv.vault.azure.net/keys/etcd/0123abcd").unwrap();
     assert_eq!((parsed.vault, parsed.name, parsed.version), ("orders-kv", "etcd", "0123abcd"));
 }

@@ -41,7 +41,7 @@ use crate::api::{
 use crate::reconciler::conditions;
 use crate::reconciler::events::reason as event;
 use crate::reconciler::operation::{self, rfc3339};
-use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
+use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::validate;
 
 /// Reasons of this kind's conditions.
@@ -83,6 +83,8 @@ pub const FINALIZER: &str = "clustersecurity.io/kms-switch";
 const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// When to look again at a KMS setup that is in sync (drift, key expiry).
 const IDLE_RECHECK: Duration = Duration::from_secs(30 * 60);
+/// When to look again at an object stalled by another that manages the same cluster.
+const IDLE_CONFLICT: Duration = Duration::from_secs(60);
 /// When to retry after a transient failure of a step.
 const STEP_RETRY: Duration = Duration::from_secs(10);
 /// When to look again while KMS is off and nothing runs (a step waits for its retry, the cloud
@@ -435,11 +437,35 @@ async fn carry_on(
         Ok(provider) => provider,
     };
     if round.status.current_operation.is_none() {
+        if let Some(conflict) = older_claim(obj, ctx).await? {
+            return Ok(conflict);
+        }
         if let Some(settled) = decide(obj, round, provider.as_ref()).await? {
             return Ok(settled);
         }
     }
     run_steps(round, ctx, provider.as_ref()).await
+}
+
+/// One KmsKeyVaultMode per managed cluster, also without the webhook: an object that names a
+/// cluster an older object (by creation, then name) manages starts nothing (Stalled
+/// `Conflict`). An operation already running finishes: its target was recorded when it started.
+async fn older_claim(obj: &KmsKeyVaultMode, ctx: &Context) -> Result<Option<Outcome>, Error> {
+    let all = Api::<KmsKeyVaultMode>::all(ctx.client.clone()).list(&Default::default()).await.map_err(|source| {
+        Error::Read { object: Named::new("KmsKeyVaultMode", "", "(all)"), source: Box::new(source) }
+    })?;
+    let rank = |o: &KmsKeyVaultMode| (o.metadata.creation_timestamp.clone().map(|t| t.0), o.name_any());
+    let older = all
+        .items
+        .iter()
+        .filter(|o| o.name_any() != obj.name_any() && o.metadata.deletion_timestamp.is_none() && rank(o) < rank(obj));
+    Ok(validate::one_per_cluster(&obj.spec, older.map(|o| (o.metadata.name.as_deref().unwrap_or_default(), &o.spec)))
+        .err()
+        .map(|v| {
+            let message = format!("{v}. Nothing was changed.");
+            // Looked at again now and then: the other object may go.
+            Outcome::new(Health::Stalled { reason: conditions::reason::CONFLICT.into(), message }, Some(IDLE_CONFLICT))
+        }))
 }
 
 /// A deleted object starts nothing new: a PENDING operation (nothing changed in the cloud yet)

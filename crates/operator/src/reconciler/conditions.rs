@@ -23,6 +23,8 @@ pub mod reason {
     pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
     /// The spec changed while an operation ran; the next one starts now.
     pub const QUEUED: &str = "Queued";
+    /// Another object already manages the same target; this one changes nothing (Stalled).
+    pub const CONFLICT: &str = "Conflict";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);

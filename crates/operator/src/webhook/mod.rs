@@ -1,5 +1,8 @@
 //! Validating admission webhook (AdmissionReview v1) over HTTPS with rustls. It calls the same
-//! validation module as the reconcilers, including old-vs-new rules on UPDATE.
+//! validation module as the reconcilers, including old-vs-new rules on UPDATE, and — the one rule
+//! that needs other objects — reads the other KmsKeyVaultModes to keep one per managed cluster.
+//!
+//! What this module may touch: nothing; it reads KmsKeyVaultModes.
 
 pub mod certs;
 #[cfg(test)]
@@ -7,10 +10,12 @@ mod tls_tests;
 
 use std::net::SocketAddr;
 
+use axum::extract::State;
 use axum::{routing::post, Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
+use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
@@ -18,17 +23,68 @@ use crate::validate;
 
 pub use crate::api::manifests::VALIDATE_PATH;
 
-/// Answer one AdmissionReview.
+/// Answer one AdmissionReview by the rules that need only the object (and its old version);
+/// the tests drive these without an API server.
+#[cfg(test)]
 pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+    match review.try_into() {
+        Ok(req) => answer(&req, decide(&req)),
+        Err(e) => AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
+    }
+}
+
+/// Answer one AdmissionReview by every rule, reading other objects through `client`.
+pub async fn review_with_peers(
+    review: AdmissionReview<DynamicObject>,
+    client: &Client,
+) -> AdmissionReview<DynamicObject> {
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(req) => req,
         Err(e) => return AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
     };
-    let resp = AdmissionResponse::from(&req);
-    match decide(&req) {
+    let verdict = match decide(&req) {
+        Ok(()) => one_per_cluster(&req, client).await,
+        refused => refused,
+    };
+    answer(&req, verdict)
+}
+
+fn answer(req: &AdmissionRequest<DynamicObject>, verdict: Result<(), String>) -> AdmissionReview<DynamicObject> {
+    let resp = AdmissionResponse::from(req);
+    match verdict {
         Ok(()) => resp.into_review(),
         Err(message) => resp.deny(message).into_review(),
     }
+}
+
+/// A KmsKeyVaultMode created, or moved to another cluster, must not name a cluster another one
+/// manages. If the others cannot be read the request is let through: the controller applies
+/// the same rule (the newer object is Stalled `Conflict`), and a webhook outage must not block
+/// every edit.
+async fn one_per_cluster(req: &AdmissionRequest<DynamicObject>, client: &Client) -> Result<(), String> {
+    let Some(obj) = req.object.as_ref().filter(|_| req.kind.kind == "KmsKeyVaultMode") else { return Ok(()) };
+    if !matches!(req.operation, Operation::Create | Operation::Update) || is_deleting(obj) {
+        return Ok(());
+    }
+    let new: KmsKeyVaultMode = decode(obj, "KmsKeyVaultMode")?;
+    if let Some(old) = req.old_object.as_ref().filter(|_| req.operation == Operation::Update) {
+        let old: KmsKeyVaultMode = decode(old, "KmsKeyVaultMode")?;
+        if old.spec.provider == new.spec.provider {
+            return Ok(()); // same cluster as before: nothing new to check
+        }
+    }
+    let others = match Api::<KmsKeyVaultMode>::all(client.clone()).list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list KmsKeyVaultModes; the controller checks one per cluster instead");
+            return Ok(());
+        }
+    };
+    let name = obj.metadata.name.as_deref().unwrap_or(&req.name);
+    let others =
+        others.iter().filter(|o| o.metadata.name.as_deref() != Some(name) && o.metadata.deletion_timestamp.is_none());
+    validate::one_per_cluster(&new.spec, others.map(|o| (o.metadata.name.as_deref().unwrap_or_default(), &o.spec)))
+        .map_err(|v| format!("KmsKeyVaultMode {name} is invalid: {v}"))
 }
 
 fn decode<K: DeserializeOwned>(obj: &DynamicObject, what: &str) -> Result<K, String> {
@@ -85,18 +141,26 @@ fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
     result.map_err(|v| format!("{target} is invalid: {v}"))
 }
 
-async fn handle(Json(body): Json<AdmissionReview<DynamicObject>>) -> Json<AdmissionReview<DynamicObject>> {
-    Json(review(body))
+async fn handle(
+    State(client): State<Client>,
+    Json(body): Json<AdmissionReview<DynamicObject>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    Json(review_with_peers(body, &client).await)
 }
 
 /// The webhook's HTTP routes.
-pub fn router() -> Router {
-    Router::new().route(VALIDATE_PATH, post(handle))
+pub fn router(client: Client) -> Router {
+    Router::new().route(VALIDATE_PATH, post(handle)).with_state(client)
 }
 
 /// Serve the webhook over TLS until `handle` is shut down.
-pub async fn serve(addr: SocketAddr, tls: RustlsConfig, handle: axum_server::Handle) -> std::io::Result<()> {
-    axum_server::bind_rustls(addr, tls).handle(handle).serve(router().into_make_service()).await
+pub async fn serve(
+    addr: SocketAddr,
+    tls: RustlsConfig,
+    handle: axum_server::Handle,
+    client: Client,
+) -> std::io::Result<()> {
+    axum_server::bind_rustls(addr, tls).handle(handle).serve(router(client).into_make_service()).await
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 //!    every Secret KMS-encrypted, UPDATE_FAILED `RolledBack`, EncryptionDisabled back to False.
 //! 7. Deleted while KMS is off: the finalizer holds the object until the switch is done.
 //! 8. Deleted while idle: no cloud call.
+//! 9. A second KmsKeyVaultMode for the same cluster: refused by the webhook; with the webhook
+//!    gone, Stalled `Conflict` by the controller, with no cloud call.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -499,5 +501,31 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--timeout=60s"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
     assert_eq!(emu.log()[log_before..], [] as [&str; 0], "no cloud call for an idle deletion");
+
+    // ---- 9. One KmsKeyVaultMode per managed cluster: refused at admission, Stalled without it. -
+    let first = kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}");
+    apply(&cp, &first);
+    let second = first.replace("name: cluster", "name: second").replace("Public", "Private");
+    let refused = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&second));
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(!refused.status.success() && stderr.contains("OneKmsKeyVaultModePerCluster"), "{stderr}");
+    assert!(stderr.contains("\"cluster\" already manages"), "the refusal names the object in charge: {stderr}");
+    // With the webhook gone, the controller holds the line: the newer object changes nothing.
+    let log_before = emu.log().len();
+    let unhooked = cp.kubectl(&["delete", "validatingwebhookconfiguration", "--all"]);
+    assert!(unhooked.status.success(), "{}", String::from_utf8_lossy(&unhooked.stderr));
+    apply(&cp, &second);
+    wait_until(Duration::from_secs(60), "the second KmsKeyVaultMode is Stalled Conflict", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let s = api.get("second").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+        condition(&s, "Stalled")
+            .filter(|c| c.reason == "Conflict" && c.message.contains("\"cluster\" already manages"))
+            .map(|_| ())
+            .ok_or(format!("{:?}", s.conditions))
+    })
+    .await
+    .unwrap();
+    assert_eq!(emu.log()[log_before..], [] as [&str; 0], "the conflicting object made no cloud call");
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
     drop(plugin);
 }
