@@ -4,19 +4,21 @@
 //! overwritten.
 //!
 //! `cargo bench --bench faults -- --trials 20 --seed 1 [--apiserver-restarts 5] [--etcd-restarts 5]
-//! [--window-ms 700] [--kms-trials 20] [--kms-only]` (or CSO_FAULT_TRIALS / _SEED / _APISERVER_RESTARTS /
-//! _ETCD_RESTARTS / _KMS_TRIALS): `--trials` SIGKILLs per workload kind (ClusterSecurityPolicy,
+//! [--window-ms 700] [--kms-trials 20] [--kms-refusals 6] [--kms-only]` (or CSO_FAULT_TRIALS / _SEED /
+//! _APISERVER_RESTARTS / _ETCD_RESTARTS / _KMS_TRIALS / _KMS_REFUSALS): `--trials` SIGKILLs per workload kind (ClusterSecurityPolicy,
 //! CertificateRotation), then the restart trials per kind; then, with `--kms-trials`, the same for
 //! KmsKeyVaultMode switches Public↔Private (`--kms-trials` SIGKILLs, then the restarts) on a
 //! control plane with KMS encryption and the Azure emulator (`--kms-only`: only those, also with
-//! `--kms-trials 0` for the restarts alone). Each trial prints its seed and delay so a failure can
-//! be replayed; the run ends with `faults: … passed=<n> failed=<n>`.
+//! `--kms-trials 0` for the restarts alone). `--kms-refusals` switches run while the cloud refuses
+//! (EnableKms for good, or the vault PATCH 1-4 times, chosen by seed): each must end with KMS on
+//! and every Secret KMS-encrypted, completed or rolled back. Each trial prints its seed and delay
+//! so a failure can be replayed; the run ends with `faults: … kms_left_off=<n> passed=<n> failed=<n>`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use cluster_security_testbed::faults::{trial_seed, Fault, Kind, KmsTrials, Rng, WorkloadTrials};
+use cluster_security_testbed::faults::{trial_seed, Fault, Kind, KmsTrials, Refusal, Rng, WorkloadTrials};
 use cluster_security_testbed::leaks;
 
 /// Faults land uniformly within this long after the apply (`--window-ms`): a policy or rotation
@@ -40,6 +42,8 @@ struct Tally {
     passed: u32,
     failed: u32,
     fault_points: BTreeMap<String, u32>,
+    /// Trials that ended with KMS off on the cluster (must be 0).
+    kms_left_off: u64,
 }
 
 impl Tally {
@@ -54,6 +58,7 @@ impl Tally {
             Err(e) => {
                 self.failed += 1;
                 println!("trial {what} #{i} seed={seed} fault_after_ms={delay_ms}: FAILED: {e}");
+                self.kms_left_off += e.contains("KMS left OFF") as u64;
             }
         }
     }
@@ -67,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let apiserver_restarts = arg("--apiserver-restarts", "CSO_FAULT_APISERVER_RESTARTS", 0);
     let etcd_restarts = arg("--etcd-restarts", "CSO_FAULT_ETCD_RESTARTS", 0);
     let kms_trials = arg("--kms-trials", "CSO_FAULT_KMS_TRIALS", 0);
+    let kms_refusals = arg("--kms-refusals", "CSO_FAULT_KMS_REFUSALS", 0);
     let window_ms = arg("--window-ms", "CSO_FAULT_WINDOW_MS", WORKLOAD_WINDOW_MS).max(1);
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut tally = Tally::default();
@@ -97,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         bed.stop();
     }
 
-    if kms_only || kms_trials > 0 {
+    if kms_only || kms_trials > 0 || kms_refusals > 0 {
         let mut bed = KmsTrials::start(binary, KMS_SECRETS).await?;
         // One switch without a fault says how long a switch takes: the kills spread over it.
         let t = Instant::now();
@@ -117,6 +123,17 @@ async fn main() -> anyhow::Result<()> {
                 tally.record(&format!("{fault:?} KmsKeyVaultMode"), i, seed, delay_ms, result);
             }
         }
+        // The cloud refusing mid-switch: never a trial that ends with KMS off.
+        for i in 0..kms_refusals {
+            let seed = trial_seed(seed, 200, i);
+            let refusal = match Rng(seed).next_u64() % 3 {
+                0 => Refusal::EnableKms,
+                1 => Refusal::VaultPatch(1 + (Rng(seed ^ 1).next_u64() % 3) as u32),
+                _ => Refusal::VaultPatch(4),
+            };
+            let result = bed.run_refused(refusal).await;
+            tally.record(&format!("{refusal:?} KmsKeyVaultMode"), i, seed, 0, result);
+        }
         let marker = bed.emulator.spec.client_secret.clone();
         println!("secret scan: {}", leaks::audit(&bed.cp, &[&marker]).await?);
     }
@@ -126,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
         println!("  {n:>3}  {point}");
     }
     println!(
-        "faults: trials={trials} apiserver_restarts={apiserver_restarts} etcd_restarts={etcd_restarts} kms_trials={kms_trials} passed={} failed={} seconds={}",
+        "faults: trials={trials} apiserver_restarts={apiserver_restarts} etcd_restarts={etcd_restarts} kms_trials={kms_trials} kms_refusals={kms_refusals} kms_left_off={} passed={} failed={} seconds={}",
+        tally.kms_left_off,
         tally.passed,
         tally.failed,
         started.elapsed().as_secs()

@@ -57,6 +57,17 @@ pub enum Fault {
     RestartEtcd,
 }
 
+/// A refusal by the cloud in the middle of a KmsKeyVaultMode switch ([`KmsTrials::run_refused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key vault PATCH refused this many times (the operator tries 4 times before it rolls
+    /// back: up to 3 is a switch that completes, 4 or more one that rolls back).
+    VaultPatch(u32),
+    /// Every update turning KMS on with the target's network access refused: the switch must
+    /// roll back to the source settings.
+    EnableKms,
+}
+
 /// Which kind's operation the fault lands in (KmsKeyVaultMode: see [`KmsTrials`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -249,6 +260,8 @@ pub struct KmsTrials {
     secrets: usize,
     /// Switches so far; the vault starts Public, so an even count means the next is to Private.
     switches: u64,
+    /// Switches tried under a cloud refusal ([`Self::run_refused`]).
+    refusals: u64,
     /// `spec.reencryption` of the switches (YAML flow map; `{}`: the defaults).
     pub reencryption: String,
     pub plugin: KmsPlugin,
@@ -276,7 +289,7 @@ impl KmsTrials {
             Operator::start(&cp, binary, free_port(), &args)
         })?;
         let reencryption = "{concurrency: 8, pageSize: 100}".to_string();
-        Ok(Self { cp, op, emulator, spec, secrets, switches: 0, reencryption, plugin })
+        Ok(Self { cp, op, emulator, spec, secrets, switches: 0, refusals: 0, reencryption, plugin })
     }
 
     /// The KmsKeyVaultMode `cluster` asking for `mode` (Public or Private).
@@ -323,24 +336,8 @@ impl KmsTrials {
             }
         };
         let at_fault = at_fault.unwrap_or((None, "the API server not answering".into()));
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let (o, s) = loop {
-            if let Ok(o) = self.object().await {
-                let s = o.status.clone().unwrap_or_default();
-                let done = s
-                    .operations
-                    .first()
-                    .is_some_and(|x| x.generation == o.metadata.generation && x.operation_state.is_terminal())
-                    && s.current_operation.is_none();
-                if done {
-                    break (o, s);
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no end within 300 s (fault at {at_fault:?})"));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let (o, s) =
+            self.wait_end(Duration::from_secs(300)).await.map_err(|e| format!("{e} (fault at {at_fault:?})"))?;
         let done = &s.operations[0];
         if done.operation_state != OperationState::UpdateComplete {
             return Err(format!("ended {:?}: {:?} (fault at {at_fault:?})", done.operation_state, done.error_info));
@@ -369,6 +366,81 @@ impl KmsTrials {
         }
         self.check_secrets().await?;
         Ok(format!("fault at {}", at_fault.1))
+    }
+
+    /// One switch to the other mode while the cloud refuses as `refusal` says. Whatever the
+    /// refusal, the switch ends with KMS on and every Secret KMS-encrypted in etcd: completed
+    /// (a refusal the retries outlast) or rolled back to the source mode (UPDATE_FAILED
+    /// `RolledBack`, the vault as before). `Ok` says which.
+    pub async fn run_refused(&mut self, refusal: Refusal) -> Result<String, String> {
+        let (source, target) = if self.switches % 2 == 0 { ("Public", "Private") } else { ("Private", "Public") };
+        // A new generation each time: a failed switch is not retried for an unchanged spec.
+        self.reencryption = format!("{{concurrency: 8, pageSize: {}}}", 100 + self.switches + self.refusals);
+        self.refusals += 1;
+        let rolls_back = match refusal {
+            Refusal::VaultPatch(n) => {
+                self.emulator.refuse_vault_patches(n);
+                n >= 4
+            }
+            Refusal::EnableKms => {
+                self.emulator.refuse_enable(target, "InjectedRefusal");
+                true
+            }
+        };
+        let applied = kubectl_apply(&self.cp, &self.manifest(target));
+        let ended = match applied {
+            Ok(()) => self.wait_end(Duration::from_secs(400)).await,
+            Err(e) => Err(e),
+        };
+        self.emulator.clear_refusals();
+        let (_, s) = ended?;
+        let done = &s.operations[0];
+        let kms = self.emulator.kms();
+        if kms["enabled"] != true {
+            return Err(format!("KMS left OFF after {refusal:?}: {kms}"));
+        }
+        self.check_secrets().await?;
+        let (want_state, want_mode) = if rolls_back {
+            (OperationState::UpdateFailed, source)
+        } else {
+            self.switches += 1;
+            (OperationState::UpdateComplete, target)
+        };
+        if done.operation_state != want_state || kms["keyVaultNetworkAccess"] != want_mode {
+            return Err(format!(
+                "after {refusal:?}: ended {:?} ({:?}) with the cluster {kms}; expected {want_state:?} in {want_mode}",
+                done.operation_state, done.error_info
+            ));
+        }
+        if self.emulator.vault_public(VAULT) != Some(want_mode == "Public") {
+            return Err(format!("after {refusal:?} the vault's access does not match {want_mode}"));
+        }
+        Ok(if rolls_back { format!("rolled back to {source}") } else { format!("completed to {target}") })
+    }
+
+    /// The object once the operation for its generation has ended.
+    async fn wait_end(
+        &self,
+        patience: Duration,
+    ) -> Result<(KmsKeyVaultMode, cluster_security_api::KmsKeyVaultModeStatus), String> {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Ok(o) = self.object().await {
+                let s = o.status.clone().unwrap_or_default();
+                let done = s
+                    .operations
+                    .first()
+                    .is_some_and(|x| x.generation == o.metadata.generation && x.operation_state.is_terminal())
+                    && s.current_operation.is_none();
+                if done {
+                    return Ok((o, s));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no end within {} s", patience.as_secs()));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The running operation's id and where it is ("step 4/5 EnableKms", "between steps 2 and 3",
