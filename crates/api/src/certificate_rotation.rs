@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, Operation};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Operation};
 
 /// Default certificate validity for self-signed certificates.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
@@ -74,6 +74,10 @@ pub struct CertificateRotationSpec {
     #[serde(default = "default_rollout_timeout")]
     #[schemars(range(min = 1))]
     pub rollout_timeout_seconds: u32,
+    /// Retain (default): the Secrets and ConfigMaps this resource wrote stay when it is deleted.
+    /// Delete: they are garbage-collected with it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Where a certificate comes from.
@@ -205,6 +209,10 @@ pub struct CertificateSettings {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateRotationStatus {
+    /// The workload this resource's operations target, fixed by its first operation
+    /// (`spec.clusterRef` may not move to another one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ref: Option<ClusterRef>,
     /// Hash of the certificates last rolled into the pods (pod template annotation
     /// `clustersecurity.io/certificate-hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

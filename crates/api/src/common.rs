@@ -11,6 +11,18 @@ pub(crate) fn default_rollout_timeout() -> u32 {
     DEFAULT_ROLLOUT_TIMEOUT_SECONDS
 }
 
+/// What happens to the Secrets and ConfigMaps a resource wrote when the resource is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// They stay (the brokers keep mounting them; a re-created resource for the same cluster
+    /// reuses the kept CAs, so clients keep their trust). The default, as cert-manager and
+    /// Strimzi keep certificates by default.
+    #[default]
+    Retain,
+    /// They are garbage-collected with the resource (owner references).
+    Delete,
+}
+
 /// Kind of workload that runs the brokers.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum WorkloadKind {
@@ -105,7 +117,18 @@ pub struct Operation<I> {
     /// Why the operation failed; only when UPDATE_FAILED.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_info: Option<ErrorInfo>,
+    /// The resource's `clustersecurity.io/retry` annotation when the operation was recorded: a
+    /// failed operation is tried again, without a spec change, once that annotation changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_request: Option<String>,
 }
+
+/// Annotation whose new value re-runs a failed operation without a spec change (like Flux's
+/// `reconcile.fluxcd.io/requestedAt`).
+pub const RETRY_ANNOTATION: &str = "clustersecurity.io/retry";
+/// Annotation that stops every change the operator makes for a resource while it reads
+/// `paused` (like Flux's `suspend`).
+pub const RECONCILE_ANNOTATION: &str = "clustersecurity.io/reconcile";
 
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;

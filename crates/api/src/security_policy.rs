@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, Operation, SecretRef};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Operation, SecretRef};
 
 /// Desired client authentication and encryption in transit for one broker cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -65,6 +65,10 @@ pub struct ClusterSecurityPolicySpec {
     #[serde(default = "default_rollout_timeout")]
     #[schemars(range(min = 1))]
     pub rollout_timeout_seconds: u32,
+    /// Retain (default): the Secrets and ConfigMaps this resource wrote stay when it is deleted.
+    /// Delete: they are garbage-collected with it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Client authentication methods. Several may be enabled at once when the encryption settings
@@ -254,6 +258,10 @@ pub struct SecuritySettings {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSecurityPolicyStatus {
+    /// The workload this resource's operations target, fixed by its first operation
+    /// (`spec.clusterRef` may not move to another one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ref: Option<ClusterRef>,
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -29,6 +29,8 @@ pub mod rule {
     pub const REENCRYPTION: &str = "ReencryptionSettings";
     pub const ROLLBACK_AFTER: &str = "RollbackAfterSeconds";
     pub const ONE_PER_CLUSTER: &str = "OneKmsKeyVaultModePerCluster";
+    pub const CLUSTER_REF_IMMUTABLE: &str = "ClusterRefImmutable";
+    pub const ONE_PER_WORKLOAD: &str = "OneResourcePerWorkload";
 }
 
 /// One broken rule.
@@ -570,6 +572,52 @@ pub fn one_per_cluster<'a>(
                 quoted(name),
                 mine.resource_group,
                 mine.cluster_name,
+                quoted(name)
+            ),
+        );
+    }
+    out.into_result()
+}
+
+/// `spec.clusterRef` is fixed once the resource has targeted a workload (`recorded`): a new
+/// target is a new resource, so status and the artefacts never describe two workloads.
+pub fn cluster_ref_unchanged(kind: &str, spec: &ClusterRef, recorded: &ClusterRef) -> Result<(), Violations> {
+    let mut out = Violations::default();
+    if spec != recorded {
+        out.push(
+            rule::CLUSTER_REF_IMMUTABLE,
+            "spec.clusterRef",
+            format!(
+                "you can't change the workload after it has been targeted (it is {:?} {}); put it back, or create \
+                 a new {kind} for {:?} {} (and delete this one; its artefacts stay with the default deletionPolicy)",
+                recorded.kind,
+                quoted(&recorded.name),
+                spec.kind,
+                quoted(&spec.name)
+            ),
+        );
+    }
+    out.into_result()
+}
+
+/// One resource of a kind per workload: `others` are the other objects of `kind` in the same
+/// namespace as `(name, clusterRef)`, not being deleted.
+pub fn one_per_workload<'a>(
+    kind: &str,
+    cluster_ref: &ClusterRef,
+    others: impl IntoIterator<Item = (&'a str, &'a ClusterRef)>,
+) -> Result<(), Violations> {
+    let mut out = Violations::default();
+    if let Some((name, _)) = others.into_iter().find(|(_, r)| *r == cluster_ref) {
+        out.push(
+            rule::ONE_PER_WORKLOAD,
+            "spec.clusterRef",
+            format!(
+                "{kind} {} already targets {:?} {}; two would roll the same pods against each other. Change {} \
+                 instead, or delete it first",
+                quoted(name),
+                cluster_ref.kind,
+                quoted(&cluster_ref.name),
                 quoted(name)
             ),
         );

@@ -2,7 +2,9 @@
 //! valid and invalid, through the shared validation module.
 
 use cluster_security_api::validate::{self, rule};
-use cluster_security_api::{CertificateRotationSpec, ClusterSecurityPolicySpec, KmsKeyVaultModeSpec};
+use cluster_security_api::{
+    CertificateRotationSpec, ClusterRef, ClusterSecurityPolicySpec, KmsKeyVaultModeSpec, WorkloadKind,
+};
 use serde_json::{json, Value};
 
 fn csp(auth: Value, client_broker: &str, in_cluster: bool) -> ClusterSecurityPolicySpec {
@@ -250,6 +252,16 @@ fn kms_key_vault_mode_rules() {
             }
         }
     }
+    let kafka = ClusterRef { kind: WorkloadKind::StatefulSet, name: "kafka".into() };
+    let other = ClusterRef { kind: WorkloadKind::StatefulSet, name: "kafka-b".into() };
+    assert!(validate::cluster_ref_unchanged("ClusterSecurityPolicy", &kafka, &kafka).is_ok());
+    let moved = validate::cluster_ref_unchanged("ClusterSecurityPolicy", &other, &kafka).unwrap_err();
+    assert_eq!(moved.rules(), vec![rule::CLUSTER_REF_IMMUTABLE]);
+    assert!(validate::one_per_workload("CertificateRotation", &kafka, [("b", &other)]).is_ok());
+    let twice = validate::one_per_workload("CertificateRotation", &kafka, [("b", &other), ("a", &kafka)]).unwrap_err();
+    assert_eq!(twice.rules(), vec![rule::ONE_PER_WORKLOAD]);
+    assert!(twice.to_string().contains("\"a\" already targets"), "{twice}");
+
     let mine = kms(json!({}));
     let mut other_cluster = kms(json!({}));
     other_cluster.provider.azure.as_mut().unwrap().cluster_name = "payments-aks".into();

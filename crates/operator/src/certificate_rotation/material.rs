@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::inspect::{self, Material};
@@ -22,6 +22,7 @@ use crate::api::{
 };
 use crate::pki;
 use crate::reconciler::conditions::reason;
+use crate::reconciler::derived;
 use crate::reconciler::operation::{self, rfc3339};
 use crate::reconciler::rolling::PrepareError;
 use crate::reconciler::workload::Workload;
@@ -203,9 +204,8 @@ async fn kept_ca(
     let what = format!("{} CA of {cluster}", slot.as_str());
     let ca = pki::new_ca(&format!("{cluster} {} CA", slot.as_str()), now, CA_DAYS)
         .map_err(|source| Error::Issue { what, source })?;
-    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
     let body = json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "metadata": derived::metadata(cr, &ca_name, cr.spec.deletion_policy, json!({})),
         "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
     secrets
         .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
@@ -259,12 +259,11 @@ pub async fn install(
 ) -> Result<CertificateStatus, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
-    let owner = cr.controller_owner_ref(&()).expect("stored objects have a uid");
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let name = w.slot.tls_secret(cluster);
+    let annotations = json!({"annotations": {OPERATION_ANNOTATION: operation_id}});
     let body = json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
-            "annotations": {OPERATION_ANNOTATION: operation_id}},
+        "metadata": derived::metadata(cr, &name, cr.spec.deletion_policy, annotations),
         "type": "kubernetes.io/tls", "stringData": {"tls.crt": m.cert_pem, "tls.key": m.key_pem, "ca.crt": m.ca_pem}});
     Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .patch(&name, &pp, &Patch::Apply(&body))
@@ -287,7 +286,7 @@ pub async fn install(
             }
         }
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner], "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+            "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
             "data": {"ca.crt": bundle, "current-ca.crt": m.ca_pem}});
         cms.patch(&cm_name, &pp, &Patch::Apply(&body)).await.map_err(|source| Error::Write {
             object: Named::new("ConfigMap", &ns, &cm_name),

@@ -26,6 +26,7 @@ use crate::api::{
     OperationRecord, OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
+use crate::reconciler::derived::Derived;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::Workload;
@@ -112,8 +113,9 @@ impl Reconcile for CertificateRotation {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
 
-    fn validate(&self, _: &CertificateRotationStatus) -> Result<(), String> {
-        validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())
+    fn validate(&self, status: &CertificateRotationStatus) -> Result<(), String> {
+        validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())?;
+        rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
@@ -152,6 +154,14 @@ impl TargetsWorkload for CertificateRotation {
 impl Rolling for CertificateRotation {
     const OPERATION: OperationType = OperationType::RotateCertificates;
     const WHAT: &'static str = "certificates";
+
+    fn recorded_cluster_ref(status: &CertificateRotationStatus) -> Option<&crate::api::ClusterRef> {
+        status.cluster_ref.as_ref()
+    }
+
+    fn record_cluster_ref(status: &mut CertificateRotationStatus, target: &crate::api::ClusterRef) {
+        status.cluster_ref = Some(target.clone());
+    }
 
     fn desired(&self) -> CertificateSettings {
         material::desired_settings(self)
@@ -243,6 +253,22 @@ impl Rolling for CertificateRotation {
             annotations.insert(w.slot.label_annotation(), w.label);
         }
         Ok(annotations)
+    }
+
+    /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.
+    fn derived_objects(&self) -> Vec<Derived> {
+        let cluster = &self.spec.cluster_ref.name;
+        let mut out = Vec::new();
+        for w in wants(self) {
+            out.push(Derived::Secret(w.slot.tls_secret(cluster)));
+            if w.type_ == CertificateType::Selfsigned {
+                out.push(Derived::Secret(w.slot.ca_secret(cluster)));
+            }
+            if w.slot == Slot::External {
+                out.push(Derived::ConfigMap(trust_configmap(cluster)));
+            }
+        }
+        out
     }
 
     fn expected(status: &CertificateRotationStatus) -> BTreeMap<String, String> {

@@ -397,6 +397,11 @@ impl Reconcile for KmsKeyVaultMode {
 
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
+    /// Not while KMS is off mid-switch: the switch carries on until KMS is back on.
+    fn may_pause(status: &KmsKeyVaultModeStatus) -> bool {
+        planner::kms_off_since(&status.steps).is_none() || status.current_operation.is_none()
+    }
+
     /// A deleted object goes once no operation runs: one that changed the cloud finishes or
     /// rolls back first.
     fn may_go(status: &KmsKeyVaultModeStatus) -> bool {
@@ -612,8 +617,8 @@ async fn run_steps(
                 operation::fail(&mut op, kms_reason::OPERATION_FAILED, message.clone(), clock.now());
                 round.status.phase = Some("Idle".into());
                 let message = format!(
-                    "Operation {} failed: {message}. Fix the cause and change the spec (or re-apply it with a new \
-                     generation) to try again.",
+                    "Operation {} failed: {message}. Fix the cause, then change the spec or set a new value of the \
+                     clustersecurity.io/retry annotation to try again.",
                     op.operation_id
                 );
                 round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
@@ -646,8 +651,8 @@ fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, 
                 format!("rolled back to the settings it started from ({}): {}", describe(&source), rollback.reason);
             operation::fail(&mut op, kms_reason::ROLLED_BACK, error.clone(), now);
             let message = format!(
-                "Operation {} {error}. Encryption is as before the switch. Fix the cause and change the spec (or \
-                 re-apply it with a new generation) to try again.",
+                "Operation {} {error}. Encryption is as before the switch. Fix the cause, then change the spec or \
+                 set a new value of the clustersecurity.io/retry annotation to try again.",
                 op.operation_id
             );
             round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
@@ -761,9 +766,11 @@ async fn decide(
             Some(IDLE_RECHECK),
         )));
     }
-    if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired) {
+    let retry = operation::retry_request(obj.meta()).map(String::from);
+    if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired, retry.as_deref()) {
         let message = format!(
-            "The last operation for this spec failed ({}: {}). Fix the cause and change the spec to try again.",
+            "The last operation for this spec failed ({}: {}). Fix the cause, then change the spec or set a new \
+             value of the clustersecurity.io/retry annotation to try again.",
             err.code, err.message
         );
         // A rolled-back operation keeps saying so: the cluster runs the settings it started from.
@@ -771,7 +778,7 @@ async fn decide(
             if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
         return Ok(Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None)));
     }
-    let op = operation::new(
+    let mut op = operation::new(
         operation::uuid_v4(),
         OperationType::UpdateKmsKeyVaultMode,
         round.generation(),
@@ -779,6 +786,7 @@ async fn decide(
         desired.clone(),
         now,
     );
+    op.retry_request = retry;
     let (current_op, history) = round.status.record_mut();
     let note = operation::open(history, current_op, op, &describe(&desired));
     round.event(EventType::Normal, event::OPERATION_PENDING, note);

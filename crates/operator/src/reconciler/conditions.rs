@@ -23,6 +23,11 @@ pub mod reason {
     pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
     /// The spec changed while an operation ran; the next one starts now.
     pub const QUEUED: &str = "Queued";
+    /// `clustersecurity.io/reconcile: paused`: nothing is changed (Ready=False).
+    pub const PAUSED: &str = "Paused";
+    /// A Secret or ConfigMap the operation would write exists and is not the operator's
+    /// (Stalled until it is renamed, deleted or annotated for adoption).
+    pub const NAME_CONFLICT: &str = "NameConflict";
     /// Another object already manages the same target; this one changes nothing (Stalled).
     pub const CONFLICT: &str = "Conflict";
 }

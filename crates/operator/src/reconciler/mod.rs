@@ -5,13 +5,15 @@
 //!   invalid spec, conditions, one guarded status write, events and the requeue ([`round`]).
 //! - [`rolling`]: the one operation driver (PENDING → record → prepare → roll → follow →
 //!   complete) of the kinds that roll a workload's pods.
-//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`], [`finalizer`]:
+//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`], [`finalizer`],
+//!   [`derived`]:
 //!   the pieces.
 //!
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
 //! annotations of the workload a kind targets. Everything else is the kinds'.
 
 pub mod conditions;
+pub mod derived;
 pub mod events;
 mod finalizer;
 pub mod operation;
@@ -26,7 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_security_api::{Operated, OperationRecord, FIELD_MANAGER};
+use cluster_security_api::{Operated, OperationRecord, FIELD_MANAGER, RECONCILE_ANNOTATION};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
@@ -187,6 +189,12 @@ pub trait Reconcile:
         deps: &Self::Deps,
     ) -> impl Future<Output = Result<Outcome, Error>> + Send;
 
+    /// Whether `clustersecurity.io/reconcile: paused` may stop this object now (a KMS switch with
+    /// KMS off carries on until KMS is back on: a pause must not leave a cluster worse off).
+    fn may_pause(_status: &Self::Status) -> bool {
+        true
+    }
+
     /// A finalizer that holds the object's deletion until [`Reconcile::may_go`] (None: the kind
     /// lets its objects go at once). While the object is being deleted, rounds go on as usual.
     const FINALIZER: Option<&'static str> = None;
@@ -213,6 +221,20 @@ pub fn invalid_spec(violation: &str) -> Outcome {
     )
 }
 
+/// Whether the object carries `clustersecurity.io/reconcile: paused`.
+fn paused<K: Resource>(obj: &K) -> bool {
+    obj.meta().annotations.as_ref().and_then(|a| a.get(RECONCILE_ANNOTATION)).is_some_and(|v| v == "paused")
+}
+
+/// The health of a paused object: nothing is changed until the annotation goes.
+fn paused_outcome() -> Outcome {
+    let message = format!(
+        "{RECONCILE_ANNOTATION}: paused — the operator changes nothing for this resource (an operation in progress \
+         waits where it is) until the annotation is removed."
+    );
+    Outcome::new(Health::NotReady { reason: conditions::reason::PAUSED.into(), message }, None)
+}
+
 /// One reconcile of `cached`: fresh read, validate, advance, conditions, status, events.
 async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Result<Action, Error> {
     let (ctx, deps) = (&shared.0, &shared.1);
@@ -227,6 +249,7 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api.clone(), ctx.client.clone(), obj));
     let old_conditions = round.status.conditions().to_vec();
     let outcome = match round.obj.validate(&round.status) {
+        _ if paused(round.obj.as_ref()) && K::may_pause(&round.status) => paused_outcome(),
         Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
         _ => {
             let obj = round.obj.clone();

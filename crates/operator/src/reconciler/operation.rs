@@ -35,6 +35,7 @@ pub fn new<I>(
         source_info: source,
         target_info: Some(target),
         error_info: None,
+        retry_request: None,
     }
 }
 
@@ -87,14 +88,26 @@ pub fn settle<I: Clone>(history: &mut Vec<Operation<I>>, current: &mut Option<Op
 }
 
 /// The error of the newest operation when it failed for this very spec (same generation, same
-/// target). Such a failure is not retried until the spec changes, unless what was missing (a
-/// Secret) has appeared since.
-pub fn failed_for<I: PartialEq>(history: &[Operation<I>], generation: Option<i64>, desired: &I) -> Option<ErrorInfo> {
+/// target) and the same retry request (`retry`: the resource's retry annotation now). Such a
+/// failure is not retried until the spec or the retry annotation changes, unless what was
+/// missing (a Secret) has appeared since.
+pub fn failed_for<I: PartialEq>(
+    history: &[Operation<I>],
+    generation: Option<i64>,
+    desired: &I,
+    retry: Option<&str>,
+) -> Option<ErrorInfo> {
     let last = history.first()?;
     (last.operation_state == OperationState::UpdateFailed
         && last.generation == generation
-        && last.target_info.as_ref() == Some(desired))
-    .then(|| last.error_info.clone().unwrap_or(ErrorInfo { code: "Failed".into(), message: String::new() }))
+        && last.target_info.as_ref() == Some(desired)
+        && last.retry_request.as_deref() == retry)
+        .then(|| last.error_info.clone().unwrap_or(ErrorInfo { code: "Failed".into(), message: String::new() }))
+}
+
+/// The resource's `clustersecurity.io/retry` annotation.
+pub fn retry_request(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref()?.get(cluster_security_api::RETRY_ANNOTATION).map(String::as_str)
 }
 
 /// Seconds the operation has been UPDATE_IN_PROGRESS.

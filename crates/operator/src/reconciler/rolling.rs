@@ -12,10 +12,14 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use cluster_security_api::{ClusterState, Operation, OperationRecord, OperationState, OperationType};
+use cluster_security_api::{
+    validate, ClusterRef, ClusterState, Operation, OperationRecord, OperationState, OperationType,
+};
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
 use super::conditions::reason;
+use super::derived::{self, Derived};
 use super::events::reason as event;
 use super::watch::TargetsWorkload;
 use super::workload::{self, RolloutCheck, Workload};
@@ -58,6 +62,8 @@ impl PrepareError {
 /// When to look again after a failure the user may fix without a spec change (a Secret that
 /// appears later).
 const RETRY_MISSING_SECRET: Duration = Duration::from_secs(30);
+/// When to look again at a derived name someone else's object holds.
+const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 /// When to look again at a workload that is not ACTIVE.
 const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
 /// When to look at a rollout just started (workload watches usually come sooner).
@@ -103,11 +109,52 @@ pub trait Rolling: TargetsWorkload {
         workload: Option<&Workload>,
     ) -> impl Future<Output = Result<BTreeMap<String, String>, PrepareError>> + Send;
 
+    /// Whether a second object of the kind for the same workload is refused (`Conflict`; the
+    /// driver lists the kind's objects in the namespace to tell).
+    const ONE_PER_WORKLOAD: bool = true;
+
+    /// The workload the first operation that wrote anything targeted (`status.clusterRef`).
+    fn recorded_cluster_ref(status: &Self::Status) -> Option<&ClusterRef>;
+
+    /// Record that workload.
+    fn record_cluster_ref(status: &mut Self::Status, target: &ClusterRef);
+
+    /// The Secrets and ConfigMaps an operation for this spec writes under derived names: none may
+    /// be someone else's object ([`derived::first_conflict`]).
+    fn derived_objects(&self) -> Vec<Derived> {
+        Vec::new()
+    }
+
     /// The pod-template annotations the rolling operation set (from the status).
     fn expected(status: &Self::Status) -> BTreeMap<String, String>;
 
     /// The rollout of `target` is complete: record what is now in effect.
     fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
+}
+
+/// The rule that `spec.clusterRef` stays on the workload the resource has written to.
+pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<String> {
+    let recorded = K::recorded_cluster_ref(status)?;
+    validate::cluster_ref_unchanged(K::KIND, obj.cluster_ref(), recorded).err().map(|v| v.to_string())
+}
+
+/// Another object of the kind, older (by creation, then name) and not being deleted, that
+/// targets the same workload: the message of a `Conflict`.
+async fn older_claim<K: Rolling>(kind: &K, ctx: &Context) -> Result<Option<String>, Error> {
+    let ns = kind.namespace().unwrap_or_default();
+    let all = K::api(ctx.client.clone(), kind)
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::Read { object: super::Named::new(K::KIND, &ns, "(all)"), source: Box::new(source) })?;
+    let rank = |o: &K| (o.meta().creation_timestamp.clone().map(|t| t.0), o.name_any());
+    let older = all
+        .items
+        .iter()
+        .filter(|o| o.name_any() != kind.name_any() && o.meta().deletion_timestamp.is_none() && rank(o) < rank(kind));
+    let others: Vec<(String, ClusterRef)> = older.map(|o| (o.name_any(), o.cluster_ref().clone())).collect();
+    Ok(validate::one_per_workload(K::KIND, kind.cluster_ref(), others.iter().map(|(n, r)| (n.as_str(), r)))
+        .err()
+        .map(|v| format!("{v}. Nothing was changed.")))
 }
 
 /// The workload the object targets, as messages name it: `StatefulSet kafka/orders-kafka`.
@@ -147,17 +194,31 @@ pub async fn drive<K: Rolling>(
             Idle::Settled(outcome) => return Ok(outcome),
             Idle::Start { source } => source,
         };
+        // One resource of a kind per workload: the newer one starts nothing.
+        let claimed = if K::ONE_PER_WORKLOAD { older_claim(kind, ctx).await? } else { None };
+        if let Some(message) = claimed {
+            let health = Health::Stalled { reason: reason::CONFLICT.into(), message };
+            return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
+        }
+        // Never adopt what we did not create: nothing starts while a derived name is taken.
+        if let Some(message) = derived::first_conflict(&ctx.client, &round.namespace(), &kind.derived_objects()).await?
+        {
+            let health = Health::Stalled { reason: reason::NAME_CONFLICT.into(), message };
+            return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
+        }
         // A failed operation for this very spec is not retried until the spec changes (or, for
         // a missing Secret, until it appears).
-        if let Some(e) = operation::failed_for(round.status.history(), round.generation(), &desired) {
+        let retry = operation::retry_request(round.obj.meta()).map(String::from);
+        if let Some(e) = operation::failed_for(round.status.history(), round.generation(), &desired, retry.as_deref()) {
             let missing_secret = e.code == reason::SECRET_NOT_FOUND;
             if !(missing_secret && kind.referenced_secrets_present(ctx).await?) {
                 let retry = missing_secret.then_some(RETRY_MISSING_SECRET);
                 return Ok(Outcome::new(Health::Stalled { reason: e.code, message: e.message }, retry));
             }
         }
-        let op =
+        let mut op =
             operation::new(operation::uuid_v4(), K::OPERATION, round.generation(), source, desired.clone(), round.now);
+        op.retry_request = retry;
         let (current, history) = round.status.record_mut();
         let note = operation::open(history, current, op, &wl);
         round.event(EventType::Normal, event::OPERATION_PENDING, note);
@@ -210,6 +271,10 @@ async fn pending<K: Rolling>(
         let message = format!("Operation {} recorded; the {} are prepared next.", op.operation_id, K::WHAT);
         round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message });
         round.checkpoint().await?;
+    }
+    // From here on this workload receives artefacts: the resource is bound to it.
+    if K::recorded_cluster_ref(&round.status).is_none() {
+        K::record_cluster_ref(&mut round.status, kind.cluster_ref());
     }
     match kind.prepare(round, ctx, op, workload).await {
         Err(PrepareError::Failed(e)) => Err(e),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Controller;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use crate::api::{
@@ -23,6 +23,7 @@ use crate::api::{
     OperationType, SecuritySettings, FIELD_MANAGER,
 };
 use crate::reconciler::conditions::reason;
+use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::{self, Workload};
@@ -54,8 +55,15 @@ pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
 }
 
 /// The in-cluster setting can't change after the first operation applied it (webhook-less path).
+/// `inCluster` is fixed at creation: compared with what was applied, else with the first
+/// operation ever recorded (also while it waits in PENDING: without the webhook, a change then
+/// would otherwise slip through).
 fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<String> {
-    let applied = status.applied.as_ref()?.encryption_in_transit.in_cluster;
+    let first_recorded = || {
+        let oldest = status.operations.last().or(status.current_operation.as_ref());
+        oldest.and_then(|o| o.target_info.as_ref())
+    };
+    let applied = status.applied.as_ref().or_else(first_recorded)?.encryption_in_transit.in_cluster;
     (applied != csp.spec.encryption_in_transit.in_cluster).then(|| {
         format!(
             "spec.encryptionInTransit.inCluster: you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied} (rule {})",
@@ -75,6 +83,7 @@ impl Reconcile for ClusterSecurityPolicy {
 
     fn validate(&self, status: &ClusterSecurityPolicyStatus) -> Result<(), String> {
         validate::security_policy(&self.spec, None).map_err(|v| v.to_string())?;
+        rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)?;
         in_cluster_violation(self, status).map_or(Ok(()), Err)
     }
 
@@ -96,6 +105,14 @@ impl TargetsWorkload for ClusterSecurityPolicy {
 impl Rolling for ClusterSecurityPolicy {
     const OPERATION: OperationType = OperationType::UpdateSecurity;
     const WHAT: &'static str = "security settings";
+
+    fn recorded_cluster_ref(status: &ClusterSecurityPolicyStatus) -> Option<&crate::api::ClusterRef> {
+        status.cluster_ref.as_ref()
+    }
+
+    fn record_cluster_ref(status: &mut ClusterSecurityPolicyStatus, target: &crate::api::ClusterRef) {
+        status.cluster_ref = Some(target.clone());
+    }
 
     fn desired(&self) -> SecuritySettings {
         desired_settings(&self.spec)
@@ -164,6 +181,16 @@ impl Rolling for ClusterSecurityPolicy {
         Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
     }
 
+    /// The security ConfigMap, and the client CA Secret when mTLS is on.
+    fn derived_objects(&self) -> Vec<Derived> {
+        let cluster = &self.spec.cluster_ref.name;
+        let mut out = vec![Derived::ConfigMap(configmap_name(cluster))];
+        if self.spec.client_authentication.tls.as_ref().is_some_and(|t| t.enabled) {
+            out.push(Derived::Secret(client_ca_secret_name(cluster)));
+        }
+        out
+    }
+
     fn expected(status: &ClusterSecurityPolicyStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default())])
     }
@@ -184,7 +211,6 @@ async fn write_artefacts(
 ) -> Result<String, PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let cluster = &csp.spec.cluster_ref.name;
-    let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
 
@@ -200,8 +226,7 @@ async fn write_artefacts(
     let cm_name = configmap_name(cluster);
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner],
-                     "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "metadata": derived::metadata(csp, &cm_name, csp.spec.deletion_policy, json!({})),
         "data": {"server.properties": server_properties, "security.json": security_json},
     });
     Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
@@ -221,7 +246,6 @@ async fn client_ca_bundle(
 ) -> Result<String, PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let cluster = &csp.spec.cluster_ref.name;
-    let owner = csp.controller_owner_ref(&()).expect("a stored object has a uid");
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let secret = |name: &str| Named::new("Secret", &ns, name);
     let mut ca_bundle = String::new();
@@ -271,8 +295,7 @@ async fn client_ca_bundle(
     data.insert("ca.crt".into(), ca_bundle.clone());
     let body = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": ca_name, "namespace": ns, "ownerReferences": [owner],
-                     "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "metadata": derived::metadata(csp, &ca_name, csp.spec.deletion_policy, json!({})),
         "type": "Opaque",
         "stringData": data,
     });
@@ -281,4 +304,40 @@ async fn client_ca_bundle(
         .await
         .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
     Ok(ca_bundle)
+}
+
+#[cfg(test)]
+mod in_cluster_tests {
+    use super::*;
+    use crate::reconciler::operation;
+
+    fn csp(in_cluster: bool) -> ClusterSecurityPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "ClusterSecurityPolicy",
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "kafka"},
+                     "clientAuthentication": {"sasl": {"scram": {"enabled": true}}},
+                     "encryptionInTransit": {"clientBroker": "TLS", "inCluster": in_cluster}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn in_cluster_is_fixed_by_the_first_recorded_operation_even_while_it_is_pending() {
+        let first = csp(true);
+        let mut status = ClusterSecurityPolicyStatus::default();
+        assert!(in_cluster_violation(&csp(false), &status).is_none(), "nothing recorded yet");
+        let op = operation::new(
+            "id".into(),
+            OperationType::UpdateSecurity,
+            Some(1),
+            None,
+            first.desired(),
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        );
+        status.current_operation = Some(op);
+        let refused = in_cluster_violation(&csp(false), &status).expect("PENDING first operation fixes inCluster");
+        assert!(refused.contains("InClusterEncryptionImmutable"), "{refused}");
+        assert!(in_cluster_violation(&first, &status).is_none());
+    }
 }

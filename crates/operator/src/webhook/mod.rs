@@ -18,7 +18,7 @@ use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 
-use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
+use crate::api::{CertificateRotation, ClusterRef, ClusterSecurityPolicy, KmsKeyVaultMode};
 use crate::validate;
 
 pub use crate::api::manifests::VALIDATE_PATH;
@@ -43,7 +43,16 @@ pub async fn review_with_peers(
         Err(e) => return AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
     };
     let verdict = match decide(&req) {
-        Ok(()) => one_per_cluster(&req, client).await,
+        Ok(()) => match req.kind.kind.as_str() {
+            "KmsKeyVaultMode" => one_per_cluster(&req, client).await,
+            "ClusterSecurityPolicy" => {
+                one_per_workload::<ClusterSecurityPolicy>(&req, client, |o| &o.spec.cluster_ref).await
+            }
+            "CertificateRotation" => {
+                one_per_workload::<CertificateRotation>(&req, client, |o| &o.spec.cluster_ref).await
+            }
+            _ => Ok(()),
+        },
         refused => refused,
     };
     answer(&req, verdict)
@@ -57,12 +66,57 @@ fn answer(req: &AdmissionRequest<DynamicObject>, verdict: Result<(), String>) ->
     }
 }
 
+/// A ClusterSecurityPolicy or CertificateRotation created, or pointed at another workload, must
+/// not target a workload another object of its kind targets. As for KmsKeyVaultModes, a failed
+/// list lets the request through (the controller applies the rule too).
+async fn one_per_workload<K>(
+    req: &AdmissionRequest<DynamicObject>,
+    client: &Client,
+    cluster_ref: fn(&K) -> &ClusterRef,
+) -> Result<(), String>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let Some(obj) = req.object.as_ref() else { return Ok(()) };
+    if !matches!(req.operation, Operation::Create | Operation::Update) || is_deleting(obj) {
+        return Ok(());
+    }
+    let kind = req.kind.kind.as_str();
+    let new: K = decode(obj, kind)?;
+    if let Some(old) = req.old_object.as_ref().filter(|_| req.operation == Operation::Update) {
+        if cluster_ref(&decode::<K>(old, kind)?) == cluster_ref(&new) {
+            return Ok(()); // same workload as before: nothing new to check
+        }
+    }
+    let ns = req.namespace.clone().unwrap_or_default();
+    let others = match Api::<K>::namespaced(client.clone(), &ns).list(&Default::default()).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            tracing::warn!(error = %e, kind, "cannot list; the controller checks one per workload instead");
+            return Ok(());
+        }
+    };
+    let name = obj.metadata.name.clone().unwrap_or_else(|| req.name.clone());
+    let others = others
+        .iter()
+        .filter(|o| o.meta().name.as_deref() != Some(name.as_str()) && o.meta().deletion_timestamp.is_none());
+    validate::one_per_workload(
+        kind,
+        cluster_ref(&new),
+        others.map(|o| (o.meta().name.as_deref().unwrap_or_default(), cluster_ref(o))),
+    )
+    .map_err(|v| format!("{kind} {ns}/{name} is invalid: {v}"))
+}
+
 /// A KmsKeyVaultMode created, or moved to another cluster, must not name a cluster another one
 /// manages. If the others cannot be read the request is let through: the controller applies
 /// the same rule (the newer object is Stalled `Conflict`), and a webhook outage must not block
 /// every edit.
 async fn one_per_cluster(req: &AdmissionRequest<DynamicObject>, client: &Client) -> Result<(), String> {
-    let Some(obj) = req.object.as_ref().filter(|_| req.kind.kind == "KmsKeyVaultMode") else { return Ok(()) };
+    let Some(obj) = req.object.as_ref() else { return Ok(()) };
     if !matches!(req.operation, Operation::Create | Operation::Update) || is_deleting(obj) {
         return Ok(());
     }
@@ -131,9 +185,21 @@ fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
         "ClusterSecurityPolicy" => {
             let new: ClusterSecurityPolicy = decode(obj, kind)?;
             let old: Option<ClusterSecurityPolicy> = old_obj.map(|o| decode(o, kind)).transpose()?;
-            validate::security_policy(&new.spec, old.as_ref().map(|o| &o.spec))
+            let recorded = old.as_ref().and_then(|o| o.status.as_ref()).and_then(|s| s.cluster_ref.as_ref());
+            validate::security_policy(&new.spec, old.as_ref().map(|o| &o.spec)).and_then(|()| match recorded {
+                Some(r) => validate::cluster_ref_unchanged(kind, &new.spec.cluster_ref, r),
+                None => Ok(()),
+            })
         }
-        "CertificateRotation" => validate::certificate_rotation(&decode::<CertificateRotation>(obj, kind)?.spec),
+        "CertificateRotation" => {
+            let new: CertificateRotation = decode(obj, kind)?;
+            let old: Option<CertificateRotation> = old_obj.map(|o| decode(o, kind)).transpose()?;
+            let recorded = old.as_ref().and_then(|o| o.status.as_ref()).and_then(|s| s.cluster_ref.as_ref());
+            validate::certificate_rotation(&new.spec).and_then(|()| match recorded {
+                Some(r) => validate::cluster_ref_unchanged(kind, &new.spec.cluster_ref, r),
+                None => Ok(()),
+            })
+        }
         "KmsKeyVaultMode" => validate::kms_key_vault_mode(&decode::<KmsKeyVaultMode>(obj, kind)?.spec),
         // Not one of ours: the webhook configuration should not send it; let it through.
         _ => Ok(()),

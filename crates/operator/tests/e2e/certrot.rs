@@ -352,7 +352,7 @@ async fn policy_and_rotation_on_one_workload_keep_each_others_annotations() {
 /// A TLS Secret for `slot` holding `leaf` signed by `ca`, marked as issued for `operation_id`.
 fn tls_secret_yaml(ns: &str, slot: &str, leaf: &pki::KeyedCert, ca: &pki::KeyedCert, operation_id: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-{slot}-tls\n  namespace: {ns}\n  annotations: {{clustersecurity.io/operation-id: {operation_id}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-{slot}-tls\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: cluster-security-operator}}\n  annotations: {{clustersecurity.io/operation-id: {operation_id}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
         serde_json::to_string(&leaf.cert_pem).unwrap(),
         serde_json::to_string(&leaf.key_pem).unwrap(),
         serde_json::to_string(&ca.cert_pem).unwrap()
@@ -387,7 +387,7 @@ async fn certificates_issued_for_the_recorded_operation_are_reused_after_a_resta
         apply(
             cp,
             &format!(
-                "apiVersion: v1\nkind: Secret\nmetadata: {{name: kafka-{slot}-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n  ca.key: {}\n",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-{slot}-ca\n  namespace: {ns}\n  labels: {{app.kubernetes.io/managed-by: cluster-security-operator}}\nstringData:\n  ca.crt: {}\n  ca.key: {}\n",
                 serde_json::to_string(&ca.cert_pem).unwrap(),
                 serde_json::to_string(&ca.key_pem).unwrap()
             ),
@@ -435,4 +435,83 @@ async fn certificates_issued_for_the_recorded_operation_are_reused_after_a_resta
     assert_eq!(sts_generation(ns).await - generation, 1, "one rollout");
     wait_sts_ready(cp, ns, "kafka").await;
     support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn a_recreated_rotation_reuses_the_kept_ca_and_brokers_keep_their_tls_secret() {
+    let cp = &env().cp;
+    let ns = "certs-kept";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(cp, &rotation(ns, "{label: ext1}", "{label: int1}"));
+    let first = wait_op(ns, OperationState::UpdateComplete).await;
+    let ca_fingerprint = first.status.unwrap().external.unwrap().ca_fingerprint_sha256;
+    let tls = secret(ns, "kafka-external-tls").await;
+    let out = cp.kubectl(&["delete", "certrot", "certs", "-n", ns, "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A GitOps prune or rename: what the brokers mount and what clients trust stays.
+    let kept = secret(ns, "kafka-external-tls").await;
+    assert_eq!(kept.data, tls.data, "the brokers' TLS Secret is kept");
+    assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+    assert!(secret(ns, "kafka-external-ca").await.data.is_some(), "the CA and its key are kept");
+    let trust = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-trust").await;
+    assert!(trust.is_ok(), "the trust bundle is kept");
+    // Re-created (a new label): the kept CA signs the new certificate; clients are unaffected.
+    apply(cp, &rotation(ns, "{label: ext2}", "{label: int1}"));
+    let second = wait_op(ns, OperationState::UpdateComplete).await;
+    let ext = second.status.unwrap().external.unwrap();
+    assert_eq!(ext.ca_fingerprint_sha256, ca_fingerprint, "same CA fingerprint after re-creation");
+    let renewed = secret(ns, "kafka-external-tls").await;
+    assert_ne!(data(&renewed, "tls.crt"), data(&tls, "tls.crt"), "a new leaf");
+    assert!(openssl_verifies(&data(&tls, "ca.crt"), &data(&renewed, "tls.crt")), "verifies against the old CA");
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn a_foreign_secret_with_a_derived_name_is_never_taken_over() {
+    let cp = &env().cp;
+    let ns = "certs-foreign";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    // Another team's TLS Secret that happens to have the name the operator derives.
+    let foreign = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: kafka-external-tls, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: another-teams-cert, tls.key: another-teams-key}}\n"
+    );
+    apply(cp, &foreign);
+    apply(cp, &rotation(ns, "{label: ext1}", "{label: int1}"));
+    let api = api(ns).await;
+    let stalled = wait_until(Duration::from_secs(60), "Stalled NameConflict", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let st = o.status.unwrap_or_default();
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == "Stalled" && c.reason == "NameConflict")
+                .map(|c| (c.message.clone(), st.operations.len()))
+                .ok_or(format!("{:?}", st.conditions))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        stalled.0.contains(&format!("Secret {ns}/kafka-external-tls"))
+            && stalled.0.contains("clustersecurity.io/adopt=true"),
+        "{}",
+        stalled.0
+    );
+    assert_eq!(stalled.1, 0, "no operation was recorded");
+    let untouched = secret(ns, "kafka-external-tls").await;
+    assert_eq!(data(&untouched, "tls.crt"), "another-teams-cert", "untouched");
+    assert!(untouched.metadata.labels.is_none(), "not even labelled");
+    assert!(secret_opt(ns, "kafka-internal-tls").await.is_none(), "nothing else was written either");
+    // The way out the message names: allow adoption.
+    let out = cp.kubectl(&["annotate", "secret", "kafka-external-tls", "-n", ns, "clustersecurity.io/adopt=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_op(ns, OperationState::UpdateComplete).await;
+    assert!(data(&secret(ns, "kafka-external-tls").await, "tls.crt").contains("BEGIN CERTIFICATE"));
+}
+
+async fn secret_opt(ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get_opt(name).await.unwrap()
 }

@@ -108,9 +108,11 @@ async fn invalid_examples_are_refused_with_the_rule() {
 #[tokio::test]
 async fn in_cluster_change_is_refused_on_update() {
     let cp = &env().cp;
+    // Its own workload name: the examples' policy targets orders-kafka in this namespace, and a
+    // workload has one policy.
     let manifest = |in_cluster: bool| {
         format!(
-            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: immutable, namespace: kafka}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: orders-kafka}}\n  clientAuthentication: {{unauthenticated: {{enabled: true}}}}\n  encryptionInTransit: {{clientBroker: PLAINTEXT, inCluster: {in_cluster}}}\n"
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: immutable, namespace: kafka}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: immutable-kafka}}\n  clientAuthentication: {{unauthenticated: {{enabled: true}}}}\n  encryptionInTransit: {{clientBroker: PLAINTEXT, inCluster: {in_cluster}}}\n"
         )
     };
     let file = cp.dir().join("immutable.yaml");

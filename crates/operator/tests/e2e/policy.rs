@@ -7,7 +7,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::{apply, brokers, env, stdout, wait_sts_ready, webhook_ready};
+use crate::support::{apply, brokers, env, stderr, stdout, wait_sts_ready, webhook_ready};
 use cluster_security_api::{ClusterSecurityPolicy, OperationState};
 use cluster_security_testbed::wait_until;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -116,11 +116,13 @@ async fn every_row_of_the_table_reaches_update_complete() {
         assert_eq!(ann.get("clustersecurity.io/security-hash"), st.security_hash.as_ref(), "{ns}");
         wait_sts_ready(cp, ns, "kafka").await;
     }
-    // mTLS without a CA given: the operator generated one, owned by the policy.
+    // mTLS without a CA given: the operator generated one, labelled as its own and, under the
+    // default deletionPolicy Retain, owned by nobody (it outlives the policy).
     let ca = Api::<Secret>::namespaced(client.clone(), "row-mtls").get("kafka-client-ca").await.unwrap();
     let data = ca.data.unwrap();
     assert!(String::from_utf8_lossy(&data["ca.crt"].0).contains("BEGIN CERTIFICATE"));
-    assert_eq!(ca.metadata.owner_references.unwrap()[0].kind, "ClusterSecurityPolicy");
+    assert_eq!(ca.metadata.labels.unwrap()["app.kubernetes.io/managed-by"], "cluster-security-operator");
+    assert!(ca.metadata.owner_references.unwrap_or_default().is_empty());
     let props = stdout(&cp.kubectl(&[
         "get",
         "cm",
@@ -222,35 +224,112 @@ async fn rollout_that_cannot_finish_fails_and_stalls() {
     webhook_ready(cp).await;
     brokers(cp, ns, "kafka", 2).await;
     held.hold_new_pods(ns, true);
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 5));
-    let o = wait_op(ns, OperationState::UpdateFailed, 60).await;
+    // Long enough for the retry below to roll two pods, short enough to fail soon when held.
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 15));
+    let o = wait_op(ns, OperationState::UpdateFailed, 90).await;
     let st = o.status.clone().unwrap();
     let err = st.operations[0].error_info.clone().unwrap();
     assert_eq!(err.code, "RolloutFailed");
-    assert!(err.message.contains("rolloutTimeoutSeconds=5"), "{}", err.message);
+    assert!(err.message.contains("rolloutTimeoutSeconds=15"), "{}", err.message);
     assert_eq!(condition(&o, "Stalled"), Some(("True".into(), "RolloutFailed".into())));
     assert!(st.applied.is_none(), "nothing is reported applied");
     held.hold_new_pods(ns, false);
     // kubectl wait sees the failure the way GitOps tools do.
     let out = cp.kubectl(&["wait", "csp/policy", "-n", ns, "--for=condition=Stalled", "--timeout=5s"]);
     assert!(out.status.success());
+    let failed_id = st.operations[0].operation_id.clone();
+
+    // The cause is gone (pods start again): a new retry value re-runs it, with no spec change.
+    wait_sts_ready(cp, ns, "kafka").await;
+    let out = cp.kubectl(&["annotate", "csp", "policy", "-n", ns, "clustersecurity.io/retry=after-fix-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let st = o.status.clone().unwrap();
+    assert_eq!(st.operations.len(), 2, "one more operation, for the same generation");
+    assert_eq!(st.operations[0].generation, st.operations[1].generation);
+    assert_eq!(st.operations[0].retry_request.as_deref(), Some("after-fix-1"));
+    assert_eq!(st.operations[1].operation_id, failed_id);
+    assert_eq!(condition(&o, "Ready"), Some(("True".into(), "Applied".into())));
+
+    // Paused: a spec change is seen (observedGeneration) but nothing is recorded or rolled.
+    let out = cp.kubectl(&["annotate", "csp", "policy", "-n", ns, "clustersecurity.io/reconcile=paused"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let template = || async {
+        let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns).get("kafka").await.unwrap();
+        sts.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default()
+    };
+    let before = template().await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 60));
+    let api = csp_api(ns).await;
+    let paused = wait_until(Duration::from_secs(60), "Ready=False Paused for the new generation", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("policy").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let ready = st.conditions.iter().find(|c| c.type_ == "Ready");
+            if ready.is_some_and(|c| c.reason == "Paused" && c.observed_generation == o.metadata.generation) {
+                Ok(st)
+            } else {
+                Err(format!("{:?}", st.conditions))
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(paused.operations.len(), 2, "no operation recorded while paused");
+    assert!(paused.current_operation.is_none());
+    assert_eq!(template().await, before, "the workload was not touched");
+    let out = cp.kubectl(&["annotate", "csp", "policy", "-n", ns, "clustersecurity.io/reconcile-"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(120), "resumed: the change applied by a third operation", || {
+        let api = api.clone();
+        async move {
+            let st = api.get("policy").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
+            let states: Vec<_> = st.operations.iter().map(|o| o.operation_state).collect();
+            (states.len() == 3 && states[0] == OperationState::UpdateComplete)
+                .then_some(())
+                .ok_or(format!("{states:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_ne!(template().await, before, "rolled once resumed");
     support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
-async fn deleting_the_policy_removes_its_artefacts_not_the_workload() {
+async fn deleting_the_policy_keeps_its_artefacts_unless_the_policy_says_delete() {
     let cp = &env().cp;
     let ns = "cleanup";
     webhook_ready(cp).await;
     brokers(cp, ns, "kafka", 1).await;
+    let artefacts = || async {
+        let text = stdout(&cp.kubectl(&["get", "cm,secret", "-n", ns, "-o", "name"]));
+        (text.contains("configmap/kafka-security"), text.contains("secret/kafka-client-ca"))
+    };
+    // Default (Retain): the brokers keep what they mount when the policy goes (a GitOps prune).
     apply(cp, &policy(ns, "kafka", "{tls: {enabled: true}}", "TLS", true, 120));
+    let done = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let ca_before = Api::<Secret>::namespaced(cp.client().await.unwrap(), ns).get("kafka-client-ca").await.unwrap();
+    let out = cp.kubectl(&["delete", "csp", "policy", "-n", ns, "--wait=true"]);
+    assert!(out.status.success());
+    assert_eq!(artefacts().await, (true, true), "Retain: the ConfigMap and the client CA stay");
+    // Re-created for the same cluster: the kept client CA is reused, clients keep their trust.
+    apply(cp, &policy(ns, "kafka", "{tls: {enabled: true}}", "TLS", true, 120));
+    let again = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let ca_after = Api::<Secret>::namespaced(cp.client().await.unwrap(), ns).get("kafka-client-ca").await.unwrap();
+    assert_eq!(ca_after.data.as_ref().unwrap()["ca.crt"], ca_before.data.as_ref().unwrap()["ca.crt"], "same client CA");
+    assert_ne!(again.metadata.uid, done.metadata.uid, "a new object");
+    // Delete: a new operation writes the artefacts owned by the policy; they go with it.
+    let deleting = policy(ns, "kafka", "{tls: {enabled: true}, sasl: {scram: {enabled: true}}}", "TLS", true, 120)
+        + "  deletionPolicy: Delete\n";
+    apply(cp, &deleting);
     wait_op(ns, OperationState::UpdateComplete, 120).await;
     let out = cp.kubectl(&["delete", "csp", "policy", "-n", ns, "--wait=true"]);
     assert!(out.status.success());
-    wait_until(Duration::from_secs(60), "artefacts garbage-collected", || {
-        let out = cp.kubectl(&["get", "cm,secret", "-n", ns, "-o", "name"]);
-        let text = stdout(&out);
-        async move { (!text.contains("kafka-security") && !text.contains("kafka-client-ca")).then_some(()).ok_or(text) }
+    wait_until(Duration::from_secs(60), "artefacts garbage-collected", || async {
+        let left = artefacts().await;
+        (left == (false, false)).then_some(()).ok_or(format!("{left:?}"))
     })
     .await
     .unwrap();
@@ -340,4 +419,31 @@ async fn missing_ca_secret_fails_then_retries_once_it_exists() {
         "the given CA is the bundle"
     );
     support::assert_no_secret_leaks(&[]).await;
+}
+
+#[tokio::test]
+async fn a_policy_stays_on_its_workload_and_a_workload_has_one_policy() {
+    let cp = &env().cp;
+    let ns = "retarget";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    brokers(cp, ns, "kafka-b", 1).await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120));
+    let done = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let recorded = done.status.unwrap().cluster_ref.expect("status.clusterRef records the workload");
+    assert_eq!(recorded.name, "kafka");
+    // Pointing it at another workload is refused: a new target is a new resource.
+    let moved = policy(ns, "kafka-b", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120);
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&moved));
+    assert!(!out.status.success() && stderr(&out).contains("ClusterRefImmutable"), "{}", stderr(&out));
+    // A second policy for the same workload is refused, naming the one in charge.
+    let second = policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120)
+        .replace("name: policy,", "name: policy-copy,");
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&second));
+    let text = stderr(&out);
+    assert!(!out.status.success() && text.contains("OneResourcePerWorkload") && text.contains("\"policy\""), "{text}");
+    // Another workload is fine.
+    let other = policy(ns, "kafka-b", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120)
+        .replace("name: policy,", "name: policy-b,");
+    apply(cp, &other);
 }

@@ -86,6 +86,24 @@ async fn missing_crds_invalid_spec_and_apiserver_restart() {
     let conds = o.status.unwrap().conditions;
     assert!(conds.iter().all(|c| c.type_ != "Stalled"), "Stalled is removed once the spec is fixed");
     assert!(op.is_running(), "operator survived the apiserver restart:\n{}", op.log_text());
+
+    // 4. Still without the webhook: a second policy for the same workload changes nothing.
+    let second = policy("TLS").replace("name: orders,", "name: orders-copy,");
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&second));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let conflict = wait_until(Duration::from_secs(60), "the newer policy is Stalled Conflict", || async {
+        let o = api.get("orders-copy").await.map_err(|e| e.to_string())?;
+        let st = o.status.unwrap_or_default();
+        let stalled = st.conditions.iter().find(|c| c.type_ == "Stalled" && c.reason == "Conflict");
+        match stalled {
+            Some(c) => Ok((c.message.clone(), st.operations.len() + st.current_operation.iter().count())),
+            None => Err(format!("{:?}", st.conditions)),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(conflict.0.contains("OneResourcePerWorkload") && conflict.0.contains("\"orders\""), "{}", conflict.0);
+    assert_eq!(conflict.1, 0, "the newer policy recorded no operation");
     op.stop();
     leaks::assert_none(&cp, &[]).await;
 }

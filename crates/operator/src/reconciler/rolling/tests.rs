@@ -42,6 +42,7 @@ pub struct WidgetStatus {
     hash: Option<String>,
     current_operation: Option<Operation<String>>,
     operations: Vec<Operation<String>>,
+    cluster_ref: Option<ClusterRef>,
 }
 
 impl OperationRecord for WidgetStatus {
@@ -100,6 +101,14 @@ impl TargetsWorkload for Widget {
 impl Rolling for Widget {
     const OPERATION: OperationType = OperationType::UpdateSecurity;
     const WHAT: &'static str = "widgets";
+    // The tests have no API server to list other widgets on.
+    const ONE_PER_WORKLOAD: bool = false;
+    fn recorded_cluster_ref(status: &WidgetStatus) -> Option<&ClusterRef> {
+        status.cluster_ref.as_ref()
+    }
+    fn record_cluster_ref(status: &mut WidgetStatus, target: &ClusterRef) {
+        status.cluster_ref = Some(target.clone());
+    }
     fn desired(&self) -> String {
         self.spec.setting.clone()
     }
