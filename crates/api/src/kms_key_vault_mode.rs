@@ -279,6 +279,10 @@ pub struct KmsKeyVaultModeStatus {
     /// Progress of the current Secret rewrite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencryption: Option<ReencryptionStatus>,
+    /// The cloud cluster the running (or last) operation acts on, as the spec named it when the
+    /// operation was recorded: a later change of `spec.provider` is the next operation's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_provider: Option<KmsProvider>,
     /// Set when the running (or last) operation could not reach its target and restores the
     /// settings it started from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

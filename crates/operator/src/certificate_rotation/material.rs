@@ -90,6 +90,70 @@ pub fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp)
     }
 }
 
+/// Slots whose TLS Secret is gone, or no longer holds the certificate in force (someone deleted
+/// or edited it): the brokers would lose what they mount, so they are issued again (same CA).
+pub async fn drifted_slots(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+) -> Result<Vec<Slot>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut out = Vec::new();
+    for w in wants(cr) {
+        let Some(in_force) = slot_status(status, w.slot).and_then(|s| s.fingerprint_sha256.clone()) else { continue };
+        let name = w.slot.tls_secret(&cr.spec.cluster_ref.name);
+        let found = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?;
+        let held = found
+            .and_then(|s| secret_string(&s, "tls.crt"))
+            .and_then(|pem| inspect::certificates(&pem, "tls.crt").ok())
+            .and_then(|certs| certs.first().map(|der| inspect::fingerprint(der)));
+        if held.as_deref() != Some(in_force.as_str()) {
+            out.push(w.slot);
+        }
+    }
+    Ok(out)
+}
+
+/// The external trust bundle, deleted or edited by someone, written again with the CA of the
+/// certificate in force (from its TLS Secret). Returns what was restored.
+pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Result<Vec<String>, Error> {
+    if cr.spec.external.is_none() {
+        return Ok(Vec::new());
+    }
+    let ns = cr.namespace().unwrap_or_default();
+    let cluster = &cr.spec.cluster_ref.name;
+    let tls_name = Slot::External.tls_secret(cluster);
+    let tls = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&tls_name)
+        .await
+        .map_err(|source| Error::Read { object: secret(&ns, &tls_name), source: Box::new(source) })?;
+    let Some(ca) = tls.and_then(|s| secret_string(&s, "ca.crt")) else { return Ok(Vec::new()) };
+    let cm_name = trust_configmap(cluster);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = cms
+        .get_opt(&cm_name)
+        .await
+        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    let intact = |c: &ConfigMap| {
+        let data = c.data.clone().unwrap_or_default();
+        data.get("current-ca.crt") == Some(&ca) && data.get("ca.crt").is_some_and(|b| b.contains(&ca))
+    };
+    if current.as_ref().is_some_and(|c| intact(c) || !derived::ours(&c.metadata)) {
+        return Ok(Vec::new());
+    }
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
+        "data": {"ca.crt": ca, "current-ca.crt": ca}});
+    cms.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    Ok(vec![format!("ConfigMap {ns}/{cm_name}")])
+}
+
 fn secret(ns: &str, name: &str) -> Named {
     Named::new("Secret", ns, name)
 }

@@ -26,7 +26,8 @@ use crate::api::{
     OperationRecord, OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
-use crate::reconciler::derived::Derived;
+use crate::reconciler::derived::{self, Derived};
+use crate::reconciler::events::reason::DRIFT_REPAIRED;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::Workload;
@@ -122,11 +123,13 @@ impl Reconcile for CertificateRotation {
         rolling::advance(self, round, ctx).await
     }
 
-    /// Its workloads (rollout progress) and the Secrets `spec.external.secretName` names,
-    /// metadata only: their contents are neither streamed nor cached.
+    /// Its workloads (rollout progress), what it wrote (drift), and the Secrets
+    /// `spec.external.secretName` names, metadata only: their contents are neither streamed nor
+    /// cached.
     fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
         let store = controller.store();
-        watch::workloads(controller, client).watches(
+        let controller = derived::watch(watch::workloads(controller, client), client);
+        controller.watches(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watch::config(),
             move |meta: PartialObjectMeta<Secret>| {
@@ -177,8 +180,19 @@ impl Rolling for CertificateRotation {
         ctx: &Context,
         _: Option<&Workload>,
     ) -> Result<Idle<CertificateSettings>, Error> {
+        let drifted = material::drifted_slots(ctx, self, &round.status).await?;
+        for slot in &drifted {
+            let name = slot.tls_secret(&self.spec.cluster_ref.name);
+            let note = format!(
+                "Secret {}/{name} was deleted or no longer holds the {} certificate in force; it is issued again \
+                 (same label, same CA) in a new operation.",
+                round.namespace(),
+                slot.as_str()
+            );
+            round.event(EventType::Normal, DRIFT_REPAIRED, note);
+        }
         let status = &round.status;
-        if wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
+        if !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -226,7 +240,9 @@ impl Rolling for CertificateRotation {
     ) -> Result<BTreeMap<String, String>, PrepareError> {
         // Check every new certificate before anything is written: all or nothing.
         let mut ready = Vec::new();
-        for w in wants(self).into_iter().filter(|w| needs_issue(w, &round.status, round.now)) {
+        let drifted = material::drifted_slots(ctx, self, &round.status).await?;
+        let due = |w: &material::Want| needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot);
+        for w in wants(self).into_iter().filter(due) {
             let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
             ready.push((w, m));
         }
@@ -253,6 +269,11 @@ impl Rolling for CertificateRotation {
             annotations.insert(w.slot.label_annotation(), w.label);
         }
         Ok(annotations)
+    }
+
+    /// The trust bundle, deleted or edited by someone (a TLS Secret is issued again by `idle`).
+    async fn repair_artefacts(&self, _: &mut Round<Self>, ctx: &Context) -> Result<Vec<String>, Error> {
+        material::repair_trust_bundle(ctx, self).await
     }
 
     /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.

@@ -247,6 +247,17 @@ async fn run_step(
             cloud(r, format!("KMS turned off on {}.", provider.describe()))
         }
         StepName::EnableKms | StepName::UpdateKms => {
+            // Checked again right before it is used: it may have been disabled or deleted while
+            // KMS was off. A key that cannot be read (a private vault) does not stop the step.
+            if let Some(key_id) = &target.key_id {
+                let check = key_check_of(&provider.check_key(key_id).await, ctx.clock.now());
+                let unusable = check.result == KeyCheckResult::Unusable;
+                let message = check.message.clone();
+                round.status.key_check = Some(check);
+                if unusable {
+                    return Err(StepError::Failed(format!("the key cannot be used: {message}")));
+                }
+            }
             let r = provider.set_kms(&target).await;
             if r.is_ok() {
                 round.status.kms = Some("Enabled".into());
@@ -436,7 +447,13 @@ async fn carry_on(
             return Ok(deleted);
         }
     }
-    let provider = match providers.provider(&ctx.client, &obj.spec).await {
+    // A running operation acts on the cluster it was recorded for, whatever the spec says now.
+    let recorded = round.status.current_operation.as_ref().and(round.status.operation_provider.clone());
+    let spec = match recorded {
+        Some(provider) => KmsKeyVaultModeSpec { provider, ..obj.spec.clone() },
+        None => obj.spec.clone(),
+    };
+    let provider = match providers.provider(&ctx.client, &spec).await {
         Err(e) if e.is_transient() => return Ok(retry_outcome("Connecting", &e)),
         Err(e) => return Ok(cloud_stalled(&e)),
         Ok(provider) => provider,
@@ -787,6 +804,7 @@ async fn decide(
         now,
     );
     op.retry_request = retry;
+    round.status.operation_provider = Some(obj.spec.provider.clone());
     let (current_op, history) = round.status.record_mut();
     let note = operation::open(history, current_op, op, &describe(&desired));
     round.event(EventType::Normal, event::OPERATION_PENDING, note);

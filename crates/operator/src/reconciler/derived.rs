@@ -4,15 +4,22 @@
 //! makes the resource their owner only under `deletionPolicy: Delete` — by default they outlive
 //! the resource, because the brokers mount them and clients trust their CAs.
 //!
+//! Their changes are watched (metadata only, the operator's label only), so that drift is
+//! repaired at once ([`watch`]).
+//!
 //! What this module may touch: nothing; it reads those objects and shapes their metadata.
 
 use cluster_security_api::{DeletionPolicy, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use super::{Error, Named};
+use super::rolling::Rolling;
+use super::{watch, Error, Named};
 
 /// The label on every object the operator created.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -39,6 +46,32 @@ impl Derived {
             Derived::Secret(n) | Derived::ConfigMap(n) => n,
         }
     }
+}
+
+/// Trigger a reconcile of the object whose derived Secret or ConfigMap changed or went: a
+/// metadata-only watch of the objects carrying the operator's label.
+pub fn watch<K: Rolling>(controller: Controller<K>, client: &Client) -> Controller<K> {
+    fn owners<K: Rolling>(store: &Store<K>, ns: Option<String>, derived: Derived) -> Vec<ObjectRef<K>> {
+        store
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace() == ns && o.derived_objects().contains(&derived))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
+    }
+    let selector = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
+    let (configmaps, secrets) = (controller.store(), controller.store());
+    controller
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watch::config().labels(&selector),
+            move |m: PartialObjectMeta<ConfigMap>| owners(&configmaps, m.namespace(), Derived::ConfigMap(m.name_any())),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watch::config().labels(&selector),
+            move |m: PartialObjectMeta<Secret>| owners(&secrets, m.namespace(), Derived::Secret(m.name_any())),
+        )
 }
 
 /// Whether the operator may write over the object with this metadata.

@@ -25,6 +25,8 @@ pub mod reason {
     pub const UPDATE_COMPLETE: &str = "UpdateComplete";
     /// The operation ended UPDATE_FAILED.
     pub const UPDATE_FAILED: &str = "UpdateFailed";
+    /// Something the operator wrote was changed or deleted by someone else and is restored.
+    pub const DRIFT_REPAIRED: &str = "DriftRepaired";
 }
 
 /// After the status write: publish the round's events, plus a Warning when the object newly

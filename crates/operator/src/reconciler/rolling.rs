@@ -125,11 +125,55 @@ pub trait Rolling: TargetsWorkload {
         Vec::new()
     }
 
+    /// While settled: restore the kind's artefacts someone deleted or changed, when that needs no
+    /// new operation (the same content can be written again). Returns what was restored, for
+    /// the `DriftRepaired` event.
+    fn repair_artefacts(
+        &self,
+        _round: &mut Round<Self>,
+        _ctx: &Context,
+    ) -> impl Future<Output = Result<Vec<String>, Error>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// The pod-template annotations the rolling operation set (from the status).
     fn expected(status: &Self::Status) -> BTreeMap<String, String>;
 
     /// The rollout of `target` is complete: record what is now in effect.
     fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
+}
+
+/// Settled and Ready: put back what someone removed — the kind's artefacts, and the pod-template
+/// annotations that carry the applied state (restoring those rolls the pods back to it). Ready
+/// stays true only when nothing had to roll.
+async fn repair_drift<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+    wl: &str,
+    settled: Outcome,
+) -> Result<Outcome, Error> {
+    let mut restored = kind.repair_artefacts(round, ctx).await?;
+    let expected: BTreeMap<String, String> =
+        K::expected(&round.status).into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    let template_drifted =
+        workload.is_some_and(|w| expected.iter().any(|(k, v)| w.template_annotations.get(k) != Some(v)));
+    if template_drifted {
+        round.set_template_annotations(round.obj.clone().cluster_ref(), &expected).await?;
+        let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+        restored.push(format!("the pod-template annotations {} of {wl}", names.join(", ")));
+    }
+    if restored.is_empty() {
+        return Ok(settled);
+    }
+    let message = format!("Restored what was changed or deleted by someone else: {}.", restored.join("; "));
+    round.event(EventType::Normal, event::DRIFT_REPAIRED, message.clone());
+    if template_drifted {
+        let health = Health::Reconciling { reason: event::DRIFT_REPAIRED.into(), message };
+        return Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)));
+    }
+    Ok(settled)
 }
 
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.
@@ -191,6 +235,9 @@ pub async fn drive<K: Rolling>(
     let mut recorded_now = false;
     if round.status.current_operation().is_none() {
         let source = match kind.idle(round, ctx, workload).await? {
+            Idle::Settled(outcome) if matches!(outcome.health, Health::Ready { .. }) => {
+                return repair_drift(kind, round, ctx, workload, &wl, outcome).await;
+            }
             Idle::Settled(outcome) => return Ok(outcome),
             Idle::Start { source } => source,
         };

@@ -91,8 +91,9 @@ impl Reconcile for ClusterSecurityPolicy {
         rolling::advance(self, round, ctx).await
     }
 
+    /// Its workloads (rollout progress) and what it wrote (drift).
     fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
-        watch::workloads(controller, client)
+        derived::watch(watch::workloads(controller, client), client)
     }
 }
 
@@ -181,6 +182,25 @@ impl Rolling for ClusterSecurityPolicy {
         Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
     }
 
+    /// The security ConfigMap, deleted or edited by someone, is written again as applied (same
+    /// content: no roll). A ConfigMap of that name that is no longer ours is left alone.
+    async fn repair_artefacts(&self, round: &mut Round<Self>, ctx: &Context) -> Result<Vec<String>, Error> {
+        let Some(applied) = round.status.applied.clone() else { return Ok(Vec::new()) };
+        let ns = self.namespace().unwrap_or_default();
+        let (name, data) = security_configmap(self, &applied);
+        let current = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &name), source: Box::new(source) })?;
+        match current {
+            Some(cm) if cm.data.as_ref() == Some(&data) || !derived::ours(&cm.metadata) => Ok(Vec::new()),
+            _ => {
+                write_configmap(ctx, self, &name, &data).await?;
+                Ok(vec![format!("ConfigMap {ns}/{name}")])
+            }
+        }
+    }
+
     /// The security ConfigMap, and the client CA Secret when mTLS is on.
     fn derived_objects(&self) -> Vec<Derived> {
         let cluster = &self.spec.cluster_ref.name;
@@ -210,9 +230,7 @@ async fn write_artefacts(
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<String, PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
-    let cluster = &csp.spec.cluster_ref.name;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
 
     // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
     let ca_bundle = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
@@ -220,20 +238,39 @@ async fn write_artefacts(
         None => String::new(),
     };
 
-    let source = format!("{ns}/{}", csp.name_any());
-    let server_properties = properties::render_server_properties(target, &source);
-    let security_json = properties::render_security_json(target);
-    let cm_name = configmap_name(cluster);
+    let (cm_name, data) = security_configmap(csp, target);
+    write_configmap(ctx, csp, &cm_name, &data).await?;
+    let (server_properties, security_json) = (&data["server.properties"], &data["security.json"]);
+    Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
+}
+
+/// The name and data of the security ConfigMap for `target`.
+fn security_configmap(csp: &ClusterSecurityPolicy, target: &SecuritySettings) -> (String, BTreeMap<String, String>) {
+    let source = format!("{}/{}", csp.namespace().unwrap_or_default(), csp.name_any());
+    let data = BTreeMap::from([
+        ("server.properties".to_string(), properties::render_server_properties(target, &source)),
+        ("security.json".to_string(), properties::render_security_json(target)),
+    ]);
+    (configmap_name(&csp.spec.cluster_ref.name), data)
+}
+
+async fn write_configmap(
+    ctx: &Context,
+    csp: &ClusterSecurityPolicy,
+    name: &str,
+    data: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let ns = csp.namespace().unwrap_or_default();
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": derived::metadata(csp, &cm_name, csp.spec.deletion_policy, json!({})),
-        "data": {"server.properties": server_properties, "security.json": security_json},
+        "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, json!({})),
+        "data": data,
     });
     Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .patch(&cm_name, &pp, &Patch::Apply(&cm))
+        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm))
         .await
-        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
-    Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
+        .map(drop)
+        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, name), source: Box::new(source) })
 }
 
 /// The client CA bundle for mTLS, kept in the `<cluster>-client-ca` Secret: the CAs of the

@@ -459,11 +459,45 @@ async fn a_recreated_rotation_reuses_the_kept_ca_and_brokers_keep_their_tls_secr
     // Re-created (a new label): the kept CA signs the new certificate; clients are unaffected.
     apply(cp, &rotation(ns, "{label: ext2}", "{label: int1}"));
     let second = wait_op(ns, OperationState::UpdateComplete).await;
+    let ops_before = second.status.as_ref().map_or(0, |s| s.operations.len());
     let ext = second.status.unwrap().external.unwrap();
     assert_eq!(ext.ca_fingerprint_sha256, ca_fingerprint, "same CA fingerprint after re-creation");
     let renewed = secret(ns, "kafka-external-tls").await;
     assert_ne!(data(&renewed, "tls.crt"), data(&tls, "tls.crt"), "a new leaf");
     assert!(openssl_verifies(&data(&tls, "ca.crt"), &data(&renewed, "tls.crt")), "verifies against the old CA");
+
+    // Someone deletes the brokers' TLS Secret and the trust bundle: the Secret is issued again
+    // (same label, same CA) in a new operation, the bundle is written again.
+    let out = cp.kubectl(&["delete", "secret/kafka-external-tls", "configmap/kafka-external-trust", "-n", ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let api = api(ns).await;
+    let again = wait_until(Duration::from_secs(90), "the TLS Secret issued again", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let done = st.operations.len() == ops_before + 1
+                && st.operations[0].operation_state == OperationState::UpdateComplete
+                && st.current_operation.is_none();
+            done.then_some(o).ok_or(format!("{:?}", st.operations.first().map(|o| o.operation_state)))
+        }
+    })
+    .await
+    .unwrap();
+    let ext = again.status.unwrap().external.unwrap();
+    assert_eq!(ext.label, "ext2");
+    assert_eq!(ext.ca_fingerprint_sha256, ca_fingerprint, "same CA");
+    let reissued = secret(ns, "kafka-external-tls").await;
+    assert!(openssl_verifies(&data(&tls, "ca.crt"), &data(&reissued, "tls.crt")));
+    wait_until(Duration::from_secs(60), "the trust bundle written again", || async {
+        let cm = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get_opt("kafka-external-trust").await;
+        let ca = cm.ok().flatten().and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned());
+        (ca.as_deref() == Some(data(&tls, "ca.crt").as_str())).then_some(()).ok_or(format!("{ca:?}"))
+    })
+    .await
+    .unwrap();
+    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}"]));
+    assert!(events.contains("DriftRepaired"), "{events}");
     support::assert_no_secret_leaks(&[]).await;
 }
 

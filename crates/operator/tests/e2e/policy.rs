@@ -447,3 +447,62 @@ async fn a_policy_stays_on_its_workload_and_a_workload_has_one_policy() {
         .replace("name: policy,", "name: policy-b,");
     apply(cp, &other);
 }
+
+#[tokio::test]
+async fn what_someone_else_deletes_is_restored() {
+    let cp = &env().cp;
+    let ns = "drift";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}}}", "TLS", true, 120));
+    let done = wait_op(ns, OperationState::UpdateComplete, 120).await;
+    let hash = done.status.unwrap().security_hash.unwrap();
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let original = cms.get("kafka-security").await.unwrap().data;
+    wait_sts_ready(cp, ns, "kafka").await;
+
+    // The ConfigMap the brokers read, deleted: written again, the same.
+    let out = cp.kubectl(&["delete", "configmap", "kafka-security", "-n", ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(60), "the security ConfigMap restored", || {
+        let cms = cms.clone();
+        let original = original.clone();
+        async move {
+            let now = cms.get_opt("kafka-security").await.map_err(|e| e.to_string())?;
+            (now.as_ref().map(|c| &c.data) == Some(&original)).then_some(()).ok_or("not yet".to_string())
+        }
+    })
+    .await
+    .unwrap();
+
+    // The pod-template annotation that carries the applied state, removed: put back.
+    let out = cp.kubectl(&[
+        "patch",
+        "statefulset",
+        "kafka",
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/metadata/annotations/clustersecurity.io~1security-hash"}]"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns);
+    wait_until(Duration::from_secs(60), "the security-hash annotation restored", || {
+        let sts = sts.clone();
+        let hash = hash.clone();
+        async move {
+            let s = sts.get("kafka").await.map_err(|e| e.to_string())?;
+            let ann = s.spec.template.metadata.and_then(|m| m.annotations);
+            let ann = ann.unwrap_or_default();
+            (ann.get("clustersecurity.io/security-hash") == Some(&hash)).then_some(()).ok_or(format!("{ann:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={.items[*].reason}"]));
+    // (Events of one reason are kept as one series: count the reason once.)
+    assert!(events.contains("DriftRepaired"), "{events}");
+    let o = wait_op(ns, OperationState::UpdateComplete, 60).await;
+    assert_eq!(o.status.unwrap().operations.len(), 1, "repairs are not operations");
+}

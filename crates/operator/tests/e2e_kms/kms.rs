@@ -468,6 +468,12 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     })
     .await
     .unwrap();
+    // The spec now names another cluster: the running switch stays on the one it was recorded
+    // for (were it to follow the spec, every step would hit a cluster that does not exist, and
+    // the deletion below would never end).
+    let elsewhere = kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}")
+        .replace(&format!("clusterName: {}", spec.cluster_name), "clusterName: aks-elsewhere");
+    apply(&cp, &elsewhere);
     let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=false"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
     let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.unwrap());
