@@ -134,6 +134,11 @@ pub struct ExternalCertificate {
     #[serde(default = "default_validity_days")]
     #[schemars(range(min = 1, max = 3650))]
     pub validity_days: u32,
+    /// type secret: when the Secret's certificate changes (cert-manager renewed it), start a new
+    /// operation by itself, without a label change. Default false: a Warning event and the
+    /// `SourceChanged` condition say the brokers run older material until the label changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub roll_on_source_change: bool,
 }
 
 /// The internal (pod-to-pod) certificate. Internal certificates can only be self-generated.

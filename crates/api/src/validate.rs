@@ -299,6 +299,13 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
         validate_validity(ext.validity_days, "spec.external.validityDays", &mut out);
         validate_dns_names(&ext.dns_names, "spec.external.dnsNames", &mut out);
         let set = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
+        if ext.roll_on_source_change && ext.type_ != CertificateType::Secret {
+            out.push(
+                rule::TYPE_FIELDS,
+                "spec.external.rollOnSourceChange",
+                "is only used with type secret (it follows changes of that Secret); remove it or set type to secret",
+            );
+        }
         match ext.type_ {
             CertificateType::Selfsigned => {
                 for (name, v) in [("secretName", &ext.secret_name), ("key", &ext.key), ("cert", &ext.cert), ("cacert", &ext.cacert)] {

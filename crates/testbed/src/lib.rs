@@ -8,6 +8,7 @@
 
 pub mod azure;
 pub mod faults;
+pub mod gate;
 pub mod kms_plugin;
 pub mod kubelet;
 pub mod leaks;

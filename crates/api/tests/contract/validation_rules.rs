@@ -142,6 +142,16 @@ fn certificate_rotation_rules() {
         ),
         (json!({"external": {"label": "a", "type": "secret", "secretName": "my-certs"}}), None, "secret with name"),
         (
+            json!({"external": {"label": "a", "type": "secret", "secretName": "my-certs", "rollOnSourceChange": true}}),
+            None,
+            "secret that rolls on change",
+        ),
+        (
+            json!({"external": {"label": "a", "rollOnSourceChange": true}}),
+            Some(rule::TYPE_FIELDS),
+            "rollOnSourceChange on a self-signed certificate",
+        ),
+        (
             json!({"external": {"label": "a", "type": "provided", "key": b64(pem), "cert": b64(pem), "cacert": b64(pem)}}),
             None,
             "provided",

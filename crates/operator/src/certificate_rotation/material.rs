@@ -380,7 +380,7 @@ pub async fn source_secret_changed(
     ctx: &Context,
     cr: &CertificateRotation,
     status: &CertificateRotationStatus,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<SourceChange>, Error> {
     let Some(ext) = cr.spec.external.as_ref().filter(|e| e.type_ == CertificateType::Secret) else { return Ok(None) };
     let (Some(name), Some(in_force)) = (ext.secret_name.as_deref(), status.external.as_ref()) else { return Ok(None) };
     let ns = cr.namespace().unwrap_or_default();
@@ -394,12 +394,41 @@ pub async fn source_secret_changed(
         .and_then(|pem| inspect::certificates(&pem, "cert").ok())
         .and_then(|ders| ders.first().map(|d| inspect::fingerprint(d)));
     Ok(match current {
-        Some(fp) if Some(&fp) != in_force.fingerprint_sha256.as_ref() => Some(format!(
-            "Secret {ns}/{name} now holds a different certificate (SHA-256 {fp}); change spec.external.label to roll it out."
-        )),
-        None => Some(format!("Secret {ns}/{name} no longer holds a readable certificate; the one in force stays.")),
+        Some(fp) if Some(&fp) != in_force.fingerprint_sha256.as_ref() => Some(SourceChange::NewCertificate(format!(
+            "Secret {ns}/{name} now holds a different certificate (SHA-256 {fp}); the brokers run the older one. {}",
+            if ext.roll_on_source_change {
+                "It is rolled out now (rollOnSourceChange)."
+            } else {
+                "Change spec.external.label (or set rollOnSourceChange: true) to roll it out."
+            }
+        ))),
+        None => Some(SourceChange::Unreadable(format!(
+            "Secret {ns}/{name} no longer holds a readable certificate; the one in force stays."
+        ))),
         _ => None,
     })
+}
+
+/// How the Secret of a `type: secret` certificate differs from what is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceChange {
+    /// It holds another certificate (a renewal): rolled out with `rollOnSourceChange`.
+    NewCertificate(String),
+    /// It holds nothing readable: reported, never rolled.
+    Unreadable(String),
+}
+
+impl SourceChange {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::NewCertificate(m) | Self::Unreadable(m) => m,
+        }
+    }
+
+    /// Whether it starts an operation by itself for `cr`.
+    pub fn rolls(&self, cr: &CertificateRotation) -> bool {
+        matches!(self, Self::NewCertificate(_)) && cr.spec.external.as_ref().is_some_and(|e| e.roll_on_source_change)
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,36 @@ impl Reconcile for CertificateRotation {
     }
 }
 
+/// Event reason and condition reason: the `type: secret` Secret holds another certificate than
+/// the one in force.
+const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
+/// Condition type: True while the brokers run older material than the source Secret holds.
+pub const SOURCE_CHANGED: &str = "SourceChanged";
+
+/// The `SourceChanged` condition, and a Warning event when it turns True without a roll to
+/// follow. The condition appears the first time a change is seen and stays (False) after.
+fn report_source_change(round: &mut Round<CertificateRotation>, change: Option<&material::SourceChange>) {
+    let was = conditions::get(round.status.conditions(), SOURCE_CHANGED).map(|c| c.status == "True");
+    if change.is_none() && was.is_none() {
+        return;
+    }
+    let (now, generation) = (round.now, round.generation());
+    let mut conds = round.status.conditions().to_vec();
+    match change {
+        Some(c) => {
+            if was != Some(true) && !c.rolls(round.obj.as_ref()) {
+                round.event(EventType::Warning, SOURCE_SECRET_CHANGED, c.message().to_string());
+            }
+            conditions::set(&mut conds, SOURCE_CHANGED, true, SOURCE_SECRET_CHANGED, c.message(), generation, now);
+        }
+        None => {
+            let message = "The brokers run the certificate the source Secret holds.";
+            conditions::set(&mut conds, SOURCE_CHANGED, false, "InSync", message, generation, now);
+        }
+    }
+    round.status.set_conditions(conds);
+}
+
 impl TargetsWorkload for CertificateRotation {
     fn cluster_ref(&self) -> &crate::api::ClusterRef {
         &self.spec.cluster_ref
@@ -191,8 +221,15 @@ impl Rolling for CertificateRotation {
             );
             round.event(EventType::Normal, DRIFT_REPAIRED, note);
         }
+        let source = material::source_secret_changed(ctx, self, &round.status).await?;
+        report_source_change(round, source.as_ref());
+        let rolls = source.as_ref().is_some_and(|c| c.rolls(self));
+        if rolls {
+            let note = source.as_ref().map(|c| c.message().to_string()).unwrap_or_default();
+            round.event(EventType::Normal, SOURCE_SECRET_CHANGED, note);
+        }
         let status = &round.status;
-        if !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
+        if rolls || !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -210,13 +247,8 @@ impl Rolling for CertificateRotation {
             .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
         let wl = rolling::workload_text(round);
         let mut message = rolling::in_effect::<Self>(&wl);
-        if let Some(note) = material::source_secret_changed(ctx, self, &round.status).await? {
-            let said = conditions::get(round.status.conditions(), conditions::READY)
-                .is_some_and(|c| c.message.contains(&note));
-            if !said {
-                round.event(EventType::Normal, "SourceSecretChanged", note.clone());
-            }
-            message = format!("{message} {note}");
+        if let Some(change) = &source {
+            message = format!("{message} {}", change.message());
         }
         Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_renewal)))
     }
@@ -241,7 +273,10 @@ impl Rolling for CertificateRotation {
         // Check every new certificate before anything is written: all or nothing.
         let mut ready = Vec::new();
         let drifted = material::drifted_slots(ctx, self, &round.status).await?;
-        let due = |w: &material::Want| needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot);
+        let source = material::source_secret_changed(ctx, self, &round.status).await?;
+        let renewed = |w: &material::Want| w.slot == Slot::External && source.as_ref().is_some_and(|c| c.rolls(self));
+        let due =
+            |w: &material::Want| needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot) || renewed(w);
         for w in wants(self).into_iter().filter(due) {
             let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
             ready.push((w, m));

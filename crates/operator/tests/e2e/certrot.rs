@@ -295,8 +295,12 @@ async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     })
     .await
     .unwrap();
-    let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.reason} {end}"]));
-    assert!(events.contains("SourceSecretChanged"), "{events}");
+    let events =
+        stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.type}/{.reason} {end}"]));
+    assert!(events.contains("Warning/SourceSecretChanged"), "{events}");
+    let o = api.get("certs").await.unwrap();
+    let changed = o.status.unwrap().conditions.into_iter().find(|c| c.type_ == "SourceChanged").unwrap();
+    assert_eq!((changed.status.as_str(), changed.reason.as_str()), ("True", "SourceSecretChanged"));
     assert_eq!(sts_generation(ns).await, gen, "not rolled before the label changes");
 
     // A new label rolls the new certificate; same CA, so clients are unaffected.
@@ -306,6 +310,34 @@ async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     assert_eq!(ext.client_impact, Some(cluster_security_api::ClientImpact::None));
     assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
     assert_eq!(sts_generation(ns).await, gen + 1);
+    let o = api.get("certs").await.unwrap();
+    let changed = o.status.unwrap().conditions.into_iter().find(|c| c.type_ == "SourceChanged").unwrap();
+    assert_eq!(changed.status, "False", "in sync again");
+
+    // rollOnSourceChange: a renewal in the Secret (as cert-manager makes) rolls by itself.
+    apply(
+        cp,
+        &rotation(ns, "{label: s2, type: secret, secretName: my-certs, rollOnSourceChange: true}", "{label: i1}"),
+    );
+    wait_sts_ready(cp, ns, "kafka").await;
+    let third = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    apply(cp, &put(&third));
+    let rolled = wait_until(Duration::from_secs(90), "the renewal rolled out without a label change", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let done = st.operations.len() == 3
+                && st.operations[0].operation_state == OperationState::UpdateComplete
+                && st.current_operation.is_none();
+            let seen = format!("{:?}", st.operations.first().map(|o| o.operation_state));
+            done.then_some(st).ok_or(seen)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(rolled.external.unwrap().label, "s2", "same label");
+    assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), third.cert_pem);
     support::assert_no_secret_leaks(&[]).await;
 }
 

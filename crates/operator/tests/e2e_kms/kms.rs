@@ -13,10 +13,12 @@
 //! 5. The vault PATCH refused twice: retried with backoff, the switch completes.
 //! 6. EnableKms refused for good: four tries, then a rollback to the source settings — KMS on,
 //!    every Secret KMS-encrypted, UPDATE_FAILED `RolledBack`, EncryptionDisabled back to False.
-//! 7. Deleted while KMS is off: the finalizer holds the object until the switch is done.
-//! 8. Deleted while idle: no cloud call.
-//! 9. A second KmsKeyVaultMode for the same cluster: refused by the webhook; with the webhook
-//!    gone, Stalled `Conflict` by the controller, with no cloud call.
+//! 7. A Secret rewrite refused by a policy webhook: the step is retried, the switch completes.
+//! 8. Deleted while KMS is off (and its spec pointed at another cluster meanwhile): the finalizer
+//!    holds the object until the switch is done, on the cluster it was recorded for.
+//! 9. Deleted while idle: no cloud call.
+//! 10. A second KmsKeyVaultMode for the same cluster: refused by the webhook; with the webhook
+//!     gone, Stalled `Conflict` by the controller, with no cloud call.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +29,7 @@ use cluster_security_api::{
     KeyCheckResult, KmsKeyVaultMode, KmsKeyVaultModeStatus, Operation, OperationState, StepName, StepState,
 };
 use cluster_security_testbed::azure::{kms_hook, AzureEmulator, Spec};
+use cluster_security_testbed::gate::{self, SecretGate};
 use cluster_security_testbed::kms_plugin::{self, KmsPlugin};
 use cluster_security_testbed::leaks;
 use cluster_security_testbed::operator::{self, Operator};
@@ -456,9 +459,30 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let line = "csop_kms_encryption_disabled{kmskeyvaultmode=\"cluster\"} 0";
     assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
 
-    // ---- 7. Deleted in the middle of a switch: the switch finishes before the object goes. ----
+    // ---- 7. A Secret rewrite refused (a policy webhook): retried, KMS never left off. ---------
+    let gate = SecretGate::start(cp.clone()).await.unwrap();
+    let gated = "kms-gated";
+    create_numbered_secrets(&cp.client().await.unwrap(), gated, "g", 1).await.unwrap();
+    let labelled = cp.kubectl(&["label", "namespace", gated, gate::NAMESPACE_LABEL]);
+    assert!(labelled.status.success(), "{}", String::from_utf8_lossy(&labelled.stderr));
+    gate.deny_next(1);
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 300}"));
+    let (done, s) = wait_operation_end(&cp, 300).await;
+    assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
+    assert_eq!(gate.denied(), 1, "the gate refused one rewrite");
+    let first_rewrite = &s.steps[1];
+    assert_eq!(
+        (first_rewrite.name, first_rewrite.state, first_rewrite.attempts),
+        (StepName::ReencryptSecrets, StepState::Succeeded, 2),
+        "the refused Secret made the step fail once; it was run again, not skipped"
+    );
+    assert_eq!(emu.kms()["enabled"], true);
+    assert_all_stored(&cp, "kms:kv-other", "after a refused rewrite was retried");
+    drop(gate);
+
+    // ---- 8. Deleted in the middle of a switch: the switch finishes before the object goes. ----
     emu.set_lro(1, Duration::from_secs(4));
-    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}"));
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 200}"));
     wait_until(Duration::from_secs(120), "KMS off, mid-switch", || async {
         let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
         let (_, s) = status(&api).await?;
@@ -471,7 +495,7 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     // The spec now names another cluster: the running switch stays on the one it was recorded
     // for (were it to follow the spec, every step would hit a cluster that does not exist, and
     // the deletion below would never end).
-    let elsewhere = kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}")
+    let elsewhere = kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 200}")
         .replace(&format!("clusterName: {}", spec.cluster_name), "clusterName: aks-elsewhere");
     apply(&cp, &elsewhere);
     let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=false"]);
@@ -490,12 +514,12 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     .await
     .unwrap();
     assert_eq!(emu.kms()["enabled"], true, "the switch finished: KMS on");
-    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
     assert_all_stored(&cp, "kms:kv-other", "after a deletion mid-switch");
 
-    // ---- 8. Deleting an idle KmsKeyVaultMode changes nothing in Azure. -------------------------
+    // ---- 9. Deleting an idle KmsKeyVaultMode changes nothing in Azure. -------------------------
     emu.set_lro(1, Duration::from_millis(200));
-    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}"));
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 200}"));
     wait_until(Duration::from_secs(60), "the re-created object is Ready (in sync)", || async {
         let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
         let (_, s) = status(&api).await?;
@@ -508,10 +532,10 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
     assert_eq!(emu.log()[log_before..], [] as [&str; 0], "no cloud call for an idle deletion");
 
-    // ---- 9. One KmsKeyVaultMode per managed cluster: refused at admission, Stalled without it. -
-    let first = kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 200}");
+    // ---- 10. One KmsKeyVaultMode per managed cluster: refused at admission, Stalled without it. -
+    let first = kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 200}");
     apply(&cp, &first);
-    let second = first.replace("name: cluster", "name: second").replace("Public", "Private");
+    let second = first.replace("name: cluster", "name: second").replace("Private", "Public");
     let refused = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&second));
     let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
     assert!(!refused.status.success() && stderr.contains("OneKmsKeyVaultModePerCluster"), "{stderr}");
@@ -532,6 +556,6 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     .await
     .unwrap();
     assert_eq!(emu.log()[log_before..], [] as [&str; 0], "the conflicting object made no cloud call");
-    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
     drop(plugin);
 }
