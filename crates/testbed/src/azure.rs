@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::https::Https;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum_server::tls_rustls::RustlsConfig;
 use serde_json::{json, Value};
 
 use crate::pki;
@@ -169,20 +169,8 @@ fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
 impl AzureEmulator {
     /// Start on a free loopback port with a certificate from a fresh CA (`ca_pem`).
     pub async fn start(spec: Spec, apply: Option<ApplyKms>) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let ca = pki::new_ca("azure emulator CA", now, 2)?;
-        let leaf = pki::issue_leaf(
-            &ca,
-            "azure-emulator",
-            &["127.0.0.1".into(), "localhost".into()],
-            pki::Usage::Server,
-            now,
-            2,
-        )?;
-        let tls = RustlsConfig::from_pem(leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes()).await?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
+        let https = Https::bind("azure-emulator").await?;
+        let port = https.port;
         let base = format!("https://127.0.0.1:{port}");
         let cluster = json!({
             "id": format!("/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerService/managedClusters/{}", spec.subscription_id, spec.resource_group, spec.cluster_name),
@@ -225,15 +213,9 @@ impl AzureEmulator {
             )
             .route("/keyvault/{vault}/keys/{name}/{version}", get(get_key))
             .with_state(shared.clone());
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                tracing::error!(error = %e, "Azure emulator stopped");
-            }
-        });
-        handle.listening().await;
-        Ok(Self { shared, handle, url: base, ca_pem: ca.cert_pem, spec })
+        let ca_pem = https.ca.cert_pem.clone();
+        let handle = https.serve(app, "Azure emulator").await;
+        Ok(Self { shared, handle, url: base, ca_pem, spec })
     }
 
     /// Point an operator at this emulator: store its client secret in the Secret

@@ -1,6 +1,8 @@
-//! A validating admission webhook that turns down updates of the Secrets in the namespaces
-//! labelled `csop-test-gate=on`, a given number of times: what a policy engine (Gatekeeper,
-//! Kyverno) refusing a Secret rewrite looks like to the operator — a 403 from the API server.
+//! A validating admission webhook that turns down updates of the Secrets whose name starts with
+//! a prefix in the namespaces labelled `csop-test-gate=on`, a given number of times: what a
+//! policy engine (Gatekeeper, Kyverno) refusing a Secret rewrite looks like to the operator — a
+//! 403 from the API server. (Other Secrets there, such as the service account token the token
+//! controller fills in, pass.)
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -8,11 +10,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use axum_server::tls_rustls::RustlsConfig;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::{pki, ControlPlane};
+use crate::https::Https;
+use crate::ControlPlane;
 
 /// The label that puts a namespace's Secrets behind the gate.
 pub const NAMESPACE_LABEL: &str = "csop-test-gate=on";
@@ -26,12 +28,14 @@ pub struct SecretGate {
     denied: Arc<AtomicU32>,
 }
 
-async fn review(
-    State((left, denied)): State<(Arc<AtomicU32>, Arc<AtomicU32>)>,
-    Json(body): Json<Value>,
-) -> Json<Value> {
+/// Refusals left, refusals made, the Secret name prefix it refuses.
+type Gate = (Arc<AtomicU32>, Arc<AtomicU32>, Arc<str>);
+
+async fn review(State((left, denied, prefix)): State<Gate>, Json(body): Json<Value>) -> Json<Value> {
     let uid = body.pointer("/request/uid").cloned().unwrap_or(Value::Null);
-    let deny = left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let name = body.pointer("/request/name").and_then(Value::as_str).unwrap_or_default();
+    let deny = name.starts_with(prefix.as_ref())
+        && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let response = if deny {
         denied.fetch_add(1, Ordering::SeqCst);
         json!({"uid": uid, "allowed": false, "status": {"code": 403, "message": "denied by the test gate"}})
@@ -42,26 +46,18 @@ async fn review(
 }
 
 impl SecretGate {
-    /// Serve the gate and register it with the API server (updates of Secrets in labelled
-    /// namespaces; failurePolicy Ignore, so a stopped gate blocks nothing).
-    pub async fn start(cp: Arc<ControlPlane>) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let ca = pki::new_ca("test gate CA", now, 2)?;
-        let leaf = pki::issue_leaf(&ca, "test-gate", &["127.0.0.1".into()], pki::Usage::Server, now, 2)?;
-        let tls = RustlsConfig::from_pem(leaf.cert_pem.into_bytes(), leaf.key_pem.into_bytes()).await?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
+    /// Serve the gate for Secrets named `prefix…` and register it with the API server (updates
+    /// of Secrets in labelled namespaces; failurePolicy Ignore, so a stopped gate blocks nothing).
+    pub async fn start(cp: Arc<ControlPlane>, prefix: &str) -> anyhow::Result<Self> {
+        let https = Https::bind("test-gate").await?;
+        let (port, ca) = (https.port, https.ca.clone());
         let (denials_left, denied) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let app = Router::new().route("/validate", post(review)).with_state((denials_left.clone(), denied.clone()));
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                tracing::error!(error = %e, "test gate stopped");
-            }
-        });
-        handle.listening().await;
+        let app = Router::new().route("/validate", post(review)).with_state((
+            denials_left.clone(),
+            denied.clone(),
+            Arc::<str>::from(prefix),
+        ));
+        let handle = https.serve(app, "test gate").await;
         let (key, value) = NAMESPACE_LABEL.split_once('=').expect("key=value");
         let configuration = json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",

@@ -9,6 +9,7 @@
 pub mod azure;
 pub mod faults;
 pub mod gate;
+pub mod https;
 pub mod kms_plugin;
 pub mod kubelet;
 pub mod leaks;

@@ -460,7 +460,7 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
 
     // ---- 7. A Secret rewrite refused (a policy webhook): retried, KMS never left off. ---------
-    let gate = SecretGate::start(cp.clone()).await.unwrap();
+    let gate = SecretGate::start(cp.clone(), "g-").await.unwrap();
     let gated = "kms-gated";
     create_numbered_secrets(&cp.client().await.unwrap(), gated, "g", 1).await.unwrap();
     let labelled = cp.kubectl(&["label", "namespace", gated, gate::NAMESPACE_LABEL]);
@@ -470,12 +470,11 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let (done, s) = wait_operation_end(&cp, 300).await;
     assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
     assert_eq!(gate.denied(), 1, "the gate refused one rewrite");
-    let first_rewrite = &s.steps[1];
-    assert_eq!(
-        (first_rewrite.name, first_rewrite.state, first_rewrite.attempts),
-        (StepName::ReencryptSecrets, StepState::Succeeded, 2),
-        "the refused Secret made the step fail once; it was run again, not skipped"
-    );
+    // The refused Secret made one ReencryptSecrets pass fail; that pass ran again, not skipped.
+    let rewrites: Vec<(StepState, u32)> =
+        s.steps.iter().filter(|x| x.name == StepName::ReencryptSecrets).map(|x| (x.state, x.attempts)).collect();
+    assert!(rewrites.iter().all(|(state, _)| *state == StepState::Succeeded), "{rewrites:?}");
+    assert_eq!(rewrites.iter().map(|(_, a)| a).sum::<u32>(), 3, "one of the two passes ran twice: {rewrites:?}");
     assert_eq!(emu.kms()["enabled"], true);
     assert_all_stored(&cp, "kms:kv-other", "after a refused rewrite was retried");
     drop(gate);
