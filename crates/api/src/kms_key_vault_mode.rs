@@ -290,6 +290,13 @@ pub struct KmsKeyVaultModeStatus {
     /// The last check of the KMS key (it stays required after KMS is off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_check: Option<KeyCheck>,
+    /// The key in use before the last operation moved to another key or vault: Secrets may
+    /// still need it (the seed: it stays required), so it is checked too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    /// The last check of `previousKeyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_check: Option<KeyCheck>,
     /// The operation running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_operation: Option<Operation<KmsSettings>>,

@@ -212,6 +212,10 @@ impl AzureEmulator {
                 get(get_vault).patch(patch_vault),
             )
             .route("/keyvault/{vault}/keys/{name}/{version}", get(get_key))
+            .route(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}/keys/{name}/versions/{version}",
+                get(get_key_version),
+            )
             .with_state(shared.clone());
         let ca_pem = https.ca.cert_pem.clone();
         let handle = https.serve(app, "Azure emulator").await;
@@ -766,6 +770,36 @@ async fn patch_vault(
     Json(vault_body(&w, &vault, public)).into_response()
 }
 
+/// `Microsoft.KeyVault/vaults/keys/versions` through Resource Manager: the management plane, open
+/// whatever the vault's public network access.
+async fn get_key_version(
+    State(s): S,
+    Path((sub, rg, vault, name, version)): Path<(String, String, String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let mut w = s.world.lock().expect("emulator lock");
+    if let Some(r) = arm_gate(&mut w, &headers, &q) {
+        return r;
+    }
+    let in_scope = w.vaults.contains_key(&vault)
+        && sub == w.spec.subscription_id
+        && rg.eq_ignore_ascii_case(&w.spec.resource_group);
+    if !in_scope || !w.keys.contains(&format!("{vault}/{name}/{version}")) {
+        return not_found(&format!("Microsoft.KeyVault/vaults/{vault}/keys/{name}/versions/{version}"));
+    }
+    let uri = format!("https://{vault}.vault.azure.net/keys/{name}");
+    Json(json!({
+        "id": format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}/keys/{name}/versions/{version}"),
+        "name": version, "type": "Microsoft.KeyVault/vaults/keys/versions",
+        "properties": {
+            "attributes": {"enabled": true, "created": 1_700_000_000, "updated": 1_700_000_000, "recoveryLevel": "Recoverable+Purgeable"},
+            "kty": "RSA", "keyUri": uri, "keyUriWithVersion": format!("{uri}/{version}")
+        }
+    }))
+    .into_response()
+}
+
 async fn get_key(
     State(s): S,
     Path((vault, name, version)): Path<(String, String, String)>,
@@ -774,6 +808,15 @@ async fn get_key(
     let w = s.world.lock().expect("emulator lock");
     if let Some(r) = unauthorized(&w, &headers, "https://vault.azure.net") {
         return r;
+    }
+    // A private vault's data plane answers only through its private link; the tests and the
+    // operator are outside it (Key Vault's 403 ForbiddenByConnection).
+    if w.vaults.get(&vault) == Some(&false) {
+        return arm_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Public network access is disabled and request is not from a trusted service nor via an approved private link.",
+        );
     }
     if !w.keys.contains(&format!("{vault}/{name}/{version}")) {
         return arm_error(

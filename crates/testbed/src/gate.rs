@@ -1,10 +1,12 @@
-//! A validating admission webhook that turns down updates of the Secrets whose name starts with
-//! a prefix in the namespaces labelled `csop-test-gate=on`, a given number of times: what a
-//! policy engine (Gatekeeper, Kyverno) refusing a Secret rewrite looks like to the operator — a
-//! 403 from the API server. (Other Secrets there, such as the service account token the token
-//! controller fills in, pass.)
+//! A validating admission webhook that, while closed, turns down updates of the Secrets whose
+//! name starts with a prefix in the namespaces labelled `csop-test-gate=on`: what a policy engine
+//! (Gatekeeper, Kyverno) refusing a Secret rewrite looks like to the operator — a 403 from the
+//! API server. (Other Secrets there, such as the service account token the token controller
+//! fills in, pass.) Open and closed rather than "the next n": kube-apiserver may call a webhook
+//! twice for one update (it retries once with a fresh read from etcd), so a count would not say
+//! which request it turned down.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -24,18 +26,17 @@ const CONFIGURATION: &str = "csop-test-secret-gate";
 pub struct SecretGate {
     cp: Arc<ControlPlane>,
     handle: axum_server::Handle,
-    denials_left: Arc<AtomicU32>,
+    closed: Arc<AtomicBool>,
     denied: Arc<AtomicU32>,
 }
 
-/// Refusals left, refusals made, the Secret name prefix it refuses.
-type Gate = (Arc<AtomicU32>, Arc<AtomicU32>, Arc<str>);
+/// Closed or open, refusals made, the Secret name prefix it refuses.
+type Gate = (Arc<AtomicBool>, Arc<AtomicU32>, Arc<str>);
 
-async fn review(State((left, denied, prefix)): State<Gate>, Json(body): Json<Value>) -> Json<Value> {
+async fn review(State((closed, denied, prefix)): State<Gate>, Json(body): Json<Value>) -> Json<Value> {
     let uid = body.pointer("/request/uid").cloned().unwrap_or(Value::Null);
     let name = body.pointer("/request/name").and_then(Value::as_str).unwrap_or_default();
-    let deny = name.starts_with(prefix.as_ref())
-        && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let deny = name.starts_with(prefix.as_ref()) && closed.load(Ordering::SeqCst);
     let response = if deny {
         denied.fetch_add(1, Ordering::SeqCst);
         json!({"uid": uid, "allowed": false, "status": {"code": 403, "message": "denied by the test gate"}})
@@ -51,9 +52,9 @@ impl SecretGate {
     pub async fn start(cp: Arc<ControlPlane>, prefix: &str) -> anyhow::Result<Self> {
         let https = Https::bind("test-gate").await?;
         let (port, ca) = (https.port, https.ca.clone());
-        let (denials_left, denied) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (closed, denied) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU32::new(0)));
         let app = Router::new().route("/validate", post(review)).with_state((
-            denials_left.clone(),
+            closed.clone(),
             denied.clone(),
             Arc::<str>::from(prefix),
         ));
@@ -81,12 +82,12 @@ impl SecretGate {
                 .ok_or_else(|| anyhow::anyhow!("registering the test gate failed"))
         });
         out?;
-        Ok(Self { cp, handle, denials_left, denied })
+        Ok(Self { cp, handle, closed, denied })
     }
 
-    /// Refuse the next `n` Secret updates in gated namespaces.
-    pub fn deny_next(&self, n: u32) {
-        self.denials_left.store(n, Ordering::SeqCst);
+    /// Refuse (true) or let through (false) the updates of gated Secrets from now on.
+    pub fn close(&self, closed: bool) {
+        self.closed.store(closed, Ordering::SeqCst);
     }
 
     /// How many updates the gate refused so far.

@@ -36,6 +36,9 @@ pub const MANAGED_CLUSTER_API_VERSION: &str = "2025-10-01";
 pub const VAULT_API_VERSION: &str = "2022-07-01";
 /// api-version of the Key Vault data plane.
 pub const KEY_API_VERSION: &str = "7.4";
+/// Key versions through Resource Manager (`Microsoft.KeyVault/vaults/keys/versions`): the
+/// management plane, which a private vault's network rules do not close.
+pub const ARM_KEY_API_VERSION: &str = "2023-07-01";
 const ARM_SCOPE: &str = "https://management.azure.com/.default";
 const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
 
@@ -521,12 +524,34 @@ impl KmsProvider for AzureKms {
         Ok(())
     }
 
-    async fn check_key(&self, key_id: &str) -> Result<KeyState, ProviderError> {
+    async fn check_key(&self, key_id: &str, vault_resource_id: Option<&str>) -> Result<KeyState, ProviderError> {
         let key = parse_key_id(key_id).map_err(|e| config_error("keyId", e))?;
-        let base = self.settings.key_vault_endpoint.replace("{vault}", key.vault);
-        let url =
-            format!("{}/keys/{}/{}?api-version={KEY_API_VERSION}", base.trim_end_matches('/'), key.name, key.version);
-        let a = self.send(Method::GET, &url, VAULT_SCOPE, None, None).await?;
+        // Through Resource Manager when the vault's resource id is known: that needs no
+        // data-plane network access, so a private vault's key can be checked from anywhere.
+        let (url, scope, attributes) = match vault_resource_id {
+            Some(rid) => (
+                format!(
+                    "{}{}/keys/{}/versions/{}?api-version={ARM_KEY_API_VERSION}",
+                    self.settings.arm_endpoint.trim_end_matches('/'),
+                    rid,
+                    key.name,
+                    key.version
+                ),
+                ARM_SCOPE,
+                "/properties",
+            ),
+            None => {
+                let base = self.settings.key_vault_endpoint.replace("{vault}", key.vault);
+                let url = format!(
+                    "{}/keys/{}/{}?api-version={KEY_API_VERSION}",
+                    base.trim_end_matches('/'),
+                    key.name,
+                    key.version
+                );
+                (url, VAULT_SCOPE, "")
+            }
+        };
+        let a = self.send(Method::GET, &url, scope, None, None).await?;
         if a.status == StatusCode::NOT_FOUND {
             return Ok(KeyState::Unusable(format!(
                 "key {}/{} is not in key vault {} ({}); KMS needs it even while it is off: recover it \
@@ -540,7 +565,8 @@ impl KmsProvider for AzureKms {
         if !a.status.is_success() {
             return Err(a.into_error(&format!("reading key {}/{} in key vault {}", key.name, key.version, key.vault)));
         }
-        Ok(key_state(&a.body, &format!("{}/{}", key.name, key.version), jiff_now()))
+        let bundle = a.body.pointer(attributes).unwrap_or(&Value::Null);
+        Ok(key_state(bundle, &format!("{}/{}", key.name, key.version), jiff_now()))
     }
 }
 

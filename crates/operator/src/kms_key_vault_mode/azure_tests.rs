@@ -63,7 +63,7 @@ async fn mode_switch_follows_the_four_steps_with_client_secret() {
     let spec = emu.spec.clone();
     let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
 
-    assert_eq!(az.check_key(&spec.key_id("kv-orders", "v1")).await.unwrap(), KeyState::Usable { expires: None });
+    assert_eq!(az.check_key(&spec.key_id("kv-orders", "v1"), None).await.unwrap(), KeyState::Usable { expires: None });
     emu.set_lro(3, Duration::from_millis(300));
     let public = enabled(&spec, "kv-orders", NetworkAccess::Public);
     az.set_kms(&public).await.expect("enable KMS Public");
@@ -151,7 +151,7 @@ async fn workload_identity_location_polling_throttling_and_conflicts() {
 
     // A deleted key is reported unusable, with what to do.
     emu.delete_key("kv-orders/etcd/v1");
-    match az.check_key(&spec.key_id("kv-orders", "v1")).await.unwrap() {
+    match az.check_key(&spec.key_id("kv-orders", "v1"), None).await.unwrap() {
         KeyState::Unusable(m) => assert!(m.contains("recover"), "{m}"),
         other => panic!("expected unusable, got {other:?}"),
     }
@@ -179,4 +179,24 @@ async fn wrong_client_secret_is_an_authentication_error_without_the_secret() {
     assert!(text.contains("AADSTS7000215"), "{text}");
     assert!(!text.contains("s3cr3t-marker-value"), "the secret must not appear: {text}");
     assert!(!format!("{bad:?}").contains("s3cr3t-marker-value"));
+}
+
+#[tokio::test]
+async fn a_private_vaults_key_is_read_through_resource_manager() {
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
+    let (key, rid) = (spec.key_id("kv-orders", "v1"), spec.vault_resource_id("kv-orders"));
+    az.set_vault_network_access(&rid, NetworkAccess::Private).await.unwrap();
+    // The data plane of a private vault is closed to the operator (as Azure answers from outside
+    // its private link): the key cannot be checked there...
+    let closed = az.check_key(&key, None).await.unwrap_err();
+    assert!(closed.to_string().contains("Public network access is disabled"), "{closed}");
+    // ...but Resource Manager, the management plane, reads it.
+    assert_eq!(az.check_key(&key, Some(&rid)).await.unwrap(), KeyState::Usable { expires: None });
+    emu.delete_key("kv-orders/etcd/v1");
+    match az.check_key(&key, Some(&rid)).await.unwrap() {
+        KeyState::Unusable(m) => assert!(m.contains("recover"), "{m}"),
+        other => panic!("expected unusable, got {other:?}"),
+    }
 }

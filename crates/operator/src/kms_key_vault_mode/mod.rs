@@ -211,6 +211,33 @@ fn key_check_of(state: &Result<KeyState, ProviderError>, now: Timestamp) -> KeyC
     KeyCheck { result, message, check_time: rfc3339(now) }
 }
 
+/// The resource id of the vault that holds `key_id`, among those the spec and the operation
+/// know: with it the key is read through the management plane.
+fn vault_resource_id<'a>(key_id: &str, known: impl IntoIterator<Item = Option<&'a str>>) -> Option<&'a str> {
+    let vault = validate::parse_key_id(key_id).ok()?.vault;
+    known
+        .into_iter()
+        .flatten()
+        .find(|rid| validate::parse_key_vault_resource_id(rid).is_ok_and(|v| v.eq_ignore_ascii_case(vault)))
+}
+
+/// Check the key the cluster used before the last key or vault change (Secrets written before it
+/// may still need it); a Warning event when it turns unusable. Nothing is blocked by it.
+async fn check_previous_key(obj: &KmsKeyVaultMode, round: &mut Round<KmsKeyVaultMode>, provider: &dyn KmsProvider) {
+    let Some(previous) = round.status.previous_key_id.clone() else { return };
+    let last_source = round.status.operations.first().and_then(|o| o.source_info.as_ref());
+    let known =
+        [last_source.and_then(|s| s.key_vault_resource_id.as_deref()), obj.spec.key_vault_resource_id.as_deref()];
+    let state = provider.check_key(&previous, vault_resource_id(&previous, known)).await;
+    let check = key_check_of(&state, round.now);
+    let was = round.status.previous_key_check.as_ref().map(|k| k.result);
+    if check.result == KeyCheckResult::Unusable && was != Some(KeyCheckResult::Unusable) {
+        let note = format!("The previous key {previous} (in use before the last key change): {}", check.message);
+        round.event(EventType::Warning, "PreviousKeyCheck", note);
+    }
+    round.status.previous_key_check = Some(check);
+}
+
 fn cloud_stalled(e: &ProviderError) -> Outcome {
     Outcome::new(
         Health::Stalled {
@@ -250,7 +277,13 @@ async fn run_step(
             // Checked again right before it is used: it may have been disabled or deleted while
             // KMS was off. A key that cannot be read (a private vault) does not stop the step.
             if let Some(key_id) = &target.key_id {
-                let check = key_check_of(&provider.check_key(key_id).await, ctx.clock.now());
+                let known = [
+                    target.key_vault_resource_id.as_deref(),
+                    source.as_ref().and_then(|s| s.key_vault_resource_id.as_deref()),
+                    round.obj.spec.key_vault_resource_id.as_deref(),
+                ];
+                let state = provider.check_key(key_id, vault_resource_id(key_id, known)).await;
+                let check = key_check_of(&state, ctx.clock.now());
                 let unusable = check.result == KeyCheckResult::Unusable;
                 let message = check.message.clone();
                 round.status.key_check = Some(check);
@@ -656,6 +689,13 @@ fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, 
         None => {
             operation::complete(&mut op, now);
             let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+            // Moved to another key: the one before is remembered and checked from now on.
+            if let Some(before) = op.source_info.as_ref().filter(|s| s.enabled).and_then(|s| s.key_id.clone()) {
+                if Some(&before) != target.key_id.as_ref() {
+                    round.status.previous_key_id = Some(before);
+                    round.status.previous_key_check = None;
+                }
+            }
             round.status.kms = Some(kms_text(&target).into());
             let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
             round.event(EventType::Normal, event::UPDATE_COMPLETE, message.clone());
@@ -763,8 +803,10 @@ async fn decide(
         Err(e) => return Ok(Some(cloud_stalled(&e))),
     };
     round.status.kms = Some(kms_text(&current.settings).into());
-    let key = provider.check_key(&obj.spec.key_id).await;
+    let known = [obj.spec.key_vault_resource_id.as_deref(), current.settings.key_vault_resource_id.as_deref()];
+    let key = provider.check_key(&obj.spec.key_id, vault_resource_id(&obj.spec.key_id, known)).await;
     let check = key_check_of(&key, now);
+    check_previous_key(obj, round, provider).await;
     if round.status.key_check.as_ref().map(|k| k.result) != Some(check.result) && check.result != KeyCheckResult::Usable
     {
         round.event(EventType::Warning, "KeyCheck", check.message.clone());

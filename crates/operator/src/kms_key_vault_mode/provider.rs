@@ -72,6 +72,7 @@ pub trait KmsProvider: Send + Sync {
         key_vault_resource_id: &str,
         access: NetworkAccess,
     ) -> Result<(), ProviderError>;
-    /// Whether the key exists and is usable.
-    async fn check_key(&self, key_id: &str) -> Result<KeyState, ProviderError>;
+    /// Whether the key exists and is usable; read through the management plane when the vault's
+    /// resource id is given (no data-plane network access needed), else on the data plane.
+    async fn check_key(&self, key_id: &str, vault_resource_id: Option<&str>) -> Result<KeyState, ProviderError>;
 }

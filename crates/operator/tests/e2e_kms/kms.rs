@@ -10,7 +10,8 @@
 //! 2. Private → Public.
 //! 3. DisableKms fails: the Secrets are still rewritten, then the operation ends UPDATE_FAILED.
 //! 4. SIGKILL of the operator in the middle of a Secret rewrite: it resumes, not starts over.
-//! 5. The vault PATCH refused twice: retried with backoff, the switch completes.
+//! 5. The vault PATCH refused twice: retried with backoff, the switch completes; the key of
+//!    the private vault read through Resource Manager; the previous key remembered and checked.
 //! 6. EnableKms refused for good: four tries, then a rollback to the source settings — KMS on,
 //!    every Secret KMS-encrypted, UPDATE_FAILED `RolledBack`, EncryptionDisabled back to False.
 //! 7. A Secret rewrite refused by a policy webhook: the step is retried, the switch completes.
@@ -388,6 +389,14 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
         ]
     );
     assert_all_stored(&cp, "kms:kv-other", "after the retried vault PATCH");
+    // Since the move to kv-other (phase 4), the key used before is remembered and checked.
+    assert_eq!(s.previous_key_id.as_deref(), Some(spec.key_id("kv-orders", "v1").as_str()));
+    assert_eq!(s.previous_key_check.as_ref().map(|k| k.result), Some(KeyCheckResult::Usable));
+    // kv-other is private now: its key was read through Resource Manager (the emulator's data
+    // plane refuses a private vault), so the check says Usable, not Unknown.
+    assert_eq!(s.key_check.as_ref().map(|k| k.result), Some(KeyCheckResult::Usable), "{:?}", s.key_check);
+    // Someone deletes the previous key: the next look says so.
+    emu.delete_key("kv-orders/etcd/v1");
 
     // ---- 6. EnableKms refused for good: the operation rolls back, KMS is never left off. -----
     let log_before = emu.log().len();
@@ -452,7 +461,8 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
         "jsonpath={.items[*].reason}",
     ]);
     let warnings = String::from_utf8_lossy(&events.stdout).to_string();
-    for r in ["KmsDisabled", "RollingBack", "UpdateFailed"] {
+    assert_eq!(s.previous_key_check.as_ref().map(|k| k.result), Some(KeyCheckResult::Unusable));
+    for r in ["KmsDisabled", "RollingBack", "UpdateFailed", "PreviousKeyCheck"] {
         assert!(warnings.contains(r), "Warning event {r} in {warnings}");
     }
     let (_, metrics) = operator::http_get(op.health_port, "/metrics").expect("metrics served");
@@ -465,16 +475,29 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     create_numbered_secrets(&cp.client().await.unwrap(), gated, "g", 1).await.unwrap();
     let labelled = cp.kubectl(&["label", "namespace", gated, gate::NAMESPACE_LABEL]);
     assert!(labelled.status.success(), "{}", String::from_utf8_lossy(&labelled.stderr));
-    gate.deny_next(1);
+    gate.close(true);
     apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 300}"));
+    // The rewrite with KMS off fails for the gated Secret: the step is Failed, waiting to retry.
+    wait_until(Duration::from_secs(180), "a ReencryptSecrets pass failed on the refused Secret", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        let (_, s) = status(&api).await?;
+        let failed = s.steps.iter().any(|x| x.name == StepName::ReencryptSecrets && x.state == StepState::Failed);
+        failed.then_some(()).ok_or(format!("steps {:?}", s.steps.iter().map(|x| (x.name, x.state)).collect::<Vec<_>>()))
+    })
+    .await
+    .unwrap();
+    assert!(gate.denied() >= 1);
+    gate.close(false);
     let (done, s) = wait_operation_end(&cp, 300).await;
     assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
-    assert_eq!(gate.denied(), 1, "the gate refused one rewrite");
-    // The refused Secret made one ReencryptSecrets pass fail; that pass ran again, not skipped.
-    let rewrites: Vec<(StepState, u32)> =
-        s.steps.iter().filter(|x| x.name == StepName::ReencryptSecrets).map(|x| (x.state, x.attempts)).collect();
-    assert!(rewrites.iter().all(|(state, _)| *state == StepState::Succeeded), "{rewrites:?}");
-    assert_eq!(rewrites.iter().map(|(_, a)| a).sum::<u32>(), 3, "one of the two passes ran twice: {rewrites:?}");
+    let first_rewrite = &s.steps[1];
+    assert_eq!(
+        (first_rewrite.name, first_rewrite.state),
+        (StepName::ReencryptSecrets, StepState::Succeeded),
+        "the failed pass was run again, not skipped"
+    );
+    assert!(first_rewrite.attempts >= 2, "{first_rewrite:?}");
+    assert_eq!(s.reencryption.as_ref().map(|r| r.failed), Some(0));
     assert_eq!(emu.kms()["enabled"], true);
     assert_all_stored(&cp, "kms:kv-other", "after a refused rewrite was retried");
     drop(gate);
