@@ -69,6 +69,12 @@ pub struct ClusterSecurityPolicySpec {
     /// Delete: they are garbage-collected with it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// When a Secret named in `clientAuthentication.tls.certificateAuthoritySecretRefs` changes,
+    /// roll the new CA bundle out by itself (a new operation). Default false: a Warning event
+    /// and the `SourceChanged` condition say the brokers trust an older bundle until the spec
+    /// changes or the retry annotation is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub roll_on_source_change: bool,
 }
 
 /// Client authentication methods. Several may be enabled at once when the encryption settings

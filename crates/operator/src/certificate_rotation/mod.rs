@@ -14,18 +14,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 
 use self::material::{install, material, needs_issue, slot_status, wants};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
-    OperationRecord, OperationType,
+    OperationType,
 };
-use crate::reconciler::conditions::{self, reason};
+use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::events::reason::DRIFT_REPAIRED;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
@@ -127,55 +125,10 @@ impl Reconcile for CertificateRotation {
     /// `spec.external.secretName` names, metadata only: their contents are neither streamed nor
     /// cached.
     fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
-        let store = controller.store();
+        let secret_name = |c: &Self| c.spec.external.iter().filter_map(|e| e.secret_name.clone()).collect();
         let controller = derived::watch(watch::workloads(controller, client), client);
-        controller.watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watch::config(),
-            move |meta: PartialObjectMeta<Secret>| {
-                let (ns, name) = (meta.namespace(), meta.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|c| {
-                        c.namespace() == ns
-                            && c.spec.external.as_ref().and_then(|e| e.secret_name.as_deref()) == Some(name.as_str())
-                    })
-                    .map(|c| ObjectRef::from_obj(c.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        watch::referenced_secrets(controller, client, secret_name)
     }
-}
-
-/// Event reason and condition reason: the `type: secret` Secret holds another certificate than
-/// the one in force.
-const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
-/// Condition type: True while the brokers run older material than the source Secret holds.
-pub const SOURCE_CHANGED: &str = "SourceChanged";
-
-/// The `SourceChanged` condition, and a Warning event when it turns True without a roll to
-/// follow. The condition appears the first time a change is seen and stays (False) after.
-fn report_source_change(round: &mut Round<CertificateRotation>, change: Option<&material::SourceChange>) {
-    let was = conditions::get(round.status.conditions(), SOURCE_CHANGED).map(|c| c.status == "True");
-    if change.is_none() && was.is_none() {
-        return;
-    }
-    let (now, generation) = (round.now, round.generation());
-    let mut conds = round.status.conditions().to_vec();
-    match change {
-        Some(c) => {
-            if was != Some(true) && !c.rolls(round.obj.as_ref()) {
-                round.event(EventType::Warning, SOURCE_SECRET_CHANGED, c.message().to_string());
-            }
-            conditions::set(&mut conds, SOURCE_CHANGED, true, SOURCE_SECRET_CHANGED, c.message(), generation, now);
-        }
-        None => {
-            let message = "The brokers run the certificate the source Secret holds.";
-            conditions::set(&mut conds, SOURCE_CHANGED, false, "InSync", message, generation, now);
-        }
-    }
-    round.status.set_conditions(conds);
 }
 
 impl TargetsWorkload for CertificateRotation {
@@ -222,12 +175,10 @@ impl Rolling for CertificateRotation {
             round.event(EventType::Normal, DRIFT_REPAIRED, note);
         }
         let source = material::source_secret_changed(ctx, self, &round.status).await?;
-        report_source_change(round, source.as_ref());
-        let rolls = source.as_ref().is_some_and(|c| c.rolls(self));
-        if rolls {
-            let note = source.as_ref().map(|c| c.message().to_string()).unwrap_or_default();
-            round.event(EventType::Normal, SOURCE_SECRET_CHANGED, note);
-        }
+        let change =
+            source.as_ref().map(|c| rolling::SourceChange { message: c.message().to_string(), rolls: c.rolls(self) });
+        rolling::report_source_change(round, change.as_ref());
+        let rolls = change.as_ref().is_some_and(|c| c.rolls);
         let status = &round.status;
         if rolls || !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
             let source = CertificateSettings {

@@ -8,6 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
+/// True while the brokers run older material than a Secret the spec names holds (a renewed
+/// certificate, a changed CA bundle), until it is rolled out.
+pub const SOURCE_CHANGED: &str = "SourceChanged";
 
 /// Reasons used across kinds.
 pub mod reason {
@@ -23,6 +26,10 @@ pub mod reason {
     pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
     /// The spec changed while an operation ran; the next one starts now.
     pub const QUEUED: &str = "Queued";
+    /// A Secret the spec names holds other material than the brokers run (`SourceChanged`).
+    pub const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
+    /// `SourceChanged=False`: the brokers run what the source Secrets hold.
+    pub const IN_SYNC: &str = "InSync";
     /// `clustersecurity.io/reconcile: paused`: nothing is changed (Ready=False).
     pub const PAUSED: &str = "Paused";
     /// A Secret or ConfigMap the operation would write exists and is not the operator's

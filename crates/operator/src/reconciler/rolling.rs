@@ -18,7 +18,7 @@ use cluster_security_api::{
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
-use super::conditions::reason;
+use super::conditions::{self, reason};
 use super::derived::{self, Derived};
 use super::events::reason as event;
 use super::watch::TargetsWorkload;
@@ -174,6 +174,44 @@ async fn repair_drift<K: Rolling>(
         return Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)));
     }
     Ok(settled)
+}
+
+/// What a Secret the spec names (the source of a certificate or a CA bundle) holds now that the
+/// brokers do not run yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceChange {
+    /// What changed, and what happens about it.
+    pub message: String,
+    /// Whether it starts an operation by itself (`rollOnSourceChange`).
+    pub rolls: bool,
+}
+
+/// The `SourceChanged` condition (True while the brokers run older material than a source Secret
+/// holds), and a Warning event when it turns True with no roll to follow; a Normal one when it
+/// rolls. The condition appears the first time a change is seen and stays (False) after.
+pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&SourceChange>) {
+    let was = conditions::get(round.status.conditions(), conditions::SOURCE_CHANGED).map(|c| c.status == "True");
+    if change.is_none() && was.is_none() {
+        return;
+    }
+    let (now, generation) = (round.now, round.generation());
+    let mut conds = round.status.conditions().to_vec();
+    let changed = reason::SOURCE_SECRET_CHANGED;
+    match change {
+        Some(c) => {
+            if c.rolls {
+                round.event(EventType::Normal, changed, c.message.clone());
+            } else if was != Some(true) {
+                round.event(EventType::Warning, changed, c.message.clone());
+            }
+            conditions::set(&mut conds, conditions::SOURCE_CHANGED, true, changed, &c.message, generation, now);
+        }
+        None => {
+            let message = "The brokers run what the source Secrets hold.";
+            conditions::set(&mut conds, conditions::SOURCE_CHANGED, false, reason::IN_SYNC, message, generation, now);
+        }
+    }
+    round.status.set_conditions(conds);
 }
 
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use cluster_security_api::{ClusterRef, OperationRecord, WorkloadKind};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -145,4 +147,28 @@ pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client)
         .watches(Api::<Deployment>::all(client.clone()), config(), move |o| {
             targeting(&s2, WorkloadKind::Deployment, o.namespace(), o.name_any())
         })
+}
+
+/// Trigger a reconcile of every object that names a changed Secret (`named`: the Secret names an
+/// object refers to in its namespace). Metadata only: the Secrets' contents are neither streamed
+/// nor cached.
+pub fn referenced_secrets<K: Reconcile>(
+    controller: Controller<K>,
+    client: &Client,
+    named: fn(&K) -> Vec<String>,
+) -> Controller<K> {
+    let store = controller.store();
+    controller.watches(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        config(),
+        move |meta: PartialObjectMeta<Secret>| {
+            let (ns, name) = (meta.namespace(), meta.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && named(o).contains(&name))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Controller;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{
@@ -24,7 +24,8 @@ use crate::api::{
 };
 use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
-use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
+use crate::reconciler::operation;
+use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling, SourceChange};
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::workload::{self, Workload};
 use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
@@ -91,9 +92,14 @@ impl Reconcile for ClusterSecurityPolicy {
         rolling::advance(self, round, ctx).await
     }
 
-    /// Its workloads (rollout progress) and what it wrote (drift).
+    /// Its workloads (rollout progress), what it wrote (drift), and the CA Secrets it names.
     fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
-        derived::watch(watch::workloads(controller, client), client)
+        let ca_refs = |p: &Self| {
+            let refs = p.spec.client_authentication.tls.iter().flat_map(|t| t.certificate_authority_secret_refs.iter());
+            refs.map(|r| r.name.clone()).collect()
+        };
+        let controller = derived::watch(watch::workloads(controller, client), client);
+        watch::referenced_secrets(controller, client, ca_refs)
     }
 }
 
@@ -132,11 +138,23 @@ impl Rolling for ClusterSecurityPolicy {
     async fn idle(
         &self,
         round: &mut Round<Self>,
-        _: &Context,
+        ctx: &Context,
         workload: Option<&Workload>,
     ) -> Result<Idle<SecuritySettings>, Error> {
         let desired = self.desired();
         if round.status.applied.as_ref() != Some(&desired) {
+            return Ok(Idle::Start { source: round.status.applied.clone() });
+        }
+        // A changed CA bundle rolls with rollOnSourceChange, or when a new retry value asks.
+        let retry = operation::retry_request(self.meta());
+        let asked =
+            retry.is_some() && retry != round.status.operations.first().and_then(|o| o.retry_request.as_deref());
+        let mut change = ca_source_change(ctx, self).await?;
+        if let Some(c) = change.as_mut().filter(|_| asked) {
+            c.rolls = true;
+        }
+        rolling::report_source_change(round, change.as_ref());
+        if change.is_some_and(|c| c.rolls) {
             return Ok(Idle::Start { source: round.status.applied.clone() });
         }
         round.status.listeners = listeners::status_listeners(&desired);
@@ -273,6 +291,65 @@ async fn write_configmap(
         .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, name), source: Box::new(source) })
 }
 
+/// The CA bundle the Secrets in `certificateAuthoritySecretRefs` make now; Err(name) when the
+/// Secret `name` is missing or holds no PEM certificate under `ca.crt`.
+async fn referenced_ca_bundle(
+    secrets: &Api<Secret>,
+    ns: &str,
+    refs: &[crate::api::SecretRef],
+) -> Result<Result<String, String>, Error> {
+    let mut bundle = String::new();
+    for r in refs {
+        let s = secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(|source| Error::Read { object: Named::new("Secret", ns, &r.name), source: Box::new(source) })?;
+        let crt =
+            s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
+        match crt {
+            Some(c) if c.contains("BEGIN CERTIFICATE") => bundle.push_str(&c),
+            _ => return Ok(Err(r.name.clone())),
+        }
+    }
+    Ok(Ok(bundle))
+}
+
+/// The CA Secrets the spec names hold another bundle than the brokers trust (the
+/// `<cluster>-client-ca` Secret the last operation wrote).
+async fn ca_source_change(ctx: &Context, csp: &ClusterSecurityPolicy) -> Result<Option<SourceChange>, Error> {
+    let Some(tls) = csp.spec.client_authentication.tls.as_ref().filter(|t| t.enabled) else { return Ok(None) };
+    if tls.certificate_authority_secret_refs.is_empty() {
+        return Ok(None);
+    }
+    let ns = csp.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Ok(now) = referenced_ca_bundle(&secrets, &ns, &tls.certificate_authority_secret_refs).await? else {
+        return Ok(None); // a missing CA Secret: the next operation reports it
+    };
+    let name = client_ca_secret_name(&csp.spec.cluster_ref.name);
+    let trusted = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source: Box::new(source) })?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
+    if trusted.as_deref() == Some(now.as_str()) || trusted.is_none() {
+        return Ok(None);
+    }
+    let names: Vec<&str> = tls.certificate_authority_secret_refs.iter().map(|r| r.name.as_str()).collect();
+    let rolls = csp.spec.roll_on_source_change;
+    let what = if rolls {
+        "It is rolled out now (rollOnSourceChange)."
+    } else {
+        "Set a new clustersecurity.io/retry value or rollOnSourceChange: true to roll it out."
+    };
+    let message = format!(
+        "The CA Secrets {} hold another bundle than the brokers trust (Secret {ns}/{name}). {what}",
+        names.join(", ")
+    );
+    Ok(Some(SourceChange { message, rolls }))
+}
+
 /// The client CA bundle for mTLS, kept in the `<cluster>-client-ca` Secret: the CAs of the
 /// Secrets the spec names, or a CA the operator keeps (its key stays in that Secret).
 async fn client_ca_bundle(
@@ -285,9 +362,9 @@ async fn client_ca_bundle(
     let cluster = &csp.spec.cluster_ref.name;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let secret = |name: &str| Named::new("Secret", &ns, name);
-    let mut ca_bundle = String::new();
     let ca_name = client_ca_secret_name(cluster);
     let mut data: BTreeMap<String, String> = BTreeMap::new();
+    let ca_bundle;
     if tls.certificate_authority_secret_refs.is_empty() {
         let existing = secrets
             .get_opt(&ca_name)
@@ -308,24 +385,15 @@ async fn client_ca_bundle(
         data.insert("ca.key".into(), key);
         ca_bundle = crt;
     } else {
-        for r in &tls.certificate_authority_secret_refs {
-            let s = secrets
-                .get_opt(&r.name)
-                .await
-                .map_err(|source| Error::Read { object: secret(&r.name), source: Box::new(source) })?;
-            let crt =
-                s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
-            match crt {
-                Some(c) if c.contains("BEGIN CERTIFICATE") => ca_bundle.push_str(&c),
-                _ => {
-                    return Err(PrepareError::refused(
-                        reason::SECRET_NOT_FOUND,
-                        format!(
-                            "Secret {ns}/{} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries",
-                            r.name, r.name
-                        ),
-                    ))
-                }
+        match referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await? {
+            Ok(bundle) => ca_bundle = bundle,
+            Err(name) => {
+                return Err(PrepareError::refused(
+                    reason::SECRET_NOT_FOUND,
+                    format!(
+                        "Secret {ns}/{name} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {name} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries"
+                    ),
+                ))
             }
         }
     }

@@ -386,7 +386,7 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
 }
 
 #[tokio::test]
-async fn missing_ca_secret_fails_then_retries_once_it_exists() {
+async fn missing_ca_secret_fails_then_retries_once_it_exists_and_a_changed_ca_is_rolled_on_request() {
     let cp = &env().cp;
     let ns = "missing-ca";
     webhook_ready(cp).await;
@@ -418,6 +418,46 @@ async fn missing_ca_secret_fails_then_retries_once_it_exists() {
         ca.cert_pem,
         "the given CA is the bundle"
     );
+    wait_sts_ready(cp, ns, "kafka").await;
+
+    // The CA Secret changes (a CA renewal): reported, not rolled — the brokers trust the old one.
+    let renewed = cluster_security_testbed::pki::new_ca("corp 2", k8s_openapi::jiff::Timestamp::now(), 30).unwrap();
+    let corp_ca = |pem: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp-ca, namespace: {ns}}}\nstringData:\n  ca.crt: {}\n",
+            serde_json::to_string(pem).unwrap()
+        )
+    };
+    apply(cp, &corp_ca(&renewed.cert_pem));
+    let api = csp_api(ns).await;
+    let source_changed = |want: &'static str| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                let o = api.get("policy").await.map_err(|e| e.to_string())?;
+                let st = o.status.unwrap_or_default();
+                let c = st.conditions.iter().find(|c| c.type_ == "SourceChanged");
+                match c {
+                    Some(c) if c.status == want => Ok(st.clone()),
+                    _ => Err(format!("{:?}", st.conditions)),
+                }
+            }
+        }
+    };
+    let st = wait_until(Duration::from_secs(60), "SourceChanged=True", source_changed("True")).await.unwrap();
+    assert_eq!(st.operations.len(), 2, "nothing rolled by itself");
+    let events =
+        stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={range .items[*]}{.type}/{.reason} {end}"]));
+    assert!(events.contains("Warning/SourceSecretChanged"), "{events}");
+    // rollOnSourceChange: the new bundle is rolled out by itself.
+    apply(cp, &(policy(ns, "kafka", auth, "TLS", true, 120) + "  rollOnSourceChange: true\n"));
+    let st = wait_until(Duration::from_secs(120), "SourceChanged=False after the roll", source_changed("False"))
+        .await
+        .unwrap();
+    assert_eq!(st.operations.len(), 3, "one operation rolled the renewed CA");
+    let bundle = Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get("kafka-client-ca").await.unwrap();
+    assert_eq!(String::from_utf8(bundle.data.unwrap()["ca.crt"].0.clone()).unwrap(), renewed.cert_pem);
     support::assert_no_secret_leaks(&[]).await;
 }
 
