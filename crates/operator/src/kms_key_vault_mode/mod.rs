@@ -41,7 +41,7 @@ use crate::api::{
 use crate::reconciler::conditions;
 use crate::reconciler::events::reason as event;
 use crate::reconciler::operation::{self, rfc3339};
-use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
+use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
 use crate::validate;
 
 /// Reasons of this kind's conditions.
@@ -221,6 +221,17 @@ fn vault_resource_id<'a>(key_id: &str, known: impl IntoIterator<Item = Option<&'
         .find(|rid| validate::parse_key_vault_resource_id(rid).is_ok_and(|v| v.eq_ignore_ascii_case(vault)))
 }
 
+/// Check `key_id`, through Resource Manager when one of the `known` vault resource ids is its
+/// vault's.
+async fn check_key<'a>(
+    provider: &dyn KmsProvider,
+    key_id: &str,
+    known: impl IntoIterator<Item = Option<&'a str>>,
+    now: Timestamp,
+) -> KeyCheck {
+    key_check_of(&provider.check_key(key_id, vault_resource_id(key_id, known)).await, now)
+}
+
 /// Check the key the cluster used before the last key or vault change (Secrets written before it
 /// may still need it); a Warning event when it turns unusable. Nothing is blocked by it.
 async fn check_previous_key(obj: &KmsKeyVaultMode, round: &mut Round<KmsKeyVaultMode>, provider: &dyn KmsProvider) {
@@ -228,8 +239,7 @@ async fn check_previous_key(obj: &KmsKeyVaultMode, round: &mut Round<KmsKeyVault
     let last_source = round.status.operations.first().and_then(|o| o.source_info.as_ref());
     let known =
         [last_source.and_then(|s| s.key_vault_resource_id.as_deref()), obj.spec.key_vault_resource_id.as_deref()];
-    let state = provider.check_key(&previous, vault_resource_id(&previous, known)).await;
-    let check = key_check_of(&state, round.now);
+    let check = check_key(provider, &previous, known, round.now).await;
     let was = round.status.previous_key_check.as_ref().map(|k| k.result);
     if check.result == KeyCheckResult::Unusable && was != Some(KeyCheckResult::Unusable) {
         let note = format!("The previous key {previous} (in use before the last key change): {}", check.message);
@@ -282,8 +292,7 @@ async fn run_step(
                     source.as_ref().and_then(|s| s.key_vault_resource_id.as_deref()),
                     round.obj.spec.key_vault_resource_id.as_deref(),
                 ];
-                let state = provider.check_key(key_id, vault_resource_id(key_id, known)).await;
-                let check = key_check_of(&state, ctx.clock.now());
+                let check = check_key(provider, key_id, known, ctx.clock.now()).await;
                 let unusable = check.result == KeyCheckResult::Unusable;
                 let message = check.message.clone();
                 round.status.key_check = Some(check);
@@ -506,21 +515,13 @@ async fn carry_on(
 /// cluster an older object (by creation, then name) manages starts nothing (Stalled
 /// `Conflict`). An operation already running finishes: its target was recorded when it started.
 async fn older_claim(obj: &KmsKeyVaultMode, ctx: &Context) -> Result<Option<Outcome>, Error> {
-    let all = Api::<KmsKeyVaultMode>::all(ctx.client.clone()).list(&Default::default()).await.map_err(|source| {
-        Error::Read { object: Named::new("KmsKeyVaultMode", "", "(all)"), source: Box::new(source) }
-    })?;
-    let rank = |o: &KmsKeyVaultMode| (o.metadata.creation_timestamp.clone().map(|t| t.0), o.name_any());
-    let older = all
-        .items
-        .iter()
-        .filter(|o| o.name_any() != obj.name_any() && o.metadata.deletion_timestamp.is_none() && rank(o) < rank(obj));
-    Ok(validate::one_per_cluster(&obj.spec, older.map(|o| (o.metadata.name.as_deref().unwrap_or_default(), &o.spec)))
-        .err()
-        .map(|v| {
-            let message = format!("{v}. Nothing was changed.");
-            // Looked at again now and then: the other object may go.
-            Outcome::new(Health::Stalled { reason: conditions::reason::CONFLICT.into(), message }, Some(IDLE_CONFLICT))
-        }))
+    let older = crate::reconciler::older_peers(ctx, obj).await?;
+    let others = older.iter().map(|o| (o.metadata.name.as_deref().unwrap_or_default(), &o.spec));
+    Ok(validate::one_per_cluster(&obj.spec, others).err().map(|v| {
+        let message = format!("{v}. Nothing was changed.");
+        // Looked at again now and then: the other object may go.
+        Outcome::new(Health::Stalled { reason: conditions::reason::CONFLICT.into(), message }, Some(IDLE_CONFLICT))
+    }))
 }
 
 /// A deleted object starts nothing new: a PENDING operation (nothing changed in the cloud yet)
@@ -804,8 +805,7 @@ async fn decide(
     };
     round.status.kms = Some(kms_text(&current.settings).into());
     let known = [obj.spec.key_vault_resource_id.as_deref(), current.settings.key_vault_resource_id.as_deref()];
-    let key = provider.check_key(&obj.spec.key_id, vault_resource_id(&obj.spec.key_id, known)).await;
-    let check = key_check_of(&key, now);
+    let check = check_key(provider, &obj.spec.key_id, known, now).await;
     check_previous_key(obj, round, provider).await;
     if round.status.key_check.as_ref().map(|k| k.result) != Some(check.result) && check.result != KeyCheckResult::Usable
     {

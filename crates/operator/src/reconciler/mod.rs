@@ -318,6 +318,22 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
         .await;
 }
 
+/// The objects of `obj`'s kind, where `obj` lives, that came before it: created earlier (by name
+/// on a tie) and not being deleted. Of two objects claiming one target, the newer stands down.
+pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<K>, Error> {
+    let all = K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.map_err(|source| Error::Read {
+        object: Named::new(K::KIND, &obj.namespace().unwrap_or_default(), "(all)"),
+        source: Box::new(source),
+    })?;
+    let rank = |o: &K| (o.meta().creation_timestamp.clone().map(|t| t.0), o.name_any());
+    let (name, mine) = (obj.name_any(), rank(obj));
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|o| o.name_any() != name && o.meta().deletion_timestamp.is_none() && rank(o) < mine)
+        .collect())
+}
+
 /// `namespace/name` of an object, as metrics key it.
 pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     ObjectRef::from_obj(obj).to_string()

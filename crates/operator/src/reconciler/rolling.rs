@@ -16,7 +16,6 @@ use cluster_security_api::{
     validate, ClusterRef, ClusterState, Operation, OperationRecord, OperationState, OperationType,
 };
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 
 use super::conditions::{self, reason};
 use super::derived::{self, Derived};
@@ -223,18 +222,9 @@ pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<
 /// Another object of the kind, older (by creation, then name) and not being deleted, that
 /// targets the same workload: the message of a `Conflict`.
 async fn older_claim<K: Rolling>(kind: &K, ctx: &Context) -> Result<Option<String>, Error> {
-    let ns = kind.namespace().unwrap_or_default();
-    let all = K::api(ctx.client.clone(), kind)
-        .list(&Default::default())
-        .await
-        .map_err(|source| Error::Read { object: super::Named::new(K::KIND, &ns, "(all)"), source: Box::new(source) })?;
-    let rank = |o: &K| (o.meta().creation_timestamp.clone().map(|t| t.0), o.name_any());
-    let older = all
-        .items
-        .iter()
-        .filter(|o| o.name_any() != kind.name_any() && o.meta().deletion_timestamp.is_none() && rank(o) < rank(kind));
-    let others: Vec<(String, ClusterRef)> = older.map(|o| (o.name_any(), o.cluster_ref().clone())).collect();
-    Ok(validate::one_per_workload(K::KIND, kind.cluster_ref(), others.iter().map(|(n, r)| (n.as_str(), r)))
+    let older = super::older_peers(ctx, kind).await?;
+    let others = older.iter().map(|o| (o.meta().name.as_deref().unwrap_or_default(), o.cluster_ref()));
+    Ok(validate::one_per_workload(K::KIND, kind.cluster_ref(), others)
         .err()
         .map(|v| format!("{v}. Nothing was changed.")))
 }
