@@ -31,6 +31,35 @@ pub mod rule {
     pub const ONE_PER_CLUSTER: &str = "OneKmsKeyVaultModePerCluster";
     pub const CLUSTER_REF_IMMUTABLE: &str = "ClusterRefImmutable";
     pub const ONE_PER_WORKLOAD: &str = "OneResourcePerWorkload";
+    pub const CA_CERTIFICATE_ONLY: &str = "CaCertificateOnly";
+    pub const AZURE_NAMES: &str = "AzureResourceNames";
+
+    /// Every rule, for tests and docs that must cover them all.
+    pub const ALL: &[&str] = &[
+        AUTH_REQUIRED,
+        AUTH_ENCRYPTION_TABLE,
+        IN_CLUSTER_IMMUTABLE,
+        CLUSTER_REF,
+        SECRET_REF,
+        ROLLOUT_TIMEOUT,
+        CERTIFICATE_REQUIRED,
+        LABEL_VALUE,
+        INTERNAL_SELFSIGNED,
+        TYPE_FIELDS,
+        DNS_NAMES,
+        VALIDITY,
+        KEY_ID,
+        KEY_VAULT_RESOURCE_ID,
+        KEY_VAULT_MATCH,
+        PROVIDER,
+        REENCRYPTION,
+        ROLLBACK_AFTER,
+        ONE_PER_CLUSTER,
+        CLUSTER_REF_IMMUTABLE,
+        ONE_PER_WORKLOAD,
+        CA_CERTIFICATE_ONLY,
+        AZURE_NAMES,
+    ];
 }
 
 /// One broken rule.
@@ -344,6 +373,14 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
                         Some(b64) => {
                             if let Some(e) = base64_pem_error(b64) {
                                 out.push(rule::TYPE_FIELDS, format!("spec.external.{name}"), e);
+                            } else if name == "cacert" && decoded_contains(b64, "PRIVATE KEY") {
+                                out.push(
+                                    rule::CA_CERTIFICATE_ONLY,
+                                    "spec.external.cacert",
+                                    "holds a private key block besides the CA certificate; cacert is published to \
+                                     clients (the trust ConfigMap), so give only the CA certificate(s) \
+                                     (openssl x509 -in ca.pem | base64 -w0)",
+                                );
                             }
                         }
                     }
@@ -367,6 +404,15 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
         }
     }
     out.into_result()
+}
+
+/// Whether base64 `value` decodes to bytes containing `needle` (white space ignored).
+fn decoded_contains(value: &str, needle: &str) -> bool {
+    use base64::Engine as _;
+    let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
 }
 
 /// A `provided` value must be base64 of a PEM block; says which without echoing the value
@@ -404,16 +450,32 @@ fn vault_name_ok(v: &str) -> bool {
         && !v.contains("--")
 }
 
-/// Parse a Key Vault key id; the version is required (AKS needs a versioned key).
+/// DNS suffix of Key Vault in Azure's public cloud (`<vault>.vault.azure.net`); other clouds
+/// have their own (`vault.azure.cn`, `vault.usgovcloudapi.net`), set with the operator's
+/// `--azure-key-vault-dns-suffix`.
+pub const DEFAULT_VAULT_DNS_SUFFIX: &str = "vault.azure.net";
+
+/// Parse a Key Vault key id; the version is required (AKS needs a versioned key). The host is
+/// `<vault>.<domain>` with a domain that starts with `vault.`, and nothing else: no user info, no
+/// port, no query or fragment. Which domain is allowed is [`kms_key_vault_mode`]'s rule.
 pub fn parse_key_id(key_id: &str) -> Result<KeyId<'_>, String> {
+    parse_key_id_with_domain(key_id).map(|(k, _)| k)
+}
+
+fn parse_key_id_with_domain(key_id: &str) -> Result<(KeyId<'_>, &str), String> {
     const HINT: &str =
         "expected https://<vault>.vault.azure.net/keys/<key-name>/<key-version> (az keyvault key show --query key.kid)";
     let rest = key_id.strip_prefix("https://").ok_or_else(|| format!("must start with https://; {HINT}"))?;
+    if let Some(c) = rest.chars().find(|c| matches!(c, '@' | '?' | '#' | '\\') || c.is_whitespace()) {
+        return Err(format!("may not contain {c:?} (no user info, query or fragment); {HINT}"));
+    }
     let (host, path) = rest.split_once('/').ok_or_else(|| format!("has no path; {HINT}"))?;
-    let vault = host
+    if host.contains(':') {
+        return Err(format!("host {} names a port; Key Vault is reached on 443 only; {HINT}", quoted(host)));
+    }
+    let (vault, domain) = host
         .split_once('.')
-        .filter(|(_, domain)| domain.starts_with("vault."))
-        .map(|(v, _)| v)
+        .filter(|(_, domain)| domain.get(..6).is_some_and(|d| d.eq_ignore_ascii_case("vault.")))
         .ok_or_else(|| format!("host {} is not a key vault host; {HINT}", quoted(host)))?;
     if !vault_name_ok(vault) {
         return Err(format!(
@@ -430,11 +492,41 @@ pub fn parse_key_id(key_id: &str) -> Result<KeyId<'_>, String> {
             if !version.bytes().all(|b| b.is_ascii_alphanumeric()) {
                 return Err(format!("key version {} may contain only letters and digits; {HINT}", quoted(version)));
             }
-            Ok(KeyId { vault, name, version })
+            Ok((KeyId { vault, name, version }, domain))
         }
         ["keys", _] | ["keys", _, ""] => Err(format!("has no key version; AKS needs a versioned key id; {HINT}")),
         _ => Err(format!("path must be /keys/<key-name>/<key-version>; {HINT}")),
     }
+}
+
+/// Azure's naming rules for a resource group: 1-90 letters, digits, '_', '-', '.', '(' and ')',
+/// not ending in '.'.
+fn resource_group_error(name: &str) -> Option<String> {
+    let ok = (1..=90).contains(&name.chars().count())
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'))
+        && !name.ends_with('.');
+    (!ok).then(|| {
+        format!(
+            "{} is not a resource group name (1-90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.')",
+            quoted(name)
+        )
+    })
+}
+
+/// Azure's naming rules for a managed cluster: 1-63 letters, digits, '_' and '-', starting and
+/// ending with a letter or digit.
+fn managed_cluster_name_error(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    let ok = (1..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric();
+    (!ok).then(|| {
+        format!(
+            "{} is not an AKS cluster name (1-63 letters, digits, '_' or '-', starting and ending with a letter or digit)",
+            quoted(name)
+        )
+    })
 }
 
 /// Parse a key vault resource id; returns the vault name.
@@ -452,8 +544,8 @@ pub fn parse_key_vault_resource_id(id: &str) -> Result<&str, String> {
             if !is_guid(sub) {
                 return Err(format!("subscription id {} is not a GUID; {HINT}", quoted(sub)));
             }
-            if rg.is_empty() {
-                return Err(format!("resource group is empty; {HINT}"));
+            if let Some(e) = resource_group_error(rg) {
+                return Err(format!("{e}; {HINT}"));
             }
             if !vault_name_ok(vault) {
                 return Err(format!(
@@ -473,10 +565,21 @@ fn is_guid(s: &str) -> bool {
         && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Validate a KmsKeyVaultMode spec.
-pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> {
+/// Validate a KmsKeyVaultMode spec. `vault_dns_suffix` is the Key Vault domain of the cloud
+/// the operator is configured for ([`DEFAULT_VAULT_DNS_SUFFIX`]): a key id on any other host is
+/// refused, since AKS would be told to fetch its key encryption key there.
+pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec, vault_dns_suffix: &str) -> Result<(), Violations> {
     let mut out = Violations::default();
-    let key = parse_key_id(&spec.key_id);
+    let key = match parse_key_id_with_domain(&spec.key_id) {
+        Ok((k, domain)) if domain.eq_ignore_ascii_case(vault_dns_suffix) => Ok(k),
+        Ok((_, domain)) => Err(format!(
+            "is in domain {} but the operator is configured for key vaults in {} (--azure-key-vault-dns-suffix); \
+             use https://<vault>.{vault_dns_suffix}/keys/<key-name>/<key-version>",
+            quoted(domain),
+            quoted(vault_dns_suffix)
+        )),
+        Err(e) => Err(e),
+    };
     if let Err(e) = &key {
         out.push(rule::KEY_ID, "spec.keyId", e.clone());
     }
@@ -508,19 +611,20 @@ pub fn kms_key_vault_mode(spec: &KmsKeyVaultModeSpec) -> Result<(), Violations> 
             "spec.provider",
             "set provider.azure with subscriptionId, resourceGroup and clusterName of the AKS cluster",
         ),
+        // These go into Resource Manager URLs: Azure's own naming rules, checked before they do.
         Some(az) => {
             if !is_guid(&az.subscription_id) {
                 out.push(
-                    rule::PROVIDER,
+                    rule::AZURE_NAMES,
                     "spec.provider.azure.subscriptionId",
                     format!("{} is not a GUID (az account show --query id)", quoted(&az.subscription_id)),
                 );
             }
-            if az.resource_group.is_empty() || az.resource_group.len() > 90 {
-                out.push(rule::PROVIDER, "spec.provider.azure.resourceGroup", "must be 1-90 characters");
+            if let Some(e) = resource_group_error(&az.resource_group) {
+                out.push(rule::AZURE_NAMES, "spec.provider.azure.resourceGroup", e);
             }
-            if az.cluster_name.is_empty() || az.cluster_name.len() > 63 {
-                out.push(rule::PROVIDER, "spec.provider.azure.clusterName", "must be 1-63 characters");
+            if let Some(e) = managed_cluster_name_error(&az.cluster_name) {
+                out.push(rule::AZURE_NAMES, "spec.provider.azure.clusterName", e);
             }
         }
     }

@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// Entra ID authority host; unset: the public cloud.
     #[arg(long, env = "AZURE_AUTHORITY_HOST")]
     pub azure_authority_host: Option<String>,
+    /// DNS suffix of the cloud's key vaults: a KmsKeyVaultMode keyId must be
+    /// https://<vault>.<suffix>/keys/<name>/<version> (vault.azure.cn, vault.usgovcloudapi.net
+    /// in other clouds).
+    #[arg(long, env = "CSO_AZURE_KEY_VAULT_DNS_SUFFIX", default_value = crate::validate::DEFAULT_VAULT_DNS_SUFFIX)]
+    pub azure_key_vault_dns_suffix: String,
     /// Key Vault data-plane endpoint; `{vault}` stands for the vault name.
     #[arg(long, env = "CSO_AZURE_KEY_VAULT_ENDPOINT", default_value = DEFAULT_KEY_VAULT_ENDPOINT)]
     pub azure_key_vault_endpoint: String,
@@ -132,7 +137,13 @@ impl RunArgs {
                 ..Default::default()
             },
             credentials_secret,
+            vault_dns_suffix: self.azure_key_vault_dns_suffix.clone(),
         })
+    }
+
+    /// What the admission webhook's rules need from the flags.
+    pub fn webhook_settings(&self) -> crate::webhook::Settings {
+        crate::webhook::Settings { vault_dns_suffix: self.azure_key_vault_dns_suffix.clone() }
     }
 
     /// Names the serving certificate must carry.

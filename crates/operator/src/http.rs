@@ -49,5 +49,8 @@ pub fn https_client(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<r
         .use_preconfigured_tls(tls_config(extra_ca_pem, public_roots)?)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
+        // A bearer token goes with every request: follow nothing the server points at.
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true)
         .build()?)
 }

@@ -116,6 +116,32 @@ pub fn subject_alt_names(cert_pem: &str) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// The CERTIFICATE blocks of `pem`, re-encoded one after another, and the labels of any other
+/// blocks (a `PRIVATE KEY` pasted after a CA certificate). What goes into a trust bundle — a
+/// ConfigMap anyone in the namespace may read, or a Secret the brokers mount — is built from the
+/// certificates only, so nothing but public material travels, whatever the source held around them.
+pub fn certificates_only(pem: &str) -> (String, Vec<String>) {
+    use base64::Engine as _;
+    let mut certs = String::new();
+    let mut other = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        match block {
+            Ok(b) if b.label == "CERTIFICATE" => {
+                let body = base64::engine::general_purpose::STANDARD.encode(&b.contents);
+                certs.push_str("-----BEGIN CERTIFICATE-----\n");
+                for line in body.as_bytes().chunks(64) {
+                    certs.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+                    certs.push('\n');
+                }
+                certs.push_str("-----END CERTIFICATE-----\n");
+            }
+            Ok(b) => other.push(b.label),
+            Err(_) => other.push("unparsable PEM".into()),
+        }
+    }
+    (certs, other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +162,17 @@ mod tests {
         let (l, c) = (l.parse_x509().unwrap(), c.parse_x509().unwrap());
         assert_eq!(l.issuer(), c.subject());
         assert!(!format!("{leaf:?}").contains("PRIVATE KEY"), "Debug must not print the key");
+    }
+
+    #[test]
+    fn certificates_only_keeps_certificates_and_names_what_it_dropped() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (a, b) = (new_ca("a", now, 1).unwrap(), new_ca("b", now, 1).unwrap());
+        let pasted = format!("subject=CN a\n{}{}{}", a.cert_pem, a.key_pem, b.cert_pem);
+        let (certs, other) = certificates_only(&pasted);
+        assert_eq!(other, vec!["PRIVATE KEY".to_string()]);
+        assert!(!certs.contains("PRIVATE KEY") && !certs.contains("subject="));
+        let normalise = |p: &str| p.replace("\r", "");
+        assert_eq!(certs, normalise(&format!("{}{}", a.cert_pem, b.cert_pem)));
     }
 }

@@ -92,8 +92,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let tls = webhook_tls(&client, &args, clock.clone()).await?;
         let (addr, handle2, ready2, client2) = (args.webhook_addr, handle.clone(), ready.clone(), client.clone());
+        let settings = args.webhook_settings();
         tokio::spawn(async move {
-            if let Err(e) = webhook::serve(addr, tls, handle2, client2).await {
+            if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings).await {
                 error!(error = %e, %addr, "webhook server stopped");
                 ready2.webhook.store(false, Ordering::Release);
             }

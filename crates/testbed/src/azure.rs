@@ -123,6 +123,9 @@ struct Faults {
     conflicts: u32,
     throttles: u32,
     location_only: bool,
+    /// Announce operations under this base URL instead of the emulator's own (a hostile or
+    /// broken Resource Manager pointing the client elsewhere).
+    poll_base: Option<String>,
     lro_polls: u32,
     lro_delay: Duration,
 }
@@ -327,6 +330,12 @@ impl AzureEmulator {
     /// Announce operations with `Location` only (no `Azure-AsyncOperation`).
     pub fn location_only(&self, on: bool) {
         self.world().faults.location_only = on;
+    }
+
+    /// Announce long-running operations under `base` (e.g. another host) instead of the
+    /// emulator's own URL.
+    pub fn announce_operations_at(&self, base: &str) {
+        self.world().faults.poll_base = Some(base.to_string());
     }
 
     /// Delete a key (`vault/name/version`).
@@ -560,6 +569,7 @@ async fn put_cluster(
     w.ops.insert(id.clone(), Op { status: "InProgress", polls_left: polls, error: None, start: now_text() });
     w.log.push(format!("PUT kms {}", summary(&new)));
     let (delay, location_only) = (w.faults.lro_delay, w.faults.location_only);
+    let base = w.faults.poll_base.clone().unwrap_or_else(|| s.base.clone());
     let body = w.cluster.clone();
     let etag = w.etag;
     drop(w);
@@ -609,7 +619,7 @@ async fn put_cluster(
 
     let ops = format!(
         "{}/subscriptions/{sub}/providers/Microsoft.ContainerService/locations/{}",
-        s.base,
+        base,
         body["location"].as_str().unwrap_or("westeurope")
     );
     let mut r = (StatusCode::OK, Json(body)).into_response();

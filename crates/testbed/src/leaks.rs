@@ -1,6 +1,7 @@
 //! Secrets stay secret: an audit, run at the end of every end-to-end test, that takes every value
 //! of every Secret in the cluster (plus the test's own markers) and fails if any of it appears in
-//! an operator log, in an Event, or in the status of one of our objects.
+//! an operator log, in an Event, in the status of one of our objects, or in any ConfigMap (trust
+//! bundles are ConfigMaps anyone in the namespace may read).
 //!
 //! What counts as secret, and why:
 //! - PEM values: the body lines of every `PRIVATE KEY` block, and the base64 of the whole value
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, ResourceExt as _};
 use serde_json::Value;
@@ -168,6 +169,8 @@ pub struct Report {
     pub events: usize,
     /// Objects of our kinds with a status.
     pub statuses: usize,
+    /// ConfigMaps, all namespaces.
+    pub configmaps: usize,
     /// All text scanned: logs, Events and statuses.
     pub bytes: usize,
 }
@@ -176,8 +179,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} Secrets ({} private keys, {} other values; {} strings) looked for in {} operator logs ({} bytes), {} Events and {} statuses ({} bytes in all)",
-            self.secrets, self.key_blocks, self.values, self.forbidden, self.logs, self.log_bytes, self.events, self.statuses, self.bytes
+            "{} Secrets ({} private keys, {} other values; {} strings) looked for in {} operator logs ({} bytes), {} Events, {} statuses and {} ConfigMaps ({} bytes in all)",
+            self.secrets, self.key_blocks, self.values, self.forbidden, self.logs, self.log_bytes, self.events, self.statuses, self.configmaps, self.bytes
         )
     }
 }
@@ -225,8 +228,8 @@ fn strings_of(v: &Value) -> String {
 }
 
 /// Look for every Secret value of `cp` (and `markers`, see [`Forbidden::add_marker`]) in every
-/// operator log of `cp`, all Events, and the status of every object of our kinds (not the spec:
-/// it legitimately holds provided keys). Err names each place and origin, never a whole value.
+/// operator log of `cp`, all Events, the status of every object of our kinds (not the spec: it
+/// legitimately holds provided keys), and the data of every ConfigMap. Err names each place and origin, never a whole value.
 pub async fn audit(cp: &ControlPlane, markers: &[&str]) -> anyhow::Result<Report> {
     let client = cp.client().await?;
     let mut report = Report::default();
@@ -267,6 +270,12 @@ pub async fn audit(cp: &ControlPlane, markers: &[&str]) -> anyhow::Result<Report
                 places.push((place, strings_of(status)));
             }
         }
+    }
+
+    for cm in Api::<ConfigMap>::all(client.clone()).list(&ListParams::default()).await.context("list ConfigMaps")? {
+        report.configmaps += 1;
+        let place = format!("ConfigMap {}/{}", cm.namespace().unwrap_or_default(), cm.name_any());
+        places.push((place, strings_of(&serde_json::to_value(&cm.data)?)));
     }
 
     let mut forbidden = Forbidden::default();

@@ -244,8 +244,48 @@ fn kms_key_vault_mode_rules() {
         (json!({"provider": {}}), Some(rule::PROVIDER), "no provider"),
         (
             json!({"provider": {"azure": {"subscriptionId": "nope", "resourceGroup": "rg", "clusterName": "aks"}}}),
-            Some(rule::PROVIDER),
+            Some(rule::AZURE_NAMES),
             "bad subscription",
+        ),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "rg/../../x", "clusterName": "aks"}}}),
+            Some(rule::AZURE_NAMES),
+            "resource group with a path",
+        ),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "rg.", "clusterName": "aks"}}}),
+            Some(rule::AZURE_NAMES),
+            "resource group ending in a period",
+        ),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "my_rg-(prod).1", "clusterName": "aks_1-b"}}}),
+            None,
+            "every character Azure allows",
+        ),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "rg", "clusterName": "aks?api-version=1"}}}),
+            Some(rule::AZURE_NAMES),
+            "cluster name with a query",
+        ),
+        (
+            json!({"provider": {"azure": {"subscriptionId": "00000000-1111-2222-3333-444444444444", "resourceGroup": "rg", "clusterName": "-aks"}}}),
+            Some(rule::AZURE_NAMES),
+            "cluster name starting with a dash",
+        ),
+        (json!({"keyId": "https://user@orders-kv.vault.azure.net/keys/etcd/1"}), Some(rule::KEY_ID), "user info"),
+        (json!({"keyId": "https://orders-kv.vault.azure.net:8443/keys/etcd/1"}), Some(rule::KEY_ID), "a port"),
+        (json!({"keyId": "https://orders-kv.vault.evil.example/keys/etcd/1"}), Some(rule::KEY_ID), "another host"),
+        (
+            json!({"keyId": "https://orders-kv.vault.azure.net.evil.example/keys/etcd/1"}),
+            Some(rule::KEY_ID),
+            "suffix as a prefix",
+        ),
+        (json!({"keyId": "https://orders-kv.vault.azure.net/keys/etcd/1?x=1"}), Some(rule::KEY_ID), "a query"),
+        (json!({"keyId": "https://orders-kv.vault.azure.net/keys/etcd/1#f"}), Some(rule::KEY_ID), "a fragment"),
+        (
+            json!({"keyId": "https://orders-kv.VAULT.AZURE.NET/keys/etcd/1", "keyVaultResourceId": null, "networkAccess": "Public"}),
+            None,
+            "host case does not matter",
         ),
         (json!({"reencryption": {"concurrency": 0}}), Some(rule::REENCRYPTION), "zero concurrency"),
         (json!({"reencryption": {"pageSize": 100000}}), Some(rule::REENCRYPTION), "huge page"),
@@ -253,7 +293,7 @@ fn kms_key_vault_mode_rules() {
         (json!({"rollbackAfterSeconds": 600}), None, "a ten-minute KMS off deadline"),
     ];
     for (spec, expected, what) in cases {
-        let result = validate::kms_key_vault_mode(&kms(spec));
+        let result = validate::kms_key_vault_mode(&kms(spec), validate::DEFAULT_VAULT_DNS_SUFFIX);
         match expected {
             None => assert!(result.is_ok(), "{what}: {result:?}"),
             Some(r) => {
@@ -286,4 +326,78 @@ fn kms_key_vault_mode_rules() {
 
     let parsed = validate::parse_key_id("https://orders-kv.vault.azure.net/keys/etcd/0123abcd").unwrap();
     assert_eq!((parsed.vault, parsed.name, parsed.version), ("orders-kv", "etcd", "0123abcd"));
+
+    // Another cloud: its suffix is configured, and the public cloud's is then refused.
+    let china = kms(
+        json!({"keyId": "https://orders-kv.vault.azure.cn/keys/etcd/1", "keyVaultResourceId": null, "networkAccess": "Public"}),
+    );
+    assert!(validate::kms_key_vault_mode(&china, "vault.azure.cn").is_ok());
+    let err = validate::kms_key_vault_mode(&china, validate::DEFAULT_VAULT_DNS_SUFFIX).unwrap_err();
+    assert_eq!(err.rules(), vec![rule::KEY_ID]);
+    assert!(err.to_string().contains("--azure-key-vault-dns-suffix"), "{err}");
+}
+
+/// Every rule is enforced somewhere, and every refusal names the rule it enforces and the field.
+#[test]
+fn every_rule_is_reachable_and_named_in_its_message() {
+    use std::collections::BTreeSet;
+    let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    let kafka = ClusterRef { kind: WorkloadKind::StatefulSet, name: "kafka".into() };
+    let other = ClusterRef { kind: WorkloadKind::StatefulSet, name: "kafka-b".into() };
+    let mut old_in_cluster = csp(method("unauthenticated"), "TLS", true);
+    old_in_cluster.encryption_in_transit.in_cluster = false;
+    let mut bad_ref = csp(method("tls"), "TLS", true);
+    bad_ref.cluster_ref.name = "Bad_Name".into();
+    let mut bad_secret_ref =
+        csp(json!({"tls": {"enabled": true, "certificateAuthoritySecretRefs": [{"name": "Bad_Name"}]}}), "TLS", true);
+    bad_secret_ref.rollout_timeout_seconds = 0;
+    let kms_spec = kms(json!({}));
+    let refusals = vec![
+        validate::security_policy(&csp(json!({}), "TLS", true), None),
+        validate::security_policy(&csp(method("scram"), "PLAINTEXT", true), None),
+        validate::security_policy(&csp(method("unauthenticated"), "TLS", true), Some(&old_in_cluster)),
+        validate::security_policy(&bad_ref, None),
+        validate::security_policy(&bad_secret_ref, None),
+        validate::certificate_rotation(&certrot(json!({}))),
+        validate::certificate_rotation(&certrot(
+            json!({"external": {"label": "no space", "validityDays": 0, "dnsNames": ["a_b"]}}),
+        )),
+        validate::certificate_rotation(&certrot(json!({"internal": {"label": "a", "type": "secret"}}))),
+        validate::certificate_rotation(&certrot(json!({"external": {"label": "a", "type": "secret"}}))),
+        validate::certificate_rotation(&certrot(json!({"external": {"label": "a", "type": "provided",
+            "key": b64(key), "cert": b64(pem), "cacert": b64(&format!("{pem}{key}"))}}))),
+        validate::kms_key_vault_mode(&kms(json!({"keyId": "https://x"})), validate::DEFAULT_VAULT_DNS_SUFFIX),
+        validate::kms_key_vault_mode(&kms(json!({"keyVaultResourceId": "/x"})), validate::DEFAULT_VAULT_DNS_SUFFIX),
+        validate::kms_key_vault_mode(
+            &kms(
+                json!({"keyVaultResourceId": "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/other-kv"}),
+            ),
+            validate::DEFAULT_VAULT_DNS_SUFFIX,
+        ),
+        validate::kms_key_vault_mode(
+            &kms(json!({"provider": {}, "rollbackAfterSeconds": 1, "reencryption": {"concurrency": 0}})),
+            validate::DEFAULT_VAULT_DNS_SUFFIX,
+        ),
+        validate::kms_key_vault_mode(
+            &kms(json!({"provider": {"azure": {"subscriptionId": "x", "resourceGroup": "rg", "clusterName": "aks"}}})),
+            validate::DEFAULT_VAULT_DNS_SUFFIX,
+        ),
+        validate::one_per_cluster(&kms_spec, [("orders", &kms_spec)]),
+        validate::cluster_ref_unchanged("CertificateRotation", &other, &kafka),
+        validate::one_per_workload("CertificateRotation", &kafka, [("a", &kafka)]),
+    ];
+    let mut reached = BTreeSet::new();
+    for result in refusals {
+        let err = result.expect_err("each case breaks a rule");
+        for v in &err.0 {
+            assert!(rule::ALL.contains(&v.rule), "{} is not listed in rule::ALL", v.rule);
+            let shown = v.to_string();
+            assert!(shown.contains(&format!("(rule {})", v.rule)), "names its rule: {shown}");
+            assert!(shown.starts_with(&v.field) && v.field.starts_with("spec"), "names the field: {shown}");
+            reached.insert(v.rule);
+        }
+    }
+    let missed: Vec<_> = rule::ALL.iter().filter(|r| !reached.contains(*r)).collect();
+    assert!(missed.is_empty(), "rules no case reaches: {missed:?}");
 }

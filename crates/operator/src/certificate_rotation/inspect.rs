@@ -81,9 +81,21 @@ impl std::fmt::Debug for Material {
 }
 
 /// Check key, certificate and CA together.
+///
+/// The CA must be certificates only: it is published to clients (the trust ConfigMap) and
+/// mounted by the brokers, so a private key pasted into it is refused rather than passed on.
 pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Result<Material, String> {
+    let (ca_pem, other) = crate::pki::certificates_only(ca_pem);
+    if let Some(label) = other.first() {
+        // Named in lower case: the label text itself must not look like key material in logs.
+        let what = if label.contains("PRIVATE KEY") { "private key".to_string() } else { label.to_lowercase() };
+        return Err(format!(
+            "the CA certificate holds a {what} block besides certificates; the CA value is published to clients, \
+             so give only the CA certificate(s) (openssl x509 -in ca.pem) and keep keys out of it"
+        ));
+    }
     let chain = certificates(cert_pem, "the certificate")?;
-    let cas = certificates(ca_pem, "the CA certificate")?;
+    let cas = certificates(&ca_pem, "the CA certificate")?;
     let leaf = info(&chain[0], "the certificate")?;
     let ca_info = info(&cas[0], "the CA certificate")?;
 
@@ -117,7 +129,7 @@ pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Res
     Ok(Material {
         cert_pem: cert_pem.to_string(),
         key_pem: key_pem.to_string(),
-        ca_pem: ca_pem.to_string(),
+        ca_pem,
         leaf,
         ca_fingerprint: ca_info.fingerprint_sha256,
     })
@@ -178,5 +190,8 @@ mod tests {
         let no_san = pki::issue_leaf(&ca, "broker", &[], pki::Usage::Server, now(), 10).unwrap();
         assert!(err(check(&no_san.cert_pem, &no_san.key_pem, &ca.cert_pem, now()))
             .contains("no DNS subject alternative names"));
+        let ca_with_key = format!("{}{}", ca.cert_pem, ca.key_pem);
+        let e = err(check(&leaf.cert_pem, &leaf.key_pem, &ca_with_key, now()));
+        assert!(e.contains("holds a private key block") && !e.contains(&ca.key_pem[40..80]), "{e}");
     }
 }

@@ -112,7 +112,7 @@ impl Reconcile for CertificateRotation {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
 
-    fn validate(&self, status: &CertificateRotationStatus) -> Result<(), String> {
+    fn validate(&self, status: &CertificateRotationStatus, _: &()) -> Result<(), String> {
         validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())?;
         rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)
     }

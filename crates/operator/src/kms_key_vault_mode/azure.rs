@@ -217,11 +217,38 @@ impl AzureKms {
         }
     }
 
+    /// A URL Azure handed back to poll (`Azure-AsyncOperation`, `Location`), if it is on the
+    /// configured Resource Manager host over https: the poll carries our bearer token, which must
+    /// never go to a host a response names.
+    fn poll_url(&self, started: &Answer, header: &str) -> Result<Option<String>, ProviderError> {
+        let Some(url) = started.header(header) else { return Ok(None) };
+        let arm =
+            reqwest::Url::parse(&self.settings.arm_endpoint).map_err(|e| config_error("--azure-arm-endpoint", e))?;
+        let same_origin = reqwest::Url::parse(&url).is_ok_and(|u| {
+            u.scheme() == "https"
+                && u.username().is_empty()
+                && u.password().is_none()
+                && u.host_str().is_some_and(|h| Some(h) == arm.host_str())
+                && u.port_or_known_default() == arm.port_or_known_default()
+        });
+        if !same_origin {
+            return Err(ProviderError::Rejected {
+                code: "UntrustedPollUrl".into(),
+                message: format!(
+                    "Azure answered with a {header} URL that is not on the Resource Manager host {} over https; \
+                     not followed (the request would carry the operator's token)",
+                    arm.host_str().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(Some(url))
+    }
+
     /// Follow a long-running operation to its end.
     async fn follow(&self, started: &Answer) -> Result<(), ProviderError> {
         let deadline = tokio::time::Instant::now() + self.settings.operation_timeout;
         let mut wait = started.retry_after().unwrap_or(self.settings.poll_interval);
-        if let Some(url) = started.header("azure-asyncoperation") {
+        if let Some(url) = self.poll_url(started, "azure-asyncoperation")? {
             loop {
                 tokio::time::sleep(wait).await;
                 let a = self.send(Method::GET, &url, ARM_SCOPE, None, None).await?;
@@ -239,7 +266,7 @@ impl AzureKms {
                 wait = a.retry_after().unwrap_or(self.settings.poll_interval);
             }
         }
-        if let Some(url) = started.header("location") {
+        if let Some(url) = self.poll_url(started, "location")? {
             loop {
                 tokio::time::sleep(wait).await;
                 let a = self.send(Method::GET, &url, ARM_SCOPE, None, None).await?;

@@ -200,3 +200,55 @@ async fn a_private_vaults_key_is_read_through_resource_manager() {
         other => panic!("expected unusable, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn operation_urls_off_the_resource_manager_host_are_not_followed() {
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
+    let port = emu.url.rsplit(':').next().unwrap().to_string();
+    let public = enabled(&spec, "kv-orders", NetworkAccess::Public);
+    // Another host, the same host over plain http, the same host on another port, user info:
+    // each would carry the operator's Resource Manager token somewhere else.
+    for (i, (base, location_only)) in [
+        ("https://attacker.example".to_string(), false),
+        (format!("http://127.0.0.1:{port}"), true),
+        ("https://127.0.0.1:1".to_string(), false),
+        (format!("https://user@127.0.0.1:{port}"), true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        emu.announce_operations_at(&base);
+        emu.location_only(location_only);
+        // Each case changes the settings, so that each starts an operation to follow.
+        let change = if i % 2 == 0 { public.clone() } else { off() };
+        // The previous case's operation, not followed, ends by itself: "wait" is transient.
+        let mut result = az.set_kms(&change).await;
+        for _ in 0..20 {
+            if !matches!(&result, Err(e) if e.is_transient()) {
+                break;
+            }
+            result = az.set_kms(&change).await;
+        }
+        match result {
+            Err(ProviderError::Rejected { code, message }) => {
+                assert_eq!(code, "UntrustedPollUrl", "{base}");
+                assert!(message.contains("not on the Resource Manager host"), "{message}");
+            }
+            other => panic!("{base}: expected the poll URL to be refused, got {other:?}"),
+        }
+    }
+    // The emulator's own URL is followed as before.
+    emu.announce_operations_at(&emu.url.clone());
+    let mut result = az.set_kms(&public).await;
+    for _ in 0..20 {
+        if !matches!(&result, Err(e) if e.is_transient()) {
+            break;
+        }
+        result = az.set_kms(&public).await;
+    }
+    result.expect("operation on the Resource Manager host is followed");
+    assert_eq!(az.get_kms().await.unwrap().settings, public);
+    assert_eq!(emu.provisioning_state(), "Succeeded");
+}

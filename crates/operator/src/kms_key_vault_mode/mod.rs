@@ -99,6 +99,11 @@ pub trait ProviderFactory: Send + Sync {
         client: &Client,
         spec: &KmsKeyVaultModeSpec,
     ) -> Result<Arc<dyn KmsProvider>, ProviderError>;
+
+    /// The Key Vault domain keyIds must be in (the cloud the providers talk to).
+    fn vault_dns_suffix(&self) -> &str {
+        validate::DEFAULT_VAULT_DNS_SUFFIX
+    }
 }
 
 /// Azure, with the operator's Azure settings and credentials.
@@ -107,6 +112,8 @@ pub struct AzureFactory {
     /// `namespace/name` of a Secret with `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and
     /// `AZURE_CLIENT_SECRET`; None: workload identity.
     pub credentials_secret: Option<(String, String)>,
+    /// `--azure-key-vault-dns-suffix`.
+    pub vault_dns_suffix: String,
 }
 
 impl AzureFactory {
@@ -140,6 +147,10 @@ impl AzureFactory {
 
 #[async_trait]
 impl ProviderFactory for AzureFactory {
+    fn vault_dns_suffix(&self) -> &str {
+        &self.vault_dns_suffix
+    }
+
     async fn provider(
         &self,
         client: &Client,
@@ -438,8 +449,8 @@ impl Reconcile for KmsKeyVaultMode {
         Api::all(client)
     }
 
-    fn validate(&self, _: &KmsKeyVaultModeStatus) -> Result<(), String> {
-        validate::kms_key_vault_mode(&self.spec).map_err(|v| v.to_string())
+    fn validate(&self, _: &KmsKeyVaultModeStatus, providers: &Self::Deps) -> Result<(), String> {
+        validate::kms_key_vault_mode(&self.spec, providers.vault_dns_suffix()).map_err(|v| v.to_string())
     }
 
     /// A recorded operation finishes even when the spec turned invalid: its target was fixed,

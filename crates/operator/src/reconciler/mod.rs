@@ -173,7 +173,7 @@ pub trait Reconcile:
     fn api(client: Client, obj: &Self) -> Api<Self>;
 
     /// The contract's rules for this spec, given what the status records; Err: the violation.
-    fn validate(&self, status: &Self::Status) -> Result<(), String>;
+    fn validate(&self, status: &Self::Status, deps: &Self::Deps) -> Result<(), String>;
 
     /// Whether an operation is under way that an invalid spec must not interrupt: by default,
     /// one past PENDING (a PENDING operation still takes the newest spec).
@@ -248,7 +248,7 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     };
     let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api.clone(), ctx.client.clone(), obj));
     let old_conditions = round.status.conditions().to_vec();
-    let outcome = match round.obj.validate(&round.status) {
+    let outcome = match round.obj.validate(&round.status, deps) {
         _ if paused(round.obj.as_ref()) && K::may_pause(&round.status) => paused_outcome(),
         Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
         _ => {

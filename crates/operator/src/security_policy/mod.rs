@@ -36,9 +36,15 @@ pub fn configmap_name(cluster: &str) -> String {
     format!("{cluster}-security")
 }
 
-/// Name of the Secret holding the client CA bundle (`ca.crt`; `ca.key` when generated).
+/// Name of the Secret the brokers mount with the client CA bundle (`ca.crt` only).
 pub fn client_ca_secret_name(cluster: &str) -> String {
     format!("{cluster}-client-ca")
+}
+
+/// Name of the Secret keeping the client CA the operator generates (`ca.crt`, `ca.key`): apart
+/// from the bundle, so no broker ever mounts the key that signs client certificates.
+pub fn client_ca_key_secret_name(cluster: &str) -> String {
+    format!("{cluster}-client-ca-key")
 }
 
 /// Pod-template annotation whose change rolls the brokers.
@@ -82,7 +88,7 @@ impl Reconcile for ClusterSecurityPolicy {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
 
-    fn validate(&self, status: &ClusterSecurityPolicyStatus) -> Result<(), String> {
+    fn validate(&self, status: &ClusterSecurityPolicyStatus, _: &()) -> Result<(), String> {
         validate::security_policy(&self.spec, None).map_err(|v| v.to_string())?;
         rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)?;
         in_cluster_violation(self, status).map_or(Ok(()), Err)
@@ -225,6 +231,15 @@ impl Rolling for ClusterSecurityPolicy {
         let mut out = vec![Derived::ConfigMap(configmap_name(cluster))];
         if self.spec.client_authentication.tls.as_ref().is_some_and(|t| t.enabled) {
             out.push(Derived::Secret(client_ca_secret_name(cluster)));
+            if self
+                .spec
+                .client_authentication
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.certificate_authority_secret_refs.is_empty())
+            {
+                out.push(Derived::Secret(client_ca_key_secret_name(cluster)));
+            }
         }
         out
     }
@@ -306,8 +321,10 @@ async fn referenced_ca_bundle(
             .map_err(|source| Error::Read { object: Named::new("Secret", ns, &r.name), source: Box::new(source) })?;
         let crt =
             s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
-        match crt {
-            Some(c) if c.contains("BEGIN CERTIFICATE") => bundle.push_str(&c),
+        // Only the certificates go on: this bundle is mounted by the brokers, and whatever else
+        // the user's Secret holds next to them (a CA key) is not theirs to see.
+        match crt.map(|c| pki::certificates_only(&c).0) {
+            Some(c) if !c.is_empty() => bundle.push_str(&c),
             _ => return Ok(Err(r.name.clone())),
         }
     }
@@ -350,8 +367,8 @@ async fn ca_source_change(ctx: &Context, csp: &ClusterSecurityPolicy) -> Result<
     Ok(Some(SourceChange { message, rolls }))
 }
 
-/// The client CA bundle for mTLS, kept in the `<cluster>-client-ca` Secret: the CAs of the
-/// Secrets the spec names, or a CA the operator keeps (its key stays in that Secret).
+/// The client CA bundle for mTLS, written to the `<cluster>-client-ca` Secret the brokers mount:
+/// the CAs of the Secrets the spec names, or a CA the operator keeps in `<cluster>-client-ca-key`.
 async fn client_ca_bundle(
     secrets: &Api<Secret>,
     csp: &ClusterSecurityPolicy,
@@ -363,30 +380,53 @@ async fn client_ca_bundle(
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let secret = |name: &str| Named::new("Secret", &ns, name);
     let ca_name = client_ca_secret_name(cluster);
-    let mut data: BTreeMap<String, String> = BTreeMap::new();
-    let ca_bundle;
-    if tls.certificate_authority_secret_refs.is_empty() {
-        let existing = secrets
-            .get_opt(&ca_name)
-            .await
-            .map_err(|source| Error::Read { object: secret(&ca_name), source: Box::new(source) })?;
-        let kept = existing.and_then(|s| s.data).and_then(|d| {
+    let read = |name: String| async move {
+        secrets.get_opt(&name).await.map_err(|source| Error::Read { object: secret(&name), source: Box::new(source) })
+    };
+    let pair = |s: Option<Secret>| {
+        s.and_then(|s| s.data).and_then(|d| {
             let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
             Some((get("ca.crt")?, get("ca.key")?))
-        });
+        })
+    };
+    let ca_bundle = if tls.certificate_authority_secret_refs.is_empty() {
+        let key_name = client_ca_key_secret_name(cluster);
+        let bundle_secret = read(ca_name.clone()).await?;
+        let legacy_key = bundle_secret.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key("ca.key"));
+        // Earlier versions kept the key inside the mounted bundle Secret: it moves out, once.
+        let kept = match pair(read(key_name.clone()).await?) {
+            Some(p) => Some(p),
+            None => pair(bundle_secret),
+        };
         let (crt, key) = match kept {
-            Some(pair) => pair,
+            Some(p) => p,
             None => {
                 let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
                     .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
                 (ca.cert_pem, ca.key_pem)
             }
         };
-        data.insert("ca.key".into(), key);
-        ca_bundle = crt;
+        let body = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": derived::metadata(csp, &key_name, csp.spec.deletion_policy, json!({})),
+            "type": "Opaque",
+            "stringData": {"ca.crt": crt, "ca.key": key},
+        });
+        secrets
+            .patch(&key_name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Write { object: secret(&key_name), source: Box::new(source) })?;
+        if legacy_key {
+            let drop_key = json!({"data": {"ca.key": null}});
+            secrets
+                .patch(&ca_name, &PatchParams::default(), &Patch::Merge(&drop_key))
+                .await
+                .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
+        }
+        crt
     } else {
         match referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await? {
-            Ok(bundle) => ca_bundle = bundle,
+            Ok(bundle) => bundle,
             Err(name) => {
                 return Err(PrepareError::refused(
                     reason::SECRET_NOT_FOUND,
@@ -396,13 +436,12 @@ async fn client_ca_bundle(
                 ))
             }
         }
-    }
-    data.insert("ca.crt".into(), ca_bundle.clone());
+    };
     let body = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(csp, &ca_name, csp.spec.deletion_policy, json!({})),
         "type": "Opaque",
-        "stringData": data,
+        "stringData": {"ca.crt": ca_bundle},
     });
     secrets
         .patch(&ca_name, &pp, &Patch::Apply(&body))

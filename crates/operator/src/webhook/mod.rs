@@ -2,33 +2,81 @@
 //! validation module as the reconcilers, including old-vs-new rules on UPDATE, and — the one rule
 //! that needs other objects — reads the other KmsKeyVaultModes to keep one per managed cluster.
 //!
-//! What this module may touch: nothing; it reads KmsKeyVaultModes.
+//! What this module may touch: nothing; it reads our three kinds.
+//!
+//! The endpoint is built not to fall over (see docs/security.md): a request body is refused
+//! above the API server's own request limit ([`MAX_BODY_BYTES`]); at most [`MAX_IN_FLIGHT`]
+//! reviews are answered at once, others wait briefly and are then turned away with 503 (the API
+//! server applies the configuration's `failurePolicy`); a request must arrive whole within
+//! [`REQUEST_TIMEOUT`] and its headers within [`HEADER_READ_TIMEOUT`]; a TLS handshake within
+//! axum-server's ten seconds.
 
 pub mod certs;
 #[cfg(test)]
 mod tls_tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::{routing::post, Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 
 use crate::api::{CertificateRotation, ClusterRef, ClusterSecurityPolicy, KmsKeyVaultMode};
 use crate::validate;
 
 pub use crate::api::manifests::VALIDATE_PATH;
 
+/// Largest AdmissionReview accepted: the API server's own limit on a request body (3 MiB,
+/// `--max-request-bytes` default). Our objects are far smaller (their CRD schemas bound every
+/// free-form field); a larger body is not a review the API server sent.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Reviews answered at once; the bound on the webhook's memory (bodies are read only once a
+/// review may run).
+pub const MAX_IN_FLIGHT: usize = 4;
+/// How long a review waits for its turn before it is answered 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// A review (reading its body, reading peers, answering) must finish within this: the API
+/// server's default `timeoutSeconds` is 10, after which nobody reads the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The request line and headers must arrive within this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Operator settings the rules depend on.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Key Vault domain keyIds must be in (`--azure-key-vault-dns-suffix`).
+    pub vault_dns_suffix: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { vault_dns_suffix: validate::DEFAULT_VAULT_DNS_SUFFIX.into() }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    settings: Arc<Settings>,
+    in_flight: Arc<Semaphore>,
+}
+
 /// Answer one AdmissionReview by the rules that need only the object (and its old version);
 /// the tests drive these without an API server.
 #[cfg(test)]
 pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     match review.try_into() {
-        Ok(req) => answer(&req, decide(&req)),
+        Ok(req) => answer(&req, decide(&req, &Settings::default())),
         Err(e) => AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
     }
 }
@@ -37,12 +85,13 @@ pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 pub async fn review_with_peers(
     review: AdmissionReview<DynamicObject>,
     client: &Client,
+    settings: &Settings,
 ) -> AdmissionReview<DynamicObject> {
     let req: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(req) => req,
         Err(e) => return AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
     };
-    let verdict = match decide(&req) {
+    let verdict = match decide(&req, settings) {
         Ok(()) => match req.kind.kind.as_str() {
             "KmsKeyVaultMode" => one_per_cluster(&req, client).await,
             "ClusterSecurityPolicy" => {
@@ -159,7 +208,7 @@ fn is_deleting(obj: &DynamicObject) -> bool {
 /// Allow or deny, with the validation message. Deletes and updates of objects being deleted are
 /// always allowed (a webhook must never block cleanup); so is an update that leaves the spec as it
 /// is (labels, annotations), which disturbs nothing already running.
-fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
+fn decide(req: &AdmissionRequest<DynamicObject>, settings: &Settings) -> Result<(), String> {
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return Ok(());
     }
@@ -200,7 +249,9 @@ fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
                 None => Ok(()),
             })
         }
-        "KmsKeyVaultMode" => validate::kms_key_vault_mode(&decode::<KmsKeyVaultMode>(obj, kind)?.spec),
+        "KmsKeyVaultMode" => {
+            validate::kms_key_vault_mode(&decode::<KmsKeyVaultMode>(obj, kind)?.spec, &settings.vault_dns_suffix)
+        }
         // Not one of ours: the webhook configuration should not send it; let it through.
         _ => Ok(()),
     };
@@ -208,15 +259,32 @@ fn decide(req: &AdmissionRequest<DynamicObject>) -> Result<(), String> {
 }
 
 async fn handle(
-    State(client): State<Client>,
+    State(shared): State<Shared>,
     Json(body): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    Json(review_with_peers(body, &client).await)
+    Json(review_with_peers(body, &shared.client, &shared.settings).await)
 }
 
-/// The webhook's HTTP routes.
-pub fn router(client: Client) -> Router {
-    Router::new().route(VALIDATE_PATH, post(handle)).with_state(client)
+/// At most [`MAX_IN_FLIGHT`] reviews at once, each within [`REQUEST_TIMEOUT`]. Runs before the
+/// body is read, so waiting requests hold no body in memory.
+async fn bounded(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let Ok(Ok(_permit)) = tokio::time::timeout(QUEUE_WAIT, shared.in_flight.acquire_owned()).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "admission webhook busy; retry").into_response();
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the review did not complete in time").into_response(),
+    }
+}
+
+/// The webhook's HTTP routes, with the body limit and the concurrency bound.
+pub fn router(client: Client, settings: Settings) -> Router {
+    let shared = Shared { client, settings: Arc::new(settings), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) };
+    Router::new()
+        .route(VALIDATE_PATH, post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(shared.clone(), bounded))
+        .with_state(shared)
 }
 
 /// Serve the webhook over TLS until `handle` is shut down.
@@ -225,8 +293,11 @@ pub async fn serve(
     tls: RustlsConfig,
     handle: axum_server::Handle,
     client: Client,
+    settings: Settings,
 ) -> std::io::Result<()> {
-    axum_server::bind_rustls(addr, tls).handle(handle).serve(router(client).into_make_service()).await
+    let mut server = axum_server::bind_rustls(addr, tls).handle(handle);
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    server.serve(router(client, settings).into_make_service()).await
 }
 
 #[cfg(test)]

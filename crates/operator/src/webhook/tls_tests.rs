@@ -18,7 +18,9 @@ async fn start() -> (SocketAddr, reqwest::Client, axum_server::Handle) {
     let h = handle.clone();
     // The API server is read only for KmsKeyVaultModes; these reviews never reach it.
     let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move { webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube).await.unwrap() });
+    tokio::spawn(async move {
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default()).await.unwrap()
+    });
     let addr = handle.listening().await.expect("webhook listens");
     // Trusts the operator's CA and nothing else.
     let client = crate::http::https_client(Some(m.ca.cert_pem.as_bytes()), false).unwrap();

@@ -189,6 +189,10 @@ async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
     apply(cp, &secret_yaml("wrong-key", &other_leaf.key_pem, &leaf.cert_pem, &ca.cert_pem));
     apply(cp, &secret_yaml("expired", &expired.key_pem, &expired.cert_pem, &ca.cert_pem));
     apply(cp, &secret_yaml("other-ca", &other_leaf.key_pem, &other_leaf.cert_pem, &ca.cert_pem));
+    // A tenant's paste: the CA's key after the CA certificate. The CA value is published in the
+    // trust ConfigMap, which anyone reading the namespace's ConfigMaps sees.
+    let ca_and_key = format!("{}{}", ca.cert_pem, ca.key_pem);
+    apply(cp, &secret_yaml("ca-with-key", &leaf.key_pem, &leaf.cert_pem, &ca_and_key));
     let cases = [
         ("b1", "{secretName: garbage}", "InvalidCertificate", "no PEM certificate"),
         ("b2", "{secretName: wrong-key}", "InvalidCertificate", "does not match the certificate"),
@@ -196,6 +200,7 @@ async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
         ("b4", "{secretName: other-ca}", "InvalidCertificate", "does not chain to the given CA"),
         ("b5", "{secretName: missing}", "SecretNotFound", "does not exist"),
         ("b6", "{secretName: garbage, cert: tls.crt}", "InvalidCertificate", "has no key \"tls.crt\""),
+        ("b7", "{secretName: ca-with-key}", "InvalidCertificate", "holds a private key block"),
     ];
     let api = api(ns).await;
     for (label, extra, reason, text) in cases {
@@ -234,7 +239,10 @@ async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
             "{label}: running certificate stays"
         );
     }
-    support::assert_no_secret_leaks(&[]).await;
+    let trust = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-trust").await.unwrap();
+    assert!(!trust.data.unwrap()["ca.crt"].contains("PRIVATE KEY"), "no key reaches the trust bundle");
+    // The audit reads every ConfigMap too: the CA key pasted above must be in none.
+    support::assert_no_secret_leaks(&[&ca.key_pem]).await;
 }
 
 #[tokio::test]

@@ -8,5 +8,6 @@ mod support;
 mod certrot;
 mod conflicts;
 mod foundation;
+mod hostile;
 mod policy;
 mod secrets;

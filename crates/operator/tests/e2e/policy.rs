@@ -123,6 +123,13 @@ async fn every_row_of_the_table_reaches_update_complete() {
     assert!(String::from_utf8_lossy(&data["ca.crt"].0).contains("BEGIN CERTIFICATE"));
     assert_eq!(ca.metadata.labels.unwrap()["app.kubernetes.io/managed-by"], "cluster-security-operator");
     assert!(ca.metadata.owner_references.unwrap_or_default().is_empty());
+    // The brokers mount that bundle: it holds the CA certificate only; the key that signs client
+    // certificates is kept apart, in a Secret no broker mounts.
+    assert_eq!(data.keys().collect::<Vec<_>>(), vec!["ca.crt"], "no key in the mounted bundle");
+    let kept = Api::<Secret>::namespaced(client.clone(), "row-mtls").get("kafka-client-ca-key").await.unwrap();
+    let kept = kept.data.unwrap();
+    assert_eq!(kept["ca.crt"], data["ca.crt"], "the kept CA is the one in the bundle");
+    assert!(String::from_utf8_lossy(&kept["ca.key"].0).contains("PRIVATE KEY"));
     let props = stdout(&cp.kubectl(&[
         "get",
         "cm",

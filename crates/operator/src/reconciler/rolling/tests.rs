@@ -81,7 +81,7 @@ impl Reconcile for Widget {
     fn api(client: Client, _: &Self) -> Api<Self> {
         Api::namespaced(client, "test")
     }
-    fn validate(&self, _: &WidgetStatus) -> Result<(), String> {
+    fn validate(&self, _: &WidgetStatus, _: &()) -> Result<(), String> {
         Ok(())
     }
     async fn advance(&self, _: &mut Round<Self>, _: &Context, _: &()) -> Result<Outcome, Error> {
