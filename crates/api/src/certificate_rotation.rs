@@ -108,27 +108,33 @@ impl CertificateType {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalCertificate {
     /// Any valid Kubernetes label value; a new value re-issues the certificate and rolls the pods.
+    #[schemars(length(max = 63))]
     pub label: String,
     /// selfsigned (default), provided or secret.
     #[serde(rename = "type", default)]
     pub type_: CertificateType,
     /// type secret: name of the Secret holding the certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub secret_name: Option<String>,
     /// type secret: key name of the private key in the Secret (default `key`);
     /// type provided: the base64-encoded PEM private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub key: Option<String>,
     /// type secret: key name of the certificate (default `cert`);
     /// type provided: the base64-encoded PEM certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub cert: Option<String>,
     /// type secret: key name of the CA root certificate (default `cacert`);
     /// type provided: the base64-encoded PEM CA root certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub cacert: Option<String>,
     /// selfsigned: subject alternative names (default: the workload's service DNS names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 253)))]
     pub dns_names: Vec<String>,
     /// selfsigned: validity of issued certificates in days.
     #[serde(default = "default_validity_days")]
@@ -146,12 +152,14 @@ pub struct ExternalCertificate {
 #[serde(rename_all = "camelCase")]
 pub struct InternalCertificate {
     /// Any valid Kubernetes label value; a new value re-issues the certificate and rolls the pods.
+    #[schemars(length(max = 63))]
     pub label: String,
     /// Only selfsigned is allowed.
     #[serde(rename = "type", default)]
     pub type_: CertificateType,
     /// Subject alternative names (default: the workload's service DNS names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 253)))]
     pub dns_names: Vec<String>,
     /// Validity of issued certificates in days.
     #[serde(default = "default_validity_days")]

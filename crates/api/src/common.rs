@@ -36,6 +36,7 @@ pub struct ClusterRef {
     /// Kind of the workload: StatefulSet or Deployment.
     pub kind: WorkloadKind,
     /// Name of the workload in this resource's namespace.
+    #[schemars(length(max = 253))]
     pub name: String,
 }
 
@@ -43,6 +44,7 @@ pub struct ClusterRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub struct SecretRef {
     /// Name of the Secret.
+    #[schemars(length(max = 253))]
     pub name: String,
 }
 

@@ -58,11 +58,13 @@ pub struct KmsKeyVaultModeSpec {
     /// Public or Private network access of the key vault.
     pub network_access: NetworkAccess,
     /// Key used for KMS: `https://<vault>.vault.azure.net/keys/<name>/<version>`.
+    #[schemars(length(max = 512))]
     pub key_id: String,
     /// Resource id of the key vault:
     /// `/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.KeyVault/vaults/<vault>`.
     /// Required for Private.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub key_vault_resource_id: Option<String>,
     /// The cloud API that manages the cluster and the vault.
     pub provider: KmsProvider,
@@ -102,10 +104,13 @@ pub struct KmsProvider {
 #[serde(rename_all = "camelCase")]
 pub struct AzureProvider {
     /// Subscription id (a GUID).
+    #[schemars(length(max = 36))]
     pub subscription_id: String,
     /// Resource group of the managed cluster.
+    #[schemars(length(max = 90))]
     pub resource_group: String,
     /// Name of the managed cluster.
+    #[schemars(length(max = 63))]
     pub cluster_name: String,
 }
 

@@ -109,8 +109,10 @@ pub struct TlsAuthentication {
     #[serde(default)]
     pub enabled: bool,
     /// Secrets (key `ca.crt`) holding the CAs that sign client certificates. When empty, the
-    /// operator generates a client CA in Secret `<clusterRef.name>-client-ca`.
+    /// operator generates a client CA (kept in Secret `<clusterRef.name>-client-ca-key`) and
+    /// publishes its certificate in Secret `<clusterRef.name>-client-ca`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub certificate_authority_secret_refs: Vec<SecretRef>,
 }
 

@@ -32,6 +32,17 @@ pub enum Command {
     Run(Box<RunArgs>),
 }
 
+/// The controllers `run` can start (`--controllers`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControllerKind {
+    #[value(name = "ClusterSecurityPolicy")]
+    ClusterSecurityPolicy,
+    #[value(name = "CertificateRotation")]
+    CertificateRotation,
+    #[value(name = "KmsKeyVaultMode")]
+    KmsKeyVaultMode,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -72,6 +83,21 @@ pub struct RunArgs {
     /// random suffix.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Namespaces whose workloads, Secrets and ConfigMaps the operator manages (comma-separated;
+    /// empty: all). Objects of our kinds elsewhere get Stalled `NamespaceNotWatched`. Grant the
+    /// operator's RBAC to match (chart value watchNamespaces).
+    #[arg(long, env = "CSO_WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    pub watch_namespaces: Vec<String>,
+    /// Controllers to run (comma-separated). Leaving KmsKeyVaultMode out is what allows the
+    /// operator to run without cluster-wide rights on Secrets.
+    #[arg(
+        long,
+        env = "CSO_CONTROLLERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ClusterSecurityPolicy,CertificateRotation,KmsKeyVaultMode"
+    )]
+    pub controllers: Vec<ControllerKind>,
     /// Objects each controller reconciles at once (0: unbounded).
     #[arg(long, env = "CSO_CONCURRENT_RECONCILES", default_value_t = CONCURRENT_RECONCILES)]
     pub concurrent_reconciles: u16,

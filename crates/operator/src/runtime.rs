@@ -10,7 +10,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use tracing::{error, info, warn};
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
-use crate::args::{LogFormat, RunArgs};
+use crate::args::{ControllerKind, LogFormat, RunArgs};
 use crate::health::{self, Readiness};
 use crate::kms_key_vault_mode::ProviderFactory;
 use crate::metrics::Metrics;
@@ -32,7 +32,10 @@ fn init_logging(format: LogFormat) {
 /// Load or create the webhook's serving material and keep it renewed in the background.
 async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
     if let Some(dir) = &args.webhook_cert_dir {
-        return Ok(RustlsConfig::from_pem_file(dir.join("tls.crt"), dir.join("tls.key")).await?);
+        let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let config = RustlsConfig::from_pem_file(&crt, &key).await?;
+        tokio::spawn(webhook::certs::reload_on_change(config.clone(), crt, key, webhook::certs::RELOAD_CHECK));
+        return Ok(config);
     }
     let sans = args.webhook_sans();
     let material = webhook::certs::ensure(client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await?;
@@ -107,6 +110,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure_factory()?);
     let mut ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone());
     ctx.concurrency = args.concurrent_reconciles;
+    ctx.scope = reconciler::Scope::namespaces(&args.watch_namespaces);
+    let controllers = args.controllers.clone();
     let result = if args.leader_elect {
         let election = leader::Election {
             namespace: args.namespace.clone(),
@@ -121,7 +126,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 metrics.set_leader(true);
                 ready.standby.store(false, Ordering::Release);
                 tokio::select! {
-                    r = run_controllers(ctx, kms) => r.map_err(anyhow::Error::from),
+                    r = run_controllers(ctx, kms, &controllers) => r.map_err(anyhow::Error::from),
                     _ = leadership.lost() => Err(anyhow::anyhow!(
                         "lost the leader lease {}/{}; exiting so that this replica re-joins the election afresh",
                         election.namespace, election.lease
@@ -134,7 +139,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         result
     } else {
         metrics.set_leader(true);
-        run_controllers(ctx, kms).await.map_err(anyhow::Error::from)
+        run_controllers(ctx, kms, &controllers).await.map_err(anyhow::Error::from)
     };
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
     health.abort();
@@ -142,19 +147,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Run the three controllers until SIGTERM / Ctrl-C; `kms_providers` makes the cloud provider of
-/// each KmsKeyVaultMode.
-async fn run_controllers(ctx: Context, kms_providers: Arc<dyn ProviderFactory>) -> Result<(), reconciler::Error> {
-    reconciler::check_crd::<ClusterSecurityPolicy>(&ctx.client).await?;
-    reconciler::check_crd::<CertificateRotation>(&ctx.client).await?;
-    reconciler::check_crd::<KmsKeyVaultMode>(&ctx.client).await?;
-    // One per kind, as joined below; readiness waits for each one's cache.
-    ctx.readiness.controllers.store(3, Ordering::Release);
+/// Run the enabled controllers until SIGTERM / Ctrl-C; `kms_providers` makes the cloud provider
+/// of each KmsKeyVaultMode.
+async fn run_controllers(
+    ctx: Context,
+    kms_providers: Arc<dyn ProviderFactory>,
+    enabled: &[ControllerKind],
+) -> Result<(), reconciler::Error> {
+    let on = |k: ControllerKind| enabled.contains(&k);
+    let (csp, certrot, kms) = (
+        on(ControllerKind::ClusterSecurityPolicy),
+        on(ControllerKind::CertificateRotation),
+        on(ControllerKind::KmsKeyVaultMode),
+    );
+    if csp {
+        reconciler::check_crd::<ClusterSecurityPolicy>(&ctx.client).await?;
+    }
+    if certrot {
+        reconciler::check_crd::<CertificateRotation>(&ctx.client).await?;
+    }
+    if kms {
+        reconciler::check_crd::<KmsKeyVaultMode>(&ctx.client).await?;
+    }
+    // One per enabled kind, as joined below; readiness waits for each one's cache.
+    ctx.readiness.controllers.store([csp, certrot, kms].iter().filter(|x| **x).count(), Ordering::Release);
+    info!(controllers = ?enabled, namespaces = %ctx.scope.describe(), "starting controllers");
     let ctx = Arc::new(ctx);
+    let when = |on: bool, run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| async move {
+        if on {
+            run.await
+        }
+    };
     futures::join!(
-        reconciler::run::<ClusterSecurityPolicy>(ctx.clone(), Arc::new(())),
-        reconciler::run::<CertificateRotation>(ctx.clone(), Arc::new(())),
-        reconciler::run::<KmsKeyVaultMode>(ctx, Arc::new(kms_providers)),
+        when(csp, Box::pin(reconciler::run::<ClusterSecurityPolicy>(ctx.clone(), Arc::new(())))),
+        when(certrot, Box::pin(reconciler::run::<CertificateRotation>(ctx.clone(), Arc::new(())))),
+        when(kms, Box::pin(reconciler::run::<KmsKeyVaultMode>(ctx, Arc::new(kms_providers)))),
     );
     Ok(())
 }

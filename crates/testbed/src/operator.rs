@@ -66,9 +66,32 @@ pub const SERVICE_ACCOUNT_USER: &str = "system:serviceaccount:cluster-security-o
 /// permission the chart lacks fails the test that needs it.
 pub fn service_account_kubeconfig(cp: &ControlPlane) -> anyhow::Result<PathBuf> {
     let manifests = std::fs::read_to_string(crate::repo_root().join("deploy/operator.yaml"))?;
+    service_account_kubeconfig_with(cp, &manifests)
+}
+
+/// The chart rendered by Helm's engine (scripts/helm-render.py) into the operator's namespace
+/// with `values` (JSON): the manifests as one YAML stream.
+pub fn render_chart(values: &str) -> anyhow::Result<String> {
+    let root = crate::repo_root();
+    let out = Command::new("python3")
+        .arg(root.join("scripts/helm-render.py"))
+        .arg(root.join("charts/cluster-security-operator"))
+        .arg(NAMESPACE)
+        .arg(values)
+        .output()
+        .context("python3 runs scripts/helm-render.py")?;
+    if !out.status.success() {
+        bail!("rendering the chart with {values} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// [`service_account_kubeconfig`] with the ServiceAccount and RBAC of `manifests` (e.g. the
+/// chart rendered with non-default values, see [`render_chart`]).
+pub fn service_account_kubeconfig_with(cp: &ControlPlane, manifests: &str) -> anyhow::Result<PathBuf> {
     let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
     let mut rbac = vec![ns];
-    for doc in serde_yaml::Deserializer::from_str(&manifests) {
+    for doc in serde_yaml::Deserializer::from_str(manifests) {
         let v = serde_yaml::Value::deserialize(doc)?;
         let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
         if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind) {
@@ -100,12 +123,24 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Start `binary run` against `cp` and wait until `/readyz` says ready.
+    /// Start `binary run` against `cp`, with the RBAC of `deploy/operator.yaml`, and wait until
+    /// `/readyz` says ready.
     pub fn start(
         cp: &ControlPlane,
         binary: &Path,
         webhook_port: u16,
         extra_args: &[impl AsRef<str>],
+    ) -> anyhow::Result<Self> {
+        Self::start_as(cp, binary, webhook_port, extra_args, service_account_kubeconfig(cp)?)
+    }
+
+    /// [`Operator::start`] acting through `kubeconfig` (see [`service_account_kubeconfig_with`]).
+    pub fn start_as(
+        cp: &ControlPlane,
+        binary: &Path,
+        webhook_port: u16,
+        extra_args: &[impl AsRef<str>],
+        kubeconfig: PathBuf,
     ) -> anyhow::Result<Self> {
         let health_port = free_port();
         let mut args: Vec<String> = vec![
@@ -128,7 +163,7 @@ impl Operator {
             log,
             binary: binary.to_path_buf(),
             args,
-            kubeconfig: service_account_kubeconfig(cp)?,
+            kubeconfig,
         };
         op.restart()?;
         Ok(op)

@@ -124,10 +124,10 @@ impl Reconcile for CertificateRotation {
     /// Its workloads (rollout progress), what it wrote (drift), and the Secrets
     /// `spec.external.secretName` names, metadata only: their contents are neither streamed nor
     /// cached.
-    fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
+    fn watches(controller: Controller<Self>, ctx: &Context) -> Controller<Self> {
         let secret_name = |c: &Self| c.spec.external.iter().filter_map(|e| e.secret_name.clone()).collect();
-        let controller = derived::watch(watch::workloads(controller, client), client);
-        watch::referenced_secrets(controller, client, secret_name)
+        let controller = derived::watch(watch::workloads(controller, ctx), ctx);
+        watch::referenced_secrets(controller, ctx, secret_name)
     }
 }
 

@@ -37,6 +37,8 @@ pub mod reason {
     pub const NAME_CONFLICT: &str = "NameConflict";
     /// Another object already manages the same target; this one changes nothing (Stalled).
     pub const CONFLICT: &str = "Conflict";
+    /// The object's namespace is not among `--watch-namespaces` (Stalled; nothing touched).
+    pub const NAMESPACE_NOT_WATCHED: &str = "NamespaceNotWatched";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);

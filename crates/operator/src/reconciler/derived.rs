@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use super::rolling::Rolling;
-use super::{watch, Error, Named};
+use super::{watch, Context, Error, Named};
 
 /// The label on every object the operator created.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -50,7 +50,7 @@ impl Derived {
 
 /// Trigger a reconcile of the object whose derived Secret or ConfigMap changed or went: a
 /// metadata-only watch of the objects carrying the operator's label.
-pub fn watch<K: Rolling>(controller: Controller<K>, client: &Client) -> Controller<K> {
+pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
     fn owners<K: Rolling>(store: &Store<K>, ns: Option<String>, derived: Derived) -> Vec<ObjectRef<K>> {
         store
             .state()
@@ -60,18 +60,21 @@ pub fn watch<K: Rolling>(controller: Controller<K>, client: &Client) -> Controll
             .collect()
     }
     let selector = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
-    let (configmaps, secrets) = (controller.store(), controller.store());
+    let mut controller = controller;
+    for api in ctx.scope.apis::<PartialObjectMeta<ConfigMap>>(&ctx.client) {
+        let store = controller.store();
+        controller =
+            controller.watches(api, watch::config().labels(&selector), move |m: PartialObjectMeta<ConfigMap>| {
+                owners(&store, m.namespace(), Derived::ConfigMap(m.name_any()))
+            });
+    }
+    for api in ctx.scope.apis::<PartialObjectMeta<Secret>>(&ctx.client) {
+        let store = controller.store();
+        controller = controller.watches(api, watch::config().labels(&selector), move |m: PartialObjectMeta<Secret>| {
+            owners(&store, m.namespace(), Derived::Secret(m.name_any()))
+        });
+    }
     controller
-        .watches(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            watch::config().labels(&selector),
-            move |m: PartialObjectMeta<ConfigMap>| owners(&configmaps, m.namespace(), Derived::ConfigMap(m.name_any())),
-        )
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watch::config().labels(&selector),
-            move |m: PartialObjectMeta<Secret>| owners(&secrets, m.namespace(), Derived::Secret(m.name_any())),
-        )
 }
 
 /// Whether the operator may write over the object with this metadata.

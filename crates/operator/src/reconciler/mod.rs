@@ -67,6 +67,55 @@ pub struct Context {
     pub readiness: Arc<Readiness>,
     /// Reconciles at once per controller (0: unbounded).
     pub concurrency: u16,
+    /// The namespaces whose workloads, Secrets and ConfigMaps the operator manages.
+    pub scope: Scope,
+}
+
+/// Which namespaces the operator manages (`--watch-namespaces`): all, or a list. Objects of our
+/// kinds are watched everywhere (so one in another namespace gets a status saying why nothing
+/// happens); workloads, Secrets and ConfigMaps only where the operator manages them, which is
+/// all its RBAC grants in namespace-scoped installs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    namespaces: Option<Vec<String>>,
+}
+
+impl Scope {
+    /// Every namespace.
+    pub fn cluster() -> Self {
+        Self { namespaces: None }
+    }
+
+    /// These namespaces only; an empty list means every namespace.
+    pub fn namespaces(list: &[String]) -> Self {
+        let list: Vec<String> = list.iter().filter(|n| !n.is_empty()).cloned().collect();
+        Self { namespaces: (!list.is_empty()).then_some(list) }
+    }
+
+    /// Whether an object in `ns` is managed (cluster-scoped objects always are).
+    pub fn covers(&self, ns: Option<&str>) -> bool {
+        match (&self.namespaces, ns) {
+            (Some(list), Some(ns)) => list.iter().any(|n| n == ns),
+            _ => true,
+        }
+    }
+
+    /// One API per watched namespace (or one for all), to watch `T` in.
+    pub fn apis<T>(&self, client: &Client) -> Vec<Api<T>>
+    where
+        T: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        T::DynamicType: Default,
+    {
+        match &self.namespaces {
+            None => vec![Api::all(client.clone())],
+            Some(list) => list.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect(),
+        }
+    }
+
+    /// `--watch-namespaces` as a user wrote it, for messages.
+    pub fn describe(&self) -> String {
+        self.namespaces.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "(all)".into())
+    }
 }
 
 impl Context {
@@ -79,6 +128,7 @@ impl Context {
             metrics,
             readiness,
             concurrency: CONCURRENT_RECONCILES,
+            scope: Scope::cluster(),
         }
     }
 }
@@ -204,8 +254,9 @@ pub trait Reconcile:
         true
     }
 
-    /// Watches besides the kind's own objects (workloads, referenced Secrets).
-    fn watches(controller: Controller<Self>, _client: &Client) -> Controller<Self> {
+    /// Watches besides the kind's own objects (workloads, referenced Secrets), in the
+    /// namespaces of `ctx.scope`.
+    fn watches(controller: Controller<Self>, _ctx: &Context) -> Controller<Self> {
         controller
     }
 }
@@ -219,6 +270,18 @@ pub fn invalid_spec(violation: &str) -> Outcome {
         },
         None,
     )
+}
+
+/// The health of an object in a namespace the operator does not manage: nothing is read or
+/// written there (its RBAC may not even allow it), and the status says how to change that.
+fn not_watched(ns: &str, scope: &Scope) -> Outcome {
+    let message = format!(
+        "namespace {ns} is not one the operator manages (--watch-namespaces={}, chart value watchNamespaces); \
+         nothing was read or changed there. Ask the operator's administrators to add {ns}, or create this \
+         resource in a managed namespace.",
+        scope.describe()
+    );
+    Outcome::new(Health::Stalled { reason: conditions::reason::NAMESPACE_NOT_WATCHED.into(), message }, None)
 }
 
 /// Whether the object carries `clustersecurity.io/reconcile: paused`.
@@ -248,7 +311,9 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     };
     let mut round = Round::new(obj.clone(), ctx.clock.now(), round::Writer::api(api.clone(), ctx.client.clone(), obj));
     let old_conditions = round.status.conditions().to_vec();
+    let ns = round.obj.namespace();
     let outcome = match round.obj.validate(&round.status, deps) {
+        _ if !ctx.scope.covers(ns.as_deref()) => not_watched(ns.as_deref().unwrap_or_default(), &ctx.scope),
         _ if paused(round.obj.as_ref()) && K::may_pause(&round.status) => paused_outcome(),
         Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
         _ => {
@@ -304,7 +369,7 @@ pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
 pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     use futures::StreamExt;
     let client = ctx.client.clone();
-    let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &client);
+    let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &ctx);
     let metrics = ctx.metrics.clone();
     info!(kind = K::KIND, "controller starting");
     controller

@@ -12,7 +12,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::{object_key, Context, Reconcile};
@@ -125,7 +125,7 @@ pub trait TargetsWorkload: Reconcile {
 
 /// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
 /// Deployment. The workloads are watched as triggers only; the controller caches none of them.
-pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client) -> Controller<K> {
+pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
     fn targeting<K: TargetsWorkload>(
         store: &Store<K>,
         kind: WorkloadKind,
@@ -139,14 +139,18 @@ pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client)
             .map(|o| ObjectRef::from_obj(o.as_ref()))
             .collect()
     }
-    let (s1, s2) = (controller.store(), controller.store());
+    let mut controller = controller;
+    for api in ctx.scope.apis::<StatefulSet>(&ctx.client) {
+        let store = controller.store();
+        controller = controller
+            .watches(api, config(), move |o| targeting(&store, WorkloadKind::StatefulSet, o.namespace(), o.name_any()));
+    }
+    for api in ctx.scope.apis::<Deployment>(&ctx.client) {
+        let store = controller.store();
+        controller = controller
+            .watches(api, config(), move |o| targeting(&store, WorkloadKind::Deployment, o.namespace(), o.name_any()));
+    }
     controller
-        .watches(Api::<StatefulSet>::all(client.clone()), config(), move |o| {
-            targeting(&s1, WorkloadKind::StatefulSet, o.namespace(), o.name_any())
-        })
-        .watches(Api::<Deployment>::all(client.clone()), config(), move |o| {
-            targeting(&s2, WorkloadKind::Deployment, o.namespace(), o.name_any())
-        })
 }
 
 /// Trigger a reconcile of every object that names a changed Secret (`named`: the Secret names an
@@ -154,14 +158,13 @@ pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, client: &Client)
 /// nor cached.
 pub fn referenced_secrets<K: Reconcile>(
     controller: Controller<K>,
-    client: &Client,
+    ctx: &Context,
     named: fn(&K) -> Vec<String>,
 ) -> Controller<K> {
-    let store = controller.store();
-    controller.watches(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        config(),
-        move |meta: PartialObjectMeta<Secret>| {
+    let mut controller = controller;
+    for api in ctx.scope.apis::<PartialObjectMeta<Secret>>(&ctx.client) {
+        let store = controller.store();
+        controller = controller.watches(api, config(), move |meta: PartialObjectMeta<Secret>| {
             let (ns, name) = (meta.namespace(), meta.name_any());
             store
                 .state()
@@ -169,6 +172,7 @@ pub fn referenced_secrets<K: Reconcile>(
                 .filter(|o| o.namespace() == ns && named(o).contains(&name))
                 .map(|o| ObjectRef::from_obj(o.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
+        });
+    }
+    controller
 }

@@ -99,13 +99,13 @@ impl Reconcile for ClusterSecurityPolicy {
     }
 
     /// Its workloads (rollout progress), what it wrote (drift), and the CA Secrets it names.
-    fn watches(controller: Controller<Self>, client: &Client) -> Controller<Self> {
+    fn watches(controller: Controller<Self>, ctx: &Context) -> Controller<Self> {
         let ca_refs = |p: &Self| {
             let refs = p.spec.client_authentication.tls.iter().flat_map(|t| t.certificate_authority_secret_refs.iter());
             refs.map(|r| r.name.clone()).collect()
         };
-        let controller = derived::watch(watch::workloads(controller, client), client);
-        watch::referenced_secrets(controller, client, ca_refs)
+        let controller = derived::watch(watch::workloads(controller, ctx), ctx);
+        watch::referenced_secrets(controller, ctx, ca_refs)
     }
 }
 

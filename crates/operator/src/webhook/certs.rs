@@ -3,6 +3,8 @@
 //! ValidatingWebhookConfiguration.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,6 +20,38 @@ const CA_DAYS: u32 = 3650;
 const LEAF_DAYS: u32 = 365;
 /// Renew the serving certificate when less than this is left.
 pub const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
+
+/// How often the files of `--webhook-cert-dir` are checked for a renewed pair.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
+
+/// Serve the newest pair in `crt`/`key` (`--webhook-cert-dir`): cert-manager renews its Secret,
+/// the kubelet swaps the mounted files, and the webhook serves the new pair within `every`,
+/// without a restart. A changed pair that does not load (caught mid-swap, or broken) is logged
+/// once and the pair being served stays.
+pub async fn reload_on_change(
+    config: axum_server::tls_rustls::RustlsConfig,
+    crt: PathBuf,
+    key: PathBuf,
+    every: Duration,
+) {
+    let read = || (std::fs::read(&crt).ok(), std::fs::read(&key).ok());
+    let mut seen = read();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = read();
+        if now == seen {
+            continue;
+        }
+        seen = now.clone();
+        let (Some(c), Some(k)) = now else { continue };
+        match config.reload_from_pem(c, k).await {
+            Ok(()) => info!(file = %crt.display(), "webhook serving certificate reloaded"),
+            Err(e) => {
+                warn!(error = %e, file = %crt.display(), "the changed webhook certificate does not load; still serving the previous one")
+            }
+        }
+    }
+}
 
 /// The material the webhook serves with.
 #[derive(Clone, Debug)]

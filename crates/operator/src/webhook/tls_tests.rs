@@ -89,3 +89,50 @@ async fn answers_admission_reviews_over_tls() {
     assert!(stranger.post(url).json(&json!({})).send().await.is_err());
     handle.shutdown();
 }
+
+/// `--webhook-cert-dir` (cert-manager): a renewed pair written over the files is served without
+/// a restart; a client trusting only the new CA gets through once it is.
+#[tokio::test]
+async fn a_renewed_certificate_in_the_cert_dir_is_served_without_a_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sans = vec!["127.0.0.1".to_string()];
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let (old, new) = (
+        certs::build(&certs::Plan::NewCa, None, &sans, now).unwrap(),
+        certs::build(&certs::Plan::NewCa, None, &sans, now).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt, &old.leaf.cert_pem).unwrap();
+    std::fs::write(&key, &old.leaf.key_pem).unwrap();
+    let tls = RustlsConfig::from_pem_file(&crt, &key).await.unwrap();
+    let every = std::time::Duration::from_millis(100);
+    tokio::spawn(certs::reload_on_change(tls.clone(), crt.clone(), key.clone(), every));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    tokio::spawn(async move { webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default()).await });
+    let addr = handle.listening().await.unwrap();
+    let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
+    let trusts_new = crate::http::https_client(Some(new.ca.cert_pem.as_bytes()), false).unwrap();
+    let body = review("CREATE", policy("TLS", true), None);
+    assert!(trusts_new.post(&url).json(&body).send().await.is_err(), "the old pair is served first");
+
+    // A half-written pair is not loaded; the old one stays.
+    std::fs::write(&crt, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    tokio::time::sleep(every * 5).await;
+    let trusts_old = crate::http::https_client(Some(old.ca.cert_pem.as_bytes()), false).unwrap();
+    assert!(trusts_old.post(&url).json(&body).send().await.is_ok(), "a broken file keeps the served pair");
+
+    std::fs::write(&key, &new.leaf.key_pem).unwrap();
+    std::fs::write(&crt, &new.leaf.cert_pem).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if trusts_new.post(&url).json(&body).send().await.is_ok() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the renewed pair was not served within 10 s");
+        tokio::time::sleep(every).await;
+    }
+    handle.shutdown();
+}

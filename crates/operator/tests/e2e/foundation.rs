@@ -325,6 +325,50 @@ async fn the_chart_grants_only_what_the_operator_uses() {
     ] {
         assert!(!can(verb, what, ns), "the chart grants {verb} {what} in {ns:?}, which the operator never uses");
     }
+
+    // Users' roles through the built-in ones (aggregated by the controller-manager): view reads
+    // policies but not CertificateRotations (their spec may hold a private key); edit manages
+    // both; neither reaches the cluster-wide KmsKeyVaultModes.
+    let ns = "rbac-users";
+    let _ = cp.kubectl(&["create", "namespace", ns]);
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        let out = cp.kubectl(&[
+            "create",
+            "rolebinding",
+            user,
+            "-n",
+            ns,
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let user_can = |user: &str, verb: &str, what: &str| {
+        stdout(&cp.kubectl(&["auth", "can-i", verb, what, "--as", user, "-n", ns])).trim() == "yes"
+    };
+    wait_until(Duration::from_secs(30), "view and edit aggregate our roles", || {
+        let ready = user_can("viewer", "list", "clustersecuritypolicies.clustersecurity.io")
+            && user_can("editor", "create", "certificaterotations.clustersecurity.io");
+        async move { ready.then_some(()).ok_or_else(|| "not aggregated yet".to_string()) }
+    })
+    .await
+    .unwrap();
+    assert!(!user_can("viewer", "get", "certificaterotations.clustersecurity.io"), "view reads no rotation specs");
+    assert!(!user_can("viewer", "create", "clustersecuritypolicies.clustersecurity.io"));
+    assert!(user_can("editor", "delete", "clustersecuritypolicies.clustersecurity.io"));
+    assert!(!user_can("editor", "create", "kmskeyvaultmodes.clustersecurity.io"), "KMS is not a namespace role's");
+    let status = cp.kubectl(&[
+        "auth",
+        "can-i",
+        "patch",
+        "certificaterotations.clustersecurity.io",
+        "--subresource=status",
+        "--as",
+        "editor",
+        "-n",
+        ns,
+    ]);
+    assert_eq!(stdout(&status).trim(), "no", "status is the operator's");
     support::assert_no_secret_leaks(&[]).await;
 }
 
