@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 python3 -c "import helm_python" 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
 # Lua 5.1 for the Argo CD health-check tests (Debian package; installed when we may).
 command -v lua5.1 >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; } || true
+# cargo-deny for licenses, duplicate versions and sources (deny.toml); built once (~2 min), then cached.
+command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo deny --offline check licenses bans sources
 bash scripts/build-control-plane.sh >/dev/null
 cargo test --workspace --locked

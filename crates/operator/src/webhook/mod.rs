@@ -45,9 +45,9 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub const MAX_IN_FLIGHT: usize = 4;
 /// How long a review waits for its turn before it is answered 503.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
-/// A review (reading its body, reading peers, answering) must finish within this: the API
-/// server's default `timeoutSeconds` is 10, after which nobody reads the answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A review (reading its body, reading peers, answering) must finish within this: the webhook
+/// configuration's `timeoutSeconds` (5), after which the API server no longer reads the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The request line and headers must arrive within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 

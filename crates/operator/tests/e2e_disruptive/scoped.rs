@@ -135,6 +135,17 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
         .map(str::to_string)
         .collect::<Vec<_>>();
     assert!(written.is_empty(), "nothing written in team-b: {written:?}");
+    let sts = cp.kubectl(&[
+        "get",
+        "statefulset",
+        "kafka",
+        "-n",
+        "team-b",
+        "-o",
+        "jsonpath={.metadata.generation}|{.spec.template.metadata.annotations}",
+    ]);
+    let sts = String::from_utf8_lossy(&sts.stdout).into_owned();
+    assert!(sts.starts_with("1|") && !sts.contains("clustersecurity.io"), "team-b's brokers were not touched: {sts}");
     let a_csp: Api<ClusterSecurityPolicy> = Api::namespaced(client.clone(), "team-a");
     let done = a_csp.get("policy").await.unwrap();
     let name = done.name_any();
