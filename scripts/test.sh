@@ -11,6 +11,6 @@ command -v lua5.1 >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=nonint
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo deny --offline check licenses bans sources
+cargo deny check licenses bans sources
 bash scripts/build-control-plane.sh >/dev/null
 cargo test --workspace --locked

@@ -58,6 +58,7 @@ fn default_validity_days() -> u32 {
         description = "State of the latest operation"
     ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -210,10 +211,13 @@ pub struct CertificateStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSettings {
+    /// Label of the external certificate (absent: no external certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_label: Option<String>,
+    /// Type of the external certificate: selfsigned, provided or secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_type: Option<CertificateType>,
+    /// Label of the internal certificate (absent: no internal certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_label: Option<String>,
 }

@@ -51,6 +51,7 @@ pub const DEFAULT_ROLLBACK_AFTER_SECONDS: u32 = 1800;
         description = "Secrets re-encrypted of total"
     ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -171,10 +172,13 @@ pub enum StepState {
 pub struct Step {
     pub name: StepName,
     pub state: StepState,
+    /// When the step (its latest attempt) started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    /// When it ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
+    /// What happened: counts of a re-encryption, Azure's answer to a failed call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// How many times the step has started (above 1: it failed and was retried).
@@ -215,8 +219,10 @@ pub struct ReencryptionStatus {
     /// Secrets deleted by someone else before their turn (never recreated).
     #[serde(default)]
     pub deleted: u64,
+    /// When the rewrite started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    /// When it ended (RFC 3339); absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,
     /// Where a restarted run continues: the last `namespace/name` fully handled.
@@ -250,11 +256,15 @@ pub struct KeyCheck {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KmsSettings {
+    /// Whether KMS etcd encryption is on.
     pub enabled: bool,
+    /// The key KMS uses (`https://<vault>.vault.azure.net/keys/<name>/<version>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Public or Private network access of the key vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_access: Option<NetworkAccess>,
+    /// Resource id of the key vault (Private).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_vault_resource_id: Option<String>,
 }

@@ -144,7 +144,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The KmsKeyVaultMode provider factory from the Azure flags.
-    pub fn azure_factory(&self) -> anyhow::Result<AzureFactory> {
+    pub fn azure_factory(&self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> anyhow::Result<AzureFactory> {
         let extra_ca_pem = match &self.azure_ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("--azure-ca-file {}: {e}", p.display()))?),
             None => None,
@@ -160,6 +160,7 @@ impl RunArgs {
                 key_vault_endpoint: self.azure_key_vault_endpoint.clone(),
                 extra_ca_pem,
                 poll_interval: Duration::from_secs(self.azure_poll_interval_seconds.max(1)),
+                metrics: Some(metrics),
                 ..Default::default()
             },
             credentials_secret,

@@ -1,5 +1,6 @@
 //! Prometheus metrics (`/metrics`, OpenMetrics text): reconciliations, errors and durations per
-//! kind, objects per state of their newest operation, re-encryption progress, KMS off, and leadership.
+//! kind, objects per state of their newest operation and per Stalled reason, admission reviews,
+//! Azure requests, re-encryption progress, KMS off, certificate expiry, build info and leadership.
 //! Names carry the `csop_` prefix; labels never carry Secret material (kind, object name, state).
 
 use std::collections::HashMap;
@@ -31,6 +32,47 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StalledLabels {
+    kind: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewLabels {
+    kind: String,
+    operation: String,
+    allowed: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    why: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AzureLabels {
+    operation: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AzureOperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    namespace: String,
+    name: String,
+    slot: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KmsLabels {
     kmskeyvaultmode: String,
 }
@@ -51,8 +93,35 @@ pub struct Metrics {
     reencryption: Family<ReencryptionLabels, Gauge<f64, AtomicU64>>,
     kms_disabled: Family<KmsLabels, Gauge>,
     leader: Gauge,
+    stalled: Family<StalledLabels, Gauge>,
+    reviews: Family<ReviewLabels, Counter>,
+    review_durations: Family<KindLabelsOwned, Histogram>,
+    shed: Family<ShedLabels, Counter>,
+    azure_requests: Family<AzureLabels, Counter>,
+    azure_durations: Family<AzureOperationLabels, Histogram>,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
+    certificate_renewal: Family<CertificateLabels, Gauge>,
     /// Newest operation state of every object seen, to count objects per state.
     newest: Mutex<HashMap<(&'static str, String), OperationState>>,
+    /// Stalled reason of every object that is Stalled, to count objects per reason.
+    stalled_objects: Mutex<HashMap<(&'static str, String), String>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabelsOwned {
+    kind: String,
+}
+
+/// Which certificate of a CertificateRotation a metric is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateSlot {
+    External,
+    Internal,
+}
+
+fn request_histogram() -> Histogram {
+    // 1 ms .. ~33 s: an admission review is milliseconds; an Azure call up to tens of seconds.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
 const STATES: [OperationState; 4] = [
@@ -77,6 +146,13 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
 }
 
+// Labels and values only; nothing worth printing.
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -93,6 +169,55 @@ impl Metrics {
         let reencryption = Family::<ReencryptionLabels, Gauge<f64, AtomicU64>>::default();
         let kms_disabled = Family::<KmsLabels, Gauge>::default();
         let leader = Gauge::default();
+        let stalled = Family::<StalledLabels, Gauge>::default();
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        let review_durations =
+            Family::<KindLabelsOwned, Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
+        let shed = Family::<ShedLabels, Counter>::default();
+        let azure_requests = Family::<AzureLabels, Counter>::default();
+        let azure_durations =
+            Family::<AzureOperationLabels, Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        let certificate_renewal = Family::<CertificateLabels, Gauge>::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "The operator's version (value 1)", build_info);
+        registry.register("stalled", "Objects per kind whose Stalled condition is True, by reason", stalled.clone());
+        registry.register(
+            "webhook_requests",
+            "Admission reviews answered, by kind, operation and whether they were allowed (false: a denial)",
+            reviews.clone(),
+        );
+        registry.register(
+            "webhook_request_duration_seconds",
+            "How long admission reviews took to answer, per kind",
+            review_durations.clone(),
+        );
+        registry.register(
+            "webhook_requests_shed",
+            "Admission requests turned away before a review: busy (503), timeout (408), too_large (413)",
+            shed.clone(),
+        );
+        registry.register(
+            "azure_requests",
+            "Azure Resource Manager, Key Vault and token requests by operation and HTTP status (transport: no answer)",
+            azure_requests.clone(),
+        );
+        registry.register(
+            "azure_request_duration_seconds",
+            "How long Azure requests took, per operation (retries included)",
+            azure_durations.clone(),
+        );
+        registry.register(
+            "certificate_expiration_timestamp_seconds",
+            "When the certificate a CertificateRotation installed expires (Unix seconds), per slot",
+            certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_renewal_timestamp_seconds",
+            "When the operator plans to renew that certificate (Unix seconds), per slot",
+            certificate_renewal.clone(),
+        );
         registry.register("reconciliations", "Reconciles run, per kind", reconciliations.clone());
         registry.register("reconcile_errors", "Reconciles that ended in an error (retried), per kind", errors.clone());
         registry.register("reconcile_duration_seconds", "How long reconciles took, per kind", durations.clone());
@@ -121,7 +246,16 @@ impl Metrics {
             reencryption,
             kms_disabled,
             leader,
+            stalled,
+            reviews,
+            review_durations,
+            shed,
+            azure_requests,
+            azure_durations,
+            certificate_expiry,
+            certificate_renewal,
             newest: Mutex::new(HashMap::new()),
+            stalled_objects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -149,6 +283,67 @@ impl Metrics {
         for s in STATES {
             let n = newest.iter().filter(|((k, _), v)| *k == kind && **v == s).count();
             self.operations.get_or_create(&StateLabels { kind, state: state_label(s) }).set(n as i64);
+        }
+    }
+
+    /// The `kind` object `object` is Stalled with `reason` (None: not stalled, or gone).
+    pub fn stalled(&self, kind: &'static str, object: &str, reason: Option<&str>) {
+        let mut stalled = self.stalled_objects.lock().expect("metrics lock");
+        let key = (kind, object.to_string());
+        let before = match reason {
+            Some(r) => stalled.insert(key, r.to_string()),
+            None => stalled.remove(&key),
+        };
+        // Recount the reasons this change touched (a reason that drops to zero stays, at 0).
+        for r in before.iter().map(String::as_str).chain(reason) {
+            let n = stalled.iter().filter(|((k, _), v)| *k == kind && v.as_str() == r).count();
+            self.stalled.get_or_create(&StalledLabels { kind, reason: r.to_string() }).set(n as i64);
+        }
+    }
+
+    /// An admission review of `kind`/`operation` was answered after `took`.
+    pub fn review(&self, kind: &str, operation: &str, allowed: bool, took: Duration) {
+        let allowed = if allowed { "true" } else { "false" };
+        self.reviews.get_or_create(&ReviewLabels { kind: kind.into(), operation: operation.into(), allowed }).inc();
+        self.review_durations.get_or_create(&KindLabelsOwned { kind: kind.into() }).observe(took.as_secs_f64());
+    }
+
+    /// An admission request was turned away before its review (`busy`, `timeout`, `too_large`).
+    pub fn review_shed(&self, why: &'static str) {
+        self.shed.get_or_create(&ShedLabels { why }).inc();
+    }
+
+    /// An Azure request `operation` ended with HTTP status `code` (None: no answer) after `took`.
+    pub fn azure_request(&self, operation: &'static str, code: Option<u16>, took: Duration) {
+        let code = code.map(|c| c.to_string()).unwrap_or_else(|| "transport".into());
+        self.azure_requests.get_or_create(&AzureLabels { operation, code }).inc();
+        self.azure_durations.get_or_create(&AzureOperationLabels { operation }).observe(took.as_secs_f64());
+    }
+
+    /// The certificate in `slot` of CertificateRotation `namespace/name` expires at `not_after`
+    /// and is due for renewal at `renewal` (Unix seconds); None removes the series.
+    pub fn certificate(&self, namespace: &str, name: &str, slot: CertificateSlot, times: Option<(i64, Option<i64>)>) {
+        let slot = match slot {
+            CertificateSlot::External => "external",
+            CertificateSlot::Internal => "internal",
+        };
+        let l = CertificateLabels { namespace: namespace.into(), name: name.into(), slot };
+        match times {
+            Some((not_after, renewal)) => {
+                self.certificate_expiry.get_or_create(&l).set(not_after);
+                match renewal {
+                    Some(r) => {
+                        self.certificate_renewal.get_or_create(&l).set(r);
+                    }
+                    None => {
+                        self.certificate_renewal.remove(&l);
+                    }
+                }
+            }
+            None => {
+                self.certificate_expiry.remove(&l);
+                self.certificate_renewal.remove(&l);
+            }
         }
     }
 
@@ -216,5 +411,40 @@ mod tests {
         assert!(text.contains(r#"csop_reconcile_errors_total{kind="KmsKeyVaultMode"} 1"#), "{text}");
         assert!(text.contains(r#"csop_reconcile_duration_seconds_count{kind="KmsKeyVaultMode"} 2"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+    }
+
+    #[test]
+    fn stalled_objects_reviews_azure_requests_certificates_and_build_info() {
+        let m = Metrics::new();
+        m.stalled("CertificateRotation", "ns/a", Some("InvalidCertificate"));
+        m.stalled("CertificateRotation", "ns/b", Some("InvalidCertificate"));
+        m.stalled("CertificateRotation", "ns/a", Some("NameConflict"));
+        let text = m.encode();
+        assert!(text.contains(r#"csop_stalled{kind="CertificateRotation",reason="InvalidCertificate"} 1"#), "{text}");
+        assert!(text.contains(r#"csop_stalled{kind="CertificateRotation",reason="NameConflict"} 1"#), "{text}");
+        m.stalled("CertificateRotation", "ns/a", None);
+        assert!(m.encode().contains(r#"csop_stalled{kind="CertificateRotation",reason="NameConflict"} 0"#));
+
+        m.review("ClusterSecurityPolicy", "CREATE", false, Duration::from_millis(3));
+        m.review_shed("busy");
+        m.azure_request("put_cluster", Some(202), Duration::from_millis(40));
+        m.azure_request("put_cluster", None, Duration::from_millis(40));
+        m.certificate("ns", "orders", CertificateSlot::External, Some((1_900_000_000, Some(1_890_000_000))));
+        let text = m.encode();
+        for line in [
+            r#"csop_webhook_requests_total{kind="ClusterSecurityPolicy",operation="CREATE",allowed="false"} 1"#,
+            r#"csop_webhook_request_duration_seconds_count{kind="ClusterSecurityPolicy"} 1"#,
+            r#"csop_webhook_requests_shed_total{why="busy"} 1"#,
+            r#"csop_azure_requests_total{operation="put_cluster",code="202"} 1"#,
+            r#"csop_azure_requests_total{operation="put_cluster",code="transport"} 1"#,
+            r#"csop_azure_request_duration_seconds_count{operation="put_cluster"} 2"#,
+            r#"csop_certificate_expiration_timestamp_seconds{namespace="ns",name="orders",slot="external"} 1900000000"#,
+            r#"csop_certificate_renewal_timestamp_seconds{namespace="ns",name="orders",slot="external"} 1890000000"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains(&format!(r#"csop_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))), "{text}");
+        m.certificate("ns", "orders", CertificateSlot::External, None);
+        assert!(!m.encode().contains("namespace=\"ns\",name=\"orders\""));
     }
 }

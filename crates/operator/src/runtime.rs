@@ -95,9 +95,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         let tls = webhook_tls(&client, &args, clock.clone()).await?;
         let (addr, handle2, ready2, client2) = (args.webhook_addr, handle.clone(), ready.clone(), client.clone());
-        let settings = args.webhook_settings();
+        let (settings, metrics2) = (args.webhook_settings(), metrics.clone());
         tokio::spawn(async move {
-            if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings).await {
+            if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings, metrics2).await {
                 error!(error = %e, %addr, "webhook server stopped");
                 ready2.webhook.store(false, Ordering::Release);
             }
@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ready.webhook.store(true, Ordering::Release);
         }
     }
-    let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure_factory()?);
+    let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure_factory(metrics.clone())?);
     let mut ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone());
     ctx.concurrency = args.concurrent_reconciles;
     ctx.scope = reconciler::Scope::namespaces(&args.watch_namespaces);

@@ -51,12 +51,12 @@ fn crds_follow_the_contract() {
             .map(|c| c.name.to_uppercase())
             .collect()
     };
-    assert_eq!(columns(0), ["CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]);
+    assert_eq!(columns(0), ["CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "REASON", "AGE"]);
     assert_eq!(
         columns(1),
-        ["CLUSTER", "EXTERNAL-LABEL", "INTERNAL-LABEL", "CLIENT-IMPACT", "OPERATION", "READY", "AGE"]
+        ["CLUSTER", "EXTERNAL-LABEL", "INTERNAL-LABEL", "CLIENT-IMPACT", "OPERATION", "READY", "REASON", "AGE"]
     );
-    assert_eq!(columns(2), ["MODE", "KMS", "PHASE", "PROGRESS", "READY", "AGE"]);
+    assert_eq!(columns(2), ["MODE", "KMS", "PHASE", "PROGRESS", "READY", "REASON", "AGE"]);
     for crd in &crds {
         assert_eq!(crd.spec.group, "clustersecurity.io");
         assert_eq!(crd.spec.names.categories.as_deref(), Some(&["clustersecurity".to_string()][..]));
@@ -66,4 +66,39 @@ fn crds_follow_the_contract() {
         let schema = serde_json::to_string(&v.schema).unwrap();
         assert!(!schema.contains("Auto-generated derived type"), "kubectl explain needs real descriptions");
     }
+}
+
+/// `kubectl explain` documents every field: each property of spec and status, at any depth,
+/// carries a description.
+#[test]
+fn every_field_is_explained() {
+    fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                let described = prop.get("description").and_then(|d| d.as_str()).is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    missing.push(here.clone());
+                }
+                walk(&here, prop, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            for sub in schema.get(key).and_then(|a| a.as_array()).into_iter().flatten() {
+                walk(path, sub, missing);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for crd in api::all_crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let root = &schema["openAPIV3Schema"]["properties"];
+        for part in ["spec", "status"] {
+            walk(&format!("{}.{part}", crd.spec.names.kind), &root[part], &mut missing);
+        }
+    }
+    assert!(missing.is_empty(), "fields without a description ({}):\n{}", missing.len(), missing.join("\n"));
 }

@@ -118,7 +118,9 @@ impl Reconcile for CertificateRotation {
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
-        rolling::advance(self, round, ctx).await
+        let outcome = rolling::advance(self, round, ctx).await?;
+        report_expiry(ctx, self, &round.status);
+        Ok(outcome)
     }
 
     /// Its workloads (rollout progress), what it wrote (drift), and the Secrets
@@ -280,6 +282,20 @@ impl Rolling for CertificateRotation {
 
     fn expected(status: &CertificateRotationStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default())])
+    }
+}
+
+/// The expiry and planned renewal of the certificates the rotation installed, as metrics (what
+/// `status.external` / `status.internal` say; a slot without a certificate has no series).
+fn report_expiry(ctx: &Context, cr: &CertificateRotation, status: &CertificateRotationStatus) {
+    use crate::metrics::CertificateSlot;
+    let seconds = |t: &Option<String>| {
+        t.as_deref().and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok()).map(|t| t.as_second())
+    };
+    let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+    for (slot, cert) in [(CertificateSlot::External, &status.external), (CertificateSlot::Internal, &status.internal)] {
+        let times = cert.as_ref().and_then(|c| Some((seconds(&c.not_after)?, seconds(&c.renewal_time))));
+        ctx.metrics.certificate(&ns, &name, slot, times);
     }
 }
 

@@ -87,6 +87,8 @@ pub struct AzureSettings {
     pub poll_interval: Duration,
     /// Give up waiting for one long-running operation after this long (then retried later).
     pub operation_timeout: Duration,
+    /// Where requests are counted (`csop_azure_requests_total`); None: nowhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for AzureSettings {
@@ -98,6 +100,7 @@ impl Default for AzureSettings {
             extra_ca_pem: None,
             poll_interval: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(45 * 60),
+            metrics: None,
         }
     }
 }
@@ -150,6 +153,7 @@ impl AzureKms {
         if_match: Option<&str>,
     ) -> Result<Answer, ProviderError> {
         let token = self.token(scope).await?;
+        let operation = operation_of(&method, url);
         let attempt = || async {
             let mut req = self.http.request(method.clone(), url).bearer_auth(&token);
             if let Some(b) = body {
@@ -158,7 +162,12 @@ impl AzureKms {
             if let Some(etag) = if_match {
                 req = req.header(header::IF_MATCH, etag);
             }
-            let resp = req.send().await.map_err(|e| Retry::Transport(e.without_url().to_string()))?;
+            let started = std::time::Instant::now();
+            let sent = req.send().await;
+            if let Some(m) = &self.settings.metrics {
+                m.azure_request(operation, sent.as_ref().ok().map(|r| r.status().as_u16()), started.elapsed());
+            }
+            let resp = sent.map_err(|e| Retry::Transport(e.without_url().to_string()))?;
             let answer = Answer::read(resp).await.map_err(|e| Retry::Transport(e.without_url().to_string()))?;
             if answer.status == StatusCode::TOO_MANY_REQUESTS || answer.status.is_server_error() {
                 return Err(Retry::Status(answer));
@@ -291,6 +300,26 @@ impl AzureKms {
                 message: format!("the update of managed cluster {} did not succeed", self.cluster_name),
             })
         }
+    }
+}
+
+/// What a request does, for metrics: its method and the kind of resource its URL names.
+fn operation_of(method: &Method, url: &str) -> &'static str {
+    let path = url.split('?').next().unwrap_or(url);
+    if path.contains("/operations/") || path.contains("/operationresults/") {
+        "poll_operation"
+    } else if path.contains("/keys/") {
+        "get_key"
+    } else if path.contains("Microsoft.KeyVault/vaults") {
+        if *method == Method::PATCH {
+            "patch_vault"
+        } else {
+            "get_vault"
+        }
+    } else if *method == Method::PUT {
+        "put_cluster"
+    } else {
+        "get_cluster"
     }
 }
 

@@ -19,6 +19,7 @@ fn settings(emu: &AzureEmulator) -> AzureSettings {
         extra_ca_pem: Some(emu.ca_pem.clone().into_bytes()),
         poll_interval: Duration::from_millis(200),
         operation_timeout: Duration::from_secs(60),
+        metrics: None,
     }
 }
 
@@ -205,7 +206,9 @@ async fn a_private_vaults_key_is_read_through_resource_manager() {
 async fn operation_urls_off_the_resource_manager_host_are_not_followed() {
     let emu = emulator(json!({"enabled": false})).await;
     let spec = emu.spec.clone();
-    let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let counted = AzureSettings { metrics: Some(metrics.clone()), ..settings(&emu) };
+    let az = AzureKms::new(&target(&spec), counted, &secret(&spec)).unwrap();
     let port = emu.url.rsplit(':').next().unwrap().to_string();
     let public = enabled(&spec, "kv-orders", NetworkAccess::Public);
     // Another host, the same host over plain http, the same host on another port, user info:
@@ -239,6 +242,10 @@ async fn operation_urls_off_the_resource_manager_host_are_not_followed() {
             other => panic!("{base}: expected the poll URL to be refused, got {other:?}"),
         }
     }
+    // Each request was counted, by operation and answer.
+    let text = metrics.encode();
+    assert!(text.contains(r#"csop_azure_requests_total{operation="put_cluster",code="#), "{text}");
+    assert!(text.contains(r#"csop_azure_requests_total{operation="get_cluster",code="200"}"#), "{text}");
     // The emulator's own URL is followed as before.
     emu.announce_operations_at(&emu.url.clone());
     let mut result = az.set_kms(&public).await;

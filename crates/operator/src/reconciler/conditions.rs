@@ -178,3 +178,31 @@ mod tests {
         assert_eq!(apply(&c2, &h2, Some(1), t(99)), c2);
     }
 }
+
+#[cfg(test)]
+mod troubleshooting_tests {
+    use super::reason;
+    use crate::kms_key_vault_mode::kms_reason;
+
+    /// Every reason a resource can be Stalled with has its entry in docs/troubleshooting.md:
+    /// what it means and what to do.
+    #[test]
+    fn every_stalled_reason_has_a_troubleshooting_entry() {
+        let doc = include_str!("../../../../docs/troubleshooting.md");
+        for r in [
+            reason::INVALID_SPEC,
+            reason::SECRET_NOT_FOUND,
+            reason::INVALID_CERTIFICATE,
+            reason::ROLLOUT_FAILED,
+            reason::NAME_CONFLICT,
+            reason::CONFLICT,
+            reason::NAMESPACE_NOT_WATCHED,
+            kms_reason::KEY_NOT_USABLE,
+            kms_reason::CLOUD_ACCESS_FAILED,
+            kms_reason::OPERATION_FAILED,
+            kms_reason::ROLLED_BACK,
+        ] {
+            assert!(doc.contains(&format!("\n### {r}\n")), "docs/troubleshooting.md has no entry for {r}");
+        }
+    }
+}

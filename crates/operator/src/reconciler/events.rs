@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::conditions::{self, Health};
 use super::Context;
@@ -53,6 +53,9 @@ where
 {
     // events.k8s.io limits the note to 1 kB.
     let note: String = note.chars().take(1000).collect();
+    // The log says what the Event says, inside the reconcile's span (kind, namespace, name,
+    // operation id). Notes never carry Secret material (the e2e leak audit reads both).
+    info!(event = reason, r#type = ?type_, "{note}");
     let reference = obj.object_ref(&());
     let result = if reference.namespace.is_none() {
         publish_core_event(&ctx.client, reference, type_, reason, note).await

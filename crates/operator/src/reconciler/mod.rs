@@ -298,8 +298,28 @@ fn paused_outcome() -> Outcome {
     Outcome::new(Health::NotReady { reason: conditions::reason::PAUSED.into(), message }, None)
 }
 
-/// One reconcile of `cached`: fresh read, validate, advance, conditions, status, events.
+/// One reconcile of `cached`, in a span that puts the object (and its operation, once one is
+/// recorded) on every log line it writes.
 async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Result<Action, Error> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = K::KIND,
+        namespace = %cached.namespace().unwrap_or_default(),
+        name = %cached.name_any(),
+        operation_id = tracing::field::Empty,
+    );
+    if let Some(op) = cached.status().and_then(|s| s.current_operation()) {
+        span.record("operation_id", op.operation_id.as_str());
+    }
+    reconcile_once(cached, shared).instrument(span).await
+}
+
+/// One reconcile of `cached`: fresh read, validate, advance, conditions, status, events.
+async fn reconcile_once<K: Reconcile>(
+    cached: Arc<K>,
+    shared: Arc<(Arc<Context>, Arc<K::Deps>)>,
+) -> Result<Action, Error> {
     let (ctx, deps) = (&shared.0, &shared.1);
     let api = K::api(ctx.client.clone(), cached.as_ref());
     let Some(obj) = fresh(&api, cached.as_ref()).await? else { return Ok(Action::await_change()) };

@@ -91,7 +91,15 @@ pub async fn measured<K: Reconcile, E>(
     let result = reconcile.await;
     metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
     let state = obj.status().and_then(|s| s.newest_operation_state());
-    metrics.newest_operation(K::KIND, &object_key(obj.as_ref()), state);
+    let key = object_key(obj.as_ref());
+    metrics.newest_operation(K::KIND, &key, state);
+    let stalled = obj.status().and_then(|s| {
+        s.conditions()
+            .iter()
+            .find(|c| c.type_ == super::conditions::STALLED && c.status == "True")
+            .map(|c| c.reason.clone())
+    });
+    metrics.stalled(K::KIND, &key, stalled.as_deref());
     result
 }
 
@@ -108,6 +116,7 @@ pub fn forget_deleted<K: Reconcile>(
         match result {
             Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
                 metrics.newest_operation(K::KIND, &r.to_string(), None);
+                metrics.stalled(K::KIND, &r.to_string(), None);
             }
             Err(kube::runtime::controller::Error::QueueError(e)) => {
                 warn!(kind = K::KIND, error = %e, "watch failed; retrying");

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::api::{CertificateRotation, ClusterRef, ClusterSecurityPolicy, KmsKeyVaultMode};
+use crate::metrics::Metrics;
 use crate::validate;
 
 pub use crate::api::manifests::VALIDATE_PATH;
@@ -69,6 +70,7 @@ struct Shared {
     client: Client,
     settings: Arc<Settings>,
     in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 /// Answer one AdmissionReview by the rules that need only the object (and its old version);
@@ -262,24 +264,43 @@ async fn handle(
     State(shared): State<Shared>,
     Json(body): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    Json(review_with_peers(body, &shared.client, &shared.settings).await)
+    let started = std::time::Instant::now();
+    let (kind, operation) = body
+        .request
+        .as_ref()
+        .map(|r| (r.kind.kind.clone(), format!("{:?}", r.operation).to_uppercase()))
+        .unwrap_or_default();
+    let answer = review_with_peers(body, &shared.client, &shared.settings).await;
+    let allowed = answer.response.as_ref().is_some_and(|r| r.allowed);
+    shared.metrics.review(&kind, &operation, allowed, started.elapsed());
+    Json(answer)
 }
 
 /// At most [`MAX_IN_FLIGHT`] reviews at once, each within [`REQUEST_TIMEOUT`]. Runs before the
 /// body is read, so waiting requests hold no body in memory.
 async fn bounded(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    let Ok(Ok(_permit)) = tokio::time::timeout(QUEUE_WAIT, shared.in_flight.acquire_owned()).await else {
+    let Ok(Ok(_permit)) = tokio::time::timeout(QUEUE_WAIT, shared.in_flight.clone().acquire_owned()).await else {
+        shared.metrics.review_shed("busy");
         return (StatusCode::SERVICE_UNAVAILABLE, "admission webhook busy; retry").into_response();
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the review did not complete in time").into_response(),
+        Ok(response) => {
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                shared.metrics.review_shed("too_large");
+            }
+            response
+        }
+        Err(_) => {
+            shared.metrics.review_shed("timeout");
+            (StatusCode::REQUEST_TIMEOUT, "the review did not complete in time").into_response()
+        }
     }
 }
 
 /// The webhook's HTTP routes, with the body limit and the concurrency bound.
-pub fn router(client: Client, settings: Settings) -> Router {
-    let shared = Shared { client, settings: Arc::new(settings), in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)) };
+pub fn router(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Router {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let shared = Shared { client, settings: Arc::new(settings), in_flight, metrics };
     Router::new()
         .route(VALIDATE_PATH, post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -294,10 +315,11 @@ pub async fn serve(
     handle: axum_server::Handle,
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let mut server = axum_server::bind_rustls(addr, tls).handle(handle);
     server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    server.serve(router(client, settings).into_make_service()).await
+    server.serve(router(client, settings, metrics).into_make_service()).await
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ async fn start() -> (SocketAddr, reqwest::Client, axum_server::Handle) {
     // The API server is read only for KmsKeyVaultModes; these reviews never reach it.
     let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
     tokio::spawn(async move {
-        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default()).await.unwrap()
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default())
+            .await
+            .unwrap()
     });
     let addr = handle.listening().await.expect("webhook listens");
     // Trusts the operator's CA and nothing else.
@@ -111,7 +113,9 @@ async fn a_renewed_certificate_in_the_cert_dir_is_served_without_a_restart() {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move { webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default()).await });
+    tokio::spawn(async move {
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
+    });
     let addr = handle.listening().await.unwrap();
     let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
     let trusts_new = crate::http::https_client(Some(new.ca.cert_pem.as_bytes()), false).unwrap();

@@ -176,7 +176,17 @@ async fn valid_examples_get_status_and_printer_columns() {
     let headers: Vec<Vec<&str>> =
         text.lines().filter(|l| l.starts_with("NAME")).map(|l| l.split_whitespace().collect()).collect();
     assert!(
-        headers.contains(&vec!["NAME", "CLUSTER", "AUTH", "CLIENT-BROKER", "STATE", "OPERATION", "READY", "AGE"]),
+        headers.contains(&vec![
+            "NAME",
+            "CLUSTER",
+            "AUTH",
+            "CLIENT-BROKER",
+            "STATE",
+            "OPERATION",
+            "READY",
+            "REASON",
+            "AGE"
+        ]),
         "{text}"
     );
     assert!(
@@ -188,6 +198,7 @@ async fn valid_examples_get_status_and_printer_columns() {
             "CLIENT-IMPACT",
             "OPERATION",
             "READY",
+            "REASON",
             "AGE"
         ]),
         "{text}"
@@ -196,7 +207,7 @@ async fn valid_examples_get_status_and_printer_columns() {
     let out = cp.kubectl(&["get", "kmsmode"]);
     let first =
         stdout(&out).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();
-    assert_eq!(first, ["NAME", "MODE", "KMS", "PHASE", "PROGRESS", "READY", "AGE"]);
+    assert_eq!(first, ["NAME", "MODE", "KMS", "PHASE", "PROGRESS", "READY", "REASON", "AGE"]);
     let out = cp.kubectl(&["get", "clustersecurity", "-A", "-o", "name"]);
     let names = stdout(&out);
     for n in [
@@ -267,13 +278,17 @@ async fn metrics_health_and_readiness_are_served() {
         let out = apply_when_webhook_ready(&env.cp, &examples(f)).await;
         assert!(out.status.success(), "{f}: {}", stderr(&out));
     }
+    // A denied review, so that the webhook's series have a sample.
+    let denied = apply_when_webhook_ready(&env.cp, &examples("invalid/csp-scram-plaintext.yaml")).await;
+    assert!(!denied.status.success());
     let text = wait_until(Duration::from_secs(60), "every kind's reconciles in /metrics", || async move {
         let (code, text) = http_get(port, "/metrics").ok_or("no answer")?;
         let counted = ["ClusterSecurityPolicy", "CertificateRotation", "KmsKeyVaultMode"].iter().all(|k| {
             text.lines()
                 .any(|l| l.starts_with(&format!("csop_reconciliations_total{{kind=\"{k}\"}} ")) && !l.ends_with(" 0"))
         });
-        (code == 200 && counted).then_some(text.clone()).ok_or(text)
+        let expiry = text.contains("csop_certificate_expiration_timestamp_seconds{namespace=\"kafka\",name=\"orders\"");
+        (code == 200 && counted && expiry).then_some(text.clone()).ok_or(text)
     })
     .await
     .unwrap();
@@ -283,11 +298,63 @@ async fn metrics_health_and_readiness_are_served() {
         "# TYPE csop_reconcile_errors counter",
         "csop_operations{kind=\"ClusterSecurityPolicy\",state=\"UPDATE_COMPLETE\"}",
         "csop_leader 1",
+        &format!("csop_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "csop_webhook_requests_total{kind=\"ClusterSecurityPolicy\",operation=\"CREATE\",allowed=\"false\"}",
+        "csop_webhook_request_duration_seconds_count{kind=\"ClusterSecurityPolicy\"}",
+        "# TYPE csop_stalled gauge",
+        "# TYPE csop_azure_requests counter",
+        "csop_certificate_renewal_timestamp_seconds{namespace=\"kafka\",name=\"orders\",slot=\"external\"}",
         "# EOF",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
     assert!(!text.contains("BEGIN"), "no key material in metrics");
+    // Structured logs: a reconcile's lines carry the object (and its operation) from its span.
+    let log = env.operator.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("reconcile{")
+            && l.contains("ClusterSecurityPolicy")
+            && l.contains("namespace=kafka")
+            && l.contains("name=orders")
+            && l.contains("operation_id=")
+            && l.contains("event=")),
+        "no reconcile line with kind, namespace, name, operation id and event in the log"
+    );
+
+    // The chart's alerts and the Grafana dashboard: PromQL that Prometheus parses, over metrics
+    // this scrape has.
+    let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let exported = |name: &str| {
+        let base = ["_total", "_bucket", "_count", "_sum"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        families.contains(&name) || families.contains(&base)
+    };
+    let out = helm_render(Some(r#"{"metrics": {"prometheusRule": {"enabled": true}}}"#));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rendered = stdout(&out);
+    let rule = rendered.split("\n---\n").find(|d| d.contains("kind: PrometheusRule")).expect("a PrometheusRule");
+    let rule: serde_yaml::Value = serde_yaml::from_str(rule).unwrap();
+    let mut exprs: Vec<String> = rule["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 8, "alerts: {exprs:?}");
+    let root = cluster_security_testbed::repo_root();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap()).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for expr in &exprs {
+        promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        let names = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("csop_"));
+        for name in names {
+            assert!(exported(name), "{expr} reads {name}, which the operator does not export");
+        }
+    }
     support::assert_no_secret_leaks(&[]).await;
 }
 
@@ -372,6 +439,24 @@ async fn the_chart_grants_only_what_the_operator_uses() {
     support::assert_no_secret_leaks(&[]).await;
 }
 
+/// `text` without the PodDisruptionBudgets of `policy/v1` when the API server does not serve it
+/// (Kubernetes before 1.21, like the v1.20 server of the tests; the chart picks v1beta1 there by
+/// its Capabilities). Nothing else is ever dropped.
+fn served_only(cp: &ControlPlane, text: &str) -> String {
+    let versions = stdout(&cp.kubectl(&["api-versions"]));
+    if versions.lines().any(|v| v == "policy/v1") {
+        return text.to_string();
+    }
+    let docs: Vec<&str> = text.split("\n---\n").collect();
+    let kept: Vec<&str> = docs
+        .iter()
+        .copied()
+        .filter(|d| !(d.contains("apiVersion: policy/v1\n") && d.contains("kind: PodDisruptionBudget")))
+        .collect();
+    assert!(docs.len() - kept.len() <= 1, "only the PodDisruptionBudget is dropped");
+    kept.join("\n---\n")
+}
+
 #[tokio::test]
 async fn deploy_manifests_are_accepted_by_the_apiserver() {
     let cp = &env().cp;
@@ -383,8 +468,27 @@ async fn deploy_manifests_are_accepted_by_the_apiserver() {
         .expect("python3 runs");
     assert!(out.status.success(), "{}", stderr(&out));
     let dir = format!("{root}/deploy");
-    let out = cp.kubectl(&["apply", "-k", &dir, "--dry-run=server"]);
+    // Server-side apply, as Flux and Helm 4 do (every list entry needs its merge keys, e.g. a
+    // Service port's protocol): the kustomization and the one-file install.
+    let kustomized = cp.kubectl(&["kustomize", &dir]);
+    assert!(kustomized.status.success(), "{}", stderr(&kustomized));
+    let apply = |text: &str| {
+        cp.kubectl_with_stdin(
+            &["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-"],
+            Some(&served_only(cp, text)),
+        )
+    };
+    let out = apply(&stdout(&kustomized));
     assert!(out.status.success(), "{}", stderr(&out));
+    let one_file = apply(&std::fs::read_to_string(format!("{root}/deploy/install.yaml")).unwrap());
+    assert!(one_file.status.success(), "{}", stderr(&one_file));
+    assert_eq!(
+        stdout(&one_file).lines().count(),
+        stdout(&out).lines().count(),
+        "install.yaml holds what deploy/ does:\n{}\n---\n{}",
+        stdout(&one_file),
+        stdout(&out)
+    );
     let text = stdout(&out);
     for what in [
         "namespace/cluster-security-operator",
@@ -408,7 +512,10 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     let rendered = stdout(&out);
     assert!(rendered.contains("namespace: csop-chart"), "release namespace templated");
     let _ = cp.kubectl(&["create", "namespace", "csop-chart"]);
-    let out = cp.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    let out = cp.kubectl_with_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&served_only(cp, &rendered)),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("deployment.apps/cluster-security-operator"), "{}", stdout(&out));
 
@@ -441,5 +548,127 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     let out = helm_render(Some(r#"{"replicas": 3, "leaderElection": {"enabled": false}}"#));
     assert!(!out.status.success(), "3 replicas without leader election were accepted");
     assert!(stderr(&out).contains("needs leaderElection.enabled=true"), "{}", stderr(&out));
+
+    // A platform team's values: each reaches the Deployment, and the result applies server-side.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let values = serde_json::json!({
+        "image": {"digest": digest, "pullSecrets": ["regcred"]},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+        "priorityClassName": "system-cluster-critical",
+        "podAnnotations": {"example.com/team": "platform"},
+        "podLabels": {"team": "platform"},
+        "extraArgs": ["--concurrent-reconciles=4"],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "logLevel": "info,cluster_security_operator=debug",
+        "watchNamespaces": ["csop-chart"],
+        "controllers": {"kmsKeyVaultMode": false},
+        "networkPolicy": {"enabled": true, "apiServerCIDRs": ["10.0.0.1/32"]}
+    })
+    .to_string();
+    let out = helm_render(Some(&values));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rendered = stdout(&out);
+    for expected in [
+        format!("cluster-security-operator@{digest}"),
+        "- name: \"regcred\"".to_string(),
+        "key: dedicated".to_string(),
+        "kubernetes.io/os: linux".to_string(),
+        "topology.kubernetes.io/zone".to_string(),
+        "priorityClassName: \"system-cluster-critical\"".to_string(),
+        "example.com/team: platform".to_string(),
+        "team: platform".to_string(),
+        "\"--concurrent-reconciles=4\"".to_string(),
+        "name: HTTPS_PROXY".to_string(),
+        "{name: RUST_LOG, value: \"info,cluster_security_operator=debug\"}".to_string(),
+        "--watch-namespaces=csop-chart".to_string(),
+        "--controllers=ClusterSecurityPolicy,CertificateRotation\n".to_string(),
+        "kind: NetworkPolicy".to_string(),
+        "kind: PodDisruptionBudget".to_string(),
+    ] {
+        assert!(rendered.contains(&expected), "{expected} missing from the render:\n{rendered}");
+    }
+    assert!(!rendered.contains("runAsUser"), "no fixed UID (OpenShift assigns its own)");
+    let out = cp.kubectl_with_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&served_only(cp, &rendered)),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (bad, says) in [
+        (r#"{"image": {"digest": "latest"}}"#, "/image/digest"),
+        (r#"{"extraArgs": ["concurrent-reconciles=4"]}"#, "/extraArgs/0"),
+        (r#"{"watchNamespaces": ["Team_A"]}"#, "/watchNamespaces/0"),
+    ] {
+        let out = helm_render(Some(bad));
+        assert!(!out.status.success(), "values {bad} were accepted");
+        assert!(stderr(&out).contains(says), "values {bad}: {}", stderr(&out));
+    }
+    support::assert_no_secret_leaks(&[]).await;
+}
+
+/// The GitOps files as shipped: the paths their Applications and Kustomizations name build to
+/// exactly the applicable examples (not `invalid/`, not the KmsKeyVaultMode with its Azure
+/// placeholders), the build applies server-side (as Flux does), and what it applies reaches
+/// Ready; both Argo CD Applications retry.
+#[tokio::test]
+async fn gitops_paths_apply_as_shipped_and_reach_ready() {
+    let cp = &env().cp;
+    let root = cluster_security_testbed::repo_root();
+    let flux = std::fs::read_to_string(root.join("gitops/flux/cluster-security-operator.yaml")).unwrap();
+    let argo = std::fs::read_to_string(root.join("gitops/argocd/application.yaml")).unwrap();
+    let docs = |text: &str| -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let mut paths: Vec<String> = docs(&flux)
+        .iter()
+        .filter(|d| d["kind"] == "Kustomization")
+        .map(|d| d["spec"]["path"].as_str().unwrap().trim_start_matches("./").to_string())
+        .collect();
+    for app in docs(&argo) {
+        assert!(app["spec"]["syncPolicy"]["retry"]["limit"].as_u64().unwrap_or(0) > 0, "Argo CD app retries: {app:?}");
+        let path = app["spec"]["source"]["path"].as_str().unwrap();
+        if !path.starts_with("charts/") {
+            paths.push(path.to_string());
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths, ["deploy", "examples"], "the paths the GitOps files apply");
+
+    let built = cp.kubectl(&["kustomize", &root.join("examples").display().to_string()]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let text = stdout(&built);
+    let kinds: Vec<String> = docs(&text)
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace/kafka",
+            "Service/orders-kafka",
+            "StatefulSet/orders-kafka",
+            "CertificateRotation/orders",
+            "ClusterSecurityPolicy/orders"
+        ],
+        "exactly the applicable examples"
+    );
+    support::webhook_ready(cp).await;
+    let out = cp.kubectl_with_stdin(
+        &["apply", "--server-side", "--field-manager=kustomize-controller", "-f", "-"],
+        Some(&text),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "clustersecuritypolicy/orders",
+        "certificaterotation/orders",
+        "-n",
+        "kafka",
+        "--timeout=180s",
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     support::assert_no_secret_leaks(&[]).await;
 }

@@ -8,3 +8,4 @@ mod faults;
 mod ha;
 mod restart;
 mod scoped;
+mod upgrade;
