@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the three CustomResourceDefinitions as YAML (what crds/ holds).
     Crd,
+    /// Print every metric family the operator exports: name, type, help.
+    Metrics,
     /// Run the controllers and the admission webhook against the current cluster
     /// (in-cluster config, else KUBECONFIG, else ~/.kube/config).
     Run(Box<RunArgs>),

@@ -39,5 +39,10 @@ pub use kms_key_vault_mode::reencrypt;
 pub use reconciler::CONCURRENT_RECONCILES;
 pub use runtime::run;
 
+/// Every metric family the operator exports (`cluster-security-operator metrics`).
+pub fn metrics_catalogue() -> String {
+    metrics::Metrics::catalogue()
+}
+
 #[cfg(test)]
 mod fuzz_tests;

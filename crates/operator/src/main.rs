@@ -8,6 +8,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", cluster_security_api::manifests::crds_yaml());
             Ok(())
         }
+        Command::Metrics => {
+            print!("{}", cluster_security_operator::metrics_catalogue());
+            Ok(())
+        }
         Command::Run(args) => run(*args).await,
     }
 }

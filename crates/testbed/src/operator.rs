@@ -33,6 +33,21 @@ fn kubectl_ok(cp: &ControlPlane, args: &[&str], stdin: Option<&str>) -> anyhow::
 pub fn install(cp: &ControlPlane, webhook_port: Option<u16>) -> anyhow::Result<()> {
     let crds = crds_path();
     kubectl_ok(cp, &["apply", "-f", crds.to_str().expect("utf-8 path")], None)?;
+    wait_established(cp)?;
+    let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
+    kubectl_ok(cp, &["apply", "-f", "-"], Some(&ns))?;
+    if let Some(port) = webhook_port {
+        let cfg = manifests::webhook_configuration(WebhookClientConfig {
+            url: Some(format!("https://127.0.0.1:{port}{}", manifests::VALIDATE_PATH)),
+            ..Default::default()
+        });
+        kubectl_ok(cp, &["apply", "-f", "-"], Some(&serde_json::to_string(&cfg)?))?;
+    }
+    Ok(())
+}
+
+/// Wait until the three CRDs are Established (served).
+pub fn wait_established(cp: &ControlPlane) -> anyhow::Result<()> {
     kubectl_ok(
         cp,
         &[
@@ -44,17 +59,8 @@ pub fn install(cp: &ControlPlane, webhook_port: Option<u16>) -> anyhow::Result<(
             "crd/kmskeyvaultmodes.clustersecurity.io",
         ],
         None,
-    )?;
-    let ns = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n");
-    kubectl_ok(cp, &["apply", "-f", "-"], Some(&ns))?;
-    if let Some(port) = webhook_port {
-        let cfg = manifests::webhook_configuration(WebhookClientConfig {
-            url: Some(format!("https://127.0.0.1:{port}{}", manifests::VALIDATE_PATH)),
-            ..Default::default()
-        });
-        kubectl_ok(cp, &["apply", "-f", "-"], Some(&serde_json::to_string(&cfg)?))?;
-    }
-    Ok(())
+    )
+    .map(|_| ())
 }
 
 /// The ServiceAccount the chart runs the operator as, as an API user.
@@ -84,6 +90,38 @@ pub fn render_chart(values: &str) -> anyhow::Result<String> {
         bail!("rendering the chart with {values} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Flags and environment variables (name, value) of a container.
+pub type DeploymentCommand = (Vec<String>, Vec<(String, String)>);
+
+/// The command line of the operator container of the Deployment in `manifests` (a chart
+/// render): its flags after `run`, and its environment variables with literal values (those
+/// taken from the pod, `POD_NAME`/`POD_NAMESPACE`, are the testbed's to set).
+pub fn deployment_command(manifests: &str) -> anyhow::Result<DeploymentCommand> {
+    for doc in serde_yaml::Deserializer::from_str(manifests) {
+        let v = serde_yaml::Value::deserialize(doc)?;
+        if v.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
+            continue;
+        }
+        let container = &v["spec"]["template"]["spec"]["containers"][0];
+        let args = container["args"]
+            .as_sequence()
+            .context("the container has args")?
+            .iter()
+            .filter_map(|a| a.as_str())
+            .filter(|a| *a != "run")
+            .map(String::from)
+            .collect();
+        let env = container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+            .collect();
+        return Ok((args, env));
+    }
+    bail!("no Deployment in the manifests")
 }
 
 /// [`service_account_kubeconfig`] with the ServiceAccount and RBAC of `manifests` (e.g. the
@@ -119,6 +157,7 @@ pub struct Operator {
     pub log: PathBuf,
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     kubeconfig: PathBuf,
 }
 
@@ -131,7 +170,7 @@ impl Operator {
         webhook_port: u16,
         extra_args: &[impl AsRef<str>],
     ) -> anyhow::Result<Self> {
-        Self::start_as(cp, binary, webhook_port, extra_args, service_account_kubeconfig(cp)?)
+        Self::start_as(cp, binary, webhook_port, extra_args, &[], service_account_kubeconfig(cp)?)
     }
 
     /// [`Operator::start`] acting through `kubeconfig` (see [`service_account_kubeconfig_with`]).
@@ -140,6 +179,7 @@ impl Operator {
         binary: &Path,
         webhook_port: u16,
         extra_args: &[impl AsRef<str>],
+        env: &[(String, String)],
         kubeconfig: PathBuf,
     ) -> anyhow::Result<Self> {
         let health_port = free_port();
@@ -163,6 +203,7 @@ impl Operator {
             log,
             binary: binary.to_path_buf(),
             args,
+            env: env.to_vec(),
             kubeconfig,
         };
         op.restart()?;
@@ -188,6 +229,7 @@ impl Operator {
         cmd.args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f));

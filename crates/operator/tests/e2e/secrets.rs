@@ -7,12 +7,9 @@
 
 use crate::support;
 
-use std::time::Duration;
-
-use crate::support::{apply, brokers, env, stderr, stdout, webhook_ready};
+use crate::support::{apply, brokers, env, stderr, webhook_ready};
 use base64::Engine as _;
 use cluster_security_testbed::pki;
-use cluster_security_testbed::wait_until;
 use k8s_openapi::jiff::Timestamp;
 
 const MARKER: &str = "CSOP-MARKER-7f3a9c1e-do-not-log";
@@ -29,26 +26,11 @@ fn rotation(ns: &str, name: &str, external: &str) -> String {
 
 /// Wait until `name` in `ns` has a newest operation or a Stalled condition: its material was handled.
 async fn handled(ns: &str, kind: &str, name: &str) {
-    let cp = &env().cp;
-    wait_until(Duration::from_secs(120), &format!("{kind} {ns}/{name} handled"), || {
-        let out = cp.kubectl(&[
-            "get",
-            kind,
-            name,
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.status.operations[0].operationState}{.status.conditions[?(@.type==\"Stalled\")].reason}",
-        ]);
-        let text = stdout(&out);
-        async move {
-            (text.contains("UPDATE_COMPLETE") || text.contains("UPDATE_FAILED") || text.contains("Invalid"))
-                .then_some(())
-                .ok_or(text)
-        }
+    let path = "{.status.operations[0].operationState}{.status.conditions[?(@.type==\"Stalled\")].reason}";
+    support::wait_jsonpath(&env().cp, (kind, ns, name), path, 120, |text| {
+        text.contains("UPDATE_COMPLETE") || text.contains("UPDATE_FAILED") || text.contains("Invalid")
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]

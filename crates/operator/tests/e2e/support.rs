@@ -114,3 +114,22 @@ pub async fn wait_sts_ready(cp: &ControlPlane, ns: &str, name: &str) {
     .await
     .unwrap();
 }
+
+/// Wait (up to `seconds`) until `jsonpath` of `kind/name` in `ns` satisfies `done`; the text.
+pub async fn wait_jsonpath(
+    cp: &ControlPlane,
+    (kind, ns, name): (&str, &str, &str),
+    jsonpath: &str,
+    seconds: u64,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let what = format!("{kind} {ns}/{name}: {jsonpath}");
+    let template = format!("jsonpath={jsonpath}");
+    wait_until(Duration::from_secs(seconds), &what, || {
+        let text = stdout(&cp.kubectl(&["get", kind, name, "-n", ns, "-o", &template]));
+        let ok = done(&text);
+        async move { ok.then_some(text.clone()).ok_or(text) }
+    })
+    .await
+    .unwrap()
+}

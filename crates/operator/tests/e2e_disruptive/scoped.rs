@@ -1,6 +1,7 @@
-//! The namespace-scoped install: the chart rendered with `watchNamespaces: [team-a]` and the
-//! KmsKeyVaultMode controller off, its RBAC applied, and the operator acting as that
-//! ServiceAccount with the matching flags. Every flow works in team-a; a policy in team-b is
+//! The namespace-scoped install: the chart rendered with `watchNamespaces: [team-a]`, the
+//! KmsKeyVaultMode controller off and other non-default values (tolerations, extra args, log
+//! level), its RBAC applied, and the operator run with exactly the rendered Deployment's flags
+//! and environment, acting as that ServiceAccount. Every flow works in team-a; a policy in team-b is
 //! Stalled `NamespaceNotWatched` and nothing is written there; the ServiceAccount holds no right
 //! over Secrets outside team-a and its own namespace.
 
@@ -40,24 +41,11 @@ fn rotation(ns: &str) -> String {
     )
 }
 
-/// The newest operation's state and the Stalled reason of `kind/name` in `ns`, once one of
-/// `wanted` shows.
+/// The newest operation's state, the Stalled reason and message of `kind/name` in `ns`, once
+/// `wanted` shows in them.
 async fn wait_state(cp: &ControlPlane, kind: &str, ns: &str, name: &str, wanted: &str) -> String {
-    wait_until(Duration::from_secs(150), &format!("{kind} {ns}/{name}: {wanted}"), || {
-        let out = cp.kubectl(&[
-            "get",
-            kind,
-            name,
-            "-n",
-            ns,
-            "-o",
-            "jsonpath={.status.operations[0].operationState}/{.status.conditions[?(@.type==\"Stalled\")].reason}/{.status.conditions[?(@.type==\"Stalled\")].message}",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        async move { text.contains(wanted).then_some(text.clone()).ok_or(text) }
-    })
-    .await
-    .unwrap()
+    let path = "{.status.operations[0].operationState}/{.status.conditions[?(@.type==\"Stalled\")].reason}/{.status.conditions[?(@.type==\"Stalled\")].message}";
+    support::wait_jsonpath(cp, (kind, ns, name), path, 150, |text| text.contains(wanted)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +59,10 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
     apply(&cp, &brokers("team-b"));
 
     // The chart's RBAC for this mode, and nothing else.
-    let values = r#"{"watchNamespaces": ["team-a"], "controllers": {"kmsKeyVaultMode": false}}"#;
+    let values = r#"{"watchNamespaces": ["team-a"], "controllers": {"kmsKeyVaultMode": false},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "extraArgs": ["--concurrent-reconciles=4"], "logLevel": "warn",
+        "logFormat": "text"}"#;
     let rendered = operator::render_chart(values).unwrap();
     assert!(rendered.contains("--watch-namespaces=team-a"), "the Deployment gets the flag");
     assert!(rendered.contains("--controllers=ClusterSecurityPolicy,CertificateRotation"));
@@ -105,9 +96,12 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
         assert!(!can(verb, what, ns), "the scoped install grants {verb} {what} in {ns:?}");
     }
 
-    let args = ["--watch-namespaces=team-a", "--controllers=ClusterSecurityPolicy,CertificateRotation"];
+    // The Deployment's own command line (its leader election included), as the chart renders it.
+    let (args, env) = operator::deployment_command(&rendered).unwrap();
+    assert!(args.contains(&"--concurrent-reconciles=4".to_string()), "{args:?}");
+    assert!(env.iter().any(|(k, v)| k == "RUST_LOG" && v == "warn"), "{env:?}");
     let op = tokio::task::block_in_place(|| {
-        Operator::start_as(&cp, Path::new(OPERATOR), port, &args, kubeconfig).expect("operator starts")
+        Operator::start_as(&cp, Path::new(OPERATOR), port, &args, &env, kubeconfig).expect("operator starts")
     });
     support::webhook_ready(&cp).await;
 
@@ -151,6 +145,23 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
     let name = done.name_any();
     assert_eq!(done.status.unwrap().operations[0].operation_state, OperationState::UpdateComplete, "{name}");
     assert!(!op.log_text().contains("forbidden"), "the operator never hit a permission it lacks:\n{}", op.log_text());
+    assert!(!op.log_text().contains(" INFO "), "the chart's logLevel (warn) reached the operator");
+    let health_port = op.health_port;
+    wait_until(Duration::from_secs(60), "the new series in /metrics", || async move {
+        let metrics = cluster_security_testbed::operator::http_get(health_port, "/metrics").ok_or("no answer")?.1;
+        let missing: Vec<&str> = [
+            "csop_operations{kind=\"ClusterSecurityPolicy\",state=\"UPDATE_COMPLETE\"} 1",
+            "csop_stalled{kind=\"ClusterSecurityPolicy\",reason=\"NamespaceNotWatched\"} 1",
+            "csop_certificate_expiration_timestamp_seconds{namespace=\"team-a\",name=\"certs\",slot=\"external\"}",
+            "csop_leader 1",
+        ]
+        .into_iter()
+        .filter(|s| !metrics.contains(s))
+        .collect();
+        missing.is_empty().then_some(()).ok_or_else(|| format!("missing {missing:?}"))
+    })
+    .await
+    .unwrap();
     leaks::assert_none(&cp, &[]).await;
     drop(op);
     kubelet.stop();
