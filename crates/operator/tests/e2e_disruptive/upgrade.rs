@@ -1,7 +1,9 @@
-//! CRD upgrade as docs/upgrade.md tells it: the previous version's CRDs installed, objects of
-//! every kind created under them, then this version's `crds/` applied server-side over them
-//! (what `helm upgrade` does not do by itself). Every object is kept, unchanged, and reads as
-//! this version's types; the new version's printer columns and fields are served.
+//! CRD upgrade and uninstall as docs/install.md tells them: the previous version's CRDs
+//! installed, objects of every kind created under them, then this version's `crds/` applied
+//! server-side over them (what `helm upgrade` does not do by itself). Every object is kept,
+//! unchanged, and reads as this version's types; the new schema is served and enforced. Then the
+//! operator is installed from `deploy/install.yaml` and uninstalled the documented way (`kubectl
+//! delete -f deploy/operator.yaml`): the CRDs, every object and the Secrets the operator kept stay.
 
 use cluster_security_api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
 use cluster_security_testbed::operator;
@@ -41,9 +43,12 @@ async fn crds_upgrade_in_place_and_keep_every_object() {
                 "jsonpath={range .items[*]}{.kind}/{.metadata.name}/{.metadata.uid}/{.metadata.generation} {end}",
             ],
         )
+        .split_whitespace()
+        .map(String::from)
+        .collect::<std::collections::BTreeSet<_>>()
     };
     let before = uids(&cp);
-    assert_eq!(before.split_whitespace().count(), 3, "{before}");
+    assert_eq!(before.len(), 3, "{before:?}");
 
     // The documented upgrade step: this version's CRDs, server-side (they are too large for the
     // last-applied annotation of a client-side apply), taking over the fields the old apply set.
@@ -70,4 +75,31 @@ async fn crds_upgrade_in_place_and_keep_every_object() {
     let out = cp.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rotation));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("spec.external.label"), "{err}");
+
+    // Install the operator from the one file (server-side), then uninstall it as documented.
+    let install = std::fs::read_to_string(root.join("deploy/install.yaml")).unwrap();
+    let served = |text: &str| {
+        // policy/v1 PodDisruptionBudgets need Kubernetes 1.21 (the test server is v1.20).
+        let v1 = kubectl_ok(&cp, &["api-versions"]).lines().any(|v| v == "policy/v1");
+        text.split("\n---\n")
+            .filter(|d| v1 || !d.contains("kind: PodDisruptionBudget"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let out =
+        cp.kubectl_with_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&served(&install)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A CA the operator kept (deletionPolicy Retain): labelled as its own, owned by nobody.
+    let kept = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: orders-kafka-external-ca\n  namespace: kafka\n  labels: {app.kubernetes.io/managed-by: cluster-security-operator}\nstringData: {ca.crt: kept}\n";
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(kept));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let operator_yaml = served(&std::fs::read_to_string(root.join("deploy/operator.yaml")).unwrap());
+    let out = cp.kubectl_with_stdin(&["delete", "--ignore-not-found", "--wait=true", "-f", "-"], Some(&operator_yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = kubectl_ok(&cp, &["get", "deploy,validatingwebhookconfiguration,clusterrole", "-A", "-o", "name"]);
+    assert!(!gone.contains("cluster-security-operator"), "the operator is gone: {gone}");
+    operator::wait_established(&cp).unwrap();
+    assert_eq!(uids(&cp), before, "every resource is kept");
+    let secret = kubectl_ok(&cp, &["get", "secret", "orders-kafka-external-ca", "-n", "kafka", "-o", "name"]);
+    assert_eq!(secret.trim(), "secret/orders-kafka-external-ca", "kept CA Secrets stay");
 }

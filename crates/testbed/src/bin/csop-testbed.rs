@@ -120,13 +120,17 @@ async fn main() -> anyhow::Result<()> {
     let client = cp.client().await?;
     let _kubelet = PlayKubelet::start(client, "play-node").await?;
 
-    say("kubectl apply -f examples/");
+    say("kubectl apply -k examples/ && kubectl apply -f examples/kmskeyvaultmode.yaml");
     let examples = root.join("examples");
+    let kms = examples.join("kmskeyvaultmode.yaml");
     let mut applied = false;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !applied {
         // The webhook's caBundle lands a moment after the operator starts.
-        let out = cp.kubectl(&["apply", "-f", examples.to_str().context("utf-8 path")?]);
+        let mut out = cp.kubectl(&["apply", "-k", examples.to_str().context("utf-8 path")?]);
+        if out.status.success() {
+            out = cp.kubectl(&["apply", "-f", kms.to_str().context("utf-8 path")?]);
+        }
         applied = out.status.success();
         if applied || Instant::now() > deadline {
             print!("{}", show(&out));
