@@ -96,9 +96,22 @@ pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Res
     }
     let chain = certificates(cert_pem, "the certificate")?;
     let cas = certificates(&ca_pem, "the CA certificate")?;
-    let leaf = info(&chain[0], "the certificate")?;
     let ca_info = info(&cas[0], "the CA certificate")?;
+    let leaf = check_leaf(&chain, key_pem, now)?;
+    verify_chain(&chain, &cas, &leaf.dns_names[0], now)?;
+    Ok(Material {
+        cert_pem: cert_pem.to_string(),
+        key_pem: key_pem.to_string(),
+        ca_pem,
+        leaf,
+        ca_fingerprint: ca_info.fingerprint_sha256,
+    })
+}
 
+/// The leaf of `chain` against its key and the clock: a PKCS#8 key that matches it, valid now,
+/// with DNS names to verify against.
+fn check_leaf(chain: &[Vec<u8>], key_pem: &str, now: Timestamp) -> Result<CertInfo, String> {
+    let leaf = info(&chain[0], "the certificate")?;
     if !key_pem.contains("-----BEGIN PRIVATE KEY-----") {
         return Err(if key_pem.contains("-----BEGIN") {
             "the private key is not PKCS#8 (Kafka's PEM key stores need '-----BEGIN PRIVATE KEY-----'); convert it with `openssl pkcs8 -topk8 -nocrypt`".into()
@@ -125,13 +138,59 @@ pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Res
                 .into(),
         );
     }
-    verify_chain(&chain, &cas, &leaf.dns_names[0], now)?;
+    Ok(leaf)
+}
+
+/// PEM of DER certificates, one after another.
+fn pem_of(ders: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in ders {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
+fn self_signed(der: &[u8]) -> bool {
+    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.issuer() == c.subject())
+}
+
+/// Check key and certificate when no CA is given — a cert-manager or public-CA Secret without
+/// `ca.crt`. The chain the certificate carries must verify: to its own last certificate when
+/// that is a self-signed root the issuer included (that root is then the CA clients trust), or
+/// else to the public web roots (the CA shown and published is then the chain above the leaf;
+/// clients trust the public root from their system store).
+pub fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result<Material, String> {
+    let chain = certificates(cert_pem, "the certificate")?;
+    if chain.len() > 1 && self_signed(&chain[chain.len() - 1]) {
+        let (served, root) = chain.split_at(chain.len() - 1);
+        let mut m = check(&pem_of(served), key_pem, &pem_of(root), now)?;
+        m.cert_pem = cert_pem.to_string();
+        return Ok(m);
+    }
+    // Key, validity and names as for a given CA; then the chain against the public roots.
+    let leaf = check_leaf(&chain, key_pem, now)?;
+    let mut store = rustls::RootCertStore::empty();
+    store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    verify_chain_in(&chain, store, &leaf.dns_names[0], now).map_err(|_| {
+        "there is no CA certificate (no ca.crt / cacert) and the chain in the certificate verifies neither to a \
+         root it includes nor to a public root; add the issuing CA certificate to the Secret (ca.crt)"
+            .to_string()
+    })?;
+    let above = &chain[1..];
+    let ca_fingerprint = above.last().map(|d| fingerprint(d)).unwrap_or_default();
     Ok(Material {
         cert_pem: cert_pem.to_string(),
         key_pem: key_pem.to_string(),
-        ca_pem,
+        ca_pem: pem_of(above),
         leaf,
-        ca_fingerprint: ca_info.fingerprint_sha256,
+        ca_fingerprint,
     })
 }
 
@@ -143,6 +202,15 @@ pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], dns_name: &str, now: T
             .add(CertificateDer::from(r.clone()))
             .map_err(|e| format!("the CA certificate is not usable as a trust anchor: {e}"))?;
     }
+    verify_chain_in(chain, store, dns_name, now)
+}
+
+fn verify_chain_in(
+    chain: &[Vec<u8>],
+    store: rustls::RootCertStore,
+    dns_name: &str,
+    now: Timestamp,
+) -> Result<(), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
         .build()
@@ -193,5 +261,25 @@ mod tests {
         let ca_with_key = format!("{}{}", ca.cert_pem, ca.key_pem);
         let e = err(check(&leaf.cert_pem, &leaf.key_pem, &ca_with_key, now()));
         assert!(e.contains("holds a private key block") && !e.contains(&ca.key_pem[40..80]), "{e}");
+    }
+
+    #[test]
+    fn without_a_ca_the_chain_verifies_to_its_own_root_or_is_refused() {
+        let ca = pki::new_ca("issuer", now(), 30).unwrap();
+        let sans = vec!["broker.kafka.svc".to_string()];
+        let leaf = pki::issue_leaf(&ca, "broker", &sans, pki::Usage::Server, now(), 10).unwrap();
+        // cert-manager with a CA issuer that appends its root: the root becomes the CA.
+        let with_root = format!("{}{}", leaf.cert_pem, ca.cert_pem);
+        let m = check_without_ca(&with_root, &leaf.key_pem, now()).unwrap();
+        let root = &certificates(&ca.cert_pem, "ca").unwrap()[0];
+        assert_eq!(m.ca_fingerprint, fingerprint(root));
+        assert_eq!(m.ca_pem, crate::pki::certificates_only(&ca.cert_pem).0);
+        assert_eq!(m.cert_pem, with_root, "the brokers serve the chain as given");
+        // A private CA's leaf alone verifies to no public root: refused, saying what to add.
+        let e = check_without_ca(&leaf.cert_pem, &leaf.key_pem, now()).unwrap_err();
+        assert!(e.contains("add the issuing CA certificate"), "{e}");
+        // Key and validity are checked as with a CA.
+        let other = pki::issue_leaf(&ca, "broker", &sans, pki::Usage::Server, now(), 10).unwrap();
+        assert!(check_without_ca(&with_root, &other.key_pem, now()).unwrap_err().contains("does not match"));
     }
 }

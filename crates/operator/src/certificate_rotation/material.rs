@@ -158,6 +158,33 @@ fn secret(ns: &str, name: &str) -> Named {
     Named::new("Secret", ns, name)
 }
 
+/// Which keys of a `type: secret` Secret hold the key, the certificate and the CA. Keys the spec
+/// names win (the CA then required). Otherwise the seed's layout (`key`, `cert`, `cacert`) when
+/// the Secret has it, else cert-manager's (`tls.key`, `tls.crt`, `ca.crt`; the same as a
+/// `kubernetes.io/tls` Secret), where `ca.crt` may be missing: a public CA's certificate, or a
+/// chain that carries its root, verifies without it.
+struct SecretLayout<'a> {
+    key: &'a str,
+    cert: &'a str,
+    ca: &'a str,
+    ca_required: bool,
+}
+
+impl<'a> SecretLayout<'a> {
+    fn of(ext: &'a crate::api::ExternalCertificate, s: &Secret) -> Self {
+        let has = |k: &str| s.data.as_ref().is_some_and(|d| d.contains_key(k));
+        let named = ext.key.is_some() || ext.cert.is_some() || ext.cacert.is_some();
+        let cert_manager = !named && !has("cert") && has("tls.crt");
+        let (key, cert, ca) = if cert_manager { ("tls.key", "tls.crt", "ca.crt") } else { ("key", "cert", "cacert") };
+        SecretLayout {
+            key: ext.key.as_deref().unwrap_or(key),
+            cert: ext.cert.as_deref().unwrap_or(cert),
+            ca: ext.cacert.as_deref().unwrap_or(ca),
+            ca_required: !cert_manager,
+        }
+    }
+}
+
 fn secret_string(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
@@ -228,15 +255,21 @@ pub async fn material(
                         ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
                 ));
             };
+            let layout = SecretLayout::of(ext, &source_secret);
             let mut got = Vec::new();
-            for (field, default) in [(&ext.key, "key"), (&ext.cert, "cert"), (&ext.cacert, "cacert")] {
-                let k = field.as_deref().unwrap_or(default);
+            for k in [layout.key, layout.cert] {
                 match secret_string(&source_secret, k) {
                     Some(v) => got.push(v),
                     None => return invalid(format!("Secret {ns}/{name} has no key {k:?}")),
                 }
             }
-            match inspect::check(&got[1], &got[0], &got[2], now) {
+            let ca = secret_string(&source_secret, layout.ca);
+            let checked = match (ca, layout.ca_required) {
+                (Some(ca), _) => inspect::check(&got[1], &got[0], &ca, now),
+                (None, true) => return invalid(format!("Secret {ns}/{name} has no key {:?}", layout.ca)),
+                (None, false) => inspect::check_without_ca(&got[1], &got[0], now),
+            };
+            match checked {
                 Ok(m) => Ok(m),
                 Err(e) => invalid(e),
             }
@@ -390,7 +423,7 @@ pub async fn source_secret_changed(
         .map_err(|source| Error::Read { object: secret(&ns, name), source: Box::new(source) })?;
     let current = secret
         .as_ref()
-        .and_then(|s| secret_string(s, ext.cert.as_deref().unwrap_or("cert")))
+        .and_then(|s| secret_string(s, SecretLayout::of(ext, s).cert))
         .and_then(|pem| inspect::certificates(&pem, "cert").ok())
         .and_then(|ders| ders.first().map(|d| inspect::fingerprint(d)));
     Ok(match current {

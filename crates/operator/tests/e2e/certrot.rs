@@ -258,6 +258,39 @@ async fn internal_provided_is_refused() {
     support::assert_no_secret_leaks(&[]).await;
 }
 
+/// A Secret as cert-manager writes it (`kubernetes.io/tls`: tls.crt, tls.key; here without
+/// ca.crt, the chain carrying its root) is read as it is: no key names in the spec, no CA key.
+#[tokio::test]
+async fn a_cert_manager_secret_without_ca_crt_is_accepted() {
+    let cp = &env().cp;
+    let ns = "certs-cert-manager";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let now = Timestamp::now();
+    let ca = pki::new_ca("cert-manager CA issuer", now, 30).unwrap();
+    let sans = vec!["kafka.certs-cert-manager.svc".to_string()];
+    let leaf = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    let chain = format!("{}{}", leaf.cert_pem, ca.cert_pem);
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/tls\nmetadata: {{name: kafka-tls, namespace: {ns}}}\nstringData:\n  tls.crt: {}\n  tls.key: {}\n",
+            serde_json::to_string(&chain).unwrap(),
+            serde_json::to_string(&leaf.key_pem).unwrap()
+        ),
+    );
+    apply(cp, &rotation(ns, "{label: cm1, type: secret, secretName: kafka-tls}", "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let ext = o.status.unwrap().external.unwrap();
+    let root = pki::pem_fingerprint(&ca.cert_pem).unwrap();
+    assert_eq!(ext.ca_fingerprint_sha256.as_deref(), Some(root.as_str()), "the root in the chain is the CA");
+    let installed = data(&secret(ns, "kafka-external-tls").await, "tls.crt");
+    assert!(openssl_verifies(&ca.cert_pem, &installed), "the brokers' chain verifies against that root");
+    let trust = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-trust").await.unwrap();
+    assert_eq!(pki::pem_fingerprint(&trust.data.unwrap()["current-ca.crt"]).unwrap(), root, "clients get the root");
+    support::assert_no_secret_leaks(&[]).await;
+}
+
 #[tokio::test]
 async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     let cp = &env().cp;
