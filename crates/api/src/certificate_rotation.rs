@@ -246,6 +246,9 @@ pub struct CertificateRotationStatus {
     /// The internal certificate in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal: Option<CertificateStatus>,
+    /// The value of the `clustersecurity.io/renew` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_request: Option<String>,
     /// The operation running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_operation: Option<Operation<CertificateSettings>>,

@@ -131,6 +131,10 @@ pub const RETRY_ANNOTATION: &str = "clustersecurity.io/retry";
 /// Annotation that stops every change the operator makes for a resource while it reads
 /// `paused` (like Flux's `suspend`).
 pub const RECONCILE_ANNOTATION: &str = "clustersecurity.io/reconcile";
+/// CertificateRotation: a new value renews the certificates now, without a label change (like
+/// `cmctl renew`): self-signed ones are issued again by the kept CA, a `type: secret` one is read
+/// again from its Secret; the pods roll once.
+pub const RENEW_ANNOTATION: &str = "clustersecurity.io/renew";
 
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;

@@ -182,7 +182,8 @@ impl Rolling for CertificateRotation {
         rolling::report_source_change(round, change.as_ref());
         let rolls = change.as_ref().is_some_and(|c| c.rolls);
         let status = &round.status;
-        if rolls || !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
+        let renew = renew_requested(self, status).is_some();
+        if rolls || renew || !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -228,11 +229,19 @@ impl Rolling for CertificateRotation {
         let drifted = material::drifted_slots(ctx, self, &round.status).await?;
         let source = material::source_secret_changed(ctx, self, &round.status).await?;
         let renewed = |w: &material::Want| w.slot == Slot::External && source.as_ref().is_some_and(|c| c.rolls(self));
-        let due =
-            |w: &material::Want| needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot) || renewed(w);
+        // `clustersecurity.io/renew`: every certificate the operator can renew (not `provided`:
+        // that material is the spec's), once per new value.
+        let renew_now = renew_requested(self, &round.status).map(String::from);
+        let asked = |w: &material::Want| renew_now.is_some() && w.type_ != CertificateType::Provided;
+        let due = |w: &material::Want| {
+            needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot) || renewed(w) || asked(w)
+        };
         for w in wants(self).into_iter().filter(due) {
             let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
             ready.push((w, m));
+        }
+        if renew_now.is_some() {
+            round.status.renew_request = renew_now.clone();
         }
         for (w, m) in &ready {
             if w.type_ == CertificateType::Provided {
@@ -285,6 +294,12 @@ impl Rolling for CertificateRotation {
     }
 }
 
+/// The value of `clustersecurity.io/renew` when it asks for a renewal not yet acted on.
+fn renew_requested<'a>(cr: &'a CertificateRotation, status: &CertificateRotationStatus) -> Option<&'a str> {
+    let asked = cr.annotations().get(crate::api::RENEW_ANNOTATION)?;
+    (status.renew_request.as_deref() != Some(asked.as_str())).then_some(asked.as_str())
+}
+
 /// The expiry and planned renewal of the certificates the rotation installed, as metrics (what
 /// `status.external` / `status.internal` say; a slot without a certificate has no series).
 fn report_expiry(ctx: &Context, cr: &CertificateRotation, status: &CertificateRotationStatus) {
@@ -302,6 +317,22 @@ fn report_expiry(ctx: &Context, cr: &CertificateRotation, status: &CertificateRo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_renew_value_asks_once() {
+        let mut cr: CertificateRotation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "CertificateRotation",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "k"}, "external": {"label": "a"}}
+        }))
+        .unwrap();
+        let mut status = CertificateRotationStatus::default();
+        assert_eq!(renew_requested(&cr, &status), None, "no annotation");
+        cr.metadata.annotations = Some([(crate::api::RENEW_ANNOTATION.to_string(), "1".to_string())].into());
+        assert_eq!(renew_requested(&cr, &status), Some("1"));
+        status.renew_request = Some("1".into());
+        assert_eq!(renew_requested(&cr, &status), None, "acted on");
+    }
 
     #[test]
     fn impact_and_renewal() {

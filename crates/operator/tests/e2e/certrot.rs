@@ -130,6 +130,38 @@ async fn selfsigned_rotation_keeps_the_ca_and_rolls_the_pods() {
     let o = wait_op(ns, OperationState::UpdateComplete).await;
     assert_eq!(o.status.unwrap().operations.len(), 2);
     assert_eq!(sts_generation(ns).await, gen + 1);
+
+    // Renew now, labels unchanged (`cmctl renew`): both self-signed certificates are issued
+    // again by the same CA, in one operation and one rollout; the same value asks nothing more.
+    let api = api(ns).await;
+    let out = cp.kubectl(&["annotate", "certrot", "certs", "-n", ns, "clustersecurity.io/renew=2026-11-29T22:00"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = wait_until(Duration::from_secs(90), "the renewal completes", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let st = o.status.clone().unwrap_or_default();
+            let done = st.renew_request.as_deref() == Some("2026-11-29T22:00")
+                && st.operations.len() == 3
+                && st.operations[0].operation_state == OperationState::UpdateComplete;
+            done.then_some(o).ok_or_else(|| format!("{:?}", st.operations.first().map(|op| op.operation_state)))
+        }
+    })
+    .await
+    .unwrap();
+    let st = o.status.unwrap();
+    let ext3 = st.external.clone().unwrap();
+    assert_eq!(ext3.label, "ext2", "same label");
+    assert_ne!(ext3.serial_number, ext2.serial_number, "a new external certificate");
+    assert_ne!(st.internal.as_ref().unwrap().serial_number, internal_serial, "a new internal certificate");
+    assert_eq!(ext3.ca_fingerprint_sha256, ext.ca_fingerprint_sha256, "same CA: clients keep their trust");
+    assert_eq!(ext3.client_impact, Some(cluster_security_api::ClientImpact::None));
+    wait_sts_ready(cp, ns, "kafka").await;
+    assert_eq!(sts_generation(ns).await, gen + 2, "one rollout for the renewal");
+    let out = cp.kubectl(&["annotate", "certrot", "certs", "-n", ns, "--overwrite", "example.com/touched=yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    assert_eq!(o.status.unwrap().operations.len(), 3, "the same renew value renews nothing more");
     support::assert_no_secret_leaks(&[]).await;
 }
 
