@@ -121,25 +121,32 @@ pub fn subject_alt_names(cert_pem: &str) -> Option<Vec<String>> {
 /// ConfigMap anyone in the namespace may read, or a Secret the brokers mount — is built from the
 /// certificates only, so nothing but public material travels, whatever the source held around them.
 pub fn certificates_only(pem: &str) -> (String, Vec<String>) {
-    use base64::Engine as _;
-    let mut certs = String::new();
+    let mut certs = Vec::new();
     let mut other = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         match block {
-            Ok(b) if b.label == "CERTIFICATE" => {
-                let body = base64::engine::general_purpose::STANDARD.encode(&b.contents);
-                certs.push_str("-----BEGIN CERTIFICATE-----\n");
-                for line in body.as_bytes().chunks(64) {
-                    certs.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-                    certs.push('\n');
-                }
-                certs.push_str("-----END CERTIFICATE-----\n");
-            }
+            Ok(b) if b.label == "CERTIFICATE" => certs.push(b.contents),
             Ok(b) => other.push(b.label),
             Err(_) => other.push("unparsable PEM".into()),
         }
     }
-    (certs, other)
+    (pem_certificates(&certs), other)
+}
+
+/// DER certificates as PEM, one `CERTIFICATE` block after another (64-character lines).
+pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in ders {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in body.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
+use futures::future::OptionFuture;
 use tracing::{error, info, warn};
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
@@ -173,16 +174,13 @@ async fn run_controllers(
     ctx.readiness.controllers.store([csp, certrot, kms].iter().filter(|x| **x).count(), Ordering::Release);
     info!(controllers = ?enabled, namespaces = %ctx.scope.describe(), "starting controllers");
     let ctx = Arc::new(ctx);
-    let when = |on: bool, run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| async move {
-        if on {
-            run.await
-        }
-    };
-    futures::join!(
-        when(csp, Box::pin(reconciler::run::<ClusterSecurityPolicy>(ctx.clone(), Arc::new(())))),
-        when(certrot, Box::pin(reconciler::run::<CertificateRotation>(ctx.clone(), Arc::new(())))),
-        when(kms, Box::pin(reconciler::run::<KmsKeyVaultMode>(ctx, Arc::new(kms_providers)))),
+    // A controller that is off is a future that is done at once.
+    let (csp, certrot, kms): (OptionFuture<_>, OptionFuture<_>, OptionFuture<_>) = (
+        csp.then(|| reconciler::run::<ClusterSecurityPolicy>(ctx.clone(), Arc::new(()))).into(),
+        certrot.then(|| reconciler::run::<CertificateRotation>(ctx.clone(), Arc::new(()))).into(),
+        kms.then(|| reconciler::run::<KmsKeyVaultMode>(ctx.clone(), Arc::new(kms_providers))).into(),
     );
+    futures::join!(csp, certrot, kms);
     Ok(())
 }
 

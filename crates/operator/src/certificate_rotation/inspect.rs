@@ -141,22 +141,6 @@ fn check_leaf(chain: &[Vec<u8>], key_pem: &str, now: Timestamp) -> Result<CertIn
     Ok(leaf)
 }
 
-/// PEM of DER certificates, one after another.
-fn pem_of(ders: &[Vec<u8>]) -> String {
-    use base64::Engine as _;
-    let mut out = String::new();
-    for der in ders {
-        let body = base64::engine::general_purpose::STANDARD.encode(der);
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in body.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
-}
-
 fn self_signed(der: &[u8]) -> bool {
     X509Certificate::from_der(der).is_ok_and(|(_, c)| c.issuer() == c.subject())
 }
@@ -170,7 +154,7 @@ pub fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result
     let chain = certificates(cert_pem, "the certificate")?;
     if chain.len() > 1 && self_signed(&chain[chain.len() - 1]) {
         let (served, root) = chain.split_at(chain.len() - 1);
-        let mut m = check(&pem_of(served), key_pem, &pem_of(root), now)?;
+        let mut m = check(&crate::pki::pem_certificates(served), key_pem, &crate::pki::pem_certificates(root), now)?;
         m.cert_pem = cert_pem.to_string();
         return Ok(m);
     }
@@ -188,7 +172,7 @@ pub fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result
     Ok(Material {
         cert_pem: cert_pem.to_string(),
         key_pem: key_pem.to_string(),
-        ca_pem: pem_of(above),
+        ca_pem: crate::pki::pem_certificates(above),
         leaf,
         ca_fingerprint,
     })

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
@@ -51,30 +50,13 @@ impl Derived {
 /// Trigger a reconcile of the object whose derived Secret or ConfigMap changed or went: a
 /// metadata-only watch of the objects carrying the operator's label.
 pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
-    fn owners<K: Rolling>(store: &Store<K>, ns: Option<String>, derived: Derived) -> Vec<ObjectRef<K>> {
-        store
-            .state()
-            .into_iter()
-            .filter(|o| o.namespace() == ns && o.derived_objects().contains(&derived))
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect()
-    }
-    let selector = format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}");
-    let mut controller = controller;
-    for api in ctx.scope.apis::<PartialObjectMeta<ConfigMap>>(&ctx.client) {
-        let store = controller.store();
-        controller =
-            controller.watches(api, watch::config().labels(&selector), move |m: PartialObjectMeta<ConfigMap>| {
-                owners(&store, m.namespace(), Derived::ConfigMap(m.name_any()))
-            });
-    }
-    for api in ctx.scope.apis::<PartialObjectMeta<Secret>>(&ctx.client) {
-        let store = controller.store();
-        controller = controller.watches(api, watch::config().labels(&selector), move |m: PartialObjectMeta<Secret>| {
-            owners(&store, m.namespace(), Derived::Secret(m.name_any()))
-        });
-    }
-    controller
+    let ours = watch::config().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    let controller = watch::triggers::<K, PartialObjectMeta<ConfigMap>>(controller, ctx, ours.clone(), |o, name| {
+        o.derived_objects().contains(&Derived::ConfigMap(name.to_string()))
+    });
+    watch::triggers::<K, PartialObjectMeta<Secret>>(controller, ctx, ours, |o, name| {
+        o.derived_objects().contains(&Derived::Secret(name.to_string()))
+    })
 }
 
 /// Whether the operator may write over the object with this metadata.

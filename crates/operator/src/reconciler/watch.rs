@@ -132,34 +132,48 @@ pub trait TargetsWorkload: Reconcile {
     fn cluster_ref(&self) -> &ClusterRef;
 }
 
+/// Watch `T` in each namespace of `ctx.scope` (one watch per namespace, or one for all) as a
+/// trigger: a change reconciles the cached objects in the same namespace that `refers` says name
+/// it. The watched objects themselves are not cached.
+pub fn triggers<K, T>(
+    controller: Controller<K>,
+    ctx: &Context,
+    wc: watcher::Config,
+    refers: impl Fn(&K, &str) -> bool + Clone + Send + Sync + 'static,
+) -> Controller<K>
+where
+    K: Reconcile,
+    T: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    T::DynamicType: Default + std::fmt::Debug + Clone + Eq + std::hash::Hash,
+{
+    let mut controller = controller;
+    for api in ctx.scope.apis::<T>(&ctx.client) {
+        let (store, refers) = (controller.store(), refers.clone());
+        controller = controller.watches(api, wc.clone(), move |changed: T| {
+            let (ns, name) = (changed.namespace(), changed.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|o| o.namespace() == ns && refers(o, &name))
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    }
+    controller
+}
+
 /// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
 /// Deployment. The workloads are watched as triggers only; the controller caches none of them.
 pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
-    fn targeting<K: TargetsWorkload>(
-        store: &Store<K>,
-        kind: WorkloadKind,
-        ns: Option<String>,
-        name: String,
-    ) -> Vec<ObjectRef<K>> {
-        store
-            .state()
-            .into_iter()
-            .filter(|o| o.cluster_ref().kind == kind && o.cluster_ref().name == name && o.namespace() == ns)
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect()
-    }
-    let mut controller = controller;
-    for api in ctx.scope.apis::<StatefulSet>(&ctx.client) {
-        let store = controller.store();
-        controller = controller
-            .watches(api, config(), move |o| targeting(&store, WorkloadKind::StatefulSet, o.namespace(), o.name_any()));
-    }
-    for api in ctx.scope.apis::<Deployment>(&ctx.client) {
-        let store = controller.store();
-        controller = controller
-            .watches(api, config(), move |o| targeting(&store, WorkloadKind::Deployment, o.namespace(), o.name_any()));
-    }
-    controller
+    let targets =
+        |kind: WorkloadKind| move |o: &K, name: &str| o.cluster_ref().kind == kind && o.cluster_ref().name == name;
+    let controller = triggers::<K, StatefulSet>(controller, ctx, config(), targets(WorkloadKind::StatefulSet));
+    triggers::<K, Deployment>(controller, ctx, config(), targets(WorkloadKind::Deployment))
 }
 
 /// Trigger a reconcile of every object that names a changed Secret (`named`: the Secret names an
@@ -170,18 +184,7 @@ pub fn referenced_secrets<K: Reconcile>(
     ctx: &Context,
     named: fn(&K) -> Vec<String>,
 ) -> Controller<K> {
-    let mut controller = controller;
-    for api in ctx.scope.apis::<PartialObjectMeta<Secret>>(&ctx.client) {
-        let store = controller.store();
-        controller = controller.watches(api, config(), move |meta: PartialObjectMeta<Secret>| {
-            let (ns, name) = (meta.namespace(), meta.name_any());
-            store
-                .state()
-                .into_iter()
-                .filter(|o| o.namespace() == ns && named(o).contains(&name))
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>()
-        });
-    }
-    controller
+    triggers::<K, PartialObjectMeta<Secret>>(controller, ctx, config(), move |o, name| {
+        named(o).iter().any(|n| n == name)
+    })
 }

@@ -445,18 +445,12 @@ async fn the_chart_grants_only_what_the_operator_uses() {
     support::assert_no_secret_leaks(&[]).await;
 }
 
-/// `text` as this test cluster can take it in a server-side dry run: without the
-/// PodDisruptionBudget of `policy/v1` when the API server does not serve it (Kubernetes before
-/// 1.21, like the v1.20 server of the tests; the chart picks v1beta1 there by its Capabilities),
-/// and with the webhook configuration renamed — the test environment's own one (same name,
-/// pointing at a URL) would be merged into it. Nothing else is changed.
+/// `text` as this test cluster can take it in a server-side dry run: what its API server serves
+/// ([`cluster_security_testbed::operator::served_by`]), with the webhook configuration renamed —
+/// the test environment's own one (same name, pointing at a URL) would be merged into it.
 fn served_only(cp: &ControlPlane, text: &str) -> String {
-    let versions = stdout(&cp.kubectl(&["api-versions"]));
-    let policy_v1 = versions.lines().any(|v| v == "policy/v1");
-    let docs: Vec<&str> = text.split("\n---\n").collect();
-    let kept: Vec<String> = docs
-        .iter()
-        .filter(|d| policy_v1 || !(d.contains("apiVersion: policy/v1\n") && d.contains("kind: PodDisruptionBudget")))
+    cluster_security_testbed::operator::served_by(cp, text)
+        .split("\n---\n")
         .map(|d| {
             if d.contains("kind: ValidatingWebhookConfiguration") {
                 d.replacen(
@@ -468,9 +462,8 @@ fn served_only(cp: &ControlPlane, text: &str) -> String {
                 d.to_string()
             }
         })
-        .collect();
-    assert!(docs.len() - kept.len() <= 1, "only the PodDisruptionBudget is dropped");
-    kept.join("\n---\n")
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 #[tokio::test]

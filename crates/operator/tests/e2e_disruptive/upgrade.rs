@@ -78,22 +78,16 @@ async fn crds_upgrade_in_place_and_keep_every_object() {
 
     // Install the operator from the one file (server-side), then uninstall it as documented.
     let install = std::fs::read_to_string(root.join("deploy/install.yaml")).unwrap();
-    let served = |text: &str| {
-        // policy/v1 PodDisruptionBudgets need Kubernetes 1.21 (the test server is v1.20).
-        let v1 = kubectl_ok(&cp, &["api-versions"]).lines().any(|v| v == "policy/v1");
-        text.split("\n---\n")
-            .filter(|d| v1 || !d.contains("kind: PodDisruptionBudget"))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
-    let out =
-        cp.kubectl_with_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&served(&install)));
+    let out = cp.kubectl_with_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&operator::served_by(&cp, &install)),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // A CA the operator kept (deletionPolicy Retain): labelled as its own, owned by nobody.
     let kept = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: orders-kafka-external-ca\n  namespace: kafka\n  labels: {app.kubernetes.io/managed-by: cluster-security-operator}\nstringData: {ca.crt: kept}\n";
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(kept));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let operator_yaml = served(&std::fs::read_to_string(root.join("deploy/operator.yaml")).unwrap());
+    let operator_yaml = operator::served_by(&cp, &std::fs::read_to_string(root.join("deploy/operator.yaml")).unwrap());
     let out = cp.kubectl_with_stdin(&["delete", "--ignore-not-found", "--wait=true", "-f", "-"], Some(&operator_yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let gone = kubectl_ok(&cp, &["get", "deploy,validatingwebhookconfiguration,clusterrole", "-A", "-o", "name"]);
