@@ -100,6 +100,11 @@ impl Scope {
         }
     }
 
+    /// The namespaces watched, or `None` for all.
+    pub fn watched(&self) -> Option<&[String]> {
+        self.namespaces.as_deref()
+    }
+
     /// One API per watched namespace (or one for all), to watch `T` in.
     pub fn apis<T>(&self, client: &Client) -> Vec<Api<T>>
     where

@@ -2,6 +2,7 @@
 //! readiness report, the per-reconcile metrics, and the workload watches of the kinds that
 //! target a StatefulSet or Deployment.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -176,15 +177,157 @@ pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, ctx: &Context) -
     triggers::<K, Deployment>(controller, ctx, config(), targets(WorkloadKind::Deployment))
 }
 
+/// How often the Secrets the cached objects name are compared with the watches running.
+const NAMED_SECRETS_RESYNC: Duration = Duration::from_secs(1);
+
+/// Up to this many named Secrets, each has a watch of its own; beyond, one watch per watched
+/// namespace (or one for all) serves them all, so the number of API-server connections stays
+/// bounded whatever the number of objects.
+pub const MAX_SECRET_WATCHES: usize = 32;
+
 /// Trigger a reconcile of every object that names a changed Secret (`named`: the Secret names an
-/// object refers to in its namespace). Metadata only: the Secrets' contents are neither streamed
-/// nor cached.
+/// object refers to in its namespace). Metadata only. One watch per named Secret (field selector
+/// `metadata.name`), started within a second of an object naming it and stopped when none does:
+/// a cluster with 100,000 Secrets, or a re-encryption rewriting each of them twice, costs these
+/// controllers nothing, where a watch of all Secrets cost a full list at every start and an
+/// event per rewrite. Past [`MAX_SECRET_WATCHES`] named Secrets, one watch of the whole scope.
 pub fn referenced_secrets<K: Reconcile>(
     controller: Controller<K>,
     ctx: &Context,
     named: fn(&K) -> Vec<String>,
 ) -> Controller<K> {
-    triggers::<K, PartialObjectMeta<Secret>>(controller, ctx, config(), move |o, name| {
-        named(o).iter().any(|n| n == name)
-    })
+    let (tx, rx) = futures::channel::mpsc::channel(64);
+    let (store, client, scope) = (controller.store(), ctx.client.clone(), ctx.scope.clone());
+    tokio::spawn(follow_named_secrets(store, client, scope, named, tx));
+    controller.reconcile_on(rx)
+}
+
+/// What one watch of Secrets covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SecretWatch {
+    /// One Secret: namespace, name.
+    One(String, String),
+    /// Every Secret of a namespace, or of all (`None`).
+    All(Option<String>),
+}
+
+/// The watches that serve the Secrets `named` (namespace, name): one each, or — past
+/// [`MAX_SECRET_WATCHES`] — one per namespace of `scope`.
+fn secret_watches(named: HashSet<(String, String)>, scope: &super::Scope) -> HashSet<SecretWatch> {
+    if named.len() <= MAX_SECRET_WATCHES {
+        return named.into_iter().map(|(ns, name)| SecretWatch::One(ns, name)).collect();
+    }
+    match scope.watched() {
+        None => HashSet::from([SecretWatch::All(None)]),
+        Some(list) => list.iter().map(|ns| SecretWatch::All(Some(ns.clone()))).collect(),
+    }
+}
+
+/// Keep the watches [`secret_watches`] asks for running; stop when the controller is gone (its
+/// end of `tx` closed).
+async fn follow_named_secrets<K: Reconcile>(
+    store: Store<K>,
+    client: kube::Client,
+    scope: super::Scope,
+    named: fn(&K) -> Vec<String>,
+    tx: futures::channel::mpsc::Sender<ObjectRef<K>>,
+) {
+    let mut running: HashMap<SecretWatch, AbortOnDrop> = HashMap::new();
+    let mut tick = tokio::time::interval(NAMED_SECRETS_RESYNC);
+    while !tx.is_closed() {
+        tick.tick().await;
+        let wanted = store
+            .state()
+            .iter()
+            .filter_map(|o| o.namespace().filter(|ns| scope.covers(Some(ns))).map(|ns| (ns, named(o))))
+            .flat_map(|(ns, names)| names.into_iter().map(move |name| (ns.clone(), name)))
+            .collect();
+        let wanted = secret_watches(wanted, &scope);
+        running.retain(|w, _| wanted.contains(w)); // dropping a handle stops its watch
+        for w in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(w) {
+                let task = watch_secrets(store.clone(), client.clone(), slot.key().clone(), named, tx.clone());
+                slot.insert(AbortOnDrop(tokio::spawn(task)));
+            }
+        }
+    }
+}
+
+/// Run one watch of Secrets' metadata and send every object naming a changed one. The end of a
+/// (re)list of a single Secret counts as a change: it was read again, and may have changed or
+/// gone while no watch ran (between an object's reconcile and this watch's start, say).
+async fn watch_secrets<K: Reconcile>(
+    store: Store<K>,
+    client: kube::Client,
+    what: SecretWatch,
+    named: fn(&K) -> Vec<String>,
+    mut tx: futures::channel::mpsc::Sender<ObjectRef<K>>,
+) {
+    use futures::{SinkExt, StreamExt};
+    use kube::runtime::WatchStreamExt;
+    let (api, wc): (Api<PartialObjectMeta<Secret>>, _) = match &what {
+        SecretWatch::One(ns, name) => (Api::namespaced(client, ns), config().fields(&format!("metadata.name={name}"))),
+        SecretWatch::All(Some(ns)) => (Api::namespaced(client, ns), config()),
+        SecretWatch::All(None) => (Api::all(client), config()),
+    };
+    let mut events = std::pin::pin!(watcher(api, wc).backoff(backoff()));
+    while let Some(event) = events.next().await {
+        let changed = match (event, &what) {
+            (Ok(watcher::Event::InitApply(s) | watcher::Event::Apply(s) | watcher::Event::Delete(s)), _) => {
+                (s.namespace().unwrap_or_default(), s.name_any())
+            }
+            (Ok(watcher::Event::InitDone), SecretWatch::One(ns, name)) => (ns.clone(), name.clone()),
+            (Ok(_), _) => continue,
+            (Err(e), _) => {
+                warn!(watch = ?what, error = %e, "watch of referenced Secrets failed; retrying");
+                continue;
+            }
+        };
+        let naming: Vec<ObjectRef<K>> = store
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_ref() == Some(&changed.0) && named(o).contains(&changed.1))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect();
+        for object in naming {
+            if tx.send(object).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A spawned task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconciler::Scope;
+
+    fn named(n: usize) -> HashSet<(String, String)> {
+        (0..n).map(|i| (format!("ns{}", i % 3), format!("s{i}"))).collect()
+    }
+
+    #[test]
+    fn a_watch_per_named_secret_up_to_the_limit_then_one_per_watched_namespace() {
+        let one_each = secret_watches(named(MAX_SECRET_WATCHES), &Scope::cluster());
+        assert_eq!(one_each.len(), MAX_SECRET_WATCHES);
+        assert!(one_each.contains(&SecretWatch::One("ns1".into(), "s1".into())));
+
+        let all = secret_watches(named(MAX_SECRET_WATCHES + 1), &Scope::cluster());
+        assert_eq!(all, HashSet::from([SecretWatch::All(None)]));
+
+        let scoped = Scope::namespaces(&["a".into(), "b".into()]);
+        let per_namespace = secret_watches(named(MAX_SECRET_WATCHES + 1), &scoped);
+        let expected = ["a", "b"].map(|ns| SecretWatch::All(Some(ns.into())));
+        assert_eq!(per_namespace, HashSet::from(expected));
+        assert!(secret_watches(HashSet::new(), &scoped).is_empty());
+    }
 }
