@@ -123,9 +123,36 @@ pub struct SaslAuthentication {
     /// SASL/SCRAM (SCRAM-SHA-512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scram: Option<Toggle>,
-    /// SASL/IAM: token authentication (OAUTHBEARER).
+    /// SASL/IAM: token authentication (OAUTHBEARER), tokens validated against the issuer's keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub iam: Option<Toggle>,
+    pub iam: Option<IamAuthentication>,
+}
+
+/// SASL/IAM (OAUTHBEARER) token authentication. The brokers accept only signed tokens (JWTs)
+/// whose signature verifies with a key of `jwksEndpointUrl` and whose `iss` and `aud` claims
+/// match; all three are required when enabled.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IamAuthentication {
+    /// Whether SASL/IAM is enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The token issuer the brokers expect (the JWT `iss` claim), e.g.
+    /// `https://login.example.com/tenant`. Rendered as `sasl.oauthbearer.expected.issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub issuer: Option<String>,
+    /// The audience the brokers expect (one of the JWT `aud` claim's values), e.g. `kafka`.
+    /// Rendered as `sasl.oauthbearer.expected.audience`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub audience: Option<String>,
+    /// The issuer's JSON Web Key Set (https), whose keys sign the tokens. Rendered as
+    /// `sasl.oauthbearer.jwks.endpoint.url`; Kafka 3.9.1/4.0 and later also need it in the JVM
+    /// system property `org.apache.kafka.sasl.oauthbearer.allowed.urls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub jwks_endpoint_url: Option<String>,
 }
 
 impl ClientAuthentication {
@@ -139,7 +166,11 @@ impl ClientAuthentication {
         self.sasl.as_ref().and_then(|s| s.scram.as_ref()).is_some_and(|t| t.enabled)
     }
     pub fn iam_enabled(&self) -> bool {
-        self.sasl.as_ref().and_then(|s| s.iam.as_ref()).is_some_and(|t| t.enabled)
+        self.iam().is_some()
+    }
+    /// The SASL/IAM settings, when enabled.
+    pub fn iam(&self) -> Option<&IamAuthentication> {
+        self.sasl.as_ref().and_then(|s| s.iam.as_ref()).filter(|t| t.enabled)
     }
 
     /// Enabled methods in the table's order, as shown in the AUTH column.

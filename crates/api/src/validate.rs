@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::{
     AuthMethod, CertificateRotationSpec, CertificateType, ClientBroker, ClusterRef, ClusterSecurityPolicySpec,
-    KmsKeyVaultModeSpec, NetworkAccess,
+    IamAuthentication, KmsKeyVaultModeSpec, NetworkAccess,
 };
 
 /// Names of the rules, as they appear in messages.
@@ -33,6 +33,7 @@ pub mod rule {
     pub const ONE_PER_WORKLOAD: &str = "OneResourcePerWorkload";
     pub const CA_CERTIFICATE_ONLY: &str = "CaCertificateOnly";
     pub const AZURE_NAMES: &str = "AzureResourceNames";
+    pub const IAM_TOKEN_VALIDATION: &str = "IamTokenValidation";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -59,6 +60,7 @@ pub mod rule {
         ONE_PER_WORKLOAD,
         CA_CERTIFICATE_ONLY,
         AZURE_NAMES,
+        IAM_TOKEN_VALIDATION,
     ];
 }
 
@@ -213,6 +215,53 @@ pub fn allowed_encryption(method: AuthMethod) -> (&'static [ClientBroker], bool)
     }
 }
 
+/// SASL/IAM needs what the brokers check each token against: without an issuer, an audience and
+/// a key set the validating handler cannot work (and Kafka's default handler would accept
+/// unsigned tokens, which the operator never renders).
+fn validate_iam(iam: &IamAuthentication, out: &mut Violations) {
+    const FIELD: &str = "spec.clientAuthentication.sasl.iam";
+    let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+    for (value, name, example) in [
+        (&iam.issuer, "issuer", "https://login.example.com/tenant"),
+        (&iam.audience, "audience", "kafka"),
+        (&iam.jwks_endpoint_url, "jwksEndpointUrl", "https://login.example.com/tenant/keys"),
+    ] {
+        if blank(value) {
+            out.push(
+                rule::IAM_TOKEN_VALIDATION,
+                format!("{FIELD}.{name}"),
+                format!("SASL/IAM is enabled but {name} is not set; the brokers validate every token's signature, issuer and audience: set {name} (e.g. {example}) or disable sasl.iam"),
+            );
+        } else if value.as_deref().is_some_and(|s| s.chars().any(|c| c.is_whitespace() || c == '\\')) {
+            // It becomes a server.properties value: a line break would add a property of its
+            // own, and a backslash is an escape there.
+            out.push(
+                rule::IAM_TOKEN_VALIDATION,
+                format!("{FIELD}.{name}"),
+                format!(
+                    "{name} must not contain whitespace or backslashes; give the value exactly as the token carries it"
+                ),
+            );
+        }
+    }
+    if let Some(url) = iam.jwks_endpoint_url.as_deref().filter(|s| !s.trim().is_empty()) {
+        let authority = url.strip_prefix("https://").map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+        match authority {
+            None => out.push(
+                rule::IAM_TOKEN_VALIDATION,
+                format!("{FIELD}.jwksEndpointUrl"),
+                format!("{} must be an https URL: the brokers fetch the keys that sign tokens from it, and a key set read without TLS could be replaced by anyone on the path", quoted(url)),
+            ),
+            Some(a) if a.is_empty() || a.contains('@') => out.push(
+                rule::IAM_TOKEN_VALIDATION,
+                format!("{FIELD}.jwksEndpointUrl"),
+                format!("{} must name a host and no user information: https://<host>/<path>", quoted(url)),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
 /// Validate a ClusterSecurityPolicy spec; `old` is the stored spec on update.
 pub fn security_policy(
     spec: &ClusterSecurityPolicySpec,
@@ -270,6 +319,9 @@ pub fn security_policy(
                 );
             }
         }
+    }
+    if let Some(iam) = auth.iam() {
+        validate_iam(iam, &mut out);
     }
     if let Some(old) = old {
         if old.encryption_in_transit.in_cluster != enc.in_cluster {

@@ -16,12 +16,18 @@ fn csp(auth: Value, client_broker: &str, in_cluster: bool) -> ClusterSecurityPol
     .unwrap()
 }
 
+/// SASL/IAM with everything a broker checks a token against.
+static IAM: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    json!({"enabled": true, "issuer": "https://login.example.com/t", "audience": "kafka",
+           "jwksEndpointUrl": "https://login.example.com/t/keys"})
+});
+
 fn method(name: &str) -> Value {
     match name {
         "unauthenticated" => json!({"unauthenticated": {"enabled": true}}),
         "tls" => json!({"tls": {"enabled": true}}),
         "scram" => json!({"sasl": {"scram": {"enabled": true}}}),
-        "iam" => json!({"sasl": {"iam": {"enabled": true}}}),
+        "iam" => json!({"sasl": {"iam": IAM.clone()}}),
         _ => unreachable!(),
     }
 }
@@ -86,13 +92,65 @@ fn at_least_one_method() {
 fn defaults_are_tls_and_in_cluster_on() {
     let spec: ClusterSecurityPolicySpec = serde_json::from_value(json!({
         "clusterRef": {"kind": "Deployment", "name": "k"},
-        "clientAuthentication": {"sasl": {"iam": {"enabled": true}}}
+        "clientAuthentication": {"sasl": {"iam": *IAM}}
     }))
     .unwrap();
     assert_eq!(spec.encryption_in_transit.client_broker.as_str(), "TLS");
     assert!(spec.encryption_in_transit.in_cluster);
     assert_eq!(spec.rollout_timeout_seconds, 600);
     assert!(validate::security_policy(&spec, None).is_ok());
+}
+
+/// SASL/IAM is refused without what the brokers check each token against, and with a key set
+/// that is not fetched over https from a named host.
+#[test]
+fn iam_needs_issuer_audience_and_an_https_key_set() {
+    let with = |patch: Value| {
+        let mut iam = IAM.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            iam[k] = v.clone();
+        }
+        validate::security_policy(&csp(json!({"sasl": {"iam": iam}}), "TLS", true), None)
+    };
+    assert!(with(json!({})).is_ok());
+    let cases = [
+        (json!({"issuer": null}), "spec.clientAuthentication.sasl.iam.issuer", "issuer is not set"),
+        (json!({"audience": " "}), "spec.clientAuthentication.sasl.iam.audience", "audience is not set"),
+        (
+            json!({"jwksEndpointUrl": null}),
+            "spec.clientAuthentication.sasl.iam.jwksEndpointUrl",
+            "jwksEndpointUrl is not set",
+        ),
+        (
+            json!({"jwksEndpointUrl": "http://idp/keys"}),
+            "spec.clientAuthentication.sasl.iam.jwksEndpointUrl",
+            "must be an https URL",
+        ),
+        (
+            json!({"jwksEndpointUrl": "https://u:p@idp/keys"}),
+            "spec.clientAuthentication.sasl.iam.jwksEndpointUrl",
+            "no user information",
+        ),
+        (json!({"audience": "a b"}), "spec.clientAuthentication.sasl.iam.audience", "whitespace"),
+        (
+            json!({"issuer": "https://idp/t\nsasl.enabled.mechanisms=PLAIN"}),
+            "spec.clientAuthentication.sasl.iam.issuer",
+            "whitespace",
+        ),
+        (json!({"audience": "a\\b"}), "spec.clientAuthentication.sasl.iam.audience", "backslashes"),
+    ];
+    for (patch, field, says) in cases {
+        let err = with(patch.clone()).expect_err(&format!("{patch} is refused"));
+        assert_eq!(err.rules(), vec![rule::IAM_TOKEN_VALIDATION], "{patch}");
+        assert_eq!(err.0[0].field, field, "{patch}");
+        assert!(err.to_string().contains(says), "{patch}: {err}");
+    }
+    // Disabled, nothing is required.
+    assert!(validate::security_policy(
+        &csp(json!({"tls": {"enabled": true}, "sasl": {"iam": {"enabled": false}}}), "TLS", true),
+        None
+    )
+    .is_ok());
 }
 
 #[test]
@@ -359,6 +417,7 @@ fn every_rule_is_reachable_and_named_in_its_message() {
         validate::security_policy(&csp(method("unauthenticated"), "TLS", true), Some(&old_in_cluster)),
         validate::security_policy(&bad_ref, None),
         validate::security_policy(&bad_secret_ref, None),
+        validate::security_policy(&csp(json!({"sasl": {"iam": {"enabled": true}}}), "TLS", true), None),
         validate::certificate_rotation(&certrot(json!({}))),
         validate::certificate_rotation(&certrot(
             json!({"external": {"label": "no space", "validityDays": 0, "dnsNames": ["a_b"]}}),

@@ -12,13 +12,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::listeners::{client_listeners, replication_listener, ClientAuth, ListenerDef, Protocol};
-use crate::api::SecuritySettings;
+use crate::api::{IamAuthentication, SecuritySettings};
 
 pub const EXTERNAL_TLS_DIR: &str = "/etc/kafka/security/external-tls";
 pub const INTERNAL_TLS_DIR: &str = "/etc/kafka/security/internal-tls";
 pub const CLIENT_CA_DIR: &str = "/etc/kafka/security/client-ca";
-/// Environment variable the brokers set to their token issuer's JWKS URL (SASL/IAM).
-pub const JWKS_ENV: &str = "KAFKA_OAUTH_JWKS_ENDPOINT_URL";
 
 fn dir_ref(dir: &str, file: &str) -> String {
     format!("${{dir:{dir}:{file}}}")
@@ -68,10 +66,22 @@ fn listener_properties(out: &mut Vec<(String, String)>, l: &ListenerDef, interna
                 format!("{prefix}oauthbearer.sasl.server.callback.handler.class"),
                 "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler".into(),
             ));
-            out.push((
-                format!("{prefix}oauthbearer.sasl.oauthbearer.jwks.endpoint.url"),
-                format!("${{env:{JWKS_ENV}}}"),
-            ));
+        }
+    }
+}
+
+/// What the validating handler checks each token against (`spec.clientAuthentication.sasl.iam`;
+/// validation refuses a spec without all three). Listener-prefixed like every SASL setting.
+fn token_validation(out: &mut Vec<(String, String)>, l: &ListenerDef, iam: &IamAuthentication) {
+    let prefix = format!("listener.name.{}.oauthbearer.", l.name.to_lowercase());
+    let settings = [
+        ("sasl.oauthbearer.jwks.endpoint.url", &iam.jwks_endpoint_url),
+        ("sasl.oauthbearer.expected.issuer", &iam.issuer),
+        ("sasl.oauthbearer.expected.audience", &iam.audience),
+    ];
+    for (key, value) in settings {
+        if let Some(v) = value {
+            out.push((format!("{prefix}{key}"), v.clone()));
         }
     }
 }
@@ -91,22 +101,18 @@ pub fn server_properties(s: &SecuritySettings) -> Vec<(String, String)> {
         all.iter().map(|l| format!("{}:{}", l.name, l.protocol.as_str())).collect::<Vec<_>>().join(","),
     ));
     out.push(("inter.broker.listener.name".into(), replication.name.into()));
-    let iam = clients.iter().any(|l| l.auth == ClientAuth::OAuthBearer);
-    out.push(("config.providers".into(), if iam { "dir,env" } else { "dir" }.into()));
+    out.push(("config.providers".into(), "dir".into()));
     out.push((
         "config.providers.dir.class".into(),
         "org.apache.kafka.common.config.provider.DirectoryConfigProvider".into(),
     ));
-    if iam {
-        out.push((
-            "config.providers.env.class".into(),
-            "org.apache.kafka.common.config.provider.EnvVarConfigProvider".into(),
-        ));
-    }
     // Only GSSAPI is on by default: switch it off globally, enable mechanisms per listener.
     out.push(("sasl.enabled.mechanisms".into(), String::new()));
     for l in &clients {
         listener_properties(&mut out, l, false);
+        if let (ClientAuth::OAuthBearer, Some(iam)) = (l.auth, s.client_authentication.iam()) {
+            token_validation(&mut out, l, iam);
+        }
     }
     listener_properties(&mut out, &replication, true);
     out

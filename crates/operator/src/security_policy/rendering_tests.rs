@@ -10,6 +10,9 @@ use serde_json::json;
 
 const METHODS: [&str; 4] = ["unauthenticated", "tls", "scram", "iam"];
 
+const ISSUER: &str = "https://login.example.com/tenant";
+const JWKS: &str = "https://login.example.com/tenant/keys";
+
 fn spec(methods: &[&str], cb: &str, in_cluster: bool) -> ClusterSecurityPolicySpec {
     let mut auth = json!({});
     for m in methods {
@@ -17,7 +20,10 @@ fn spec(methods: &[&str], cb: &str, in_cluster: bool) -> ClusterSecurityPolicySp
             "unauthenticated" => auth["unauthenticated"] = json!({"enabled": true}),
             "tls" => auth["tls"] = json!({"enabled": true}),
             "scram" => auth["sasl"]["scram"] = json!({"enabled": true}),
-            "iam" => auth["sasl"]["iam"] = json!({"enabled": true}),
+            "iam" => {
+                auth["sasl"]["iam"] =
+                    json!({"enabled": true, "issuer": ISSUER, "audience": "kafka", "jwksEndpointUrl": JWKS})
+            }
             _ => unreachable!(),
         }
     }
@@ -108,7 +114,14 @@ fn every_valid_combination_renders_consistently() {
                 if has("iam") {
                     assert!(p["listener.name.sasl_iam.oauthbearer.sasl.server.callback.handler.class"]
                         .ends_with("OAuthBearerValidatorCallbackHandler"));
+                    // What each token is checked against, from the spec, on the IAM listener.
+                    let token =
+                        |k: &str| p[&format!("listener.name.sasl_iam.oauthbearer.sasl.oauthbearer.{k}")].as_str();
+                    assert_eq!(token("jwks.endpoint.url"), JWKS);
+                    assert_eq!(token("expected.issuer"), ISSUER);
+                    assert_eq!(token("expected.audience"), "kafka");
                 }
+                assert!(!p.keys().any(|k| k.contains("oauthbearer") && !k.starts_with("listener.name.sasl_iam.")));
                 for (k, v) in &p {
                     assert!(!v.contains("BEGIN"), "{k}: no PEM inlined");
                     if k.ends_with("ssl.keystore.type") || k.ends_with("ssl.truststore.type") {

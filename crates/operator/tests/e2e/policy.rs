@@ -5,6 +5,13 @@
 
 use crate::support;
 
+/// SASL/IAM as a spec must give it: what the brokers check each token against.
+macro_rules! iam {
+    () => {
+        "iam: {enabled: true, issuer: 'https://idp.example/t', audience: kafka, jwksEndpointUrl: 'https://idp.example/t/keys'}"
+    };
+}
+
 use std::time::Duration;
 
 use crate::support::{apply, brokers, env, stderr, stdout, wait_sts_ready, webhook_ready};
@@ -84,7 +91,7 @@ async fn every_row_of_the_table_reaches_update_complete() {
             "REPLICATION:SSL",
         ),
         ("row-scram", "{sasl: {scram: {enabled: true}}}", "TLS", true, vec![("SASL_SCRAM", 9096)], "REPLICATION:SSL"),
-        ("row-iam", "{sasl: {iam: {enabled: true}}}", "TLS", true, vec![("SASL_IAM", 9098)], "REPLICATION:SSL"),
+        ("row-iam", concat!("{sasl: {", iam!(), "}}"), "TLS", true, vec![("SASL_IAM", 9098)], "REPLICATION:SSL"),
     ];
     for (ns, ..) in &rows {
         brokers(cp, ns, "kafka", 2).await;
@@ -110,6 +117,16 @@ async fn every_row_of_the_table_reaches_update_complete() {
             assert!(props.contains(&format!("{name}://:{port}")), "{ns}: {props}");
         }
         assert!(props.contains(replication), "{ns}: {props}");
+        if *ns == "row-iam" {
+            // Tokens are checked against the spec's issuer, audience and key set.
+            for line in [
+                "listener.name.sasl_iam.oauthbearer.sasl.oauthbearer.jwks.endpoint.url=https://idp.example/t/keys",
+                "listener.name.sasl_iam.oauthbearer.sasl.oauthbearer.expected.issuer=https://idp.example/t",
+                "listener.name.sasl_iam.oauthbearer.sasl.oauthbearer.expected.audience=kafka",
+            ] {
+                assert!(props.lines().any(|l| l == line), "{line} in {props}");
+            }
+        }
         assert!(cm.data.as_ref().unwrap().contains_key("security.json"));
         let sts = Api::<StatefulSet>::namespaced(client.clone(), ns).get("kafka").await.unwrap();
         let ann = sts.spec.template.metadata.unwrap().annotations.unwrap();
@@ -177,7 +194,7 @@ async fn same_settings_start_nothing_and_changes_roll_once() {
     assert_eq!(condition(&after, "Ready"), Some(("True".into(), "Applied".into())));
 
     // A real change: one new operation, one new workload generation, source = old settings.
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 300));
+    apply(cp, &policy(ns, "kafka", concat!("{sasl: {scram: {enabled: true}, ", iam!(), "}}"), "TLS", true, 300));
     let o = wait_op(ns, OperationState::UpdateComplete, 120).await;
     let st = o.status.unwrap();
     assert_eq!(st.operations.len(), 2);
@@ -209,7 +226,7 @@ async fn change_during_rollout_waits_pending_then_proceeds() {
         r#"{"spec":{"template":{"metadata":{"annotations":{"team/restart":"1"}}}}}"#,
     ]);
     assert!(out.status.success());
-    apply(cp, &policy(ns, "kafka", "{sasl: {iam: {enabled: true}}}", "TLS", true, 300));
+    apply(cp, &policy(ns, "kafka", concat!("{sasl: {", iam!(), "}}"), "TLS", true, 300));
     let o = wait_op(ns, OperationState::Pending, 60).await;
     assert_eq!(condition(&o, "Reconciling").map(|c| c.1), Some("WaitingForActiveCluster".into()));
     let gen_pending = sts_generation(ns, "kafka").await;
@@ -266,7 +283,7 @@ async fn rollout_that_cannot_finish_fails_and_stalls() {
         sts.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default()
     };
     let before = template().await;
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 60));
+    apply(cp, &policy(ns, "kafka", concat!("{sasl: {scram: {enabled: true}, ", iam!(), "}}"), "TLS", true, 60));
     let api = csp_api(ns).await;
     let paused = wait_until(Duration::from_secs(60), "Ready=False Paused for the new generation", || {
         let api = api.clone();
@@ -354,11 +371,11 @@ async fn change_during_own_rollout_is_queued_not_interleaved() {
 
     // Our own rollout is stuck on not-ready pods...
     held.hold_new_pods(ns, true);
-    apply(cp, &policy(ns, "kafka", "{sasl: {iam: {enabled: true}}}", "TLS", true, 300));
+    apply(cp, &policy(ns, "kafka", concat!("{sasl: {", iam!(), "}}"), "TLS", true, 300));
     wait_op(ns, OperationState::UpdateInProgress, 60).await;
     let gen_rolling = sts_generation(ns, "kafka").await;
     // ...when the spec changes again: it is seen, but nothing new rolls meanwhile.
-    apply(cp, &policy(ns, "kafka", "{sasl: {scram: {enabled: true}, iam: {enabled: true}}}", "TLS", true, 300));
+    apply(cp, &policy(ns, "kafka", concat!("{sasl: {scram: {enabled: true}, ", iam!(), "}}"), "TLS", true, 300));
     let o = wait_op(ns, OperationState::UpdateInProgress, 60).await;
     assert_eq!(o.status.as_ref().unwrap().observed_generation, Some(3));
     let current = o.status.as_ref().unwrap().current_operation.clone().unwrap();
