@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Operation};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation};
 
 /// Default certificate validity for self-signed certificates.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
@@ -79,6 +79,10 @@ pub struct CertificateRotationSpec {
     /// Delete: they are garbage-collected with it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// How the TLS Secrets get into the broker container (`/etc/kafka/security/external-tls`,
+    /// `/etc/kafka/security/internal-tls`). Default: mounted in the first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Mounts>,
 }
 
 /// Where a certificate comes from.

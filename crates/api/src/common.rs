@@ -23,6 +23,33 @@ pub enum DeletionPolicy {
     Delete,
 }
 
+/// How the operator puts what it writes into the broker pods (`spec.mounts`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Mounts {
+    /// Add the volumes and read-only mounts that carry this resource's ConfigMap and Secrets to
+    /// the workload's pod template (server-side apply; put back if removed; the paths are in the
+    /// docs). false: you mount them yourself, and the operator removes the ones it had added.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The container that gets the mounts, by name. Default: the pod template's first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub container: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Mounts {
+    /// Whether `mounts` (absent: the defaults) asks for the wiring.
+    pub fn enabled(mounts: Option<&Mounts>) -> bool {
+        mounts.is_none_or(|m| m.enabled)
+    }
+}
+
 /// Kind of workload that runs the brokers.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum WorkloadKind {

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Operation, SecretRef};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation, SecretRef};
 
 /// Desired client authentication and encryption in transit for one broker cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -70,6 +70,11 @@ pub struct ClusterSecurityPolicySpec {
     /// Delete: they are garbage-collected with it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// How the policy's ConfigMap and client CA Secret get into the broker container
+    /// (`/etc/kafka/security/config`, `/etc/kafka/security/client-ca`). Default: mounted in the
+    /// first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Mounts>,
     /// When a Secret named in `clientAuthentication.tls.certificateAuthoritySecretRefs` changes,
     /// roll the new CA bundle out by itself (a new operation). Default false: a Warning event
     /// and the `SourceChanged` condition say the brokers trust an older bundle until the spec

@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::{
     AuthMethod, CertificateRotationSpec, CertificateType, ClientBroker, ClusterRef, ClusterSecurityPolicySpec,
-    IamAuthentication, KmsKeyVaultModeSpec, NetworkAccess,
+    IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess,
 };
 
 /// Names of the rules, as they appear in messages.
@@ -34,6 +34,7 @@ pub mod rule {
     pub const CA_CERTIFICATE_ONLY: &str = "CaCertificateOnly";
     pub const AZURE_NAMES: &str = "AzureResourceNames";
     pub const IAM_TOKEN_VALIDATION: &str = "IamTokenValidation";
+    pub const MOUNTS_CONTAINER: &str = "MountsContainerName";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -61,6 +62,7 @@ pub mod rule {
         CA_CERTIFICATE_ONLY,
         AZURE_NAMES,
         IAM_TOKEN_VALIDATION,
+        MOUNTS_CONTAINER,
     ];
 }
 
@@ -195,6 +197,23 @@ fn validate_cluster_ref(r: &ClusterRef, out: &mut Violations) {
     }
 }
 
+/// `spec.mounts.container` names a container: a DNS-1123 label.
+fn validate_mounts(mounts: Option<&Mounts>, out: &mut Violations) {
+    let Some(name) = mounts.and_then(|m| m.container.as_deref()) else { return };
+    let label = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label {
+        out.push(
+            rule::MOUNTS_CONTAINER,
+            "spec.mounts.container",
+            format!("{} is not a container name (lower-case letters, digits and '-', at most 63); give the name of the broker container in the pod template, or leave it out for the first container", quoted(name)),
+        );
+    }
+}
+
 fn validate_rollout_timeout(secs: u32, out: &mut Violations) {
     if secs == 0 {
         out.push(rule::ROLLOUT_TIMEOUT, "spec.rolloutTimeoutSeconds", "must be at least 1 second (default 600)");
@@ -270,6 +289,7 @@ pub fn security_policy(
     let mut out = Violations::default();
     validate_cluster_ref(&spec.cluster_ref, &mut out);
     validate_rollout_timeout(spec.rollout_timeout_seconds, &mut out);
+    validate_mounts(spec.mounts.as_ref(), &mut out);
 
     let auth = &spec.client_authentication;
     let methods = auth.enabled_methods();
@@ -372,6 +392,7 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
     let mut out = Violations::default();
     validate_cluster_ref(&spec.cluster_ref, &mut out);
     validate_rollout_timeout(spec.rollout_timeout_seconds, &mut out);
+    validate_mounts(spec.mounts.as_ref(), &mut out);
     if spec.external.is_none() && spec.internal.is_none() {
         out.push(rule::CERTIFICATE_REQUIRED, "spec", "set external, internal or both");
     }

@@ -418,6 +418,9 @@ fn every_rule_is_reachable_and_named_in_its_message() {
         validate::security_policy(&bad_ref, None),
         validate::security_policy(&bad_secret_ref, None),
         validate::security_policy(&csp(json!({"sasl": {"iam": {"enabled": true}}}), "TLS", true), None),
+        validate::certificate_rotation(&certrot(
+            json!({"external": {"label": "a"}, "mounts": {"container": "Kafka_1"}}),
+        )),
         validate::certificate_rotation(&certrot(json!({}))),
         validate::certificate_rotation(&certrot(
             json!({"external": {"label": "no space", "validityDays": 0, "dnsNames": ["a_b"]}}),

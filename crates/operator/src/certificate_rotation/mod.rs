@@ -20,16 +20,18 @@ use kube::{Api, Client, ResourceExt};
 
 use self::material::{install, material, needs_issue, slot_status, wants};
 use crate::api::{
-    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
-    OperationType,
+    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Mounts,
+    Operation, OperationType,
 };
 use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::events::reason::DRIFT_REPAIRED;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
 use crate::reconciler::watch::{self, TargetsWorkload};
+use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::Workload;
 use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
+use crate::security_policy::properties::{EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
 use crate::validate;
 
 /// External (clients) or internal (pod-to-pod) certificate.
@@ -274,6 +276,25 @@ impl Rolling for CertificateRotation {
     }
 
     /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.
+    fn wiring(&self, target: &CertificateSettings) -> Wiring {
+        let cluster = &self.spec.cluster_ref.name;
+        let slots = [
+            (target.external_label.is_some(), Slot::External, "csop-external-tls", EXTERNAL_TLS_DIR),
+            (target.internal_label.is_some(), Slot::Internal, "csop-internal-tls", INTERNAL_TLS_DIR),
+        ];
+        let mounts = slots
+            .into_iter()
+            .filter(|(present, ..)| *present)
+            .map(|(_, slot, volume, path)| Mount { volume, source: Source::Secret(slot.tls_secret(cluster)), path })
+            .collect();
+        let spec = self.spec.mounts.as_ref();
+        Wiring {
+            container: spec.and_then(|m| m.container.clone()),
+            mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
+            owned: &["csop-external-tls", "csop-internal-tls"],
+        }
+    }
+
     fn derived_objects(&self) -> Vec<Derived> {
         let cluster = &self.spec.cluster_ref.name;
         let mut out = Vec::new();

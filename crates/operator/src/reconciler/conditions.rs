@@ -39,6 +39,8 @@ pub mod reason {
     pub const CONFLICT: &str = "Conflict";
     /// The object's namespace is not among `--watch-namespaces` (Stalled; nothing touched).
     pub const NAMESPACE_NOT_WATCHED: &str = "NamespaceNotWatched";
+    /// `spec.mounts.container` names no container of the workload's pod template.
+    pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);
@@ -197,6 +199,7 @@ mod troubleshooting_tests {
             reason::NAME_CONFLICT,
             reason::CONFLICT,
             reason::NAMESPACE_NOT_WATCHED,
+            reason::CONTAINER_NOT_FOUND,
             kms_reason::KEY_NOT_USABLE,
             kms_reason::CLOUD_ACCESS_FAILED,
             kms_reason::OPERATION_FAILED,

@@ -5,12 +5,12 @@
 //!   invalid spec, conditions, one guarded status write, events and the requeue ([`round`]).
 //! - [`rolling`]: the one operation driver (PENDING → record → prepare → roll → follow →
 //!   complete) of the kinds that roll a workload's pods.
-//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`watch`], [`finalizer`],
-//!   [`derived`]:
+//! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`wiring`], [`watch`],
+//!   [`finalizer`], [`derived`]:
 //!   the pieces.
 //!
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
-//! annotations of the workload a kind targets. Everything else is the kinds'.
+//! annotations, volumes and volume mounts the operator adds to the workload a kind targets. Everything else is the kinds'.
 
 pub mod conditions;
 pub mod derived;
@@ -21,6 +21,7 @@ pub mod rolling;
 pub mod round;
 pub mod status;
 pub mod watch;
+pub mod wiring;
 pub mod workload;
 
 use std::fmt::Debug;

@@ -21,6 +21,7 @@ use super::conditions::{self, reason};
 use super::derived::{self, Derived};
 use super::events::reason as event;
 use super::watch::TargetsWorkload;
+use super::wiring::Wiring;
 use super::workload::{self, RolloutCheck, Workload};
 use super::{operation, Context, Error, Health, Outcome, Round};
 
@@ -138,6 +139,14 @@ pub trait Rolling: TargetsWorkload {
     /// The pod-template annotations the rolling operation set (from the status).
     fn expected(status: &Self::Status) -> BTreeMap<String, String>;
 
+    /// The volumes and mounts that carry the artefacts of settings `target` into the broker
+    /// container (`spec.mounts`); applied with the annotations, kept in place like them. From
+    /// the operation's target, not the spec: a spec changed mid-roll must not mount a Secret
+    /// that is not written yet.
+    fn wiring(&self, _target: &Info<Self>) -> Wiring {
+        Wiring::default()
+    }
+
     /// The rollout of `target` is complete: record what is now in effect.
     fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
 }
@@ -156,12 +165,21 @@ async fn repair_drift<K: Rolling>(
     let mut restored = kind.repair_artefacts(round, ctx).await?;
     let expected: BTreeMap<String, String> =
         K::expected(&round.status).into_iter().filter(|(_, v)| !v.is_empty()).collect();
-    let template_drifted =
+    // Settled and Ready: the spec's settings are the applied ones.
+    let wiring = kind.wiring(&kind.desired());
+    let annotations_drifted =
         workload.is_some_and(|w| expected.iter().any(|(k, v)| w.template_annotations.get(k) != Some(v)));
+    let wiring_drifted = workload.is_some_and(|w| !w.mounts.in_place(&wiring));
+    let template_drifted = annotations_drifted || wiring_drifted;
     if template_drifted {
-        round.set_template_annotations(round.obj.clone().cluster_ref(), &expected).await?;
+        round.set_template_annotations(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
+    }
+    if annotations_drifted {
         let names: Vec<&str> = expected.keys().map(String::as_str).collect();
         restored.push(format!("the pod-template annotations {} of {wl}", names.join(", ")));
+    }
+    if wiring_drifted {
+        restored.push(format!("the volumes and mounts of {wl} that carry the {} (spec.mounts)", K::WHAT));
     }
     if restored.is_empty() {
         return Ok(settled);
@@ -351,6 +369,14 @@ async fn pending<K: Rolling>(
     if K::recorded_cluster_ref(&round.status).is_none() {
         K::record_cluster_ref(&mut round.status, kind.cluster_ref());
     }
+    // The container the artefacts are mounted into must exist before anything is written.
+    let wiring = kind.wiring(desired);
+    if let Some(Err(message)) = workload.filter(|_| !wiring.mounts.is_empty()).map(|w| w.mounts.target(&wiring)) {
+        let message = format!("{wl}: {message}.");
+        operation::fail(op, reason::CONTAINER_NOT_FOUND, message.clone(), round.now);
+        round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+        return Ok(Outcome::new(Health::Stalled { reason: reason::CONTAINER_NOT_FOUND.into(), message }, None));
+    }
     match kind.prepare(round, ctx, op, workload).await {
         Err(PrepareError::Failed(e)) => Err(e),
         Err(PrepareError::Refused { reason: code, message }) => {
@@ -360,7 +386,7 @@ async fn pending<K: Rolling>(
             Ok(Outcome::new(Health::Stalled { reason: code, message }, retry))
         }
         Ok(annotations) => {
-            round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations).await?;
+            round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations, &wiring).await?;
             operation::start(op, round.now);
             round.event(
                 EventType::Normal,
@@ -387,9 +413,10 @@ async fn follow<K: Rolling>(
     // older value than the status records, and waiting alone would never finish. Applying the
     // same values again is a no-op, so this is safe to repeat.
     if let Some(w) = workload {
-        if !expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) {
-            tracing::warn!(workload = %wl, "pod template lacks the operator's current annotations; applying them again");
-            round.set_template_annotations(round.obj.clone().cluster_ref(), &expected).await?;
+        let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
+        if !expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) || !w.mounts.in_place(&wiring) {
+            tracing::warn!(workload = %wl, "pod template lacks the operator's current annotations or mounts; applying them again");
+            round.set_template_annotations(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
         }
     }
     let elapsed = operation::seconds_in_progress(op, round.now).unwrap_or(0);

@@ -107,18 +107,23 @@ impl<K: Reconcile> Round<K> {
         }
     }
 
-    /// Apply `annotations` to the pod template of `target` (in the object's namespace).
+    /// Apply `annotations` and `wiring` to the pod template of `target` (in the object's
+    /// namespace).
     pub async fn set_template_annotations(
         &mut self,
         target: &ClusterRef,
         annotations: &BTreeMap<String, String>,
+        wiring: &super::wiring::Wiring,
     ) -> Result<(), Error> {
         let namespace = self.namespace();
         match &mut self.writer {
             Writer::Api { client, .. } => {
-                workload::set_template_annotations(client, &namespace, target, annotations).await.map_err(|source| {
-                    Error::PatchTemplate { workload: workload::describe(&namespace, target), source: Box::new(source) }
-                })
+                workload::set_template_annotations(client, &namespace, target, annotations, wiring).await.map_err(
+                    |source| Error::PatchTemplate {
+                        workload: workload::describe(&namespace, target),
+                        source: Box::new(source),
+                    },
+                )
             }
             Writer::Record(effects) => {
                 effects.push(Effect::Template(annotations.clone()));

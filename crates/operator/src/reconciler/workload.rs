@@ -11,6 +11,8 @@ use serde_json::json;
 
 use cluster_security_api::{ClusterRef, ClusterState, WorkloadKind, FIELD_MANAGER};
 
+use super::wiring::{TemplateMounts, Wiring};
+
 /// What the operator needs to know of a workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workload {
@@ -25,6 +27,8 @@ pub struct Workload {
     pub template_annotations: BTreeMap<String, String>,
     /// StatefulSet only: the governing (headless) Service.
     pub service_name: Option<String>,
+    /// The pod template's containers and the volumes/mounts that concern the wiring.
+    pub mounts: TemplateMounts,
 }
 
 /// Rollout progress.
@@ -90,6 +94,7 @@ fn from_statefulset(s: StatefulSet) -> Workload {
         updated: st.updated_replicas.unwrap_or(0),
         ready: st.ready_replicas.unwrap_or(0),
         revisions_match: st.current_revision.is_some() && st.current_revision == st.update_revision,
+        mounts: TemplateMounts::from_pod_spec(spec.template.spec.as_ref()),
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
         service_name: spec.service_name,
     }
@@ -109,6 +114,7 @@ fn from_deployment(d: Deployment) -> Workload {
         updated: st.updated_replicas.unwrap_or(0),
         ready: st.available_replicas.unwrap_or(0).min(st.ready_replicas.unwrap_or(0)),
         revisions_match: !extra,
+        mounts: TemplateMounts::from_pod_spec(spec.template.spec.as_ref()),
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
         service_name: None,
     }
@@ -191,9 +197,11 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
 /// Prefix of every pod-template annotation the operator owns.
 pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
 
-/// Set pod-template annotations with server-side apply under our field manager
-/// (`cluster-security-operator`). Only our fields are touched, so other managers' fields stay;
-/// applying the same values again changes nothing (no new generation, no rollout).
+/// Set pod-template annotations — and the volumes and mounts of `wiring` ([`super::wiring`]), in
+/// the same apply so that a change of both rolls the pods once — with server-side apply under
+/// our field manager (`cluster-security-operator`). Only our fields are touched, so other
+/// managers' fields stay; applying the same values again changes nothing (no new generation, no
+/// rollout).
 ///
 /// Every kind applies under the same manager, and an apply drops the manager's fields it does
 /// not name: so the apply carries all our annotations already on the template, and is
@@ -204,26 +212,36 @@ pub async fn set_template_annotations(
     namespace: &str,
     r: &ClusterRef,
     annotations: &BTreeMap<String, String>,
+    wiring: &Wiring,
 ) -> kube::Result<()> {
-    let (kind, current, rv) = match r.kind {
+    let (kind, template, rv) = match r.kind {
         WorkloadKind::StatefulSet => {
             let s = Api::<StatefulSet>::namespaced(client.clone(), namespace).get(&r.name).await?;
-            ("StatefulSet", s.spec.template.metadata.and_then(|m| m.annotations), s.metadata.resource_version)
+            ("StatefulSet", s.spec.template, s.metadata.resource_version)
         }
         WorkloadKind::Deployment => {
             let d = Api::<Deployment>::namespaced(client.clone(), namespace).get(&r.name).await?;
-            ("Deployment", d.spec.template.metadata.and_then(|m| m.annotations), d.metadata.resource_version)
+            ("Deployment", d.spec.template, d.metadata.resource_version)
         }
     };
+    let current = template.metadata.and_then(|m| m.annotations);
+    let (volumes, containers) = TemplateMounts::from_pod_spec(template.spec.as_ref()).apply(wiring);
     let mut ours: BTreeMap<String, String> =
         current.unwrap_or_default().into_iter().filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX)).collect();
     ours.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": "apps/v1",
         "kind": kind,
         "metadata": {"name": r.name, "namespace": namespace, "resourceVersion": rv},
         "spec": {"template": {"metadata": {"annotations": ours}}},
     });
+    // Left out when empty: the apply then removes what the operator had there.
+    if !volumes.is_empty() {
+        patch["spec"]["template"]["spec"]["volumes"] = json!(volumes);
+    }
+    if !containers.is_empty() {
+        patch["spec"]["template"]["spec"]["containers"] = json!(containers);
+    }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match r.kind {
         WorkloadKind::StatefulSet => {

@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{
-    ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Operation,
+    ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Mounts, Operation,
     OperationType, SecuritySettings, FIELD_MANAGER,
 };
 use crate::reconciler::conditions::reason;
@@ -27,6 +27,7 @@ use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::operation;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling, SourceChange};
 use crate::reconciler::watch::{self, TargetsWorkload};
+use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::{self, Workload};
 use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::{pki, validate};
@@ -226,6 +227,28 @@ impl Rolling for ClusterSecurityPolicy {
     }
 
     /// The security ConfigMap, and the client CA Secret when mTLS is on.
+    fn wiring(&self, target: &SecuritySettings) -> Wiring {
+        let cluster = &self.spec.cluster_ref.name;
+        let mut mounts = vec![Mount {
+            volume: "csop-security-config",
+            source: Source::ConfigMap(configmap_name(cluster)),
+            path: properties::CONFIG_DIR,
+        }];
+        if target.client_authentication.tls_enabled() {
+            mounts.push(Mount {
+                volume: "csop-client-ca",
+                source: Source::Secret(client_ca_secret_name(cluster)),
+                path: properties::CLIENT_CA_DIR,
+            });
+        }
+        let spec = self.spec.mounts.as_ref();
+        Wiring {
+            container: spec.and_then(|m| m.container.clone()),
+            mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
+            owned: &["csop-security-config", "csop-client-ca"],
+        }
+    }
+
     fn derived_objects(&self) -> Vec<Derived> {
         let cluster = &self.spec.cluster_ref.name;
         let mut out = vec![Derived::ConfigMap(configmap_name(cluster))];

@@ -3,6 +3,7 @@
 //! Key material is never inlined: PEM stores point at mounted Secret files through Kafka's
 //! DirectoryConfigProvider (KIP-632), as Strimzi does. Mount paths (documented in
 //! docs/clustersecuritypolicy.md):
+//! - `/etc/kafka/security/config/`       ← ConfigMap `<cluster>-security` (server.properties, security.json)
 //! - `/etc/kafka/security/external-tls/` ← Secret `<cluster>-external-tls` (tls.crt, tls.key)
 //! - `/etc/kafka/security/internal-tls/` ← Secret `<cluster>-internal-tls` (tls.crt, tls.key, ca.crt)
 //! - `/etc/kafka/security/client-ca/`   ← Secret `<cluster>-client-ca` (ca.crt)
@@ -14,6 +15,7 @@ use serde::Serialize;
 use super::listeners::{client_listeners, replication_listener, ClientAuth, ListenerDef, Protocol};
 use crate::api::{IamAuthentication, SecuritySettings};
 
+pub const CONFIG_DIR: &str = "/etc/kafka/security/config";
 pub const EXTERNAL_TLS_DIR: &str = "/etc/kafka/security/external-tls";
 pub const INTERNAL_TLS_DIR: &str = "/etc/kafka/security/internal-tls";
 pub const CLIENT_CA_DIR: &str = "/etc/kafka/security/client-ca";

@@ -225,7 +225,9 @@ async fn valid_examples_get_status_and_printer_columns() {
         assert_eq!(out.status.code(), Some(0), "{f} shows a diff:\n{}{}", stdout(&out), stderr(&out));
     }
     // What Argo CD's ignoreDifferences.managedFieldsManagers relies on: on the broker workload the
-    // operator's field manager owns the clustersecurity.io/ pod-template annotations and nothing else.
+    // operator's field manager owns the clustersecurity.io/ pod-template annotations and the
+    // wiring (spec.mounts) — volumes named csop-…, and in the broker container its name (the
+    // list key) and mounts under /etc/kafka/security/ — and nothing else.
     let client = cp.client().await.unwrap();
     let sts =
         Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, "kafka").get("orders-kafka").await.unwrap();
@@ -244,6 +246,17 @@ async fn valid_examples_get_status_and_printer_columns() {
     assert!(!owned.is_empty() && owned.iter().all(|k| k.starts_with("f:clustersecurity.io/")), "{owned:?}");
     let mut rest = fields.clone();
     rest["f:spec"]["f:template"]["f:metadata"].as_object_mut().unwrap().remove("f:annotations");
+    let pod = rest["f:spec"]["f:template"].as_object_mut().unwrap().remove("f:spec").expect("owns the wiring");
+    let pod = pod.as_object().unwrap();
+    assert_eq!(pod.keys().collect::<Vec<_>>(), ["f:containers", "f:volumes"], "{pod:?}");
+    let volumes = pod["f:volumes"].as_object().unwrap();
+    assert!(!volumes.is_empty() && volumes.keys().all(|k| k.starts_with(r#"k:{"name":"csop-"#)), "{volumes:?}");
+    for (key, c) in pod["f:containers"].as_object().unwrap() {
+        let c = c.as_object().unwrap();
+        assert_eq!(c.keys().collect::<Vec<_>>(), [".", "f:name", "f:volumeMounts"], "{key}: {c:?}");
+        let mounts = c["f:volumeMounts"].as_object().unwrap();
+        assert!(mounts.keys().all(|k| k.starts_with(r#"k:{"mountPath":"/etc/kafka/security/"#)), "{mounts:?}");
+    }
     assert_eq!(
         rest,
         serde_json::json!({"f:spec": {"f:template": {"f:metadata": {}}}}),

@@ -11,3 +11,4 @@ mod foundation;
 mod hostile;
 mod policy;
 mod secrets;
+mod wiring;
