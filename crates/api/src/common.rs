@@ -131,6 +131,10 @@ pub struct Operation<I> {
     /// When the operation moved to UPDATE_IN_PROGRESS (RFC 3339); the rollout deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
+    /// When the rollout deadline (`rolloutTimeoutSeconds`) counts from, when not `startTime`:
+    /// moved forward while a StatefulSet's `partition` holds the rollout back (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_from: Option<String>,
     /// When the operation reached UPDATE_COMPLETE or UPDATE_FAILED (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<String>,

@@ -23,6 +23,8 @@ pub mod reason {
     pub const OPERATION_RECORDED: &str = "OperationRecorded";
     pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
     pub const ROLLING_PODS: &str = "RollingPods";
+    /// A StatefulSet partition holds part of the rollout back until the user lowers it.
+    pub const ROLLOUT_HELD_BY_PARTITION: &str = "RolloutHeldByPartition";
     pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
     /// The spec changed while an operation ran; the next one starts now.
     pub const QUEUED: &str = "Queued";

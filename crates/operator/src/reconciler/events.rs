@@ -27,6 +27,9 @@ pub mod reason {
     pub const UPDATE_FAILED: &str = "UpdateFailed";
     /// Something the operator wrote was changed or deleted by someone else and is restored.
     pub const DRIFT_REPAIRED: &str = "DriftRepaired";
+    /// A pod of a StatefulSet with `updateStrategy: OnDelete` was deleted to take the new
+    /// template.
+    pub const POD_REPLACED: &str = "PodReplaced";
 }
 
 /// After the status write: publish the round's events, plus a Warning when the object newly

@@ -30,6 +30,7 @@ pub fn new<I>(
         operation_state: OperationState::Pending,
         creation_time: rfc3339(now),
         start_time: None,
+        deadline_from: None,
         end_time: None,
         generation,
         source_info: source,
@@ -110,9 +111,10 @@ pub fn retry_request(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obje
     meta.annotations.as_ref()?.get(cluster_security_api::RETRY_ANNOTATION).map(String::as_str)
 }
 
-/// Seconds the operation has been UPDATE_IN_PROGRESS.
+/// Seconds the rollout deadline has been running: since UPDATE_IN_PROGRESS, or since a partition
+/// last held the rollout back (`deadlineFrom`).
 pub fn seconds_in_progress<I>(op: &Operation<I>, now: Timestamp) -> Option<i64> {
-    let started = parse_time(op.start_time.as_deref()?)?;
+    let started = parse_time(op.deadline_from.as_deref().or(op.start_time.as_deref())?)?;
     Some(now.as_second() - started.as_second())
 }
 

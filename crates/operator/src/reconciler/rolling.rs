@@ -22,8 +22,8 @@ use super::derived::{self, Derived};
 use super::events::reason as event;
 use super::watch::TargetsWorkload;
 use super::wiring::Wiring;
-use super::workload::{self, RolloutCheck, Workload};
-use super::{operation, Context, Error, Health, Outcome, Round};
+use super::workload::{self, RolloutCheck, Strategy, Workload};
+use super::{operation, Context, Error, Health, Named, Outcome, Round};
 
 /// What the kind's operation moves from and to.
 pub type Info<K> = <<K as cluster_security_api::Operated>::Status as OperationRecord>::Info;
@@ -68,6 +68,8 @@ const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
 /// When to look at a rollout just started (workload watches usually come sooner).
 const FOLLOW_ROLLOUT: Duration = Duration::from_secs(5);
+/// How often a rollout held back by a partition is looked at (its deadline restarts from then).
+const HELD_RECHECK: Duration = Duration::from_secs(10);
 /// When to look again after an operation ended (the next one may be queued).
 const AFTER_END: Duration = Duration::from_secs(1);
 
@@ -321,7 +323,7 @@ pub async fn drive<K: Rolling>(
     let mut op = round.status.current_operation().cloned().expect("an operation is current");
     let outcome = match op.operation_state {
         OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl, recorded_now).await?,
-        OperationState::UpdateInProgress => follow(kind, round, workload, &mut op, &desired, &wl).await?,
+        OperationState::UpdateInProgress => follow(kind, round, ctx, workload, &mut op, &desired, &wl).await?,
         OperationState::UpdateComplete | OperationState::UpdateFailed => {
             Outcome::new(Health::Reconciling { reason: "Recorded".into(), message: String::new() }, Some(AFTER_END))
         }
@@ -403,6 +405,7 @@ async fn pending<K: Rolling>(
 async fn follow<K: Rolling>(
     kind: &K,
     round: &mut Round<K>,
+    ctx: &Context,
     workload: Option<&Workload>,
     op: &mut Operation<Info<K>>,
     desired: &Info<K>,
@@ -422,8 +425,28 @@ async fn follow<K: Rolling>(
     let elapsed = operation::seconds_in_progress(op, round.now).unwrap_or(0);
     let timeout = i64::from(kind.rollout_timeout_seconds());
     match workload::check(workload, &expected, elapsed, timeout, wl) {
-        RolloutCheck::Rolling(message, after) => {
+        RolloutCheck::Rolling(mut message, after) => {
+            // OnDelete: the StatefulSet controller waits for us to delete the pods.
+            if let Some(w) = workload.filter(|w| w.strategy == Strategy::OnDelete) {
+                let ns = round.namespace();
+                let next = workload::next_pod_to_replace(&ctx.client, &ns, w)
+                    .await
+                    .map_err(|source| Error::Read { object: Named::new("Pod", &ns, wl), source: Box::new(source) })?;
+                if let Some(pod) = next {
+                    round.delete_pod(&pod).await?;
+                    let note = format!("Deleted pod {pod} of {wl} (updateStrategy OnDelete) to take the new template.");
+                    round.event(EventType::Normal, event::POD_REPLACED, note.clone());
+                    message = format!("{message} {note}");
+                }
+            }
             Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(after)))
+        }
+        RolloutCheck::Held(message) => {
+            // The user holds the rollout back: the deadline starts again once they release it
+            // (from the last look while held, at most HELD_RECHECK before).
+            op.deadline_from = Some(operation::rfc3339(round.now));
+            let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION.into(), message };
+            Ok(Outcome::new(health, Some(HELD_RECHECK)))
         }
         RolloutCheck::TimedOut(message) => {
             operation::fail(op, reason::ROLLOUT_FAILED, message.clone(), round.now);

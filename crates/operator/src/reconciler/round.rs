@@ -23,6 +23,8 @@ pub enum Effect {
     Status(serde_json::Value),
     /// Pod-template annotations applied to the workload.
     Template(BTreeMap<String, String>),
+    /// A pod deleted (StatefulSet OnDelete rollout).
+    DeletePod(String),
 }
 
 /// Where the round's writes go.
@@ -127,6 +129,28 @@ impl<K: Reconcile> Round<K> {
             }
             Writer::Record(effects) => {
                 effects.push(Effect::Template(annotations.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Delete pod `name` (in the object's namespace) so that its StatefulSet recreates it from
+    /// the current template; one already gone is fine.
+    pub async fn delete_pod(&mut self, name: &str) -> Result<(), Error> {
+        let namespace = self.namespace();
+        match &mut self.writer {
+            Writer::Api { client, .. } => {
+                let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &namespace);
+                match pods.delete(name, &Default::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                    Err(source) => {
+                        Err(Error::Write { object: Named::new("Pod", &namespace, name), source: Box::new(source) })
+                    }
+                }
+            }
+            Writer::Record(effects) => {
+                effects.push(Effect::DeletePod(name.to_string()));
                 Ok(())
             }
         }

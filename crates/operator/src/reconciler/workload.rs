@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -29,6 +30,26 @@ pub struct Workload {
     pub service_name: Option<String>,
     /// The pod template's containers and the volumes/mounts that concern the wiring.
     pub mounts: TemplateMounts,
+    /// How the workload's controller replaces pods.
+    pub strategy: Strategy,
+    /// StatefulSet only: the revision of the current template (pods' `controller-revision-hash`).
+    pub update_revision: Option<String>,
+    /// The pods' labels the workload selects by (`spec.selector.matchLabels`).
+    pub selector: BTreeMap<String, String>,
+}
+
+/// How the workload's controller replaces pods, as far as the operator must know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// The controller replaces every pod (RollingUpdate, Recreate).
+    #[default]
+    Rolling,
+    /// StatefulSet RollingUpdate with a partition: ordinals below it keep the previous template
+    /// until the user lowers it. The operator waits, without a deadline.
+    Partitioned(i32),
+    /// StatefulSet OnDelete: a pod takes the new template only when deleted. The operator
+    /// deletes them one at a time, highest ordinal first, each once all pods are Ready.
+    OnDelete,
 }
 
 /// Rollout progress.
@@ -40,6 +61,9 @@ pub enum Progress {
     Complete,
     /// Still rolling, or replicas not ready.
     Rolling { updated: i32, ready: i32, replicas: i32 },
+    /// Every pod the partition lets roll did, and all are ready; the pods below it wait for
+    /// the user to lower it.
+    Held { partition: i32, updated: i32, replicas: i32 },
 }
 
 impl Workload {
@@ -50,10 +74,19 @@ impl Workload {
             && self.ready >= self.replicas
             && self.revisions_match;
         if done {
-            Progress::Complete
-        } else {
-            Progress::Rolling { updated: self.updated, ready: self.ready, replicas: self.replicas }
+            return Progress::Complete;
         }
+        if let Strategy::Partitioned(partition) = self.strategy {
+            let held = partition.min(self.replicas);
+            if held > 0
+                && self.observed_generation >= self.generation
+                && self.updated >= self.replicas - held
+                && self.ready >= self.replicas
+            {
+                return Progress::Held { partition, updated: self.updated, replicas: self.replicas };
+            }
+        }
+        Progress::Rolling { updated: self.updated, ready: self.ready, replicas: self.replicas }
     }
 }
 
@@ -62,6 +95,7 @@ pub fn cluster_state(workload: Option<&Workload>) -> ClusterState {
     match workload.map(Workload::progress) {
         None | Some(Progress::Missing) => ClusterState::Unavailable,
         Some(Progress::Complete) => ClusterState::Active,
+        Some(Progress::Held { .. }) => ClusterState::Updating,
         Some(Progress::Rolling { .. }) => {
             let w = workload.expect("rolling implies a workload");
             // Template not yet rolled out everywhere: UPDATING; rolled out but pods not ready: UNAVAILABLE.
@@ -86,14 +120,30 @@ pub fn state_text(s: ClusterState) -> &'static str {
 fn from_statefulset(s: StatefulSet) -> Workload {
     let spec = s.spec;
     let st = s.status.unwrap_or_default();
+    let on_delete = spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()) == Some("OnDelete");
     Workload {
         uid: s.metadata.uid,
         generation: s.metadata.generation.unwrap_or(0),
         observed_generation: st.observed_generation.unwrap_or(0),
         replicas: spec.replicas.unwrap_or(1),
         updated: st.updated_replicas.unwrap_or(0),
-        ready: st.ready_replicas.unwrap_or(0),
-        revisions_match: st.current_revision.is_some() && st.current_revision == st.update_revision,
+        // availableReplicas (Kubernetes 1.23+) counts a pod only after minReadySeconds; v1.20
+        // does not report it, and has no minReadySeconds for StatefulSets.
+        ready: st.available_replicas.unwrap_or(st.ready_replicas.unwrap_or(0)).min(st.ready_replicas.unwrap_or(0)),
+        // With OnDelete, v1.20's StatefulSet controller never moves currentRevision to the
+        // update revision: every pod updated is the end of the rollout then.
+        revisions_match: (st.current_revision.is_some() && st.current_revision == st.update_revision)
+            || (on_delete && st.updated_replicas.unwrap_or(0) >= spec.replicas.unwrap_or(1)),
+        strategy: match spec.update_strategy.as_ref() {
+            _ if on_delete => Strategy::OnDelete,
+            Some(u) => match u.rolling_update.as_ref().and_then(|r| r.partition) {
+                Some(p) if p > 0 => Strategy::Partitioned(p),
+                _ => Strategy::Rolling,
+            },
+            None => Strategy::Rolling,
+        },
+        update_revision: st.update_revision.clone(),
+        selector: spec.selector.match_labels.clone().unwrap_or_default(),
         mounts: TemplateMounts::from_pod_spec(spec.template.spec.as_ref()),
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
         service_name: spec.service_name,
@@ -117,6 +167,9 @@ fn from_deployment(d: Deployment) -> Workload {
         mounts: TemplateMounts::from_pod_spec(spec.template.spec.as_ref()),
         template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
         service_name: None,
+        strategy: Strategy::Rolling,
+        update_revision: None,
+        selector: spec.selector.match_labels.clone().unwrap_or_default(),
     }
 }
 
@@ -138,6 +191,8 @@ pub enum RolloutCheck {
     TimedOut(String),
     /// Still going; check again after the duration at the latest.
     Rolling(String, std::time::Duration),
+    /// A StatefulSet partition holds the rest back: no deadline runs.
+    Held(String),
 }
 
 /// Check a rollout the operator started `elapsed` seconds ago by setting `expected` annotations.
@@ -153,10 +208,17 @@ pub fn check(
     if ours && progress == Progress::Complete {
         return RolloutCheck::Done;
     }
+    if let (true, Progress::Held { partition, updated, replicas }) = (ours, &progress) {
+        return RolloutCheck::Held(format!(
+            "{what}: {updated}/{replicas} pods run the new template; its updateStrategy.rollingUpdate.partition={partition} holds pods 0..{} back. Lower the partition to roll them; no rollout deadline runs meanwhile.",
+            partition.min(replicas) - 1
+        ));
+    }
     let detail = match &progress {
         Progress::Rolling { updated, ready, replicas } => {
             format!("{updated}/{replicas} pods updated, {ready}/{replicas} ready")
         }
+        Progress::Held { updated, replicas, .. } => format!("{updated}/{replicas} pods updated"),
         Progress::Missing => "the workload is gone".into(),
         Progress::Complete => "the pod template no longer carries the operator's annotations".into(),
     };
@@ -192,6 +254,43 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
         object: super::Named::new(kind, namespace, &r.name),
         source: Box::new(source),
     })
+}
+
+/// A StatefulSet with `updateStrategy: OnDelete` rolls only as pods are deleted: the pod to delete
+/// next — the highest ordinal not yet on the current revision — once every pod exists, is Ready
+/// and none is terminating (one at a time, like the controller's own rolling update); `None`
+/// while waiting or when all are current.
+pub async fn next_pod_to_replace(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Option<String>> {
+    let Some(revision) = w.update_revision.as_deref() else { return Ok(None) };
+    let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let lp = kube::api::ListParams::default().labels(&selector.join(","));
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?;
+    let owned: Vec<&Pod> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == w.uid.as_ref()))
+        .collect();
+    Ok(pick_pod_to_replace(&owned, w.replicas, revision))
+}
+
+/// The decision of [`next_pod_to_replace`], on the pods read.
+fn pick_pod_to_replace(pods: &[&Pod], replicas: i32, revision: &str) -> Option<String> {
+    let ready = |p: &Pod| {
+        p.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Ready" && c.status == "True")
+    };
+    let settled =
+        pods.len() >= replicas as usize && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none() && ready(p));
+    if !settled {
+        return None;
+    }
+    let ordinal = |p: &Pod| p.metadata.name.as_deref()?.rsplit('-').next()?.parse::<u32>().ok();
+    pods.iter()
+        .filter(|p| {
+            p.metadata.labels.as_ref().and_then(|l| l.get("controller-revision-hash")).map(String::as_str)
+                != Some(revision)
+        })
+        .max_by_key(|p| ordinal(p))
+        .and_then(|p| p.metadata.name.clone())
 }
 
 /// Prefix of every pod-template annotation the operator owns.
@@ -270,6 +369,54 @@ mod tests {
             revisions_match: revs,
             ..Default::default()
         }
+    }
+
+    fn pod(name: &str, revision: &str, ready: bool, terminating: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"controller-revision-hash": revision},
+                         "deletionTimestamp": terminating.then_some("2026-11-30T00:00:00Z")},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn on_delete_replaces_the_highest_outdated_ordinal_once_all_pods_are_ready() {
+        let pick = |pods: &[Pod]| pick_pod_to_replace(&pods.iter().collect::<Vec<_>>(), 3, "new");
+        let (old, new) = ("old", "new");
+        let all_old =
+            [pod("kafka-0", old, true, false), pod("kafka-2", old, true, false), pod("kafka-10", old, true, false)];
+        assert_eq!(pick(&all_old).as_deref(), Some("kafka-10"), "by ordinal, not by name");
+        let mid =
+            [pod("kafka-0", old, true, false), pod("kafka-1", old, true, false), pod("kafka-2", new, true, false)];
+        assert_eq!(pick(&mid).as_deref(), Some("kafka-1"));
+        let not_ready =
+            [pod("kafka-0", old, true, false), pod("kafka-1", old, true, false), pod("kafka-2", new, false, false)];
+        assert_eq!(pick(&not_ready), None, "the replaced pod is not Ready yet");
+        let terminating =
+            [pod("kafka-0", old, true, false), pod("kafka-1", old, true, true), pod("kafka-2", new, true, false)];
+        assert_eq!(pick(&terminating), None, "one at a time");
+        assert_eq!(pick(&mid[..2]), None, "a pod missing (being recreated)");
+        let done =
+            [pod("kafka-0", new, true, false), pod("kafka-1", new, true, false), pod("kafka-2", new, true, false)];
+        assert_eq!(pick(&done), None);
+    }
+
+    #[test]
+    fn a_partition_holds_the_rollout_without_failing_it() {
+        let mut held = w(2, 2, 3, 1, 3, false);
+        held.strategy = Strategy::Partitioned(2);
+        assert_eq!(held.progress(), Progress::Held { partition: 2, updated: 1, replicas: 3 });
+        assert_eq!(cluster_state(Some(&held)), ClusterState::Updating);
+        held.template_annotations = BTreeMap::from([("a".into(), "1".into())]);
+        let expected = BTreeMap::from([("a".to_string(), "1".to_string())]);
+        let RolloutCheck::Held(message) = check(Some(&held), &expected, 10_000, 600, "StatefulSet k/kafka") else {
+            panic!("held, not timed out")
+        };
+        assert!(message.contains("partition=2") && message.contains("pods 0..1"), "{message}");
+        let mut rolling = w(2, 2, 3, 0, 3, false);
+        rolling.strategy = Strategy::Partitioned(2);
+        assert!(matches!(rolling.progress(), Progress::Rolling { .. }), "pods above the partition still rolling");
     }
 
     #[test]

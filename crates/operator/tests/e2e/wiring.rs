@@ -201,3 +201,121 @@ async fn a_container_that_does_not_exist_fails_the_operation_before_anything_is_
     let secrets = stdout(&cp.kubectl(&["get", "secrets", "-n", ns, "-o", "name"]));
     assert!(!secrets.contains("kafka-external-tls"), "nothing issued: {secrets}");
 }
+
+/// A StatefulSet of `replicas` pods with the given `updateStrategy` (flow YAML).
+fn brokers_with_strategy(ns: &str, replicas: i32, strategy: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  serviceName: kafka\n  replicas: {replicas}\n  updateStrategy: {strategy}\n  selector: {{matchLabels: {{app: kafka}}}}\n  template:\n    metadata: {{labels: {{app: kafka}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+    )
+}
+
+/// The `controller-revision-hash` of each pod, by name, and the StatefulSet's update revision.
+async fn revisions(ns: &str) -> (BTreeMap<String, String>, String) {
+    let client = env().cp.client().await.unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap();
+    let by_pod = pods
+        .items
+        .into_iter()
+        .map(|p| {
+            let rev = p.metadata.labels.unwrap_or_default().remove("controller-revision-hash").unwrap_or_default();
+            (p.metadata.name.unwrap_or_default(), rev)
+        })
+        .collect();
+    let sts = Api::<StatefulSet>::namespaced(client, ns).get("kafka").await.unwrap();
+    (by_pod, sts.status.unwrap_or_default().update_revision.unwrap_or_default())
+}
+
+/// OnDelete: the StatefulSet controller replaces nothing by itself; the operator deletes the pods
+/// one at a time, and the operation completes with every pod on the new template.
+#[tokio::test]
+async fn an_on_delete_statefulset_is_rolled_by_deleting_its_pods_one_at_a_time() {
+    let cp = &env().cp;
+    let ns = "roll-ondelete";
+    webhook_ready(cp).await;
+    apply(cp, &brokers_with_strategy(ns, 3, "{type: OnDelete}"));
+    wait_sts_ready(cp, ns, "kafka").await;
+    apply(cp, &rotation(ns, "{}"));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE").await;
+    let (pods, current) = revisions(ns).await;
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    assert!(pods.values().all(|r| *r == current), "every pod on the new template: {pods:?} vs {current}");
+    let events = stdout(&cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=PodReplaced",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]));
+    assert!(events.contains("Deleted pod kafka-2"), "{events}");
+    assert_eq!(condition_reason(ns, "Ready").await, "Applied");
+}
+
+/// A partition: the pods above it roll, the operation waits (no deadline, reason
+/// RolloutHeldByPartition) while the rest keep the previous template, and completes once the
+/// user lowers it.
+#[tokio::test]
+async fn a_partition_holds_the_operation_until_the_user_lowers_it() {
+    let cp = &env().cp;
+    let ns = "roll-partition";
+    webhook_ready(cp).await;
+    apply(cp, &brokers_with_strategy(ns, 2, "{type: RollingUpdate, rollingUpdate: {partition: 1}}"));
+    wait_sts_ready(cp, ns, "kafka").await;
+    // A deadline shorter than the hold: it must not run while the partition holds.
+    apply(cp, &rotation(ns, "{}").replace("rolloutTimeoutSeconds: 120", "rolloutTimeoutSeconds: 20"));
+    let held = wait_jsonpath(
+        cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"Reconciling\")].reason}",
+        60,
+        |t| t == "RolloutHeldByPartition",
+    )
+    .await;
+    assert_eq!(held, "RolloutHeldByPartition");
+    let (pods, current) = revisions(ns).await;
+    assert_eq!(pods["kafka-1"], current, "above the partition: rolled");
+    assert_ne!(pods["kafka-0"], current, "below the partition: held");
+    // Held past the 20 s deadline: still in progress, not failed. (Waiting out a deadline is
+    // what this checks, so it sleeps.)
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let state = stdout(&cp.kubectl(&[
+        "get",
+        "certificaterotation",
+        "certs",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.operations[0].operationState}",
+    ]));
+    assert_eq!(state, "UPDATE_IN_PROGRESS");
+    let message = stdout(&cp.kubectl(&[
+        "get",
+        "certificaterotation",
+        "certs",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Reconciling\")].message}",
+    ]));
+    assert!(message.contains("partition=1") && message.contains("Lower the partition"), "{message}");
+    let out = cp.kubectl(&[
+        "patch",
+        "statefulset",
+        "kafka",
+        "-n",
+        ns,
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE").await;
+    let (pods, current) = revisions(ns).await;
+    assert!(pods.values().all(|r| *r == current), "{pods:?}");
+}
+
+async fn condition_reason(ns: &str, type_: &str) -> String {
+    let path = format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].reason}}");
+    stdout(&env().cp.kubectl(&["get", "certificaterotation", "certs", "-n", ns, "-o", &path]))
+}
