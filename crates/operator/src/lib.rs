@@ -25,6 +25,7 @@ mod pki;
 mod reconciler;
 mod runtime;
 mod security_policy;
+mod task;
 mod webhook;
 
 // The contract, under the names the modules use.

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::task::AbortOnDrop;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -377,15 +378,6 @@ pub async fn run(
         "re-encryption pass finished"
     );
     Ok(progress)
-}
-
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::{object_key, Context, Reconcile};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::task::AbortOnDrop;
 
 /// Server-side timeout of every watch; see [`config`].
 pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
@@ -294,15 +295,6 @@ async fn watch_secrets<K: Reconcile>(
                 return;
             }
         }
-    }
-}
-
-/// A spawned task that ends when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -74,6 +74,21 @@ fn expect(rows: &[(&str, &str, &str)]) -> BTreeSet<(String, String, String, Stri
     rows.iter().map(|(v, p, s)| ("kafka".to_string(), v.to_string(), p.to_string(), s.to_string())).collect()
 }
 
+/// Wait until the StatefulSet's template carries exactly the `expected` mounts of ours.
+async fn wait_wired(ns: &str, expected: &BTreeSet<(String, String, String, String)>, what: &str) {
+    let sts = Api::<StatefulSet>::namespaced(env().cp.client().await.unwrap(), ns);
+    wait_until(Duration::from_secs(60), what, || {
+        let (sts, expected) = (sts.clone(), expected.clone());
+        async move {
+            let s = sts.get("kafka").await.map_err(|e| e.to_string())?;
+            let now = wired(s.spec.template.spec.as_ref().unwrap());
+            (now == expected).then_some(()).ok_or(format!("{now:?}"))
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn template(ns: &str) -> (i64, PodSpec) {
     let sts = Api::<StatefulSet>::namespaced(env().cp.client().await.unwrap(), ns).get("kafka").await.unwrap();
     (sts.metadata.generation.unwrap(), sts.spec.template.spec.unwrap())
@@ -135,17 +150,7 @@ async fn both_kinds_mount_into_the_broker_container_roll_once_repair_and_opt_out
     );
     let out = cp.kubectl(&["patch", "statefulset", "kafka", "-n", ns, "--type=json", "-p", &patch]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let sts = Api::<StatefulSet>::namespaced(cp.client().await.unwrap(), ns);
-    wait_until(Duration::from_secs(60), "the removed mount put back", || {
-        let (sts, expected) = (sts.clone(), without_ca.clone());
-        async move {
-            let s = sts.get("kafka").await.map_err(|e| e.to_string())?;
-            let now = wired(s.spec.template.spec.as_ref().unwrap());
-            (now == expected).then_some(()).ok_or(format!("{now:?}"))
-        }
-    })
-    .await
-    .unwrap();
+    wait_wired(ns, &without_ca, "the removed mount put back").await;
     let events = stdout(&cp.kubectl(&["get", "events", "-n", ns, "-o", "jsonpath={.items[*].message}"]));
     assert!(events.contains("volumes and mounts of StatefulSet"), "{events}");
     wait_sts_ready(cp, ns, "kafka").await;
@@ -153,25 +158,8 @@ async fn both_kinds_mount_into_the_broker_container_roll_once_repair_and_opt_out
     // The rotation opts out: its mounts go, the policy's stay; no operation for it.
     apply(cp, &rotation(ns, "{enabled: false}"));
     let only_config = expect(&[("csop-security-config", "/etc/kafka/security/config", "configmap/kafka-security")]);
-    wait_until(Duration::from_secs(60), "the rotation's mounts removed", || {
-        let (sts, expected) = (sts.clone(), only_config.clone());
-        async move {
-            let s = sts.get("kafka").await.map_err(|e| e.to_string())?;
-            let now = wired(s.spec.template.spec.as_ref().unwrap());
-            (now == expected).then_some(()).ok_or(format!("{now:?}"))
-        }
-    })
-    .await
-    .unwrap();
-    let ops = stdout(&cp.kubectl(&[
-        "get",
-        "certificaterotation",
-        "certs",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.operations[*].operationId}",
-    ]));
+    wait_wired(ns, &only_config, "the rotation's mounts removed").await;
+    let ops = certs_jsonpath(ns, "{.status.operations[*].operationId}");
     assert_eq!(ops.split_whitespace().count(), 1, "an opt-out is not an operation: {ops}");
 }
 
@@ -185,15 +173,7 @@ async fn a_container_that_does_not_exist_fails_the_operation_before_anything_is_
     apply(cp, &rotation(ns, "{container: broker}"));
     let state = wait_state(ns, "certificaterotation", "certs", "UPDATE_FAILED").await;
     assert!(state.ends_with("/ContainerNotFound"), "{state}");
-    let message = stdout(&cp.kubectl(&[
-        "get",
-        "certificaterotation",
-        "certs",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Stalled\")].message}",
-    ]));
+    let message = certs_jsonpath(ns, "{.status.conditions[?(@.type==\"Stalled\")].message}");
     assert!(message.contains("no container \"broker\"") && message.contains("kafka"), "{message}");
     let (after, spec) = template(ns).await;
     assert_eq!(after, generation, "the workload was not touched");
@@ -250,7 +230,7 @@ async fn an_on_delete_statefulset_is_rolled_by_deleting_its_pods_one_at_a_time()
         "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
     ]));
     assert!(events.contains("Deleted pod kafka-2"), "{events}");
-    assert_eq!(condition_reason(ns, "Ready").await, "Applied");
+    assert_eq!(certs_jsonpath(ns, "{.status.conditions[?(@.type==\"Ready\")].reason}"), "Applied");
 }
 
 /// A partition: the pods above it roll, the operation waits (no deadline, reason
@@ -280,25 +260,9 @@ async fn a_partition_holds_the_operation_until_the_user_lowers_it() {
     // Held past the 20 s deadline: still in progress, not failed. (Waiting out a deadline is
     // what this checks, so it sleeps.)
     tokio::time::sleep(Duration::from_secs(25)).await;
-    let state = stdout(&cp.kubectl(&[
-        "get",
-        "certificaterotation",
-        "certs",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.operations[0].operationState}",
-    ]));
+    let state = certs_jsonpath(ns, "{.status.operations[0].operationState}");
     assert_eq!(state, "UPDATE_IN_PROGRESS");
-    let message = stdout(&cp.kubectl(&[
-        "get",
-        "certificaterotation",
-        "certs",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Reconciling\")].message}",
-    ]));
+    let message = certs_jsonpath(ns, "{.status.conditions[?(@.type==\"Reconciling\")].message}");
     assert!(message.contains("partition=1") && message.contains("Lower the partition"), "{message}");
     let out = cp.kubectl(&[
         "patch",
@@ -315,7 +279,7 @@ async fn a_partition_holds_the_operation_until_the_user_lowers_it() {
     assert!(pods.values().all(|r| *r == current), "{pods:?}");
 }
 
-async fn condition_reason(ns: &str, type_: &str) -> String {
-    let path = format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].reason}}");
-    stdout(&env().cp.kubectl(&["get", "certificaterotation", "certs", "-n", ns, "-o", &path]))
+/// `jsonpath` of CertificateRotation `certs` in `ns`, as kubectl prints it.
+fn certs_jsonpath(ns: &str, jsonpath: &str) -> String {
+    stdout(&env().cp.kubectl(&["get", "certificaterotation", "certs", "-n", ns, "-o", &format!("jsonpath={jsonpath}")]))
 }
