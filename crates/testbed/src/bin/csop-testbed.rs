@@ -173,6 +173,25 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    say("what a broker pod mounts from the operator (spec.mounts): kubectl get pod orders-kafka-0 -n kafka -o jsonpath=…");
+    let mounts = cp.kubectl(&[
+        "get",
+        "pod",
+        "orders-kafka-0",
+        "-n",
+        "kafka",
+        "-o",
+        "jsonpath={range .spec.containers[?(@.name==\"kafka\")].volumeMounts[*]}    {.mountPath} <- {.name}{\"\\n\"}{end}",
+    ]);
+    print!("{}", show(&mounts));
+    let text = String::from_utf8_lossy(&mounts.stdout);
+    anyhow::ensure!(
+        ["config", "client-ca", "external-tls", "internal-tls"]
+            .iter()
+            .all(|d| text.contains(&format!("/etc/kafka/security/{d} <- csop-"))),
+        "the broker pod does not mount the operator's artefacts:\n{text}"
+    );
+
     if exit {
         say("demo finished; stopping everything");
         return Ok(());
