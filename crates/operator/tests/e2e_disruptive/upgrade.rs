@@ -30,7 +30,10 @@ async fn crds_upgrade_in_place_and_keep_every_object() {
         "certificaterotation.yaml",
         "kmskeyvaultmode.yaml",
     ] {
-        kubectl_ok(&cp, &["apply", "-f", root.join("examples").join(f).to_str().unwrap()]);
+        // Today's examples may use fields the previous schema does not have (spec.mounts): the
+        // API server prunes them, as it did for anyone applying them then, and kubectl's
+        // client-side check would refuse them first.
+        kubectl_ok(&cp, &["apply", "--validate=false", "-f", root.join("examples").join(f).to_str().unwrap()]);
     }
     let uids = |cp: &ControlPlane| {
         kubectl_ok(
