@@ -23,7 +23,7 @@ use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Mounts,
     Operation, OperationType,
 };
-use crate::reconciler::conditions::reason;
+use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::events::reason::DRIFT_REPAIRED;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
@@ -97,6 +97,89 @@ pub fn client_impact(old_ca_fingerprint: Option<&str>, new_ca_fingerprint: &str)
             ClientImpact::TrustUpdateRequired
         }
     })
+}
+
+/// How long before expiry a certificate the operator cannot renew (type `provided` or `secret`)
+/// counts as due (cert-manager's default `renewBefore`).
+pub const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
+
+/// The installed certificates that need someone else to act: a `provided` or `secret` one within
+/// [`RENEW_BEFORE_SECONDS`] of its expiry, or any that has expired (a self-signed one the
+/// operator could not renew in time). One line each, naming the slot, the expiry and what to do.
+pub fn expiring(status: &CertificateRotationStatus, now: Timestamp) -> Vec<String> {
+    let mut out = Vec::new();
+    for (slot, cert) in [(Slot::External, &status.external), (Slot::Internal, &status.internal)] {
+        let Some(cert) = cert else { continue };
+        let Some(not_after) = cert.not_after.as_deref().and_then(operation::parse_time) else { continue };
+        let left = not_after.as_second() - now.as_second();
+        let renewed_by_us = cert.type_ == CertificateType::Selfsigned;
+        let what = match cert.type_ {
+            CertificateType::Secret => {
+                "put renewed material in the Secret (with rollOnSourceChange it rolls by itself) or change the label"
+            }
+            CertificateType::Provided => "change the label with new key, cert and cacert",
+            CertificateType::Selfsigned => "see why the renewal did not run (the operation's status, the workload)",
+        };
+        if left <= 0 {
+            out.push(format!(
+                "the {} certificate (type {}) expired at {}: {what}.",
+                slot.as_str(),
+                cert.type_.as_str(),
+                operation::rfc3339(not_after)
+            ));
+        } else if !renewed_by_us && left <= RENEW_BEFORE_SECONDS {
+            out.push(format!(
+                "the {} certificate (type {}) expires at {} ({} days); the operator cannot renew it: {what}.",
+                slot.as_str(),
+                cert.type_.as_str(),
+                operation::rfc3339(not_after),
+                left / 86_400
+            ));
+        }
+    }
+    out
+}
+
+/// The `CertificateExpiring` condition, and a Warning event when it turns True. It appears the
+/// first time a certificate is due and stays (False) after.
+fn report_expiring(round: &mut Round<CertificateRotation>) {
+    let due = expiring(&round.status, round.now);
+    let was = conditions::get(&round.status.conditions, conditions::CERTIFICATE_EXPIRING).map(|c| c.status == "True");
+    if due.is_empty() && was.is_none() {
+        return;
+    }
+    let (now, generation) = (round.now, round.generation());
+    let mut conds = round.status.conditions.clone();
+    if due.is_empty() {
+        let message = "Every certificate is valid beyond its renewal window, or the operator renews it.";
+        conditions::set(
+            &mut conds,
+            conditions::CERTIFICATE_EXPIRING,
+            false,
+            reason::CERTIFICATES_VALID,
+            message,
+            generation,
+            now,
+        );
+    } else {
+        let mut message = due.join(" ");
+        if let Some(first) = message.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
+        if was != Some(true) {
+            round.event(EventType::Warning, reason::RENEWAL_NEEDED, message.clone());
+        }
+        conditions::set(
+            &mut conds,
+            conditions::CERTIFICATE_EXPIRING,
+            true,
+            reason::RENEWAL_NEEDED,
+            &message,
+            generation,
+            now,
+        );
+    }
+    round.status.conditions = conds;
 }
 
 /// When a self-signed certificate is renewed: two thirds into its validity.
@@ -193,14 +276,24 @@ impl Rolling for CertificateRotation {
             };
             return Ok(Idle::Start { source: Some(source) });
         }
-        // Settled: look again when the first self-signed certificate is due for renewal.
+        // Settled: look again when the first certificate is due — a self-signed one for renewal,
+        // another for the CertificateExpiring warning.
         let now = round.now;
+        let due_at = |s: &crate::api::CertificateStatus| match s.type_ {
+            CertificateType::Selfsigned => {
+                s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second())
+            }
+            _ => s.not_after.as_deref().and_then(operation::parse_time).map(|t| t.as_second() - RENEW_BEFORE_SECONDS),
+        };
         let next_renewal = [status.external.as_ref(), status.internal.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|s| s.renewal_time.as_deref().and_then(operation::parse_time))
+            .filter_map(due_at)
+            .filter(|t| *t > now.as_second())
             .min()
-            .map(|t| Duration::from_secs((t.as_second() - now.as_second()).clamp(1, 86_400) as u64));
+            .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400) as u64))
+            .or(Some(Duration::from_secs(86_400)));
+        report_expiring(round);
         let wl = rolling::workload_text(round);
         let mut message = rolling::in_effect::<Self>(&wl);
         if let Some(change) = &source {
@@ -338,6 +431,36 @@ fn report_expiry(ctx: &Context, cr: &CertificateRotation, status: &CertificateRo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_operator_cannot_renew_is_reported_within_thirty_days_and_anything_expired() {
+        let day = 86_400;
+        let now = Timestamp::from_second(1_000 * day).unwrap();
+        let cert = |type_: CertificateType, days_left: i64| {
+            Some(crate::api::CertificateStatus {
+                label: "l".into(),
+                type_,
+                serial_number: None,
+                not_after: Some(operation::rfc3339(Timestamp::from_second(now.as_second() + days_left * day).unwrap())),
+                fingerprint_sha256: None,
+                ca_fingerprint_sha256: None,
+                renewal_time: None,
+                client_impact: None,
+            })
+        };
+        let status = |external, internal| CertificateRotationStatus { external, internal, ..Default::default() };
+        assert!(
+            expiring(&status(cert(CertificateType::Secret, 31), cert(CertificateType::Selfsigned, 5)), now).is_empty()
+        );
+        let due = expiring(&status(cert(CertificateType::Secret, 10), None), now);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].contains("external certificate (type secret)") && due[0].contains("10 days"), "{due:?}");
+        assert!(due[0].contains("cannot renew"), "{due:?}");
+        let provided = expiring(&status(cert(CertificateType::Provided, 1), None), now);
+        assert!(provided[0].contains("new key, cert and cacert"), "{provided:?}");
+        let expired = expiring(&status(None, cert(CertificateType::Selfsigned, -1)), now);
+        assert!(expired[0].contains("internal certificate (type selfsigned) expired"), "{expired:?}");
+    }
 
     #[test]
     fn a_new_renew_value_asks_once() {

@@ -11,6 +11,9 @@ pub const STALLED: &str = "Stalled";
 /// True while the brokers run older material than a Secret the spec names holds (a renewed
 /// certificate, a changed CA bundle), until it is rolled out.
 pub const SOURCE_CHANGED: &str = "SourceChanged";
+/// CertificateRotation: True while an installed certificate is within its renewal window and the
+/// operator will not renew it (type `provided` or `secret`), or has expired.
+pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 
 /// Reasons used across kinds.
 pub mod reason {
@@ -32,6 +35,11 @@ pub mod reason {
     pub const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
     /// `SourceChanged=False`: the brokers run what the source Secrets hold.
     pub const IN_SYNC: &str = "InSync";
+    /// `CertificateExpiring=True` (and its Warning event): new material is needed soon.
+    pub const RENEWAL_NEEDED: &str = "RenewalNeeded";
+    /// `CertificateExpiring=False`: every certificate is valid beyond its renewal window, or the
+    /// operator renews it.
+    pub const CERTIFICATES_VALID: &str = "CertificatesValid";
     /// `clustersecurity.io/reconcile: paused`: nothing is changed (Ready=False).
     pub const PAUSED: &str = "Paused";
     /// A Secret or ConfigMap the operation would write exists and is not the operator's

@@ -320,6 +320,28 @@ async fn a_cert_manager_secret_without_ca_crt_is_accepted() {
     assert!(openssl_verifies(&ca.cert_pem, &installed), "the brokers' chain verifies against that root");
     let trust = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-trust").await.unwrap();
     assert_eq!(pki::pem_fingerprint(&trust.data.unwrap()["current-ca.crt"]).unwrap(), root, "clients get the root");
+    // The leaf is valid for 10 days and the operator cannot renew a `secret` one: said in a
+    // condition and a Warning, while the rotation itself is Ready.
+    let expiring = support::wait_jsonpath(
+        cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"CertificateExpiring\")].status}/{.status.conditions[?(@.type==\"CertificateExpiring\")].message}",
+        60,
+        |t| t.starts_with("True/"),
+    )
+    .await;
+    assert!(expiring.contains("external certificate (type secret)") && expiring.contains("cannot renew"), "{expiring}");
+    let warnings = support::stdout(&cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "reason=RenewalNeeded,type=Warning",
+        "-o",
+        "name",
+    ]));
+    assert!(!warnings.trim().is_empty(), "a Warning event RenewalNeeded");
     support::assert_no_secret_leaks(&[]).await;
 }
 
