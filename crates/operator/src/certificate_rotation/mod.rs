@@ -20,8 +20,8 @@ use kube::{Api, Client, ResourceExt};
 
 use self::material::{install, material, needs_issue, slot_status, wants};
 use crate::api::{
-    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Mounts,
-    Operation, OperationType,
+    CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
+    OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, Derived};
@@ -144,42 +144,19 @@ pub fn expiring(status: &CertificateRotationStatus, now: Timestamp) -> Vec<Strin
 /// first time a certificate is due and stays (False) after.
 fn report_expiring(round: &mut Round<CertificateRotation>) {
     let due = expiring(&round.status, round.now);
-    let was = conditions::get(&round.status.conditions, conditions::CERTIFICATE_EXPIRING).map(|c| c.status == "True");
-    if due.is_empty() && was.is_none() {
-        return;
+    let mut message = due.join(" ");
+    if let Some(first) = message.get_mut(0..1) {
+        first.make_ascii_uppercase();
     }
-    let (now, generation) = (round.now, round.generation());
-    let mut conds = round.status.conditions.clone();
-    if due.is_empty() {
-        let message = "Every certificate is valid beyond its renewal window, or the operator renews it.";
-        conditions::set(
-            &mut conds,
-            conditions::CERTIFICATE_EXPIRING,
-            false,
-            reason::CERTIFICATES_VALID,
-            message,
-            generation,
-            now,
-        );
-    } else {
-        let mut message = due.join(" ");
-        if let Some(first) = message.get_mut(0..1) {
-            first.make_ascii_uppercase();
-        }
-        if was != Some(true) {
-            round.event(EventType::Warning, reason::RENEWAL_NEEDED, message.clone());
-        }
-        conditions::set(
-            &mut conds,
-            conditions::CERTIFICATE_EXPIRING,
-            true,
-            reason::RENEWAL_NEEDED,
-            &message,
-            generation,
-            now,
-        );
+    let valid = (
+        reason::CERTIFICATES_VALID,
+        "Every certificate is valid beyond its renewal window, or the operator renews it.",
+    );
+    let truth = (!due.is_empty()).then_some((reason::RENEWAL_NEEDED, message.as_str()));
+    let was = round.sticky_condition(conditions::CERTIFICATE_EXPIRING, truth, valid);
+    if !due.is_empty() && !was {
+        round.event(EventType::Warning, reason::RENEWAL_NEEDED, message);
     }
-    round.status.conditions = conds;
 }
 
 /// When a self-signed certificate is renewed: two thirds into its validity.
@@ -380,12 +357,7 @@ impl Rolling for CertificateRotation {
             .filter(|(present, ..)| *present)
             .map(|(_, slot, volume, path)| Mount { volume, source: Source::Secret(slot.tls_secret(cluster)), path })
             .collect();
-        let spec = self.spec.mounts.as_ref();
-        Wiring {
-            container: spec.and_then(|m| m.container.clone()),
-            mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
-            owned: &["csop-external-tls", "csop-internal-tls"],
-        }
+        Wiring::new(self.spec.mounts.as_ref(), mounts, &["csop-external-tls", "csop-internal-tls"])
     }
 
     fn derived_objects(&self) -> Vec<Derived> {

@@ -161,6 +161,7 @@ async fn repair_drift<K: Rolling>(
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
+    desired: &Info<K>,
     wl: &str,
     settled: Outcome,
 ) -> Result<Outcome, Error> {
@@ -168,13 +169,13 @@ async fn repair_drift<K: Rolling>(
     let expected: BTreeMap<String, String> =
         K::expected(&round.status).into_iter().filter(|(_, v)| !v.is_empty()).collect();
     // Settled and Ready: the spec's settings are the applied ones.
-    let wiring = kind.wiring(&kind.desired());
+    let wiring = kind.wiring(desired);
     let annotations_drifted =
         workload.is_some_and(|w| expected.iter().any(|(k, v)| w.template_annotations.get(k) != Some(v)));
     let wiring_drifted = workload.is_some_and(|w| !w.mounts.in_place(&wiring));
     let template_drifted = annotations_drifted || wiring_drifted;
     if template_drifted {
-        round.set_template_annotations(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
+        round.apply_template(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
     }
     if annotations_drifted {
         let names: Vec<&str> = expected.keys().map(String::as_str).collect();
@@ -209,28 +210,15 @@ pub struct SourceChange {
 /// holds), and a Warning event when it turns True with no roll to follow; a Normal one when it
 /// rolls. The condition appears the first time a change is seen and stays (False) after.
 pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&SourceChange>) {
-    let was = conditions::get(round.status.conditions(), conditions::SOURCE_CHANGED).map(|c| c.status == "True");
-    if change.is_none() && was.is_none() {
-        return;
-    }
-    let (now, generation) = (round.now, round.generation());
-    let mut conds = round.status.conditions().to_vec();
     let changed = reason::SOURCE_SECRET_CHANGED;
+    let in_sync = (reason::IN_SYNC, "The brokers run what the source Secrets hold.");
+    let was =
+        round.sticky_condition(conditions::SOURCE_CHANGED, change.map(|c| (changed, c.message.as_str())), in_sync);
     match change {
-        Some(c) => {
-            if c.rolls {
-                round.event(EventType::Normal, changed, c.message.clone());
-            } else if was != Some(true) {
-                round.event(EventType::Warning, changed, c.message.clone());
-            }
-            conditions::set(&mut conds, conditions::SOURCE_CHANGED, true, changed, &c.message, generation, now);
-        }
-        None => {
-            let message = "The brokers run what the source Secrets hold.";
-            conditions::set(&mut conds, conditions::SOURCE_CHANGED, false, reason::IN_SYNC, message, generation, now);
-        }
+        Some(c) if c.rolls => round.event(EventType::Normal, changed, c.message.clone()),
+        Some(c) if !was => round.event(EventType::Warning, changed, c.message.clone()),
+        _ => {}
     }
-    round.status.set_conditions(conds);
 }
 
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.
@@ -284,7 +272,7 @@ pub async fn drive<K: Rolling>(
     if round.status.current_operation().is_none() {
         let source = match kind.idle(round, ctx, workload).await? {
             Idle::Settled(outcome) if matches!(outcome.health, Health::Ready { .. }) => {
-                return repair_drift(kind, round, ctx, workload, &wl, outcome).await;
+                return repair_drift(kind, round, ctx, workload, &desired, &wl, outcome).await;
             }
             Idle::Settled(outcome) => return Ok(outcome),
             Idle::Start { source } => source,
@@ -388,7 +376,7 @@ async fn pending<K: Rolling>(
             Ok(Outcome::new(Health::Stalled { reason: code, message }, retry))
         }
         Ok(annotations) => {
-            round.set_template_annotations(round.obj.clone().cluster_ref(), &annotations, &wiring).await?;
+            round.apply_template(round.obj.clone().cluster_ref(), &annotations, &wiring).await?;
             operation::start(op, round.now);
             round.event(
                 EventType::Normal,
@@ -419,7 +407,7 @@ async fn follow<K: Rolling>(
         let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
         if !expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) || !w.mounts.in_place(&wiring) {
             tracing::warn!(workload = %wl, "pod template lacks the operator's current annotations or mounts; applying them again");
-            round.set_template_annotations(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
+            round.apply_template(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
         }
     }
     let elapsed = operation::seconds_in_progress(op, round.now).unwrap_or(0);
@@ -429,9 +417,10 @@ async fn follow<K: Rolling>(
             // OnDelete: the StatefulSet controller waits for us to delete the pods.
             if let Some(w) = workload.filter(|w| w.strategy == Strategy::OnDelete) {
                 let ns = round.namespace();
-                let next = workload::next_pod_to_replace(&ctx.client, &ns, w)
-                    .await
-                    .map_err(|source| Error::Read { object: Named::new("Pod", &ns, wl), source: Box::new(source) })?;
+                let next = workload::next_pod_to_replace(&ctx.client, &ns, w).await.map_err(|source| {
+                    let pods = Named::new("Pods of StatefulSet", &ns, &kind.cluster_ref().name);
+                    Error::Read { object: pods, source: Box::new(source) }
+                })?;
                 if let Some(pod) = next {
                     round.delete_pod(&pod).await?;
                     let note = format!("Deleted pod {pod} of {wl} (updateStrategy OnDelete) to take the new template.");

@@ -1,6 +1,7 @@
 //! One reconcile round of one object: the object as read, the time, the status being decided,
 //! the events to publish, and the only writes the kit makes on a kind's behalf — the status
-//! (a checkpoint, or the final write) and the workload's pod-template annotations.
+//! (a checkpoint, or the final write), the workload's pod template (annotations and wiring, one
+//! apply), and the pods an OnDelete rollout replaces.
 //!
 //! The writes go through a [`Writer`]: against the API server in production, or into a list of
 //! [`Effect`]s in unit tests, so the operation driver is tested without an API server.
@@ -111,7 +112,7 @@ impl<K: Reconcile> Round<K> {
 
     /// Apply `annotations` and `wiring` to the pod template of `target` (in the object's
     /// namespace).
-    pub async fn set_template_annotations(
+    pub async fn apply_template(
         &mut self,
         target: &ClusterRef,
         annotations: &BTreeMap<String, String>,
@@ -120,18 +121,31 @@ impl<K: Reconcile> Round<K> {
         let namespace = self.namespace();
         match &mut self.writer {
             Writer::Api { client, .. } => {
-                workload::set_template_annotations(client, &namespace, target, annotations, wiring).await.map_err(
-                    |source| Error::PatchTemplate {
-                        workload: workload::describe(&namespace, target),
-                        source: Box::new(source),
-                    },
-                )
+                workload::apply_template(client, &namespace, target, annotations, wiring).await.map_err(|source| {
+                    Error::PatchTemplate { workload: workload::describe(&namespace, target), source: Box::new(source) }
+                })
             }
             Writer::Record(effects) => {
                 effects.push(Effect::Template(annotations.clone()));
                 Ok(())
             }
         }
+    }
+
+    /// A condition of the kind's own that appears the first time it turns True and stays (False)
+    /// after: True with `truth`'s (reason, message), else False with `otherwise`'s — only once
+    /// it exists. Returns whether it was True before, for the caller's event on the turn.
+    pub fn sticky_condition(&mut self, type_: &str, truth: Option<(&str, &str)>, otherwise: (&str, &str)) -> bool {
+        let was = conditions::get(self.status.conditions(), type_).map(|c| c.status == "True");
+        if truth.is_none() && was.is_none() {
+            return false;
+        }
+        let (now, generation) = (self.now, self.generation());
+        let (status, (reason, message)) = (truth.is_some(), truth.unwrap_or(otherwise));
+        let mut conds = self.status.conditions().to_vec();
+        conditions::set(&mut conds, type_, status, reason, message, generation, now);
+        self.status.set_conditions(conds);
+        was == Some(true)
     }
 
     /// Delete pod `name` (in the object's namespace) so that its StatefulSet recreates it from

@@ -157,16 +157,25 @@ where
     for api in ctx.scope.apis::<T>(&ctx.client) {
         let (store, refers) = (controller.store(), refers.clone());
         controller = controller.watches(api, wc.clone(), move |changed: T| {
-            let (ns, name) = (changed.namespace(), changed.name_any());
-            store
-                .state()
-                .into_iter()
-                .filter(|o| o.namespace() == ns && refers(o, &name))
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>()
+            naming(&store, &changed.namespace().unwrap_or_default(), &changed.name_any(), &refers)
         });
     }
     controller
+}
+
+/// The cached objects in namespace `ns` that `refers` says name `name`.
+fn naming<K: Reconcile>(
+    store: &Store<K>,
+    ns: &str,
+    name: &str,
+    refers: impl Fn(&K, &str) -> bool,
+) -> Vec<ObjectRef<K>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace().as_deref() == Some(ns) && refers(o, name))
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
 }
 
 /// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
@@ -284,13 +293,7 @@ async fn watch_secrets<K: Reconcile>(
                 continue;
             }
         };
-        let naming: Vec<ObjectRef<K>> = store
-            .state()
-            .iter()
-            .filter(|o| o.namespace().as_ref() == Some(&changed.0) && named(o).contains(&changed.1))
-            .map(|o| ObjectRef::from_obj(o.as_ref()))
-            .collect();
-        for object in naming {
+        for object in naming(&store, &changed.0, &changed.1, |o, name| named(o).iter().any(|n| n == name)) {
             if tx.send(object).await.is_err() {
                 return;
             }

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cluster_security_api::Mounts;
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{json, Value};
 
@@ -42,6 +43,17 @@ pub struct Wiring {
     pub mounts: Vec<Mount>,
     /// Every volume name this kind may add: those not wanted now are removed.
     pub owned: &'static [&'static str],
+}
+
+impl Wiring {
+    /// `mounts` as `spec.mounts` asks: into its container, or none when it opts out.
+    pub fn new(spec: Option<&Mounts>, mounts: Vec<Mount>, owned: &'static [&'static str]) -> Self {
+        Self {
+            container: spec.and_then(|m| m.container.clone()),
+            mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
+            owned,
+        }
+    }
 }
 
 /// What a pod template holds that concerns the wiring.

@@ -306,7 +306,7 @@ pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
 /// not name: so the apply carries all our annotations already on the template, and is
 /// conditional on the resourceVersion they were read at (a concurrent change is a conflict and
 /// is retried, never lost).
-pub async fn set_template_annotations(
+pub async fn apply_template(
     client: &Client,
     namespace: &str,
     r: &ClusterRef,

@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::{
-    ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Mounts, Operation,
+    ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Operation,
     OperationType, SecuritySettings, FIELD_MANAGER,
 };
 use crate::reconciler::conditions::reason;
@@ -241,12 +241,7 @@ impl Rolling for ClusterSecurityPolicy {
                 path: properties::CLIENT_CA_DIR,
             });
         }
-        let spec = self.spec.mounts.as_ref();
-        Wiring {
-            container: spec.and_then(|m| m.container.clone()),
-            mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
-            owned: &["csop-security-config", "csop-client-ca"],
-        }
+        Wiring::new(self.spec.mounts.as_ref(), mounts, &["csop-security-config", "csop-client-ca"])
     }
 
     fn derived_objects(&self) -> Vec<Derived> {
