@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation, Verify};
 
 /// Default certificate validity for self-signed certificates.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
@@ -83,6 +83,10 @@ pub struct CertificateRotationSpec {
     /// `/etc/kafka/security/internal-tls`). Default: mounted in the first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Mounts>,
+    /// Whether, after a rollout, every broker pod's TLS listeners must present the certificate
+    /// in place before the operation completes. Default: checked (`enabled: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
 }
 
 /// Where a certificate comes from.

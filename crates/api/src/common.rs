@@ -50,6 +50,29 @@ impl Mounts {
     }
 }
 
+/// Whether the operator checks the brokers on the wire before an operation completes
+/// (`spec.verify`). An object like `spec.mounts` rather than `verify: Off`: YAML 1.1 (kubectl)
+/// reads an unquoted `Off` as the boolean false, YAML 1.2 (kustomize) as a string.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// true (default): after the pods run the new template, connect to every broker pod's TLS
+    /// listeners (as the brokers' `server.properties` names them) and check that each presents
+    /// the certificate of the Secret its keystore points to, with a chain that verifies against
+    /// that Secret's CA; the operation completes (Ready) only then. false: do not connect (the
+    /// operator cannot reach the brokers, e.g. a NetworkPolicy); the operation completes when
+    /// the pods run the new template, and its record says nothing was checked.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Verify {
+    /// Whether `verify` (absent: the defaults) asks for the check.
+    pub fn enabled(verify: Option<&Verify>) -> bool {
+        verify.is_none_or(|v| v.enabled)
+    }
+}
+
 /// Kind of workload that runs the brokers.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum WorkloadKind {
@@ -154,6 +177,11 @@ pub struct Operation<I> {
     /// failed operation is tried again, without a spec change, once that annotation changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_request: Option<String>,
+    /// Rolling kinds: what was checked on the wire before the operation completed (which pods
+    /// and listeners presented the expected certificate), or why nothing was (`spec.verify: Off`,
+    /// no TLS listener configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
 }
 
 /// Annotation whose new value re-runs a failed operation without a spec change (like Flux's

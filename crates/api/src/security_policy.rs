@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation, SecretRef};
+use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts, Operation, SecretRef, Verify};
 
 /// Desired client authentication and encryption in transit for one broker cluster.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -75,6 +75,10 @@ pub struct ClusterSecurityPolicySpec {
     /// first container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Mounts>,
+    /// Whether, after a rollout, every broker pod's TLS listeners must present the certificate
+    /// in place before the operation completes. Default: checked (`enabled: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
     /// When a Secret named in `clientAuthentication.tls.certificateAuthoritySecretRefs` changes,
     /// roll the new CA bundle out by itself (a new operation). Default false: a Warning event
     /// and the `SourceChanged` condition say the brokers trust an older bundle until the spec

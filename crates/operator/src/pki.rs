@@ -84,6 +84,13 @@ pub fn issue_leaf(
     Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// SHA-256 fingerprint of a DER certificate as `openssl x509 -fingerprint -sha256` prints it
+/// (and as the status shows it).
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
 /// Seconds until the PEM certificate expires (negative when expired); None when it does not parse.
 pub fn seconds_left(cert_pem: &str, now: Timestamp) -> Option<i64> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;

@@ -6,8 +6,14 @@
 //! A pod annotated `testbed.clustersecurity.io/hold-not-ready: "true"` (set it on the pod
 //! template) is reported Running but never Ready, and so is every pod that is not Ready yet in a
 //! namespace passed to [`PlayKubelet::hold_new_pods`]: that is how tests make a rollout stall.
+//!
+//! Each pod gets its own loopback address as `podIP`, and on it, from the moment it starts until
+//! it goes, the [`brokers`](crate::brokers) stand-in serves the TLS listeners its mounted
+//! `server.properties` names, with the certificates its mounted Secrets held at start. A pod
+//! passed to [`Held::serve_old_material`] serves, when it starts again, what its previous
+//! instance served: a broker that does not read what is mounted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +23,8 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tracing::debug;
+
+use crate::brokers::{self, Addresses, Listener, Serving};
 
 /// Annotation that keeps a pod not ready.
 pub const HOLD_NOT_READY: &str = "testbed.clustersecurity.io/hold-not-ready";
@@ -44,8 +52,9 @@ impl PlayKubelet {
         let held = Held::default();
         let (stop2, node2, held2) = (stop.clone(), node.to_string(), held.clone());
         let task = tokio::spawn(async move {
+            let mut running = Running::default();
             while !stop2.load(Ordering::Relaxed) {
-                if let Err(e) = tick(&client, &node2, &held2).await {
+                if let Err(e) = tick(&client, &node2, &held2, &mut running).await {
                     debug!(error = %e, "play kubelet tick failed; retrying");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -72,9 +81,10 @@ impl Drop for PlayKubelet {
     }
 }
 
-/// Namespaces whose pods that are not Ready yet stay not ready (pods already Ready keep running).
+/// Namespaces whose pods that are not Ready yet stay not ready (pods already Ready keep running),
+/// and pods that keep serving old material.
 #[derive(Clone, Default)]
-pub struct Held(Arc<Mutex<HashSet<String>>>);
+pub struct Held(Arc<Mutex<HashSet<String>>>, Arc<Mutex<HashSet<(String, String)>>>);
 
 impl Held {
     /// Hold (or release) new pods of `namespace`.
@@ -89,11 +99,40 @@ impl Held {
     fn contains(&self, namespace: &str) -> bool {
         self.0.lock().expect("held lock").contains(namespace)
     }
+    /// From now on (`on`), pod `pod` of `namespace` serves, each time it starts again, what its
+    /// previous instance served, whatever is mounted: a broker whose keystore is not the mounted
+    /// Secret (or that never reloads it).
+    pub fn serve_old_material(&self, namespace: &str, pod: &str, on: bool) {
+        let mut set = self.1.lock().expect("held lock");
+        let key = (namespace.to_string(), pod.to_string());
+        if on {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+    fn serves_old_material(&self, namespace: &str, pod: &str) -> bool {
+        self.1.lock().expect("held lock").contains(&(namespace.to_string(), pod.to_string()))
+    }
 }
 
-async fn tick(client: &Client, node: &str, held: &Held) -> kube::Result<()> {
+/// The pods started on this node, by uid, with what their stand-ins serve; and what each pod
+/// name served last, by (namespace, name).
+#[derive(Default)]
+struct Running {
+    addresses: Addresses,
+    pods: HashMap<String, Serving>,
+    last: HashMap<(String, String), Vec<Listener>>,
+}
+
+async fn tick(client: &Client, node: &str, held: &Held, running: &mut Running) -> kube::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
-    for pod in pods.list(&ListParams::default()).await? {
+    let listed = pods.list(&ListParams::default()).await?;
+    // A pod that is gone or terminating stops serving.
+    let live: HashSet<String> =
+        listed.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.uid()).collect();
+    running.pods.retain(|uid, _| live.contains(uid));
+    for pod in listed {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -128,16 +167,37 @@ async fn tick(client: &Client, node: &str, held: &Held) -> kube::Result<()> {
                 let _: kube::Result<serde_json::Value> =
                     api.create_subresource("binding", &name, &PostParams::default(), &binding).await;
             }
-            Some(n) if n == node => report_status(&api, &pod, held.contains(&ns)).await?,
+            Some(n) if n == node => {
+                let uid = pod.uid().unwrap_or_default();
+                if !running.pods.contains_key(&uid) && !is_running(&pod) {
+                    // The pod starts now: its stand-in reads what is mounted at this moment.
+                    let key = (ns.clone(), name.clone());
+                    let listeners = match running.last.get(&key) {
+                        Some(old) if held.serves_old_material(&ns, &name) => old.clone(),
+                        _ => brokers::read_listeners(client, &pod).await,
+                    };
+                    running.last.insert(key, listeners.clone());
+                    let ip = running.addresses.allocate();
+                    running.pods.insert(uid.clone(), brokers::serve(ip, listeners).await);
+                }
+                let ip = running.pods.get(&uid).map(|s| s.ip.to_string());
+                report_status(&api, &pod, held.contains(&ns), ip.as_deref()).await?
+            }
             Some(_) => {}
         }
     }
     Ok(())
 }
 
-async fn report_status(api: &Api<Pod>, pod: &Pod, namespace_held: bool) -> kube::Result<()> {
+fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+/// Report the pod Running, Ready unless held, at `ip` (its stand-in's address; 127.0.0.1 for a
+/// pod that started before this kubelet did).
+async fn report_status(api: &Api<Pod>, pod: &Pod, namespace_held: bool, ip: Option<&str>) -> kube::Result<()> {
     let status = pod.status.as_ref();
-    let phase_ok = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let phase_ok = is_running(pod);
     let ready_now = status
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
@@ -159,9 +219,10 @@ async fn report_status(api: &Api<Pod>, pod: &Pod, namespace_held: bool) -> kube:
             })
             .unwrap_or_default();
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let pod_ip = status.and_then(|s| s.pod_ip.as_deref()).or(ip).unwrap_or("127.0.0.1");
     let patch = json!({"status": {
         "phase": "Running",
-        "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+        "hostIP": "127.0.0.1", "podIP": pod_ip,
         "startTime": now,
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},

@@ -7,6 +7,7 @@
 //! process (see [`spawn`]): parallel runs never collide and nothing is left behind.
 
 pub mod azure;
+pub mod brokers;
 pub mod faults;
 pub mod gate;
 pub mod https;

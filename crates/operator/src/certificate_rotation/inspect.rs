@@ -19,11 +19,7 @@ pub struct CertInfo {
     pub dns_names: Vec<String>,
 }
 
-/// SHA-256 fingerprint as `openssl x509 -fingerprint -sha256` prints it.
-pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
+pub use crate::pki::fingerprint;
 
 /// DER of every CERTIFICATE block in `pem`, in order.
 pub fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {

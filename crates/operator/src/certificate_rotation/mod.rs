@@ -21,17 +21,19 @@ use kube::{Api, Client, ResourceExt};
 use self::material::{install, material, needs_issue, slot_status, wants};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
-    OperationType,
+    OperationState, OperationType,
 };
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::events::reason::DRIFT_REPAIRED;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling};
+use crate::reconciler::verify::Expectation;
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::Workload;
 use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::security_policy::properties::{EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
+use crate::security_policy::served;
 use crate::validate;
 
 /// External (clients) or internal (pod-to-pod) certificate.
@@ -50,7 +52,7 @@ impl Slot {
     }
     /// Secret `<cluster>-<slot>-tls` with tls.crt, tls.key, ca.crt.
     pub fn tls_secret(self, cluster: &str) -> String {
-        format!("{cluster}-{}-tls", self.as_str())
+        served::tls_secret_name(cluster, self.as_str())
     }
     /// Secret `<cluster>-<slot>-ca` with the CA the operator keeps for self-signed certificates.
     pub fn ca_secret(self, cluster: &str) -> String {
@@ -245,7 +247,12 @@ impl Rolling for CertificateRotation {
         let rolls = change.as_ref().is_some_and(|c| c.rolls);
         let status = &round.status;
         let renew = renew_requested(self, status).is_some();
-        if rolls || renew || !drifted.is_empty() || wants(self).iter().any(|w| needs_issue(w, status, round.now)) {
+        // The certificates are installed before the roll: after a failed operation (the rollout
+        // or the check on the wire) they are not in effect. The driver keeps that Stalled until
+        // the spec changes or a retry is asked; then a new operation rolls and checks again.
+        let last_failed = status.operations.first().is_some_and(|o| o.operation_state == OperationState::UpdateFailed);
+        let due = wants(self).iter().any(|w| needs_issue(w, status, round.now));
+        if rolls || renew || last_failed || !drifted.is_empty() || due {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -346,6 +353,11 @@ impl Rolling for CertificateRotation {
     }
 
     /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.
+    async fn wire_expectation(&self, ctx: &Context) -> Result<Option<Expectation>, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        served::when_verified(&ctx.client, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
+    }
+
     fn wiring(&self, target: &CertificateSettings) -> Wiring {
         let cluster = &self.spec.cluster_ref.name;
         let slots = [

@@ -51,6 +51,11 @@ pub mod reason {
     pub const NAMESPACE_NOT_WATCHED: &str = "NamespaceNotWatched";
     /// `spec.mounts.container` names no container of the workload's pod template.
     pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
+    /// After a rollout, a broker pod presents another certificate than the one put in place, a
+    /// chain that does not verify, no TLS, or runs an older template (`spec.verify`).
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// After a rollout, a broker pod's TLS listener could not be reached to be checked.
+    pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);

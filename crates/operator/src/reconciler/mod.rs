@@ -20,6 +20,7 @@ pub mod operation;
 pub mod rolling;
 pub mod round;
 pub mod status;
+pub mod verify;
 pub mod watch;
 pub mod wiring;
 pub mod workload;

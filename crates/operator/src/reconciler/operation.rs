@@ -37,6 +37,7 @@ pub fn new<I>(
         target_info: Some(target),
         error_info: None,
         retry_request: None,
+        verification: None,
     }
 }
 

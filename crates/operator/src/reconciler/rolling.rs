@@ -20,6 +20,7 @@ use kube::runtime::events::EventType;
 use super::conditions::{self, reason};
 use super::derived::{self, Derived};
 use super::events::reason as event;
+use super::verify::{self, Expectation, Verdict};
 use super::watch::TargetsWorkload;
 use super::wiring::Wiring;
 use super::workload::{self, RolloutCheck, Strategy, Workload};
@@ -70,6 +71,8 @@ const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
 const FOLLOW_ROLLOUT: Duration = Duration::from_secs(5);
 /// How often a rollout held back by a partition is looked at (its deadline restarts from then).
 const HELD_RECHECK: Duration = Duration::from_secs(10);
+/// How often brokers that do not present what was put in place yet are checked again.
+const VERIFY_RECHECK: Duration = Duration::from_secs(10);
 /// When to look again after an operation ended (the next one may be queued).
 const AFTER_END: Duration = Duration::from_secs(1);
 
@@ -147,6 +150,12 @@ pub trait Rolling: TargetsWorkload {
     /// that is not written yet.
     fn wiring(&self, _target: &Info<Self>) -> Wiring {
         Wiring::default()
+    }
+
+    /// What every pod must present on the wire before an operation completes (`spec.verify`);
+    /// None: nothing is checked.
+    fn wire_expectation(&self, _ctx: &Context) -> impl Future<Output = Result<Option<Expectation>, Error>> + Send {
+        async { Ok(None) }
     }
 
     /// The rollout of `target` is complete: record what is now in effect.
@@ -443,10 +452,38 @@ async fn follow<K: Rolling>(
             Ok(Outcome::new(Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message }, None))
         }
         RolloutCheck::Done => {
+            // Status tells the truth: complete only once the brokers present what was put in place.
+            let verification = match (kind.wire_expectation(ctx).await?, workload) {
+                (Some(wanted), Some(w)) => {
+                    let ns = round.namespace();
+                    let verdict = verify::check(&ctx.client, &ns, w, &expected, &wanted).await.map_err(|source| {
+                        let pods = Named::new("Pods of", &ns, &kind.cluster_ref().name);
+                        Error::Read { object: pods, source: Box::new(source) }
+                    })?;
+                    match verdict {
+                        Verdict::Verified(summary) => summary,
+                        Verdict::Failed { reason: code, message } if elapsed >= timeout => {
+                            let message =
+                                format!("{message} (checked for {elapsed}s, rolloutTimeoutSeconds {timeout})");
+                            operation::fail(op, code, message.clone(), round.now);
+                            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+                            return Ok(Outcome::new(Health::Stalled { reason: code.into(), message }, None));
+                        }
+                        Verdict::Failed { reason: code, message } => {
+                            return Ok(Outcome::new(
+                                Health::Stalled { reason: code.into(), message },
+                                Some(VERIFY_RECHECK),
+                            ));
+                        }
+                    }
+                }
+                _ => "Not checked on the wire (spec.verify.enabled: false).".to_string(),
+            };
+            op.verification = Some(verification.clone());
             operation::complete(op, round.now);
             let target = op.target_info.clone().expect("operations carry a target");
             kind.completed(&mut round.status, &target);
-            let note = format!("Operation {}: {wl} runs the new {}.", op.operation_id, K::WHAT);
+            let note = format!("Operation {}: {wl} runs the new {}. {verification}", op.operation_id, K::WHAT);
             round.event(EventType::Normal, event::UPDATE_COMPLETE, note);
             let health = if &target == desired {
                 Health::Ready { reason: reason::APPLIED.into(), message: in_effect::<K>(wl) }

@@ -9,6 +9,7 @@ pub mod listeners;
 pub mod properties;
 #[cfg(test)]
 mod rendering_tests;
+pub mod served;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::operation;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling, SourceChange};
+use crate::reconciler::verify::Expectation;
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::{self, Workload};
@@ -264,6 +266,11 @@ impl Rolling for ClusterSecurityPolicy {
 
     fn expected(status: &ClusterSecurityPolicyStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), status.security_hash.clone().unwrap_or_default())])
+    }
+
+    async fn wire_expectation(&self, ctx: &Context) -> Result<Option<Expectation>, Error> {
+        let ns = self.namespace().unwrap_or_default();
+        served::when_verified(&ctx.client, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
     }
 
     fn completed(&self, status: &mut ClusterSecurityPolicyStatus, target: &SecuritySettings) {

@@ -9,6 +9,7 @@ mod certrot;
 mod conflicts;
 mod foundation;
 mod hostile;
+mod on_the_wire;
 mod policy;
 mod secrets;
 mod wiring;

@@ -1,0 +1,187 @@
+//! Verified on the wire (`spec.verify`): the play kubelet gives every pod its own loopback
+//! address and serves, there, the TLS listeners its mounted `server.properties` names with the
+//! certificates its mounted Secrets held when it started. An operation completes only once every
+//! pod presents what was put in place; a pod that keeps its old certificate holds the operation
+//! and is named; an unreachable one is told apart; `verify: Off` skips the check. The tests check
+//! the brokers with their own rustls client (chain **and** DNS name, as a Kafka client does), not
+//! with the operator's code.
+
+use std::net::SocketAddr;
+
+use crate::support::{apply, env, wait_jsonpath, wait_sts_ready, webhook_ready};
+use cluster_security_testbed::{brokers, pki};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::DeleteParams;
+use kube::Api;
+
+/// A namespace, a headless Service and a StatefulSet `kafka` of `replicas` pods.
+fn cluster(ns: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  clusterIP: None\n  selector: {{app: kafka}}\n  ports: [{{name: tls, port: 9094}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  serviceName: kafka\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: kafka}}}}\n  template:\n    metadata: {{labels: {{app: kafka}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+    )
+}
+
+/// mTLS clients over TLS, TLS between brokers: listeners TLS (9094) and REPLICATION (9091).
+fn policy(ns: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  clientAuthentication: {{tls: {{enabled: true}}}}\n  encryptionInTransit: {{clientBroker: TLS, inCluster: true}}\n  rolloutTimeoutSeconds: 300\n{extra}"
+    )
+}
+
+fn rotation(ns: &str, label: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: clustersecurity.io/v1alpha1\nkind: CertificateRotation\nmetadata: {{name: certs, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  external: {{label: {label}}}\n  internal: {{label: i1}}\n  rolloutTimeoutSeconds: 300\n{extra}"
+    )
+}
+
+/// Wait until the newest operation of `kind/name` is `state` for the current generation; the
+/// Stalled reason, if any.
+async fn wait_state(ns: &str, kind: &str, name: &str, state: &str, seconds: u64) -> String {
+    let path = "{.status.operations[0].operationState}/{.status.observedGeneration}/{.metadata.generation}/{.status.conditions[?(@.type==\"Stalled\")].reason}";
+    let text = wait_jsonpath(&env().cp, (kind, ns, name), path, seconds, |t| {
+        let p: Vec<&str> = t.split('/').collect();
+        p.len() == 4 && p[0] == state && p[1] == p[2]
+    })
+    .await;
+    text.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+fn jsonpath(ns: &str, kind: &str, name: &str, path: &str) -> String {
+    crate::support::stdout(&env().cp.kubectl(&["get", kind, name, "-n", ns, "-o", &format!("jsonpath={path}")]))
+}
+
+/// A namespace whose brokers run both kinds' artefacts, both operations complete.
+async fn secured(ns: &str, replicas: i32) {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    apply(cp, &cluster(ns, replicas));
+    wait_sts_ready(cp, ns, "kafka").await;
+    apply(cp, &policy(ns, ""));
+    apply(cp, &rotation(ns, "e1", ""));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+}
+
+/// SHA-256 of the certificate in `tls.crt` of Secret `name`, and the PEM of its `ca.crt`.
+async fn secret_certificate(ns: &str, name: &str) -> (String, String) {
+    let s = Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get(name).await.unwrap();
+    let data = s.data.unwrap();
+    let pem = |k: &str| String::from_utf8(data.get(k).unwrap().0.clone()).unwrap();
+    (pki::pem_fingerprint(&pem("tls.crt")).unwrap(), pem("ca.crt"))
+}
+
+/// What a client trusting `trust` sees on `port` of each pod, reached as
+/// `<pod>.kafka.<ns>.svc`: SHA-256 of the verified certificate, by pod.
+async fn presented(ns: &str, pods: &[&str], port: u16, trust: &str) -> Vec<String> {
+    let api = Api::<Pod>::namespaced(env().cp.client().await.unwrap(), ns);
+    let mut out = Vec::new();
+    for pod in pods {
+        let ip: std::net::IpAddr = api.get(pod).await.unwrap().status.unwrap().pod_ip.unwrap().parse().unwrap();
+        assert!(ip.is_loopback() && ip.to_string() != "127.0.0.1", "{pod} has its own address: {ip}");
+        let name = format!("{pod}.kafka.{ns}.svc");
+        let der = brokers::trusted_certificate(SocketAddr::new(ip, port), trust, &name)
+            .await
+            .unwrap_or_else(|e| panic!("{pod}:{port} as {name}: {e}"));
+        out.push(pki::fingerprint(&der));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_rotation_completes_once_every_broker_presents_the_new_certificate_to_a_client_that_trusts_it() {
+    let ns = "wire";
+    let pods = ["kafka-0", "kafka-1", "kafka-2"];
+    secured(ns, 3).await;
+    let trust = |cm: ConfigMap| cm.data.unwrap().remove("ca.crt").unwrap();
+    let cms = Api::<ConfigMap>::namespaced(env().cp.client().await.unwrap(), ns);
+    let (old, _) = secret_certificate(ns, "kafka-external-tls").await;
+    let bundle = trust(cms.get("kafka-external-trust").await.unwrap());
+    assert_eq!(presented(ns, &pods, 9094, &bundle).await, vec![old.clone(); 3]);
+
+    apply(&env().cp, &rotation(ns, "e2", ""));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    let (new, _) = secret_certificate(ns, "kafka-external-tls").await;
+    assert_ne!(new, old, "a new label issues a new certificate");
+    // Complete means: what a client sees now, on every broker, is the new certificate.
+    let bundle = trust(cms.get("kafka-external-trust").await.unwrap());
+    assert_eq!(presented(ns, &pods, 9094, &bundle).await, vec![new; 3]);
+    let (internal, internal_ca) = secret_certificate(ns, "kafka-internal-tls").await;
+    assert_eq!(presented(ns, &pods, 9091, &internal_ca).await, vec![internal; 3]);
+    // ... and the operation says what was checked.
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert!(
+        verification.starts_with("3 pod(s) present the expected certificate on TLS (9094), REPLICATION (9091)"),
+        "{verification}"
+    );
+    let ready = jsonpath(ns, "certificaterotation", "certs", "{.status.conditions[?(@.type==\"Ready\")].status}");
+    assert_eq!(ready, "True");
+}
+
+#[tokio::test]
+async fn a_broker_that_keeps_its_old_certificate_holds_the_operation_and_is_named() {
+    let ns = "wire-stale";
+    secured(ns, 2).await;
+    let (old, _) = secret_certificate(ns, "kafka-external-tls").await;
+    // kafka-0 restarts with the new template but keeps serving what it served before.
+    env().held.serve_old_material(ns, "kafka-0", true);
+    apply(&env().cp, &rotation(ns, "e2", ""));
+    let message = wait_jsonpath(
+        &env().cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}: {.status.conditions[?(@.type==\"Stalled\")].message}",
+        180,
+        |t| t.starts_with("VerificationFailed: "),
+    )
+    .await;
+    assert!(message.contains("pod kafka-0 port 9094 (TLS) presents serial"), "{message}");
+    assert!(message.contains(&old[..16]), "what it presents is named by fingerprint: {message}");
+    assert!(!message.contains("kafka-1"), "the pod that serves the new certificate is not named: {message}");
+    let state = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].operationState}");
+    assert_eq!(state, "UPDATE_IN_PROGRESS", "not complete while a broker presents the old certificate");
+    let ready = jsonpath(ns, "certificaterotation", "certs", "{.status.conditions[?(@.type==\"Ready\")].status}");
+    assert_eq!(ready, "False");
+
+    // The broker is fixed and restarted: the operation completes.
+    env().held.serve_old_material(ns, "kafka-0", false);
+    let pods = Api::<Pod>::namespaced(env().cp.client().await.unwrap(), ns);
+    pods.delete("kafka-0", &DeleteParams::default()).await.unwrap();
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert!(verification.starts_with("2 pod(s) present the expected certificate"), "{verification}");
+}
+
+#[tokio::test]
+async fn an_unreachable_listener_is_its_own_reason_fails_at_the_deadline_and_verify_off_skips_the_check() {
+    let cp = &env().cp;
+    let ns = "wire-off";
+    webhook_ready(cp).await;
+    apply(cp, &cluster(ns, 1));
+    wait_sts_ready(cp, ns, "kafka").await;
+    apply(cp, &policy(ns, "  verify: {enabled: false}\n"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 120).await;
+    // The certificates are not mounted: the broker cannot open its TLS listeners.
+    let rotation_short =
+        |extra: &str| rotation(ns, "e1", extra).replace("rolloutTimeoutSeconds: 300", "rolloutTimeoutSeconds: 25");
+    apply(cp, &rotation_short("  mounts: {enabled: false}\n"));
+    let message = wait_jsonpath(
+        cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}: {.status.conditions[?(@.type==\"Stalled\")].message}",
+        120,
+        |t| t.starts_with("BrokerUnreachable: "),
+    )
+    .await;
+    assert!(message.contains("pod kafka-0 port 9094 (TLS)") && message.contains("NetworkPolicy"), "{message}");
+    assert!(message.contains("spec.verify.enabled: false"), "{message}");
+    // Past rolloutTimeoutSeconds the operation fails with that reason.
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_FAILED", 120).await;
+    let code = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].errorInfo.code}");
+    assert_eq!(code, "BrokerUnreachable");
+
+    // verify disabled: the next operation completes without connecting, and says so.
+    apply(cp, &rotation_short("  mounts: {enabled: false}\n  verify: {enabled: false}\n"));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 120).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert_eq!(verification, "Not checked on the wire (spec.verify.enabled: false).");
+}
