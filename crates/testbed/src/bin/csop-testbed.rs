@@ -1,8 +1,9 @@
 //! `csop-testbed demo`: the operator's whole job on a local control plane, from a fresh machine.
 //! Starts a KMS plugin, etcd + kube-apiserver (Secrets encrypted with KMS) + kube-controller-manager
 //! on loopback and the local Azure emulator, installs the CRDs and the webhook, runs the operator
-//! and the play kubelet, applies `examples/`, shows an invalid example being refused, and prints
-//! `kubectl get clustersecurity` until everything settles.
+//! and the play kubelet, applies `examples/`, shows an invalid example being refused, prints
+//! `kubectl get clustersecurity` until everything settles, and shows a broker presenting the
+//! certificate of a rotation (with the play kubelet's broker stand-ins).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use cluster_security_testbed::azure::{kms_hook, AzureEmulator, Spec};
 use cluster_security_testbed::kms_plugin::KmsPlugin;
 use cluster_security_testbed::kubelet::PlayKubelet;
 use cluster_security_testbed::operator::{self, Operator};
-use cluster_security_testbed::{free_port, ControlPlane, Options};
+use cluster_security_testbed::{brokers, free_port, pki, ControlPlane, Options};
 
 #[derive(Parser)]
 #[command(about = "Local control plane for the cluster-security-operator demo")]
@@ -115,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
     println!("    operator ready; log: {}", op.log.display());
 
     say(
-        "starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run",
+        "starting the play kubelet: it STANDS IN FOR NODES (binds pods, reports them Running/Ready); no containers run: \
+         each pod gets a loopback IP where a broker stand-in serves real TLS from what the pod mounts",
     );
     let client = cp.client().await?;
     let _kubelet = PlayKubelet::start(client, "play-node").await?;
@@ -192,6 +194,33 @@ async fn main() -> anyhow::Result<()> {
         "the broker pod does not mount the operator's artefacts:\n{text}"
     );
 
+    say("what each broker presents on its TLS listener (a rustls client trusting ConfigMap orders-kafka-external-trust)");
+    let before = presented(&cp).await?;
+    say("rotate the external certificate: kubectl patch certrot orders -n kafka -p '{\"spec\":{\"external\":{\"label\":\"demo-rotated\"}}}'");
+    let patch = r#"{"spec":{"external":{"label":"demo-rotated"}}}"#;
+    let out = cp.kubectl(&["patch", "certrot", "orders", "-n", "kafka", "--type=merge", "-p", patch]);
+    print!("{}", show(&out));
+    anyhow::ensure!(out.status.success(), "the rotation could not be requested");
+    let deadline = Instant::now() + Duration::from_secs(settle_seconds);
+    let path = "jsonpath={.status.operations[0].targetInfo.externalLabel}={.status.operations[0].operationState}={.status.operations[0].verification}";
+    loop {
+        let out = cp.kubectl(&["get", "certrot", "orders", "-n", "kafka", "-o", path]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let parts: Vec<&str> = text.splitn(3, '=').collect();
+        let done = parts.len() == 3 && parts[0] == "demo-rotated" && parts[1] == "UPDATE_COMPLETE";
+        if done || Instant::now() > deadline {
+            anyhow::ensure!(done, "the rotation did not complete: {text}; operator log: {}", op.log.display());
+            println!("    operation complete; checked on the wire: {}", parts[2]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = presented(&cp).await?;
+    anyhow::ensure!(
+        before.iter().zip(&after).all(|(b, a)| b != a),
+        "a broker still presents the certificate from before the rotation"
+    );
+
     if exit {
         say("demo finished; stopping everything");
         return Ok(());
@@ -207,6 +236,63 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await;
     say("stopping");
     Ok(())
+}
+
+/// What every broker pod presents on 9094 to a client that trusts the published bundle and checks
+/// the pod's DNS name, once each presents the certificate of the TLS Secret (asked again for up to
+/// 30 s: a pod may be starting); printed. SHA-256 fingerprints by pod.
+async fn presented(cp: &ControlPlane) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match presented_once(cp).await {
+            Ok((lines, fingerprints)) => {
+                println!("{lines}");
+                return Ok(fingerprints);
+            }
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+async fn presented_once(cp: &ControlPlane) -> anyhow::Result<(String, Vec<String>)> {
+    use base64::Engine as _;
+    let jsonpath = |args: &[&str]| String::from_utf8_lossy(&cp.kubectl(args).stdout).to_string();
+    let trust = jsonpath(&[
+        "get",
+        "configmap",
+        "orders-kafka-external-trust",
+        "-n",
+        "kafka",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    let secret =
+        jsonpath(&["get", "secret", "orders-kafka-external-tls", "-n", "kafka", "-o", "jsonpath={.data.tls\\.crt}"]);
+    let expected =
+        pki::pem_fingerprint(&String::from_utf8(base64::engine::general_purpose::STANDARD.decode(secret.trim())?)?)?;
+    let (mut lines, mut fingerprints) = (Vec::new(), Vec::new());
+    for pod in ["orders-kafka-0", "orders-kafka-1", "orders-kafka-2"] {
+        let ip: std::net::IpAddr =
+            jsonpath(&["get", "pod", pod, "-n", "kafka", "-o", "jsonpath={.status.podIP}"]).trim().parse()?;
+        let name = format!("{pod}.orders-kafka.kafka.svc");
+        let der = brokers::trusted_certificate(std::net::SocketAddr::new(ip, 9094), &trust, &name)
+            .await
+            .with_context(|| format!("{name} ({ip}:9094)"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)?;
+        let fingerprint = pki::fingerprint(&der);
+        lines.push(format!(
+            "    {name} ({ip}:9094): serial {}, SHA-256 {}…",
+            cert.raw_serial_as_string(),
+            &fingerprint[..23]
+        ));
+        anyhow::ensure!(
+            fingerprint == expected,
+            "{pod} does not present the certificate of Secret orders-kafka-external-tls"
+        );
+        fingerprints.push(fingerprint);
+    }
+    Ok((lines.join("\n"), fingerprints))
 }
 
 /// SIGTERM or Ctrl-C.
