@@ -85,6 +85,57 @@ pub struct ClusterSecurityPolicySpec {
     /// changes or the retry annotation is set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub roll_on_source_change: bool,
+    /// KRaft nodes that are also controllers (`process.roles=broker,controller`): their
+    /// controller listener, kept in the rendered `listeners`, `listener.security.protocol.map`
+    /// and `controller.listener.names` exactly as the quorum runs it. Required when the broker
+    /// container declares one (`KAFKA_CONTROLLER_LISTENER_NAMES`); fixed once applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_listener: Option<ControllerListener>,
+}
+
+/// A KRaft controller listener (`spec.controllerListener`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerListener {
+    /// Its name in `controller.listener.names`: upper-case letters, digits and `_`, not one of
+    /// the operator's listener names. Default CONTROLLER.
+    #[serde(default = "controller_name")]
+    #[schemars(length(max = 64))]
+    pub name: String,
+    /// Its port; not one of the operator's (9091-9098). Default 9093.
+    #[serde(default = "controller_port")]
+    pub port: u16,
+    /// PLAINTEXT (default, as Kafka's KRaft quick start) or SSL (mutual TLS with the internal
+    /// certificate of a CertificateRotation).
+    #[serde(default)]
+    pub protocol: ControllerProtocol,
+}
+
+fn controller_name() -> String {
+    "CONTROLLER".into()
+}
+
+fn controller_port() -> u16 {
+    9093
+}
+
+impl ControllerProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+        }
+    }
+}
+
+/// Security protocol of a KRaft controller listener.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ControllerProtocol {
+    #[default]
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    #[serde(rename = "SSL")]
+    Ssl,
 }
 
 /// Client authentication methods. Several may be enabled at once when the encryption settings
@@ -301,6 +352,9 @@ pub struct SecuritySettings {
     pub client_authentication: ClientAuthentication,
     /// Encryption in transit.
     pub encryption_in_transit: EncryptionInTransit,
+    /// The KRaft controller listener kept in the configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_listener: Option<ControllerListener>,
 }
 
 /// Observed state of a ClusterSecurityPolicy.

@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::{
     AuthMethod, CertificateRotationSpec, CertificateType, ClientBroker, ClusterRef, ClusterSecurityPolicySpec,
-    IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess,
+    ControllerListener, IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess,
 };
 
 /// Names of the rules, as they appear in messages.
@@ -35,6 +35,7 @@ pub mod rule {
     pub const AZURE_NAMES: &str = "AzureResourceNames";
     pub const IAM_TOKEN_VALIDATION: &str = "IamTokenValidation";
     pub const MOUNTS_CONTAINER: &str = "MountsContainerName";
+    pub const CONTROLLER_LISTENER: &str = "ControllerListener";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -63,6 +64,7 @@ pub mod rule {
         AZURE_NAMES,
         IAM_TOKEN_VALIDATION,
         MOUNTS_CONTAINER,
+        CONTROLLER_LISTENER,
     ];
 }
 
@@ -281,6 +283,61 @@ fn validate_iam(iam: &IamAuthentication, out: &mut Violations) {
     }
 }
 
+/// Listener names and ports the operator renders itself (`spec.controllerListener` must not
+/// take them).
+pub const OPERATOR_LISTENERS: &[&str] =
+    &["PLAINTEXT", "TLS", "TLS_UNAUTHENTICATED", "SASL_SCRAM", "SASL_IAM", "REPLICATION"];
+pub const OPERATOR_PORTS: &[u16] = &[9091, 9092, 9094, 9095, 9096, 9098];
+
+/// The KRaft controller listener: a name and port of its own, and the one the quorum runs — it
+/// cannot change in a rolling restart (voters on both sides of the roll would not reach each
+/// other), so it is fixed once set.
+fn validate_controller_listener(
+    listener: Option<&ControllerListener>,
+    old: Option<&ControllerListener>,
+    out: &mut Violations,
+) {
+    const FIELD: &str = "spec.controllerListener";
+    if let (Some(old), new) = (old, listener) {
+        if new != Some(old) {
+            out.push(
+                rule::CONTROLLER_LISTENER,
+                FIELD,
+                format!(
+                    "the controller listener {}://:{} ({}) cannot change or go: the controllers of a running quorum would not reach each other in the middle of a rolling restart; keep it as it was (a new quorum is a new cluster)",
+                    old.name, old.port, old.protocol.as_str()
+                ),
+            );
+            return;
+        }
+    }
+    let Some(l) = listener else { return };
+    let name_ok = !l.name.is_empty()
+        && l.name.len() <= 64
+        && l.name.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && l.name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !name_ok {
+        out.push(
+            rule::CONTROLLER_LISTENER,
+            format!("{FIELD}.name"),
+            format!("{} is not a listener name: upper-case letters, digits and '_', starting with a letter (e.g. CONTROLLER); give the name in the brokers' controller.listener.names", quoted(&l.name)),
+        );
+    } else if OPERATOR_LISTENERS.contains(&l.name.as_str()) {
+        out.push(
+            rule::CONTROLLER_LISTENER,
+            format!("{FIELD}.name"),
+            format!("{} is a listener the operator renders for clients or replication; the controller listener needs a name of its own (e.g. CONTROLLER)", quoted(&l.name)),
+        );
+    }
+    if l.port == 0 || OPERATOR_PORTS.contains(&l.port) {
+        out.push(
+            rule::CONTROLLER_LISTENER,
+            format!("{FIELD}.port"),
+            format!("port {} is not free for the controller listener: the operator's listeners use 9091, 9092, 9094, 9095, 9096 and 9098; give the port the quorum runs on (e.g. 9093)", l.port),
+        );
+    }
+}
+
 /// Validate a ClusterSecurityPolicy spec; `old` is the stored spec on update.
 pub fn security_policy(
     spec: &ClusterSecurityPolicySpec,
@@ -290,6 +347,11 @@ pub fn security_policy(
     validate_cluster_ref(&spec.cluster_ref, &mut out);
     validate_rollout_timeout(spec.rollout_timeout_seconds, &mut out);
     validate_mounts(spec.mounts.as_ref(), &mut out);
+    validate_controller_listener(
+        spec.controller_listener.as_ref(),
+        old.and_then(|o| o.controller_listener.as_ref()),
+        &mut out,
+    );
 
     let auth = &spec.client_authentication;
     let methods = auth.enabled_methods();

@@ -56,6 +56,10 @@ pub mod reason {
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     /// After a rollout, a broker pod's TLS listener could not be reached to be checked.
     pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
+    /// The brokers run a KRaft controller listener the spec does not keep as it runs.
+    pub const CONTROLLER_LISTENER_REQUIRED: &str = "ControllerListenerRequired";
+    /// A first adoption would move the brokers' inter-broker listener in one roll.
+    pub const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);

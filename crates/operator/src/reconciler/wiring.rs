@@ -67,6 +67,9 @@ pub struct TemplateMounts {
     pub mounts: BTreeSet<(String, String, String)>,
     /// Paths someone else mounts: (container, path). The operator never mounts over them.
     pub taken: BTreeSet<(String, String)>,
+    /// Each container's environment variables with a literal value (what the broker image's
+    /// configuration says the brokers run now), by container.
+    pub env: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl TemplateMounts {
@@ -85,6 +88,8 @@ impl TemplateMounts {
         }
         for c in &spec.containers {
             out.containers.push(c.name.clone());
+            let literal = c.env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?)));
+            out.env.insert(c.name.clone(), literal.collect());
             for m in c.volume_mounts.iter().flatten() {
                 if m.name.starts_with(VOLUME_PREFIX) {
                     out.mounts.insert((c.name.clone(), m.name.clone(), m.mount_path.clone()));

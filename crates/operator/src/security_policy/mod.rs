@@ -5,6 +5,7 @@
 //! What this module may touch: the `<cluster>-security` ConfigMap and the `<cluster>-client-ca`
 //! Secret in the policy's namespace, and read the CA Secrets the spec names.
 
+mod existing;
 pub mod listeners;
 pub mod properties;
 #[cfg(test)]
@@ -61,6 +62,7 @@ pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
     SecuritySettings {
         client_authentication: spec.client_authentication.clone(),
         encryption_in_transit: spec.encryption_in_transit.clone(),
+        controller_listener: spec.controller_listener.clone(),
     }
 }
 
@@ -201,9 +203,19 @@ impl Rolling for ClusterSecurityPolicy {
         round: &mut Round<Self>,
         ctx: &Context,
         op: &Operation<SecuritySettings>,
-        _: Option<&Workload>,
+        workload: Option<&Workload>,
     ) -> Result<BTreeMap<String, String>, PrepareError> {
         let target = op.target_info.as_ref().expect("operations carry a target");
+        // What would break the brokers half-way through the roll is refused before anything is written.
+        if let Some(w) = workload {
+            let container = w.mounts.target(&self.wiring(target)).unwrap_or_default();
+            let env = w.mounts.env.get(&container).cloned().unwrap_or_default();
+            let adopting = round.status.applied.is_none();
+            let wl = rolling::workload_text(round);
+            if let Some((code, message)) = existing::refusal(&env, target, adopting, &wl, &container) {
+                return Err(PrepareError::refused(code, message));
+            }
+        }
         let hash = write_artefacts(ctx, self, target, round.now).await?;
         round.status.security_hash = Some(hash.clone());
         Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))

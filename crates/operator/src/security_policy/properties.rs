@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::listeners::{client_listeners, replication_listener, ClientAuth, ListenerDef, Protocol};
-use crate::api::{IamAuthentication, SecuritySettings};
+use crate::api::{ControllerProtocol, IamAuthentication, SecuritySettings};
 
 pub const CONFIG_DIR: &str = "/etc/kafka/security/config";
 pub const EXTERNAL_TLS_DIR: &str = "/etc/kafka/security/external-tls";
@@ -93,16 +93,22 @@ pub fn server_properties(s: &SecuritySettings) -> Vec<(String, String)> {
     let clients = client_listeners(s);
     let replication = replication_listener(s);
     let all: Vec<&ListenerDef> = clients.iter().chain(std::iter::once(&replication)).collect();
+    // A KRaft controller listener is kept as the quorum runs it (the operator owns `listeners`
+    // and the protocol map, so leaving it out would stop a combined node).
+    let controller = s.controller_listener.as_ref();
+    let mut listeners: Vec<String> = all.iter().map(|l| format!("{}://:{}", l.name, l.port)).collect();
+    let mut protocols: Vec<String> = all.iter().map(|l| format!("{}:{}", l.name, l.protocol.as_str())).collect();
+    if let Some(c) = controller {
+        listeners.push(format!("{}://:{}", c.name, c.port));
+        protocols.push(format!("{}:{}", c.name, c.protocol.as_str()));
+    }
     let mut out: Vec<(String, String)> = Vec::new();
-    out.push((
-        "listeners".into(),
-        all.iter().map(|l| format!("{}://:{}", l.name, l.port)).collect::<Vec<_>>().join(","),
-    ));
-    out.push((
-        "listener.security.protocol.map".into(),
-        all.iter().map(|l| format!("{}:{}", l.name, l.protocol.as_str())).collect::<Vec<_>>().join(","),
-    ));
+    out.push(("listeners".into(), listeners.join(",")));
+    out.push(("listener.security.protocol.map".into(), protocols.join(",")));
     out.push(("inter.broker.listener.name".into(), replication.name.into()));
+    if let Some(c) = controller {
+        out.push(("controller.listener.names".into(), c.name.clone()));
+    }
     out.push(("config.providers".into(), "dir".into()));
     out.push((
         "config.providers.dir.class".into(),
@@ -117,6 +123,13 @@ pub fn server_properties(s: &SecuritySettings) -> Vec<(String, String)> {
         }
     }
     listener_properties(&mut out, &replication, true);
+    if let Some(c) = controller.filter(|c| c.protocol == ControllerProtocol::Ssl) {
+        // Controllers authenticate each other like brokers do: the internal certificate, both ways.
+        let prefix = format!("listener.name.{}.", c.name.to_lowercase());
+        keystore(&mut out, &prefix, INTERNAL_TLS_DIR);
+        out.push((format!("{prefix}ssl.client.auth"), "required".into()));
+        truststore(&mut out, &prefix, INTERNAL_TLS_DIR);
+    }
     out
 }
 

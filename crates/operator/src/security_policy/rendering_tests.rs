@@ -162,3 +162,66 @@ fn rendering_is_deterministic_and_hash_tracks_content() {
     assert_ne!(h(&a), h(&b));
     assert_eq!(h(&a).len(), 64);
 }
+
+/// A KRaft combined node keeps its controller listener: in `listeners`, the protocol map and
+/// `controller.listener.names`, never as the inter-broker listener; with SSL, mutual TLS with the
+/// internal certificate, like replication.
+#[test]
+fn a_kraft_controller_listener_is_kept_in_the_rendered_configuration() {
+    let mut sp = spec(&["tls"], "TLS", true);
+    let plain = props(&desired_settings(&sp));
+    assert!(!plain.contains_key("controller.listener.names"));
+    assert!(!plain["listeners"].contains("CONTROLLER"));
+
+    sp.controller_listener = serde_json::from_value(json!({"name": "CONTROLLER", "port": 9093})).unwrap();
+    validate::security_policy(&sp, None).unwrap();
+    let p = props(&desired_settings(&sp));
+    assert_eq!(p["listeners"], "TLS://:9094,REPLICATION://:9091,CONTROLLER://:9093");
+    assert_eq!(p["listener.security.protocol.map"], "TLS:SSL,REPLICATION:SSL,CONTROLLER:PLAINTEXT");
+    assert_eq!(p["controller.listener.names"], "CONTROLLER");
+    assert_eq!(p["inter.broker.listener.name"], "REPLICATION");
+    assert!(!p.keys().any(|k| k.starts_with("listener.name.controller.")), "PLAINTEXT: no TLS settings");
+
+    sp.controller_listener =
+        serde_json::from_value(json!({"name": "KRAFT", "port": 19093, "protocol": "SSL"})).unwrap();
+    let p = props(&desired_settings(&sp));
+    assert!(p["listener.security.protocol.map"].ends_with(",KRAFT:SSL"));
+    assert_eq!(p["listener.name.kraft.ssl.client.auth"], "required");
+    assert_eq!(
+        p["listener.name.kraft.ssl.keystore.certificate.chain"],
+        "${dir:/etc/kafka/security/internal-tls:tls.crt}"
+    );
+    assert_eq!(p["listener.name.kraft.ssl.truststore.certificates"], "${dir:/etc/kafka/security/internal-tls:ca.crt}");
+}
+
+/// The controller listener is refused with a name or port of the operator's, a bad name, and any
+/// change once set (a running quorum cannot move in a rolling restart).
+#[test]
+fn the_controller_listener_rule() {
+    let with = |l: serde_json::Value| {
+        let mut sp = spec(&["tls"], "TLS", true);
+        sp.controller_listener = serde_json::from_value(l).unwrap();
+        sp
+    };
+    for bad in [
+        json!({"name": "REPLICATION"}),
+        json!({"name": "controller"}),
+        json!({"name": "CONTROLLER", "port": 9094}),
+        json!({"name": "9CONTROLLER"}),
+    ] {
+        let err = validate::security_policy(&with(bad.clone()), None).unwrap_err().to_string();
+        assert!(err.contains("rule ControllerListener"), "{bad}: {err}");
+    }
+    let old = with(json!({"name": "CONTROLLER", "port": 9093}));
+    validate::security_policy(&old, Some(&old)).unwrap();
+    let moved = with(json!({"name": "CONTROLLER", "port": 9193}));
+    let err = validate::security_policy(&moved, Some(&old)).unwrap_err().to_string();
+    assert!(err.contains("cannot change") && err.contains("CONTROLLER://:9093 (PLAINTEXT)"), "{err}");
+    let mut gone = old.clone();
+    gone.controller_listener = None;
+    assert!(validate::security_policy(&gone, Some(&old)).is_err());
+    // Added to a policy that had none: the brokers already run it; now it is kept.
+    let mut before = old.clone();
+    before.controller_listener = None;
+    validate::security_policy(&old, Some(&before)).unwrap();
+}

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod adoption;
 mod certrot;
 mod conflicts;
 mod foundation;
