@@ -371,18 +371,13 @@ async fn pending<K: Rolling>(
     // The container the artefacts are mounted into must exist before anything is written.
     let wiring = kind.wiring(desired);
     if let Some(Err(message)) = workload.filter(|_| !wiring.mounts.is_empty()).map(|w| w.mounts.target(&wiring)) {
-        let message = format!("{wl}: {message}.");
-        operation::fail(op, reason::CONTAINER_NOT_FOUND, message.clone(), round.now);
-        round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-        return Ok(Outcome::new(Health::Stalled { reason: reason::CONTAINER_NOT_FOUND.into(), message }, None));
+        return Ok(fail(round, op, reason::CONTAINER_NOT_FOUND, format!("{wl}: {message}."), None));
     }
     match kind.prepare(round, ctx, op, workload).await {
         Err(PrepareError::Failed(e)) => Err(e),
         Err(PrepareError::Refused { reason: code, message }) => {
-            operation::fail(op, &code, message.clone(), round.now);
-            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
             let retry = (code == reason::SECRET_NOT_FOUND).then_some(RETRY_MISSING_SECRET);
-            Ok(Outcome::new(Health::Stalled { reason: code, message }, retry))
+            Ok(fail(round, op, &code, message, retry))
         }
         Ok(annotations) => {
             round.apply_template(round.obj.clone().cluster_ref(), &annotations, &wiring).await?;
@@ -446,38 +441,12 @@ async fn follow<K: Rolling>(
             let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION.into(), message };
             Ok(Outcome::new(health, Some(HELD_RECHECK)))
         }
-        RolloutCheck::TimedOut(message) => {
-            operation::fail(op, reason::ROLLOUT_FAILED, message.clone(), round.now);
-            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-            Ok(Outcome::new(Health::Stalled { reason: reason::ROLLOUT_FAILED.into(), message }, None))
-        }
+        RolloutCheck::TimedOut(message) => Ok(fail(round, op, reason::ROLLOUT_FAILED, message, None)),
         RolloutCheck::Done => {
             // Status tells the truth: complete only once the brokers present what was put in place.
-            let verification = match (kind.wire_expectation(ctx).await?, workload) {
-                (Some(wanted), Some(w)) => {
-                    let ns = round.namespace();
-                    let verdict = verify::check(&ctx.client, &ns, w, &expected, &wanted).await.map_err(|source| {
-                        let pods = Named::new("Pods of", &ns, &kind.cluster_ref().name);
-                        Error::Read { object: pods, source: Box::new(source) }
-                    })?;
-                    match verdict {
-                        Verdict::Verified(summary) => summary,
-                        Verdict::Failed { reason: code, message } if elapsed >= timeout => {
-                            let message =
-                                format!("{message} (checked for {elapsed}s, rolloutTimeoutSeconds {timeout})");
-                            operation::fail(op, code, message.clone(), round.now);
-                            round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-                            return Ok(Outcome::new(Health::Stalled { reason: code.into(), message }, None));
-                        }
-                        Verdict::Failed { reason: code, message } => {
-                            return Ok(Outcome::new(
-                                Health::Stalled { reason: code.into(), message },
-                                Some(VERIFY_RECHECK),
-                            ));
-                        }
-                    }
-                }
-                _ => "Not checked on the wire (spec.verify.enabled: false).".to_string(),
+            let verification = match on_the_wire(kind, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
+                Ok(summary) => summary,
+                Err(meanwhile) => return Ok(meanwhile),
             };
             op.verification = Some(verification.clone());
             operation::complete(op, round.now);
@@ -496,6 +465,57 @@ async fn follow<K: Rolling>(
             Ok(Outcome::new(health, Some(AFTER_END)))
         }
     }
+}
+
+/// The check on the wire before an operation completes: `Ok(what was checked)`, or `Err(the
+/// outcome to report meanwhile)` — waiting for the last old pods, a finding looked at again, or
+/// the operation failed once the deadline passed.
+async fn on_the_wire<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+    op: &mut Operation<Info<K>>,
+    annotations: &BTreeMap<String, String>,
+    (elapsed, timeout): (i64, i64),
+) -> Result<Result<String, Outcome>, Error> {
+    let (Some(expected), Some(w)) = (kind.wire_expectation(ctx).await?, workload) else {
+        return Ok(Ok("Not checked on the wire (spec.verify.enabled: false).".to_string()));
+    };
+    let ns = round.namespace();
+    let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(|source| {
+        let pods = Named::new("Pods of", &ns, &kind.cluster_ref().name);
+        Error::Read { object: pods, source: Box::new(source) }
+    })?;
+    let late = elapsed >= timeout;
+    Ok(Err(match verdict {
+        Verdict::Verified(summary) => return Ok(Ok(summary)),
+        Verdict::Rolling(message) if !late => {
+            Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(FOLLOW_ROLLOUT))
+        }
+        Verdict::Rolling(message) => {
+            fail(round, op, reason::ROLLOUT_FAILED, format!("{message} (rolloutTimeoutSeconds {timeout} passed)"), None)
+        }
+        Verdict::Failed { reason: code, message } if late => {
+            fail(round, op, code, format!("{message} (checked for {elapsed}s, rolloutTimeoutSeconds {timeout})"), None)
+        }
+        Verdict::Failed { reason: code, message } => {
+            Outcome::new(Health::Stalled { reason: code.into(), message }, Some(VERIFY_RECHECK))
+        }
+    }))
+}
+
+/// End the operation `UPDATE_FAILED` with `code`: recorded, announced with a Warning, Stalled.
+fn fail<K: Rolling>(
+    round: &mut Round<K>,
+    op: &mut Operation<Info<K>>,
+    code: &str,
+    message: String,
+    retry: Option<Duration>,
+) -> Outcome {
+    operation::fail(op, code, message.clone(), round.now);
+    round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+    Outcome::new(Health::Stalled { reason: code.into(), message }, retry)
 }
 
 #[cfg(test)]

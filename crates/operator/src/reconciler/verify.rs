@@ -58,8 +58,10 @@ pub struct Expectation {
 pub enum Verdict {
     /// Everything expected was presented: what was checked, for the operation record.
     Verified(String),
-    /// A pod presents something else, or runs an older template (`VerificationFailed`), or
-    /// could not be reached (`BrokerUnreachable`): the condition reason and message.
+    /// A pod still runs an older template (being replaced): look again shortly.
+    Rolling(String),
+    /// A pod presents something else (`VerificationFailed`), or could not be reached
+    /// (`BrokerUnreachable`): the condition reason and message.
     Failed { reason: &'static str, message: String },
 }
 
@@ -90,15 +92,16 @@ pub async fn check(
     pods.sort_by_key(|p| p.name_any());
     let mut findings = Vec::new();
     let mut unreachable = Vec::new();
+    let mut stale = Vec::new();
     for pod in &pods {
         let name = pod.name_any();
-        let stale = annotations
+        let older = annotations
             .iter()
             .filter(|(k, v)| !v.is_empty() && pod.annotations().get(*k) != Some(*v))
             .map(|(k, _)| k.as_str())
             .next();
-        if let Some(key) = stale {
-            findings.push(format!("pod {name} runs an older pod template ({key} differs)"));
+        if let Some(key) = older {
+            stale.push(format!("pod {name} runs an older pod template ({key} differs)"));
             continue;
         }
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok());
@@ -125,6 +128,12 @@ pub async fn check(
         }
         text
     };
+    if !stale.is_empty() && findings.is_empty() && unreachable.is_empty() {
+        // The workload reports the rollout done while a pod of the old template is still there
+        // (a Deployment's old ReplicaSet scaling down): it is going, not wrong.
+        return Ok(Verdict::Rolling(format!("Waiting for the last pods of the old template: {}.", count(&stale))));
+    }
+    findings.extend(stale);
     if !findings.is_empty() {
         let message = format!(
             "The brokers do not serve what was put in place: {}. A broker that was not restarted, or that does not \
