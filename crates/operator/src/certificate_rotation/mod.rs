@@ -348,7 +348,12 @@ impl Rolling for CertificateRotation {
     }
 
     /// The trust bundle, deleted or edited by someone (a TLS Secret is issued again by `idle`).
-    async fn repair_artefacts(&self, _: &mut Round<Self>, ctx: &Context) -> Result<Vec<String>, Error> {
+    async fn repair_artefacts(
+        &self,
+        _: &mut Round<Self>,
+        ctx: &Context,
+        _: Option<&Workload>,
+    ) -> Result<Vec<String>, Error> {
         material::repair_trust_bundle(ctx, self).await
     }
 

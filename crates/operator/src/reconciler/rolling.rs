@@ -137,6 +137,7 @@ pub trait Rolling: TargetsWorkload {
         &self,
         _round: &mut Round<Self>,
         _ctx: &Context,
+        _workload: Option<&Workload>,
     ) -> impl Future<Output = Result<Vec<String>, Error>> + Send {
         async { Ok(Vec::new()) }
     }
@@ -174,7 +175,7 @@ async fn repair_drift<K: Rolling>(
     wl: &str,
     settled: Outcome,
 ) -> Result<Outcome, Error> {
-    let mut restored = kind.repair_artefacts(round, ctx).await?;
+    let mut restored = kind.repair_artefacts(round, ctx, workload).await?;
     let expected: BTreeMap<String, String> =
         K::expected(&round.status).into_iter().filter(|(_, v)| !v.is_empty()).collect();
     // Settled and Ready: the spec's settings are the applied ones.

@@ -23,7 +23,12 @@ pub const VOLUME_PREFIX: &str = "csop-";
 pub enum Source {
     ConfigMap(String),
     Secret(String),
+    /// A downward API volume with one file, `name`, holding the pod's name.
+    PodName,
 }
+
+/// The file of a [`Source::PodName`] volume.
+pub const POD_NAME_FILE: &str = "name";
 
 /// One volume mounted read-only at `path` in the broker container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,14 @@ impl Wiring {
     }
 }
 
+/// Whether a downward API volume is the operator's pod-name volume.
+fn is_pod_name(d: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource) -> bool {
+    let items = d.items.as_deref().unwrap_or_default();
+    items.len() == 1
+        && items[0].path == POD_NAME_FILE
+        && items[0].field_ref.as_ref().is_some_and(|f| f.field_path == "metadata.name")
+}
+
 /// What a pod template holds that concerns the wiring.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TemplateMounts {
@@ -78,11 +91,12 @@ impl TemplateMounts {
         let mut out = Self::default();
         let Some(spec) = spec else { return out };
         for v in spec.volumes.iter().flatten().filter(|v| v.name.starts_with(VOLUME_PREFIX)) {
-            let source = match (&v.config_map, &v.secret) {
-                (Some(cm), _) => Source::ConfigMap(cm.name.clone()),
-                (None, Some(s)) => Source::Secret(s.secret_name.clone().unwrap_or_default()),
+            let source = match (&v.config_map, &v.secret, &v.downward_api) {
+                (Some(cm), _, _) => Source::ConfigMap(cm.name.clone()),
+                (None, Some(s), _) => Source::Secret(s.secret_name.clone().unwrap_or_default()),
+                (None, None, Some(d)) if is_pod_name(d) => Source::PodName,
                 // Not a shape the operator writes: treat it as someone else's.
-                (None, None) => continue,
+                _ => continue,
             };
             out.volumes.insert(v.name.clone(), source);
         }
@@ -154,6 +168,9 @@ impl TemplateMounts {
             .map(|(name, source)| match source {
                 Source::ConfigMap(cm) => json!({"name": name, "configMap": {"name": cm}}),
                 Source::Secret(s) => json!({"name": name, "secret": {"secretName": s}}),
+                Source::PodName => json!({"name": name, "downwardAPI": {"items": [
+                    {"path": POD_NAME_FILE, "fieldRef": {"fieldPath": "metadata.name"}}
+                ]}}),
             })
             .collect();
         // In the template's container order, so the apply reads like the template.

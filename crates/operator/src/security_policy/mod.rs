@@ -216,17 +216,23 @@ impl Rolling for ClusterSecurityPolicy {
                 return Err(PrepareError::refused(code, message));
             }
         }
-        let hash = write_artefacts(ctx, self, target, round.now).await?;
+        let domain = advertised_domain(self, workload);
+        let hash = write_artefacts(ctx, self, target, domain.as_deref(), round.now).await?;
         round.status.security_hash = Some(hash.clone());
         Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
     }
 
     /// The security ConfigMap, deleted or edited by someone, is written again as applied (same
     /// content: no roll). A ConfigMap of that name that is no longer ours is left alone.
-    async fn repair_artefacts(&self, round: &mut Round<Self>, ctx: &Context) -> Result<Vec<String>, Error> {
+    async fn repair_artefacts(
+        &self,
+        round: &mut Round<Self>,
+        ctx: &Context,
+        workload: Option<&Workload>,
+    ) -> Result<Vec<String>, Error> {
         let Some(applied) = round.status.applied.clone() else { return Ok(Vec::new()) };
         let ns = self.namespace().unwrap_or_default();
-        let (name, data) = security_configmap(self, &applied);
+        let (name, data) = security_configmap(self, &applied, advertised_domain(self, workload).as_deref());
         let current = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&name)
             .await
@@ -243,11 +249,15 @@ impl Rolling for ClusterSecurityPolicy {
     /// The security ConfigMap, and the client CA Secret when mTLS is on.
     fn wiring(&self, target: &SecuritySettings) -> Wiring {
         let cluster = &self.spec.cluster_ref.name;
-        let mut mounts = vec![Mount {
-            volume: "csop-security-config",
-            source: Source::ConfigMap(configmap_name(cluster)),
-            path: properties::CONFIG_DIR,
-        }];
+        let mut mounts = vec![
+            Mount {
+                volume: "csop-security-config",
+                source: Source::ConfigMap(configmap_name(cluster)),
+                path: properties::CONFIG_DIR,
+            },
+            // The pod's name, for advertised.listeners (`${dir:…/pod:name}`).
+            Mount { volume: "csop-pod", source: Source::PodName, path: properties::POD_DIR },
+        ];
         if target.client_authentication.tls_enabled() {
             mounts.push(Mount {
                 volume: "csop-client-ca",
@@ -255,7 +265,7 @@ impl Rolling for ClusterSecurityPolicy {
                 path: properties::CLIENT_CA_DIR,
             });
         }
-        Wiring::new(self.spec.mounts.as_ref(), mounts, &["csop-security-config", "csop-client-ca"])
+        Wiring::new(self.spec.mounts.as_ref(), mounts, &["csop-security-config", "csop-pod", "csop-client-ca"])
     }
 
     fn derived_objects(&self) -> Vec<Derived> {
@@ -297,6 +307,7 @@ async fn write_artefacts(
     ctx: &Context,
     csp: &ClusterSecurityPolicy,
     target: &SecuritySettings,
+    domain: Option<&str>,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Result<String, PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
@@ -308,17 +319,30 @@ async fn write_artefacts(
         None => String::new(),
     };
 
-    let (cm_name, data) = security_configmap(csp, target);
+    let (cm_name, data) = security_configmap(csp, target, domain);
     write_configmap(ctx, csp, &cm_name, &data).await?;
     let (server_properties, security_json) = (&data["server.properties"], &data["security.json"]);
     Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
 }
 
-/// The name and data of the security ConfigMap for `target`.
-fn security_configmap(csp: &ClusterSecurityPolicy, target: &SecuritySettings) -> (String, BTreeMap<String, String>) {
+/// The pods' DNS domain when each broker can advertise its own name: a StatefulSet's pods are
+/// `<pod>.<serviceName>.<namespace>.svc`, and (`spec.mounts`) read their name from the pod-name
+/// file. None for a Deployment (no stable pod names) or when the user wires the mounts.
+fn advertised_domain(csp: &ClusterSecurityPolicy, workload: Option<&Workload>) -> Option<String> {
+    let service = workload?.service_name.as_deref().filter(|s| !s.is_empty())?;
+    let wired = crate::api::Mounts::enabled(csp.spec.mounts.as_ref());
+    wired.then(|| format!("{service}.{}.svc", csp.namespace().unwrap_or_default()))
+}
+
+/// The name and data of the security ConfigMap for `target` (`domain`: [`advertised_domain`]).
+fn security_configmap(
+    csp: &ClusterSecurityPolicy,
+    target: &SecuritySettings,
+    domain: Option<&str>,
+) -> (String, BTreeMap<String, String>) {
     let source = format!("{}/{}", csp.namespace().unwrap_or_default(), csp.name_any());
     let data = BTreeMap::from([
-        ("server.properties".to_string(), properties::render_server_properties(target, &source)),
+        ("server.properties".to_string(), properties::render_server_properties(target, &source, domain)),
         ("security.json".to_string(), properties::render_security_json(target)),
     ]);
     (configmap_name(&csp.spec.cluster_ref.name), data)

@@ -36,7 +36,7 @@ fn spec(methods: &[&str], cb: &str, in_cluster: bool) -> ClusterSecurityPolicySp
 }
 
 fn props(s: &SecuritySettings) -> BTreeMap<String, String> {
-    properties::server_properties(s).into_iter().collect()
+    properties::server_properties(s, None).into_iter().collect()
 }
 
 fn names(s: &SecuritySettings) -> Vec<(String, u16)> {
@@ -150,11 +150,11 @@ fn mtls_with_tls_plaintext_gives_two_listeners() {
 fn rendering_is_deterministic_and_hash_tracks_content() {
     let a = desired_settings(&spec(&["scram"], "TLS", true));
     let b = desired_settings(&spec(&["iam"], "TLS", true));
-    let ra = properties::render_server_properties(&a, "kafka/orders");
-    assert_eq!(ra, properties::render_server_properties(&a, "kafka/orders"));
+    let ra = properties::render_server_properties(&a, "kafka/orders", None);
+    assert_eq!(ra, properties::render_server_properties(&a, "kafka/orders", None));
     let h = |s: &SecuritySettings| {
         properties::security_hash(&[
-            properties::render_server_properties(s, "x").as_bytes(),
+            properties::render_server_properties(s, "x", None).as_bytes(),
             properties::render_security_json(s).as_bytes(),
         ])
     };
@@ -224,4 +224,22 @@ fn the_controller_listener_rule() {
     let mut before = old.clone();
     before.controller_listener = None;
     validate::security_policy(&old, Some(&before)).unwrap();
+}
+
+/// With the pods' DNS domain, every broker listener (not the controller's) is advertised under
+/// the pod's own name, read from the pod-name file through the DirectoryConfigProvider.
+#[test]
+fn each_broker_advertises_its_own_dns_name() {
+    let mut sp = spec(&["tls", "scram"], "TLS", true);
+    sp.controller_listener = serde_json::from_value(json!({"name": "CONTROLLER"})).unwrap();
+    let s = desired_settings(&sp);
+    assert!(!props(&s).contains_key("advertised.listeners"), "without a domain: Kafka's default");
+    let p: BTreeMap<String, String> =
+        properties::server_properties(&s, Some("orders-kafka.kafka.svc")).into_iter().collect();
+    let host = "${dir:/etc/kafka/security/pod:name}.orders-kafka.kafka.svc";
+    assert_eq!(
+        p["advertised.listeners"],
+        format!("TLS://{host}:9094,SASL_SCRAM://{host}:9096,REPLICATION://{host}:9091")
+    );
+    assert_eq!(p["config.providers"], "dir", "the pod name comes through the provider already in use");
 }

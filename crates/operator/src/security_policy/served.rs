@@ -130,7 +130,7 @@ mod tests {
         .unwrap();
         let settings = desired_settings(&spec);
         assert_eq!(settings.encryption_in_transit.client_broker, ClientBroker::TlsPlaintext);
-        let found = tls_listeners(&render_server_properties(&settings, "kafka/orders"));
+        let found = tls_listeners(&render_server_properties(&settings, "kafka/orders", Some("k.kafka.svc")));
         let ext = EXTERNAL_TLS_DIR.to_string();
         assert_eq!(
             found,

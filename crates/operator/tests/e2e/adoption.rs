@@ -82,6 +82,11 @@ async fn a_kraft_combined_node_keeps_its_controller_listener_or_nothing_is_rolle
     );
     assert!(lines.contains(&"controller.listener.names=CONTROLLER"), "{properties}");
     assert!(lines.contains(&"inter.broker.listener.name=REPLICATION"), "{properties}");
+    // Each broker advertises its own name under the StatefulSet's headless Service (the pod name
+    // comes from the mounted pod-name file); the controller listener is not advertised.
+    let host = format!("${{dir:/etc/kafka/security/pod:name}}.kafka.{ns}.svc");
+    let advertised = format!("advertised.listeners=TLS://{host}:9094,REPLICATION://{host}:9091");
+    assert!(lines.contains(&advertised.as_str()), "{properties}");
 
     // ... and it stays as the quorum runs it.
     let moved = with.replace("port: 9093", "port: 9193");

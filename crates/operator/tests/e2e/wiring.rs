@@ -50,9 +50,18 @@ fn wired(spec: &PodSpec) -> BTreeSet<(String, String, String, String)> {
         .flatten()
         .filter(|v| v.name.starts_with("csop-"))
         .map(|v| {
-            let source = match (&v.config_map, &v.secret) {
-                (Some(cm), _) => format!("configmap/{}", cm.name),
-                (_, Some(s)) => format!("secret/{}", s.secret_name.clone().unwrap_or_default()),
+            let source = match (&v.config_map, &v.secret, &v.downward_api) {
+                (Some(cm), _, _) => format!("configmap/{}", cm.name),
+                (_, Some(s), _) => format!("secret/{}", s.secret_name.clone().unwrap_or_default()),
+                (_, _, Some(d)) => {
+                    let items = d.items.iter().flatten();
+                    let fields: Vec<String> = items
+                        .map(|i| {
+                            format!("{}={}", i.path, i.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or("?"))
+                        })
+                        .collect();
+                    format!("downwardAPI/{}", fields.join(","))
+                }
                 _ => "other".into(),
             };
             (v.name.clone(), source)
@@ -111,6 +120,7 @@ async fn both_kinds_mount_into_the_broker_container_roll_once_repair_and_opt_out
     // the user's own volume untouched.
     let all = expect(&[
         ("csop-security-config", "/etc/kafka/security/config", "configmap/kafka-security"),
+        ("csop-pod", "/etc/kafka/security/pod", "downwardAPI/name=metadata.name"),
         ("csop-client-ca", "/etc/kafka/security/client-ca", "secret/kafka-client-ca"),
         ("csop-external-tls", "/etc/kafka/security/external-tls", "secret/kafka-external-tls"),
         ("csop-internal-tls", "/etc/kafka/security/internal-tls", "secret/kafka-internal-tls"),
@@ -157,7 +167,10 @@ async fn both_kinds_mount_into_the_broker_container_roll_once_repair_and_opt_out
 
     // The rotation opts out: its mounts go, the policy's stay; no operation for it.
     apply(cp, &rotation(ns, "{enabled: false}"));
-    let only_config = expect(&[("csop-security-config", "/etc/kafka/security/config", "configmap/kafka-security")]);
+    let only_config = expect(&[
+        ("csop-security-config", "/etc/kafka/security/config", "configmap/kafka-security"),
+        ("csop-pod", "/etc/kafka/security/pod", "downwardAPI/name=metadata.name"),
+    ]);
     wait_wired(ns, &only_config, "the rotation's mounts removed").await;
     let ops = certs_jsonpath(ns, "{.status.operations[*].operationId}");
     assert_eq!(ops.split_whitespace().count(), 1, "an opt-out is not an operation: {ops}");

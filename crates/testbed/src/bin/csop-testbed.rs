@@ -188,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
     print!("{}", show(&mounts));
     let text = String::from_utf8_lossy(&mounts.stdout);
     anyhow::ensure!(
-        ["config", "client-ca", "external-tls", "internal-tls"]
+        ["config", "pod", "client-ca", "external-tls", "internal-tls"]
             .iter()
             .all(|d| text.contains(&format!("/etc/kafka/security/{d} <- csop-"))),
         "the broker pod does not mount the operator's artefacts:\n{text}"
