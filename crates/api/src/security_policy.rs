@@ -175,6 +175,26 @@ pub struct TlsAuthentication {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub certificate_authority_secret_refs: Vec<SecretRef>,
+    /// Client certificates the operator issues from the client CA it keeps (so not with
+    /// `certificateAuthoritySecretRefs`), each into a Secret of this namespace: `tls.crt`,
+    /// `tls.key`, `ca.crt` (the client CA). Renewed before they expire; the brokers do not roll
+    /// for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub clients: Vec<TlsClient>,
+}
+
+/// A client certificate issued on request (`spec.clientAuthentication.tls.clients[]`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsClient {
+    /// The certificate's common name: the client's principal is `User:CN=<name>`. Letters,
+    /// digits, `.`, `_`, `-`; at most 64.
+    #[schemars(length(max = 64))]
+    pub name: String,
+    /// The Secret the operator writes it into (type `kubernetes.io/tls`).
+    #[schemars(length(max = 253))]
+    pub secret_name: String,
 }
 
 /// SASL client authentication mechanisms.

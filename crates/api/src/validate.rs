@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::{
     AuthMethod, CertificateRotationSpec, CertificateType, ClientBroker, ClusterRef, ClusterSecurityPolicySpec,
-    ControllerListener, IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess,
+    ControllerListener, IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess, TlsAuthentication,
 };
 
 /// Names of the rules, as they appear in messages.
@@ -36,6 +36,7 @@ pub mod rule {
     pub const IAM_TOKEN_VALIDATION: &str = "IamTokenValidation";
     pub const MOUNTS_CONTAINER: &str = "MountsContainerName";
     pub const CONTROLLER_LISTENER: &str = "ControllerListener";
+    pub const TLS_CLIENTS: &str = "TlsClients";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -65,6 +66,7 @@ pub mod rule {
         IAM_TOKEN_VALIDATION,
         MOUNTS_CONTAINER,
         CONTROLLER_LISTENER,
+        TLS_CLIENTS,
     ];
 }
 
@@ -338,6 +340,85 @@ fn validate_controller_listener(
     }
 }
 
+/// Names the operator derives from the cluster's name for its own Secrets and ConfigMaps.
+fn derived_names(cluster: &str) -> Vec<String> {
+    [
+        "security",
+        "client-ca",
+        "client-ca-key",
+        "external-tls",
+        "internal-tls",
+        "external-ca",
+        "internal-ca",
+        "external-trust",
+    ]
+    .iter()
+    .map(|s| format!("{cluster}-{s}"))
+    .collect()
+}
+
+/// Client certificates on request: signed by the operator's own client CA, each into a Secret of
+/// its own that is not one of the operator's other objects.
+fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violations) {
+    if tls.clients.is_empty() {
+        return;
+    }
+    const FIELD: &str = "spec.clientAuthentication.tls.clients";
+    if !tls.enabled {
+        out.push(
+            rule::TLS_CLIENTS,
+            FIELD,
+            "client certificates are for mTLS: set tls.enabled: true, or remove clients",
+        );
+    }
+    if !tls.certificate_authority_secret_refs.is_empty() {
+        out.push(
+            rule::TLS_CLIENTS,
+            FIELD,
+            "the operator issues client certificates only from the client CA it keeps, and certificateAuthoritySecretRefs names CAs whose keys it does not have: remove certificateAuthoritySecretRefs, or issue the client certificates from your CA yourself",
+        );
+    }
+    let taken = derived_names(cluster);
+    let mut names = std::collections::BTreeSet::new();
+    let mut secrets = std::collections::BTreeSet::new();
+    for (i, c) in tls.clients.iter().enumerate() {
+        let name_ok = !c.name.is_empty()
+            && c.name.len() <= 64
+            && c.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !name_ok {
+            out.push(
+                rule::TLS_CLIENTS,
+                format!("{FIELD}[{i}].name"),
+                format!("{} is not a client name: letters, digits, '.', '_' and '-', at most 64 (it becomes the certificate's CN, the principal User:CN=<name>)", quoted(&c.name)),
+            );
+        } else if !names.insert(c.name.as_str()) {
+            out.push(
+                rule::TLS_CLIENTS,
+                format!("{FIELD}[{i}].name"),
+                format!("{} is listed twice; one certificate per client", quoted(&c.name)),
+            );
+        }
+        if let Some(e) = dns_subdomain_error(&c.secret_name) {
+            out.push(rule::TLS_CLIENTS, format!("{FIELD}[{i}].secretName"), e);
+        } else if taken.contains(&c.secret_name) {
+            out.push(
+                rule::TLS_CLIENTS,
+                format!("{FIELD}[{i}].secretName"),
+                format!(
+                    "{} is one of the operator's own objects for this cluster; give the client's Secret another name",
+                    quoted(&c.secret_name)
+                ),
+            );
+        } else if !secrets.insert(c.secret_name.as_str()) {
+            out.push(
+                rule::TLS_CLIENTS,
+                format!("{FIELD}[{i}].secretName"),
+                format!("{} is used by two clients; each client gets a Secret of its own", quoted(&c.secret_name)),
+            );
+        }
+    }
+}
+
 /// Validate a ClusterSecurityPolicy spec; `old` is the stored spec on update.
 pub fn security_policy(
     spec: &ClusterSecurityPolicySpec,
@@ -401,6 +482,9 @@ pub fn security_policy(
                 );
             }
         }
+    }
+    if let Some(tls) = auth.tls.as_ref() {
+        validate_tls_clients(tls, &spec.cluster_ref.name, &mut out);
     }
     if let Some(iam) = auth.iam() {
         validate_iam(iam, &mut out);

@@ -57,6 +57,7 @@ pub fn new_ca(common_name: &str, now: Timestamp, days: u32) -> Result<KeyedCert,
 pub enum Usage {
     Server,
     ServerAndClient,
+    Client,
 }
 
 /// A leaf certificate for `sans` (DNS names or IP addresses) signed by `ca`.
@@ -77,6 +78,7 @@ pub fn issue_leaf(
     params.extended_key_usages = match usage {
         Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
         Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     validity(&mut params, now, days);
     let key = KeyPair::generate()?;
@@ -89,6 +91,31 @@ pub fn issue_leaf(
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
     d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// The subject's common name of a PEM certificate; None when it does not parse or has none.
+pub fn common_name(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+/// Whether the PEM client certificate chains to the PEM CA certificate `ca_pem` and is valid
+/// for client authentication at `now` (webpki, as a broker checks it).
+pub fn valid_client_of(cert_pem: &str, ca_pem: &str, now: Timestamp) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let (Ok(leaf), Ok(ca)) =
+        (CertificateDer::from_pem_slice(cert_pem.as_bytes()), CertificateDer::from_pem_slice(ca_pem.as_bytes()))
+    else {
+        return false;
+    };
+    let Ok(anchor) = webpki::anchor_from_trusted_cert(&ca) else { return false };
+    let Ok(ee) = webpki::EndEntityCert::try_from(&leaf) else { return false };
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0) as u64));
+    ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], at, webpki::KeyUsage::client_auth(), None, None)
+        .is_ok()
 }
 
 /// Seconds until the PEM certificate expires (negative when expired); None when it does not parse.

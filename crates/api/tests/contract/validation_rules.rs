@@ -413,8 +413,14 @@ fn every_rule_is_reachable_and_named_in_its_message() {
     let mut bad_controller = csp(method("tls"), "TLS", true);
     bad_controller.controller_listener = serde_json::from_value(json!({"name": "REPLICATION", "port": 9094})).unwrap();
     let kms_spec = kms(json!({}));
+    let bad_clients = csp(
+        json!({"tls": {"enabled": false, "clients": [{"name": "a,b", "secretName": "kafka-security"}]}}),
+        "TLS",
+        true,
+    );
     let refusals = vec![
         validate::security_policy(&bad_controller, None),
+        validate::security_policy(&bad_clients, None),
         validate::security_policy(&csp(json!({}), "TLS", true), None),
         validate::security_policy(&csp(method("scram"), "PLAINTEXT", true), None),
         validate::security_policy(&csp(method("unauthenticated"), "TLS", true), Some(&old_in_cluster)),

@@ -30,6 +30,8 @@ pub mod reason {
     /// A pod of a StatefulSet with `updateStrategy: OnDelete` was deleted to take the new
     /// template.
     pub const POD_REPLACED: &str = "PodReplaced";
+    /// Client certificates were issued (or renewed) into the Secrets the spec names.
+    pub const CLIENT_CERTIFICATES_ISSUED: &str = "ClientCertificatesIssued";
 }
 
 /// After the status write: publish the round's events, plus a Warning when the object newly

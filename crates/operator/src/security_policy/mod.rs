@@ -5,6 +5,7 @@
 //! What this module may touch: the `<cluster>-security` ConfigMap and the `<cluster>-client-ca`
 //! Secret in the policy's namespace, and read the CA Secrets the spec names.
 
+mod clients;
 mod existing;
 pub mod listeners;
 pub mod properties;
@@ -13,6 +14,7 @@ mod rendering_tests;
 pub mod served;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams};
@@ -26,6 +28,7 @@ use crate::api::{
 };
 use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
+use crate::reconciler::events::reason as event;
 use crate::reconciler::operation;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling, SourceChange};
 use crate::reconciler::verify::Expectation;
@@ -34,6 +37,7 @@ use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::{self, Workload};
 use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::{pki, validate};
+use kube::runtime::events::EventType;
 
 /// Name of the ConfigMap holding `server.properties` and `security.json`.
 pub fn configmap_name(cluster: &str) -> String {
@@ -168,6 +172,11 @@ impl Rolling for ClusterSecurityPolicy {
         if change.is_some_and(|c| c.rolls) {
             return Ok(Idle::Start { source: round.status.applied.clone() });
         }
+        // A client certificate deleted, or due for renewal: an operation issues it (nothing rolls).
+        let clients_listed = !clients::listed(self).is_empty();
+        if clients_listed && clients_due(ctx, self, round.now).await? {
+            return Ok(Idle::Start { source: round.status.applied.clone() });
+        }
         round.status.listeners = listeners::status_listeners(&desired);
         let wl = rolling::workload_text(round);
         let state = workload::cluster_state(workload);
@@ -179,7 +188,10 @@ impl Rolling for ClusterSecurityPolicy {
                 message: format!("Security settings applied, but {wl} is {}.", workload::state_text(state)),
             }
         };
-        Ok(Idle::Settled(Outcome::new(health, None)))
+        // Client certificates are looked at daily for renewal (a deleted one comes back sooner:
+        // its Secret is watched).
+        let recheck = clients_listed.then_some(Duration::from_secs(86_400));
+        Ok(Idle::Settled(Outcome::new(health, recheck)))
     }
 
     async fn referenced_secrets_present(&self, ctx: &Context) -> Result<bool, Error> {
@@ -217,7 +229,14 @@ impl Rolling for ClusterSecurityPolicy {
             }
         }
         let domain = advertised_domain(self, workload);
-        let hash = write_artefacts(ctx, self, target, domain.as_deref(), round.now).await?;
+        let (hash, issued) = write_artefacts(ctx, self, target, domain.as_deref(), round.now).await?;
+        if !issued.is_empty() {
+            let note = format!(
+                "Issued client certificates for {} from the client CA (spec.clientAuthentication.tls.clients).",
+                issued.join(", ")
+            );
+            round.event(EventType::Normal, event::CLIENT_CERTIFICATES_ISSUED, note);
+        }
         round.status.security_hash = Some(hash.clone());
         Ok(BTreeMap::from([(SECURITY_HASH_ANNOTATION.to_string(), hash)]))
     }
@@ -283,6 +302,7 @@ impl Rolling for ClusterSecurityPolicy {
                 out.push(Derived::Secret(client_ca_key_secret_name(cluster)));
             }
         }
+        out.extend(clients::listed(self).iter().map(|c| Derived::Secret(c.secret_name.clone())));
         out
     }
 
@@ -309,20 +329,48 @@ async fn write_artefacts(
     target: &SecuritySettings,
     domain: Option<&str>,
     now: k8s_openapi::jiff::Timestamp,
-) -> Result<String, PrepareError> {
+) -> Result<(String, Vec<String>), PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
-    let ca_bundle = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
+    let (ca_bundle, own_ca) = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
         Some(tls) => client_ca_bundle(&secrets, csp, tls, now).await?,
-        None => String::new(),
+        None => (String::new(), None),
+    };
+    // Client certificates on request, from the CA the operator keeps.
+    let issued = match &own_ca {
+        Some(ca) => clients::issue_due(&secrets, csp, ca, now).await?,
+        None => Vec::new(),
     };
 
     let (cm_name, data) = security_configmap(csp, target, domain);
     write_configmap(ctx, csp, &cm_name, &data).await?;
     let (server_properties, security_json) = (&data["server.properties"], &data["security.json"]);
-    Ok(properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]))
+    let hash =
+        properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]);
+    Ok((hash, issued))
+}
+
+/// Whether a listed client's certificate must be issued (again) under the client CA in force.
+async fn clients_due(
+    ctx: &Context,
+    csp: &ClusterSecurityPolicy,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<bool, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let key_name = client_ca_key_secret_name(&csp.spec.cluster_ref.name);
+    let kept = secrets
+        .get_opt(&key_name)
+        .await
+        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &key_name), source: Box::new(source) })?;
+    let ca = kept.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|c| String::from_utf8(c.0.clone()).ok()));
+    match ca {
+        Some(ca) => clients::any_due(&secrets, csp, &ca, now).await,
+        // No CA kept yet: the next operation creates it, with the certificates.
+        None => Ok(true),
+    }
 }
 
 /// The pods' DNS domain when each broker can advertise its own name: a StatefulSet's pods are
@@ -435,7 +483,7 @@ async fn client_ca_bundle(
     csp: &ClusterSecurityPolicy,
     tls: &crate::api::TlsAuthentication,
     now: k8s_openapi::jiff::Timestamp,
-) -> Result<String, PrepareError> {
+) -> Result<(String, Option<pki::KeyedCert>), PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let cluster = &csp.spec.cluster_ref.name;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -450,7 +498,7 @@ async fn client_ca_bundle(
             Some((get("ca.crt")?, get("ca.key")?))
         })
     };
-    let ca_bundle = if tls.certificate_authority_secret_refs.is_empty() {
+    let (ca_bundle, own_ca) = if tls.certificate_authority_secret_refs.is_empty() {
         let key_name = client_ca_key_secret_name(cluster);
         let bundle_secret = read(ca_name.clone()).await?;
         let legacy_key = bundle_secret.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key("ca.key"));
@@ -484,10 +532,10 @@ async fn client_ca_bundle(
                 .await
                 .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
         }
-        crt
+        (crt.clone(), Some(pki::KeyedCert { cert_pem: crt, key_pem: key }))
     } else {
         match referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await? {
-            Ok(bundle) => bundle,
+            Ok(bundle) => (bundle, None),
             Err(name) => {
                 return Err(PrepareError::refused(
                     reason::SECRET_NOT_FOUND,
@@ -508,7 +556,7 @@ async fn client_ca_bundle(
         .patch(&ca_name, &pp, &Patch::Apply(&body))
         .await
         .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
-    Ok(ca_bundle)
+    Ok((ca_bundle, own_ca))
 }
 
 #[cfg(test)]

@@ -175,8 +175,13 @@ struct InterBroker {
 /// The broker-neutral form of the same settings.
 pub fn render_security_json(s: &SecuritySettings) -> String {
     let r = replication_listener(s);
+    // The clients given certificates are not the brokers' business: listing one rolls nothing.
+    let mut auth = s.client_authentication.clone();
+    if let Some(tls) = auth.tls.as_mut() {
+        tls.clients.clear();
+    }
     let doc = SecurityJson {
-        client_authentication: &s.client_authentication,
+        client_authentication: &auth,
         encryption_in_transit: &s.encryption_in_transit,
         listeners: super::listeners::status_listeners(s),
         inter_broker: InterBroker { listener: r.name, port: r.port, protocol: r.protocol.as_str() },

@@ -204,6 +204,10 @@ async fn valid_examples_get_status_and_printer_columns() {
         "{text}"
     );
     assert!(text.contains("upgradedlabel1") && text.contains("orders-kafka"), "{text}");
+    // The client example is a valid Job and ConfigMap for this namespace (the API server checks
+    // it; no container runs here).
+    let out = cp.kubectl(&["apply", "--dry-run=server", "-f", &examples("clients/mtls-client.yaml")]);
+    assert!(out.status.success(), "examples/clients: {}", stderr(&out));
     let out = cp.kubectl(&["get", "kmsmode"]);
     let first =
         stdout(&out).lines().next().unwrap_or_default().split_whitespace().map(String::from).collect::<Vec<_>>();

@@ -185,3 +185,81 @@ async fn an_unreachable_listener_is_its_own_reason_fails_at_the_deadline_and_ver
     let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
     assert_eq!(verification, "Not checked on the wire (spec.verify.enabled: false).");
 }
+
+/// `tls.clients`: the operator issues a client certificate from its client CA into the named
+/// Secret; with it (and the published trust bundle) a client completes a mutual-TLS handshake
+/// with every broker, whose listener requires a certificate from that CA. Listing another client
+/// rolls nothing; a deleted client Secret is issued again.
+#[tokio::test]
+async fn a_client_certificate_on_request_opens_every_brokers_mtls_listener() {
+    let cp = &env().cp;
+    let ns = "wire-clients";
+    let pods = ["kafka-0", "kafka-1"];
+    secured(ns, 2).await;
+    let with_clients = |clients: &str| {
+        policy(ns, "").replace(
+            "clientAuthentication: {tls: {enabled: true}}",
+            &format!("clientAuthentication: {{tls: {{enabled: true, clients: [{clients}]}}}}"),
+        )
+    };
+    let sts = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(cp.client().await.unwrap(), ns);
+    let generation = sts.get("kafka").await.unwrap().metadata.generation;
+    apply(cp, &with_clients("{name: orders-app, secretName: orders-app-tls}"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 120).await;
+    let ops = jsonpath(ns, "clustersecuritypolicy", "policy", "{.status.operations[*].operationId}");
+    assert_eq!(ops.split_whitespace().count(), 2, "listing a client is an operation: {ops}");
+    assert_eq!(sts.get("kafka").await.unwrap().metadata.generation, generation, "and rolls nothing");
+
+    let secrets = Api::<Secret>::namespaced(cp.client().await.unwrap(), ns);
+    let client = |s: Secret| {
+        let d = s.data.unwrap();
+        let text = |k: &str| String::from_utf8(d[k].0.clone()).unwrap();
+        (text("tls.crt"), text("tls.key"))
+    };
+    let (cert, key) = client(secrets.get("orders-app-tls").await.unwrap());
+    let der = pki::certificates(&cert).unwrap().remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(parsed.subject().to_string(), "CN=orders-app");
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let bundle = cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap();
+    let api = Api::<Pod>::namespaced(cp.client().await.unwrap(), ns);
+    for pod in pods {
+        let ip: std::net::IpAddr = api.get(pod).await.unwrap().status.unwrap().pod_ip.unwrap().parse().unwrap();
+        let addr = SocketAddr::new(ip, 9094);
+        let name = format!("{pod}.kafka.{ns}.svc");
+        brokers::mutual_tls_handshake(addr, &bundle, &name, &cert, &key)
+            .await
+            .unwrap_or_else(|e| panic!("{pod}: the issued client certificate is accepted: {e}"));
+        // A certificate from another CA is not (the listener really checks).
+        let stranger_ca = pki::new_ca("stranger", k8s_openapi::jiff::Timestamp::now(), 1).unwrap();
+        let stranger = pki::leaf(
+            &stranger_ca,
+            "orders-app",
+            None,
+            &[],
+            pki::Usage::Client,
+            k8s_openapi::jiff::Timestamp::now(),
+            1,
+        )
+        .unwrap();
+        let refused = brokers::mutual_tls_handshake(addr, &bundle, &name, &stranger.cert_pem, &stranger.key_pem).await;
+        assert!(refused.is_err(), "{pod} accepts a certificate from another CA");
+    }
+
+    // Deleted by someone: issued again.
+    secrets.delete("orders-app-tls", &DeleteParams::default()).await.unwrap();
+    cluster_security_testbed::wait_until(std::time::Duration::from_secs(60), "client Secret issued again", || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get_opt("orders-app-tls").await.map_err(|e| e.to_string())?;
+            s.filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")))
+                .map(|_| ())
+                .ok_or("absent".to_string())
+        }
+    })
+    .await
+    .unwrap();
+    let (again, _) = client(secrets.get("orders-app-tls").await.unwrap());
+    assert_ne!(again, cert, "a new certificate");
+    assert_eq!(sts.get("kafka").await.unwrap().metadata.generation, generation, "still nothing rolled");
+}

@@ -1,0 +1,130 @@
+//! Client certificates on request (`spec.clientAuthentication.tls.clients`): each listed client
+//! gets a certificate (CN = its name, client authentication only) from the client CA the
+//! operator keeps, in a Secret of its own (`tls.crt`, `tls.key`, `ca.crt` = the client CA, type
+//! `kubernetes.io/tls`). Issued when missing, when no longer signed by the current CA or for
+//! another name, and once two thirds of its validity have passed; otherwise left as it is. The
+//! brokers trust the CA, not the certificates: nothing rolls for a client.
+//!
+//! What this module may touch: the listed client Secrets (reads, and writes under the field
+//! manager, never over a Secret that is not the operator's).
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::api::{ClusterSecurityPolicy, TlsClient, FIELD_MANAGER};
+use crate::pki::{self, KeyedCert};
+use crate::reconciler::derived;
+use crate::reconciler::{Error, Named};
+
+/// Validity of a client certificate.
+pub const CLIENT_DAYS: u32 = 365;
+/// Annotation on a client Secret: the client it was issued for.
+pub const CLIENT_ANNOTATION: &str = "clustersecurity.io/tls-client";
+
+/// The clients the spec lists, when the operator issues them (mTLS with its own CA).
+pub fn listed(csp: &ClusterSecurityPolicy) -> &[TlsClient] {
+    match csp.spec.client_authentication.tls.as_ref() {
+        Some(t) if t.enabled && t.certificate_authority_secret_refs.is_empty() => &t.clients,
+        _ => &[],
+    }
+}
+
+/// Whether the Secret (as read) must be issued again for `client` under the CA `ca_pem`.
+pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, now: Timestamp) -> bool {
+    let Some(cert) = secret.and_then(|s| s.data.as_ref()).and_then(|d| d.get("tls.crt")) else { return true };
+    let Ok(cert) = std::str::from_utf8(&cert.0) else { return true };
+    let renew_within = i64::from(CLIENT_DAYS) * 86_400 / 3;
+    pki::common_name(cert).as_deref() != Some(client.name.as_str())
+        || !pki::valid_client_of(cert, ca_pem, now)
+        || pki::seconds_left(cert, now).is_none_or(|left| left < renew_within)
+}
+
+/// Issue what is due, into each client's Secret; returns the names of the clients issued.
+pub async fn issue_due(
+    secrets: &Api<Secret>,
+    csp: &ClusterSecurityPolicy,
+    ca: &KeyedCert,
+    now: Timestamp,
+) -> Result<Vec<String>, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let mut issued = Vec::new();
+    for client in listed(csp) {
+        let name = &client.secret_name;
+        let current = secrets
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, name), source: Box::new(source) })?;
+        if !needs_issue(current.as_ref(), client, &ca.cert_pem, now) {
+            continue;
+        }
+        let leaf = pki::issue_leaf(ca, &client.name, &[], pki::Usage::Client, now, CLIENT_DAYS)
+            .map_err(|source| Error::Issue { what: format!("client certificate {}", client.name), source })?;
+        let annotations = json!({"annotations": {CLIENT_ANNOTATION: client.name}});
+        let body = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, annotations),
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}});
+        secrets
+            .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|source| Error::Write { object: Named::new("Secret", &ns, name), source: Box::new(source) })?;
+        issued.push(client.name.clone());
+    }
+    Ok(issued)
+}
+
+/// Whether any listed client's certificate is due (read while settled).
+pub async fn any_due(
+    secrets: &Api<Secret>,
+    csp: &ClusterSecurityPolicy,
+    ca_pem: &str,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    for client in listed(csp) {
+        let current = secrets.get_opt(&client.secret_name).await.map_err(|source| Error::Read {
+            object: Named::new("Secret", &ns, &client.secret_name),
+            source: Box::new(source),
+        })?;
+        if needs_issue(current.as_ref(), client, ca_pem, now) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn secret(pem: &str) -> Secret {
+        Secret {
+            data: Some([("tls.crt".to_string(), ByteString(pem.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issued_again_when_missing_for_another_name_or_ca_or_due() {
+        let now = Timestamp::now();
+        let ca = pki::new_ca("client CA", now, 3650).unwrap();
+        let other = pki::new_ca("other CA", now, 3650).unwrap();
+        let client = TlsClient { name: "orders-app".into(), secret_name: "orders-app-tls".into() };
+        let fresh = pki::issue_leaf(&ca, "orders-app", &[], pki::Usage::Client, now, CLIENT_DAYS).unwrap();
+        assert!(needs_issue(None, &client, &ca.cert_pem, now));
+        assert!(!needs_issue(Some(&secret(&fresh.cert_pem)), &client, &ca.cert_pem, now));
+        let renamed = TlsClient { name: "billing".into(), ..client.clone() };
+        assert!(needs_issue(Some(&secret(&fresh.cert_pem)), &renamed, &ca.cert_pem, now));
+        assert!(needs_issue(Some(&secret(&fresh.cert_pem)), &client, &other.cert_pem, now), "another CA");
+        // Two thirds into its validity (and a day), it is renewed.
+        let later = Timestamp::from_second(now.as_second() + i64::from(CLIENT_DAYS) * 86_400 * 2 / 3 + 86_400).unwrap();
+        assert!(needs_issue(Some(&secret(&fresh.cert_pem)), &client, &ca.cert_pem, later));
+        // A server certificate is not a client certificate.
+        let server = pki::issue_leaf(&ca, "orders-app", &[], pki::Usage::Server, now, CLIENT_DAYS).unwrap();
+        assert!(needs_issue(Some(&secret(&server.cert_pem)), &client, &ca.cert_pem, now));
+    }
+}
