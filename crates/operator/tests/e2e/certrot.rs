@@ -405,9 +405,18 @@ async fn changed_secret_is_reported_and_applied_on_the_next_label() {
     assert_eq!(ext.client_impact, Some(cluster_security_api::ClientImpact::None));
     assert_eq!(data(&secret(ns, "kafka-external-tls").await, "tls.crt"), second.cert_pem);
     assert_eq!(sts_generation(ns).await, gen + 1);
-    let o = api.get("certs").await.unwrap();
-    let changed = o.status.unwrap().conditions.into_iter().find(|c| c.type_ == "SourceChanged").unwrap();
-    assert_eq!(changed.status, "False", "in sync again");
+    // The settled round after the operation says so (the completing round only completes it).
+    wait_until(Duration::from_secs(30), "SourceChanged=False: in sync again", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("certs").await.map_err(|e| e.to_string())?;
+            let conditions = o.status.unwrap_or_default().conditions;
+            let changed = conditions.into_iter().find(|c| c.type_ == "SourceChanged").map(|c| c.status);
+            (changed.as_deref() == Some("False")).then_some(()).ok_or(format!("{changed:?}"))
+        }
+    })
+    .await
+    .unwrap();
 
     // rollOnSourceChange: a renewal in the Secret (as cert-manager makes) rolls by itself.
     apply(

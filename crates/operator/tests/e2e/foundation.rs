@@ -681,8 +681,11 @@ async fn gitops_paths_apply_as_shipped_and_reach_ready() {
         "exactly the applicable examples"
     );
     support::webhook_ready(cp).await;
+    // Forcing ownership of the manifest's own fields, as Flux's kustomize-controller does
+    // (ForceOwnership): an earlier client-side apply of the same brokers in this test bed owns
+    // the server-defaulted volumeClaimTemplates (an atomic list).
     let out = cp.kubectl_with_stdin(
-        &["apply", "--server-side", "--field-manager=kustomize-controller", "-f", "-"],
+        &["apply", "--server-side", "--force-conflicts", "--field-manager=kustomize-controller", "-f", "-"],
         Some(&text),
     );
     assert!(out.status.success(), "{}", stderr(&out));
