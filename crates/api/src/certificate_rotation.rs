@@ -154,6 +154,31 @@ pub struct ExternalCertificate {
     /// `SourceChanged` condition say the brokers run older material until the label changes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub roll_on_source_change: bool,
+    /// Trust first: when a new certificate is signed by a different CA (`clientImpact:
+    /// TrustUpdateRequired`), the operator publishes the new CA next to the old one in the trust
+    /// bundle and waits this long before the brokers switch — or until the annotation
+    /// `clustersecurity.io/client-trust-updated` names the operation (clients have it). Default
+    /// 86400 (a day); 0 switches at once (clients without the new CA are cut off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_transition_seconds: Option<u32>,
+}
+
+/// A change of the external CA, published before the brokers switch (`status.trustTransition`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustTransition {
+    /// The operation that changes the CA.
+    pub operation_id: String,
+    /// SHA-256 fingerprint of the new CA.
+    #[serde(rename = "newCaFingerprintSHA256")]
+    pub new_ca_fingerprint_sha256: String,
+    /// When the trust bundle with the new and the previous CA was published (RFC 3339).
+    pub published_at: String,
+    /// When the brokers switch unless confirmed earlier (RFC 3339).
+    pub switch_at: String,
+    /// When the brokers started to switch (RFC 3339): confirmed, or `switchAt` reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<String>,
 }
 
 /// The internal (pod-to-pod) certificate. Internal certificates can only be self-generated.
@@ -257,6 +282,9 @@ pub struct CertificateRotationStatus {
     /// The value of the `clustersecurity.io/renew` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_request: Option<String>,
+    /// The last change of the external CA, run trust first (`trustTransitionSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_transition: Option<TrustTransition>,
     /// The operation running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_operation: Option<Operation<CertificateSettings>>,

@@ -194,6 +194,9 @@ pub const RECONCILE_ANNOTATION: &str = "clustersecurity.io/reconcile";
 /// `cmctl renew`): self-signed ones are issued again by the kept CA, a `type: secret` one is read
 /// again from its Secret; the pods roll once.
 pub const RENEW_ANNOTATION: &str = "clustersecurity.io/renew";
+/// CertificateRotation: the id of the operation whose new CA clients now trust; the brokers
+/// switch to it without waiting out `trustTransitionSeconds`.
+pub const CLIENT_TRUST_UPDATED_ANNOTATION: &str = "clustersecurity.io/client-trust-updated";
 
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;

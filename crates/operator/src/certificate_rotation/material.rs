@@ -343,6 +343,37 @@ async fn issued_for(
     Ok(inspect::check(&cert, &key, &ca.cert_pem, now).ok())
 }
 
+/// Write the external trust bundle: `ca.crt` what clients should trust, `current-ca.crt` the CA
+/// of the certificate the brokers present.
+pub async fn write_trust_bundle(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    bundle: &str,
+    current: &str,
+) -> Result<(), Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
+        "data": {"ca.crt": bundle, "current-ca.crt": current}});
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    Ok(())
+}
+
+/// The `current-ca.crt` of the published trust bundle (the CA clients trust now).
+pub async fn published_current_ca(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&cm_name)
+        .await
+        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()))
+}
+
 /// Write the slot's TLS Secret for operation `operation_id` (and for external, the trust bundle);
 /// returns its status.
 pub async fn install(
@@ -382,13 +413,7 @@ pub async fn install(
                 bundle.push_str(&prev);
             }
         }
-        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
-            "data": {"ca.crt": bundle, "current-ca.crt": m.ca_pem}});
-        cms.patch(&cm_name, &pp, &Patch::Apply(&body)).await.map_err(|source| Error::Write {
-            object: Named::new("ConfigMap", &ns, &cm_name),
-            source: Box::new(source),
-        })?;
+        write_trust_bundle(ctx, cr, &bundle, &m.ca_pem).await?;
         if impact == Some(ClientImpact::TrustUpdateRequired) {
             round.event(EventType::Warning, "ClientTrustUpdateRequired", format!(
                 "The external certificate (label {}) is signed by a different CA (SHA-256 {}). Clients connecting over TLS must trust the new CA before they reconnect: kubectl get configmap {cm_name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' holds the new and the previous CA.",

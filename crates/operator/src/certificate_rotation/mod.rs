@@ -8,6 +8,7 @@
 
 pub mod inspect;
 pub mod material;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -318,6 +319,13 @@ impl Rolling for CertificateRotation {
         for w in wants(self).into_iter().filter(due) {
             let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
             ready.push((w, m));
+        }
+        // Trust first: a certificate from another CA waits until clients trust that CA.
+        if let Some((_, m)) = ready.iter().find(|(w, _)| w.slot == Slot::External) {
+            let old = slot_status(&round.status, Slot::External).and_then(|o| o.ca_fingerprint_sha256.clone());
+            if client_impact(old.as_deref(), &m.ca_fingerprint) == Some(ClientImpact::TrustUpdateRequired) {
+                trust::before_switch(self, round, ctx, op, m).await?;
+            }
         }
         if renew_now.is_some() {
             round.status.renew_request = renew_now.clone();

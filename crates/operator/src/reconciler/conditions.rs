@@ -15,6 +15,10 @@ pub const SOURCE_CHANGED: &str = "SourceChanged";
 /// operator will not renew it (type `provided` or `secret`), or has expired.
 pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 
+/// CertificateRotation: True while a new external CA is published and the brokers wait for
+/// clients to trust it before they switch (`trustTransitionSeconds`).
+pub const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
+
 /// Reasons used across kinds.
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -58,6 +62,10 @@ pub mod reason {
     pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
     /// The brokers run a KRaft controller listener the spec does not keep as it runs.
     pub const CONTROLLER_LISTENER_REQUIRED: &str = "ControllerListenerRequired";
+    /// A new CA is published; the brokers switch once clients trust it (`WaitingForClientTrust`).
+    pub const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
+    /// `WaitingForClientTrust=False`: confirmed, or the transition time passed; the brokers switch.
+    pub const CLIENT_TRUST_UPDATED: &str = "ClientTrustUpdated";
     /// A first adoption would move the brokers' inter-broker listener in one roll.
     pub const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
 }

@@ -46,6 +46,9 @@ pub enum PrepareError {
     Refused { reason: String, message: String },
     /// The API server could not be read or written; the round is retried.
     Failed(Error),
+    /// Not yet: the operation stays PENDING (`Reconciling` with `reason`), nothing is rolled,
+    /// and the kind prepares again after `after` (or at the next change).
+    Wait { reason: String, message: String, after: Duration },
 }
 
 impl From<Error> for PrepareError {
@@ -376,6 +379,9 @@ async fn pending<K: Rolling>(
     }
     match kind.prepare(round, ctx, op, workload).await {
         Err(PrepareError::Failed(e)) => Err(e),
+        Err(PrepareError::Wait { reason, message, after }) => {
+            Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
+        }
         Err(PrepareError::Refused { reason: code, message }) => {
             let retry = (code == reason::SECRET_NOT_FOUND).then_some(RETRY_MISSING_SECRET);
             Ok(fail(round, op, &code, message, retry))

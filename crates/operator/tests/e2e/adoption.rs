@@ -93,6 +93,7 @@ async fn a_kraft_combined_node_keeps_its_controller_listener_or_nothing_is_rolle
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&moved));
     assert!(!out.status.success(), "a moved controller listener is refused at admission");
     assert!(crate::support::stderr(&out).contains("rule ControllerListener"), "{}", crate::support::stderr(&out));
+    crate::support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -121,4 +122,5 @@ async fn a_first_adoption_that_would_move_the_inter_broker_listener_is_refused_u
     wait_sts_ready(cp, ns, "kafka").await;
     apply(cp, &policy(ns, ", annotations: {clustersecurity.io/retry: moved}"));
     assert_eq!(wait_state(ns, "UPDATE_COMPLETE").await, "");
+    crate::support::assert_no_secret_leaks(&[]).await;
 }

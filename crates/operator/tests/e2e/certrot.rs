@@ -184,8 +184,9 @@ async fn type_change_requires_trust_update_and_bad_material_rolls_nothing() {
     let ca = pki::new_ca("corp CA", now, 30).unwrap();
     let sans = vec!["kafka.certs-provided.svc".to_string()];
     let leaf = pki::issue_leaf(&ca, "kafka", &sans, pki::Usage::Server, now, 10).unwrap();
+    // trustTransitionSeconds: 0 switches at once (the trust-first wait is tested in on_the_wire).
     let provided = format!(
-        "{{label: a2, type: provided, key: {}, cert: {}, cacert: {}}}",
+        "{{label: a2, type: provided, trustTransitionSeconds: 0, key: {}, cert: {}, cacert: {}}}",
         b64(&leaf.key_pem),
         b64(&leaf.cert_pem),
         b64(&ca.cert_pem)

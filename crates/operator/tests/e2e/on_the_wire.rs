@@ -116,6 +116,7 @@ async fn a_rotation_completes_once_every_broker_presents_the_new_certificate_to_
     );
     let ready = jsonpath(ns, "certificaterotation", "certs", "{.status.conditions[?(@.type==\"Ready\")].status}");
     assert_eq!(ready, "True");
+    crate::support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -149,6 +150,7 @@ async fn a_broker_that_keeps_its_old_certificate_holds_the_operation_and_is_name
     wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
     let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
     assert!(verification.starts_with("2 pod(s) present the expected certificate"), "{verification}");
+    crate::support::assert_no_secret_leaks(&[]).await;
 }
 
 #[tokio::test]
@@ -184,6 +186,7 @@ async fn an_unreachable_listener_is_its_own_reason_fails_at_the_deadline_and_ver
     wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 120).await;
     let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
     assert_eq!(verification, "Not checked on the wire (spec.verify.enabled: false).");
+    crate::support::assert_no_secret_leaks(&[]).await;
 }
 
 /// `tls.clients`: the operator issues a client certificate from its client CA into the named
@@ -262,4 +265,141 @@ async fn a_client_certificate_on_request_opens_every_brokers_mtls_listener() {
     let (again, _) = client(secrets.get("orders-app-tls").await.unwrap());
     assert_ne!(again, cert, "a new certificate");
     assert_eq!(sts.get("kafka").await.unwrap().metadata.generation, generation, "still nothing rolled");
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
+
+/// A certificate from the user's CA `ca`, valid for every broker name under the Service, in the
+/// cert-manager layout (`tls.crt`, `tls.key`, `ca.crt`).
+fn corp_secret(ns: &str, name: &str, ca: &pki::KeyedCert) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let sans = vec![format!("*.kafka.{ns}.svc"), format!("kafka.{ns}.svc")];
+    let leaf = pki::issue_leaf(ca, "kafka", &sans, pki::Usage::Server, now, 30).unwrap();
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        q(&leaf.cert_pem),
+        q(&leaf.key_pem),
+        q(&ca.cert_pem)
+    )
+}
+
+/// Trust first: a certificate from another CA is not rolled until clients can trust it. The new
+/// CA is published next to the old one while every broker keeps presenting the old certificate;
+/// once the user confirms, the brokers switch, and a client holding the bundle published before
+/// the switch completes a verified handshake with every broker at every moment of the roll.
+#[tokio::test]
+async fn a_ca_change_publishes_the_new_ca_first_and_no_client_holding_that_bundle_fails_during_the_switch() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cp = &env().cp;
+    let ns = "wire-trust";
+    let pods = ["kafka-0", "kafka-1"];
+    webhook_ready(cp).await;
+    apply(cp, &cluster(ns, 2));
+    wait_sts_ready(cp, ns, "kafka").await;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let (ca_a, ca_b) = (pki::new_ca("corp A", now, 30).unwrap(), pki::new_ca("corp B", now, 30).unwrap());
+    apply(cp, &corp_secret(ns, "corp-a", &ca_a));
+    apply(cp, &corp_secret(ns, "corp-b", &ca_b));
+    let external = |label: &str, secret: &str| {
+        rotation(ns, label, "").replace(
+            &format!("external: {{label: {label}}}"),
+            &format!("external: {{label: {label}, type: secret, secretName: {secret}, trustTransitionSeconds: 3600}}"),
+        )
+    };
+    apply(cp, &policy(ns, ""));
+    apply(cp, &external("a", "corp-a"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let bundle = || async { cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap() };
+    let old_bundle = bundle().await;
+    let (cert_a, _) = secret_certificate(ns, "kafka-external-tls").await;
+    assert_eq!(presented(ns, &pods, 9094, &old_bundle).await, vec![cert_a.clone(); 2]);
+
+    // The change: published, not rolled.
+    apply(cp, &external("b", "corp-b"));
+    let condition = "{.status.conditions[?(@.type==\"WaitingForClientTrust\")].status}";
+    wait_jsonpath(cp, ("certificaterotation", ns, "certs"), condition, 60, |t| t == "True").await;
+    let state = jsonpath(ns, "certificaterotation", "certs", "{.status.currentOperation.operationState}");
+    assert_eq!(state, "PENDING", "nothing rolls while clients may lack the new CA");
+    let published = bundle().await;
+    assert_eq!(published.matches("BEGIN CERTIFICATE").count(), 2, "the new and the old CA");
+    assert_eq!(presented(ns, &pods, 9094, &old_bundle).await, vec![cert_a.clone(); 2], "brokers unchanged");
+    let message =
+        jsonpath(ns, "certificaterotation", "certs", "{.status.conditions[?(@.type==\"Reconciling\")].message}");
+    let op_id = jsonpath(ns, "certificaterotation", "certs", "{.status.currentOperation.operationId}");
+    assert!(message.contains(&format!("clustersecurity.io/client-trust-updated={op_id}")), "{message}");
+
+    // A client that took the published bundle polls every broker through the switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, bundle, ns) = (stop.clone(), published.clone(), ns.to_string());
+        let api = Api::<Pod>::namespaced(cp.client().await.unwrap(), &ns);
+        tokio::spawn(async move {
+            let (mut verified, mut failures, mut seen) = (0u32, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(Ordering::Relaxed) {
+                for p in api.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                    let Some(ip) = p.status.and_then(|s| s.pod_ip).and_then(|ip| ip.parse().ok()) else { continue };
+                    let name = format!("{}.kafka.{ns}.svc", p.metadata.name.unwrap_or_default());
+                    match brokers::trusted_certificate(SocketAddr::new(ip, 9094), &bundle, &name).await {
+                        Ok(der) => {
+                            verified += 1;
+                            seen.insert(pki::fingerprint(&der));
+                        }
+                        // A broker restarting is unreachable for a moment, as in a real cluster;
+                        // what must not happen is a broker the client does not trust.
+                        Err(e)
+                            if e.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) =>
+                        {
+                            failures.push(format!("{name}: {e}"))
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            (verified, failures, seen)
+        })
+    };
+    let out = cp.kubectl(&[
+        "annotate",
+        "certrot",
+        "certs",
+        "-n",
+        ns,
+        &format!("clustersecurity.io/client-trust-updated={op_id}"),
+    ]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    stop.store(true, Ordering::Relaxed);
+    let (verified, failures, seen) = poller.await.unwrap();
+    assert!(failures.is_empty(), "a client holding the published bundle failed: {failures:?}");
+    let (cert_b, _) = secret_certificate(ns, "kafka-external-tls").await;
+    assert!(verified > 0 && seen.contains(&cert_b), "the poller saw the switch: {verified} handshakes, {seen:?}");
+    assert_eq!(presented(ns, &pods, 9094, &published).await, vec![cert_b; 2]);
+    // ... which a client with only the old bundle would not have survived.
+    let ip: std::net::IpAddr = Api::<Pod>::namespaced(cp.client().await.unwrap(), ns)
+        .get("kafka-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stale =
+        brokers::trusted_certificate(SocketAddr::new(ip, 9094), &old_bundle, &format!("kafka-0.kafka.{ns}.svc")).await;
+    assert!(stale.is_err(), "the old bundle alone does not trust the new certificate");
+    let after = jsonpath(
+        ns,
+        "certificaterotation",
+        "certs",
+        "{.status.conditions[?(@.type==\"WaitingForClientTrust\")].status}/{.status.trustTransition.switchedAt}",
+    );
+    assert!(after.starts_with("False/") && after.len() > "False/".len(), "{after}");
+    crate::support::assert_no_secret_leaks(&[]).await;
 }

@@ -60,16 +60,17 @@ async fn no_secret_material_in_logs_events_or_status() {
     apply(cp, &rotation(ns, "selfsigned", "{label: e1}"));
     handled(ns, "certrot", "selfsigned").await;
     let provided = format!(
-        "{{label: e2, type: provided, key: {}, cert: {}, cacert: {}}}",
+        // Another CA than the self-signed one: switch at once (trust first is tested in on_the_wire).
+        "{{label: e2, type: provided, trustTransitionSeconds: 0, key: {}, cert: {}, cacert: {}}}",
         b64(&leaf.key_pem),
         b64(&leaf.cert_pem),
         b64(&ca.cert_pem)
     );
     apply(cp, &rotation(ns, "selfsigned", &provided));
     handled(ns, "certrot", "selfsigned").await;
-    apply(cp, &rotation(ns, "selfsigned", "{label: e3, type: secret, secretName: good}"));
+    apply(cp, &rotation(ns, "selfsigned", "{label: e3, type: secret, secretName: good, trustTransitionSeconds: 0}"));
     handled(ns, "certrot", "selfsigned").await;
-    apply(cp, &rotation(ns, "selfsigned", "{label: e4, type: secret, secretName: marked}"));
+    apply(cp, &rotation(ns, "selfsigned", "{label: e4, type: secret, secretName: marked, trustTransitionSeconds: 0}"));
     handled(ns, "certrot", "selfsigned").await;
     // A marker where base64 PEM belongs: the webhook refuses it without echoing it.
     let refused = cp.kubectl_with_stdin(
