@@ -26,6 +26,9 @@ use tracing::debug;
 
 use crate::brokers::{self, Addresses, Listener, Serving};
 
+/// The longest one round over all pods may take.
+const TICK_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Annotation that keeps a pod not ready.
 pub const HOLD_NOT_READY: &str = "testbed.clustersecurity.io/hold-not-ready";
 
@@ -54,8 +57,12 @@ impl PlayKubelet {
         let task = tokio::spawn(async move {
             let mut running = Running::default();
             while !stop2.load(Ordering::Relaxed) {
-                if let Err(e) = tick(&client, &node2, &held2, &mut running).await {
-                    debug!(error = %e, "play kubelet tick failed; retrying");
+                // A request caught by an API server restart (the Azure emulator restarts it, as AKS
+                // does) can hang until the client's read timeout, minutes: give a tick a deadline.
+                match tokio::time::timeout(TICK_DEADLINE, tick(&client, &node2, &held2, &mut running)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "play kubelet tick failed; retrying"),
+                    Err(_) => debug!("play kubelet tick took longer than {TICK_DEADLINE:?}; starting over"),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, ResourceExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -27,6 +28,8 @@ use super::workload::Workload;
 
 /// How long one connection (TCP and TLS handshake) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many connections a check has open at once.
+const PROBES_IN_FLIGHT: usize = 32;
 /// How many findings a message names before "and N more".
 const NAMED_FINDINGS: usize = 3;
 
@@ -85,6 +88,10 @@ pub async fn check(
     annotations: &BTreeMap<String, String>,
     expected: &Expectation,
 ) -> kube::Result<Verdict> {
+    if workload.selector.is_empty() {
+        // Selected by expressions only: which pods are the brokers is not a label query away.
+        return Ok(Verdict::Verified("Not checked on the wire: the workload's selector has no matchLabels.".into()));
+    }
     let selector: Vec<String> = workload.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lp = kube::api::ListParams::default().labels(&selector.join(","));
     let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?;
@@ -93,6 +100,7 @@ pub async fn check(
     let mut findings = Vec::new();
     let mut unreachable = Vec::new();
     let mut stale = Vec::new();
+    let mut to_probe = Vec::new();
     for pod in &pods {
         let name = pod.name_any();
         let older = annotations
@@ -109,16 +117,22 @@ pub async fn check(
             unreachable.push(format!("pod {name} has no pod IP"));
             continue;
         };
-        let probes = expected.listeners.iter().map(|l| probe(SocketAddr::new(ip, l.port)));
-        let presented = futures::future::join_all(probes).await;
-        for (l, p) in expected.listeners.iter().zip(presented) {
-            match judge(l, &p, UnixTime::now()) {
-                Judgement::Ok => {}
-                Judgement::Wrong(what) => findings.push(format!("pod {name} port {} ({}) {what}", l.port, l.name)),
-                Judgement::Unreachable(why) => {
-                    unreachable.push(format!("pod {name} port {} ({}): {why}", l.port, l.name))
-                }
-            }
+        to_probe
+            .extend(expected.listeners.iter().enumerate().map(|(i, l)| (name.clone(), i, SocketAddr::new(ip, l.port))));
+    }
+    // Pods × listeners at once, a bounded number in flight: unreachable brokers cost one
+    // timeout, not one per pod, and the reconcile worker is not held for minutes.
+    let presented: Vec<(String, usize, Presented)> = futures::stream::iter(to_probe)
+        .map(|(name, i, addr)| async move { (name, i, probe(addr).await) })
+        .buffered(PROBES_IN_FLIGHT)
+        .collect()
+        .await;
+    for (name, i, p) in presented {
+        let l = &expected.listeners[i];
+        match judge(l, &p, UnixTime::now()) {
+            Judgement::Ok => {}
+            Judgement::Wrong(what) => findings.push(format!("pod {name} port {} ({}) {what}", l.port, l.name)),
+            Judgement::Unreachable(why) => unreachable.push(format!("pod {name} port {} ({}): {why}", l.port, l.name)),
         }
     }
     let count = |v: &[String]| {
