@@ -231,6 +231,15 @@ async fn mounted_file(
     anyhow::bail!("volume {} is neither a Secret nor a ConfigMap", mount.name)
 }
 
+/// The CA certificates of a PEM bundle, as trust anchors.
+fn roots(pem: &[u8]) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pem) {
+        roots.add(ca?)?;
+    }
+    Ok(roots)
+}
+
 /// The TLS server a broker would run for `listener`.
 async fn server_config(
     client: &Client,
@@ -249,10 +258,7 @@ async fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let tls = if setting(config, listener, "ssl.client.auth") == Some("required") {
         let bundle = mounted_file(client, pod, ns, container, need("ssl.truststore.certificates")?).await?;
-        let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(&bundle) {
-            roots.add(ca?)?;
-        }
+        let roots = roots(&bundle)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         builder.with_client_cert_verifier(verifier).with_single_cert(chain, key)?
     } else {
@@ -266,10 +272,7 @@ async fn server_config(
 /// A listener that then wants a client certificate ends the handshake afterwards; that does not
 /// matter here. Errors say why the client would not trust the broker.
 pub async fn trusted_certificate(addr: SocketAddr, trust_pem: &str, server_name: &str) -> anyhow::Result<Vec<u8>> {
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(trust_pem.as_bytes()) {
-        roots.add(ca?)?;
-    }
+    let roots = roots(trust_pem.as_bytes())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let webpki =
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
@@ -306,10 +309,7 @@ pub async fn mutual_tls_handshake(
     key_pem: &str,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncReadExt;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(trust_pem.as_bytes()) {
-        roots.add(ca?)?;
-    }
+    let roots = roots(trust_pem.as_bytes())?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;

@@ -401,16 +401,11 @@ pub async fn install(
     let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
     if w.slot == Slot::External {
         let cm_name = trust_configmap(cluster);
-        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
         let mut bundle = m.ca_pem.clone();
         if impact == Some(ClientImpact::TrustUpdateRequired) {
             // During a CA change clients may trust both while they move.
-            let previous = cms.get_opt(&cm_name).await.map_err(|source| Error::Read {
-                object: Named::new("ConfigMap", &ns, &cm_name),
-                source: Box::new(source),
-            })?;
-            if let Some(prev) = previous.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()) {
-                bundle.push_str(&prev);
+            if let Some(previous) = published_current_ca(ctx, cr).await? {
+                bundle.push_str(&previous);
             }
         }
         write_trust_bundle(ctx, cr, &bundle, &m.ca_pem).await?;

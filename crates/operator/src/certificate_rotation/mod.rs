@@ -365,12 +365,13 @@ impl Rolling for CertificateRotation {
         material::repair_trust_bundle(ctx, self).await
     }
 
-    /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.
+    /// What the brokers' TLS listeners must present once rolled (shared with the policy).
     async fn wire_expectation(&self, ctx: &Context) -> Result<Option<Expectation>, Error> {
         let ns = self.namespace().unwrap_or_default();
         served::when_verified(&ctx.client, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
     }
 
+    /// The TLS Secret of each slot the target has, at its documented path.
     fn wiring(&self, target: &CertificateSettings) -> Wiring {
         let cluster = &self.spec.cluster_ref.name;
         let slots = [
@@ -385,6 +386,7 @@ impl Rolling for CertificateRotation {
         Wiring::new(self.spec.mounts.as_ref(), mounts, &["csop-external-tls", "csop-internal-tls"])
     }
 
+    /// Each slot's TLS Secret and (self-signed) kept CA; the external slot's trust bundle.
     fn derived_objects(&self) -> Vec<Derived> {
         let cluster = &self.spec.cluster_ref.name;
         let mut out = Vec::new();

@@ -428,10 +428,7 @@ async fn follow<K: Rolling>(
             // OnDelete: the StatefulSet controller waits for us to delete the pods.
             if let Some(w) = workload.filter(|w| w.strategy == Strategy::OnDelete) {
                 let ns = round.namespace();
-                let next = workload::next_pod_to_replace(&ctx.client, &ns, w).await.map_err(|source| {
-                    let pods = Named::new("Pods of StatefulSet", &ns, &kind.cluster_ref().name);
-                    Error::Read { object: pods, source: Box::new(source) }
-                })?;
+                let next = workload::next_pod_to_replace(&ctx.client, &ns, w).await.map_err(reading_pods(kind, &ns))?;
                 if let Some(pod) = next {
                     round.delete_pod(&pod).await?;
                     let note = format!("Deleted pod {pod} of {wl} (updateStrategy OnDelete) to take the new template.");
@@ -490,10 +487,7 @@ async fn on_the_wire<K: Rolling>(
         return Ok(Ok("Not checked on the wire (spec.verify.enabled: false).".to_string()));
     };
     let ns = round.namespace();
-    let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(|source| {
-        let pods = Named::new("Pods of", &ns, &kind.cluster_ref().name);
-        Error::Read { object: pods, source: Box::new(source) }
-    })?;
+    let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(reading_pods(kind, &ns))?;
     let late = elapsed >= timeout;
     Ok(Err(match verdict {
         Verdict::Verified(summary) => return Ok(Ok(summary)),
@@ -510,6 +504,12 @@ async fn on_the_wire<K: Rolling>(
             Outcome::new(Health::Stalled { reason: code.into(), message }, Some(VERIFY_RECHECK))
         }
     }))
+}
+
+/// The error of a failed read of the target workload's pods.
+fn reading_pods<K: Rolling>(kind: &K, ns: &str) -> impl FnOnce(kube::Error) -> Error {
+    let pods = Named::new("Pods of workload", ns, &kind.cluster_ref().name);
+    move |source| Error::Read { object: pods, source: Box::new(source) }
 }
 
 /// End the operation `UPDATE_FAILED` with `code`: recorded, announced with a Warning, Stalled.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -25,6 +25,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::conditions::reason;
 use super::workload::Workload;
+use crate::pki::fingerprint;
 
 /// How long one connection (TCP and TLS handshake) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,10 +93,8 @@ pub async fn check(
         // Selected by expressions only: which pods are the brokers is not a label query away.
         return Ok(Verdict::Verified("Not checked on the wire: the workload's selector has no matchLabels.".into()));
     }
-    let selector: Vec<String> = workload.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let lp = kube::api::ListParams::default().labels(&selector.join(","));
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?;
-    let mut pods: Vec<Pod> = pods.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let pods = super::workload::pods(client, namespace, workload).await?;
+    let mut pods: Vec<Pod> = pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     pods.sort_by_key(|p| p.name_any());
     let mut findings = Vec::new();
     let mut unreachable = Vec::new();
@@ -229,8 +228,6 @@ fn describe(der: &[u8]) -> String {
 fn short(hex: &str) -> String {
     hex.chars().take(23).collect::<String>() + "…"
 }
-
-pub use crate::pki::fingerprint;
 
 /// Whether `chain` (end-entity first) leads to one of `trust` (a server certificate; the name is
 /// not checked: clients reach the brokers under names the operator does not know).

@@ -262,15 +262,19 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
 /// while waiting or when all are current.
 pub async fn next_pod_to_replace(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Option<String>> {
     let Some(revision) = w.update_revision.as_deref() else { return Ok(None) };
-    let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let lp = kube::api::ListParams::default().labels(&selector.join(","));
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?;
+    let pods = pods(client, namespace, w).await?;
     let owned: Vec<&Pod> = pods
-        .items
         .iter()
         .filter(|p| p.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == w.uid.as_ref()))
         .collect();
     Ok(pick_pod_to_replace(&owned, w.replicas, revision))
+}
+
+/// The pods the workload selects (`spec.selector.matchLabels`), as they are now.
+pub async fn pods(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Vec<Pod>> {
+    let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let lp = kube::api::ListParams::default().labels(&selector.join(","));
+    Ok(Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?.items)
 }
 
 /// The decision of [`next_pod_to_replace`], on the pods read.

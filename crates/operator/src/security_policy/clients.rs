@@ -42,6 +42,27 @@ pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, no
         || pki::seconds_left(cert, now).is_none_or(|left| left < renew_within)
 }
 
+/// The listed clients whose Secret must be issued (again) under the CA `ca_pem`.
+async fn due<'c>(
+    secrets: &Api<Secret>,
+    csp: &'c ClusterSecurityPolicy,
+    ca_pem: &str,
+    now: Timestamp,
+) -> Result<Vec<&'c TlsClient>, Error> {
+    let ns = csp.namespace().unwrap_or_default();
+    let mut out = Vec::new();
+    for client in listed(csp) {
+        let current = secrets.get_opt(&client.secret_name).await.map_err(|source| Error::Read {
+            object: Named::new("Secret", &ns, &client.secret_name),
+            source: Box::new(source),
+        })?;
+        if needs_issue(current.as_ref(), client, ca_pem, now) {
+            out.push(client);
+        }
+    }
+    Ok(out)
+}
+
 /// Issue what is due, into each client's Secret; returns the names of the clients issued.
 pub async fn issue_due(
     secrets: &Api<Secret>,
@@ -51,15 +72,8 @@ pub async fn issue_due(
 ) -> Result<Vec<String>, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let mut issued = Vec::new();
-    for client in listed(csp) {
+    for client in due(secrets, csp, &ca.cert_pem, now).await? {
         let name = &client.secret_name;
-        let current = secrets
-            .get_opt(name)
-            .await
-            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, name), source: Box::new(source) })?;
-        if !needs_issue(current.as_ref(), client, &ca.cert_pem, now) {
-            continue;
-        }
         let leaf = pki::issue_leaf(ca, &client.name, &[], pki::Usage::Client, now, CLIENT_DAYS)
             .map_err(|source| Error::Issue { what: format!("client certificate {}", client.name), source })?;
         let annotations = json!({"annotations": {CLIENT_ANNOTATION: client.name}});
@@ -76,24 +90,20 @@ pub async fn issue_due(
     Ok(issued)
 }
 
-/// Whether any listed client's certificate is due (read while settled).
-pub async fn any_due(
-    secrets: &Api<Secret>,
-    csp: &ClusterSecurityPolicy,
-    ca_pem: &str,
-    now: Timestamp,
-) -> Result<bool, Error> {
+/// While settled: whether a listed client's certificate is due under the client CA the operator
+/// keeps (none kept yet: due — the next operation creates it, with the certificates).
+pub async fn any_due(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy, now: Timestamp) -> Result<bool, Error> {
     let ns = csp.namespace().unwrap_or_default();
-    for client in listed(csp) {
-        let current = secrets.get_opt(&client.secret_name).await.map_err(|source| Error::Read {
-            object: Named::new("Secret", &ns, &client.secret_name),
-            source: Box::new(source),
-        })?;
-        if needs_issue(current.as_ref(), client, ca_pem, now) {
-            return Ok(true);
-        }
+    let key_name = super::client_ca_key_secret_name(&csp.spec.cluster_ref.name);
+    let kept = secrets
+        .get_opt(&key_name)
+        .await
+        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &key_name), source: Box::new(source) })?;
+    let ca = kept.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|c| String::from_utf8(c.0.clone()).ok()));
+    match ca {
+        Some(ca) => Ok(!due(secrets, csp, &ca, now).await?.is_empty()),
+        None => Ok(true),
     }
-    Ok(false)
 }
 
 #[cfg(test)]

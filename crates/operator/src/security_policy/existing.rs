@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::api::{ControllerListener, SecuritySettings};
 use crate::reconciler::conditions::reason;
 
-use super::listeners::{REPLICATION, REPLICATION_PORT};
+use super::listeners::{parse_listeners, REPLICATION, REPLICATION_PORT};
 
 /// A listener as the environment declares it; port and protocol when it says them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +43,7 @@ fn setting<'e>(env: &'e BTreeMap<String, String>, key: &str) -> Option<&'e str> 
 }
 
 fn declared(env: &BTreeMap<String, String>, name: &str) -> Declared {
-    let port = setting(env, "LISTENERS").and_then(|ls| {
-        ls.split(',').find_map(|l| {
-            let (n, address) = l.trim().split_once("://")?;
-            (n == name).then(|| address.rsplit(':').next()?.parse().ok()).flatten()
-        })
-    });
+    let port = setting(env, "LISTENERS").and_then(|ls| parse_listeners(ls).find(|(n, _)| *n == name).map(|(_, p)| p));
     let protocol = setting(env, "LISTENER_SECURITY_PROTOCOL_MAP").and_then(|m| {
         m.split(',').find_map(|p| p.trim().split_once(':').filter(|(n, _)| *n == name).map(|(_, v)| v.to_string()))
     });

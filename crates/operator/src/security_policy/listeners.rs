@@ -120,6 +120,14 @@ pub fn replication_listener(s: &SecuritySettings) -> ListenerDef {
     }
 }
 
+/// Every entry of a Kafka `listeners` value (`NAME://host:port,…`) that parses: name and port.
+pub fn parse_listeners(value: &str) -> impl Iterator<Item = (&str, u16)> {
+    value.split(',').filter_map(|entry| {
+        let (name, address) = entry.trim().split_once("://")?;
+        Some((name, address.rsplit(':').next()?.parse().ok()?))
+    })
+}
+
 /// Listeners as `status.listeners` shows them.
 pub fn status_listeners(s: &SecuritySettings) -> Vec<Listener> {
     client_listeners(s)

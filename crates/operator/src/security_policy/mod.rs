@@ -174,7 +174,8 @@ impl Rolling for ClusterSecurityPolicy {
         }
         // A client certificate deleted, or due for renewal: an operation issues it (nothing rolls).
         let clients_listed = !clients::listed(self).is_empty();
-        if clients_listed && clients_due(ctx, self, round.now).await? {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &self.namespace().unwrap_or_default());
+        if clients_listed && clients::any_due(&secrets, self, round.now).await? {
             return Ok(Idle::Start { source: round.status.applied.clone() });
         }
         round.status.listeners = listeners::status_listeners(&desired);
@@ -350,27 +351,6 @@ async fn write_artefacts(
     let hash =
         properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]);
     Ok((hash, issued))
-}
-
-/// Whether a listed client's certificate must be issued (again) under the client CA in force.
-async fn clients_due(
-    ctx: &Context,
-    csp: &ClusterSecurityPolicy,
-    now: k8s_openapi::jiff::Timestamp,
-) -> Result<bool, Error> {
-    let ns = csp.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let key_name = client_ca_key_secret_name(&csp.spec.cluster_ref.name);
-    let kept = secrets
-        .get_opt(&key_name)
-        .await
-        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &key_name), source: Box::new(source) })?;
-    let ca = kept.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|c| String::from_utf8(c.0.clone()).ok()));
-    match ca {
-        Some(ca) => clients::any_due(&secrets, csp, &ca, now).await,
-        // No CA kept yet: the next operation creates it, with the certificates.
-        None => Ok(true),
-    }
 }
 
 /// The pods' DNS domain when each broker can advertise its own name: a StatefulSet's pods are

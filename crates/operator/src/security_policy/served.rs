@@ -15,8 +15,10 @@ use kube::{Api, Client};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use super::listeners::parse_listeners;
 use super::properties::{EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
-use crate::reconciler::verify::{fingerprint, Expectation, ListenerExpectation};
+use crate::pki::fingerprint;
+use crate::reconciler::verify::{Expectation, ListenerExpectation};
 use crate::reconciler::{Error, Named};
 
 /// Secret `<cluster>-<slot>-tls` (`slot`: external, internal): the certificate the listeners
@@ -34,11 +36,8 @@ pub fn tls_listeners(server_properties: &str) -> Vec<(String, u16, String)> {
         .filter_map(|l| l.split_once('='))
         .collect();
     let listeners = config.get("listeners").copied().unwrap_or_default();
-    listeners
-        .split(',')
-        .filter_map(|l| {
-            let (name, address) = l.trim().split_once("://")?;
-            let port = address.rsplit(':').next()?.parse().ok()?;
+    parse_listeners(listeners)
+        .filter_map(|(name, port)| {
             let key = format!("listener.name.{}.ssl.keystore.certificate.chain", name.to_lowercase());
             let reference = config.get(key.as_str())?;
             let (dir, _file) = reference.strip_prefix("${dir:")?.strip_suffix('}')?.rsplit_once(':')?;
