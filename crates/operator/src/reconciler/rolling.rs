@@ -162,6 +162,13 @@ pub trait Rolling: TargetsWorkload {
         async { Ok(None) }
     }
 
+    /// The roll of `op` is done and verified: whether the operation has another phase (a CA
+    /// change rolls the new CA into the truststores first, then the certificates). The driver
+    /// then calls [`prepare`](Self::prepare) again, which may wait, and rolls what it returns.
+    fn another_phase(&self, _status: &Self::Status, _op: &Operation<Info<Self>>) -> bool {
+        false
+    }
+
     /// The rollout of `target` is complete: record what is now in effect.
     fn completed(&self, _status: &mut Self::Status, _target: &Info<Self>) {}
 }
@@ -387,15 +394,47 @@ async fn pending<K: Rolling>(
             Ok(fail(round, op, &code, message, retry))
         }
         Ok(annotations) => {
-            round.apply_template(round.obj.clone().cluster_ref(), &annotations, &wiring).await?;
             operation::start(op, round.now);
-            round.event(
-                EventType::Normal,
-                event::UPDATE_STARTED,
-                format!("Operation {}: rolling {wl}.", op.operation_id),
-            );
-            let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
-            Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
+            roll(round, op, &annotations, &wiring, wl).await
+        }
+    }
+}
+
+/// Put `annotations` and `wiring` into the pod template: the pods roll.
+async fn roll<K: Rolling>(
+    round: &mut Round<K>,
+    op: &Operation<Info<K>>,
+    annotations: &BTreeMap<String, String>,
+    wiring: &Wiring,
+    wl: &str,
+) -> Result<Outcome, Error> {
+    round.apply_template(round.obj.clone().cluster_ref(), annotations, wiring).await?;
+    round.event(EventType::Normal, event::UPDATE_STARTED, format!("Operation {}: rolling {wl}.", op.operation_id));
+    let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
+    Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
+}
+
+/// The roll of one phase is done and verified: prepare the next, which may wait (looked at
+/// again without probing the brokers again), and roll it with a deadline of its own.
+async fn next_phase<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+    op: &mut Operation<Info<K>>,
+    wl: &str,
+) -> Result<Outcome, Error> {
+    match kind.prepare(round, ctx, op, workload).await {
+        Err(PrepareError::Failed(e)) => Err(e),
+        Err(PrepareError::Wait { reason, message, after }) => {
+            Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
+        }
+        Err(PrepareError::Refused { reason: code, message }) => Ok(fail(round, op, &code, message, None)),
+        Ok(annotations) => {
+            let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
+            op.verification = None;
+            op.deadline_from = Some(operation::rfc3339(round.now));
+            roll(round, op, &annotations, &wiring, wl).await
         }
     }
 }
@@ -447,12 +486,19 @@ async fn follow<K: Rolling>(
         }
         RolloutCheck::TimedOut(message) => Ok(fail(round, op, reason::ROLLOUT_FAILED, message, None)),
         RolloutCheck::Done => {
-            // Status tells the truth: complete only once the brokers present what was put in place.
-            let verification = match on_the_wire(kind, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
-                Ok(summary) => summary,
-                Err(meanwhile) => return Ok(meanwhile),
+            // Status tells the truth: complete only once the brokers present what was put in place
+            // (checked once per roll: a phase waiting for the next keeps its verdict).
+            let verification = match op.verification.clone() {
+                Some(verified) => verified,
+                None => match on_the_wire(kind, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
+                    Ok(summary) => summary,
+                    Err(meanwhile) => return Ok(meanwhile),
+                },
             };
             op.verification = Some(verification.clone());
+            if kind.another_phase(&round.status, op) {
+                return next_phase(kind, round, ctx, workload, op, wl).await;
+            }
             operation::complete(op, round.now);
             let target = op.target_info.clone().expect("operations carry a target");
             kind.completed(&mut round.status, &target);

@@ -31,6 +31,12 @@ pub struct WidgetSpec {
     refuse: Option<String>,
     secrets_present: bool,
     timeout: u32,
+    /// Phases rolled after the first (a CA change has two rolls).
+    #[serde(default)]
+    phases: u32,
+    /// Prepare waits before any later phase.
+    #[serde(default)]
+    wait: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
@@ -40,6 +46,8 @@ pub struct WidgetStatus {
     conditions: Vec<Condition>,
     applied: Option<String>,
     hash: Option<String>,
+    /// Rolls prepared for the current operation.
+    phase: u32,
     current_operation: Option<Operation<String>>,
     operations: Vec<Operation<String>>,
     cluster_ref: Option<ClusterRef>,
@@ -136,12 +144,23 @@ impl Rolling for Widget {
         if let Some(reason) = &self.spec.refuse {
             return Err(PrepareError::refused(reason, format!("refused: {reason}")));
         }
-        let hash = format!("hash-of-{}", op.target_info.as_deref().unwrap_or_default());
+        if self.spec.wait && round.status.phase >= 1 {
+            let after = Duration::from_secs(60);
+            return Err(PrepareError::Wait { reason: "Waiting".into(), message: "not yet".into(), after });
+        }
+        round.status.phase += 1;
+        let mut hash = format!("hash-of-{}", op.target_info.as_deref().unwrap_or_default());
+        if round.status.phase > 1 {
+            hash = format!("{hash}-{}", round.status.phase);
+        }
         round.status.hash = Some(hash.clone());
         Ok(BTreeMap::from([(HASH.to_string(), hash)]))
     }
     fn expected(status: &WidgetStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(HASH.to_string(), status.hash.clone().unwrap_or_default())])
+    }
+    fn another_phase(&self, status: &WidgetStatus, _: &Operation<String>) -> bool {
+        status.phase <= self.spec.phases
     }
     fn completed(&self, status: &mut WidgetStatus, target: &String) {
         status.applied = Some(target.clone());
@@ -166,8 +185,17 @@ fn context() -> Context {
 }
 
 fn widget(setting: &str, status: WidgetStatus) -> Widget {
-    let mut w =
-        Widget::new("w", WidgetSpec { setting: setting.into(), refuse: None, secrets_present: false, timeout: 600 });
+    let mut w = Widget::new(
+        "w",
+        WidgetSpec {
+            setting: setting.into(),
+            refuse: None,
+            secrets_present: false,
+            timeout: 600,
+            phases: 0,
+            wait: false,
+        },
+    );
     w.metadata = ObjectMeta {
         name: Some("w".into()),
         namespace: Some("test".into()),
@@ -349,4 +377,36 @@ async fn a_rollout_past_its_deadline_fails() {
     assert_eq!(reasons(&r), [event::UPDATE_FAILED]);
     assert!(matches!(outcome.health, Health::Stalled { ref reason, .. } if reason == reason::ROLLOUT_FAILED));
     assert_eq!(outcome.requeue, None, "waits for a change");
+}
+
+#[tokio::test]
+async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadline_of_its_own() {
+    let phased = |status: WidgetStatus, wait: bool| {
+        let mut w = widget("a", status);
+        w.spec.phases = 1;
+        w.spec.wait = wait;
+        w
+    };
+    let (_, first) = round(phased(WidgetStatus::default(), false), t(0), Some(active(&[]))).await;
+    // Rolled and checked: the next phase is prepared and rolled in the same operation.
+    let (outcome, r) = round(phased(first.status.clone(), false), t(30), Some(active(&[(HASH, "hash-of-a")]))).await;
+    assert_eq!(r.effects(), [Effect::Template(BTreeMap::from([(HASH.into(), "hash-of-a-2".into())]))]);
+    let op = r.status.current_operation.as_ref().unwrap();
+    assert_eq!(op.operation_state, OperationState::UpdateInProgress);
+    assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(30)).as_str()), "its own deadline");
+    assert_eq!(op.verification, None, "the next roll is checked again");
+    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    // The second roll done: complete.
+    let (_, r) = round(phased(r.status, false), t(60), Some(active(&[(HASH, "hash-of-a-2")]))).await;
+    assert_eq!(r.status.operations[0].operation_state, OperationState::UpdateComplete);
+    assert_eq!(r.status.applied.as_deref(), Some("a"));
+
+    // A phase that waits: nothing rolled, the verdict of the roll before is kept.
+    let (outcome, r) = round(phased(first.status, true), t(30), Some(active(&[(HASH, "hash-of-a")]))).await;
+    assert!(!r.effects().iter().any(|e| matches!(e, Effect::Template(_))), "{:?}", r.effects());
+    let op = r.status.current_operation.as_ref().unwrap();
+    assert_eq!(op.operation_state, OperationState::UpdateInProgress);
+    assert!(op.verification.is_some(), "checked once, not probed again while waiting");
+    assert_eq!(outcome.requeue, Some(Duration::from_secs(60)));
+    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == "Waiting"));
 }
