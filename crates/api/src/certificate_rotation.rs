@@ -10,6 +10,20 @@ use super::common::{default_rollout_timeout, ClusterRef, DeletionPolicy, Mounts,
 
 /// Default certificate validity for self-signed certificates.
 pub const DEFAULT_VALIDITY_DAYS: u32 = 365;
+/// Default validity of a CA the operator keeps.
+pub const DEFAULT_CA_VALIDITY_DAYS: u32 = 3650;
+/// Default of how long before its expiry a kept CA is renewed.
+pub const DEFAULT_CA_RENEWAL_DAYS: u32 = 30;
+/// Default of how long the previous CA stays trusted after a CA change.
+pub const DEFAULT_OLD_CA_RETENTION_SECONDS: u32 = 86_400;
+
+fn default_ca_validity_days() -> u32 {
+    DEFAULT_CA_VALIDITY_DAYS
+}
+
+fn default_ca_renewal_days() -> u32 {
+    DEFAULT_CA_RENEWAL_DAYS
+}
 
 fn default_validity_days() -> u32 {
     DEFAULT_VALIDITY_DAYS
@@ -87,6 +101,42 @@ pub struct CertificateRotationSpec {
     /// in place before the operation completes. Default: checked (`enabled: true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Verify>,
+    /// The CAs the operator keeps for self-signed certificates (external and internal): their
+    /// validity and when they are renewed. A renewal changes the CA, so it runs trust first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaSettings>,
+    /// Seconds the previous CA stays trusted after the brokers switched to a certificate from a
+    /// new CA (in the brokers' internal truststore and the clients' trust bundle); then it is
+    /// removed (an automatic change: inside `maintenanceWindows`). Default 86400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_ca_retention_seconds: Option<u32>,
+    /// When automatic changes may roll the brokers: renewals of self-signed certificates and
+    /// kept CAs, and removing a previous CA. Cron expressions of five fields (minute hour
+    /// day-of-month month day-of-week, UTC); a change may start during any minute one matches.
+    /// Empty (default): at any time. Label changes and the renew annotations roll at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(length(max = 100)))]
+    pub maintenance_windows: Vec<String>,
+}
+
+/// Validity and renewal of the CAs the operator keeps (`spec.ca`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSettings {
+    /// Validity of a new CA in days.
+    #[serde(default = "default_ca_validity_days")]
+    #[schemars(range(min = 2, max = 36500))]
+    pub validity_days: u32,
+    /// A CA is renewed this many days before it expires (less than validityDays).
+    #[serde(default = "default_ca_renewal_days")]
+    #[schemars(range(min = 1, max = 36499))]
+    pub renewal_days: u32,
+}
+
+impl Default for CaSettings {
+    fn default() -> Self {
+        Self { validity_days: DEFAULT_CA_VALIDITY_DAYS, renewal_days: DEFAULT_CA_RENEWAL_DAYS }
+    }
 }
 
 /// Where a certificate comes from.
@@ -163,22 +213,68 @@ pub struct ExternalCertificate {
     pub trust_transition_seconds: Option<u32>,
 }
 
-/// A change of the external CA, published before the brokers switch (`status.trustTransition`).
+/// A change of CA, trust first (`status.trustTransition`): the new CA is trusted everywhere
+/// before any broker presents a certificate from it, and the old one is removed only later.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustTransition {
     /// The operation that changes the CA.
     pub operation_id: String,
-    /// SHA-256 fingerprint of the new CA.
-    #[serde(rename = "newCaFingerprintSHA256")]
-    pub new_ca_fingerprint_sha256: String,
-    /// When the trust bundle with the new and the previous CA was published (RFC 3339).
+    /// SHA-256 fingerprint of the new external CA (absent: the external CA does not change).
+    #[serde(default, rename = "newCaFingerprintSHA256", skip_serializing_if = "Option::is_none")]
+    pub new_ca_fingerprint_sha256: Option<String>,
+    /// SHA-256 fingerprint of the new internal CA (absent: the internal CA does not change).
+    #[serde(default, rename = "internalNewCaFingerprintSHA256", skip_serializing_if = "Option::is_none")]
+    pub internal_new_ca_fingerprint_sha256: Option<String>,
+    /// Where the change is: TrustRolling, WaitingForClients, Switching, OldCaRetained,
+    /// OldCaRemoved (in this order; `kubectl wait --for=jsonpath=...`).
+    #[serde(default = "TrustPhase::recorded_without_phase")]
+    pub phase: TrustPhase,
+    /// When the new CA was published next to the previous one (RFC 3339).
     pub published_at: String,
-    /// When the brokers switch unless confirmed earlier (RFC 3339).
+    /// When the brokers switch unless clients are confirmed earlier (RFC 3339).
     pub switch_at: String,
     /// When the brokers started to switch (RFC 3339): confirmed, or `switchAt` reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at: Option<String>,
+    /// When the previous CA is removed from the trust (RFC 3339; `oldCaRetentionSeconds`
+    /// after the switch, in a maintenance window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_ca_removal_at: Option<String>,
+}
+
+/// The phases of a CA change, in order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum TrustPhase {
+    /// The brokers roll to trust the new internal CA next to the old one (certificates unchanged).
+    #[default]
+    TrustRolling,
+    /// The new external CA is published to clients; the brokers wait for them.
+    WaitingForClients,
+    /// The brokers roll to certificates from the new CA(s); both CAs stay trusted.
+    Switching,
+    /// Switched; the previous CA is still trusted until `oldCaRemovalAt`.
+    OldCaRetained,
+    /// The previous CA is no longer trusted anywhere.
+    OldCaRemoved,
+}
+
+impl TrustPhase {
+    /// A transition recorded by a version without phases was waiting for clients (or past it):
+    /// read so, it is never switched before clients are confirmed.
+    pub fn recorded_without_phase() -> Self {
+        Self::WaitingForClients
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TrustRolling => "TrustRolling",
+            Self::WaitingForClients => "WaitingForClients",
+            Self::Switching => "Switching",
+            Self::OldCaRetained => "OldCaRetained",
+            Self::OldCaRemoved => "OldCaRemoved",
+        }
+    }
 }
 
 /// The internal (pod-to-pod) certificate. Internal certificates can only be self-generated.
@@ -282,7 +378,10 @@ pub struct CertificateRotationStatus {
     /// The value of the `clustersecurity.io/renew` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_request: Option<String>,
-    /// The last change of the external CA, run trust first (`trustTransitionSeconds`).
+    /// The value of the `clustersecurity.io/renew-ca` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_renew_request: Option<String>,
+    /// The last change of CA, run trust first (`trustTransitionSeconds`, `oldCaRetentionSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_transition: Option<TrustTransition>,
     /// The operation running now, if any.

@@ -197,6 +197,9 @@ pub const RENEW_ANNOTATION: &str = "clustersecurity.io/renew";
 /// CertificateRotation: the id of the operation whose new CA clients now trust; the brokers
 /// switch to it without waiting out `trustTransitionSeconds`.
 pub const CLIENT_TRUST_UPDATED_ANNOTATION: &str = "clustersecurity.io/client-trust-updated";
+/// CertificateRotation: a new value renews the CAs the operator keeps now (outside any
+/// maintenance window), through the phased trust-first path; once per value.
+pub const RENEW_CA_ANNOTATION: &str = "clustersecurity.io/renew-ca";
 
 /// How many finished operations `status.operations` keeps.
 pub const OPERATION_HISTORY: usize = 10;

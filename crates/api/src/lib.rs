@@ -12,6 +12,7 @@ pub mod certificate_rotation;
 pub mod common;
 #[allow(clippy::duplicated_attributes)]
 pub mod kms_key_vault_mode;
+pub mod maintenance;
 pub mod manifests;
 #[allow(clippy::duplicated_attributes)]
 pub mod security_policy;

@@ -37,6 +37,8 @@ pub mod rule {
     pub const MOUNTS_CONTAINER: &str = "MountsContainerName";
     pub const CONTROLLER_LISTENER: &str = "ControllerListener";
     pub const TLS_CLIENTS: &str = "TlsClients";
+    pub const CA_RENEWAL: &str = "CaRenewal";
+    pub const MAINTENANCE_WINDOWS: &str = "MaintenanceWindows";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -67,6 +69,8 @@ pub mod rule {
         MOUNTS_CONTAINER,
         CONTROLLER_LISTENER,
         TLS_CLIENTS,
+        CA_RENEWAL,
+        MAINTENANCE_WINDOWS,
     ];
 }
 
@@ -541,6 +545,23 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
     validate_mounts(spec.mounts.as_ref(), &mut out);
     if spec.external.is_none() && spec.internal.is_none() {
         out.push(rule::CERTIFICATE_REQUIRED, "spec", "set external, internal or both");
+    }
+    if let Some(ca) = &spec.ca {
+        if ca.renewal_days >= ca.validity_days {
+            out.push(
+                rule::CA_RENEWAL,
+                "spec.ca.renewalDays",
+                format!(
+                    "must be less than spec.ca.validityDays ({}), got {}: a CA is renewed that many days before it expires",
+                    ca.validity_days, ca.renewal_days
+                ),
+            );
+        }
+    }
+    for (i, w) in spec.maintenance_windows.iter().enumerate() {
+        if let Err(e) = crate::maintenance::Window::parse(w) {
+            out.push(rule::MAINTENANCE_WINDOWS, format!("spec.maintenanceWindows[{i}]"), e);
+        }
     }
     if let Some(ext) = &spec.external {
         validate_label(&ext.label, "spec.external.label", &mut out);

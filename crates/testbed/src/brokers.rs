@@ -39,7 +39,29 @@ impl Drop for Serving {
         for t in &self.tasks {
             t.abort();
         }
+        loaded_registry().remove(&self.ip);
     }
+}
+
+/// What one listener of a pod loaded at start (tests act as that broker with it).
+#[derive(Clone)]
+pub struct Loaded {
+    pub listener: String,
+    pub port: u16,
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// The truststore, when the listener asks clients for a certificate.
+    pub trust_pem: Option<String>,
+}
+
+fn loaded_registry() -> std::sync::MutexGuard<'static, BTreeMap<Ipv4Addr, Vec<Loaded>>> {
+    static LOADED: std::sync::OnceLock<std::sync::Mutex<BTreeMap<Ipv4Addr, Vec<Loaded>>>> = std::sync::OnceLock::new();
+    LOADED.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the pod serving on `ip` loaded for each listener, while it serves.
+pub fn loaded(ip: Ipv4Addr) -> Vec<Loaded> {
+    loaded_registry().get(&ip).cloned().unwrap_or_default()
 }
 
 /// Loopback addresses for pods: `127.<base>.x.y`, never handed out twice by one allocator.
@@ -72,7 +94,10 @@ pub async fn read_listeners(client: &Client, pod: &Pod) -> Vec<Listener> {
     let config = parse_properties(&properties);
     for listener in tls_listeners(&config) {
         match server_config(client, pod, &ns, container, &config, &listener.name).await {
-            Ok(tls) => out.push(Listener { name: listener.name, port: listener.port, tls: Arc::new(tls) }),
+            Ok((tls, loaded)) => {
+                let loaded = Loaded { port: listener.port, ..loaded };
+                out.push(Listener { name: listener.name, port: listener.port, tls: Arc::new(tls), loaded })
+            }
             Err(e) => debug!(pod = %pod.name_any(), listener = %listener.name, error = %e, "listener not served"),
         }
     }
@@ -85,11 +110,13 @@ pub struct Listener {
     pub name: String,
     pub port: u16,
     tls: Arc<ServerConfig>,
+    loaded: Loaded,
 }
 
 /// Serve `listeners` on `ip` until the returned value is dropped.
 pub async fn serve(ip: Ipv4Addr, listeners: Vec<Listener>) -> Serving {
     let mut serving = Serving { ip, listeners: Vec::new(), tasks: Vec::new() };
+    loaded_registry().insert(ip, listeners.iter().map(|l| l.loaded.clone()).collect());
     for l in listeners {
         let addr = SocketAddr::new(IpAddr::V4(ip), l.port);
         match tokio::net::TcpListener::bind(addr).await {
@@ -248,7 +275,7 @@ async fn server_config(
     container: &Container,
     config: &BTreeMap<String, String>,
     listener: &str,
-) -> anyhow::Result<ServerConfig> {
+) -> anyhow::Result<(ServerConfig, Loaded)> {
     let need = |key: &str| setting(config, listener, key).ok_or_else(|| anyhow::anyhow!("no {key}"));
     let chain_pem = mounted_file(client, pod, ns, container, need("ssl.keystore.certificate.chain")?).await?;
     let key_pem = mounted_file(client, pod, ns, container, need("ssl.keystore.key")?).await?;
@@ -256,15 +283,23 @@ async fn server_config(
     let key = PrivateKeyDer::from_pem_slice(&key_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let mut loaded = Loaded {
+        listener: listener.to_string(),
+        port: 0,
+        chain_pem: String::from_utf8_lossy(&chain_pem).into_owned(),
+        key_pem: String::from_utf8_lossy(&key_pem).into_owned(),
+        trust_pem: None,
+    };
     let tls = if setting(config, listener, "ssl.client.auth") == Some("required") {
         let bundle = mounted_file(client, pod, ns, container, need("ssl.truststore.certificates")?).await?;
         let roots = roots(&bundle)?;
+        loaded.trust_pem = Some(String::from_utf8_lossy(&bundle).into_owned());
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         builder.with_client_cert_verifier(verifier).with_single_cert(chain, key)?
     } else {
         builder.with_no_client_auth().with_single_cert(chain, key)?
     };
-    Ok(tls)
+    Ok((tls, loaded))
 }
 
 /// What a client that trusts `trust_pem` sees when it connects to `addr` as `server_name` (a

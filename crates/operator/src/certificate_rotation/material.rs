@@ -28,8 +28,6 @@ use crate::reconciler::rolling::PrepareError;
 use crate::reconciler::workload::Workload;
 use crate::reconciler::{Context, Error, Named, Round};
 
-const CA_DAYS: u32 = 3650;
-
 /// What a slot asks for, taken from the spec.
 pub struct Want {
     pub slot: Slot,
@@ -75,6 +73,11 @@ pub fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&Ce
         Slot::External => status.external.as_ref(),
         Slot::Internal => status.internal.as_ref(),
     }
+}
+
+/// A slot's label is new (or it has no certificate yet): a change the user asked for.
+pub fn label_changed(w: &Want, status: &CertificateRotationStatus) -> bool {
+    slot_status(status, w.slot).is_none_or(|s| s.label != w.label)
 }
 
 /// A slot needs new material when its label is new, or its self-signed certificate is due.
@@ -198,6 +201,7 @@ pub async fn material(
     workload: Option<&Workload>,
     operation_id: &str,
     now: Timestamp,
+    renew_ca: bool,
 ) -> Result<Material, PrepareError> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
@@ -208,7 +212,7 @@ pub async fn material(
     };
     match w.type_ {
         CertificateType::Selfsigned => {
-            let ca = kept_ca(&secrets, cr, w.slot, now).await?;
+            let ca = kept_ca(ctx, cr, w.slot, now, renew_ca).await?;
             if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
                 return Ok(m);
             }
@@ -218,8 +222,12 @@ pub async fn material(
                 Slot::External => pki::Usage::Server,
                 Slot::Internal => pki::Usage::ServerAndClient,
             };
-            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, w.validity_days).map_err(|source| {
-                Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source }
+            // Never beyond the CA: a certificate outliving its CA would fail before its renewal.
+            let ca_days = pki::seconds_left(&ca.cert_pem, now).map_or(1, |s| (s / 86_400).max(1));
+            let days = w.validity_days.min(u32::try_from(ca_days).unwrap_or(u32::MAX));
+            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, days).map_err(|source| Error::Issue {
+                what: format!("{} certificate of {cluster}", w.slot.as_str()),
+                source,
             })?;
             inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
                 .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))
@@ -277,30 +285,61 @@ pub async fn material(
     }
 }
 
+/// The CA the operator keeps for a slot's self-signed certificates (the `<cluster>-<slot>-ca`
+/// Secret), read without creating it.
+async fn read_kept_ca(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<pki::KeyedCert>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let ca_name = slot.ca_secret(&cr.spec.cluster_ref.name);
+    let kept = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&ca_name)
+        .await
+        .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
+    Ok(kept.as_ref().and_then(|s| {
+        Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
+    }))
+}
+
+/// Whether a kept CA is within `spec.ca.renewalDays` of its expiry (or unreadable).
+pub fn ca_due(cr: &CertificateRotation, ca_pem: &str, now: Timestamp) -> bool {
+    let renewal = i64::from(cr.spec.ca.clone().unwrap_or_default().renewal_days) * 86_400;
+    pki::seconds_left(ca_pem, now).is_none_or(|left| left <= renewal)
+}
+
+/// The self-signed slots whose kept CA is due for renewal.
+pub async fn ca_due_slots(ctx: &Context, cr: &CertificateRotation, now: Timestamp) -> Result<Vec<Slot>, Error> {
+    let mut out = Vec::new();
+    for w in wants(cr).into_iter().filter(|w| w.type_ == CertificateType::Selfsigned) {
+        if read_kept_ca(ctx, cr, w.slot).await?.is_some_and(|ca| ca_due(cr, &ca.cert_pem, now)) {
+            out.push(w.slot);
+        }
+    }
+    Ok(out)
+}
+
 /// The CA the operator keeps for a slot's self-signed certificates, created (and kept in the
-/// `<cluster>-<slot>-ca` Secret) on first use.
+/// `<cluster>-<slot>-ca` Secret) on first use, and replaced by a new one when due (`spec.ca`)
+/// or `renew` (the renew-ca annotation). A replaced CA changes the certificates' CA: the
+/// caller rolls that trust first.
 async fn kept_ca(
-    secrets: &Api<Secret>,
+    ctx: &Context,
     cr: &CertificateRotation,
     slot: Slot,
     now: Timestamp,
+    renew: bool,
 ) -> Result<pki::KeyedCert, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
     let ca_name = slot.ca_secret(cluster);
-    let kept = secrets
-        .get_opt(&ca_name)
-        .await
-        .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
-    let pair = kept.as_ref().and_then(|s| {
-        Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
-    });
-    if let Some(ca) = pair {
-        return Ok(ca);
+    if let Some(ca) = read_kept_ca(ctx, cr, slot).await? {
+        if !renew && !ca_due(cr, &ca.cert_pem, now) {
+            return Ok(ca);
+        }
     }
     let what = format!("{} CA of {cluster}", slot.as_str());
-    let ca = pki::new_ca(&format!("{cluster} {} CA", slot.as_str()), now, CA_DAYS)
+    let days = cr.spec.ca.clone().unwrap_or_default().validity_days;
+    let ca = pki::new_ca(&format!("{cluster} {} CA", slot.as_str()), now, days)
         .map_err(|source| Error::Issue { what, source })?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let body = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(cr, &ca_name, cr.spec.deletion_policy, json!({})),
         "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
@@ -374,29 +413,74 @@ pub async fn published_current_ca(ctx: &Context, cr: &CertificateRotation) -> Re
     Ok(cm.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()))
 }
 
-/// Write the slot's TLS Secret for operation `operation_id` (and for external, the trust bundle);
-/// returns its status.
+/// What a slot's TLS Secret holds now (never logged: it carries the key).
+pub struct InForce {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+/// The slot's TLS Secret, when it holds a certificate, key and CA.
+pub async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<InForce>, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let name = slot.tls_secret(&cr.spec.cluster_ref.name);
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?;
+    Ok(found.and_then(|s| {
+        Some(InForce {
+            cert_pem: secret_string(&s, "tls.crt")?,
+            key_pem: secret_string(&s, "tls.key")?,
+            ca_pem: secret_string(&s, "ca.crt")?,
+        })
+    }))
+}
+
+/// Write the slot's TLS Secret: the certificate chain, its key, and `ca` (what it chains to; for
+/// the internal slot also the brokers' truststore). `operation_id`: the operation it was issued
+/// for, when it is newly issued.
+pub async fn write_tls_secret(
+    ctx: &Context,
+    cr: &CertificateRotation,
+    slot: Slot,
+    cert: &str,
+    key: &str,
+    ca: &str,
+    operation_id: Option<&str>,
+) -> Result<(), Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let name = slot.tls_secret(&cr.spec.cluster_ref.name);
+    let annotations = match operation_id {
+        Some(id) => json!({"annotations": {OPERATION_ANNOTATION: id}}),
+        None => json!({}),
+    };
+    let body = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": derived::metadata(cr, &name, cr.spec.deletion_policy, annotations),
+        "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca}});
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: secret(&ns, &name), source: Box::new(source) })?;
+    Ok(())
+}
+
+/// Write the slot's TLS Secret for operation `operation_id` with truststore `trust` (and for
+/// external, the trust bundle); returns its status.
+#[allow(clippy::too_many_arguments)]
 pub async fn install(
     ctx: &Context,
     cr: &CertificateRotation,
     w: &Want,
     m: &Material,
+    trust: &str,
     operation_id: &str,
     old: Option<&CertificateStatus>,
     round: &mut Round<CertificateRotation>,
 ) -> Result<CertificateStatus, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let name = w.slot.tls_secret(cluster);
-    let annotations = json!({"annotations": {OPERATION_ANNOTATION: operation_id}});
-    let body = json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": derived::metadata(cr, &name, cr.spec.deletion_policy, annotations),
-        "type": "kubernetes.io/tls", "stringData": {"tls.crt": m.cert_pem, "tls.key": m.key_pem, "ca.crt": m.ca_pem}});
-    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &pp, &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: secret(&ns, &name), source: Box::new(source) })?;
+    write_tls_secret(ctx, cr, w.slot, &m.cert_pem, &m.key_pem, trust, Some(operation_id)).await?;
 
     let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
     if w.slot == Slot::External {
@@ -502,6 +586,27 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_kept_ca_is_due_within_its_renewal_days_by_the_clock() {
+        let cr: CertificateRotation = serde_json::from_value(json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "CertificateRotation",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "k"}, "internal": {"label": "a"},
+                     "ca": {"validityDays": 40, "renewalDays": 30}}
+        }))
+        .unwrap();
+        let issued = Timestamp::from_second(1_800_000_000).unwrap();
+        let ca = pki::new_ca("k internal CA", issued, 40).unwrap();
+        let day = |d: i64| Timestamp::from_second(issued.as_second() + d * 86_400).unwrap();
+        assert!(!ca_due(&cr, &ca.cert_pem, day(9)), "31 days left");
+        assert!(ca_due(&cr, &ca.cert_pem, day(11)), "29 days left");
+        assert!(ca_due(&cr, "not a certificate", day(0)), "an unreadable CA is replaced");
+        let mut late = cr.clone();
+        late.spec.ca = Some(crate::api::CaSettings { renewal_days: 5, ..Default::default() });
+        assert!(!ca_due(&late, &ca.cert_pem, day(11)), "renewalDays 5");
+        assert!(ca_due(&late, &ca.cert_pem, day(36)));
     }
 
     #[test]

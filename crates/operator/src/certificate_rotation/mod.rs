@@ -19,10 +19,11 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
 
-use self::material::{install, material, needs_issue, slot_status, wants};
+use self::material::{install, label_changed, material, needs_issue, slot_status, wants};
+use crate::api::maintenance;
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateType, ClientImpact, Operation,
-    OperationState, OperationType,
+    OperationState, OperationType, TrustPhase,
 };
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, Derived};
@@ -246,14 +247,22 @@ impl Rolling for CertificateRotation {
             source.as_ref().map(|c| rolling::SourceChange { message: c.message().to_string(), rolls: c.rolls(self) });
         rolling::report_source_change(round, change.as_ref());
         let rolls = change.as_ref().is_some_and(|c| c.rolls);
+        let now = round.now;
+        let ca_due = material::ca_due_slots(ctx, self, now).await?;
         let status = &round.status;
-        let renew = renew_requested(self, status).is_some();
+        let renew = renew_requested(self, status).is_some() || ca_renew_requested(self, status).is_some();
         // The certificates are installed before the roll: after a failed operation (the rollout
         // or the check on the wire) they are not in effect. The driver keeps that Stalled until
         // the spec changes or a retry is asked; then a new operation rolls and checks again.
         let last_failed = status.operations.first().is_some_and(|o| o.operation_state == OperationState::UpdateFailed);
-        let due = wants(self).iter().any(|w| needs_issue(w, status, round.now));
-        if rolls || renew || last_failed || !drifted.is_empty() || due {
+        let changed = wants(self).iter().any(|w| label_changed(w, status));
+        // What the operator starts by itself waits for a maintenance window; what a user asked
+        // for (a label, an annotation) and repairs do not.
+        let automatic = wants(self).iter().any(|w| needs_issue(w, status, now))
+            || !ca_due.is_empty()
+            || trust::old_ca_removal_due(status, now).is_some_and(|at| now >= at);
+        let window = maintenance::in_window(&self.spec.maintenance_windows, civil_minute(now));
+        if rolls || renew || last_failed || !drifted.is_empty() || changed || (automatic && window) {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -262,8 +271,8 @@ impl Rolling for CertificateRotation {
             return Ok(Idle::Start { source: Some(source) });
         }
         // Settled: look again when the first certificate is due — a self-signed one for renewal,
-        // another for the CertificateExpiring warning.
-        let now = round.now;
+        // another for the CertificateExpiring warning — or the previous CA's removal, or the
+        // next maintenance window when something waits for one.
         let due_at = |s: &crate::api::CertificateStatus| match s.type_ {
             CertificateType::Selfsigned => {
                 s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second())
@@ -274,6 +283,8 @@ impl Rolling for CertificateRotation {
             .into_iter()
             .flatten()
             .filter_map(due_at)
+            .chain(trust::old_ca_removal_due(status, now).map(|t| t.as_second()))
+            .chain(automatic.then(|| next_window(&self.spec.maintenance_windows, now)).flatten())
             .filter(|t| *t > now.as_second())
             .min()
             .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400) as u64))
@@ -283,6 +294,16 @@ impl Rolling for CertificateRotation {
         let mut message = rolling::in_effect::<Self>(&wl);
         if let Some(change) = &source {
             message = format!("{message} {}", change.message());
+        }
+        if automatic {
+            let next = next_window(&self.spec.maintenance_windows, now)
+                .and_then(|t| Timestamp::from_second(t).ok())
+                .map_or("not within the next 8 days".to_string(), operation::rfc3339);
+            message = format!(
+                "{message} A renewal (or the previous CA's removal) is due and waits for the next maintenance window (spec.maintenanceWindows): {next}; annotate {} or {} to run it now.",
+                crate::api::RENEW_ANNOTATION,
+                crate::api::RENEW_CA_ANNOTATION
+            );
         }
         Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_renewal)))
     }
@@ -306,6 +327,7 @@ impl Rolling for CertificateRotation {
     ) -> Result<BTreeMap<String, String>, PrepareError> {
         // Check every new certificate before anything is written: all or nothing.
         let mut ready = Vec::new();
+        let now = round.now;
         let drifted = material::drifted_slots(ctx, self, &round.status).await?;
         let source = material::source_secret_changed(ctx, self, &round.status).await?;
         let renewed = |w: &material::Want| w.slot == Slot::External && source.as_ref().is_some_and(|c| c.rolls(self));
@@ -313,46 +335,73 @@ impl Rolling for CertificateRotation {
         // that material is the spec's), once per new value.
         let renew_now = renew_requested(self, &round.status).map(String::from);
         let asked = |w: &material::Want| renew_now.is_some() && w.type_ != CertificateType::Provided;
+        // `clustersecurity.io/renew-ca` and CAs near their end: new kept CAs, certificates from them.
+        let renew_ca = ca_renew_requested(self, &round.status).map(String::from);
+        let ca_due = material::ca_due_slots(ctx, self, now).await?;
+        let new_ca = |w: &material::Want| {
+            w.type_ == CertificateType::Selfsigned && (renew_ca.is_some() || ca_due.contains(&w.slot))
+        };
+        // A later phase of a CA change installs what its first phase announced.
+        let switching = |w: &material::Want| {
+            trust::of_operation(&round.status, &op.operation_id).is_some_and(|t| match w.slot {
+                Slot::External => t.new_ca_fingerprint_sha256.is_some(),
+                Slot::Internal => t.internal_new_ca_fingerprint_sha256.is_some(),
+            })
+        };
         let due = |w: &material::Want| {
-            needs_issue(w, &round.status, round.now) || drifted.contains(&w.slot) || renewed(w) || asked(w)
+            needs_issue(w, &round.status, now)
+                || drifted.contains(&w.slot)
+                || renewed(w)
+                || asked(w)
+                || new_ca(w)
+                || switching(w)
         };
         for w in wants(self).into_iter().filter(due) {
-            let m = material(ctx, self, &w, workload, &op.operation_id, round.now).await?;
+            let m = material(ctx, self, &w, workload, &op.operation_id, now, new_ca(&w)).await?;
             ready.push((w, m));
         }
-        // Trust first: a certificate from another CA waits until clients trust that CA.
-        if let Some((_, m)) = ready.iter().find(|(w, _)| w.slot == Slot::External) {
-            let old = slot_status(&round.status, Slot::External).and_then(|o| o.ca_fingerprint_sha256.clone());
-            if client_impact(old.as_deref(), &m.ca_fingerprint) == Some(ClientImpact::TrustUpdateRequired) {
-                trust::before_switch(self, round, ctx, op, m).await?;
+        if renew_ca.is_some() {
+            round.status.ca_renew_request = renew_ca;
+        }
+        // Trust first: a certificate from another CA waits until everyone trusts that CA.
+        if let Some(change) = trust::CaChange::of(&round.status, &ready) {
+            if let Some(annotations) = trust::before_switch(self, round, ctx, op, &change, &ready).await? {
+                return Ok(annotations);
             }
         }
         if renew_now.is_some() {
             round.status.renew_request = renew_now.clone();
         }
+        let mut internal_trust = None;
         for (w, m) in &ready {
             if w.type_ == CertificateType::Provided {
                 round.event(EventType::Warning, "PrivateKeyInSpec", "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.");
             }
+            let trust = match w.slot {
+                Slot::External => m.ca_pem.clone(),
+                Slot::Internal => trust::internal_trust(ctx, self, &round.status, m).await?,
+            };
             let old = slot_status(&round.status, w.slot).cloned();
-            let installed = install(ctx, self, w, m, &op.operation_id, old.as_ref(), round).await?;
+            let installed = install(ctx, self, w, m, &trust, &op.operation_id, old.as_ref(), round).await?;
             match w.slot {
                 Slot::External => round.status.external = Some(installed),
-                Slot::Internal => round.status.internal = Some(installed),
+                Slot::Internal => {
+                    round.status.internal = Some(installed);
+                    internal_trust = Some(trust);
+                }
             }
         }
-        let fingerprints: Vec<&[u8]> = [round.status.external.as_ref(), round.status.internal.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.fingerprint_sha256.as_deref().map(str::as_bytes))
-            .collect();
-        let hash = crate::security_policy::properties::security_hash(&fingerprints);
-        round.status.certificate_hash = Some(hash.clone());
-        let mut annotations = BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), hash)]);
-        for w in wants(self) {
-            annotations.insert(w.slot.label_annotation(), w.label);
+        // The previous CA's time is up: trust only the CAs in force.
+        if trust::old_ca_removal_due(&round.status, now).is_some_and(|at| now >= at) {
+            if let Some(trust) = trust::remove_old_ca(self, round, ctx).await? {
+                internal_trust = Some(trust);
+            }
         }
-        Ok(annotations)
+        let internal_trust = match internal_trust {
+            Some(t) => t,
+            None => material::read_tls(ctx, self, Slot::Internal).await?.map(|m| m.ca_pem).unwrap_or_default(),
+        };
+        Ok(roll_annotations(self, &mut round.status, &internal_trust))
     }
 
     /// The trust bundle, deleted or edited by someone (a TLS Secret is issued again by `idle`).
@@ -402,9 +451,76 @@ impl Rolling for CertificateRotation {
         out
     }
 
+    /// A CA change's trust roll is done: switch (after waiting for clients).
+    fn another_phase(&self, status: &CertificateRotationStatus, op: &Operation<CertificateSettings>) -> bool {
+        trust::before_switch_phase(status, &op.operation_id)
+    }
+
+    /// Switched: the previous CA stays trusted until `oldCaRemovalAt`.
+    fn completed(&self, status: &mut CertificateRotationStatus, _: &CertificateSettings) {
+        if let Some(t) = status.trust_transition.as_mut().filter(|t| t.phase == TrustPhase::Switching) {
+            t.phase = TrustPhase::OldCaRetained;
+        }
+    }
+
     fn expected(status: &CertificateRotationStatus) -> BTreeMap<String, String> {
         BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), status.certificate_hash.clone().unwrap_or_default())])
     }
+}
+
+/// `now` as the civil minute maintenance windows are written in (UTC).
+fn civil_minute(now: Timestamp) -> maintenance::Minute {
+    let t = now.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
+    let narrow = |v: i8| u8::try_from(v).unwrap_or(0);
+    maintenance::Minute {
+        minute: narrow(t.minute()),
+        hour: narrow(t.hour()),
+        day: narrow(t.day()),
+        month: narrow(t.month()),
+        weekday: narrow(t.weekday().to_sunday_zero_offset()),
+    }
+}
+
+/// The start (Unix seconds) of the first minute after `now` inside a maintenance window, within
+/// eight days; None without windows or when none opens by then.
+fn next_window(windows: &[String], now: Timestamp) -> Option<i64> {
+    if windows.is_empty() {
+        return None;
+    }
+    let first = (now.as_second() / 60 + 1) * 60;
+    (0..8 * 24 * 60)
+        .map(|i| first + i * 60)
+        .find(|s| Timestamp::from_second(*s).is_ok_and(|t| maintenance::in_window(windows, civil_minute(t))))
+}
+
+/// The pod-template annotations that roll what is installed: a hash of the certificates in
+/// force and of the brokers' internal truststore (recorded in the status), and the labels.
+fn roll_annotations(
+    cr: &CertificateRotation,
+    status: &mut CertificateRotationStatus,
+    internal_trust: &str,
+) -> BTreeMap<String, String> {
+    let mut parts: Vec<&[u8]> = [status.external.as_ref(), status.internal.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.fingerprint_sha256.as_deref().map(str::as_bytes))
+        .collect();
+    if !internal_trust.is_empty() {
+        parts.push(internal_trust.as_bytes());
+    }
+    let hash = crate::security_policy::properties::security_hash(&parts);
+    status.certificate_hash = Some(hash.clone());
+    let mut annotations = BTreeMap::from([(CERTIFICATE_HASH_ANNOTATION.to_string(), hash)]);
+    for w in wants(cr) {
+        annotations.insert(w.slot.label_annotation(), w.label);
+    }
+    annotations
+}
+
+/// The value of `clustersecurity.io/renew-ca` when it asks for a CA renewal not yet acted on.
+fn ca_renew_requested<'a>(cr: &'a CertificateRotation, status: &CertificateRotationStatus) -> Option<&'a str> {
+    let asked = cr.annotations().get(crate::api::RENEW_CA_ANNOTATION)?;
+    (status.ca_renew_request.as_deref() != Some(asked.as_str())).then_some(asked.as_str())
 }
 
 /// The value of `clustersecurity.io/renew` when it asks for a renewal not yet acted on.
@@ -459,6 +575,20 @@ mod tests {
         assert!(provided[0].contains("new key, cert and cacert"), "{provided:?}");
         let expired = expiring(&status(None, cert(CertificateType::Selfsigned, -1)), now);
         assert!(expired[0].contains("internal certificate (type selfsigned) expired"), "{expired:?}");
+    }
+
+    #[test]
+    fn maintenance_windows_are_read_in_utc_and_the_next_one_is_found() {
+        let now: Timestamp = "2026-11-30T06:07:30Z".parse().unwrap();
+        let m = civil_minute(now);
+        assert_eq!((m.weekday, m.hour, m.minute, m.day, m.month), (1, 6, 7, 30, 11), "a Monday");
+        let at = |w: &str| {
+            next_window(&[w.to_string()], now).map(|s| operation::rfc3339(Timestamp::from_second(s).unwrap()))
+        };
+        assert_eq!(at("0 7 * * MON").as_deref(), Some("2026-11-30T07:00:00Z"));
+        assert_eq!(at("* 2-4 * * SAT,SUN").as_deref(), Some("2026-12-05T02:00:00Z"));
+        assert_eq!(at("0 0 1 1 *"), None, "not within eight days");
+        assert_eq!(next_window(&[], now), None, "no windows: no wait");
     }
 
     #[test]

@@ -519,7 +519,7 @@ async fn certificates_issued_for_the_recorded_operation_are_reused_after_a_resta
     let now = Timestamp::now();
     let sans = vec![format!("kafka.{ns}.svc")];
     let (ext_ca, int_ca) =
-        (pki::new_ca("reuse ext CA", now, 30).unwrap(), pki::new_ca("reuse int CA", now, 30).unwrap());
+        (pki::new_ca("reuse ext CA", now, 3650).unwrap(), pki::new_ca("reuse int CA", now, 3650).unwrap());
     for (slot, ca) in [("external", &ext_ca), ("internal", &int_ca)] {
         apply(
             cp,

@@ -403,3 +403,134 @@ async fn a_ca_change_publishes_the_new_ca_first_and_no_client_holding_that_bundl
     assert!(after.starts_with("False/") && after.len() > "False/".len(), "{after}");
     crate::support::assert_no_secret_leaks(&[]).await;
 }
+
+/// Acting as each broker with what it loaded at start (its internal certificate and its
+/// truststore), connect to every other broker's replication listener (9091, mutual TLS): Ok when
+/// both accept each other. Counts handshakes, collects the refusals (a broker restarting is not
+/// reachable for a moment: not a refusal).
+async fn brokers_trust_each_other(api: &Api<Pod>, ns: &str, verified: &mut u32, failures: &mut Vec<String>) {
+    let pods: Vec<(String, std::net::Ipv4Addr)> = api
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name?, p.status?.pod_ip?.parse().ok()?)))
+        .collect();
+    for (a, a_ip) in &pods {
+        let Some(me) = brokers::loaded(*a_ip).into_iter().find(|l| l.port == 9091) else { continue };
+        let Some(trust) = me.trust_pem.as_deref() else { continue };
+        for (b, b_ip) in pods.iter().filter(|(b, _)| b != a) {
+            let addr = SocketAddr::new((*b_ip).into(), 9091);
+            let name = format!("{b}.kafka.{ns}.svc");
+            match brokers::mutual_tls_handshake(addr, trust, &name, &me.chain_pem, &me.key_pem).await {
+                Ok(()) => *verified += 1,
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) =>
+                {
+                    failures.push(format!("{a} -> {b}: {e}"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// CA renewal, trust first: `renew-ca` renews both kept CAs (outside the maintenance window: a
+/// manual trigger). The brokers first roll to trust the new internal CA next to the old one,
+/// then wait for clients to trust the new external CA, then switch, keeping the old CA; the
+/// old CA's removal is automatic, so it waits for a maintenance window. Brokers acting with what
+/// they loaded accept each other at every moment, and the phases appear in order.
+#[tokio::test]
+async fn a_ca_renewal_rolls_trust_before_certificates_and_brokers_trust_each_other_at_every_moment() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let cp = &env().cp;
+    let ns = "wire-ca";
+    let closed = "maintenanceWindows: ['0 0 1 1 *']\n  oldCaRetentionSeconds: 1\n";
+    webhook_ready(cp).await;
+    apply(cp, &cluster(ns, 3));
+    wait_sts_ready(cp, ns, "kafka").await;
+    apply(cp, &policy(ns, ""));
+    apply(cp, &rotation(ns, "e1", &format!("  {closed}")));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let (old_internal, old_internal_ca) = secret_certificate(ns, "kafka-internal-tls").await;
+    let ca_fp = |pem: &str| pki::pem_fingerprint(pem).unwrap();
+    let old_ca = ca_fp(&old_internal_ca);
+
+    // Brokers act as each other, and the phase is read, all through the renewal.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, ns) = (stop.clone(), ns.to_string());
+        let client = cp.client().await.unwrap();
+        tokio::spawn(async move {
+            let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+            let rotations = Api::<cluster_security_api::CertificateRotation>::namespaced(client, &ns);
+            let (mut verified, mut failures, mut phases) = (0u32, Vec::new(), Vec::<String>::new());
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(t) = rotations.get("certs").await.ok().and_then(|c| c.status?.trust_transition) {
+                    let phase = t.phase.as_str().to_string();
+                    if phases.last() != Some(&phase) {
+                        phases.push(phase);
+                    }
+                }
+                brokers_trust_each_other(&pods, &ns, &mut verified, &mut failures).await;
+            }
+            (verified, failures, phases)
+        })
+    };
+    let annotate = |kv: &str| {
+        let out = cp.kubectl(&["annotate", "certrot", "certs", "-n", ns, kv, "--overwrite"]);
+        assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    };
+    annotate("clustersecurity.io/renew-ca=1");
+    // The external CA changes too: the brokers wait for clients (trustTransitionSeconds a day).
+    let phase = "{.status.trustTransition.phase}";
+    wait_jsonpath(cp, ("certificaterotation", ns, "certs"), phase, 240, |t| t == "WaitingForClients").await;
+    let (still, both) = secret_certificate(ns, "kafka-internal-tls").await;
+    assert_eq!(still, old_internal, "the certificate in force is kept while trust rolls");
+    assert_eq!(both.matches("BEGIN CERTIFICATE").count(), 2, "the new internal CA is trusted next to the old");
+    let op_id = jsonpath(ns, "certificaterotation", "certs", "{.status.currentOperation.operationId}");
+    annotate(&format!("clustersecurity.io/client-trust-updated={op_id}"));
+    wait_jsonpath(cp, ("certificaterotation", ns, "certs"), phase, 240, |t| t == "OldCaRetained").await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 60).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let (new_internal, trust) = secret_certificate(ns, "kafka-internal-tls").await;
+    assert_ne!(new_internal, old_internal, "the brokers switched to a certificate from the new CA");
+    let new_ca = jsonpath(ns, "certificaterotation", "certs", "{.status.internal.caFingerprintSHA256}");
+    assert_ne!(new_ca, old_ca, "the internal CA was renewed");
+    assert_eq!(trust.matches("BEGIN CERTIFICATE").count(), 2, "the old CA is still trusted after the switch");
+    assert_eq!(presented(ns, &["kafka-0", "kafka-1", "kafka-2"], 9091, &trust).await, vec![new_internal; 3]);
+
+    // Removing the old CA is automatic: it waits for the maintenance window ...
+    let ready = "{.status.conditions[?(@.type==\"Ready\")].message}";
+    let waiting =
+        wait_jsonpath(cp, ("certificaterotation", ns, "certs"), ready, 60, |m| m.contains("maintenance window")).await;
+    assert!(waiting.contains("clustersecurity.io/renew-ca"), "{waiting}");
+    assert_eq!(jsonpath(ns, "certificaterotation", "certs", phase), "OldCaRetained");
+    // ... and runs once one is open.
+    apply(cp, &rotation(ns, "e1", "  maintenanceWindows: ['* * * * *']\n  oldCaRetentionSeconds: 1\n"));
+    wait_jsonpath(cp, ("certificaterotation", ns, "certs"), phase, 120, |t| t == "OldCaRemoved").await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let (_, trust) = secret_certificate(ns, "kafka-internal-tls").await;
+    assert_eq!(ca_fp(&trust), new_ca, "only the new internal CA is trusted");
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let bundle = cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1, "the clients' bundle holds the new CA only");
+
+    stop.store(true, Ordering::Relaxed);
+    let (verified, failures, phases) = poller.await.unwrap();
+    assert!(failures.is_empty(), "brokers refused each other: {failures:?}");
+    assert!(verified > 6, "brokers acted as each other {verified} times");
+    let expected = ["TrustRolling", "WaitingForClients", "Switching", "OldCaRetained", "OldCaRemoved"];
+    let order: Vec<usize> = phases.iter().map(|p| expected.iter().position(|e| e == p).unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "phases in order: {phases:?}");
+    for must in ["TrustRolling", "WaitingForClients", "OldCaRetained", "OldCaRemoved"] {
+        assert!(phases.iter().any(|p| p == must), "{must} seen: {phases:?}");
+    }
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
