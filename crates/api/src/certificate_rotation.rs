@@ -117,6 +117,34 @@ pub struct CertificateRotationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), inner(length(max = 100)))]
     pub maintenance_windows: Vec<String>,
+    /// Copies of the external trust bundle (`<cluster>-external-trust`, same name and keys) for
+    /// clients in other namespaces, kept current — during a CA change too (like trust-manager's
+    /// Bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_distribution: Option<TrustDistribution>,
+}
+
+/// Where the external trust bundle is copied to (`spec.trustDistribution`): the namespaces
+/// listed and those whose labels match.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustDistribution {
+    /// Namespaces by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 63)))]
+    pub namespaces: Vec<String>,
+    /// Namespaces whose labels include all of these (needs a cluster-wide install).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<NamespaceSelector>,
+}
+
+/// Namespaces by label.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    /// Labels a namespace must carry, all of them.
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Validity and renewal of the CAs the operator keeps (`spec.ca`).
@@ -381,6 +409,9 @@ pub struct CertificateRotationStatus {
     /// The value of the `clustersecurity.io/renew-ca` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_renew_request: Option<String>,
+    /// The namespaces holding a current copy of the trust bundle (`spec.trustDistribution`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_distributed_to: Vec<String>,
     /// The last change of CA, run trust first (`trustTransitionSeconds`, `oldCaRetentionSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_transition: Option<TrustTransition>,

@@ -39,6 +39,7 @@ pub mod rule {
     pub const TLS_CLIENTS: &str = "TlsClients";
     pub const CA_RENEWAL: &str = "CaRenewal";
     pub const MAINTENANCE_WINDOWS: &str = "MaintenanceWindows";
+    pub const TRUST_DISTRIBUTION: &str = "TrustDistribution";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -71,6 +72,7 @@ pub mod rule {
         TLS_CLIENTS,
         CA_RENEWAL,
         MAINTENANCE_WINDOWS,
+        TRUST_DISTRIBUTION,
     ];
 }
 
@@ -556,6 +558,39 @@ pub fn certificate_rotation(spec: &CertificateRotationSpec) -> Result<(), Violat
                     ca.validity_days, ca.renewal_days
                 ),
             );
+        }
+    }
+    if let Some(d) = &spec.trust_distribution {
+        if spec.external.is_none() {
+            out.push(
+                rule::TRUST_DISTRIBUTION,
+                "spec.trustDistribution",
+                "copies the external trust bundle, so it needs spec.external; remove it or add external",
+            );
+        }
+        for (i, ns) in d.namespaces.iter().enumerate() {
+            if ns.len() > 63 || ns.contains('.') || dns_subdomain_error(ns).is_some() {
+                out.push(
+                    rule::TRUST_DISTRIBUTION,
+                    format!("spec.trustDistribution.namespaces[{i}]"),
+                    format!("{} is not a namespace name: lower-case letters, digits and '-', at most 63", quoted(ns)),
+                );
+            }
+        }
+        for (key, value) in d.namespace_selector.iter().flat_map(|s| &s.match_labels) {
+            let bad_key =
+                key.rsplit('/').next().is_none_or(|name| name.is_empty() || label_value_error(name).is_some());
+            if bad_key || label_value_error(value).is_some() {
+                out.push(
+                    rule::TRUST_DISTRIBUTION,
+                    format!("spec.trustDistribution.namespaceSelector.matchLabels[{key}]"),
+                    format!(
+                        "{}={} is not a label: use Kubernetes label key and value syntax",
+                        quoted(key),
+                        quoted(value)
+                    ),
+                );
+            }
         }
     }
     for (i, w) in spec.maintenance_windows.iter().enumerate() {

@@ -432,7 +432,8 @@ fn every_rule_is_reachable_and_named_in_its_message() {
         )),
         validate::certificate_rotation(&certrot(json!({}))),
         validate::certificate_rotation(&certrot(json!({"internal": {"label": "a"},
-            "ca": {"validityDays": 30, "renewalDays": 30}, "maintenanceWindows": ["* 25 * * *"]}))),
+            "ca": {"validityDays": 30, "renewalDays": 30}, "maintenanceWindows": ["* 25 * * *"],
+            "trustDistribution": {"namespaces": ["Bad_Ns"]}}))),
         validate::certificate_rotation(&certrot(
             json!({"external": {"label": "no space", "validityDays": 0, "dnsNames": ["a_b"]}}),
         )),

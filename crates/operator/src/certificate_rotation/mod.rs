@@ -6,6 +6,7 @@
 //! What this module may touch: see [`material`]; it reads the workload and, for `type: secret`,
 //! watches the referenced Secrets' metadata.
 
+mod distribute;
 pub mod inspect;
 pub mod material;
 mod trust;
@@ -13,10 +14,12 @@ mod trust;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 
 use self::material::{install, label_changed, material, needs_issue, slot_status, wants};
@@ -184,8 +187,11 @@ impl Reconcile for CertificateRotation {
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
-        let outcome = rolling::advance(self, round, ctx).await?;
+        let mut outcome = rolling::advance(self, round, ctx).await?;
         report_expiry(ctx, self, &round.status);
+        if let Some(resync) = distribute::sync(self, round, ctx).await? {
+            outcome.requeue = Some(outcome.requeue.map_or(resync, |r| r.min(resync)));
+        }
         Ok(outcome)
     }
 
@@ -195,7 +201,28 @@ impl Reconcile for CertificateRotation {
     fn watches(controller: Controller<Self>, ctx: &Context) -> Controller<Self> {
         let secret_name = |c: &Self| c.spec.external.iter().filter_map(|e| e.secret_name.clone()).collect();
         let controller = derived::watch(watch::workloads(controller, ctx), ctx);
-        watch::referenced_secrets(controller, ctx, secret_name)
+        let controller = watch::referenced_secrets(controller, ctx, secret_name);
+        // A namespace created or labelled for `spec.trustDistribution` gets its copy at once
+        // (cluster-wide installs; a scoped one cannot read namespaces and resyncs instead).
+        if ctx.scope.watched().is_some() {
+            return controller;
+        }
+        let store = controller.store();
+        let namespaces = Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone());
+        controller.watches(namespaces, watch::config(), move |ns: PartialObjectMeta<Namespace>| {
+            let name = ns.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|c| {
+                    c.spec
+                        .trust_distribution
+                        .as_ref()
+                        .is_some_and(|d| d.namespace_selector.is_some() || d.namespaces.contains(&name))
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
     }
 }
 

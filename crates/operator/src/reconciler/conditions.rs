@@ -19,6 +19,10 @@ pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 /// clients to trust it before they switch (`trustTransitionSeconds`).
 pub const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
 
+/// CertificateRotation: True while every namespace of `spec.trustDistribution` holds a current
+/// copy of the trust bundle.
+pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
+
 /// Reasons used across kinds.
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
@@ -68,6 +72,12 @@ pub mod reason {
     pub const CLIENT_TRUST_UPDATED: &str = "ClientTrustUpdated";
     /// A first adoption would move the brokers' inter-broker listener in one roll.
     pub const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
+    /// `TrustDistributed=True`: every target namespace holds a current copy.
+    pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
+    /// `TrustDistributed=False`: some namespace could not get its copy (named in the message).
+    pub const TRUST_DISTRIBUTION_FAILED: &str = "TrustDistributionFailed";
+    /// `TrustDistributed=False`: the spec no longer asks for copies.
+    pub const NOT_DISTRIBUTED: &str = "NotDistributed";
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);

@@ -686,3 +686,94 @@ async fn a_foreign_secret_with_a_derived_name_is_never_taken_over() {
 async fn secret_opt(ns: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get_opt(name).await.unwrap()
 }
+
+/// `spec.trustDistribution`: the trust bundle is copied into the listed namespaces and those
+/// whose labels match — a namespace labelled later gets its copy without any change to the
+/// resource — kept equal to the original through a CA change, never over someone else's
+/// ConfigMap, and removed from a namespace that leaves the list.
+#[tokio::test]
+async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
+    let cp = &env().cp;
+    let ns = "certs-dist";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(
+        cp,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-listed}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: orders}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-taken}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: kafka-external-trust, namespace: dist-taken}\ndata: {ca.crt: mine}\n",
+    );
+    let distribution = "  trustDistribution: {namespaces: [dist-listed, dist-taken], namespaceSelector: {matchLabels: {kafka-clients: orders}}}\n";
+    apply(cp, &format!("{}{distribution}", rotation(ns, "{label: e1}", "{label: i1}")));
+    wait_op(ns, OperationState::UpdateComplete).await;
+    let client = cp.client().await.unwrap();
+    let bundle = |n: &str| {
+        let api = Api::<ConfigMap>::namespaced(client.clone(), n);
+        async move { api.get_opt("kafka-external-trust").await.unwrap().and_then(|c| c.data) }
+    };
+    let same_as_original = |n: &'static str| {
+        let n = n.to_string();
+        async move {
+            let original = bundle(ns).await;
+            let copy = bundle(&n).await;
+            (original.is_some() && copy == original).then_some(()).ok_or(format!("{n}: {copy:?}"))
+        }
+    };
+    for n in ["dist-listed", "dist-labelled"] {
+        wait_until(Duration::from_secs(60), &format!("copy in {n}"), || same_as_original(n)).await.unwrap();
+    }
+    // Someone else's ConfigMap of that name is left alone and named.
+    assert_eq!(bundle("dist-taken").await.unwrap()["ca.crt"], "mine");
+    let condition = "{.status.conditions[?(@.type==\"TrustDistributed\")].status}/{.status.conditions[?(@.type==\"TrustDistributed\")].message}";
+    let text = support::wait_jsonpath(cp, ("certrot", ns, "certs"), condition, 60, |t| t.starts_with("False/")).await;
+    assert!(
+        text.contains("dist-taken: ConfigMap kafka-external-trust exists and is not this resource's copy"),
+        "{text}"
+    );
+
+    // A namespace labelled later gets its copy at once (a watch, not the five-minute resync).
+    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-later, labels: {kafka-clients: orders}}\n");
+    wait_until(Duration::from_secs(30), "copy in dist-later", || same_as_original("dist-later")).await.unwrap();
+
+    // A CA change: every copy holds the new CA next to the old one while the brokers wait.
+    let corp = pki::new_ca("dist corp", Timestamp::now(), 3650).unwrap();
+    let leaf = pki::issue_leaf(&corp, "kafka", &[format!("kafka.{ns}.svc")], pki::Usage::Server, Timestamp::now(), 30)
+        .unwrap();
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(&leaf.key_pem).unwrap(),
+            serde_json::to_string(&leaf.cert_pem).unwrap(),
+            serde_json::to_string(&corp.cert_pem).unwrap()
+        ),
+    );
+    apply(cp, &format!("{}{distribution}", rotation(ns, "{label: e2, type: secret, secretName: corp}", "{label: i1}")));
+    for n in ["dist-listed", "dist-labelled", "dist-later"] {
+        wait_until(Duration::from_secs(60), &format!("new CA in {n}"), || {
+            let corp = corp.cert_pem.clone();
+            async move {
+                let copy = bundle(n).await.unwrap_or_default();
+                let ca = copy.get("ca.crt").cloned().unwrap_or_default();
+                (ca.contains(corp.trim()) && ca.matches("BEGIN CERTIFICATE").count() == 2).then_some(()).ok_or(ca)
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    // Leaving the list and the selector removes the copy; the foreign ConfigMap stays.
+    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: other}}\n");
+    let fewer = "  trustDistribution: {namespaceSelector: {matchLabels: {kafka-clients: orders}}}\n";
+    apply(cp, &format!("{}{fewer}", rotation(ns, "{label: e2, type: secret, secretName: corp}", "{label: i1}")));
+    for n in ["dist-listed", "dist-labelled"] {
+        wait_until(Duration::from_secs(60), &format!("copy removed from {n}"), || async move {
+            bundle(n).await.is_none().then_some(()).ok_or("still there".to_string())
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(bundle("dist-taken").await.unwrap()["ca.crt"], "mine");
+    assert!(bundle("dist-later").await.is_some(), "still selected");
+    let to = stdout(&cp.kubectl(&["get", "certrot", "certs", "-n", ns, "-o", "jsonpath={.status.trustDistributedTo}"]));
+    assert_eq!(to, "[\"dist-later\"]");
+    support::assert_no_secret_leaks(&[]).await;
+}
