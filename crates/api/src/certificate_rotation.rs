@@ -190,6 +190,45 @@ impl CertificateType {
     }
 }
 
+/// Key algorithm of self-signed certificates and of the CA the operator keeps for them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum KeyAlgorithm {
+    /// ECDSA on P-256 with SHA-256: small, fast, what current clients prefer.
+    #[default]
+    #[serde(rename = "ECDSAP256")]
+    EcdsaP256,
+    /// RSA 2048 with SHA-256 (PKCS#1 v1.5), for clients that cannot use ECDSA.
+    #[serde(rename = "RSA2048")]
+    Rsa2048,
+    /// RSA 3072.
+    #[serde(rename = "RSA3072")]
+    Rsa3072,
+    /// RSA 4096.
+    #[serde(rename = "RSA4096")]
+    Rsa4096,
+}
+
+impl KeyAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ECDSAP256",
+            Self::Rsa2048 => "RSA2048",
+            Self::Rsa3072 => "RSA3072",
+            Self::Rsa4096 => "RSA4096",
+        }
+    }
+
+    /// RSA modulus bits, None for ECDSA.
+    pub fn rsa_bits(self) -> Option<usize> {
+        match self {
+            Self::EcdsaP256 => None,
+            Self::Rsa2048 => Some(2048),
+            Self::Rsa3072 => Some(3072),
+            Self::Rsa4096 => Some(4096),
+        }
+    }
+}
+
 /// The external certificate.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -227,6 +266,10 @@ pub struct ExternalCertificate {
     #[serde(default = "default_validity_days")]
     #[schemars(range(min = 1, max = 3650))]
     pub validity_days: u32,
+    /// selfsigned: ECDSAP256 (default), RSA2048, RSA3072 or RSA4096 — for the certificate and
+    /// the kept CA (a change renews the CA, trust first).
+    #[serde(default, skip_serializing_if = "is_default_algorithm")]
+    pub key_algorithm: KeyAlgorithm,
     /// type secret: when the Secret's certificate changes (cert-manager renewed it), start a new
     /// operation by itself, without a label change. Default false: a Warning event and the
     /// `SourceChanged` condition say the brokers run older material until the label changes.
@@ -323,6 +366,14 @@ pub struct InternalCertificate {
     #[serde(default = "default_validity_days")]
     #[schemars(range(min = 1, max = 3650))]
     pub validity_days: u32,
+    /// ECDSAP256 (default), RSA2048, RSA3072 or RSA4096 — for the certificate and the kept CA
+    /// (a change renews the CA, trust first).
+    #[serde(default, skip_serializing_if = "is_default_algorithm")]
+    pub key_algorithm: KeyAlgorithm,
+}
+
+fn is_default_algorithm(a: &KeyAlgorithm) -> bool {
+    *a == KeyAlgorithm::EcdsaP256
 }
 
 /// Whether clients must change what they trust after a rotation.
@@ -355,6 +406,9 @@ pub struct CertificateStatus {
     /// SHA-256 fingerprint of the CA certificate it chains to.
     #[serde(default, rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint_sha256: Option<String>,
+    /// Key algorithm of the certificate (ECDSAP256, RSA2048, …; absent: another or unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_algorithm: Option<KeyAlgorithm>,
     /// When the operator re-issues a self-signed certificate on its own (RFC 3339): two thirds
     /// into its validity.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,7 @@ use super::inspect::{self, Material};
 use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, OPERATION_ANNOTATION};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
-    ClientImpact, FIELD_MANAGER,
+    ClientImpact, KeyAlgorithm, FIELD_MANAGER,
 };
 use crate::pki;
 use crate::reconciler::conditions::reason;
@@ -35,6 +35,8 @@ pub struct Want {
     pub type_: CertificateType,
     pub dns_names: Vec<String>,
     pub validity_days: u32,
+    /// Self-signed: the key algorithm of the certificate and its CA.
+    pub key_algorithm: KeyAlgorithm,
 }
 
 pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
@@ -46,6 +48,7 @@ pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
             type_: e.type_,
             dns_names: e.dns_names.clone(),
             validity_days: e.validity_days,
+            key_algorithm: e.key_algorithm,
         });
     }
     if let Some(i) = &cr.spec.internal {
@@ -55,6 +58,7 @@ pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
             type_: i.type_,
             dns_names: i.dns_names.clone(),
             validity_days: i.validity_days,
+            key_algorithm: i.key_algorithm,
         });
     }
     out
@@ -75,16 +79,21 @@ pub fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&Ce
     }
 }
 
-/// A slot's label is new (or it has no certificate yet): a change the user asked for.
+/// A slot's label is new (or it has no certificate yet), or a self-signed one's key algorithm
+/// changed: a change the user asked for.
 pub fn label_changed(w: &Want, status: &CertificateRotationStatus) -> bool {
-    slot_status(status, w.slot).is_none_or(|s| s.label != w.label)
+    slot_status(status, w.slot).is_none_or(|s| {
+        let selfsigned = s.type_ == CertificateType::Selfsigned && w.type_ == CertificateType::Selfsigned;
+        // Certificates recorded before keyAlgorithm existed are ECDSA P-256.
+        s.label != w.label || (selfsigned && s.key_algorithm.unwrap_or_default() != w.key_algorithm)
+    })
 }
 
 /// A slot needs new material when its label is new, or its self-signed certificate is due.
 pub fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> bool {
     match slot_status(status, w.slot) {
         None => true,
-        Some(s) if s.label != w.label => true,
+        Some(_) if label_changed(w, status) => true,
         Some(s) => {
             s.type_ == CertificateType::Selfsigned
                 && w.type_ == CertificateType::Selfsigned
@@ -212,7 +221,7 @@ pub async fn material(
     };
     match w.type_ {
         CertificateType::Selfsigned => {
-            let ca = kept_ca(ctx, cr, w.slot, now, renew_ca).await?;
+            let ca = kept_ca(ctx, cr, w, now, renew_ca).await?;
             if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
                 return Ok(m);
             }
@@ -225,10 +234,11 @@ pub async fn material(
             // Never beyond the CA: a certificate outliving its CA would fail before its renewal.
             let ca_days = pki::seconds_left(&ca.cert_pem, now).map_or(1, |s| (s / 86_400).max(1));
             let days = w.validity_days.min(u32::try_from(ca_days).unwrap_or(u32::MAX));
-            let leaf = pki::issue_leaf(&ca, &service, &sans, usage, now, days).map_err(|source| Error::Issue {
-                what: format!("{} certificate of {cluster}", w.slot.as_str()),
-                source,
-            })?;
+            let (issuer, alg) = (ca.clone(), w.key_algorithm);
+            let leaf =
+                blocking(move || pki::issue_leaf_with(&issuer, &service, &sans, usage, now, days, alg)).await.map_err(
+                    |source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source },
+                )?;
             inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
                 .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))
         }
@@ -323,21 +333,28 @@ pub async fn ca_due_slots(ctx: &Context, cr: &CertificateRotation, now: Timestam
 async fn kept_ca(
     ctx: &Context,
     cr: &CertificateRotation,
-    slot: Slot,
+    w: &Want,
     now: Timestamp,
     renew: bool,
 ) -> Result<pki::KeyedCert, Error> {
+    let (slot, alg) = (w.slot, w.key_algorithm);
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
     let ca_name = slot.ca_secret(cluster);
     if let Some(ca) = read_kept_ca(ctx, cr, slot).await? {
-        if !renew && !ca_due(cr, &ca.cert_pem, now) {
+        let same_algorithm = inspect::certificates(&ca.cert_pem, "ca.crt")
+            .ok()
+            .and_then(|d| d.first().and_then(|der| pki::key_algorithm(der)))
+            == Some(alg);
+        if !renew && same_algorithm && !ca_due(cr, &ca.cert_pem, now) {
             return Ok(ca);
         }
     }
     let what = format!("{} CA of {cluster}", slot.as_str());
     let days = cr.spec.ca.clone().unwrap_or_default().validity_days;
-    let ca = pki::new_ca(&format!("{cluster} {} CA", slot.as_str()), now, days)
+    let name = format!("{cluster} {} CA", slot.as_str());
+    let ca = blocking(move || pki::new_ca_with(&name, now, days, alg))
+        .await
         .map_err(|source| Error::Issue { what, source })?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let body = json!({"apiVersion": "v1", "kind": "Secret",
@@ -348,6 +365,11 @@ async fn kept_ca(
         .await
         .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
     Ok(ca)
+}
+
+/// Run key generation (an RSA prime search takes a second or more) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("key generation does not panic")
 }
 
 /// PEM text of a base64 field of `spec.external` (white space ignored).
@@ -506,6 +528,9 @@ pub async fn install(
         not_after: Some(rfc3339(m.leaf.not_after)),
         fingerprint_sha256: Some(m.leaf.fingerprint_sha256.clone()),
         ca_fingerprint_sha256: Some(m.ca_fingerprint.clone()),
+        key_algorithm: inspect::certificates(&m.cert_pem, "tls.crt")
+            .ok()
+            .and_then(|d| d.first().and_then(|der| pki::key_algorithm(der))),
         renewal_time: (w.type_ == CertificateType::Selfsigned)
             .then(|| rfc3339(renewal_time(m.leaf.not_before, m.leaf.not_after))),
         client_impact: impact,
@@ -581,6 +606,7 @@ mod tests {
                 not_after: None,
                 fingerprint_sha256: None,
                 ca_fingerprint_sha256: None,
+                key_algorithm: None,
                 renewal_time: renewal.map(String::from),
                 client_impact: None,
             }),
@@ -617,6 +643,7 @@ mod tests {
             type_,
             dns_names: vec![],
             validity_days: 30,
+            key_algorithm: KeyAlgorithm::EcdsaP256,
         };
         let before = Timestamp::from_second(1_800_000_000).unwrap();
         let after = Timestamp::from_second(1_900_000_000).unwrap();
@@ -626,6 +653,9 @@ mod tests {
         assert!(needs_issue(&want("b", ss), &status_with("a", ss, Some(due)), before), "new label");
         assert!(!needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), before), "same label, not due");
         assert!(needs_issue(&want("a", ss), &status_with("a", ss, Some(due)), after), "renewal due");
+        let rsa = Want { key_algorithm: KeyAlgorithm::Rsa2048, ..want("a", ss) };
+        assert!(needs_issue(&rsa, &status_with("a", ss, Some(due)), before), "another key algorithm");
+        assert!(label_changed(&rsa, &status_with("a", ss, Some(due))), "asked for: no maintenance window");
         let sec = CertificateType::Secret;
         assert!(
             !needs_issue(&want("a", sec), &status_with("a", sec, None), after),

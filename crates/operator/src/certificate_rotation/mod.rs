@@ -586,6 +586,7 @@ mod tests {
                 not_after: Some(operation::rfc3339(Timestamp::from_second(now.as_second() + days_left * day).unwrap())),
                 fingerprint_sha256: None,
                 ca_fingerprint_sha256: None,
+                key_algorithm: None,
                 renewal_time: None,
                 client_impact: None,
             })

@@ -534,3 +534,38 @@ async fn a_ca_renewal_rolls_trust_before_certificates_and_brokers_trust_each_oth
     }
     crate::support::assert_no_secret_leaks(&[]).await;
 }
+
+/// `keyAlgorithm: RSA2048` for clients that cannot use ECDSA: the kept CA and the certificate
+/// are RSA (openssl says so), the broker presents it and the operation checked it on the wire.
+#[tokio::test]
+async fn an_rsa_certificate_is_issued_and_served_for_clients_that_cannot_use_ecdsa() {
+    let cp = &env().cp;
+    let ns = "wire-rsa";
+    webhook_ready(cp).await;
+    apply(cp, &cluster(ns, 1));
+    wait_sts_ready(cp, ns, "kafka").await;
+    apply(cp, &policy(ns, ""));
+    apply(cp, &rotation(ns, "e1", "").replace("external: {label: e1}", "external: {label: e1, keyAlgorithm: RSA2048}"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    wait_sts_ready(cp, ns, "kafka").await;
+    let (leaf, ca) = secret_certificate(ns, "kafka-external-tls").await;
+    assert_eq!(presented(ns, &["kafka-0"], 9094, &ca).await, vec![leaf]);
+    let s = Api::<Secret>::namespaced(cp.client().await.unwrap(), ns).get("kafka-external-tls").await.unwrap();
+    let data = s.data.unwrap();
+    for (what, pem) in [("certificate", &data["tls.crt"].0), ("CA", &data["ca.crt"].0)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), pem).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", "c.pem"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("rsaEncryption") && text.contains("(2048 bit)"), "the {what} is RSA 2048: {text}");
+    }
+    let status =
+        jsonpath(ns, "certificaterotation", "certs", "{.status.external.keyAlgorithm}/{.status.internal.keyAlgorithm}");
+    assert_eq!(status, "RSA2048/ECDSAP256");
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
