@@ -406,6 +406,9 @@ pub struct CertificateStatus {
     /// SHA-256 fingerprint of the CA certificate it chains to.
     #[serde(default, rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint_sha256: Option<String>,
+    /// Expiry of that CA certificate (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<String>,
     /// Key algorithm of the certificate (ECDSAP256, RSA2048, …; absent: another or unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_algorithm: Option<KeyAlgorithm>,

@@ -117,6 +117,10 @@ struct KindLabelsOwned {
 pub enum CertificateSlot {
     External,
     Internal,
+    /// The CA the external certificate chains to.
+    ExternalCa,
+    /// The CA the internal certificate chains to.
+    InternalCa,
 }
 
 fn request_histogram() -> Histogram {
@@ -210,12 +214,12 @@ impl Metrics {
         );
         registry.register(
             "certificate_expiration_timestamp_seconds",
-            "When the certificate a CertificateRotation installed expires (Unix seconds), per slot",
+            "When the certificate a CertificateRotation installed, or its CA, expires (Unix seconds), per slot",
             certificate_expiry.clone(),
         );
         registry.register(
             "certificate_renewal_timestamp_seconds",
-            "When the operator plans to renew that certificate (Unix seconds), per slot",
+            "When the operator plans to renew that certificate or CA (Unix seconds), per slot",
             certificate_renewal.clone(),
         );
         registry.register("reconciliations", "Reconciles run, per kind", reconciliations.clone());
@@ -326,6 +330,8 @@ impl Metrics {
         let slot = match slot {
             CertificateSlot::External => "external",
             CertificateSlot::Internal => "internal",
+            CertificateSlot::ExternalCa => "external-ca",
+            CertificateSlot::InternalCa => "internal-ca",
         };
         let l = CertificateLabels { namespace: namespace.into(), name: name.into(), slot };
         match times {

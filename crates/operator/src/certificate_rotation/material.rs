@@ -309,10 +309,14 @@ async fn read_kept_ca(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Re
     }))
 }
 
+/// Seconds before its expiry a kept CA is renewed (`spec.ca.renewalDays`).
+pub fn ca_renew_before(cr: &CertificateRotation) -> i64 {
+    i64::from(cr.spec.ca.clone().unwrap_or_default().renewal_days) * 86_400
+}
+
 /// Whether a kept CA is within `spec.ca.renewalDays` of its expiry (or unreadable).
 pub fn ca_due(cr: &CertificateRotation, ca_pem: &str, now: Timestamp) -> bool {
-    let renewal = i64::from(cr.spec.ca.clone().unwrap_or_default().renewal_days) * 86_400;
-    pki::seconds_left(ca_pem, now).is_none_or(|left| left <= renewal)
+    pki::seconds_left(ca_pem, now).is_none_or(|left| left <= ca_renew_before(cr))
 }
 
 /// The self-signed slots whose kept CA is due for renewal.
@@ -528,6 +532,10 @@ pub async fn install(
         not_after: Some(rfc3339(m.leaf.not_after)),
         fingerprint_sha256: Some(m.leaf.fingerprint_sha256.clone()),
         ca_fingerprint_sha256: Some(m.ca_fingerprint.clone()),
+        ca_not_after: inspect::certificates(&m.ca_pem, "ca.crt")
+            .ok()
+            .and_then(|d| d.first().and_then(|der| inspect::info(der, "ca.crt").ok()))
+            .map(|ca| rfc3339(ca.not_after)),
         key_algorithm: inspect::certificates(&m.cert_pem, "tls.crt")
             .ok()
             .and_then(|d| d.first().and_then(|der| pki::key_algorithm(der))),
@@ -606,6 +614,7 @@ mod tests {
                 not_after: None,
                 fingerprint_sha256: None,
                 ca_fingerprint_sha256: None,
+                ca_not_after: None,
                 key_algorithm: None,
                 renewal_time: renewal.map(String::from),
                 client_impact: None,

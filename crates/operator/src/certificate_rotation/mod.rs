@@ -288,7 +288,10 @@ impl Rolling for CertificateRotation {
         let automatic = wants(self).iter().any(|w| needs_issue(w, status, now))
             || !ca_due.is_empty()
             || trust::old_ca_removal_due(status, now).is_some_and(|at| now >= at);
-        let window = maintenance::in_window(&self.spec.maintenance_windows, civil_minute(now));
+        // ... unless waiting would let a certificate or CA expire: an outage is worse than a
+        // roll outside the window.
+        let window = maintenance::in_window(&self.spec.maintenance_windows, civil_minute(now))
+            || expires_within(status, now, MAINTENANCE_WINDOW_OVERRIDE_SECONDS);
         if rolls || renew || last_failed || !drifted.is_empty() || changed || (automatic && window) {
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
@@ -300,9 +303,14 @@ impl Rolling for CertificateRotation {
         // Settled: look again when the first certificate is due — a self-signed one for renewal,
         // another for the CertificateExpiring warning — or the previous CA's removal, or the
         // next maintenance window when something waits for one.
+        let ca_renewal = |s: &crate::api::CertificateStatus| {
+            let not_after = s.ca_not_after.as_deref().and_then(operation::parse_time)?;
+            Some(not_after.as_second() - material::ca_renew_before(self))
+        };
         let due_at = |s: &crate::api::CertificateStatus| match s.type_ {
             CertificateType::Selfsigned => {
-                s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second())
+                let leaf = s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second());
+                leaf.into_iter().chain(ca_renewal(s)).min()
             }
             _ => s.not_after.as_deref().and_then(operation::parse_time).map(|t| t.as_second() - RENEW_BEFORE_SECONDS),
         };
@@ -495,6 +503,20 @@ impl Rolling for CertificateRotation {
     }
 }
 
+/// How close to its expiry a certificate or CA is renewed even outside the maintenance windows.
+pub const MAINTENANCE_WINDOW_OVERRIDE_SECONDS: i64 = 2 * 86_400;
+
+/// Whether a certificate in force, or its CA, expires within `seconds` of `now`.
+fn expires_within(status: &CertificateRotationStatus, now: Timestamp, seconds: i64) -> bool {
+    [status.external.as_ref(), status.internal.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| [s.not_after.as_deref(), s.ca_not_after.as_deref()])
+        .flatten()
+        .filter_map(operation::parse_time)
+        .any(|t| t.as_second() - now.as_second() < seconds)
+}
+
 /// `now` as the civil minute maintenance windows are written in (UTC).
 fn civil_minute(now: Timestamp) -> maintenance::Minute {
     let t = now.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
@@ -564,9 +586,20 @@ fn report_expiry(ctx: &Context, cr: &CertificateRotation, status: &CertificateRo
         t.as_deref().and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok()).map(|t| t.as_second())
     };
     let (ns, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-    for (slot, cert) in [(CertificateSlot::External, &status.external), (CertificateSlot::Internal, &status.internal)] {
+    let slots = [
+        (CertificateSlot::External, CertificateSlot::ExternalCa, &status.external),
+        (CertificateSlot::Internal, CertificateSlot::InternalCa, &status.internal),
+    ];
+    for (slot, ca_slot, cert) in slots {
         let times = cert.as_ref().and_then(|c| Some((seconds(&c.not_after)?, seconds(&c.renewal_time))));
         ctx.metrics.certificate(&ns, &name, slot, times);
+        // The CA: renewed by the operator when it keeps it (self-signed), by its owner otherwise.
+        let ca_times = cert.as_ref().and_then(|c| {
+            let not_after = seconds(&c.ca_not_after)?;
+            let renewal = (c.type_ == CertificateType::Selfsigned).then(|| not_after - material::ca_renew_before(cr));
+            Some((not_after, renewal))
+        });
+        ctx.metrics.certificate(&ns, &name, ca_slot, ca_times);
     }
 }
 
@@ -586,6 +619,7 @@ mod tests {
                 not_after: Some(operation::rfc3339(Timestamp::from_second(now.as_second() + days_left * day).unwrap())),
                 fingerprint_sha256: None,
                 ca_fingerprint_sha256: None,
+                ca_not_after: None,
                 key_algorithm: None,
                 renewal_time: None,
                 client_impact: None,
@@ -617,6 +651,30 @@ mod tests {
         assert_eq!(at("* 2-4 * * SAT,SUN").as_deref(), Some("2026-12-05T02:00:00Z"));
         assert_eq!(at("0 0 1 1 *"), None, "not within eight days");
         assert_eq!(next_window(&[], now), None, "no windows: no wait");
+    }
+
+    #[test]
+    fn a_window_is_overridden_only_when_waiting_would_let_something_expire() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let status = |ca_days: i64| CertificateRotationStatus {
+            internal: Some(crate::api::CertificateStatus {
+                label: "i".into(),
+                type_: CertificateType::Selfsigned,
+                serial_number: None,
+                not_after: Some(operation::rfc3339(Timestamp::from_second(now.as_second() + 30 * 86_400).unwrap())),
+                fingerprint_sha256: None,
+                ca_fingerprint_sha256: None,
+                ca_not_after: Some(operation::rfc3339(
+                    Timestamp::from_second(now.as_second() + ca_days * 86_400).unwrap(),
+                )),
+                key_algorithm: None,
+                renewal_time: None,
+                client_impact: None,
+            }),
+            ..Default::default()
+        };
+        assert!(!expires_within(&status(10), now, MAINTENANCE_WINDOW_OVERRIDE_SECONDS), "the CA has ten days: wait");
+        assert!(expires_within(&status(1), now, MAINTENANCE_WINDOW_OVERRIDE_SECONDS), "the CA ends tomorrow: now");
     }
 
     #[test]

@@ -777,3 +777,58 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     assert_eq!(to, "[\"dist-later\"]");
     support::assert_no_secret_leaks(&[]).await;
 }
+
+/// CA renewal by the clock, and maintenance windows: a kept CA inside `ca.renewalDays` of its end
+/// (one the test puts in place, ten days from expiry — the clock, fixed) is due; with the window
+/// closed the renewal waits (nothing starts, `Ready` says so); once a window is open it runs,
+/// trust first, and the new CA has the full validity.
+#[tokio::test]
+async fn a_kept_ca_near_its_end_is_renewed_in_the_next_maintenance_window() {
+    let cp = &env().cp;
+    let ns = "certs-ca-renewal";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    let spec = |window: &str| {
+        format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: CertificateRotation\nmetadata: {{name: certs, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  internal: {{label: i1}}\n  ca: {{validityDays: 3650, renewalDays: 30}}\n  maintenanceWindows: ['{window}']\n"
+        )
+    };
+    apply(cp, &spec("0 0 1 1 *"));
+    wait_op(ns, OperationState::UpdateComplete).await;
+    // The kept CA is ten days from its end.
+    let ending = pki::new_ca("kafka internal CA", Timestamp::now(), 10).unwrap();
+    let secrets = Api::<Secret>::namespaced(cp.client().await.unwrap(), ns);
+    let mut kept = secrets.get("kafka-internal-ca").await.unwrap();
+    kept.data = None;
+    kept.string_data =
+        Some([("ca.crt".into(), ending.cert_pem.clone()), ("ca.key".into(), ending.key_pem.clone())].into());
+    secrets.replace("kafka-internal-ca", &Default::default(), &kept).await.unwrap();
+
+    let ready = "{.status.conditions[?(@.type==\"Ready\")].message}";
+    let message =
+        support::wait_jsonpath(cp, ("certrot", ns, "certs"), ready, 60, |m| m.contains("maintenance window")).await;
+    assert!(message.contains("waits for the next maintenance window"), "{message}");
+    assert_eq!(api(ns).await.get("certs").await.unwrap().status.unwrap().operations.len(), 1, "nothing started");
+    assert_eq!(data(&secret(ns, "kafka-internal-ca").await, "ca.crt"), ending.cert_pem, "the CA is not renewed yet");
+
+    apply(cp, &spec("* * * * *"));
+    let renewed = wait_until(Duration::from_secs(120), "the CA renewed and rolled", || async move {
+        let o = api(ns).await.get("certs").await.map_err(|e| e.to_string())?;
+        let st = o.status.unwrap_or_default();
+        let phase = st.trust_transition.as_ref().map(|t| t.phase);
+        (phase == Some(cluster_security_api::TrustPhase::OldCaRetained) && st.current_operation.is_none())
+            .then_some(st)
+            .ok_or(format!("{phase:?}"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(renewed.operations.len(), 2, "one renewal operation");
+    let ca = data(&secret(ns, "kafka-internal-ca").await, "ca.crt");
+    assert_ne!(ca, ending.cert_pem);
+    let internal = renewed.internal.unwrap();
+    assert_eq!(internal.ca_fingerprint_sha256, Some(pki::pem_fingerprint(&ca).unwrap()), "certificates from it");
+    let not_after: Timestamp = internal.ca_not_after.unwrap().parse().unwrap();
+    let left = not_after.as_second() - Timestamp::now().as_second();
+    assert!(left > 3600 * 86_400, "the new CA has spec.ca.validityDays: {left}s left");
+    support::assert_no_secret_leaks(&[]).await;
+}

@@ -304,7 +304,13 @@ async fn metrics_health_and_readiness_are_served() {
             text.lines()
                 .any(|l| l.starts_with(&format!("csop_reconciliations_total{{kind=\"{k}\"}} ")) && !l.ends_with(" 0"))
         });
-        let expiry = text.contains("csop_certificate_expiration_timestamp_seconds{namespace=\"kafka\",name=\"orders\"");
+        let expiry = ["external", "external-ca", "internal-ca"].iter().all(|slot| {
+            text.contains(&format!(
+                "csop_certificate_expiration_timestamp_seconds{{namespace=\"kafka\",name=\"orders\",slot=\"{slot}\"}}"
+            ))
+        }) && text.contains(
+            "csop_certificate_renewal_timestamp_seconds{namespace=\"kafka\",name=\"orders\",slot=\"internal-ca\"}",
+        );
         (code == 200 && counted && expiry).then_some(text.clone()).ok_or(text)
     })
     .await
