@@ -384,7 +384,21 @@ async fn pending<K: Rolling>(
     if let Some(Err(message)) = workload.filter(|_| !wiring.mounts.is_empty()).map(|w| w.mounts.target(&wiring)) {
         return Ok(fail(round, op, reason::CONTAINER_NOT_FOUND, format!("{wl}: {message}."), None));
     }
-    match kind.prepare(round, ctx, op, workload).await {
+    let prepared = kind.prepare(round, ctx, op, workload).await;
+    roll_prepared(round, op, prepared, &wiring, wl, operation::start).await
+}
+
+/// Carry out what `prepare` answered: roll the annotations it returned (after `starting` the
+/// operation or its phase), wait, or fail the operation.
+async fn roll_prepared<K: Rolling>(
+    round: &mut Round<K>,
+    op: &mut Operation<Info<K>>,
+    prepared: Result<BTreeMap<String, String>, PrepareError>,
+    wiring: &Wiring,
+    wl: &str,
+    starting: fn(&mut Operation<Info<K>>, k8s_openapi::jiff::Timestamp),
+) -> Result<Outcome, Error> {
+    match prepared {
         Err(PrepareError::Failed(e)) => Err(e),
         Err(PrepareError::Wait { reason, message, after }) => {
             Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
@@ -394,24 +408,14 @@ async fn pending<K: Rolling>(
             Ok(fail(round, op, &code, message, retry))
         }
         Ok(annotations) => {
-            operation::start(op, round.now);
-            roll(round, op, &annotations, &wiring, wl).await
+            starting(op, round.now);
+            round.apply_template(round.obj.clone().cluster_ref(), &annotations, wiring).await?;
+            let note = format!("Operation {}: rolling {wl}.", op.operation_id);
+            round.event(EventType::Normal, event::UPDATE_STARTED, note);
+            let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
+            Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
         }
     }
-}
-
-/// Put `annotations` and `wiring` into the pod template: the pods roll.
-async fn roll<K: Rolling>(
-    round: &mut Round<K>,
-    op: &Operation<Info<K>>,
-    annotations: &BTreeMap<String, String>,
-    wiring: &Wiring,
-    wl: &str,
-) -> Result<Outcome, Error> {
-    round.apply_template(round.obj.clone().cluster_ref(), annotations, wiring).await?;
-    round.event(EventType::Normal, event::UPDATE_STARTED, format!("Operation {}: rolling {wl}.", op.operation_id));
-    let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
-    Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
 }
 
 /// The roll of one phase is done and verified: prepare the next, which may wait (looked at
@@ -424,19 +428,14 @@ async fn next_phase<K: Rolling>(
     op: &mut Operation<Info<K>>,
     wl: &str,
 ) -> Result<Outcome, Error> {
-    match kind.prepare(round, ctx, op, workload).await {
-        Err(PrepareError::Failed(e)) => Err(e),
-        Err(PrepareError::Wait { reason, message, after }) => {
-            Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
-        }
-        Err(PrepareError::Refused { reason: code, message }) => Ok(fail(round, op, &code, message, None)),
-        Ok(annotations) => {
-            let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
-            op.verification = None;
-            op.deadline_from = Some(operation::rfc3339(round.now));
-            roll(round, op, &annotations, &wiring, wl).await
-        }
-    }
+    let prepared = kind.prepare(round, ctx, op, workload).await;
+    let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
+    roll_prepared(round, op, prepared, &wiring, wl, |op, now| {
+        // A roll of its own: checked on the wire again, with a deadline from now.
+        op.verification = None;
+        op.deadline_from = Some(operation::rfc3339(now));
+    })
+    .await
 }
 
 /// UPDATE_IN_PROGRESS: keep the annotations in the template, follow the rollout, complete it.
