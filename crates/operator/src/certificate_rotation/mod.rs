@@ -174,6 +174,17 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
 
 impl Reconcile for CertificateRotation {
     const KIND: &'static str = "CertificateRotation";
+    /// Under deletionPolicy Delete only: what goes with it must not be mounted any more.
+    const FINALIZER: Option<&'static str> = Some(rolling::MOUNTED_OBJECTS_FINALIZER);
+
+    fn wants_finalizer(&self) -> bool {
+        self.spec.deletion_policy == crate::api::DeletionPolicy::Delete
+    }
+
+    fn may_go(&self, _: &CertificateRotationStatus, health: &Health) -> bool {
+        rolling::may_go(health)
+    }
+
     const PLURAL: &'static str = "certificaterotations";
     type Deps = ();
 
@@ -250,6 +261,10 @@ impl Rolling for CertificateRotation {
 
     fn rollout_timeout_seconds(&self) -> u32 {
         self.spec.rollout_timeout_seconds
+    }
+
+    fn deletion_policy(&self) -> crate::api::DeletionPolicy {
+        self.spec.deletion_policy
     }
 
     async fn idle(

@@ -468,7 +468,7 @@ impl Reconcile for KmsKeyVaultMode {
 
     /// A deleted object goes once no operation runs: one that changed the cloud finishes or
     /// rolls back first.
-    fn may_go(status: &KmsKeyVaultModeStatus) -> bool {
+    fn may_go(&self, status: &KmsKeyVaultModeStatus, _: &Health) -> bool {
         status.current_operation.is_none()
     }
 

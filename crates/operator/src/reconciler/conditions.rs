@@ -72,6 +72,11 @@ pub mod reason {
     pub const CLIENT_TRUST_UPDATED: &str = "ClientTrustUpdated";
     /// A first adoption would move the brokers' inter-broker listener in one roll.
     pub const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
+    /// Being deleted: nothing new starts.
+    pub const DELETING: &str = "Deleting";
+    /// A deleted object under `deletionPolicy: Delete` waits while the workload still mounts
+    /// what would go with it.
+    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// `TrustDistributed=True`: every target namespace holds a current copy.
     pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
     /// `TrustDistributed=False`: some namespace could not get its copy (named in the message).
@@ -241,6 +246,7 @@ mod troubleshooting_tests {
             reason::BROKER_UNREACHABLE,
             reason::CONTROLLER_LISTENER_REQUIRED,
             reason::INTER_BROKER_LISTENER_CHANGE,
+            reason::DELETION_BLOCKED,
             kms_reason::KEY_NOT_USABLE,
             kms_reason::CLOUD_ACCESS_FAILED,
             kms_reason::OPERATION_FAILED,

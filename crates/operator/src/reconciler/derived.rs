@@ -33,14 +33,14 @@ pub enum Derived {
 }
 
 impl Derived {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Derived::Secret(_) => "Secret",
             Derived::ConfigMap(_) => "ConfigMap",
         }
     }
 
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         match self {
             Derived::Secret(n) | Derived::ConfigMap(n) => n,
         }

@@ -254,10 +254,17 @@ pub trait Reconcile:
 
     /// A finalizer that holds the object's deletion until [`Reconcile::may_go`] (None: the kind
     /// lets its objects go at once). While the object is being deleted, rounds go on as usual.
+    /// Removed whenever the object may go, even when this object no longer
+    /// [wants it](Reconcile::wants_finalizer).
     const FINALIZER: Option<&'static str> = None;
 
-    /// Whether a deleted object may go now (checked after each round of a deleted object).
-    fn may_go(_status: &Self::Status) -> bool {
+    /// Whether this object gets [`Reconcile::FINALIZER`] (when the kind has one).
+    fn wants_finalizer(&self) -> bool {
+        true
+    }
+
+    /// Whether a deleted object may go now, after a round that reported `health`.
+    fn may_go(&self, _status: &Self::Status, _health: &Health) -> bool {
         true
     }
 
@@ -331,7 +338,11 @@ async fn reconcile_once<K: Reconcile>(
     let api = K::api(ctx.client.clone(), cached.as_ref());
     let Some(obj) = fresh(&api, cached.as_ref()).await? else { return Ok(Action::await_change()) };
     let obj = match K::FINALIZER {
-        Some(f) if obj.meta().deletion_timestamp.is_none() && !obj.finalizers().iter().any(|x| x == f) => {
+        Some(f)
+            if obj.meta().deletion_timestamp.is_none()
+                && obj.wants_finalizer()
+                && !obj.finalizers().iter().any(|x| x == f) =>
+        {
             finalizer::add(&api, obj.as_ref(), f).await?
         }
         _ => obj,
@@ -353,7 +364,7 @@ async fn reconcile_once<K: Reconcile>(
     let obj = round.obj.clone();
     events::publish_all(ctx, obj.as_ref(), &old_conditions, &outcome.health, round.events).await;
     if let Some(f) = K::FINALIZER {
-        if obj.meta().deletion_timestamp.is_some() && K::may_go(&round.status) {
+        if obj.meta().deletion_timestamp.is_some() && obj.may_go(&round.status, &outcome.health) {
             finalizer::remove(&api, obj.as_ref(), f).await?;
             return Ok(Action::await_change());
         }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cluster_security_api::{
-    validate, ClusterRef, ClusterState, Operation, OperationRecord, OperationState, OperationType,
+    validate, ClusterRef, ClusterState, DeletionPolicy, Operation, OperationRecord, OperationState, OperationType,
 };
 use kube::runtime::events::EventType;
 
@@ -91,6 +91,9 @@ pub trait Rolling: TargetsWorkload {
 
     /// `rolloutTimeoutSeconds` of the spec.
     fn rollout_timeout_seconds(&self) -> u32;
+
+    /// `deletionPolicy` of the spec: whether what it wrote goes with it.
+    fn deletion_policy(&self) -> DeletionPolicy;
 
     /// Status fields the kind derives from the workload on every round.
     fn observe(&self, _status: &mut Self::Status, _workload: Option<&Workload>) {}
@@ -266,7 +269,61 @@ pub fn workload_text<K: Rolling>(round: &Round<K>) -> String {
 /// workload, then [`drive`].
 pub async fn advance<K: Rolling>(kind: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
     let workload = workload::read(&ctx.client, &round.namespace(), kind.cluster_ref()).await?;
+    if round.obj.meta().deletion_timestamp.is_some() {
+        return deleting(kind, round, ctx, workload.as_ref()).await;
+    }
     drive(kind, round, ctx, workload.as_ref()).await
+}
+
+/// The finalizer of the rolling kinds under `deletionPolicy: Delete`: what the brokers mount is
+/// not garbage-collected while the workload's pod template still mounts it (pods restarted
+/// later would not start).
+pub const MOUNTED_OBJECTS_FINALIZER: &str = "clustersecurity.io/mounted-objects";
+
+/// When a deleted object held by [`MOUNTED_OBJECTS_FINALIZER`] is looked at again.
+const DELETION_RECHECK: Duration = Duration::from_secs(10);
+
+/// Whether a rolling kind's deleted object may go after a round that reported `health`.
+pub fn may_go(health: &Health) -> bool {
+    !matches!(health, Health::Stalled { reason, .. } if reason == reason::DELETION_BLOCKED)
+}
+
+/// A deleted object: nothing new starts. Under `deletionPolicy: Delete` it goes once the
+/// workload no longer mounts what goes with it; with `spec.mounts.enabled: false` the operator
+/// removes its own mounts (the pods roll) and then lets it go.
+async fn deleting<K: Rolling>(
+    kind: &K,
+    round: &mut Round<K>,
+    ctx: &Context,
+    workload: Option<&Workload>,
+) -> Result<Outcome, Error> {
+    let wl = workload_text(round);
+    let mounted: Vec<String> = workload
+        .map(|w| {
+            let derived = kind.derived_objects();
+            let held = derived.iter().filter(|d| w.mounts.referenced.contains(&(d.kind(), d.name().to_string())));
+            held.map(|d| format!("{} {}", d.kind(), d.name())).collect()
+        })
+        .unwrap_or_default();
+    if kind.deletion_policy() == DeletionPolicy::Retain || mounted.is_empty() {
+        let message = "Being deleted; nothing new starts.".to_string();
+        return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING.into(), message }, None));
+    }
+    let opted_out = kind.wiring(&kind.desired()).mounts.is_empty();
+    if opted_out {
+        // Takes the operator's volumes out of the template (a settled round repairs the wiring).
+        drive(kind, round, ctx, workload).await?;
+    }
+    let message = format!(
+        "Deleting this resource deletes {} (deletionPolicy: Delete), which {wl} still mounts: its pods would not start again. {}",
+        mounted.join(", "),
+        if opted_out {
+            "The operator is removing its mounts (spec.mounts.enabled: false; the pods roll); remove any volume of your own that names them. The deletion completes then."
+        } else {
+            "Set spec.mounts.enabled: false (the operator removes its mounts and the pods roll), or spec.deletionPolicy: Retain; the deletion completes then."
+        }
+    );
+    Ok(Outcome::new(Health::Stalled { reason: reason::DELETION_BLOCKED.into(), message }, Some(DELETION_RECHECK)))
 }
 
 /// The message of Ready for a kind whose settings are in effect on `wl`.

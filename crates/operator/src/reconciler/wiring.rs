@@ -83,6 +83,9 @@ pub struct TemplateMounts {
     /// Each container's environment variables with a literal value (what the broker image's
     /// configuration says the brokers run now), by container.
     pub env: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every Secret and ConfigMap any volume of the template names, the operator's or not:
+    /// ("Secret" | "ConfigMap", name).
+    pub referenced: BTreeSet<(&'static str, String)>,
 }
 
 impl TemplateMounts {
@@ -90,6 +93,14 @@ impl TemplateMounts {
     pub fn from_pod_spec(spec: Option<&PodSpec>) -> Self {
         let mut out = Self::default();
         let Some(spec) = spec else { return out };
+        for v in spec.volumes.iter().flatten() {
+            if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+                out.referenced.insert(("Secret", name));
+            }
+            if let Some(cm) = &v.config_map {
+                out.referenced.insert(("ConfigMap", cm.name.clone()));
+            }
+        }
         for v in spec.volumes.iter().flatten().filter(|v| v.name.starts_with(VOLUME_PREFIX)) {
             let source = match (&v.config_map, &v.secret, &v.downward_api) {
                 (Some(cm), _, _) => Source::ConfigMap(cm.name.clone()),

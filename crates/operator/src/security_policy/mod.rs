@@ -90,6 +90,17 @@ fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPol
 
 impl Reconcile for ClusterSecurityPolicy {
     const KIND: &'static str = "ClusterSecurityPolicy";
+    /// Under deletionPolicy Delete only: what goes with it must not be mounted any more.
+    const FINALIZER: Option<&'static str> = Some(rolling::MOUNTED_OBJECTS_FINALIZER);
+
+    fn wants_finalizer(&self) -> bool {
+        self.spec.deletion_policy == crate::api::DeletionPolicy::Delete
+    }
+
+    fn may_go(&self, _: &ClusterSecurityPolicyStatus, health: &Health) -> bool {
+        rolling::may_go(health)
+    }
+
     const PLURAL: &'static str = "clustersecuritypolicies";
     type Deps = ();
 
@@ -142,6 +153,10 @@ impl Rolling for ClusterSecurityPolicy {
 
     fn rollout_timeout_seconds(&self) -> u32 {
         self.spec.rollout_timeout_seconds
+    }
+
+    fn deletion_policy(&self) -> crate::api::DeletionPolicy {
+        self.spec.deletion_policy
     }
 
     fn observe(&self, status: &mut ClusterSecurityPolicyStatus, workload: Option<&Workload>) {

@@ -349,16 +349,26 @@ async fn deleting_the_policy_keeps_its_artefacts_unless_the_policy_says_delete()
         + "  deletionPolicy: Delete\n";
     apply(cp, &deleting);
     wait_op(ns, OperationState::UpdateComplete, 120).await;
-    let out = cp.kubectl(&["delete", "csp", "policy", "-n", ns, "--wait=true"]);
+    // ... but not while the brokers mount them: pods restarted later would not start.
+    let out = cp.kubectl(&["delete", "csp", "policy", "-n", ns, "--wait=false"]);
     assert!(out.status.success());
+    let stalled =
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}/{.status.conditions[?(@.type==\"Stalled\")].message}";
+    let held =
+        support::wait_jsonpath(cp, ("csp", ns, "policy"), stalled, 60, |t| t.starts_with("DeletionBlocked/")).await;
+    assert!(held.contains("ConfigMap kafka-security") && held.contains("spec.mounts.enabled: false"), "{held}");
+    assert_eq!(artefacts().await, (true, true), "still there while mounted");
+    // Opting out of the mounts: the operator takes them out of the template, then lets go.
+    apply(cp, &format!("{deleting}  mounts: {{enabled: false}}\n"));
     wait_until(Duration::from_secs(60), "artefacts garbage-collected", || async {
         let left = artefacts().await;
         (left == (false, false)).then_some(()).ok_or(format!("{left:?}"))
     })
     .await
     .unwrap();
-    let out = cp.kubectl(&["get", "statefulset", "kafka", "-n", ns]);
+    let out = cp.kubectl(&["get", "statefulset", "kafka", "-n", ns, "-o", "jsonpath={.spec.template.spec.volumes}"]);
     assert!(out.status.success(), "the workload stays");
+    assert!(!stdout(&out).contains("kafka-security"), "and no longer mounts what went: {}", stdout(&out));
     support::assert_no_secret_leaks(&[]).await;
 }
 

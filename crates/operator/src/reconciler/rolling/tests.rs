@@ -123,6 +123,9 @@ impl Rolling for Widget {
     fn rollout_timeout_seconds(&self) -> u32 {
         self.spec.timeout
     }
+    fn deletion_policy(&self) -> cluster_security_api::DeletionPolicy {
+        cluster_security_api::DeletionPolicy::Retain
+    }
     async fn idle(&self, round: &mut Round<Self>, _: &Context, _: Option<&Workload>) -> Result<Idle<String>, Error> {
         Ok(if round.status.applied.as_ref() == Some(&self.spec.setting) {
             let health = Health::Ready { reason: reason::APPLIED.into(), message: "settled".into() };
