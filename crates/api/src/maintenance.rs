@@ -60,8 +60,9 @@ impl Window {
             days: days as u32,
             months: months as u16,
             weekdays: weekdays as u8,
-            days_restricted: fields[2] != "*",
-            weekdays_restricted: fields[4] != "*",
+            // As in Vixie cron: a day field starting with `*` (`*`, `*/2`) does not restrict.
+            days_restricted: !fields[2].starts_with('*'),
+            weekdays_restricted: !fields[4].starts_with('*'),
         })
     }
 
@@ -108,7 +109,7 @@ fn bits(field: &str, name: &str, min: u8, max: u8, names: &[&str]) -> Result<u64
             "*" => (min, max),
             r => match r.split_once('-') {
                 Some((a, b)) => (value(a)?, value(b)?),
-                None if step > 1 => (value(r)?, max),
+                None if part.contains('/') => (value(r)?, max),
                 None => (value(r)?, value(r)?),
             },
         };
@@ -155,6 +156,11 @@ mod tests {
         let either = Window::parse("* * 1 * MON").unwrap();
         assert!(either.contains(at(1, 0, 0)) && !either.contains(at(2, 0, 0)));
         assert!(either.contains(Minute { day: 1, ..at(2, 0, 0) }));
+        // A day field starting with `*` restricts nothing, so the other one decides alone.
+        let every_other = Window::parse("0 2 */2 * SUN").unwrap();
+        assert!(every_other.contains(Minute { minute: 0, hour: 2, day: 15, month: 6, weekday: 0 }));
+        assert!(!every_other.contains(Minute { minute: 0, hour: 2, day: 15, month: 6, weekday: 1 }), "not Monday 15th");
+        assert!(Window::parse("5/1 * * * *").unwrap().contains(at(3, 9, 30)), "a/n runs from a to the end");
     }
 
     #[test]

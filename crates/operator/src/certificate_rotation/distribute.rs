@@ -34,10 +34,36 @@ const SOURCE_ANNOTATION: &str = "clustersecurity.io/trust-source-object";
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Bring the copies in line with the original and the spec; record where they are in
-/// `status.trustDistributedTo` and the `TrustDistributed` condition. Failures for one namespace
-/// (not managed, forbidden, someone else's ConfigMap) are reported, never fatal. Returns when to
-/// look again.
-pub async fn sync(
+/// `status.trustDistributedTo` and the `TrustDistributed` condition. Every failure (a namespace
+/// not managed or forbidden, someone else's ConfigMap, the API server) is reported there and
+/// never fails the round: the round has written its Secrets and its status must be saved.
+/// Returns when to look again.
+pub async fn sync(cr: &CertificateRotation, round: &mut Round<CertificateRotation>, ctx: &Context) -> Option<Duration> {
+    match copy(cr, round, ctx).await {
+        Ok(resync) => resync,
+        Err(e) => {
+            let message = format!("The trust bundle copies could not be brought up to date: {e}; retried.");
+            let mut conds = round.status.conditions.clone();
+            let reason = reason::TRUST_DISTRIBUTION_FAILED;
+            conditions::set(
+                &mut conds,
+                conditions::TRUST_DISTRIBUTED,
+                false,
+                reason,
+                &message,
+                round.generation(),
+                round.now,
+            );
+            round.status.conditions = conds;
+            Some(RESYNC_AFTER_ERROR)
+        }
+    }
+}
+
+/// When copies are looked at again after the API server failed a read or write.
+const RESYNC_AFTER_ERROR: Duration = Duration::from_secs(30);
+
+async fn copy(
     cr: &CertificateRotation,
     round: &mut Round<CertificateRotation>,
     ctx: &Context,
@@ -60,6 +86,8 @@ pub async fn sync(
     let mut failed = Vec::new();
     let mut targets: BTreeSet<String> = spec.namespaces.iter().cloned().collect();
     let labels = spec.namespace_selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
+    // Without the selected namespaces, which copies are stale is unknown: none is removed.
+    let mut selection_known = true;
     if let Some(labels) = labels {
         if ctx.scope.watched().is_some() {
             failed.push(
@@ -72,7 +100,10 @@ pub async fn sync(
                 .await
             {
                 Ok(list) => targets.extend(list.items.into_iter().map(|n| n.name_any())),
-                Err(e) => failed.push(format!("namespaces matching {}: {}", selector.join(","), short(&e))),
+                Err(e) => {
+                    selection_known = false;
+                    failed.push(format!("namespaces matching {}: {}", selector.join(","), short(&e)))
+                }
             }
         }
     }
@@ -117,7 +148,9 @@ pub async fn sync(
             Err(e) => failed.push(format!("{ns}: {}", short(&e))),
         }
     }
-    remove_copies(ctx, &uid, &name, &targets).await?;
+    if selection_known {
+        remove_copies(ctx, &uid, &name, &targets).await?;
+    }
     round.status.trust_distributed_to = copied.clone();
     let (ok, why, message) = if failed.is_empty() {
         let message = format!("ConfigMap {name} is copied to {} namespace(s): {}.", copied.len(), copied.join(", "));

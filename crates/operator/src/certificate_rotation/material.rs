@@ -430,13 +430,22 @@ pub async fn write_trust_bundle(
 
 /// The `current-ca.crt` of the published trust bundle (the CA clients trust now).
 pub async fn published_current_ca(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
+    published_key(ctx, cr, "current-ca.crt").await
+}
+
+/// The `ca.crt` of the published trust bundle (every CA clients are told to trust).
+pub async fn published_bundle(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
+    published_key(ctx, cr, "ca.crt").await
+}
+
+async fn published_key(ctx: &Context, cr: &CertificateRotation, key: &str) -> Result<Option<String>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
     let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&cm_name)
         .await
         .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
-    Ok(cm.and_then(|c| c.data).and_then(|d| d.get("current-ca.crt").cloned()))
+    Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
 }
 
 /// What a slot's TLS Secret holds now (never logged: it carries the key).
@@ -512,10 +521,11 @@ pub async fn install(
     if w.slot == Slot::External {
         let cm_name = trust_configmap(cluster);
         let mut bundle = m.ca_pem.clone();
-        if impact == Some(ClientImpact::TrustUpdateRequired) {
-            // During a CA change clients may trust both while they move.
-            if let Some(previous) = published_current_ca(ctx, cr).await? {
-                bundle.push_str(&previous);
+        if impact == Some(ClientImpact::TrustUpdateRequired) || super::trust::retains_old_ca(&round.status) {
+            // During a CA change, and until the old CA's removal, clients trust both. From the
+            // published bundle, not `current-ca.crt`: a retried install has moved that already.
+            if let Some(published) = published_bundle(ctx, cr).await? {
+                bundle.push_str(&super::trust::without(&published, &m.ca_fingerprint));
             }
         }
         write_trust_bundle(ctx, cr, &bundle, &m.ca_pem).await?;

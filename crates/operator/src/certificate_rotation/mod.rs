@@ -198,9 +198,10 @@ impl Reconcile for CertificateRotation {
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
+        trust::upgrade_recorded(self, &mut round.status);
         let mut outcome = rolling::advance(self, round, ctx).await?;
         report_expiry(ctx, self, &round.status);
-        if let Some(resync) = distribute::sync(self, round, ctx).await? {
+        if let Some(resync) = distribute::sync(self, round, ctx).await {
             outcome.requeue = Some(outcome.requeue.map_or(resync, |r| r.min(resync)));
         }
         Ok(outcome)
@@ -398,15 +399,14 @@ impl Rolling for CertificateRotation {
                 Slot::Internal => t.internal_new_ca_fingerprint_sha256.is_some(),
             })
         };
-        let due = |w: &material::Want| {
-            needs_issue(w, &round.status, now)
-                || drifted.contains(&w.slot)
-                || renewed(w)
-                || asked(w)
-                || new_ca(w)
-                || switching(w)
+        let due_by_itself = |w: &material::Want| {
+            needs_issue(w, &round.status, now) || drifted.contains(&w.slot) || renewed(w) || asked(w) || new_ca(w)
         };
-        for w in wants(self).into_iter().filter(due) {
+        let mut only_for_the_switch = Vec::new();
+        for w in wants(self).into_iter().filter(|w| due_by_itself(w) || switching(w)) {
+            if !due_by_itself(&w) {
+                only_for_the_switch.push(w.slot);
+            }
             let m = material(ctx, self, &w, workload, &op.operation_id, now, new_ca(&w)).await?;
             ready.push((w, m));
         }
@@ -414,7 +414,12 @@ impl Rolling for CertificateRotation {
             round.status.ca_renew_request = renew_ca;
         }
         // Trust first: a certificate from another CA waits until everyone trusts that CA.
-        if let Some(change) = trust::CaChange::of(&round.status, &ready) {
+        let change = trust::CaChange::of(&round.status, &ready);
+        if trust::withdraw_if_unwanted(self, round, ctx, &op.operation_id, change.as_ref()).await? {
+            // Nothing to switch to: what was prepared only for the switch is not installed.
+            ready.retain(|(w, _)| !only_for_the_switch.contains(&w.slot));
+        }
+        if let Some(change) = change {
             if let Some(annotations) = trust::before_switch(self, round, ctx, op, &change, &ready).await? {
                 return Ok(annotations);
             }

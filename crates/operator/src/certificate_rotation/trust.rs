@@ -79,6 +79,55 @@ pub fn of_operation<'a>(status: &'a CertificateRotationStatus, op_id: &str) -> O
     status.trust_transition.as_ref().filter(|t| t.operation_id == op_id)
 }
 
+/// The CA change operation `op` started is no longer asked for (the label or Secret was put
+/// back while it waited): forget it, so the operation completes with what is in force. True when
+/// it was withdrawn.
+pub async fn withdraw_if_unwanted(
+    cr: &CertificateRotation,
+    round: &mut Round<CertificateRotation>,
+    ctx: &Context,
+    op_id: &str,
+    change: Option<&CaChange>,
+) -> Result<bool, Error> {
+    let pending = of_operation(&round.status, op_id).filter(|t| t.phase < TrustPhase::Switching);
+    if let (Some(t), None) = (pending, change) {
+        if t.new_ca_fingerprint_sha256.is_some() {
+            // Clients are no longer told to trust a CA nothing will present.
+            if let Some(current) = material::published_current_ca(ctx, cr).await? {
+                material::write_trust_bundle(ctx, cr, &current, &current).await?;
+            }
+        }
+        round.status.trust_transition = None;
+        let message = "The CA change was withdrawn: the spec no longer asks for a certificate from another CA.";
+        round.sticky_condition(
+            conditions::WAITING_FOR_CLIENT_TRUST,
+            None,
+            (conditions::reason::CLIENT_TRUST_UPDATED, message),
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A transition recorded by a version without phases that had already switched: it retains the
+/// old CA until `oldCaRetentionSeconds` after its switch.
+pub fn upgrade_recorded(cr: &CertificateRotation, status: &mut CertificateRotationStatus) {
+    let Some(t) = status.trust_transition.as_mut() else { return };
+    if t.phase == TrustPhase::WaitingForClients && t.old_ca_removal_at.is_none() {
+        if let Some(switched) = t.switched_at.as_deref().and_then(parse_time) {
+            let retention = cr.spec.old_ca_retention_seconds.unwrap_or(DEFAULT_OLD_CA_RETENTION_SECONDS);
+            t.phase = TrustPhase::OldCaRetained;
+            let at = Timestamp::from_second(switched.as_second() + i64::from(retention)).unwrap_or(switched);
+            t.old_ca_removal_at = Some(rfc3339(at));
+        }
+    }
+}
+
+/// Whether the previous CA is still to be trusted next to the one in force.
+pub fn retains_old_ca(status: &CertificateRotationStatus) -> bool {
+    status.trust_transition.as_ref().is_some_and(|t| t.phase < TrustPhase::OldCaRemoved)
+}
+
 /// Whether the operation's roll just verified was a phase before the switch.
 pub fn before_switch_phase(status: &CertificateRotationStatus, op_id: &str) -> bool {
     of_operation(status, op_id).is_some_and(|t| t.phase < TrustPhase::Switching)
@@ -208,8 +257,7 @@ pub async fn internal_trust(
     status: &CertificateRotationStatus,
     new: &Material,
 ) -> Result<String, Error> {
-    let retained = status.trust_transition.as_ref().is_some_and(|t| t.phase < TrustPhase::OldCaRemoved);
-    if !retained {
+    if !retains_old_ca(status) {
         return Ok(new.ca_pem.clone());
     }
     let previous = material::read_tls(ctx, cr, Slot::Internal).await?.map(|m| without(&m.ca_pem, &new.ca_fingerprint));
@@ -261,7 +309,7 @@ pub async fn remove_old_ca(
 }
 
 /// The certificates of PEM `bundle` other than the one with SHA-256 `fingerprint`.
-fn without(bundle: &str, fingerprint: &str) -> String {
+pub fn without(bundle: &str, fingerprint: &str) -> String {
     select(bundle, |fp| fp != fingerprint)
 }
 
@@ -289,6 +337,33 @@ mod tests {
         assert_eq!(fp(&without(&both, &fp(&a.cert_pem))), fp(&b.cert_pem));
         assert_eq!(fp(&only(&both, &fp(&a.cert_pem))), fp(&a.cert_pem));
         assert_eq!(only(&both, "nope"), "");
+    }
+
+    #[test]
+    fn a_transition_recorded_before_phases_existed_retains_the_old_ca_until_its_time() {
+        let cr: CertificateRotation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "CertificateRotation",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "k"}, "external": {"label": "a"}, "oldCaRetentionSeconds": 60}
+        }))
+        .unwrap();
+        let recorded = |switched: Option<&str>| {
+            let mut t = serde_json::json!({"operationId": "op", "newCaFingerprintSHA256": "AB", "publishedAt": "2026-01-01T00:00:00Z", "switchAt": "2026-01-02T00:00:00Z"});
+            if let Some(s) = switched {
+                t["switchedAt"] = s.into();
+            }
+            let mut status = CertificateRotationStatus {
+                trust_transition: Some(serde_json::from_value(t).unwrap()),
+                ..Default::default()
+            };
+            upgrade_recorded(&cr, &mut status);
+            status.trust_transition.unwrap()
+        };
+        let waiting = recorded(None);
+        assert_eq!(waiting.phase, TrustPhase::WaitingForClients, "still waiting for clients: never switched early");
+        let switched = recorded(Some("2026-01-01T12:00:00Z"));
+        assert_eq!(switched.phase, TrustPhase::OldCaRetained);
+        assert_eq!(switched.old_ca_removal_at.as_deref(), Some("2026-01-01T12:01:00Z"));
     }
 
     #[test]

@@ -341,6 +341,7 @@ async fn reconcile_once<K: Reconcile>(
         Some(f)
             if obj.meta().deletion_timestamp.is_none()
                 && obj.wants_finalizer()
+                && ctx.scope.covers(obj.namespace().as_deref())
                 && !obj.finalizers().iter().any(|x| x == f) =>
         {
             finalizer::add(&api, obj.as_ref(), f).await?

@@ -283,9 +283,16 @@ pub const MOUNTED_OBJECTS_FINALIZER: &str = "clustersecurity.io/mounted-objects"
 /// When a deleted object held by [`MOUNTED_OBJECTS_FINALIZER`] is looked at again.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
-/// Whether a rolling kind's deleted object may go after a round that reported `health`.
+/// Whether a rolling kind's deleted object may go after a round that reported `health`: only
+/// on positive evidence — [`deleting`] found nothing that goes with it mounted — or when the
+/// operator does not manage its namespace (nothing it can check there). A paused object, or
+/// one whose spec is invalid, keeps waiting.
 pub fn may_go(health: &Health) -> bool {
-    !matches!(health, Health::Stalled { reason, .. } if reason == reason::DELETION_BLOCKED)
+    match health {
+        Health::Reconciling { reason, .. } => reason == reason::DELETING,
+        Health::Stalled { reason, .. } => reason == reason::NAMESPACE_NOT_WATCHED,
+        _ => false,
+    }
 }
 
 /// A deleted object: nothing new starts. Under `deletionPolicy: Delete` it goes once the
@@ -458,6 +465,10 @@ async fn roll_prepared<K: Rolling>(
     match prepared {
         Err(PrepareError::Failed(e)) => Err(e),
         Err(PrepareError::Wait { reason, message, after }) => {
+            // Between two phases nothing rolls: no rollout deadline runs while the kind waits.
+            if op.operation_state == OperationState::UpdateInProgress {
+                op.deadline_from = Some(operation::rfc3339(round.now));
+            }
             Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
         }
         Err(PrepareError::Refused { reason: code, message }) => {

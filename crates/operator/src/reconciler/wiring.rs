@@ -83,8 +83,8 @@ pub struct TemplateMounts {
     /// Each container's environment variables with a literal value (what the broker image's
     /// configuration says the brokers run now), by container.
     pub env: BTreeMap<String, BTreeMap<String, String>>,
-    /// Every Secret and ConfigMap any volume of the template names, the operator's or not:
-    /// ("Secret" | "ConfigMap", name).
+    /// Every Secret and ConfigMap the template names — in any volume (projected too) or
+    /// environment reference, the operator's or not: ("Secret" | "ConfigMap", name).
     pub referenced: BTreeSet<(&'static str, String)>,
 }
 
@@ -99,6 +99,32 @@ impl TemplateMounts {
             }
             if let Some(cm) = &v.config_map {
                 out.referenced.insert(("ConfigMap", cm.name.clone()));
+            }
+            for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                if let Some(s) = &p.secret {
+                    out.referenced.insert(("Secret", s.name.clone()));
+                }
+                if let Some(cm) = &p.config_map {
+                    out.referenced.insert(("ConfigMap", cm.name.clone()));
+                }
+            }
+        }
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            for from in c.env_from.iter().flatten() {
+                if let Some(s) = &from.secret_ref {
+                    out.referenced.insert(("Secret", s.name.clone()));
+                }
+                if let Some(cm) = &from.config_map_ref {
+                    out.referenced.insert(("ConfigMap", cm.name.clone()));
+                }
+            }
+            for value in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(s) = &value.secret_key_ref {
+                    out.referenced.insert(("Secret", s.name.clone()));
+                }
+                if let Some(cm) = &value.config_map_key_ref {
+                    out.referenced.insert(("ConfigMap", cm.name.clone()));
+                }
             }
         }
         for v in spec.volumes.iter().flatten().filter(|v| v.name.starts_with(VOLUME_PREFIX)) {
@@ -215,6 +241,29 @@ mod tests {
 
     fn a() -> Mount {
         Mount { volume: "csop-a", source: Source::Secret("kafka-a".into()), path: "/etc/a" }
+    }
+
+    #[test]
+    fn every_secret_and_config_map_the_template_names_is_known_whoever_mounts_it() {
+        let t = template(json!({
+            "volumes": [
+                {"name": "mine", "secret": {"secretName": "user-tls"}},
+                {"name": "bundle", "projected": {"sources": [{"configMap": {"name": "kafka-external-trust"}}, {"secret": {"name": "kafka-internal-tls"}}]}}
+            ],
+            "initContainers": [{"name": "init", "envFrom": [{"configMapRef": {"name": "kafka-security"}}]}],
+            "containers": [{"name": "kafka", "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "kafka-client-ca", "key": "ca.crt"}}}]}]
+        }));
+        let names: Vec<(&str, &str)> = t.referenced.iter().map(|(k, n)| (*k, n.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("ConfigMap", "kafka-external-trust"),
+                ("ConfigMap", "kafka-security"),
+                ("Secret", "kafka-client-ca"),
+                ("Secret", "kafka-internal-tls"),
+                ("Secret", "user-tls")
+            ]
+        );
     }
 
     #[test]

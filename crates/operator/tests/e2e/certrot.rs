@@ -832,3 +832,55 @@ async fn a_kept_ca_near_its_end_is_renewed_in_the_next_maintenance_window() {
     assert!(left > 3600 * 86_400, "the new CA has spec.ca.validityDays: {left}s left");
     support::assert_no_secret_leaks(&[]).await;
 }
+
+/// A CA change put back while it waits for clients is withdrawn: the operation completes with
+/// the certificate in force, clients are no longer told to trust the CA nothing will present,
+/// and nothing waits any more.
+#[tokio::test]
+async fn a_ca_change_reverted_while_waiting_for_clients_is_withdrawn() {
+    let cp = &env().cp;
+    let ns = "certs-withdrawn";
+    webhook_ready(cp).await;
+    brokers(cp, ns, "kafka", 1).await;
+    apply(cp, &rotation(ns, "{label: a1}", "{label: i1}"));
+    let first = wait_op(ns, OperationState::UpdateComplete).await.status.unwrap().external.unwrap();
+    let corp = pki::new_ca("withdrawn corp", Timestamp::now(), 3650).unwrap();
+    let leaf = pki::issue_leaf(&corp, "kafka", &[format!("kafka.{ns}.svc")], pki::Usage::Server, Timestamp::now(), 30)
+        .unwrap();
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(&leaf.key_pem).unwrap(),
+            serde_json::to_string(&leaf.cert_pem).unwrap(),
+            serde_json::to_string(&corp.cert_pem).unwrap()
+        ),
+    );
+    apply(
+        cp,
+        &rotation(ns, "{label: b1, type: secret, secretName: corp, trustTransitionSeconds: 3600}", "{label: i1}"),
+    );
+    let waiting = "{.status.conditions[?(@.type==\"WaitingForClientTrust\")].status}";
+    support::wait_jsonpath(cp, ("certrot", ns, "certs"), waiting, 60, |t| t == "True").await;
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let bundle = || async { cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap() };
+    assert_eq!(bundle().await.matches("BEGIN CERTIFICATE").count(), 2, "published next to the old one");
+
+    // Put back.
+    apply(cp, &rotation(ns, "{label: a1}", "{label: i1}"));
+    let o = wait_op(ns, OperationState::UpdateComplete).await;
+    let st = o.status.unwrap();
+    assert_eq!(
+        st.external.as_ref().unwrap().fingerprint_sha256,
+        first.fingerprint_sha256,
+        "the certificate in force stays"
+    );
+    assert!(st.trust_transition.is_none(), "{:?}", st.trust_transition);
+    let condition = st.conditions.iter().find(|c| c.type_ == "WaitingForClientTrust").unwrap();
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.contains("withdrawn"), "{}", condition.message);
+    let published = bundle().await;
+    assert_eq!(published.matches("BEGIN CERTIFICATE").count(), 1, "only the CA in force");
+    assert!(!published.contains(corp.cert_pem.trim()));
+    support::assert_no_secret_leaks(&[]).await;
+}

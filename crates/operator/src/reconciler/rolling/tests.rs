@@ -410,6 +410,19 @@ async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadlin
     let op = r.status.current_operation.as_ref().unwrap();
     assert_eq!(op.operation_state, OperationState::UpdateInProgress);
     assert!(op.verification.is_some(), "checked once, not probed again while waiting");
+    assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(30)).as_str()), "no deadline runs meanwhile");
     assert_eq!(outcome.requeue, Some(Duration::from_secs(60)));
     assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == "Waiting"));
+}
+
+#[test]
+fn a_deleted_object_goes_only_on_positive_evidence() {
+    let health = |reason: &str| Health::Reconciling { reason: reason.into(), message: String::new() };
+    assert!(may_go(&health(reason::DELETING)), "nothing that goes with it is mounted");
+    let blocked = Health::Stalled { reason: reason::DELETION_BLOCKED.into(), message: String::new() };
+    assert!(!may_go(&blocked));
+    assert!(!may_go(&Health::Stalled { reason: reason::PAUSED.into(), message: String::new() }), "paused: wait");
+    assert!(!may_go(&Health::Stalled { reason: reason::INVALID_SPEC.into(), message: String::new() }));
+    let elsewhere = Health::Stalled { reason: reason::NAMESPACE_NOT_WATCHED.into(), message: String::new() };
+    assert!(may_go(&elsewhere), "nothing the operator can check there");
 }
