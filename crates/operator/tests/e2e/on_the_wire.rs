@@ -461,25 +461,39 @@ async fn a_ca_renewal_rolls_trust_before_certificates_and_brokers_trust_each_oth
     let ca_fp = |pem: &str| pki::pem_fingerprint(pem).unwrap();
     let old_ca = ca_fp(&old_internal_ca);
 
-    // Brokers act as each other, and the phase is read, all through the renewal.
+    // Brokers act as each other, and the phase is read (on its own, every 100 ms: a round of
+    // handshakes can take seconds while pods restart), all through the renewal.
     let stop = Arc::new(AtomicBool::new(false));
+    let client = cp.client().await.unwrap();
     let poller = {
-        let (stop, ns) = (stop.clone(), ns.to_string());
-        let client = cp.client().await.unwrap();
+        let (stop, ns, pods) = (stop.clone(), ns.to_string(), Api::<Pod>::namespaced(client.clone(), ns));
         tokio::spawn(async move {
-            let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-            let rotations = Api::<cluster_security_api::CertificateRotation>::namespaced(client, &ns);
-            let (mut verified, mut failures, mut phases) = (0u32, Vec::new(), Vec::<String>::new());
+            let (mut verified, mut failures) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) {
+                brokers_trust_each_other(&pods, &ns, &mut verified, &mut failures).await;
+            }
+            (verified, failures)
+        })
+    };
+    let phase_reader = {
+        let stop = stop.clone();
+        let rotations = Api::<cluster_security_api::CertificateRotation>::namespaced(client, ns);
+        tokio::spawn(async move {
+            let mut phases = Vec::<String>::new();
+            loop {
+                // One last read after the stop: the phase the test saw last is in the list.
+                let last = stop.load(Ordering::Relaxed);
                 if let Some(t) = rotations.get("certs").await.ok().and_then(|c| c.status?.trust_transition) {
                     let phase = t.phase.as_str().to_string();
                     if phases.last() != Some(&phase) {
                         phases.push(phase);
                     }
                 }
-                brokers_trust_each_other(&pods, &ns, &mut verified, &mut failures).await;
+                if last {
+                    return phases;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            (verified, failures, phases)
         })
     };
     let annotate = |kv: &str| {
@@ -523,7 +537,8 @@ async fn a_ca_renewal_rolls_trust_before_certificates_and_brokers_trust_each_oth
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1, "the clients' bundle holds the new CA only");
 
     stop.store(true, Ordering::Relaxed);
-    let (verified, failures, phases) = poller.await.unwrap();
+    let (verified, failures) = poller.await.unwrap();
+    let phases = phase_reader.await.unwrap();
     assert!(failures.is_empty(), "brokers refused each other: {failures:?}");
     assert!(verified > 6, "brokers acted as each other {verified} times");
     let expected = ["TrustRolling", "WaitingForClients", "Switching", "OldCaRetained", "OldCaRemoved"];
