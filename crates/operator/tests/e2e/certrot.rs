@@ -687,6 +687,24 @@ async fn secret_opt(ns: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(env().cp.client().await.unwrap(), ns).get_opt(name).await.unwrap()
 }
 
+/// A CA of the user's and, in Secret `corp` (the seed's key names), a certificate it signed for
+/// the brokers of `ns`; returns the CA.
+fn corp_secret(ns: &str, ca_name: &str) -> pki::KeyedCert {
+    let corp = pki::new_ca(ca_name, Timestamp::now(), 3650).unwrap();
+    let leaf = pki::issue_leaf(&corp, "kafka", &[format!("kafka.{ns}.svc")], pki::Usage::Server, Timestamp::now(), 30)
+        .unwrap();
+    apply(
+        &env().cp,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
+            serde_json::to_string(&leaf.key_pem).unwrap(),
+            serde_json::to_string(&leaf.cert_pem).unwrap(),
+            serde_json::to_string(&corp.cert_pem).unwrap()
+        ),
+    );
+    corp
+}
+
 /// `spec.trustDistribution`: the trust bundle is copied into the listed namespaces and those
 /// whose labels match — a namespace labelled later gets its copy without any change to the
 /// resource — kept equal to the original through a CA change, never over someone else's
@@ -734,18 +752,7 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     wait_until(Duration::from_secs(30), "copy in dist-later", || same_as_original("dist-later")).await.unwrap();
 
     // A CA change: every copy holds the new CA next to the old one while the brokers wait.
-    let corp = pki::new_ca("dist corp", Timestamp::now(), 3650).unwrap();
-    let leaf = pki::issue_leaf(&corp, "kafka", &[format!("kafka.{ns}.svc")], pki::Usage::Server, Timestamp::now(), 30)
-        .unwrap();
-    apply(
-        cp,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
-            serde_json::to_string(&leaf.key_pem).unwrap(),
-            serde_json::to_string(&leaf.cert_pem).unwrap(),
-            serde_json::to_string(&corp.cert_pem).unwrap()
-        ),
-    );
+    let corp = corp_secret(ns, "dist corp");
     apply(cp, &format!("{}{distribution}", rotation(ns, "{label: e2, type: secret, secretName: corp}", "{label: i1}")));
     for n in ["dist-listed", "dist-labelled", "dist-later"] {
         wait_until(Duration::from_secs(60), &format!("new CA in {n}"), || {
@@ -844,18 +851,7 @@ async fn a_ca_change_reverted_while_waiting_for_clients_is_withdrawn() {
     brokers(cp, ns, "kafka", 1).await;
     apply(cp, &rotation(ns, "{label: a1}", "{label: i1}"));
     let first = wait_op(ns, OperationState::UpdateComplete).await.status.unwrap().external.unwrap();
-    let corp = pki::new_ca("withdrawn corp", Timestamp::now(), 3650).unwrap();
-    let leaf = pki::issue_leaf(&corp, "kafka", &[format!("kafka.{ns}.svc")], pki::Usage::Server, Timestamp::now(), 30)
-        .unwrap();
-    apply(
-        cp,
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: corp, namespace: {ns}}}\nstringData:\n  key: {}\n  cert: {}\n  cacert: {}\n",
-            serde_json::to_string(&leaf.key_pem).unwrap(),
-            serde_json::to_string(&leaf.cert_pem).unwrap(),
-            serde_json::to_string(&corp.cert_pem).unwrap()
-        ),
-    );
+    let corp = corp_secret(ns, "withdrawn corp");
     apply(
         cp,
         &rotation(ns, "{label: b1, type: secret, secretName: corp, trustTransitionSeconds: 3600}", "{label: i1}"),
