@@ -234,13 +234,29 @@ pub async fn material(
             // Never beyond the CA: a certificate outliving its CA would fail before its renewal.
             let ca_days = pki::seconds_left(&ca.cert_pem, now).map_or(1, |s| (s / 86_400).max(1));
             let days = w.validity_days.min(u32::try_from(ca_days).unwrap_or(u32::MAX));
-            let (issuer, alg) = (ca.clone(), w.key_algorithm);
+            let alg = w.key_algorithm;
+            let ask = format!(
+                "{operation_id}/{}/{}/{}/{days}/{}",
+                w.slot.as_str(),
+                ca.cert_pem,
+                alg.as_str(),
+                sans.join(",")
+            );
+            // Still sound now (a short validity could have run out while it waited).
+            if let Some(m) =
+                prepared::get(&ask).and_then(|m| inspect::check(&m.cert_pem, &m.key_pem, &ca.cert_pem, now).ok())
+            {
+                return Ok(m);
+            }
+            let issuer = ca.clone();
             let leaf =
                 blocking(move || pki::issue_leaf_with(&issuer, &service, &sans, usage, now, days, alg)).await.map_err(
                     |source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source },
                 )?;
-            inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
-                .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))
+            let m = inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
+                .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))?;
+            prepared::put(ask, &m);
+            Ok(m)
         }
         CertificateType::Provided => {
             let Some(ext) = cr.spec.external.as_ref() else {
@@ -369,6 +385,38 @@ async fn kept_ca(
         .await
         .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
     Ok(ca)
+}
+
+/// Self-signed material issued for an operation that is not installed yet — it waits for
+/// clients to trust a new CA, looked at about once a minute for up to a day — kept in memory so
+/// that each look does not generate another key (an RSA-4096 prime search takes seconds). Keyed
+/// by everything the certificate depends on; a few entries at most (one per waiting slot), and
+/// gone with the process (a restarted operator issues once more).
+mod prepared {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use super::Material;
+
+    /// More entries than operations could wait at once here: the map is cleared, not grown.
+    const MAX: usize = 64;
+
+    fn map() -> std::sync::MutexGuard<'static, BTreeMap<String, Material>> {
+        static MAP: OnceLock<Mutex<BTreeMap<String, Material>>> = OnceLock::new();
+        MAP.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(ask: &str) -> Option<Material> {
+        map().get(ask).cloned()
+    }
+
+    pub fn put(ask: String, m: &Material) {
+        let mut map = map();
+        if map.len() >= MAX {
+            map.clear();
+        }
+        map.insert(ask, m.clone());
+    }
 }
 
 /// Run key generation (an RSA prime search takes a second or more) off the async workers.
@@ -631,6 +679,24 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn material_prepared_for_a_waiting_operation_is_kept_and_the_store_stays_small() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ca = pki::new_ca("c", now, 30).unwrap();
+        let leaf = pki::issue_leaf(&ca, "k", &["k.n.svc".to_string()], pki::Usage::Server, now, 10).unwrap();
+        let m = inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now).unwrap();
+        prepared::put("op-a/external".into(), &m);
+        assert_eq!(
+            prepared::get("op-a/external").map(|k| k.leaf.fingerprint_sha256),
+            Some(m.leaf.fingerprint_sha256.clone())
+        );
+        assert!(prepared::get("op-b/external").is_none(), "another operation issues its own");
+        for i in 0..64 {
+            prepared::put(format!("filler-{i}"), &m);
+        }
+        assert!(prepared::get("op-a/external").is_none(), "cleared rather than grown");
     }
 
     #[test]
