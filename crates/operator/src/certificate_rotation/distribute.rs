@@ -43,18 +43,7 @@ pub async fn sync(cr: &CertificateRotation, round: &mut Round<CertificateRotatio
         Ok(resync) => resync,
         Err(e) => {
             let message = format!("The trust bundle copies could not be brought up to date: {e}; retried.");
-            let mut conds = round.status.conditions.clone();
-            let reason = reason::TRUST_DISTRIBUTION_FAILED;
-            conditions::set(
-                &mut conds,
-                conditions::TRUST_DISTRIBUTED,
-                false,
-                reason,
-                &message,
-                round.generation(),
-                round.now,
-            );
-            round.status.conditions = conds;
+            round.set_condition(conditions::TRUST_DISTRIBUTED, false, reason::TRUST_DISTRIBUTION_FAILED, &message);
             Some(RESYNC_AFTER_ERROR)
         }
     }
@@ -164,9 +153,7 @@ async fn copy(
         );
         (false, reason::TRUST_DISTRIBUTION_FAILED, message)
     };
-    let mut conds = round.status.conditions.clone();
-    conditions::set(&mut conds, conditions::TRUST_DISTRIBUTED, ok, why, &message, round.generation(), round.now);
-    round.status.conditions = conds;
+    round.set_condition(conditions::TRUST_DISTRIBUTED, ok, why, &message);
     Ok(Some(RESYNC))
 }
 

@@ -36,6 +36,12 @@ pub fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
+/// DER of the first certificate in `pem` (the leaf of a chain, the first CA of a bundle);
+/// None when it holds none.
+pub fn first_certificate(pem: &str) -> Option<Vec<u8>> {
+    certificates(pem, "").ok()?.into_iter().next()
+}
+
 fn ts(t: x509_parser::time::ASN1Time) -> Timestamp {
     Timestamp::from_second(t.timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
 }

@@ -121,8 +121,8 @@ pub async fn drifted_slots(
             .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?;
         let held = found
             .and_then(|s| secret_string(&s, "tls.crt"))
-            .and_then(|pem| inspect::certificates(&pem, "tls.crt").ok())
-            .and_then(|certs| certs.first().map(|der| inspect::fingerprint(der)));
+            .and_then(|pem| inspect::first_certificate(&pem))
+            .map(|der| inspect::fingerprint(&der));
         if held.as_deref() != Some(in_force.as_str()) {
             out.push(w.slot);
         }
@@ -362,10 +362,8 @@ async fn kept_ca(
     let cluster = &cr.spec.cluster_ref.name;
     let ca_name = slot.ca_secret(cluster);
     if let Some(ca) = read_kept_ca(ctx, cr, slot).await? {
-        let same_algorithm = inspect::certificates(&ca.cert_pem, "ca.crt")
-            .ok()
-            .and_then(|d| d.first().and_then(|der| pki::key_algorithm(der)))
-            == Some(alg);
+        let same_algorithm =
+            inspect::first_certificate(&ca.cert_pem).and_then(|der| pki::key_algorithm(&der)) == Some(alg);
         if !renew && same_algorithm && !ca_due(cr, &ca.cert_pem, now) {
             return Ok(ca);
         }
@@ -590,13 +588,10 @@ pub async fn install(
         not_after: Some(rfc3339(m.leaf.not_after)),
         fingerprint_sha256: Some(m.leaf.fingerprint_sha256.clone()),
         ca_fingerprint_sha256: Some(m.ca_fingerprint.clone()),
-        ca_not_after: inspect::certificates(&m.ca_pem, "ca.crt")
-            .ok()
-            .and_then(|d| d.first().and_then(|der| inspect::info(der, "ca.crt").ok()))
+        ca_not_after: inspect::first_certificate(&m.ca_pem)
+            .and_then(|der| inspect::info(&der, "ca.crt").ok())
             .map(|ca| rfc3339(ca.not_after)),
-        key_algorithm: inspect::certificates(&m.cert_pem, "tls.crt")
-            .ok()
-            .and_then(|d| d.first().and_then(|der| pki::key_algorithm(der))),
+        key_algorithm: inspect::first_certificate(&m.cert_pem).and_then(|der| pki::key_algorithm(&der)),
         renewal_time: (w.type_ == CertificateType::Selfsigned)
             .then(|| rfc3339(renewal_time(m.leaf.not_before, m.leaf.not_after))),
         client_impact: impact,
@@ -619,8 +614,8 @@ pub async fn source_secret_changed(
     let current = secret
         .as_ref()
         .and_then(|s| secret_string(s, SecretLayout::of(ext, s).cert))
-        .and_then(|pem| inspect::certificates(&pem, "cert").ok())
-        .and_then(|ders| ders.first().map(|d| inspect::fingerprint(d)));
+        .and_then(|pem| inspect::first_certificate(&pem))
+        .map(|der| inspect::fingerprint(&der));
     Ok(match current {
         Some(fp) if Some(&fp) != in_force.fingerprint_sha256.as_ref() => Some(SourceChange::NewCertificate(format!(
             "Secret {ns}/{name} now holds a different certificate (SHA-256 {fp}); the brokers run the older one. {}",

@@ -588,14 +588,18 @@ fn roll_annotations(
 
 /// The value of `clustersecurity.io/renew-ca` when it asks for a CA renewal not yet acted on.
 fn ca_renew_requested<'a>(cr: &'a CertificateRotation, status: &CertificateRotationStatus) -> Option<&'a str> {
-    let asked = cr.annotations().get(crate::api::RENEW_CA_ANNOTATION)?;
-    (status.ca_renew_request.as_deref() != Some(asked.as_str())).then_some(asked.as_str())
+    requested(cr, crate::api::RENEW_CA_ANNOTATION, status.ca_renew_request.as_deref())
 }
 
 /// The value of `clustersecurity.io/renew` when it asks for a renewal not yet acted on.
 fn renew_requested<'a>(cr: &'a CertificateRotation, status: &CertificateRotationStatus) -> Option<&'a str> {
-    let asked = cr.annotations().get(crate::api::RENEW_ANNOTATION)?;
-    (status.renew_request.as_deref() != Some(asked.as_str())).then_some(asked.as_str())
+    requested(cr, crate::api::RENEW_ANNOTATION, status.renew_request.as_deref())
+}
+
+/// The value of `annotation` when it differs from the one last `acted_on` (once per new value).
+fn requested<'a>(cr: &'a CertificateRotation, annotation: &str, acted_on: Option<&str>) -> Option<&'a str> {
+    let asked = cr.annotations().get(annotation)?;
+    (acted_on != Some(asked.as_str())).then_some(asked.as_str())
 }
 
 /// The expiry and planned renewal of the certificates the rotation installed, as metrics (what

@@ -583,10 +583,7 @@ fn report_encryption(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) {
     if off && was != Some(true) {
         round.event(EventType::Warning, reason, message.clone());
     }
-    let (generation, now) = (round.generation(), round.now);
-    let mut conds = round.status.conditions().to_vec();
-    conditions::set(&mut conds, ENCRYPTION_DISABLED, off, reason, &message, generation, now);
-    round.status.set_conditions(conds);
+    round.set_condition(ENCRYPTION_DISABLED, off, reason, &message);
 }
 
 /// Drive the current operation as far as it goes now: start it (plan its steps), then run one

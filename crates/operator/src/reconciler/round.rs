@@ -140,12 +140,18 @@ impl<K: Reconcile> Round<K> {
         if truth.is_none() && was.is_none() {
             return false;
         }
-        let (now, generation) = (self.now, self.generation());
         let (status, (reason, message)) = (truth.is_some(), truth.unwrap_or(otherwise));
+        self.set_condition(type_, status, reason, message);
+        was == Some(true)
+    }
+
+    /// Set a condition of the kind's own (besides Ready/Reconciling/Stalled) for this round's
+    /// generation and time.
+    pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let (now, generation) = (self.now, self.generation());
         let mut conds = self.status.conditions().to_vec();
         conditions::set(&mut conds, type_, status, reason, message, generation, now);
         self.status.set_conditions(conds);
-        was == Some(true)
     }
 
     /// Delete pod `name` (in the object's namespace) so that its StatefulSet recreates it from
