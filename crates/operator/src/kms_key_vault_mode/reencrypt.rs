@@ -281,10 +281,51 @@ impl Watermark {
     }
 }
 
-/// How many Secrets the cluster holds now: a names-only paged listing (the v1.20 API server does
-/// not carry `remainingItemCount` into PartialObjectMetadataList, and a full one-item list would
-/// pass a Secret's data through us). Cheap next to the rewrite: one request per page.
+/// How many Secrets the cluster holds now, without reading them: one request for a one-row
+/// Table (`includeObject=None`: name, type and number of keys, no data) whose
+/// `remainingItemCount` is the rest. The API server counts the keys in etcd; a names-only
+/// listing would make it read and decrypt every Secret (with KMS, a plugin call each), which
+/// costs about a quarter of a rewrite pass. (A PartialObjectMetadataList would be the natural
+/// ask, but the v1.20 API server leaves `remainingItemCount` out of it; a Table carries it on
+/// every version.) A server that leaves the count out gets the names-only listing.
 pub async fn count(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
+    match count_from_table(client).await? {
+        Some(total) => Ok(total),
+        None => count_by_listing(client, page_size).await,
+    }
+}
+
+/// The Table of a one-item Secret list, as far as counting needs it.
+#[derive(serde::Deserialize)]
+struct CountingTable {
+    #[serde(default)]
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta,
+    #[serde(default)]
+    rows: Vec<serde::de::IgnoredAny>,
+}
+
+impl CountingTable {
+    /// The rows plus what remains; None when more remain but the server did not say how many.
+    fn total(&self) -> Option<u64> {
+        let more = self.metadata.continue_.as_deref().is_some_and(|c| !c.is_empty());
+        match self.metadata.remaining_item_count {
+            Some(rest) => Some(self.rows.len() as u64 + rest.max(0) as u64),
+            None if !more => Some(self.rows.len() as u64),
+            None => None,
+        }
+    }
+}
+
+async fn count_from_table(client: &Client) -> Result<Option<u64>, kube::Error> {
+    let request = axum::http::Request::get("/api/v1/secrets?limit=1&includeObject=None")
+        .header(axum::http::header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    Ok(client.request::<CountingTable>(request).await?.total())
+}
+
+/// Count by a names-only paged listing.
+async fn count_by_listing(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
     let _stop_lister = AbortOnDrop(tokio::spawn(list_pages(client.clone(), page_size, None, tx)));
     let mut total = 0u64;
@@ -386,6 +427,18 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_one_row_table_counts_its_row_and_what_remains() {
+        let table = |v: serde_json::Value| serde_json::from_value::<CountingTable>(v).unwrap().total();
+        // As the v1.20 API server answers `limit=1` for 50 Secrets.
+        let page = json!({"kind": "Table", "metadata": {"continue": "c", "remainingItemCount": 49},
+            "rows": [{"cells": ["s-00000", "Opaque", 1, "0s"], "object": null}]});
+        assert_eq!(table(page), Some(50));
+        assert_eq!(table(json!({"metadata": {}, "rows": [{"cells": []}]})), Some(1), "all there is");
+        assert_eq!(table(json!({"metadata": {}, "rows": []})), Some(0), "no Secrets");
+        assert_eq!(table(json!({"metadata": {"continue": "c"}, "rows": [{}]})), None, "more, count unknown: list them");
     }
 
     #[test]
