@@ -36,6 +36,7 @@ pub const HOLD_NOT_READY: &str = "testbed.clustersecurity.io/hold-not-ready";
 pub struct PlayKubelet {
     stop: Arc<AtomicBool>,
     held: Held,
+    ticks: Arc<Mutex<Ticks>>,
     task: tokio::task::JoinHandle<()>,
     pub node: String,
 }
@@ -53,26 +54,44 @@ impl PlayKubelet {
         nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
         let stop = Arc::new(AtomicBool::new(false));
         let held = Held::default();
-        let (stop2, node2, held2) = (stop.clone(), node.to_string(), held.clone());
+        let ticks = Arc::new(Mutex::new(Ticks::default()));
+        let (stop2, node2, held2, ticks2) = (stop.clone(), node.to_string(), held.clone(), ticks.clone());
         let task = tokio::spawn(async move {
             let mut running = Running::default();
             while !stop2.load(Ordering::Relaxed) {
                 // A request caught by an API server restart (the Azure emulator restarts it, as AKS
                 // does) can hang until the client's read timeout, minutes: give a tick a deadline.
-                match tokio::time::timeout(TICK_DEADLINE, tick(&client, &node2, &held2, &mut running)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(error = %e, "play kubelet tick failed; retrying"),
-                    Err(_) => debug!("play kubelet tick took longer than {TICK_DEADLINE:?}; starting over"),
+                let failure =
+                    match tokio::time::timeout(TICK_DEADLINE, tick(&client, &node2, &held2, &mut running)).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(format!("failed: {e}")),
+                        Err(_) => Some(format!("took longer than {TICK_DEADLINE:?}")),
+                    };
+                if let Some(f) = &failure {
+                    debug!(failure = %f, "play kubelet tick did not finish; starting over");
                 }
+                ticks2.lock().expect("ticks lock").record(failure);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        Ok(Self { stop, held, task, node: node.into() })
+        Ok(Self { stop, held, ticks, task, node: node.into() })
     }
 
     /// A handle to hold new pods not ready, usable from any thread.
     pub fn held(&self) -> Held {
         self.held.clone()
+    }
+
+    /// How its rounds over the pods went, for a report when pods do not come up.
+    pub fn ticks(&self) -> String {
+        let t = self.ticks.lock().expect("ticks lock");
+        format!(
+            "play kubelet: {} rounds finished, {} did not (the last {} in a row); last failure: {}",
+            t.finished,
+            t.failed,
+            t.failed_in_a_row,
+            t.last_failure.as_deref().unwrap_or("none")
+        )
     }
 
     /// Stop serving pods (they keep their last reported state).
@@ -85,6 +104,31 @@ impl Drop for PlayKubelet {
     fn drop(&mut self) {
         self.stop();
         self.task.abort();
+    }
+}
+
+/// How the rounds over the pods went.
+#[derive(Default)]
+struct Ticks {
+    finished: u64,
+    failed: u64,
+    failed_in_a_row: u64,
+    last_failure: Option<String>,
+}
+
+impl Ticks {
+    fn record(&mut self, failure: Option<String>) {
+        match failure {
+            None => {
+                self.finished += 1;
+                self.failed_in_a_row = 0;
+            }
+            Some(f) => {
+                self.failed += 1;
+                self.failed_in_a_row += 1;
+                self.last_failure = Some(f);
+            }
+        }
     }
 }
 

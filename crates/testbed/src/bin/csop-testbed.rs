@@ -82,6 +82,33 @@ fn settled(cp: &ControlPlane) -> bool {
     reconciled && sts.split_once('/').is_some_and(|(a, b)| a == b)
 }
 
+/// What a reader of a failed run needs to find why it did not settle (the control plane's
+/// directory is removed on exit, and in CI the machine with it): the pods, the events, the
+/// KmsKeyVaultMode's conditions, the play kubelet's rounds and the tails of the logs.
+fn diagnose(cp: &ControlPlane, op: &Operator, kubelet: &PlayKubelet) {
+    say("the resources did not settle; what the cluster shows");
+    for args in [
+        &["get", "pods", "-n", "kafka", "-o", "wide"][..],
+        &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        &["describe", "kmsmode", "cluster"],
+        &["get", "clustersecurity", "-A", "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.name}: {range .status.conditions[*]}{.type}={.status} {.reason}: {.message}; {end}{\"\\n\"}{end}"],
+    ] {
+        println!("--- kubectl {}", args.join(" "));
+        let text = show(&cp.kubectl(args));
+        let lines: Vec<&str> = text.lines().collect();
+        println!("{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+    }
+    println!("--- {}", kubelet.ticks());
+    for name in ["kube-controller-manager", "kube-apiserver"] {
+        // Their lines can run to kilobytes (whole objects in an event's error).
+        let tail: Vec<String> = cp.log_tail(name, 30).lines().map(|l| l.chars().take(400).collect()).collect();
+        println!("--- {name} log, last 30 lines\n{}", tail.join("\n"));
+    }
+    let log = op.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    println!("--- operator log, last 40 lines\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cmd::Demo { exit, settle_seconds } = Cmd::parse();
@@ -120,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
          each pod gets a loopback IP where a broker stand-in serves real TLS from what the pod mounts",
     );
     let client = cp.client().await?;
-    let _kubelet = PlayKubelet::start(client, "play-node").await?;
+    let kubelet = PlayKubelet::start(client, "play-node").await?;
 
     say("kubectl apply -k examples/ && kubectl apply -f examples/kmskeyvaultmode.yaml");
     let examples = root.join("examples");
@@ -165,6 +192,9 @@ async fn main() -> anyhow::Result<()> {
         if done || Instant::now() > deadline {
             print!("{}", show(&cp.kubectl(&["get", "clustersecurity", "-A"])));
             print!("{}", show(&cp.kubectl(&["get", "statefulset", "-n", "kafka"])));
+            if !done {
+                diagnose(&cp, &op, &kubelet);
+            }
             anyhow::ensure!(
                 done,
                 "resources did not settle within {settle_seconds}s; operator log: {}",
