@@ -72,7 +72,7 @@ const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
 /// When to look at a rollout just started (workload watches usually come sooner).
 const FOLLOW_ROLLOUT: Duration = Duration::from_secs(5);
-/// How often a rollout held back by a partition is looked at (its deadline restarts from then).
+/// How often a rollout held back by a partition is looked at.
 const HELD_RECHECK: Duration = Duration::from_secs(10);
 /// How often brokers that do not present what was put in place yet are checked again.
 const VERIFY_RECHECK: Duration = Duration::from_secs(10);
@@ -464,11 +464,9 @@ async fn roll_prepared<K: Rolling>(
 ) -> Result<Outcome, Error> {
     match prepared {
         Err(PrepareError::Failed(e)) => Err(e),
+        // Between two phases nothing rolls: no rollout deadline runs while the kind waits
+        // ([`deadline_paused`]); nothing is written for it at each look.
         Err(PrepareError::Wait { reason, message, after }) => {
-            // Between two phases nothing rolls: no rollout deadline runs while the kind waits.
-            if op.operation_state == OperationState::UpdateInProgress {
-                op.deadline_from = Some(operation::rfc3339(round.now));
-            }
             Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
         }
         Err(PrepareError::Refused { reason: code, message }) => {
@@ -506,6 +504,15 @@ async fn next_phase<K: Rolling>(
     .await
 }
 
+/// Whether the rollout deadline is paused: the last look followed no roll, because a partition
+/// held it back or a phase done and checked waited for the next. The deadline runs again from
+/// the first look that follows a roll; so a hold or a wait of days costs no status write per
+/// look (each would move `deadlineFrom`), only one when it ends.
+fn deadline_paused<S: OperationRecord>(status: &S, op: &Operation<S::Info>) -> bool {
+    let last = status.conditions().iter().find(|c| c.type_ == conditions::RECONCILING).map(|c| c.reason.as_str());
+    last == Some(reason::ROLLOUT_HELD_BY_PARTITION) || (op.verification.is_some() && last != Some(reason::ROLLING_PODS))
+}
+
 /// UPDATE_IN_PROGRESS: keep the annotations in the template, follow the rollout, complete it.
 async fn follow<K: Rolling>(
     kind: &K,
@@ -527,10 +534,16 @@ async fn follow<K: Rolling>(
             round.apply_template(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
         }
     }
-    let elapsed = operation::seconds_in_progress(op, round.now).unwrap_or(0);
+    let paused = deadline_paused(&round.status, op);
+    let elapsed = if paused { 0 } else { operation::seconds_in_progress(op, round.now).unwrap_or(0) };
     let timeout = i64::from(kind.rollout_timeout_seconds());
     match workload::check(workload, &expected, elapsed, timeout, wl) {
         RolloutCheck::Rolling(mut message, after) => {
+            if paused {
+                // Followed again (the partition lowered, a pod restarted between phases): the
+                // deadline starts now, written once.
+                op.deadline_from = Some(operation::rfc3339(round.now));
+            }
             // OnDelete: the StatefulSet controller waits for us to delete the pods.
             if let Some(w) = workload.filter(|w| w.strategy == Strategy::OnDelete) {
                 let ns = round.namespace();
@@ -545,9 +558,7 @@ async fn follow<K: Rolling>(
             Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(after)))
         }
         RolloutCheck::Held(message) => {
-            // The user holds the rollout back: the deadline starts again once they release it
-            // (from the last look while held, at most HELD_RECHECK before).
-            op.deadline_from = Some(operation::rfc3339(round.now));
+            // The user holds the rollout back: no deadline runs until they release it.
             let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION.into(), message };
             Ok(Outcome::new(health, Some(HELD_RECHECK)))
         }

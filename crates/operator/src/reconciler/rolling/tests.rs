@@ -405,14 +405,68 @@ async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadlin
     assert_eq!(r.status.applied.as_deref(), Some("a"));
 
     // A phase that waits: nothing rolled, the verdict of the roll before is kept.
+    let before = first.status.current_operation.as_ref().unwrap().deadline_from.clone();
     let (outcome, r) = round(phased(first.status, true), t(30), Some(active(&[(HASH, "hash-of-a")]))).await;
     assert!(!r.effects().iter().any(|e| matches!(e, Effect::Template(_))), "{:?}", r.effects());
     let op = r.status.current_operation.as_ref().unwrap();
     assert_eq!(op.operation_state, OperationState::UpdateInProgress);
     assert!(op.verification.is_some(), "checked once, not probed again while waiting");
-    assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(30)).as_str()), "no deadline runs meanwhile");
+    assert_eq!(op.deadline_from, before, "nothing written for the deadline at each look while waiting");
     assert_eq!(outcome.requeue, Some(Duration::from_secs(60)));
     assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == "Waiting"));
+    // A day later, still waiting: no deadline ran meanwhile. A broker restarted by someone
+    // else is followed with a deadline from now.
+    let waiting = looked(r.status, &outcome.health);
+    let restarted = Workload { ready: 2, ..active(&[(HASH, "hash-of-a")]) };
+    let (outcome, r) = round(phased(waiting.clone(), true), t(86_400), Some(restarted)).await;
+    let op = r.status.current_operation.as_ref().unwrap();
+    assert_eq!(op.operation_state, OperationState::UpdateInProgress, "not timed out by the wait");
+    assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(86_400)).as_str()));
+    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    let (_, r) = round(phased(waiting, true), t(86_400), Some(active(&[(HASH, "hash-of-a")]))).await;
+    assert_eq!(r.status.current_operation.unwrap().deadline_from, before, "still waiting: nothing written");
+}
+
+/// `status` after a look that reported `health` (the driver's conditions, as the writer sets them).
+fn looked(mut status: WidgetStatus, health: &Health) -> WidgetStatus {
+    let conditions = conditions::apply(status.conditions(), health, Some(1), t(0));
+    status.set_conditions(conditions);
+    status
+}
+
+#[tokio::test]
+async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_written_for_it() {
+    let partitioned = |updated| Workload {
+        updated,
+        revisions_match: false,
+        strategy: Strategy::Partitioned(2),
+        ..active(&[(HASH, "hash-of-a")])
+    };
+    let (outcome, r) = round(widget("a", rolling_status("a").await), t(30), Some(partitioned(1))).await;
+    assert!(
+        matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
+    );
+    let held = looked(r.status, &outcome.health);
+    let before = held.current_operation.as_ref().unwrap().deadline_from.clone();
+    // Held far past the deadline (600 s): still in progress, nothing moved.
+    let (outcome, r) = round(widget("a", held.clone()), t(7_200), Some(partitioned(1))).await;
+    let op = r.status.current_operation.as_ref().unwrap();
+    assert_eq!((op.operation_state, &op.deadline_from), (OperationState::UpdateInProgress, &before));
+    assert!(
+        matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
+    );
+    // Released: the deadline runs from the first look after.
+    let released = Workload { strategy: Strategy::Partitioned(0), ..partitioned(2) };
+    let (outcome, r) = round(widget("a", held), t(7_210), Some(released.clone())).await;
+    assert_eq!(
+        r.status.current_operation.as_ref().unwrap().deadline_from.as_deref(),
+        Some(operation::rfc3339(t(7_210)).as_str())
+    );
+    let rolling = looked(r.status, &outcome.health);
+    let (_, r) = round(widget("a", rolling.clone()), t(7_700), Some(released.clone())).await;
+    assert_eq!(r.status.current_operation.unwrap().operation_state, OperationState::UpdateInProgress, "within 600 s");
+    let (_, r) = round(widget("a", rolling), t(7_900), Some(released)).await;
+    assert_eq!(r.status.operations[0].error_info.as_ref().unwrap().code, reason::ROLLOUT_FAILED, "600 s after release");
 }
 
 #[test]
