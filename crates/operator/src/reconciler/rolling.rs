@@ -208,7 +208,7 @@ async fn repair_drift<K: Rolling>(
         restored.push(format!("the volumes and mounts of {wl} that carry the {} (spec.mounts)", K::WHAT));
     }
     if restored.is_empty() {
-        return Ok(settled);
+        return Ok(after_repair(round, workload, &expected, wl).unwrap_or(settled));
     }
     let message = format!("Restored what was changed or deleted by someone else: {}.", restored.join("; "));
     round.event(EventType::Normal, event::DRIFT_REPAIRED, message.clone());
@@ -217,6 +217,29 @@ async fn repair_drift<K: Rolling>(
         return Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)));
     }
     Ok(settled)
+}
+
+/// After a repair that rolled the pods (the last look reported `DriftRepaired`): not Ready until
+/// every pod runs the restored template — until then some may lack what they mount. None once
+/// they all do (or nothing was repaired).
+fn after_repair<K: Rolling>(
+    round: &Round<K>,
+    workload: Option<&Workload>,
+    expected: &BTreeMap<String, String>,
+    wl: &str,
+) -> Option<Outcome> {
+    let last = round.status.conditions().iter().find(|c| c.type_ == conditions::RECONCILING);
+    if last.is_none_or(|c| c.reason != event::DRIFT_REPAIRED) {
+        return None;
+    }
+    let (message, after) = match workload::check(workload, expected, 0, i64::MAX, wl) {
+        RolloutCheck::Done => return None,
+        RolloutCheck::Rolling(message, after) => (message, after),
+        RolloutCheck::Held(message) => (message, HELD_RECHECK),
+        RolloutCheck::TimedOut(message) => (message, FOLLOW_ROLLOUT),
+    };
+    let message = format!("Restored what was changed or deleted by someone else; {message}");
+    Some(Outcome::new(Health::Reconciling { reason: event::DRIFT_REPAIRED.into(), message }, Some(after)))
 }
 
 /// What a Secret the spec names (the source of a certificate or a CA bundle) holds now that the

@@ -249,6 +249,27 @@ async fn settled_reports_the_kinds_health_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn after_a_repair_that_rolls_the_pods_ready_waits_for_the_rollout() {
+    let settled = WidgetStatus { applied: Some("a".into()), hash: Some("hash-of-a".into()), ..Default::default() };
+    // Someone removed the annotation: put back, and the pods roll.
+    let (outcome, r) = round(widget("a", settled.clone()), t(0), Some(active(&[]))).await;
+    assert_eq!(r.effects(), [Effect::Template(BTreeMap::from([(HASH.into(), "hash-of-a".into())]))]);
+    assert_eq!(reasons(&r), [event::DRIFT_REPAIRED]);
+    let repaired = looked(settled, &outcome.health);
+    // Rolling back to the restored template: not Ready yet.
+    let rolling = Workload { updated: 1, ready: 2, ..active(&[(HASH, "hash-of-a")]) };
+    let (outcome, r) = round(widget("a", repaired.clone()), t(5), Some(rolling)).await;
+    assert!(r.effects().is_empty() && r.events.is_empty());
+    let Health::Reconciling { reason, message } = &outcome.health else { panic!("{:?}", outcome.health) };
+    assert_eq!(reason, event::DRIFT_REPAIRED);
+    assert!(message.contains("1/3 pods updated, 2/3 ready"), "{message}");
+    assert!(outcome.requeue.is_some_and(|d| d <= Duration::from_secs(10)));
+    // Every pod runs it: Ready.
+    let (outcome, _) = round(widget("a", repaired), t(10), Some(active(&[(HASH, "hash-of-a")]))).await;
+    assert!(matches!(outcome.health, Health::Ready { ref reason, .. } if reason == reason::APPLIED));
+}
+
+#[tokio::test]
 async fn a_change_is_recorded_before_anything_is_prepared_then_rolled() {
     let (outcome, r) = round(widget("a", WidgetStatus::default()), t(0), Some(active(&[]))).await;
     // The first write records the PENDING operation (crash safety), the second rolls the pods.
