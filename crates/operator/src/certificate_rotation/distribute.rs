@@ -3,9 +3,9 @@
 //! spec lists or whose labels match, kept equal to the original on every round — so during a CA
 //! change clients everywhere get the new CA before any broker presents it. A copy carries the
 //! label `clustersecurity.io/trust-source=<uid of the CertificateRotation>`; a namespace that
-//! leaves the list (or the selector) loses its copy. Copies stay when the CertificateRotation is
-//! deleted (they are in other namespaces; no owner reference can reach them): remove them with
-//! `kubectl delete configmap -A -l clustersecurity.io/trust-source=<uid>`.
+//! leaves the list (or the selector) loses its copy. When the CertificateRotation is deleted,
+//! `deletionPolicy: Delete` removes the copies with it (no owner reference can reach another
+//! namespace: its finalizer gives the operator the moment to); `Retain` keeps them.
 //!
 //! What this module may touch: ConfigMaps `<cluster>-external-trust` in the target namespaces
 //! that are its own copies (created by it, or carrying that label), and deleting those; it reads
@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -155,6 +156,20 @@ async fn copy(
     };
     round.set_condition(conditions::TRUST_DISTRIBUTED, ok, why, &message);
     Ok(Some(RESYNC))
+}
+
+/// The CertificateRotation is deleted under `deletionPolicy: Delete`: remove its copies. A
+/// failure is reported (a Warning event naming the command that removes them) and the deletion
+/// goes on: a copy left behind vouches for a CA no broker of this resource presents any more.
+pub async fn release(cr: &CertificateRotation, round: &mut Round<CertificateRotation>, ctx: &Context) {
+    let uid = cr.uid().unwrap_or_default();
+    let name = trust_configmap(&cr.spec.cluster_ref.name);
+    if let Err(e) = remove_copies(ctx, &uid, &name, &BTreeSet::new()).await {
+        let note = format!(
+            "The trust bundle copies could not all be removed ({e}); remove them with `kubectl delete configmap -A -l {SOURCE_LABEL}={uid}`."
+        );
+        round.event(EventType::Warning, reason::TRUST_DISTRIBUTION_FAILED, note);
+    }
 }
 
 /// A ConfigMap this resource may write: its own copy, or one a user lets it adopt.

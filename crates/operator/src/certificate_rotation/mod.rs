@@ -201,6 +201,10 @@ impl Reconcile for CertificateRotation {
         trust::upgrade_recorded(self, &mut round.status);
         let mut outcome = rolling::advance(self, round, ctx).await?;
         report_expiry(ctx, self, &round.status);
+        // Being deleted: the copies stay as they are (Retain) or are gone already (Delete).
+        if self.metadata.deletion_timestamp.is_some() {
+            return Ok(outcome);
+        }
         if let Some(resync) = distribute::sync(self, round, ctx).await {
             outcome.requeue = Some(outcome.requeue.map_or(resync, |r| r.min(resync)));
         }
@@ -457,6 +461,12 @@ impl Rolling for CertificateRotation {
             None => material::read_tls(ctx, self, Slot::Internal).await?.map(|m| m.ca_pem).unwrap_or_default(),
         };
         Ok(roll_annotations(self, &mut round.status, &internal_trust))
+    }
+
+    /// The copies of the trust bundle in other namespaces (`spec.trustDistribution`): the brokers
+    /// no longer present what they vouch for.
+    async fn release(&self, round: &mut Round<Self>, ctx: &Context) {
+        distribute::release(self, round, ctx).await
     }
 
     /// The trust bundle, deleted or edited by someone (a TLS Secret is issued again by `idle`).

@@ -148,6 +148,13 @@ pub trait Rolling: TargetsWorkload {
         async { Ok(Vec::new()) }
     }
 
+    /// Deleted under `deletionPolicy: Delete` with nothing of it mounted any more: remove what it
+    /// wrote where owner references cannot reach (other namespaces). The deletion goes on
+    /// whatever happens; a failure is the kind's to report (an event).
+    fn release(&self, _round: &mut Round<Self>, _ctx: &Context) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// The pod-template annotations the rolling operation set (from the status).
     fn expected(status: &Self::Status) -> BTreeMap<String, String>;
 
@@ -336,6 +343,9 @@ async fn deleting<K: Rolling>(
         })
         .unwrap_or_default();
     if kind.deletion_policy() == DeletionPolicy::Retain || mounted.is_empty() {
+        if kind.deletion_policy() == DeletionPolicy::Delete {
+            kind.release(round, ctx).await;
+        }
         let message = "Being deleted; nothing new starts.".to_string();
         return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING.into(), message }, None));
     }

@@ -782,6 +782,24 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     assert!(bundle("dist-later").await.is_some(), "still selected");
     let to = stdout(&cp.kubectl(&["get", "certrot", "certs", "-n", ns, "-o", "jsonpath={.status.trustDistributedTo}"]));
     assert_eq!(to, "[\"dist-later\"]");
+
+    // Deleted under deletionPolicy Delete (the brokers gone first, so nothing mounts what goes):
+    // the copies go with it; the foreign ConfigMap stays.
+    let out = cp.kubectl(&["delete", "statefulset", "kafka", "-n", ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = "  deletionPolicy: Delete\n";
+    apply(
+        cp,
+        &format!("{}{fewer}{policy}", rotation(ns, "{label: e2, type: secret, secretName: corp}", "{label: i1}")),
+    );
+    support::wait_jsonpath(cp, ("certrot", ns, "certs"), "{.metadata.finalizers}", 60, |f| {
+        f.contains("mounted-objects")
+    })
+    .await;
+    let out = cp.kubectl(&["delete", "certrot", "certs", "-n", ns, "--wait=true", "--timeout=60s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(bundle("dist-later").await.is_none(), "the copy went with it");
+    assert_eq!(bundle("dist-taken").await.unwrap()["ca.crt"], "mine");
     support::assert_no_secret_leaks(&[]).await;
 }
 
