@@ -183,6 +183,7 @@ async fn tick(client: &Client, node: &str, held: &Held, running: &mut Running) -
     let live: HashSet<String> =
         listed.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.uid()).collect();
     running.pods.retain(|uid, _| live.contains(uid));
+    let mut failed = None;
     for pod in listed {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
@@ -232,12 +233,15 @@ async fn tick(client: &Client, node: &str, held: &Held, running: &mut Running) -
                     running.pods.insert(uid.clone(), brokers::serve(ip, listeners).await);
                 }
                 let ip = running.pods.get(&uid).map(|s| s.ip.to_string());
-                report_status(&api, &pod, held.contains(&ns), ip.as_deref()).await?
+                // One pod's failed report must not keep every pod after it from being reported.
+                if let Err(e) = report_status(&api, &pod, held.contains(&ns), ip.as_deref()).await {
+                    failed.get_or_insert(e);
+                }
             }
             Some(_) => {}
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 fn is_running(pod: &Pod) -> bool {
