@@ -272,8 +272,7 @@ impl ControlPlane {
     /// Last `n` lines of a component's log.
     pub fn log_tail(&self, name: &str, n: usize) -> String {
         let text = std::fs::read_to_string(self.dir.as_path().join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        last_lines(&text, n)
     }
 
     /// Replace the encryption configuration; it takes effect at the next apiserver (re)start (the
@@ -291,13 +290,7 @@ impl ControlPlane {
 
     /// The raw value etcd holds for a key (to see how the apiserver stored it).
     pub fn etcd_get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.etcd_endpoint(), "get", key, "-w", "json"])
-            .output()
-            .context("run etcdctl (Debian package etcd-client)")?;
-        anyhow::ensure!(out.status.success(), "etcdctl failed: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v: serde_json::Value = serde_json::from_slice(&self.etcdctl(&["get", key, "-w", "json"])?)?;
         use base64::Engine as _;
         let value =
             v["kvs"][0]["value"].as_str().map(|b| base64::engine::general_purpose::STANDARD.decode(b)).transpose()?;
@@ -307,13 +300,7 @@ impl ControlPlane {
     /// Every key under `prefix` with its raw value, in one etcd read.
     pub fn etcd_get_prefix(&self, prefix: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         use base64::Engine as _;
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.etcd_endpoint(), "get", prefix, "--prefix", "-w", "json"])
-            .output()
-            .context("run etcdctl (Debian package etcd-client)")?;
-        anyhow::ensure!(out.status.success(), "etcdctl failed: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v: serde_json::Value = serde_json::from_slice(&self.etcdctl(&["get", prefix, "--prefix", "-w", "json"])?)?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut kvs = Vec::new();
         for kv in v["kvs"].as_array().cloned().unwrap_or_default() {
@@ -327,23 +314,29 @@ impl ControlPlane {
     /// does: a measurement after many rewrites then starts from a store of the same size as one
     /// before them.
     pub fn compact_etcd(&self) -> anyhow::Result<()> {
-        let etcdctl = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
-            let out = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.etcd_endpoint()])
-                .args(args)
-                .output()
-                .context("run etcdctl (Debian package etcd-client)")?;
-            let err = String::from_utf8_lossy(&out.stderr);
-            // The API server's own compaction may have got there first.
-            anyhow::ensure!(out.status.success() || err.contains("compacted"), "etcdctl {args:?} failed: {err}");
-            Ok(out.stdout)
-        };
-        let status: serde_json::Value = serde_json::from_slice(&etcdctl(&["endpoint", "status", "-w", "json"])?)?;
+        let status: serde_json::Value = serde_json::from_slice(&self.etcdctl(&["endpoint", "status", "-w", "json"])?)?;
         let revision = status[0]["Status"]["header"]["revision"].as_i64().context("etcd reports its revision")?;
-        etcdctl(&["compact", &revision.to_string()])?;
-        etcdctl(&["defrag"])?;
+        if let Err(e) = self.etcdctl(&["compact", &revision.to_string()]) {
+            // The API server's own compaction may have got there first.
+            if !e.to_string().contains("compacted") {
+                return Err(e);
+            }
+        }
+        self.etcdctl(&["defrag"])?;
         Ok(())
+    }
+
+    /// `etcdctl <args>` against this control plane's etcd: its standard output, or an error with
+    /// what it printed on standard error.
+    fn etcdctl(&self, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.etcd_endpoint()])
+            .args(args)
+            .output()
+            .context("run etcdctl (Debian package etcd-client)")?;
+        anyhow::ensure!(out.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(out.stdout)
     }
 
     /// Stop kube-apiserver, start it again with the same flags, and wait until it is ready.
@@ -380,6 +373,12 @@ impl Drop for ControlPlane {
 }
 
 /// Name of the `i`-th Secret made by [`create_numbered_secrets`] with `prefix`.
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 pub fn numbered_name(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i:05}")
 }

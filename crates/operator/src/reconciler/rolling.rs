@@ -235,8 +235,7 @@ fn after_repair<K: Rolling>(
     expected: &BTreeMap<String, String>,
     wl: &str,
 ) -> Option<Outcome> {
-    let last = round.status.conditions().iter().find(|c| c.type_ == conditions::RECONCILING);
-    if last.is_none_or(|c| c.reason != event::DRIFT_REPAIRED) {
+    if last_reconciling_reason(&round.status) != Some(event::DRIFT_REPAIRED) {
         return None;
     }
     let (message, after) = match workload::check(workload, expected, 0, i64::MAX, wl) {
@@ -542,8 +541,13 @@ async fn next_phase<K: Rolling>(
 /// the first look that follows a roll; so a hold or a wait of days costs no status write per
 /// look (each would move `deadlineFrom`), only one when it ends.
 fn deadline_paused<S: OperationRecord>(status: &S, op: &Operation<S::Info>) -> bool {
-    let last = status.conditions().iter().find(|c| c.type_ == conditions::RECONCILING).map(|c| c.reason.as_str());
+    let last = last_reconciling_reason(status);
     last == Some(reason::ROLLOUT_HELD_BY_PARTITION) || (op.verification.is_some() && last != Some(reason::ROLLING_PODS))
+}
+
+/// The reason the last look reported while work was in progress (the `Reconciling` condition).
+fn last_reconciling_reason<S: OperationRecord>(status: &S) -> Option<&str> {
+    conditions::get(status.conditions(), conditions::RECONCILING).map(|c| c.reason.as_str())
 }
 
 /// UPDATE_IN_PROGRESS: keep the annotations in the template, follow the rollout, complete it.

@@ -15,7 +15,7 @@ use cluster_security_testbed::azure::{kms_hook, AzureEmulator, Spec};
 use cluster_security_testbed::kms_plugin::KmsPlugin;
 use cluster_security_testbed::kubelet::PlayKubelet;
 use cluster_security_testbed::operator::{self, Operator};
-use cluster_security_testbed::{brokers, free_port, pki, ControlPlane, Options};
+use cluster_security_testbed::{brokers, free_port, last_lines, pki, ControlPlane, Options};
 
 #[derive(Parser)]
 #[command(about = "Local control plane for the cluster-security-operator demo")]
@@ -94,9 +94,7 @@ fn diagnose(cp: &ControlPlane, op: &Operator, kubelet: &PlayKubelet) {
         &["get", "clustersecurity", "-A", "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.name}: {range .status.conditions[*]}{.type}={.status} {.reason}: {.message}; {end}{\"\\n\"}{end}"],
     ] {
         println!("--- kubectl {}", args.join(" "));
-        let text = show(&cp.kubectl(args));
-        let lines: Vec<&str> = text.lines().collect();
-        println!("{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        println!("{}", last_lines(&show(&cp.kubectl(args)), 60));
     }
     println!("--- {}", kubelet.ticks());
     for name in ["kube-controller-manager", "kube-apiserver"] {
@@ -104,9 +102,7 @@ fn diagnose(cp: &ControlPlane, op: &Operator, kubelet: &PlayKubelet) {
         let tail: Vec<String> = cp.log_tail(name, 30).lines().map(|l| l.chars().take(400).collect()).collect();
         println!("--- {name} log, last 30 lines\n{}", tail.join("\n"));
     }
-    let log = op.log_text();
-    let lines: Vec<&str> = log.lines().collect();
-    println!("--- operator log, last 40 lines\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+    println!("--- operator log, last 40 lines\n{}", last_lines(&op.log_text(), 40));
 }
 
 #[tokio::main]
