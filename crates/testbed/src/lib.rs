@@ -238,8 +238,19 @@ impl ControlPlane {
         self.kubectl_with_stdin(args, None)
     }
 
-    /// Run kubectl with `stdin` as its standard input.
+    /// Run kubectl with `stdin` as its standard input. The testbed restarts kube-apiserver
+    /// itself (the Azure emulator applying a KMS change, a fault trial): a command that finds it
+    /// down (connection refused: nothing was sent) runs again once it is ready, as a user would.
     pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let out = self.kubectl_once(args, stdin);
+        let refused = String::from_utf8_lossy(&out.stderr).contains("was refused");
+        if !out.status.success() && refused && self.wait_ready(Duration::from_secs(90)).is_ok() {
+            return self.kubectl_once(args, stdin);
+        }
+        out
+    }
+
+    fn kubectl_once(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut cmd = Command::new("kubectl");
         cmd.env("KUBECONFIG", self.kubeconfig_path()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -258,7 +269,7 @@ impl ControlPlane {
             if let Ok(Some(status)) = self.apiserver.lock().expect("apiserver lock").child.try_wait() {
                 bail!("kube-apiserver exited ({status}):\n{}", self.log_tail("kube-apiserver", 30));
             }
-            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            let out = self.kubectl_once(&["get", "--raw", "/readyz"], None);
             if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
                 return Ok(());
             }

@@ -365,6 +365,7 @@ fn record_progress(status: &mut KmsKeyVaultModeStatus, p: &Progress) {
     r.failed = p.failed;
     r.deleted = p.gone;
     r.resume_after = p.resume_after.clone();
+    r.resume_continue = p.resume_continue.clone();
     status.progress = Some(progress_text(r));
 }
 
@@ -378,9 +379,15 @@ async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Re
         gone: r.deleted,
         failed: r.failed,
         resume_after: r.resume_after.clone(),
+        resume_continue: r.resume_continue.clone(),
+        listed_again: 0,
     };
     if r.resume_after.is_some() {
-        info!(resume_after = ?r.resume_after, "resuming the Secret rewrite where it stopped");
+        info!(
+            resume_after = ?r.resume_after,
+            from_its_page = r.resume_continue.is_some(),
+            "resuming the Secret rewrite where it stopped"
+        );
     }
     let spec = round.obj.spec.reencryption.clone();
     // The spec's concurrency is a cap: the engine finds how many the API server takes.

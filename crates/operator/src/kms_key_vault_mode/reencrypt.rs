@@ -16,11 +16,17 @@
 //!   above `Settings::concurrency`. Retries with backoff (backon, with jitter) on 429, 409, 5xx
 //!   and transport errors.
 //! - Resumable: Secrets are listed in key order (namespace/name); `resume_after` is exact — the
-//!   last key below which every Secret is handled — and an expired list continuation restarts
-//!   the listing after the last key listed.
+//!   last key below which every Secret is handled. Next to it is kept the list continuation of
+//!   the page that holds it, so a resumed run lists from there instead of from the first Secret
+//!   (names before the resume point would cost the API server a read and a decryption each).
+//! - An expired continuation (410, after etcd's compaction) continues with the token the API
+//!   server hands back in that answer (an inconsistent list from the same key, which is all a
+//!   rewrite needs); only a server that gives none or refuses the token is listed from the start,
+//!   skipping what was handled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::task::AbortOnDrop;
@@ -67,6 +73,12 @@ pub struct Progress {
     pub failed: u64,
     /// `namespace/name` of the last Secret below which every Secret is handled.
     pub resume_after: Option<String>,
+    /// The list continuation of the page that holds `resume_after` (opaque, from the API
+    /// server); None lists from the first Secret.
+    pub resume_continue: Option<String>,
+    /// Names listed again although already handled (at or before `resume_after`): what
+    /// resuming cost this run.
+    pub listed_again: u64,
 }
 
 /// Why a run stopped early.
@@ -214,16 +226,34 @@ impl Limiter {
 /// Pages listed ahead of the rewrites.
 const LIST_AHEAD: usize = 2;
 
-/// List the Secrets after `after`, a page at a time, into `pages` (in key order). An expired
-/// continuation (410) lists again from the start and skips what was already sent.
+/// One page of Secrets after the resume point, in key order.
+struct Page {
+    items: Vec<PartialObjectMeta<Secret>>,
+    /// The continuation this page was listed with (None: the first page): listing with it again
+    /// starts at this page.
+    listed_with: Option<Arc<str>>,
+    /// Names on the page at or before the resume point, left out of `items`.
+    listed_again: u64,
+}
+
+/// List the Secrets after `after`, a page at a time from the continuation `from` (the first
+/// Secret when None), into `pages` (in key order).
+///
+/// A 410 (the continuation's revision was compacted) continues with the token the API server
+/// puts in that answer: the rest of the list as it is now, from the same key. A server that
+/// gives no such token, or refuses ours (400: a token from another server or version), is
+/// listed again from the first Secret; `after` keeps that from handling anything twice.
 async fn list_pages(
     client: Client,
     page_size: u32,
     mut after: Option<String>,
-    pages: mpsc::Sender<Result<Vec<PartialObjectMeta<Secret>>, kube::Error>>,
+    from: Option<String>,
+    pages: mpsc::Sender<Result<Page, kube::Error>>,
 ) {
     let api: Api<Secret> = Api::all(client);
-    let mut continue_token: Option<String> = None;
+    let mut continue_token: Option<Arc<str>> = from.filter(|c| !c.is_empty()).map(Arc::from);
+    // Continuations refused in a row: a server that refuses even its own is an error, not a loop.
+    let mut refused = 0;
     loop {
         let mut lp = ListParams::default().limit(page_size.max(1));
         if let Some(c) = &continue_token {
@@ -231,8 +261,15 @@ async fn list_pages(
         }
         let page = match api.list_metadata(&lp).await {
             Ok(p) => p,
-            Err(kube::Error::Api(s)) if s.code == 410 => {
-                continue_token = None;
+            Err(kube::Error::Api(s)) if continue_token.is_some() && (s.code == 410 || s.code == 400) && refused < 3 => {
+                refused += 1;
+                let handed_back = s.metadata.and_then(|m| m.continue_).filter(|c| s.code == 410 && !c.is_empty());
+                tracing::info!(
+                    code = s.code,
+                    from_the_same_key = handed_back.is_some(),
+                    "the Secret list's continuation is no longer valid: listing on"
+                );
+                continue_token = handed_back.map(Arc::from);
                 continue;
             }
             Err(e) => {
@@ -240,41 +277,47 @@ async fn list_pages(
                 return;
             }
         };
+        refused = 0;
+        let listed = page.items.len();
         let items: Vec<_> =
             page.items.into_iter().filter(|m| after.as_deref().is_none_or(|a| key(m).as_str() > a)).collect();
         if let Some(last) = items.last() {
             after = Some(key(last));
         }
-        if !items.is_empty() && pages.send(Ok(items)).await.is_err() {
+        let page_out = Page { listed_again: (listed - items.len()) as u64, items, listed_with: continue_token.clone() };
+        if listed > 0 && pages.send(Ok(page_out)).await.is_err() {
             return; // the run ended
         }
-        continue_token = page.metadata.continue_.filter(|c| !c.is_empty());
+        continue_token = page.metadata.continue_.filter(|c| !c.is_empty()).map(Arc::from);
         if continue_token.is_none() {
             return;
         }
     }
 }
 
+/// A Secret's place in the listing: its key and the continuation that lists its page again.
+type Place = (String, Option<Arc<str>>);
+
 /// Secrets started but not yet below the resume point, in key order: the front is the oldest.
 /// When the front is handled, it and every handled one after it pass below the resume point.
 struct Watermark {
     /// Sequence number of the front.
     base: u64,
-    items: VecDeque<(String, bool)>,
+    items: VecDeque<(Place, bool)>,
 }
 
 impl Watermark {
-    fn start(&mut self, key: String) -> u64 {
-        self.items.push_back((key, false));
+    fn start(&mut self, place: Place) -> u64 {
+        self.items.push_back((place, false));
         self.base + self.items.len() as u64 - 1
     }
 
     /// Mark `seq` handled; the new resume point when it moved.
-    fn handled(&mut self, seq: u64) -> Option<String> {
+    fn handled(&mut self, seq: u64) -> Option<Place> {
         self.items[(seq - self.base) as usize].1 = true;
         let mut moved = None;
         while self.items.front().is_some_and(|(_, done)| *done) {
-            moved = self.items.pop_front().map(|(k, _)| k);
+            moved = self.items.pop_front().map(|(place, _)| place);
             self.base += 1;
         }
         moved
@@ -327,10 +370,10 @@ async fn count_from_table(client: &Client) -> Result<Option<u64>, kube::Error> {
 /// Count by a names-only paged listing.
 async fn count_by_listing(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
-    let _stop_lister = AbortOnDrop(tokio::spawn(list_pages(client.clone(), page_size, None, tx)));
+    let _stop_lister = AbortOnDrop(tokio::spawn(list_pages(client.clone(), page_size, None, None, tx)));
     let mut total = 0u64;
     while let Some(page) = pages.recv().await {
-        total += page?.len() as u64;
+        total += page?.items.len() as u64;
     }
     Ok(total)
 }
@@ -346,13 +389,20 @@ pub async fn run(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Progress, ReencryptError> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
-    let lister = tokio::spawn(list_pages(client.clone(), settings.page_size, start.resume_after.clone(), tx));
+    let lister = tokio::spawn(list_pages(
+        client.clone(),
+        settings.page_size,
+        start.resume_after.clone(),
+        start.resume_continue.clone(),
+        tx,
+    ));
     // The lister stops with the run, however it ends (a dropped run included).
     let _stop_lister = AbortOnDrop(lister);
     let mut progress = start;
     let mut limiter = Limiter::new(settings.concurrency);
     let fixed = settings.concurrency.max(1);
-    let mut queue: VecDeque<PartialObjectMeta<Secret>> = VecDeque::new();
+    progress.listed_again = 0;
+    let mut queue: VecDeque<(PartialObjectMeta<Secret>, Option<Arc<str>>)> = VecDeque::new();
     let mut watermark = Watermark { base: 0, items: VecDeque::new() };
     let mut in_flight = FuturesUnordered::new();
     let (mut listed_all, mut since_report) = (false, 0u64);
@@ -371,14 +421,17 @@ pub async fn run(
                     }
                 };
                 match next {
-                    Some(Ok(page)) => queue.extend(page),
+                    Some(Ok(page)) => {
+                        progress.listed_again += page.listed_again;
+                        queue.extend(page.items.into_iter().map(|m| (m, page.listed_with.clone())));
+                    }
                     Some(Err(e)) => return Err(ReencryptError::List(e)),
                     None => listed_all = true,
                 }
                 continue;
             }
-            let Some(meta) = queue.pop_front() else { break };
-            let seq = watermark.start(key(&meta));
+            let Some((meta, listed_with)) = queue.pop_front() else { break };
+            let seq = watermark.start((key(&meta), listed_with));
             let client = client.clone();
             // Owned arguments: the futures borrow nothing, so the run stays Send inside a
             // controller's reconcile future.
@@ -401,8 +454,9 @@ pub async fn run(
             Outcome::Gone => progress.gone += 1,
             Outcome::Failed => progress.failed += 1,
         }
-        if let Some(k) = watermark.handled(seq) {
+        if let Some((k, listed_with)) = watermark.handled(seq) {
             progress.resume_after = Some(k);
+            progress.resume_continue = listed_with.map(|c| c.to_string());
         }
         since_report += 1;
         if since_report >= u64::from(settings.page_size.max(1)) {
@@ -413,6 +467,7 @@ pub async fn run(
     on_progress(&progress);
     tracing::info!(
         secrets = progress.total,
+        listed_again = progress.listed_again,
         in_flight_at_end = limiter.limit(),
         most_in_flight = limiter.most,
         pushbacks = limiter.pushbacks,
@@ -479,13 +534,15 @@ mod tests {
     #[test]
     fn the_resume_point_is_the_last_key_below_which_everything_is_handled() {
         let mut w = Watermark { base: 0, items: VecDeque::new() };
-        let seqs: Vec<u64> = ["a", "b", "c", "d"].iter().map(|k| w.start(k.to_string())).collect();
+        let place = |k: &str, page: &str| (k.to_string(), Some(Arc::from(page)));
+        let seqs: Vec<u64> =
+            [("a", "p1"), ("b", "p1"), ("c", "p2"), ("d", "p2")].iter().map(|(k, p)| w.start(place(k, p))).collect();
         assert_eq!(w.handled(seqs[2]), None, "c done, a and b not: nothing passes");
         assert_eq!(w.handled(seqs[1]), None);
-        assert_eq!(w.handled(seqs[0]).as_deref(), Some("c"), "a done: a, b, c pass at once");
-        let e = w.start("e".into());
+        assert_eq!(w.handled(seqs[0]), Some(place("c", "p2")), "a done: a, b, c pass at once, with c's page");
+        let e = w.start(place("e", "p3"));
         assert_eq!(w.handled(e), None, "d still in flight");
-        assert_eq!(w.handled(seqs[3]).as_deref(), Some("e"));
+        assert_eq!(w.handled(seqs[3]), Some(place("e", "p3")));
         assert!(w.items.is_empty());
     }
 }

@@ -9,7 +9,7 @@ use cluster_security_testbed::leaks;
 use cluster_security_testbed::{create_numbered_secrets, numbered_name, numbered_value, ControlPlane, Options};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 const IDENTITY: &str = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n";
@@ -93,8 +93,17 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     }
     assert_eq!(secrets.get(&name(100)).await.unwrap().data.unwrap()["v"].0, numbered_value(100).into_bytes());
 
-    // A second run finds nothing to do.
-    let again = reencrypt::run(&client, settings, Default::default(), |_| {}).await.unwrap();
+    // A second run finds nothing to do. Its progress at about half is a resume point as the
+    // controller would have saved it.
+    let mut half = None;
+    let again = reencrypt::run(&client, settings, Default::default(), |p| {
+        if half.is_none() && p.total >= (COUNT / 2) as u64 {
+            half = Some(p.clone());
+        }
+    })
+    .await
+    .unwrap();
+    let half = half.expect("progress reported past half");
     assert_eq!((again.rewritten, again.failed), (0, 0), "{again:?}");
     assert_eq!(again.unchanged, again.total);
     // Counting (names only, paged) agrees while nobody writes.
@@ -113,6 +122,67 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
     // s-00296..s-00299 and the ten created; Secrets of namespaces sorting after "reenc" come too.
     assert!(tail.total >= 4 + 10 && tail.total < 100, "{tail:?}");
     assert_eq!(tail.unchanged, tail.total, "{tail:?}");
+
+    resuming_lists_from_the_resume_points_page(&cp, &client, settings, &half).await;
     // No operator runs here (nor our CRDs): the audit reads the Events only.
     leaks::assert_none(&cp, &[]).await;
+}
+
+/// A resumed run lists from the page holding its resume point — not from the first Secret,
+/// which would make the API server read and decrypt every name before it — and still handles
+/// every Secret after the point exactly once: with the continuation saved, after etcd compacted
+/// it away (the API server hands back one from the same key), and with one it refuses.
+async fn resuming_lists_from_the_resume_points_page(
+    cp: &ControlPlane,
+    client: &kube::Client,
+    settings: Settings,
+    half: &reencrypt::Progress,
+) {
+    let page = u64::from(settings.page_size);
+    let after = half.resume_after.clone().expect("a resume point");
+    assert!(half.resume_continue.is_some(), "past the first page, its continuation is kept: {half:?}");
+    // Secrets at or before the resume point, and after it, as they are now.
+    let split = || async {
+        let all = Api::<Secret>::all(client.clone()).list_metadata(&Default::default()).await.unwrap();
+        let keys: Vec<String> =
+            all.items.iter().map(|m| format!("{}/{}", m.namespace().unwrap(), m.name_any())).collect();
+        let after_it = keys.iter().filter(|k| k.as_str() > after.as_str()).count() as u64;
+        (keys.len() as u64 - after_it, after_it)
+    };
+    let resume = |from: Option<String>| {
+        let start = reencrypt::Progress { resume_continue: from, ..half.clone() };
+        reencrypt::run(client, settings, start, |_| {})
+    };
+    let exact = |p: &reencrypt::Progress, after_it: u64, how: &str| {
+        let handled = p.total - half.total;
+        assert_eq!(handled, after_it, "{how}: every Secret after the point handled once, none twice ({p:?})");
+        assert_eq!(p.unchanged - half.unchanged, handled, "{how}: {p:?}");
+    };
+
+    let (up_to_it, after_it) = split().await;
+    let saved = resume(half.resume_continue.clone()).await.unwrap();
+    exact(&saved, after_it, "from the saved continuation");
+    assert!((1..=page).contains(&saved.listed_again), "listed again: at most its page ({saved:?})");
+
+    let from_first = resume(None).await.unwrap();
+    exact(&from_first, after_it, "without a continuation");
+    assert_eq!(from_first.listed_again, up_to_it, "from the first Secret: all up to {after}");
+
+    // One more write, then compaction past the continuation's revision: it has expired.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let s =
+        Secret { metadata: ObjectMeta { name: Some(name(COUNT + 10)), ..Default::default() }, ..Default::default() };
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+    cp.compact_etcd().unwrap();
+    let lp = kube::api::ListParams::default().limit(1).continue_token(half.resume_continue.as_deref().unwrap());
+    let expired = Api::<Secret>::all(client.clone()).list_metadata(&lp).await.unwrap_err();
+    assert!(matches!(&expired, kube::Error::Api(s) if s.code == 410), "expired: {expired:?}");
+    let (up_to_it, after_it) = split().await;
+    let compacted = resume(half.resume_continue.clone()).await.unwrap();
+    exact(&compacted, after_it, "after compaction");
+    assert!((1..=page).contains(&compacted.listed_again), "listed on from the same key ({compacted:?})");
+
+    let refused = resume(Some("bm90LWEtdG9rZW4".into())).await.unwrap();
+    exact(&refused, after_it, "with a continuation the server refuses");
+    assert_eq!(refused.listed_again, up_to_it, "from the first Secret");
 }
