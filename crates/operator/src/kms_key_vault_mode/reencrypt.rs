@@ -232,8 +232,23 @@ struct Page {
     /// The continuation this page was listed with (None: the first page): listing with it again
     /// starts at this page.
     listed_with: Option<Arc<str>>,
+    /// The continuation of the next page (None: this is the last).
+    next: Option<Arc<str>>,
     /// Names on the page at or before the resume point, left out of `items`.
     listed_again: u64,
+}
+
+impl Page {
+    /// Each Secret with the continuation a run resuming after it lists from: its own page's, or
+    /// for the page's last Secret the next page's (so nothing is listed again).
+    fn places(self) -> impl Iterator<Item = (PartialObjectMeta<Secret>, Option<Arc<str>>)> {
+        let last = self.items.len().saturating_sub(1);
+        let (own, next) = (self.listed_with, self.next);
+        self.items.into_iter().enumerate().map(move |(i, meta)| {
+            let from = if i == last && next.is_some() { next.clone() } else { own.clone() };
+            (meta, from)
+        })
+    }
 }
 
 /// List the Secrets after `after`, a page at a time from the continuation `from` (the first
@@ -284,18 +299,20 @@ async fn list_pages(
         if let Some(last) = items.last() {
             after = Some(key(last));
         }
-        let page_out = Page { listed_again: (listed - items.len()) as u64, items, listed_with: continue_token.clone() };
+        let next = page.metadata.continue_.filter(|c| !c.is_empty()).map(Arc::from);
+        let listed_with = std::mem::replace(&mut continue_token, next.clone());
+        let page_out = Page { listed_again: (listed - items.len()) as u64, items, listed_with, next };
         if listed > 0 && pages.send(Ok(page_out)).await.is_err() {
             return; // the run ended
         }
-        continue_token = page.metadata.continue_.filter(|c| !c.is_empty()).map(Arc::from);
         if continue_token.is_none() {
             return;
         }
     }
 }
 
-/// A Secret's place in the listing: its key and the continuation that lists its page again.
+/// A Secret's place in the listing: its key and the continuation a run resuming after it lists
+/// from.
 type Place = (String, Option<Arc<str>>);
 
 /// Secrets started but not yet below the resume point, in key order: the front is the oldest.
@@ -423,15 +440,15 @@ pub async fn run(
                 match next {
                     Some(Ok(page)) => {
                         progress.listed_again += page.listed_again;
-                        queue.extend(page.items.into_iter().map(|m| (m, page.listed_with.clone())));
+                        queue.extend(page.places());
                     }
                     Some(Err(e)) => return Err(ReencryptError::List(e)),
                     None => listed_all = true,
                 }
                 continue;
             }
-            let Some((meta, listed_with)) = queue.pop_front() else { break };
-            let seq = watermark.start((key(&meta), listed_with));
+            let Some((meta, resume_from)) = queue.pop_front() else { break };
+            let seq = watermark.start((key(&meta), resume_from));
             let client = client.clone();
             // Owned arguments: the futures borrow nothing, so the run stays Send inside a
             // controller's reconcile future.
@@ -454,9 +471,9 @@ pub async fn run(
             Outcome::Gone => progress.gone += 1,
             Outcome::Failed => progress.failed += 1,
         }
-        if let Some((k, listed_with)) = watermark.handled(seq) {
+        if let Some((k, resume_from)) = watermark.handled(seq) {
             progress.resume_after = Some(k);
-            progress.resume_continue = listed_with.map(|c| c.to_string());
+            progress.resume_continue = resume_from.map(|c| c.to_string());
         }
         since_report += 1;
         if since_report >= u64::from(settings.page_size.max(1)) {
@@ -529,6 +546,29 @@ mod tests {
             l.on_pushback();
         }
         assert_eq!(l.limit(), 1, "never below one");
+    }
+
+    #[test]
+    fn a_pages_last_secret_resumes_from_the_next_page() {
+        let meta = |name: &str| {
+            let mut m = PartialObjectMeta::<Secret>::default();
+            m.metadata.name = Some(name.into());
+            m
+        };
+        let page = |next: Option<&str>| Page {
+            items: vec![meta("a"), meta("b"), meta("c")],
+            listed_with: Some(Arc::from("this")),
+            next: next.map(Arc::from),
+            listed_again: 0,
+        };
+        let from =
+            |p: Page| p.places().map(|(m, c)| (m.name_any(), c.as_deref().map(str::to_string))).collect::<Vec<_>>();
+        let this = Some("this".to_string());
+        assert_eq!(
+            from(page(Some("next"))),
+            [("a".into(), this.clone()), ("b".into(), this.clone()), ("c".into(), Some("next".into()))]
+        );
+        assert_eq!(from(page(None))[2], ("c".into(), this), "the last page: its own");
     }
 
     #[test]
