@@ -228,8 +228,9 @@ pub struct ReencryptionStatus {
     /// Where a restarted run continues: the last `namespace/name` fully handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_after: Option<String>,
-    /// The API server's list continuation for the page holding `resumeAfter` (opaque), so a
-    /// restarted run lists from there rather than from the first Secret. Absent: from the first.
+    /// The API server's list continuation (opaque) for the page holding `resumeAfter`, or the
+    /// next page when it is its page's last, so a restarted run lists from there rather than
+    /// from the first Secret. Absent: from the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_continue: Option<String>,
 }

@@ -17,8 +17,9 @@
 //!   and transport errors.
 //! - Resumable: Secrets are listed in key order (namespace/name); `resume_after` is exact — the
 //!   last key below which every Secret is handled. Next to it is kept the list continuation of
-//!   the page that holds it, so a resumed run lists from there instead of from the first Secret
-//!   (names before the resume point would cost the API server a read and a decryption each).
+//!   the page that holds it (of the next page when it is its page's last), so a resumed run
+//!   lists from there instead of from the first Secret (names before the resume point would cost
+//!   the API server a read and a decryption each).
 //! - An expired continuation (410, after etcd's compaction) continues with the token the API
 //!   server hands back in that answer (an inconsistent list from the same key, which is all a
 //!   rewrite needs); only a server that gives none or refuses the token is listed from the start,
@@ -73,8 +74,9 @@ pub struct Progress {
     pub failed: u64,
     /// `namespace/name` of the last Secret below which every Secret is handled.
     pub resume_after: Option<String>,
-    /// The list continuation of the page that holds `resume_after` (opaque, from the API
-    /// server); None lists from the first Secret.
+    /// The list continuation a run resuming after `resume_after` lists from (opaque, from the
+    /// API server): its page's, or the next page's when it is its page's last. None lists from
+    /// the first Secret.
     pub resume_continue: Option<String>,
     /// Names listed again although already handled (at or before `resume_after`): what
     /// resuming cost this run.
