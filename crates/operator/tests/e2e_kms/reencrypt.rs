@@ -129,10 +129,10 @@ async fn rewrites_every_secret_without_losing_concurrent_changes() {
 }
 
 /// A resumed run lists from the page holding its resume point (the next page when the point is
-/// the last on its page) — not from the first Secret,
-/// which would make the API server read and decrypt every name before it — and still handles
-/// every Secret after the point exactly once: with the continuation saved, after etcd compacted
-/// it away (the API server hands back one from the same key), and with one it refuses.
+/// the last on its page) — not from the first Secret, which would make the API server read and
+/// decrypt every name before it — and still handles every Secret after the point exactly once:
+/// with the continuation saved, after etcd compacted it away (the API server hands back one from
+/// the same key), and with one it refuses.
 async fn resuming_lists_from_the_resume_points_page(
     cp: &ControlPlane,
     client: &kube::Client,
