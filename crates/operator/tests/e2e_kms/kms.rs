@@ -533,8 +533,14 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     apply(&cp, &elsewhere);
     let deleted = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=false"]);
     assert!(deleted.status.success(), "{}", String::from_utf8_lossy(&deleted.stderr));
-    let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.unwrap());
-    let held = api.get("cluster").await.expect("the finalizer holds the object while KMS is off");
+    // Read again while kube-apiserver is down: the emulator restarts it whenever KMS is switched,
+    // and the one for "KMS off" may still be under way (CI once read during it: refused).
+    let held = wait_until(Duration::from_secs(90), "the finalizer holds the object while KMS is off", || async {
+        let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
+        api.get("cluster").await.map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     assert!(held.metadata.finalizers.unwrap_or_default().contains(&"clustersecurity.io/kms-switch".to_string()));
     wait_until(Duration::from_secs(240), "the deleted KmsKeyVaultMode goes after its switch", || async {
