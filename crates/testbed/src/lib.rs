@@ -243,7 +243,10 @@ impl ControlPlane {
     /// down (connection refused: nothing was sent) runs again once it is ready, as a user would.
     pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let out = self.kubectl_once(args, stdin);
-        let refused = String::from_utf8_lossy(&out.stderr).contains("was refused");
+        // kubectl says "The connection to the server ... was refused" when discovery finds the
+        // server down, "dial tcp ...: connect: connection refused" when a request does.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let refused = stderr.contains("was refused") || stderr.contains("connection refused");
         if !out.status.success() && refused && self.wait_ready(Duration::from_secs(90)).is_ok() {
             return self.kubectl_once(args, stdin);
         }
