@@ -215,6 +215,42 @@ impl ControlPlane {
         self.dir.as_path().join("kubeconfig")
     }
 
+    /// Write `file_name` (in [`Self::dir`]): a kubeconfig that authenticates as the ServiceAccount
+    /// `namespace/name` with a bearer token from the TokenRequest API, valid for a day: what the
+    /// kubelet projects into a pod running as that ServiceAccount, so the API server
+    /// authenticates and authorizes it as it would in a cluster. The ServiceAccount must exist.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, file_name: &str) -> anyhow::Result<PathBuf> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        // Its own thread and runtime: callers are sync, some of them inside a runtime.
+        let token = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> anyhow::Result<String> {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    runtime.block_on(async {
+                        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client().await?, namespace);
+                        let spec = TokenRequestSpec { expiration_seconds: Some(86_400), ..Default::default() };
+                        let request = TokenRequest { spec: Some(spec), ..Default::default() };
+                        let answer = accounts.create_token_request(name, &Default::default(), &request).await?;
+                        answer.status.and_then(|s| s.token).context("the TokenRequest answer holds no token")
+                    })
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the TokenRequest thread panicked"))?
+        })
+        .with_context(|| format!("a token for ServiceAccount {namespace}/{name}"))?;
+        let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(self.kubeconfig_path())?)?;
+        let users = kubeconfig.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig has users")?;
+        for user in users {
+            let mut credentials = serde_yaml::Mapping::new();
+            credentials.insert("token".into(), token.clone().into());
+            user["user"] = credentials.into();
+        }
+        let path = self.dir.as_path().join(file_name);
+        write(&path, &serde_yaml::to_string(&kubeconfig)?)?;
+        Ok(path)
+    }
+
     /// Directory holding the control plane's files and logs.
     pub fn dir(&self) -> &Path {
         self.dir.as_path()

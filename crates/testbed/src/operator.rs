@@ -63,13 +63,16 @@ pub fn wait_established(cp: &ControlPlane) -> anyhow::Result<()> {
     .map(|_| ())
 }
 
-/// The ServiceAccount the chart runs the operator as, as an API user.
+/// The ServiceAccount the chart runs the operator as (in [`NAMESPACE`]).
+pub const SERVICE_ACCOUNT: &str = "cluster-security-operator";
+
+/// [`SERVICE_ACCOUNT`] as an API user.
 pub const SERVICE_ACCOUNT_USER: &str = "system:serviceaccount:cluster-security-operator:cluster-security-operator";
 
 /// Apply the chart's ServiceAccount and RBAC (from `deploy/operator.yaml`, which is generated from
-/// the chart and drift-checked) into `cp`, and write a kubeconfig that acts as that
-/// ServiceAccount (impersonation): the operator then has exactly the chart's permissions, and a
-/// permission the chart lacks fails the test that needs it.
+/// the chart and drift-checked) into `cp`, and write a kubeconfig that authenticates as that
+/// ServiceAccount with its own token, as the operator's pod does: the operator then has exactly
+/// the chart's permissions, and a permission the chart lacks fails the test that needs it.
 pub fn service_account_kubeconfig(cp: &ControlPlane) -> anyhow::Result<PathBuf> {
     let manifests = std::fs::read_to_string(crate::repo_root().join("deploy/operator.yaml"))?;
     service_account_kubeconfig_with(cp, &manifests)
@@ -153,16 +156,7 @@ pub fn service_account_kubeconfig_with(cp: &ControlPlane, manifests: &str) -> an
         }
     }
     kubectl_ok(cp, &["apply", "-f", "-"], Some(&rbac.join("\n---\n")))?;
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(cp.kubeconfig_path())?)?;
-    let users = kc.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig has users")?;
-    for u in users {
-        if let Some(user) = u.get_mut("user").and_then(|x| x.as_mapping_mut()) {
-            user.insert("as".into(), SERVICE_ACCOUNT_USER.into());
-        }
-    }
-    let path = cp.dir().join("operator-kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
-    Ok(path)
+    cp.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT, "operator-kubeconfig")
 }
 
 /// The operator binary running as a child process.
