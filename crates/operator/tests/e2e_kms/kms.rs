@@ -521,10 +521,14 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
         let (_, s) = status(&api).await?;
         (s.kms.as_deref() == Some("Disabled") && s.current_operation.is_some())
             .then_some(())
-            .ok_or(format!("kms {:?}, phase {:?}", s.kms, s.phase))
+            .ok_or(format!("kms {:?}, phase {:?}, steps {:?}", s.kms, s.phase, s.steps))
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        let log = op.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!("{e:#}\noperator log, last lines first:\n{}", tail.join("\n"))
+    });
     // The spec now names another cluster: the running switch stays on the one it was recorded
     // for (were it to follow the spec, every step would hit a cluster that does not exist, and
     // the deletion below would never end).
