@@ -228,7 +228,8 @@ impl ControlPlane {
                 .spawn(|| -> anyhow::Result<String> {
                     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     runtime.block_on(async {
-                        let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client().await?, namespace);
+                        let accounts: kube::Api<ServiceAccount> =
+                            kube::Api::namespaced(self.client().await?, namespace);
                         let spec = TokenRequestSpec { expiration_seconds: Some(86_400), ..Default::default() };
                         let request = TokenRequest { spec: Some(spec), ..Default::default() };
                         let answer = accounts.create_token_request(name, &Default::default(), &request).await?;
@@ -239,7 +240,8 @@ impl ControlPlane {
                 .map_err(|_| anyhow::anyhow!("the TokenRequest thread panicked"))?
         })
         .with_context(|| format!("a token for ServiceAccount {namespace}/{name}"))?;
-        let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(self.kubeconfig_path())?)?;
+        let mut kubeconfig: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(self.kubeconfig_path())?)?;
         let users = kubeconfig.get_mut("users").and_then(|u| u.as_sequence_mut()).context("kubeconfig has users")?;
         for user in users {
             let mut credentials = serde_yaml::Mapping::new();
