@@ -39,7 +39,7 @@ use cluster_security_operator::reencrypt::{self, Settings};
 use cluster_security_testbed::faults::{KmsTrials, VAULT};
 use cluster_security_testbed::kms_plugin;
 use cluster_security_testbed::spawn::children_max_rss_mib;
-use cluster_security_testbed::{create_numbered_secrets, ControlPlane, Options};
+use cluster_security_testbed::{client_from, create_numbered_secrets, ControlPlane, Options};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -322,14 +322,6 @@ async fn main() -> anyhow::Result<()> {
     // bound to cluster-admin: kubectl replace needs `update`), not the admin's client certificate,
     // which kube-apiserver v1.20 verifies on every request (a tenth of its CPU in this loop).
     let kubeconfig = bench_kubeconfig(&cp)?;
-    let bench_client = || async {
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &Default::default(),
-        )
-        .await?;
-        anyhow::Ok(Client::try_from(config)?)
-    };
 
     // Every other method gets a key of its own, so each rewrites every Secret.
     let mut keys: Vec<String> = vec![first_key];
@@ -371,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ceiling = 0f64;
     for connections in [8, 16, 32, 64] {
         let vault = next_key(&cp);
-        let client = bench_client().await?;
+        let client = client_from(&kubeconfig).await?;
         let t = Instant::now();
         let count = plain_loop(&client, connections).await;
         let rate = count as f64 / t.elapsed().as_secs_f64();
@@ -383,7 +375,7 @@ async fn main() -> anyhow::Result<()> {
 
     // (d) The engine alone, default settings.
     let vault = next_key(&cp);
-    let client = bench_client().await?;
+    let client = client_from(&kubeconfig).await?;
     let t = Instant::now();
     let p = reencrypt::run(&client, Settings::default(), Default::default(), |_| {}).await?;
     let engine_alone = p.total as f64 / t.elapsed().as_secs_f64();

@@ -265,10 +265,7 @@ impl ControlPlane {
 
     /// A kube client with admin rights.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig_path())?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from(&self.kubeconfig_path()).await
     }
 
     /// Run kubectl against this control plane.
@@ -471,6 +468,15 @@ pub async fn create_numbered_secrets(client: &kube::Client, ns: &str, prefix: &s
         .await;
     created.into_iter().collect::<kube::Result<Vec<_>>>().with_context(|| format!("create Secrets in {ns}"))?;
     Ok(())
+}
+
+/// A kube client acting as the kubeconfig at `path` says (e.g. one from
+/// [`ControlPlane::service_account_kubeconfig`]).
+pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 /// Poll `check` until it yields a value, or fail after `timeout` saying what was awaited and

@@ -33,10 +33,8 @@ pub fn env() -> &'static Env {
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-                let kubelet = PlayKubelet::start(kube::Client::try_from(cfg).unwrap(), "play-node").await.unwrap();
+                let client = cluster_security_testbed::client_from(&kubeconfig).await.unwrap();
+                let kubelet = PlayKubelet::start(client, "play-node").await.unwrap();
                 tx.send(kubelet.held()).unwrap();
                 futures::future::pending::<()>().await;
             })

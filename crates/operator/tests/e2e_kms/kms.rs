@@ -34,11 +34,11 @@ use cluster_security_testbed::gate::{self, SecretGate};
 use cluster_security_testbed::kms_plugin::{self, KmsPlugin};
 use cluster_security_testbed::leaks;
 use cluster_security_testbed::operator::{self, Operator};
-use cluster_security_testbed::{create_numbered_secrets, free_port, wait_until, ControlPlane, Options};
+use cluster_security_testbed::{client_from, create_numbered_secrets, free_port, wait_until, ControlPlane, Options};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, PostParams};
-use kube::{Api, Client};
+use kube::Api;
 use serde_json::json;
 
 /// Secrets created up front, spread over three namespaces.
@@ -126,11 +126,7 @@ fn start_writer(
     stop: Arc<Mutex<bool>>,
 ) -> tokio::task::JoinHandle<BTreeMap<String, String>> {
     tokio::spawn(async move {
-        let client = || async {
-            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-            Client::try_from(cfg).unwrap()
-        };
+        let client = || async { client_from(&kubeconfig).await.unwrap() };
         let mut last = BTreeMap::new();
         let mut round = 0usize;
         let mut doomed = 0usize;
