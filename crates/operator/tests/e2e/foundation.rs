@@ -639,6 +639,120 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
     support::assert_no_secret_leaks(&[]).await;
 }
 
+/// Every document of a chart render with `values`, parsed.
+fn rendered_docs(values: &str) -> Vec<serde_yaml::Value> {
+    let out = helm_render(Some(values));
+    assert!(out.status.success(), "values {values}: {}", stderr(&out));
+    serde_yaml::Deserializer::from_str(&stdout(&out))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect()
+}
+
+/// The rules of each `kind` object (ClusterRole, Role), by name (`namespace/name` for a Role).
+fn rules_of(docs: &[serde_yaml::Value], kind: &str) -> Vec<(String, serde_yaml::Value)> {
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .flat_map(|d| {
+            let name = match d["metadata"]["namespace"].as_str() {
+                Some(ns) => format!("{ns}/{}", d["metadata"]["name"].as_str().unwrap_or_default()),
+                None => d["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            };
+            d["rules"].as_sequence().cloned().unwrap_or_default().into_iter().map(move |r| (name.clone(), r))
+        })
+        .collect()
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<&str> {
+    v.as_sequence().into_iter().flatten().filter_map(|s| s.as_str()).collect()
+}
+
+/// The `--controllers=` flag of the rendered Deployment.
+fn controllers_flag(docs: &[serde_yaml::Value]) -> String {
+    let deployment = docs.iter().find(|d| d["kind"].as_str() == Some("Deployment")).expect("a Deployment");
+    strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--controllers="))
+        .expect("a --controllers flag")
+        .to_string()
+}
+
+/// Issue 30: a namespace-scoped install (`watchNamespaces`) holds nothing cluster-wide on
+/// Secrets or ConfigMaps: the workloads rules are a Role in each watched namespace, the KMS
+/// controller (which re-encrypts every Secret of the cluster) is off unless set to `true`
+/// explicitly — the one documented exception — and the only cluster-wide right on Namespaces is
+/// `get` of the watched ones by name (their trust-copy consent annotation). A cluster-wide
+/// install keeps KMS on and reads Namespaces with get/list/watch.
+#[test]
+fn a_scoped_chart_grants_nothing_cluster_wide_on_secrets_or_configmaps() {
+    let tenant_data = |rule: &serde_yaml::Value| {
+        strings(&rule["resources"]).iter().any(|r| ["secrets", "configmaps", "*"].contains(r))
+    };
+    let scoped = rendered_docs(r#"{"watchNamespaces": ["kafka"]}"#);
+    let cluster_wide: Vec<_> = rules_of(&scoped, "ClusterRole").into_iter().filter(|(_, r)| tenant_data(r)).collect();
+    assert!(cluster_wide.is_empty(), "ClusterRoles of a scoped install grant Secrets/ConfigMaps: {cluster_wide:?}");
+    let flag = controllers_flag(&scoped);
+    assert_eq!(flag, "ClusterSecurityPolicy,CertificateRotation", "KMS off by default with watchNamespaces");
+    // What the workloads need is still there, in the watched namespace only.
+    let roles = rules_of(&scoped, "Role");
+    assert!(
+        roles.iter().any(|(name, r)| name == "kafka/cluster-security-operator-workloads"
+            && strings(&r["resources"]).contains(&"secrets")),
+        "the workloads Role in kafka: {roles:?}"
+    );
+    assert!(scoped.iter().any(|d| d["kind"].as_str() == Some("RoleBinding")
+        && d["metadata"]["namespace"].as_str() == Some("kafka")
+        && d["roleRef"]["kind"].as_str() == Some("Role")
+        && d["roleRef"]["name"].as_str() == Some("cluster-security-operator-workloads")));
+    // Namespaces: get of the watched ones by name, nothing else.
+    let ns_rules: Vec<_> = rules_of(&scoped, "ClusterRole")
+        .into_iter()
+        .filter(|(_, r)| strings(&r["resources"]).contains(&"namespaces"))
+        .collect();
+    assert_eq!(ns_rules.len(), 1, "{ns_rules:?}");
+    assert_eq!(strings(&ns_rules[0].1["verbs"]), ["get"], "{ns_rules:?}");
+    assert_eq!(strings(&ns_rules[0].1["resourceNames"]), ["kafka"], "{ns_rules:?}");
+
+    // The explicit exception: KMS asked for by name with watchNamespaces.
+    let kms = rendered_docs(r#"{"watchNamespaces": ["kafka"], "controllers": {"kmsKeyVaultMode": true}}"#);
+    assert_eq!(controllers_flag(&kms), "ClusterSecurityPolicy,CertificateRotation,KmsKeyVaultMode");
+    let kms_rules = rules_of(&kms, "ClusterRole");
+    assert!(
+        kms_rules.iter().any(|(name, r)| name == "cluster-security-operator-kms"
+            && strings(&r["resources"]) == ["secrets"]
+            && strings(&r["verbs"]).contains(&"patch")),
+        "{kms_rules:?}"
+    );
+    assert!(kms.iter().any(|d| d["kind"].as_str() == Some("ClusterRoleBinding")
+        && d["roleRef"]["name"].as_str() == Some("cluster-security-operator-kms")));
+
+    // Cluster-wide (default values): KMS on, Namespaces read with get/list/watch.
+    let default = rendered_docs("{}");
+    assert_eq!(controllers_flag(&default), "ClusterSecurityPolicy,CertificateRotation,KmsKeyVaultMode");
+    let ns_rules: Vec<_> = rules_of(&default, "ClusterRole")
+        .into_iter()
+        .filter(|(_, r)| strings(&r["resources"]).contains(&"namespaces"))
+        .collect();
+    assert_eq!(ns_rules.len(), 1, "{ns_rules:?}");
+    assert_eq!(strings(&ns_rules[0].1["verbs"]), ["get", "list", "watch"], "{ns_rules:?}");
+    assert!(ns_rules[0].1.get("resourceNames").is_none(), "{ns_rules:?}");
+    assert!(rules_of(&default, "ClusterRole")
+        .iter()
+        .any(|(name, r)| name == "cluster-security-operator-workloads"
+            && strings(&r["resources"]).contains(&"configmaps")));
+    // Explicitly off cluster-wide: no KMS grant, no KMS controller.
+    let off = rendered_docs(r#"{"controllers": {"kmsKeyVaultMode": false}}"#);
+    assert_eq!(controllers_flag(&off), "ClusterSecurityPolicy,CertificateRotation");
+    assert!(!rules_of(&off, "ClusterRole").iter().any(|(name, _)| name == "cluster-security-operator-kms"));
+    // Scoped, both namespaced controllers off and KMS at its default: nothing to run, refused
+    // saying how to turn KMS on.
+    let out = helm_render(Some(
+        r#"{"watchNamespaces": ["kafka"], "controllers": {"clusterSecurityPolicy": false, "certificateRotation": false}}"#,
+    ));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("kmsKeyVaultMode is off unless set to true"), "{}", stderr(&out));
+}
+
 /// The GitOps files as shipped: the paths their Applications and Kustomizations name build to
 /// exactly the applicable examples (not `invalid/`, not the KmsKeyVaultMode with its Azure
 /// placeholders), the build applies server-side (as Flux does), and what it applies reaches

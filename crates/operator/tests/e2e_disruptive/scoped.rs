@@ -1,9 +1,10 @@
-//! The namespace-scoped install: the chart rendered with `watchNamespaces: [team-a]`, the
-//! KmsKeyVaultMode controller off and other non-default values (tolerations, extra args, log
-//! level), its RBAC applied, and the operator run with exactly the rendered Deployment's flags
-//! and environment, acting as that ServiceAccount. Every flow works in team-a; a policy in team-b is
-//! Stalled `NamespaceNotWatched` and nothing is written there; the ServiceAccount holds no right
-//! over Secrets outside team-a and its own namespace.
+//! The namespace-scoped install: the chart rendered with `watchNamespaces: [team-a]` (which
+//! turns the KmsKeyVaultMode controller off by default) and other non-default values
+//! (tolerations, extra args, log level), its RBAC applied, and the operator run with exactly the
+//! rendered Deployment's flags and environment, acting as that ServiceAccount. Every flow works in
+//! team-a; a policy in team-b is Stalled `NamespaceNotWatched` and nothing is written there; the
+//! ServiceAccount holds no right over Secrets or ConfigMaps outside team-a and its own namespace,
+//! none cluster-wide, and reads only team-a's Namespace object (its trust-copy consent).
 
 use std::path::Path;
 use std::time::Duration;
@@ -59,13 +60,14 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
     apply(&cp, &brokers("team-b"));
 
     // The chart's RBAC for this mode, and nothing else.
-    let values = r#"{"watchNamespaces": ["team-a"], "controllers": {"kmsKeyVaultMode": false},
+    // controllers.kmsKeyVaultMode left at its default: off with watchNamespaces.
+    let values = r#"{"watchNamespaces": ["team-a"],
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "extraArgs": ["--concurrent-reconciles=4"], "logLevel": "warn",
         "logFormat": "text"}"#;
     let rendered = operator::render_chart(values).unwrap();
     assert!(rendered.contains("--watch-namespaces=team-a"), "the Deployment gets the flag");
-    assert!(rendered.contains("--controllers=ClusterSecurityPolicy,CertificateRotation"));
+    assert!(rendered.contains("--controllers=ClusterSecurityPolicy,CertificateRotation\n"), "KMS off by default");
     assert!(!rendered.contains("name: cluster-security-operator-kms\n"), "no re-encryption grant with KMS off");
     let kubeconfig = operator::service_account_kubeconfig_with(&cp, &rendered).unwrap();
     let can = |verb: &str, what: &str, ns: Option<&str>| {
@@ -77,12 +79,14 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
         String::from_utf8_lossy(&cp.kubectl(&args).stdout).trim() == "yes"
     };
     for (verb, what, ns) in [
-        ("create", "secrets", "team-a"),
-        ("patch", "statefulsets.apps", "team-a"),
-        ("patch", "configmaps", "team-a"),
-        ("create", "secrets", NAMESPACE),
+        ("create", "secrets", Some("team-a")),
+        ("patch", "statefulsets.apps", Some("team-a")),
+        ("patch", "configmaps", Some("team-a")),
+        ("create", "secrets", Some(NAMESPACE)),
+        // The consent annotation clustersecurity.io/accept-trust-from of a watched namespace.
+        ("get", "namespaces/team-a", None),
     ] {
-        assert!(can(verb, what, Some(ns)), "needs {verb} {what} in {ns}");
+        assert!(can(verb, what, ns), "needs {verb} {what} in {ns:?}");
     }
     for (verb, what, ns) in [
         ("get", "secrets", Some("team-b")),
@@ -92,6 +96,12 @@ async fn a_namespace_scoped_install_manages_its_namespaces_and_says_so_elsewhere
         ("list", "secrets", None),
         ("patch", "secrets", None),
         ("get", "secrets", Some("kube-system")),
+        ("get", "configmaps", Some("team-b")),
+        ("list", "configmaps", None),
+        ("get", "configmaps", None),
+        ("get", "secrets", None),
+        ("get", "namespaces/team-b", None),
+        ("list", "namespaces", None),
     ] {
         assert!(!can(verb, what, ns), "the scoped install grants {verb} {what} in {ns:?}");
     }
