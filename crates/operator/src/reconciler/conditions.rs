@@ -64,6 +64,9 @@ pub mod reason {
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
     /// After a rollout, a broker pod's TLS listener could not be reached to be checked.
     pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
+    /// After a rollout, a broker pod cannot be checked on the wire without connecting to a
+    /// node's address (`hostNetwork`): the operator does not, and the operation does not complete.
+    pub const BROKER_NOT_VERIFIABLE: &str = "BrokerNotVerifiable";
     /// The brokers run a KRaft controller listener the spec does not keep as it runs.
     pub const CONTROLLER_LISTENER_REQUIRED: &str = "ControllerListenerRequired";
     /// A new CA is published; the brokers switch once clients trust it (`WaitingForClientTrust`).
@@ -244,6 +247,7 @@ mod troubleshooting_tests {
             reason::CONTAINER_NOT_FOUND,
             reason::VERIFICATION_FAILED,
             reason::BROKER_UNREACHABLE,
+            reason::BROKER_NOT_VERIFIABLE,
             reason::CONTROLLER_LISTENER_REQUIRED,
             reason::INTER_BROKER_LISTENER_CHANGE,
             reason::DELETION_BLOCKED,

@@ -5,13 +5,25 @@
 //! from the kind ([`Rolling::wire_expectation`](super::rolling::Rolling::wire_expectation)); this
 //! module knows nothing about brokers' configuration.
 //!
+//! Which pods: only the workload's own ([`Workload::owns`]: the owner chain its controller set),
+//! never a pod on the host's network (its IP is a node's). Another pod that carries the
+//! selector's labels is neither probed nor counted; an own pod with `hostNetwork` makes the check
+//! fail as not verifiable ([`reason::BROKER_NOT_VERIFIABLE`]) rather than connect to a node.
+//!
+//! How long: each connection has [`CONNECT_TIMEOUT`] to open and [`HANDSHAKE_TIMEOUT`] to bring
+//! the server's certificate; the whole check, every pod and listener together, has
+//! [`CHECK_BUDGET`]: a peer that accepts TCP and then trickles or says nothing holds a reconcile
+//! worker for that long at most.
+//!
 //! What this module may touch: it lists the workload's pods and opens TLS connections to them.
 //! It writes nothing. Only certificates (public) are read off the wire; no client certificate
 //! is sent, so a listener that requires one still shows its own certificate first (TLS 1.2 and
-//! 1.3 both send the server's certificate before asking for the client's) and then refuses us.
+//! 1.3 both send the server's certificate, and prove they hold its key, before asking for the
+//! client's) and then refuses us.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,12 +39,32 @@ use super::conditions::reason;
 use super::workload::Workload;
 use crate::pki::fingerprint;
 
-/// How long one connection (TCP and TLS handshake) may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one TCP connection may take to open.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TLS handshake may take once connected, until the server has sent its certificate
+/// and proved it holds its key: a peer that accepts and then trickles or says nothing is cut here.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most one check may spend on the wire, every pod and listener together. What is not
+/// answered by then counts as unreachable, and is looked at again at the next check.
+pub const CHECK_BUDGET: Duration = Duration::from_secs(15);
 /// How many connections a check has open at once.
 const PROBES_IN_FLIGHT: usize = 32;
 /// How many findings a message names before "and N more".
 const NAMED_FINDINGS: usize = 3;
+
+/// The time limits of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Every probe of the check together.
+    pub total: Duration,
+    /// One TCP connection.
+    pub connect: Duration,
+    /// One TLS handshake, once connected.
+    pub handshake: Duration,
+}
+
+/// The limits every check runs with.
+pub const BUDGET: Budget = Budget { total: CHECK_BUDGET, connect: CONNECT_TIMEOUT, handshake: HANDSHAKE_TIMEOUT };
 
 /// What every pod must present on one listener.
 #[derive(Debug, Clone)]
@@ -89,44 +121,81 @@ pub async fn check(
     annotations: &BTreeMap<String, String>,
     expected: &Expectation,
 ) -> kube::Result<Verdict> {
-    if workload.selector.is_empty() {
-        // Selected by expressions only: which pods are the brokers is not a label query away.
-        return Ok(Verdict::Verified("Not checked on the wire: the workload's selector has no matchLabels.".into()));
-    }
     let pods = super::workload::pods(client, namespace, workload).await?;
-    let mut pods: Vec<Pod> = pods.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    Ok(check_pods(&pods, workload, annotations, expected, BUDGET).await)
+}
+
+/// The pods of one check, sorted out before anything is connected to.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// The workload's own pods on the current template, with their pod IP: probed.
+    probe: Vec<(String, IpAddr)>,
+    /// Own pods of an older template.
+    stale: Vec<String>,
+    /// Own pods that cannot be reached (no pod IP).
+    unreachable: Vec<String>,
+    /// Own pods on the host's network: their IP is a node's, never connected to.
+    host_network: Vec<String>,
+    /// Pods the selector matches that the workload does not own: neither probed nor counted.
+    foreign: Vec<String>,
+    /// The workload's own pods (not terminating).
+    own: usize,
+}
+
+/// Sort the pods listed for `workload` (terminating ones left out).
+fn plan(pods: &[Pod], workload: &Workload, annotations: &BTreeMap<String, String>) -> Plan {
+    let mut pods: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     pods.sort_by_key(|p| p.name_any());
-    let mut findings = Vec::new();
-    let mut unreachable = Vec::new();
-    let mut stale = Vec::new();
-    let mut to_probe = Vec::new();
-    for pod in &pods {
+    let mut plan = Plan::default();
+    for pod in pods {
         let name = pod.name_any();
+        if !workload.owns(pod) {
+            plan.foreign.push(name);
+            continue;
+        }
+        plan.own += 1;
         let older = annotations
             .iter()
             .filter(|(k, v)| !v.is_empty() && pod.annotations().get(*k) != Some(*v))
             .map(|(k, _)| k.as_str())
             .next();
         if let Some(key) = older {
-            stale.push(format!("pod {name} runs an older pod template ({key} differs)"));
+            plan.stale.push(format!("pod {name} runs an older pod template ({key} differs)"));
+            continue;
+        }
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).unwrap_or("none yet");
+            plan.host_network.push(format!("pod {name} (hostNetwork: its IP {ip} is its node's)"));
             continue;
         }
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok());
-        let Some(ip) = ip else {
-            unreachable.push(format!("pod {name} has no pod IP"));
-            continue;
-        };
-        to_probe
-            .extend(expected.listeners.iter().enumerate().map(|(i, l)| (name.clone(), i, SocketAddr::new(ip, l.port))));
+        match ip {
+            Some(ip) => plan.probe.push((name, ip)),
+            None => plan.unreachable.push(format!("pod {name} has no pod IP")),
+        }
     }
-    // Pods × listeners at once, a bounded number in flight: unreachable brokers cost one
-    // timeout, not one per pod, and the reconcile worker is not held for minutes.
-    let presented: Vec<(String, usize, Presented)> = futures::stream::iter(to_probe)
-        .map(|(name, i, addr)| async move { (name, i, probe(addr).await) })
-        .buffered(PROBES_IN_FLIGHT)
-        .collect()
-        .await;
-    for (name, i, p) in presented {
+    plan
+}
+
+/// [`check`] on the pods listed, within `budget`.
+async fn check_pods(
+    pods: &[Pod],
+    workload: &Workload,
+    annotations: &BTreeMap<String, String>,
+    expected: &Expectation,
+    budget: Budget,
+) -> Verdict {
+    let Plan { probe, mut stale, mut unreachable, host_network, foreign, own } = plan(pods, workload, annotations);
+    let targets: Vec<(String, usize, SocketAddr)> = probe
+        .iter()
+        .flat_map(|(name, ip)| {
+            expected.listeners.iter().enumerate().map(|(i, l)| (name.clone(), i, SocketAddr::new(*ip, l.port)))
+        })
+        .collect();
+    let addresses = targets.iter().map(|(_, _, a)| *a).collect();
+    let presented = probe_all(addresses, budget).await;
+    let mut findings = Vec::new();
+    for ((name, i, _), p) in targets.into_iter().zip(presented) {
         let l = &expected.listeners[i];
         match judge(l, &p, UnixTime::now()) {
             Judgement::Ok => {}
@@ -134,17 +203,19 @@ pub async fn check(
             Judgement::Unreachable(why) => unreachable.push(format!("pod {name} port {} ({}): {why}", l.port, l.name)),
         }
     }
-    let count = |v: &[String]| {
-        let mut text = v.iter().take(NAMED_FINDINGS).cloned().collect::<Vec<_>>().join("; ");
-        if v.len() > NAMED_FINDINGS {
-            text.push_str(&format!("; and {} more", v.len() - NAMED_FINDINGS));
-        }
-        text
-    };
-    if !stale.is_empty() && findings.is_empty() && unreachable.is_empty() {
+    let workload_text = describe_workload(workload);
+    let missing = usize::try_from(workload.replicas).unwrap_or(0).saturating_sub(own);
+    if findings.is_empty() && unreachable.is_empty() && (!stale.is_empty() || missing > 0) {
         // The workload reports the rollout done while a pod of the old template is still there
-        // (a Deployment's old ReplicaSet scaling down): it is going, not wrong.
-        return Ok(Verdict::Rolling(format!("Waiting for the last pods of the old template: {}.", count(&stale))));
+        // (a Deployment's old ReplicaSet scaling down), or one of its pods is being replaced:
+        // it is going, not wrong. Pods it does not own never stand in for the missing ones.
+        if missing > 0 {
+            stale.push(format!(
+                "{own} of {} pod(s) of {workload_text} there (pods it does not own are not counted)",
+                workload.replicas
+            ));
+        }
+        return Verdict::Rolling(format!("Waiting for the pods of the current template: {}.", count(&stale)));
     }
     findings.extend(stale);
     if !findings.is_empty() {
@@ -153,7 +224,7 @@ pub async fn check(
              read the mounted files, keeps its old certificate; see docs/troubleshooting.md.",
             count(&findings)
         );
-        return Ok(Verdict::Failed { reason: reason::VERIFICATION_FAILED, message });
+        return Verdict::Failed { reason: reason::VERIFICATION_FAILED, message };
     }
     if !unreachable.is_empty() {
         let message = format!(
@@ -161,13 +232,42 @@ pub async fn check(
              out, allow it to the listener ports, or set spec.verify.enabled: false.",
             count(&unreachable)
         );
-        return Ok(Verdict::Failed { reason: reason::BROKER_UNREACHABLE, message });
+        return Verdict::Failed { reason: reason::BROKER_UNREACHABLE, message };
     }
-    Ok(Verdict::Verified(summary(pods.len(), expected)))
+    if !host_network.is_empty() {
+        let message = format!(
+            "Cannot check on the wire what these brokers present: {}. The operator never connects to a node's \
+             address (another process of that node may answer there). Run the brokers without hostNetwork, or set \
+             spec.verify.enabled: false to complete without the check on the wire.",
+            count(&host_network)
+        );
+        return Verdict::Failed { reason: reason::BROKER_NOT_VERIFIABLE, message };
+    }
+    Verdict::Verified(summary(probe.len(), expected, &foreign, &workload_text))
 }
 
-/// What a successful check covered, for the operation record.
-fn summary(pods: usize, expected: &Expectation) -> String {
+/// `StatefulSet kafka`, as messages name the workload.
+fn describe_workload(w: &Workload) -> String {
+    match w.kind {
+        Some(cluster_security_api::WorkloadKind::StatefulSet) => format!("StatefulSet {}", w.name),
+        Some(cluster_security_api::WorkloadKind::Deployment) => format!("Deployment {}", w.name),
+        None => format!("the workload {}", w.name),
+    }
+}
+
+/// At most [`NAMED_FINDINGS`] of `v`, then how many more.
+fn count(v: &[String]) -> String {
+    let mut text = v.iter().take(NAMED_FINDINGS).cloned().collect::<Vec<_>>().join("; ");
+    if v.len() > NAMED_FINDINGS {
+        text.push_str(&format!("; and {} more", v.len() - NAMED_FINDINGS));
+    }
+    text
+}
+
+/// What a successful check covered, for the operation record: how many pods, which listeners,
+/// the pods left alone (`foreign`: matched by the selector, not owned by `workload`) and what
+/// could not be checked.
+fn summary(pods: usize, expected: &Expectation, foreign: &[String], workload: &str) -> String {
     let mut text = if expected.listeners.is_empty() {
         "No TLS listener to check.".to_string()
     } else {
@@ -177,6 +277,12 @@ fn summary(pods: usize, expected: &Expectation) -> String {
             listeners.join(", ")
         )
     };
+    if !foreign.is_empty() {
+        text.push_str(&format!(
+            " Not probed: {} (the selector matches, but {workload} does not own it).",
+            count(&foreign.iter().map(|p| format!("pod {p}")).collect::<Vec<_>>())
+        ));
+    }
     if !expected.unchecked.is_empty() {
         text.push_str(&format!(" Not checked: {}.", expected.unchecked.join("; ")));
     }
@@ -254,41 +360,89 @@ fn verify_chain(chain: &[Vec<u8>], trust: &[Vec<u8>], now: UnixTime) -> Result<(
     .map_err(|e| e.to_string())
 }
 
-/// Connect to `addr` and record the certificates its TLS server sends.
-pub async fn probe(addr: SocketAddr) -> Presented {
+/// Probe every address, [`PROBES_IN_FLIGHT`] at a time, all within `budget.total`: what is not
+/// answered by then is unreachable. In the order given.
+async fn probe_all(addresses: Vec<SocketAddr>, budget: Budget) -> Vec<Presented> {
+    let deadline = tokio::time::Instant::now() + budget.total;
+    let out_of_time = move || {
+        Presented::Unreachable(format!(
+            "no answer within the check's budget of {}s (every pod and listener together)",
+            budget.total.as_secs()
+        ))
+    };
+    futures::stream::iter(addresses)
+        .map(|addr| async move {
+            if tokio::time::Instant::now() >= deadline {
+                return out_of_time();
+            }
+            tokio::time::timeout_at(deadline, probe_within(addr, budget)).await.unwrap_or_else(|_| out_of_time())
+        })
+        .buffered(PROBES_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Connect to `addr` and record the certificates its TLS server sends, within the connection and
+/// handshake limits of `budget`.
+async fn probe_within(addr: SocketAddr, budget: Budget) -> Presented {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let capture = Arc::new(Capture { chain: Mutex::default(), provider: provider.clone() });
+    let capture =
+        Arc::new(Capture { chain: Mutex::default(), signed: AtomicBool::new(false), provider: provider.clone() });
     let config = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
         Ok(b) => b.dangerous().with_custom_certificate_verifier(capture.clone()).with_no_client_auth(),
         Err(e) => return Presented::NotTls(e.to_string()),
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| Presented::Unreachable(e.to_string()))?;
-        // The certificate is captured during the handshake; a listener that then asks for a
-        // client certificate ends it with an error, which does not matter here.
-        let handshake = connector.connect(ServerName::IpAddress(addr.ip().into()), tcp).await;
-        Ok::<_, Presented>(handshake.err().map(|e| e.to_string()))
+    let tcp = match tokio::time::timeout(budget.connect, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => return Presented::Unreachable(format!("no connection within {}s", budget.connect.as_secs())),
+        Ok(Err(e)) => return Presented::Unreachable(e.to_string()),
+        Ok(Ok(tcp)) => tcp,
     };
-    let outcome = match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
-        Err(_) => return Presented::Unreachable(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
-        Ok(Err(p)) => return p,
-        Ok(Ok(error)) => error,
+    // The certificate is captured during the handshake; a listener that then asks for a client
+    // certificate ends it with an error, which does not matter here.
+    let handshake =
+        tokio::time::timeout(budget.handshake, connector.connect(ServerName::IpAddress(addr.ip().into()), tcp));
+    let error = match handshake.await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no TLS answer within {}s", budget.handshake.as_secs())),
     };
     let chain = std::mem::take(&mut *capture.chain.lock().expect("capture lock"));
-    if chain.is_empty() {
-        return Presented::NotTls(outcome.unwrap_or_else(|| "no certificate".into()));
+    // Only a certificate the server proved it holds the key of counts as presented.
+    if !chain.is_empty() && capture.signed.load(Ordering::SeqCst) {
+        return Presented::Chain(chain);
     }
-    Presented::Chain(chain)
+    match error {
+        Some(e) if e.starts_with("no TLS answer within") => Presented::Unreachable(e),
+        Some(e) if !chain.is_empty() => {
+            Presented::NotTls(format!("it sent a certificate without proof of its key: {e}"))
+        }
+        Some(e) => Presented::NotTls(e),
+        None => Presented::NotTls("no certificate".into()),
+    }
 }
 
 /// A verifier that accepts any server certificate and keeps it: the check is done afterwards,
 /// against the expectation, so that a wrong certificate can be described. Handshake signatures
-/// are still verified (the server holds the key of what it presents).
+/// are still verified, and `signed` records that one was (the server holds the key of what it
+/// presents): a certificate is captured before its proof arrives.
 #[derive(Debug)]
 struct Capture {
     chain: Mutex<Vec<Vec<u8>>>,
+    signed: AtomicBool,
     provider: Arc<CryptoProvider>,
+}
+
+impl Capture {
+    fn proved(
+        &self,
+        r: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if r.is_ok() {
+            self.signed.store(true, Ordering::SeqCst);
+        }
+        r
+    }
 }
 
 impl ServerCertVerifier for Capture {
@@ -312,7 +466,12 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.proved(rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -321,7 +480,12 @@ impl ServerCertVerifier for Capture {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        self.proved(rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        ))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -14,9 +14,16 @@ use cluster_security_api::{ClusterRef, ClusterState, WorkloadKind, FIELD_MANAGER
 
 use super::wiring::{TemplateMounts, Wiring};
 
+/// The label the Deployment controller puts on a ReplicaSet's pods: the hash its name ends with.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
 /// What the operator needs to know of a workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Workload {
+    /// Its kind and name (None only in tests that do not need them): with `uid`, how its own
+    /// pods are told from others its selector matches ([`Workload::owns`]).
+    pub kind: Option<WorkloadKind>,
+    pub name: String,
     pub uid: Option<String>,
     pub generation: i64,
     pub observed_generation: i64,
@@ -67,6 +74,36 @@ pub enum Progress {
 }
 
 impl Workload {
+    /// Whether `pod` is one of this workload's own pods, by the owner chain its controller set:
+    /// a StatefulSet's pod names it (kind, name and UID) as its controller; a Deployment's pod
+    /// names as its controller the ReplicaSet `<deployment>-<pod-template-hash>` — the name the
+    /// Deployment controller gives the ReplicaSets it owns, with the hash in the pod's
+    /// `pod-template-hash` label. (Reading the ReplicaSet to follow its ownerReference to the
+    /// Deployment's UID would need a right the operator does not have.) A pod the selector
+    /// matches that no controller of the workload created is not the workload's.
+    pub fn owns(&self, pod: &Pod) -> bool {
+        let Some(controller) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+        else {
+            return false;
+        };
+        if controller.api_version != "apps/v1" || self.name.is_empty() {
+            return false;
+        }
+        match self.kind {
+            Some(WorkloadKind::StatefulSet) => {
+                controller.kind == "StatefulSet"
+                    && controller.name == self.name
+                    && self.uid.as_deref().is_some_and(|uid| uid == controller.uid)
+            }
+            Some(WorkloadKind::Deployment) => {
+                let hash =
+                    pod.metadata.labels.as_ref().and_then(|l| l.get(POD_TEMPLATE_HASH)).filter(|h| !h.is_empty());
+                controller.kind == "ReplicaSet" && hash.is_some_and(|h| controller.name == format!("{}-{h}", self.name))
+            }
+            None => false,
+        }
+    }
+
     /// Progress of the rollout of the current template.
     pub fn progress(&self) -> Progress {
         let done = self.observed_generation >= self.generation
@@ -122,6 +159,8 @@ fn from_statefulset(s: StatefulSet) -> Workload {
     let st = s.status.unwrap_or_default();
     let on_delete = spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()) == Some("OnDelete");
     Workload {
+        kind: Some(WorkloadKind::StatefulSet),
+        name: s.metadata.name.unwrap_or_default(),
         uid: s.metadata.uid,
         generation: s.metadata.generation.unwrap_or(0),
         observed_generation: st.observed_generation.unwrap_or(0),
@@ -157,6 +196,8 @@ fn from_deployment(d: Deployment) -> Workload {
     // Old pods still around (status.replicas > desired) means the roll is not finished.
     let extra = st.replicas.unwrap_or(0) > replicas;
     Workload {
+        kind: Some(WorkloadKind::Deployment),
+        name: d.metadata.name.unwrap_or_default(),
         uid: d.metadata.uid,
         generation: d.metadata.generation.unwrap_or(0),
         observed_generation: st.observed_generation.unwrap_or(0),
@@ -263,14 +304,13 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
 pub async fn next_pod_to_replace(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Option<String>> {
     let Some(revision) = w.update_revision.as_deref() else { return Ok(None) };
     let pods = pods(client, namespace, w).await?;
-    let owned: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.metadata.owner_references.iter().flatten().any(|o| Some(&o.uid) == w.uid.as_ref()))
-        .collect();
+    let owned: Vec<&Pod> = pods.iter().filter(|p| w.owns(p)).collect();
     Ok(pick_pod_to_replace(&owned, w.replicas, revision))
 }
 
-/// The pods the workload selects (`spec.selector.matchLabels`), as they are now.
+/// The pods the workload selects (`spec.selector.matchLabels`; every pod of the namespace
+/// when it selects by expressions only), as they are now: its own and any other pod that carries
+/// the labels ([`Workload::owns`] tells them apart).
 pub async fn pods(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Vec<Pod>> {
     let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lp = kube::api::ListParams::default().labels(&selector.join(","));
@@ -404,6 +444,51 @@ mod tests {
         let done =
             [pod("kafka-0", new, true, false), pod("kafka-1", new, true, false), pod("kafka-2", new, true, false)];
         assert_eq!(pick(&done), None);
+    }
+
+    /// A pod with `controller` as its controlling owner (apiVersion, kind, name, uid) and the
+    /// label `pod-template-hash: hash`.
+    fn owned_pod(controller: Option<(&str, &str, &str, &str)>, hash: Option<&str>) -> Pod {
+        let owners: Vec<serde_json::Value> = controller
+            .iter()
+            .map(|(api, kind, name, uid)| json!({"apiVersion": api, "kind": kind, "name": name, "uid": uid, "controller": true}))
+            .collect();
+        let labels = match hash {
+            Some(h) => json!({"app": "kafka", "pod-template-hash": h}),
+            None => json!({"app": "kafka"}),
+        };
+        serde_json::from_value(json!({"metadata": {"name": "p", "labels": labels, "ownerReferences": owners}})).unwrap()
+    }
+
+    #[test]
+    fn a_statefulsets_pods_are_those_it_controls_by_uid() {
+        let sts = Workload {
+            kind: Some(WorkloadKind::StatefulSet),
+            name: "kafka".into(),
+            uid: Some("u1".into()),
+            ..Default::default()
+        };
+        assert!(sts.owns(&owned_pod(Some(("apps/v1", "StatefulSet", "kafka", "u1")), None)));
+        assert!(!sts.owns(&owned_pod(None, None)), "a bare pod with the labels");
+        assert!(!sts.owns(&owned_pod(Some(("apps/v1", "StatefulSet", "kafka", "u0")), None)), "a deleted namesake's");
+        assert!(!sts.owns(&owned_pod(Some(("apps/v1", "StatefulSet", "kafka-canary", "u1")), None)));
+        assert!(!sts.owns(&owned_pod(Some(("example.com/v1", "StatefulSet", "kafka", "u1")), None)));
+        let mut not_controller = owned_pod(Some(("apps/v1", "StatefulSet", "kafka", "u1")), None);
+        not_controller.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(!sts.owns(&not_controller), "an ownerReference that is not the controller's");
+        assert!(!Workload { uid: None, ..sts }.owns(&owned_pod(Some(("apps/v1", "StatefulSet", "kafka", "")), None)));
+    }
+
+    #[test]
+    fn a_deployments_pods_are_those_of_its_replicasets_by_name_and_template_hash() {
+        let d = Workload { kind: Some(WorkloadKind::Deployment), name: "kafka".into(), ..Default::default() };
+        let rs = |name: &str, hash: Option<&str>| owned_pod(Some(("apps/v1", "ReplicaSet", name, "rs-uid")), hash);
+        assert!(d.owns(&rs("kafka-5d8f7c", Some("5d8f7c"))));
+        assert!(!d.owns(&rs("kafka-canary-5d8f7c", Some("5d8f7c"))), "another Deployment whose name starts alike");
+        assert!(!d.owns(&rs("kafka-5d8f7c", None)), "no pod-template-hash label");
+        assert!(!d.owns(&rs("kafka-", Some(""))), "an empty hash");
+        assert!(!d.owns(&owned_pod(Some(("apps/v1", "StatefulSet", "kafka", "rs-uid")), Some("5d8f7c"))));
+        assert!(!d.owns(&owned_pod(None, Some("5d8f7c"))), "a bare pod with the labels");
     }
 
     #[test]

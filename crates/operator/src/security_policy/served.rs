@@ -1,22 +1,27 @@
-//! What the brokers of a cluster are configured to present on their TLS listeners, read from what
-//! the operator wrote for them: the `server.properties` of ConfigMap `<cluster>-security` names the
-//! listeners and, for each, the mounted directory its keystore comes from; the TLS Secret behind
-//! that directory (`<cluster>-external-tls`, `<cluster>-internal-tls`) holds the certificate and,
-//! in `ca.crt`, the CA it must chain to (the CA the external trust bundle publishes).
+//! What the brokers of a cluster are configured to present on their TLS listeners. The listeners
+//! are those the operator renders into `server.properties` for the settings it recorded — the
+//! ClusterSecurityPolicy's operation in progress, else its `status.applied` — each with the
+//! mounted directory its keystore comes from; never what ConfigMap `<cluster>-security` holds
+//! now, which whoever edits ConfigMaps in the namespace can change (and so choose where the
+//! operator connects, or leave it no TLS listener to check). The TLS Secret behind a directory
+//! (`<cluster>-external-tls`, `<cluster>-internal-tls`) holds the certificate and, in `ca.crt`,
+//! the CA it must chain to (the CA the external trust bundle publishes).
 //!
 //! Both rolling kinds check this on the wire before an operation completes (`spec.verify`), so a
 //! certificate rotation is checked on the listeners the policy opened, and a policy change on
-//! the certificates in place. Reads only.
+//! the certificates in place. Reads only: the namespace's ClusterSecurityPolicies (their
+//! status) and the TLS Secrets.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::listeners::parse_listeners;
-use super::properties::{EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
+use super::properties::{render_server_properties, EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
+use crate::api::{ClusterSecurityPolicy, OperationState, SecuritySettings};
 use crate::pki::fingerprint;
 use crate::reconciler::verify::{Expectation, ListenerExpectation};
 use crate::reconciler::{Error, Named};
@@ -59,21 +64,60 @@ pub async fn when_verified(
     expectation(client, namespace, cluster).await.map(Some)
 }
 
-/// What every broker pod of `cluster` should present, from the operator's ConfigMap and the TLS
-/// Secrets; what cannot be known goes to `unchecked`, with why.
+/// The TLS listeners the operator renders for `settings`: (name, port, keystore directory). From
+/// the operator's own rendering, so every port is one the operator chose.
+pub fn rendered_tls_listeners(settings: &SecuritySettings) -> Vec<(String, u16, String)> {
+    tls_listeners(&render_server_properties(settings, "", None))
+}
+
+/// The ClusterSecurityPolicy whose listeners the brokers of `cluster` run, and the settings the
+/// operator last rendered for them, from its status (which only the operator writes): the target
+/// of an operation that has started rolling (its `server.properties` is written then), else the
+/// settings applied. When several policies target `cluster`, the oldest with such settings (a
+/// newer one is refused as a `Conflict` and renders nothing).
+pub fn rendered_settings<'a>(
+    policies: &'a [ClusterSecurityPolicy],
+    cluster: &str,
+) -> Option<(&'a ClusterSecurityPolicy, SecuritySettings)> {
+    let settings = |p: &ClusterSecurityPolicy| {
+        let status = p.status.as_ref()?;
+        let rolling = status
+            .current_operation
+            .as_ref()
+            .filter(|o| o.operation_state == OperationState::UpdateInProgress)
+            .and_then(|o| o.target_info.clone());
+        rolling.or_else(|| status.applied.clone())
+    };
+    let targets = |p: &ClusterSecurityPolicy| {
+        let recorded = p.status.as_ref().and_then(|s| s.cluster_ref.as_ref());
+        recorded.unwrap_or(&p.spec.cluster_ref).name == cluster
+    };
+    let mut found: Vec<(&ClusterSecurityPolicy, SecuritySettings)> =
+        policies.iter().filter(|p| targets(p)).filter_map(|p| Some((p, settings(p)?))).collect();
+    found.sort_by_key(|(p, _)| (p.creation_timestamp(), p.name_any()));
+    found.into_iter().next()
+}
+
+/// What every broker pod of `cluster` should present: on the listeners the operator rendered
+/// ([`rendered_settings`]), the certificates of the TLS Secrets; what cannot be known goes to
+/// `unchecked`, with why.
 pub async fn expectation(client: &Client, namespace: &str, cluster: &str) -> Result<Expectation, Error> {
     let mut out = Expectation::default();
-    let cm_name = super::configmap_name(cluster);
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(&cm_name).await.map_err(|source| {
-        Error::Read { object: Named::new("ConfigMap", namespace, &cm_name), source: Box::new(source) }
-    })?;
-    let Some(properties) = cm.and_then(|c| c.data).and_then(|d| d.get("server.properties").cloned()) else {
-        out.unchecked
-            .push(format!("the TLS listeners (no ClusterSecurityPolicy has written ConfigMap {namespace}/{cm_name})"));
+    let policies = Api::<ClusterSecurityPolicy>::namespaced(client.clone(), namespace)
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::Read {
+            object: Named::new("ClusterSecurityPolicies", namespace, cluster),
+            source: Box::new(source),
+        })?;
+    let Some((_, settings)) = rendered_settings(&policies.items, cluster) else {
+        out.unchecked.push(format!(
+            "the TLS listeners (no ClusterSecurityPolicy in {namespace} has put listeners in place for {cluster})"
+        ));
         return Ok(out);
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for (name, port, dir) in tls_listeners(&properties) {
+    for (name, port, dir) in rendered_tls_listeners(&settings) {
         let slot = match dir.as_str() {
             EXTERNAL_TLS_DIR => "external",
             INTERNAL_TLS_DIR => "internal",
@@ -140,5 +184,78 @@ mod tests {
                 ("REPLICATION".to_string(), 9091, INTERNAL_TLS_DIR.to_string()),
             ]
         );
+    }
+
+    /// A policy `name` created at `created` for cluster `cluster`, with `status` (JSON).
+    fn policy(name: &str, created: &str, cluster: &str, status: serde_json::Value) -> ClusterSecurityPolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "ClusterSecurityPolicy",
+            "metadata": {"name": name, "namespace": "kafka", "creationTimestamp": created},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": cluster},
+                     "clientAuthentication": {"tls": {"enabled": true}},
+                     "encryptionInTransit": {"clientBroker": "TLS", "inCluster": true}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    /// Settings as the status records them: mTLS (TLS 9094) or SCRAM (SASL_SCRAM 9096), and
+    /// REPLICATION (9091) either way.
+    fn settings(scram: bool) -> serde_json::Value {
+        let auth = if scram {
+            serde_json::json!({"sasl": {"scram": {"enabled": true}}})
+        } else {
+            serde_json::json!({"tls": {"enabled": true}})
+        };
+        serde_json::json!({"clientAuthentication": auth, "encryptionInTransit": {"clientBroker": "TLS", "inCluster": true}})
+    }
+
+    fn operation(state: &str, target: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"operationId": "op", "operationType": "UPDATE_SECURITY", "operationState": state,
+                           "creationTime": "2026-01-01T00:00:00Z", "targetInfo": target})
+    }
+
+    fn ports(found: Option<(&ClusterSecurityPolicy, SecuritySettings)>) -> Vec<(String, u16)> {
+        let (_, s) = found.expect("settings");
+        rendered_tls_listeners(&s).into_iter().map(|(n, p, _)| (n, p)).collect()
+    }
+
+    #[test]
+    fn the_listeners_come_from_the_settings_the_operator_recorded_not_from_the_configmap() {
+        let mtls = [("TLS".to_string(), 9094), ("REPLICATION".to_string(), 9091)];
+        let scram = [("SASL_SCRAM".to_string(), 9096), ("REPLICATION".to_string(), 9091)];
+        let t = "2026-01-01T00:00:00Z";
+        // Settled: what was applied.
+        let settled = [policy("p", t, "kafka", serde_json::json!({"applied": settings(false)}))];
+        assert_eq!(ports(rendered_settings(&settled, "kafka")), mtls);
+        // An operation rolling (its server.properties is written): its target.
+        let rolling = [policy(
+            "p",
+            t,
+            "kafka",
+            serde_json::json!({"applied": settings(false), "currentOperation": operation("UPDATE_IN_PROGRESS", settings(true))}),
+        )];
+        assert_eq!(ports(rendered_settings(&rolling, "kafka")), scram);
+        // One still PENDING has written nothing: still what was applied.
+        let pending = [policy(
+            "p",
+            t,
+            "kafka",
+            serde_json::json!({"applied": settings(false), "currentOperation": operation("PENDING", settings(true))}),
+        )];
+        assert_eq!(ports(rendered_settings(&pending, "kafka")), mtls);
+        // Another cluster's policy, and one that never put anything in place, do not count.
+        let others = [
+            policy("other", t, "other-kafka", serde_json::json!({"applied": settings(true)})),
+            policy("new", t, "kafka", serde_json::json!({})),
+        ];
+        assert!(rendered_settings(&others, "kafka").is_none());
+        // Two for one cluster: the older (the newer one is refused as a Conflict).
+        let two = [
+            policy("b-newer", "2026-02-01T00:00:00Z", "kafka", serde_json::json!({"applied": settings(true)})),
+            policy("a-older", t, "kafka", serde_json::json!({"applied": settings(false)})),
+        ];
+        let (p, _) = rendered_settings(&two, "kafka").unwrap();
+        assert_eq!(p.name_any(), "a-older");
     }
 }
