@@ -39,8 +39,8 @@ struct StalledLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReviewLabels {
-    kind: String,
-    operation: String,
+    kind: &'static str,
+    operation: &'static str,
     allowed: &'static str,
 }
 
@@ -95,7 +95,7 @@ pub struct Metrics {
     leader: Gauge,
     stalled: Family<StalledLabels, Gauge>,
     reviews: Family<ReviewLabels, Counter>,
-    review_durations: Family<KindLabelsOwned, Histogram>,
+    review_durations: Family<KindLabels, Histogram>,
     shed: Family<ShedLabels, Counter>,
     azure_requests: Family<AzureLabels, Counter>,
     azure_durations: Family<AzureOperationLabels, Histogram>,
@@ -107,9 +107,14 @@ pub struct Metrics {
     stalled_objects: Mutex<HashMap<(&'static str, String), String>>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabelsOwned {
-    kind: String,
+/// The kinds the webhook reviews, as they may appear in a review's label.
+const REVIEWED_KINDS: [&str; 3] = ["ClusterSecurityPolicy", "CertificateRotation", "KmsKeyVaultMode"];
+/// Admission operations, as AdmissionReview v1 spells them.
+const ADMISSION_OPERATIONS: [&str; 4] = ["CREATE", "UPDATE", "DELETE", "CONNECT"];
+
+/// `value` when it is one of `known`, else `other`.
+fn closed(value: &str, known: &[&'static str]) -> &'static str {
+    known.iter().copied().find(|k| *k == value).unwrap_or("other")
 }
 
 /// Which certificate of a CertificateRotation a metric is about.
@@ -176,7 +181,7 @@ impl Metrics {
         let stalled = Family::<StalledLabels, Gauge>::default();
         let reviews = Family::<ReviewLabels, Counter>::default();
         let review_durations =
-            Family::<KindLabelsOwned, Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
+            Family::<KindLabels, Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
         let shed = Family::<ShedLabels, Counter>::default();
         let azure_requests = Family::<AzureLabels, Counter>::default();
         let azure_durations =
@@ -199,7 +204,7 @@ impl Metrics {
         );
         registry.register(
             "webhook_requests_shed",
-            "Admission requests turned away before a review: busy (503), timeout (408), too_large (413)",
+            "Admission requests turned away before a review: busy (503), timeout (408), too_large (413), slow_body (408), broken_body (400)",
             shed.clone(),
         );
         registry.register(
@@ -305,14 +310,18 @@ impl Metrics {
         }
     }
 
-    /// An admission review of `kind`/`operation` was answered after `took`.
+    /// An admission review of `kind`/`operation` was answered after `took`. Both come from the
+    /// request, which anyone who reaches the webhook port writes: they become labels only from
+    /// a closed set (our three kinds, the four admission operations, else `other`), so no request
+    /// adds a series — a label value is never freed.
     pub fn review(&self, kind: &str, operation: &str, allowed: bool, took: Duration) {
         let allowed = if allowed { "true" } else { "false" };
-        self.reviews.get_or_create(&ReviewLabels { kind: kind.into(), operation: operation.into(), allowed }).inc();
-        self.review_durations.get_or_create(&KindLabelsOwned { kind: kind.into() }).observe(took.as_secs_f64());
+        let (kind, operation) = (closed(kind, &REVIEWED_KINDS), closed(operation, &ADMISSION_OPERATIONS));
+        self.reviews.get_or_create(&ReviewLabels { kind, operation, allowed }).inc();
+        self.review_durations.get_or_create(&KindLabels { kind }).observe(took.as_secs_f64());
     }
 
-    /// An admission request was turned away before its review (`busy`, `timeout`, `too_large`).
+    /// An admission request was turned away before its review (`busy`, `timeout`, `too_large`, `slow_body`, `broken_body`).
     pub fn review_shed(&self, why: &'static str) {
         self.shed.get_or_create(&ShedLabels { why }).inc();
     }
@@ -500,5 +509,25 @@ mod tests {
         assert!(text.contains(&format!(r#"csop_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"))), "{text}");
         m.certificate("ns", "orders", CertificateSlot::External, None);
         assert!(!m.encode().contains("namespace=\"ns\",name=\"orders\""));
+    }
+
+    #[test]
+    fn review_labels_come_from_a_closed_set_whatever_the_request_says() {
+        let m = Metrics::new();
+        let t = Duration::from_millis(1);
+        for i in 0..50 {
+            m.review(&format!("Kind{i}{}", "x".repeat(1000)), &format!("OP{i}"), true, t);
+        }
+        m.review("KmsKeyVaultMode", "DELETE", true, t);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"csop_webhook_requests_total{kind="other",operation="other",allowed="true"} 50"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"csop_webhook_requests_total{kind="KmsKeyVaultMode",operation="DELETE",allowed="true"} 1"#)
+        );
+        assert!(!text.contains("Kind0"), "a request's kind became a label");
+        assert!(text.len() < 20_000, "the exposition grew with the requests: {} bytes", text.len());
     }
 }

@@ -4,18 +4,21 @@
 //!
 //! What this module may touch: nothing; it reads our three kinds.
 //!
-//! The endpoint is built not to fall over (see docs/security.md): a request body is refused
-//! above the API server's own request limit ([`MAX_BODY_BYTES`]); at most [`MAX_IN_FLIGHT`]
-//! reviews are answered at once, others wait briefly and are then turned away with 503 (the API
-//! server applies the configuration's `failurePolicy`); a request must arrive whole within
-//! [`REQUEST_TIMEOUT`] and its headers within [`HEADER_READ_TIMEOUT`]; a TLS handshake within
-//! axum-server's ten seconds.
+//! The endpoint is built not to fall over, whoever reaches its port (see docs/security.md): a
+//! request body is refused above the API server's own request limit ([`MAX_BODY_BYTES`]), read
+//! before anything else at no less than [`MIN_BODY_RATE`] and within a shared byte budget
+//! ([`BUFFERED_BYTES`]); only then does a review wait for one of [`MAX_IN_FLIGHT`] places (503
+//! after [`QUEUE_WAIT`]: the API server applies the configuration's `failurePolicy`); a request
+//! must be answered within [`REQUEST_TIMEOUT`], its headers arrive within
+//! [`HEADER_READ_TIMEOUT`], a TLS handshake within axum-server's ten seconds. Nothing a request
+//! carries becomes a metric label (see `Metrics::review`).
 
 pub mod certs;
 #[cfg(test)]
 mod tls_tests;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +54,13 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The request line and headers must arrive within this.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request body may take this long before [`MIN_BODY_RATE`] applies.
+pub const BODY_GRACE: Duration = Duration::from_secs(1);
+/// Bytes per second a request body must arrive at, on average, after [`BODY_GRACE`]: the API
+/// server sends a review at once, so its largest (3 MiB) is whole in two seconds at this rate.
+pub const MIN_BODY_RATE: usize = 3 * 1024 * 1024;
+/// Bytes of request bodies held at once, read or being read (whatever the connections).
+pub const BUFFERED_BYTES: usize = 4 * MAX_BODY_BYTES;
 
 /// Operator settings the rules depend on.
 #[derive(Clone, Debug)]
@@ -70,6 +80,8 @@ struct Shared {
     client: Client,
     settings: Arc<Settings>,
     in_flight: Arc<Semaphore>,
+    /// Bytes of request bodies held now (see [`bounded`]).
+    buffered: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -276,20 +288,36 @@ async fn handle(
     Json(answer)
 }
 
-/// At most [`MAX_IN_FLIGHT`] reviews at once, each within [`REQUEST_TIMEOUT`]. Runs before the
-/// body is read, so waiting requests hold no body in memory.
+/// At most [`MAX_IN_FLIGHT`] reviews at once, each within [`REQUEST_TIMEOUT`]. The body is read
+/// first, before a permit is taken, at no less than [`MIN_BODY_RATE`] after [`BODY_GRACE`], and
+/// only while every body being held stays under [`BUFFERED_BYTES`] together: a client that
+/// trickles its body loses its connection within about a second and never holds a permit, so
+/// real reviews keep being answered; memory is bounded by what really arrived, not by how many
+/// connections are open.
 async fn bounded(State(shared): State<Shared>, request: Request, next: Next) -> Response {
-    let Ok(Ok(_permit)) = tokio::time::timeout(QUEUE_WAIT, shared.in_flight.clone().acquire_owned()).await else {
+    let started = tokio::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n: usize| n > MAX_BODY_BYTES) {
+        shared.metrics.review_shed(BodyRefusal::TooLarge.metric_label());
+        return BodyRefusal::TooLarge.into_response();
+    }
+    let mut body = match read_body(body, &shared.buffered, started).await {
+        Ok(body) => body,
+        Err(refusal) => {
+            shared.metrics.review_shed(refusal.metric_label());
+            return refusal.into_response();
+        }
+    };
+    let left = REQUEST_TIMEOUT.saturating_sub(started.elapsed()).min(QUEUE_WAIT);
+    let Ok(Ok(_permit)) = tokio::time::timeout(left, shared.in_flight.clone().acquire_owned()).await else {
         shared.metrics.review_shed("busy");
         return (StatusCode::SERVICE_UNAVAILABLE, "admission webhook busy; retry").into_response();
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(response) => {
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                shared.metrics.review_shed("too_large");
-            }
-            response
-        }
+    // `body` stays counted until the review is answered.
+    let request = Request::from_parts(parts, axum::body::Body::from(std::mem::take(&mut body.bytes)));
+    match tokio::time::timeout_at(started + REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
         Err(_) => {
             shared.metrics.review_shed("timeout");
             (StatusCode::REQUEST_TIMEOUT, "the review did not complete in time").into_response()
@@ -297,10 +325,95 @@ async fn bounded(State(shared): State<Shared>, request: Request, next: Next) -> 
     }
 }
 
+/// Bytes of a body counted in [`Shared::buffered`], given back when this is dropped (the
+/// review answered, or the read refused).
+struct HeldBody {
+    bytes: Vec<u8>,
+    counted: usize,
+    buffered: Arc<AtomicUsize>,
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        self.buffered.fetch_sub(self.counted, Ordering::Relaxed);
+    }
+}
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyRefusal {
+    TooLarge,
+    /// Every body held together would pass [`BUFFERED_BYTES`].
+    Busy,
+    /// Slower than [`MIN_BODY_RATE`], or not whole within [`REQUEST_TIMEOUT`].
+    Slow,
+    Broken,
+}
+
+impl BodyRefusal {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            BodyRefusal::TooLarge => "too_large",
+            BodyRefusal::Busy => "busy",
+            BodyRefusal::Slow => "slow_body",
+            BodyRefusal::Broken => "broken_body",
+        }
+    }
+}
+
+impl IntoResponse for BodyRefusal {
+    fn into_response(self) -> Response {
+        match self {
+            BodyRefusal::TooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "AdmissionReview larger than the API server sends")
+            }
+            BodyRefusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "admission webhook busy; retry"),
+            BodyRefusal::Slow => (StatusCode::REQUEST_TIMEOUT, "the request body arrived too slowly"),
+            BodyRefusal::Broken => (StatusCode::BAD_REQUEST, "the request body could not be read"),
+        }
+        .into_response()
+    }
+}
+
+/// The latest instant by which `received` bytes must have arrived: [`BODY_GRACE`] plus what
+/// [`MIN_BODY_RATE`] takes for them (and the next byte), never past the request's deadline.
+fn body_deadline(started: tokio::time::Instant, received: usize) -> tokio::time::Instant {
+    let at_min_rate = Duration::from_secs_f64((received + 1) as f64 / MIN_BODY_RATE as f64);
+    (started + BODY_GRACE + at_min_rate).min(started + REQUEST_TIMEOUT)
+}
+
+/// Read `body` whole under the rate, size and shared-memory bounds.
+async fn read_body(
+    body: axum::body::Body,
+    buffered: &Arc<AtomicUsize>,
+    started: tokio::time::Instant,
+) -> Result<HeldBody, BodyRefusal> {
+    use futures::StreamExt;
+    let mut held = HeldBody { bytes: Vec::new(), counted: 0, buffered: buffered.clone() };
+    let mut stream = body.into_data_stream();
+    loop {
+        let chunk = match tokio::time::timeout_at(body_deadline(started, held.bytes.len()), stream.next()).await {
+            Err(_) => return Err(BodyRefusal::Slow),
+            Ok(None) => return Ok(held),
+            Ok(Some(Err(_))) => return Err(BodyRefusal::Broken),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if held.bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(BodyRefusal::TooLarge);
+        }
+        if buffered.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > BUFFERED_BYTES {
+            buffered.fetch_sub(chunk.len(), Ordering::Relaxed);
+            return Err(BodyRefusal::Busy);
+        }
+        held.counted += chunk.len();
+        held.bytes.extend_from_slice(&chunk);
+    }
+}
+
 /// The webhook's HTTP routes, with the body limit and the concurrency bound.
 pub fn router(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let shared = Shared { client, settings: Arc::new(settings), in_flight, metrics };
+    let shared = Shared { client, settings: Arc::new(settings), in_flight, buffered: Arc::default(), metrics };
     Router::new()
         .route(VALIDATE_PATH, post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -140,3 +140,82 @@ async fn a_renewed_certificate_in_the_cert_dir_is_served_without_a_restart() {
     }
     handle.shutdown();
 }
+
+/// Opens a TLS connection to the webhook and sends the headers of a POST whose body of `len`
+/// bytes is then written by the caller.
+async fn open_post(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    len: usize,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let config = crate::http::tls_config(Some(ca_pem), false).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+        webhook::VALIDATE_PATH
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+/// Clients that trickle their bodies never hold a review's place: while more of them than there
+/// are places trickle, a real review is answered at once, and each trickler is cut off.
+#[tokio::test]
+async fn trickled_bodies_do_not_keep_real_reviews_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sans = vec!["127.0.0.1".to_string()];
+    let m = certs::build(&certs::Plan::NewCa, None, &sans, k8s_openapi::jiff::Timestamp::now()).unwrap();
+    let tls = RustlsConfig::from_pem(m.leaf.cert_pem.into_bytes(), m.leaf.key_pem.into_bytes()).await.unwrap();
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    tokio::spawn(async move {
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
+    });
+    let addr = handle.listening().await.unwrap();
+    let ca = m.ca.cert_pem.clone();
+
+    let body = serde_json::to_vec(&review("CREATE", policy("TLS", true), None)).unwrap();
+    let tricklers: Vec<_> = (0..4 * webhook::MAX_IN_FLIGHT)
+        .map(|_| {
+            let (ca, body) = (ca.clone(), body.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let mut tls = open_post(addr, ca.as_bytes(), body.len()).await;
+                // One byte every 100 ms: the whole body would take minutes.
+                for b in &body {
+                    if tls.write_all(&[*b]).await.is_err() || tls.flush().await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    if started.elapsed() > std::time::Duration::from_secs(20) {
+                        break;
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+                (started.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+            })
+        })
+        .collect();
+    // Every place would be held by now if bodies were read under a place.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let client = crate::http::https_client(Some(ca.as_bytes()), false).unwrap();
+    let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
+    let asked = std::time::Instant::now();
+    let resp = client.post(&url).json(&review("CREATE", policy("TLS", true), None)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "a real review was turned away while bodies trickled in");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(1), "answered after {:?}", asked.elapsed());
+    for t in tricklers {
+        let (took, answer) = t.await.unwrap();
+        assert!(took < std::time::Duration::from_secs(8), "a trickler held its connection for {took:?}");
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    handle.shutdown();
+}
