@@ -9,7 +9,6 @@
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -18,7 +17,7 @@ use super::inspect::{self, Material};
 use super::{client_impact, default_dns_names, renewal_time, trust_configmap, Slot, OPERATION_ANNOTATION};
 use crate::api::{
     CertificateRotation, CertificateRotationStatus, CertificateSettings, CertificateStatus, CertificateType,
-    ClientImpact, KeyAlgorithm, FIELD_MANAGER,
+    ClientImpact, KeyAlgorithm,
 };
 use crate::pki;
 use crate::reconciler::conditions::reason;
@@ -154,15 +153,14 @@ pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Res
         let data = c.data.clone().unwrap_or_default();
         data.get("current-ca.crt") == Some(&ca) && data.get("ca.crt").is_some_and(|b| b.contains(&ca))
     };
-    if current.as_ref().is_some_and(|c| intact(c) || !derived::ours(&c.metadata)) {
+    let uid = cr.uid().unwrap_or_default();
+    if current.as_ref().is_some_and(|c| intact(c) || !derived::may_write(&c.metadata, &uid)) {
         return Ok(Vec::new());
     }
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
         "data": {"ca.crt": ca, "current-ca.crt": ca}});
-    cms.patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    derived::apply::<ConfigMap, _>(&ctx.client, cr, &body).await?;
     Ok(vec![format!("ConfigMap {ns}/{cm_name}")])
 }
 
@@ -358,7 +356,6 @@ async fn kept_ca(
     renew: bool,
 ) -> Result<pki::KeyedCert, Error> {
     let (slot, alg) = (w.slot, w.key_algorithm);
-    let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
     let ca_name = slot.ca_secret(cluster);
     if let Some(ca) = read_kept_ca(ctx, cr, slot).await? {
@@ -374,14 +371,10 @@ async fn kept_ca(
     let ca = blocking(move || pki::new_ca_with(&name, now, days, alg))
         .await
         .map_err(|source| Error::Issue { what, source })?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let body = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(cr, &ca_name, cr.spec.deletion_policy, json!({})),
         "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
-    secrets
-        .patch(&ca_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: secret(&ns, &ca_name), source: Box::new(source) })?;
+    derived::apply::<Secret, _>(&ctx.client, cr, &body).await?;
     Ok(ca)
 }
 
@@ -462,16 +455,11 @@ pub async fn write_trust_bundle(
     bundle: &str,
     current: &str,
 ) -> Result<(), Error> {
-    let ns = cr.namespace().unwrap_or_default();
     let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
         "data": {"ca.crt": bundle, "current-ca.crt": current}});
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .patch(&cm_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
-    Ok(())
+    derived::apply::<ConfigMap, _>(&ctx.client, cr, &body).await
 }
 
 /// The `current-ca.crt` of the published trust bundle (the CA clients trust now).
@@ -530,7 +518,6 @@ pub async fn write_tls_secret(
     ca: &str,
     operation_id: Option<&str>,
 ) -> Result<(), Error> {
-    let ns = cr.namespace().unwrap_or_default();
     let name = slot.tls_secret(&cr.spec.cluster_ref.name);
     let annotations = match operation_id {
         Some(id) => json!({"annotations": {OPERATION_ANNOTATION: id}}),
@@ -539,11 +526,7 @@ pub async fn write_tls_secret(
     let body = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(cr, &name, cr.spec.deletion_policy, annotations),
         "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca}});
-    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: secret(&ns, &name), source: Box::new(source) })?;
-    Ok(())
+    derived::apply::<Secret, _>(&ctx.client, cr, &body).await
 }
 
 /// Write the slot's TLS Secret for operation `operation_id` with truststore `trust` (and for

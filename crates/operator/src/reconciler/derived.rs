@@ -1,17 +1,24 @@
 //! The Secrets and ConfigMaps a kind writes under names derived from its workload
-//! (`<cluster>-security`, `<cluster>-external-tls`, …): the operator writes such an object only
-//! when it created it (the managed-by label) or a user allowed adoption (an annotation), and
-//! makes the resource their owner only under `deletionPolicy: Delete` — by default they outlive
-//! the resource, because the brokers mount them and clients trust their CAs.
+//! (`<cluster>-security`, `<cluster>-external-tls`, …) or named in its spec (client Secrets):
+//! every write goes through [`apply`], which writes only when no object of that name exists, or
+//! the one there was written for this very resource (the managed-by label and the resource's uid
+//! in [`OWNER_UID_LABEL`]), or a user of its namespace allowed adoption (an annotation, removed
+//! once used) — checked right before the write, and the write conditioned on the
+//! resourceVersion that was checked. So a resource never takes over another resource's objects,
+//! not even while its operation is PENDING and its spec changes. The resource becomes their
+//! owner (owner reference) only under `deletionPolicy: Delete` — by default they outlive it,
+//! because the brokers mount them and clients trust their CAs.
 //!
 //! Their changes are watched (metadata only, the operator's label only), so that drift is
 //! repaired at once ([`watch`]).
 //!
-//! What this module may touch: nothing; it reads those objects and shapes their metadata.
+//! What this module may touch: the derived objects it is asked to write, under the rule above;
+//! it reads those objects and shapes their metadata.
 
 use cluster_security_api::{DeletionPolicy, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -24,6 +31,8 @@ use super::{watch, Context, Error, Named};
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Set to `"true"` on an existing object to let the operator take it over.
 pub const ADOPT_ANNOTATION: &str = "clustersecurity.io/adopt";
+/// The uid of the resource an object was written for.
+pub const OWNER_UID_LABEL: &str = "clustersecurity.io/owner-uid";
 
 /// A Secret or ConfigMap a kind writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,51 +68,118 @@ pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller
     })
 }
 
-/// Whether the operator may write over the object with this metadata.
-pub fn ours(meta: &ObjectMeta) -> bool {
-    let label = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str);
-    let adopt = meta.annotations.as_ref().and_then(|a| a.get(ADOPT_ANNOTATION)).map(String::as_str);
-    label == Some(FIELD_MANAGER) || adopt == Some("true")
+/// Whether `meta` is of an object written by the operator for the resource with uid `owner`. One
+/// with the operator's label and no uid at all was written by a version before uids were
+/// recorded: the first resource to write it again records its own.
+pub fn written_for(meta: &ObjectMeta, owner: &str) -> bool {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
+    label(MANAGED_BY_LABEL) == Some(FIELD_MANAGER) && label(OWNER_UID_LABEL).is_none_or(|uid| uid == owner)
 }
 
-/// The first of `objects` (in `ns`) that exists and is not the operator's, as the message of a
-/// `NameConflict`: which object, and the two ways out. None: all may be written.
-pub async fn first_conflict(client: &Client, ns: &str, objects: &[Derived]) -> Result<Option<String>, Error> {
+/// Whether the resource with uid `owner` may write over the object with this metadata: written
+/// for it, or offered for adoption by someone who may edit it.
+pub fn may_write(meta: &ObjectMeta, owner: &str) -> bool {
+    written_for(meta, owner) || adopt_requested(meta)
+}
+
+fn adopt_requested(meta: &ObjectMeta) -> bool {
+    meta.annotations.as_ref().and_then(|a| a.get(ADOPT_ANNOTATION)).is_some_and(|v| v == "true")
+}
+
+/// Read the metadata of derived object `o` in `ns` (None: absent).
+async fn read_meta(client: &Client, ns: &str, o: &Derived) -> Result<Option<ObjectMeta>, Error> {
+    let read = |source| Error::Read { object: Named::new(o.kind(), ns, o.name()), source: Box::new(source) };
+    Ok(match o {
+        Derived::Secret(n) => {
+            Api::<Secret>::namespaced(client.clone(), ns).get_metadata_opt(n).await.map_err(read)?.map(|s| s.metadata)
+        }
+        Derived::ConfigMap(n) => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_metadata_opt(n)
+            .await
+            .map_err(read)?
+            .map(|c| c.metadata),
+    })
+}
+
+/// The message of a `NameConflict` for object `kind` `ns/name`: which object, and the ways out.
+fn conflict_message(kind: &str, ns: &str, name: &str) -> String {
+    format!(
+        "{kind} {ns}/{name} exists and was not written by the operator for this resource (labels \
+         {MANAGED_BY_LABEL}={FIELD_MANAGER} and {OWNER_UID_LABEL}=<its uid>), so it is left untouched and nothing \
+         was applied. Rename or delete it, or let the operator take it over: kubectl annotate {} {name} -n {ns} \
+         {ADOPT_ANNOTATION}=true",
+        kind.to_ascii_lowercase(),
+    )
+}
+
+/// The first of `objects` (in `ns`) that exists and that the resource with uid `owner` may not
+/// write, as the message of a `NameConflict`. None: all may be written.
+pub async fn first_conflict(
+    client: &Client,
+    ns: &str,
+    owner: &str,
+    objects: &[Derived],
+) -> Result<Option<String>, Error> {
     for o in objects {
-        let read = |source| Error::Read { object: Named::new(o.kind(), ns, o.name()), source: Box::new(source) };
-        let meta = match o {
-            Derived::Secret(n) => Api::<Secret>::namespaced(client.clone(), ns)
-                .get_metadata_opt(n)
-                .await
-                .map_err(read)?
-                .map(|s| s.metadata),
-            Derived::ConfigMap(n) => Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .get_metadata_opt(n)
-                .await
-                .map_err(read)?
-                .map(|c| c.metadata),
-        };
-        if meta.is_some_and(|m| !ours(&m)) {
-            let (kind, name) = (o.kind(), o.name());
-            return Ok(Some(format!(
-                "{kind} {ns}/{name} exists and was not created by the operator (no label \
-                 {MANAGED_BY_LABEL}={FIELD_MANAGER}), so it is left untouched and nothing was applied. Rename or \
-                 delete it, or let the operator take it over: kubectl annotate {} {name} -n {ns} {ADOPT_ANNOTATION}=true",
-                kind.to_ascii_lowercase(),
-            )));
+        if read_meta(client, ns, o).await?.is_some_and(|m| !may_write(&m, owner)) {
+            return Ok(Some(conflict_message(o.kind(), ns, o.name())));
         }
     }
     Ok(None)
 }
 
+/// Server-side apply `body` (built with [`metadata`]) as a derived object of `owner`, in its
+/// namespace, under the rule of this module: checked right before, written only if the object
+/// checked is still the one there (its resourceVersion), and an adopt annotation removed once
+/// the object is ours. `Error::NameConflict` when the object is not `owner`'s to write.
+pub async fn apply<T, K>(client: &Client, owner: &K, body: &Value) -> Result<(), Error>
+where
+    T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K: Resource<DynamicType = ()>,
+{
+    let ns = owner.namespace().unwrap_or_default();
+    let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let kind: &'static str = if T::kind(&()) == "Secret" { "Secret" } else { "ConfigMap" };
+    let object = || Named::new(kind, &ns, &name);
+    let uid = owner.uid().unwrap_or_default();
+    let api = Api::<T>::namespaced(client.clone(), &ns);
+    let existing = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| Error::Read { object: object(), source: Box::new(source) })?
+        .map(|m| m.metadata);
+    let mut body = body.clone();
+    if let Some(meta) = &existing {
+        if uid.is_empty() || !may_write(meta, &uid) {
+            return Err(Error::NameConflict { object: object(), message: conflict_message(kind, &ns, &name) });
+        }
+        // Someone who changed the object since it was checked fails the write (409): read again.
+        body["metadata"]["resourceVersion"] = json!(meta.resource_version);
+    }
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &pp, &Patch::Apply(&body))
+        .await
+        .map_err(|source| Error::Write { object: object(), source: Box::new(source) })?;
+    if existing.as_ref().is_some_and(adopt_requested) {
+        let drop_adopt = json!({"metadata": {"annotations": {ADOPT_ANNOTATION: null}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&drop_adopt))
+            .await
+            .map_err(|source| Error::Write { object: object(), source: Box::new(source) })?;
+    }
+    Ok(())
+}
+
 /// `metadata` for a derived object `name` of `owner` (server-side apply body): the managed-by
-/// label, plus `extra` (annotations), and an owner reference only under `Delete`. Applied
+/// and owner-uid labels, plus `extra` (annotations), and an owner reference only under `Delete`. Applied
 /// without one, a reference the operator set earlier is removed (its field manager owned it).
 pub fn metadata<K: Resource<DynamicType = ()>>(owner: &K, name: &str, policy: DeletionPolicy, extra: Value) -> Value {
     let mut meta = json!({
         "name": name,
         "namespace": owner.namespace().unwrap_or_default(),
-        "labels": {MANAGED_BY_LABEL: FIELD_MANAGER},
+        "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, OWNER_UID_LABEL: owner.uid().unwrap_or_default()},
     });
     if policy == DeletionPolicy::Delete {
         let reference = owner.controller_owner_ref(&()).expect("a stored object has a uid");
@@ -128,11 +204,22 @@ mod tests {
     }
 
     #[test]
-    fn only_labelled_or_adoptable_objects_are_ours() {
-        assert!(ours(&meta(&[(MANAGED_BY_LABEL, FIELD_MANAGER)], &[])));
-        assert!(!ours(&meta(&[], &[])), "a user's object of the same name");
-        assert!(!ours(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[])), "someone else's tooling");
-        assert!(ours(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[(ADOPT_ANNOTATION, "true")])), "adoption allowed");
-        assert!(!ours(&meta(&[], &[(ADOPT_ANNOTATION, "yes")])), "only \"true\" allows adoption");
+    fn only_objects_written_for_this_resource_or_offered_are_writable() {
+        let ours = [(MANAGED_BY_LABEL, FIELD_MANAGER), (OWNER_UID_LABEL, "uid-a")];
+        assert!(may_write(&meta(&ours, &[]), "uid-a"));
+        assert!(!may_write(&meta(&ours, &[]), "uid-b"), "another resource's object");
+        assert!(!written_for(&meta(&ours, &[]), "uid-b"));
+        assert!(
+            may_write(&meta(&[(MANAGED_BY_LABEL, FIELD_MANAGER)], &[]), "uid-b"),
+            "written before uids were recorded"
+        );
+        assert!(!may_write(&meta(&[], &[]), "uid-a"), "a user's object of the same name");
+        assert!(!may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[]), "uid-a"), "someone else's tooling");
+        assert!(
+            may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[(ADOPT_ANNOTATION, "true")]), "uid-a"),
+            "adoption allowed"
+        );
+        assert!(!written_for(&meta(&[], &[(ADOPT_ANNOTATION, "true")]), "uid-a"), "offered is not yet written");
+        assert!(!may_write(&meta(&[], &[(ADOPT_ANNOTATION, "yes")]), "uid-a"), "only \"true\" allows adoption");
     }
 }

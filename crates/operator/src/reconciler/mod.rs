@@ -197,6 +197,10 @@ pub enum Error {
     CrdMissing { crd: String },
     #[error("checking that {crd} is installed: {source}")]
     CrdCheck { crd: String, source: Box<kube::Error> },
+    /// A derived object's name is held by an object this resource may not write: the round
+    /// ends in status (Stalled `NameConflict`), not in an error retried every few seconds.
+    #[error("not writing {object}: {message}")]
+    NameConflict { object: Named, message: String },
 }
 
 /// What one round decided to report: the health for the conditions and when to look again
@@ -357,7 +361,14 @@ async fn reconcile_once<K: Reconcile>(
         Err(v) if !K::in_flight(&round.status) => invalid_spec(&v),
         _ => {
             let obj = round.obj.clone();
-            obj.advance(&mut round, ctx, deps).await?
+            match obj.advance(&mut round, ctx, deps).await {
+                // Checked right before the write: what was done until then is recorded.
+                Err(Error::NameConflict { message, .. }) => Outcome::new(
+                    Health::Stalled { reason: conditions::reason::NAME_CONFLICT.into(), message },
+                    Some(RETRY_NAME_CONFLICT),
+                ),
+                other => other?,
+            }
         }
     };
     round.conclude(&outcome.health);
@@ -379,6 +390,10 @@ fn error_policy<K: Reconcile>(obj: Arc<K>, error: &Error, _: Arc<(Arc<Context>, 
     warn!(kind = K::KIND, name = %obj.name_any(), %error, "reconcile failed; retrying");
     Action::requeue(RETRY_AFTER_ERROR)
 }
+
+/// When a resource held back by someone else's object looks again (the object may be renamed,
+/// deleted or offered for adoption without our watch seeing it).
+pub const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 
 /// Wait after a failed reconcile.
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);

@@ -16,6 +16,7 @@ use cluster_security_api::{
     validate, ClusterRef, ClusterState, DeletionPolicy, Operation, OperationRecord, OperationState, OperationType,
 };
 use kube::runtime::events::EventType;
+use kube::ResourceExt;
 
 use super::conditions::{self, reason};
 use super::derived::{self, Derived};
@@ -24,7 +25,7 @@ use super::verify::{self, Expectation, Verdict};
 use super::watch::TargetsWorkload;
 use super::wiring::Wiring;
 use super::workload::{self, RolloutCheck, Strategy, Workload};
-use super::{operation, Context, Error, Health, Named, Outcome, Round};
+use super::{operation, Context, Error, Health, Named, Outcome, Round, RETRY_NAME_CONFLICT};
 
 /// What the kind's operation moves from and to.
 pub type Info<K> = <<K as cluster_security_api::Operated>::Status as OperationRecord>::Info;
@@ -66,8 +67,6 @@ impl PrepareError {
 /// When to look again after a failure the user may fix without a spec change (a Secret that
 /// appears later).
 const RETRY_MISSING_SECRET: Duration = Duration::from_secs(30);
-/// When to look again at a derived name someone else's object holds.
-const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 /// When to look again at a workload that is not ACTIVE.
 const RETRY_NOT_ACTIVE: Duration = Duration::from_secs(30);
 /// When to look at a rollout just started (workload watches usually come sooner).
@@ -400,8 +399,7 @@ pub async fn drive<K: Rolling>(
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
         // Never adopt what we did not create: nothing starts while a derived name is taken.
-        if let Some(message) = derived::first_conflict(&ctx.client, &round.namespace(), &kind.derived_objects()).await?
-        {
+        if let Some(message) = derived_conflict(kind, round, ctx).await? {
             let health = Health::Stalled { reason: reason::NAME_CONFLICT.into(), message };
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
@@ -480,8 +478,21 @@ async fn pending<K: Rolling>(
     if let Some(Err(message)) = workload.filter(|_| !wiring.mounts.is_empty()).map(|w| w.mounts.target(&wiring)) {
         return Ok(fail(round, op, reason::CONTAINER_NOT_FOUND, format!("{wl}: {message}."), None));
     }
+    // Checked again right before anything is written: a PENDING operation takes the newest
+    // spec, which may name other objects than when it was opened.
+    if let Some(message) = derived_conflict(kind, round, ctx).await? {
+        let health = Health::Stalled { reason: reason::NAME_CONFLICT.into(), message };
+        return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
+    }
     let prepared = kind.prepare(round, ctx, op, workload).await;
     roll_prepared(round, op, prepared, &wiring, wl, operation::start).await
+}
+
+/// The first derived object of the current spec that this resource may not write (see
+/// [`derived`]), as a `NameConflict` message.
+async fn derived_conflict<K: Rolling>(kind: &K, round: &Round<K>, ctx: &Context) -> Result<Option<String>, Error> {
+    let uid = round.obj.uid().unwrap_or_default();
+    derived::first_conflict(&ctx.client, &round.namespace(), &uid, &kind.derived_objects()).await
 }
 
 /// Carry out what `prepare` answered: roll the annotations it returned (after `starting` the

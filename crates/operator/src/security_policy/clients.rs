@@ -10,11 +10,10 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::api::{ClusterSecurityPolicy, TlsClient, FIELD_MANAGER};
+use crate::api::{ClusterSecurityPolicy, TlsClient};
 use crate::pki::{self, KeyedCert};
 use crate::reconciler::derived;
 use crate::reconciler::{Error, Named};
@@ -70,7 +69,6 @@ pub async fn issue_due(
     ca: &KeyedCert,
     now: Timestamp,
 ) -> Result<Vec<String>, Error> {
-    let ns = csp.namespace().unwrap_or_default();
     let mut issued = Vec::new();
     for client in due(secrets, csp, &ca.cert_pem, now).await? {
         let name = &client.secret_name;
@@ -81,10 +79,7 @@ pub async fn issue_due(
             "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, annotations),
             "type": "kubernetes.io/tls",
             "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}});
-        secrets
-            .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::Write { object: Named::new("Secret", &ns, name), source: Box::new(source) })?;
+        derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
         issued.push(client.name.clone());
     }
     Ok(issued)
