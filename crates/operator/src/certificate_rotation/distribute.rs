@@ -7,15 +7,25 @@
 //! `deletionPolicy: Delete` removes the copies with it (no owner reference can reach another
 //! namespace: its finalizer gives the operator the moment to); `Retain` keeps them.
 //!
-//! What this module may touch: ConfigMaps `<cluster>-external-trust` in the target namespaces
-//! that are its own copies (created by it, or carrying that label), and deleting those; it reads
-//! Namespaces' labels and the original bundle.
+//! A namespace receives copies only when it consents: its Namespace object carries the
+//! annotation `clustersecurity.io/accept-trust-from` naming the source namespace (a
+//! comma-separated list, or `*`). Namespace objects are a cluster admin's to edit — a namespace
+//! editor cannot consent on another namespace's behalf, so a tenant cannot plant a CA of its
+//! choosing where others' clients look for trust. Only certificates are copied, only from a
+//! bundle the operator wrote for this resource, and never over (or instead of) an object that
+//! is not this resource's copy: the adopt annotation does not reach across namespaces.
+//!
+//! What this module may touch: ConfigMaps `<cluster>-external-trust` in consenting target
+//! namespaces that are this resource's own copies (created by it: managed-by and source
+//! labels), and deleting those; it reads Namespaces' labels and annotations and the original
+//! bundle.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -30,6 +40,9 @@ use crate::reconciler::{Context, Error, Named, Round};
 pub const SOURCE_LABEL: &str = "clustersecurity.io/trust-source";
 /// Annotation of every copy: `<namespace>/<name>` of that CertificateRotation, for people.
 const SOURCE_ANNOTATION: &str = "clustersecurity.io/trust-source-object";
+/// Annotation of a Namespace that accepts trust bundle copies: the source namespaces, comma
+/// separated, or `*` for any.
+pub const ACCEPT_ANNOTATION: &str = "clustersecurity.io/accept-trust-from";
 /// How often copies are compared with the original when nothing else happens (a namespace
 /// that gains the selector's labels is noticed at once by a watch in cluster-wide installs).
 pub const RESYNC: Duration = Duration::from_secs(300);
@@ -75,6 +88,8 @@ async fn copy(
     };
     let mut failed = Vec::new();
     let mut targets: BTreeSet<String> = spec.namespaces.iter().cloned().collect();
+    // Whether each target namespace accepts copies from `own` (read below where not listed).
+    let mut consents: BTreeMap<String, bool> = BTreeMap::new();
     let labels = spec.namespace_selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
     // Without the selected namespaces, which copies are stale is unknown: none is removed.
     let mut selection_known = true;
@@ -89,7 +104,12 @@ async fn copy(
                 .list_metadata(&ListParams::default().labels(&selector.join(",")))
                 .await
             {
-                Ok(list) => targets.extend(list.items.into_iter().map(|n| n.name_any())),
+                Ok(list) => {
+                    for n in list.items {
+                        consents.insert(n.name_any(), accepts(&n.metadata, &own));
+                        targets.insert(n.name_any());
+                    }
+                }
                 Err(e) => {
                     selection_known = false;
                     failed.push(format!("namespaces matching {}: {}", selector.join(","), short(&e)))
@@ -101,45 +121,79 @@ async fn copy(
     let original = Api::<ConfigMap>::namespaced(ctx.client.clone(), &own)
         .get_opt(&name)
         .await
-        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &own, &name), source: Box::new(source) })?
-        .and_then(|c| c.data);
+        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &own, &name), source: Box::new(source) })?;
     // Nothing published yet (the first operation has not installed a certificate).
-    let Some(data) = original else { return Ok(Some(RESYNC)) };
-    let data: std::collections::BTreeMap<String, String> =
-        data.into_iter().filter(|(k, _)| k == "ca.crt" || k == "current-ca.crt").collect();
+    let Some(original) = original else { return Ok(Some(RESYNC)) };
+    let data = match copyable(&original, cr) {
+        Ok(data) => data,
+        Err(why) => {
+            // Copies already made stay as they are: the last bundle the operator vouched for.
+            round.set_condition(conditions::TRUST_DISTRIBUTED, false, reason::TRUST_DISTRIBUTION_FAILED, &why);
+            return Ok(Some(RESYNC));
+        }
+    };
     let mut copied = Vec::new();
+    let mut consenting = BTreeSet::new();
     for ns in &targets {
         if !ctx.scope.covers(Some(ns)) {
             failed.push(format!("{ns}: not a namespace the operator manages (watchNamespaces)"));
             continue;
         }
+        let consent = match consents.get(ns) {
+            Some(c) => *c,
+            None => match Api::<Namespace>::all(ctx.client.clone()).get_metadata_opt(ns).await {
+                Ok(Some(n)) => accepts(&n.metadata, &own),
+                Ok(None) => {
+                    failed.push(format!("{ns}: no such namespace"));
+                    continue;
+                }
+                Err(e) => {
+                    // Unknown: its copy (if any) is kept until the namespace can be read.
+                    consenting.insert(ns.clone());
+                    failed.push(format!("{ns}: {}", short(&e)));
+                    continue;
+                }
+            },
+        };
+        if !consent {
+            failed.push(format!(
+                "{ns}: the namespace does not accept trust bundles from {own}; a cluster admin consents with \
+                 `kubectl annotate namespace {ns} {ACCEPT_ANNOTATION}={own}`"
+            ));
+            continue;
+        }
+        consenting.insert(ns.clone());
         let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns);
+        let mut body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns,
+                "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, SOURCE_LABEL: uid},
+                "annotations": {SOURCE_ANNOTATION: format!("{own}/{}", cr.name_any())}},
+            "data": data});
         match api.get_metadata_opt(&name).await {
-            Ok(Some(existing)) if !is_copy(&existing.metadata, &uid) => {
+            // Written only over the very copy checked here (a 409 if it changed meanwhile).
+            Ok(Some(existing)) if is_copy(&existing.metadata, &uid) => {
+                body["metadata"]["resourceVersion"] = json!(existing.metadata.resource_version);
+            }
+            Ok(Some(_)) => {
                 failed.push(format!(
-                    "{ns}: ConfigMap {name} exists and is not this resource's copy; rename or delete it, or annotate it {}=true",
-                    derived::ADOPT_ANNOTATION
+                    "{ns}: ConfigMap {name} exists and is not this resource's copy, so it is left untouched; \
+                     its owner renames or deletes it"
                 ));
                 continue;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => {
                 failed.push(format!("{ns}: {}", short(&e)));
                 continue;
             }
         }
-        let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": ns,
-                "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, SOURCE_LABEL: uid},
-                "annotations": {SOURCE_ANNOTATION: format!("{own}/{}", cr.name_any())}},
-            "data": data});
         match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
             Ok(_) => copied.push(ns.clone()),
             Err(e) => failed.push(format!("{ns}: {}", short(&e))),
         }
     }
     if selection_known {
-        remove_copies(ctx, &uid, &name, &targets).await?;
+        remove_copies(ctx, &uid, &name, &consenting).await?;
     }
     round.status.trust_distributed_to = copied.clone();
     let (ok, why, message) = if failed.is_empty() {
@@ -172,11 +226,62 @@ pub async fn release(cr: &CertificateRotation, round: &mut Round<CertificateRota
     }
 }
 
-/// A ConfigMap this resource may write: its own copy, or one a user lets it adopt.
-fn is_copy(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
-    let source = meta.labels.as_ref().and_then(|l| l.get(SOURCE_LABEL)).map(String::as_str);
-    let adopt = meta.annotations.as_ref().and_then(|a| a.get(derived::ADOPT_ANNOTATION)).map(String::as_str);
-    (derived::ours(meta) && source == Some(uid)) || adopt == Some("true")
+/// A ConfigMap this resource may write or delete: its own copy — the operator's label and this
+/// resource's uid as source. Never one a user marked for adoption: an annotation written in
+/// the target namespace does not let a resource of another namespace take its object.
+fn is_copy(meta: &ObjectMeta, uid: &str) -> bool {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
+    !uid.is_empty() && label(MANAGED_BY_LABEL) == Some(FIELD_MANAGER) && label(SOURCE_LABEL) == Some(uid)
+}
+
+/// Whether a Namespace with this metadata accepts copies from namespace `source`.
+fn accepts(meta: &ObjectMeta, source: &str) -> bool {
+    let Some(value) = meta.annotations.as_ref().and_then(|a| a.get(ACCEPT_ANNOTATION)) else { return false };
+    value.split(',').map(str::trim).any(|s| s == "*" || s == source)
+}
+
+/// What may be copied of the original bundle: `ca.crt` and `current-ca.crt` only, only when the
+/// operator wrote the bundle for this resource, and only when each holds certificates and
+/// nothing else. The reason otherwise.
+fn copyable(original: &ConfigMap, cr: &CertificateRotation) -> Result<BTreeMap<String, String>, String> {
+    let name = original.name_any();
+    if !derived::written_for(&original.metadata, &cr.uid().unwrap_or_default()) {
+        return Err(format!(
+            "ConfigMap {name} was not written by the operator for this CertificateRotation, so it is not copied anywhere."
+        ));
+    }
+    let mut data = BTreeMap::new();
+    for (key, value) in original.data.iter().flatten().filter(|(k, _)| *k == "ca.crt" || *k == "current-ca.crt") {
+        if !certificates_only(value) {
+            return Err(format!(
+                "ConfigMap {name} key {key} holds more than PEM certificates, so it is not copied anywhere; \
+                 the operator writes it again from the CA in force."
+            ));
+        }
+        data.insert(key.clone(), value.clone());
+    }
+    Ok(data)
+}
+
+/// Whether `pem` is one or more PEM `CERTIFICATE` blocks, each a parseable X.509 certificate,
+/// with nothing but white space around them.
+fn certificates_only(pem: &str) -> bool {
+    let mut rest = pem.trim();
+    let mut found = false;
+    while !rest.is_empty() {
+        let Some(after) = rest.strip_prefix("-----BEGIN CERTIFICATE-----") else { return false };
+        let Some((block, tail)) = after.split_once("-----END CERTIFICATE-----") else { return false };
+        let der = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            block.chars().filter(|c| !c.is_whitespace()).collect::<String>(),
+        );
+        if !der.is_ok_and(|d| x509_parser::parse_x509_certificate(&d).is_ok_and(|(left, _)| left.is_empty())) {
+            return false;
+        }
+        found = true;
+        rest = tail.trim_start();
+    }
+    found
 }
 
 /// Delete this resource's copies outside `keep`.
@@ -190,14 +295,19 @@ async fn remove_copies(ctx: &Context, uid: &str, name: &str, keep: &BTreeSet<Str
             .list_metadata(&lp)
             .await
             .map_err(|source| Error::Read { object: Named::new("ConfigMaps", "", name), source: Box::new(source) })?;
-        for copy in copies.items.into_iter().filter(|c| c.name_any() == name) {
+        for copy in copies.items.into_iter().filter(|c| c.name_any() == name && is_copy(&c.metadata, uid)) {
             let ns = copy.namespace().unwrap_or_default();
             if keep.contains(&ns) {
                 continue;
             }
-            match Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).delete(name, &DeleteParams::default()).await {
+            // The very object listed: one put in its place meanwhile is not deleted.
+            let dp = DeleteParams {
+                preconditions: copy.uid().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
+                ..Default::default()
+            };
+            match Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).delete(name, &dp).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                 Err(source) => {
                     return Err(Error::Write { object: Named::new("ConfigMap", &ns, name), source: Box::new(source) })
                 }
@@ -212,5 +322,62 @@ fn short(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(a) => format!("{} ({})", a.message, a.reason),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns_meta(annotation: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            annotations: annotation.map(|v| [(ACCEPT_ANNOTATION.to_string(), v.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_namespace_accepts_copies_only_from_the_sources_it_names() {
+        assert!(!accepts(&ns_meta(None), "tenant"), "no annotation: no consent");
+        assert!(accepts(&ns_meta(Some("tenant")), "tenant"));
+        assert!(accepts(&ns_meta(Some("other, tenant")), "tenant"));
+        assert!(accepts(&ns_meta(Some("*")), "tenant"));
+        assert!(!accepts(&ns_meta(Some("tenant-b")), "tenant"));
+        assert!(!accepts(&ns_meta(Some("tenant*")), "tenant"), "no patterns but *");
+        assert!(!accepts(&ns_meta(Some("")), "tenant"));
+    }
+
+    #[test]
+    fn only_certificates_are_copied() {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let (a, b) = (crate::pki::new_ca("a", now, 1).unwrap(), crate::pki::new_ca("b", now, 1).unwrap());
+        assert!(certificates_only(&a.cert_pem));
+        assert!(certificates_only(&format!("{}\n{}", a.cert_pem, b.cert_pem)));
+        assert!(!certificates_only(""), "nothing");
+        assert!(!certificates_only(&format!("{}{}", a.cert_pem, a.key_pem)), "a private key");
+        assert!(!certificates_only(&format!("hello\n{}", a.cert_pem)), "text before");
+        assert!(!certificates_only(&format!("{}\nfoo=bar", a.cert_pem)), "text after");
+        let broken = a.cert_pem.replacen("MII", "MIX", 1);
+        assert!(!certificates_only(&broken), "not a certificate");
+    }
+
+    #[test]
+    fn a_copy_is_only_what_this_resource_wrote_never_an_adopted_object() {
+        let labels = |uid: &str| {
+            Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
+                    (SOURCE_LABEL.to_string(), uid.to_string()),
+                ]
+                .into(),
+            )
+        };
+        assert!(is_copy(&ObjectMeta { labels: labels("u1"), ..Default::default() }, "u1"));
+        assert!(!is_copy(&ObjectMeta { labels: labels("u2"), ..Default::default() }, "u1"));
+        let adopted = ObjectMeta {
+            annotations: Some([(derived::ADOPT_ANNOTATION.to_string(), "true".to_string())].into()),
+            ..Default::default()
+        };
+        assert!(!is_copy(&adopted, "u1"), "the adopt annotation does not reach across namespaces");
     }
 }

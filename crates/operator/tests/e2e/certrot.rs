@@ -706,7 +706,8 @@ fn corp_secret(ns: &str, ca_name: &str) -> pki::KeyedCert {
 }
 
 /// `spec.trustDistribution`: the trust bundle is copied into the listed namespaces and those
-/// whose labels match — a namespace labelled later gets its copy without any change to the
+/// whose labels match, each consenting (annotation `clustersecurity.io/accept-trust-from`) — a
+/// namespace labelled later gets its copy without any change to the
 /// resource — kept equal to the original through a CA change, never over someone else's
 /// ConfigMap, and removed from a namespace that leaves the list.
 #[tokio::test]
@@ -717,7 +718,7 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     brokers(cp, ns, "kafka", 1).await;
     apply(
         cp,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-listed}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: orders}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-taken}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: kafka-external-trust, namespace: dist-taken}\ndata: {ca.crt: mine}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-listed, annotations: {clustersecurity.io/accept-trust-from: certs-dist}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: orders}, annotations: {clustersecurity.io/accept-trust-from: certs-dist}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: dist-taken, annotations: {clustersecurity.io/accept-trust-from: certs-dist}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: kafka-external-trust, namespace: dist-taken}\ndata: {ca.crt: mine}\n",
     );
     let distribution = "  trustDistribution: {namespaces: [dist-listed, dist-taken], namespaceSelector: {matchLabels: {kafka-clients: orders}}}\n";
     apply(cp, &format!("{}{distribution}", rotation(ns, "{label: e1}", "{label: i1}")));
@@ -748,7 +749,7 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     );
 
     // A namespace labelled later gets its copy at once (a watch, not the five-minute resync).
-    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-later, labels: {kafka-clients: orders}}\n");
+    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-later, labels: {kafka-clients: orders}, annotations: {clustersecurity.io/accept-trust-from: certs-dist}}\n");
     wait_until(Duration::from_secs(30), "copy in dist-later", || same_as_original("dist-later")).await.unwrap();
 
     // A CA change: every copy holds the new CA next to the old one while the brokers wait.
@@ -768,7 +769,7 @@ async fn the_trust_bundle_is_copied_where_clients_live_and_kept_current() {
     }
 
     // Leaving the list and the selector removes the copy; the foreign ConfigMap stays.
-    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: other}}\n");
+    apply(cp, "apiVersion: v1\nkind: Namespace\nmetadata: {name: dist-labelled, labels: {kafka-clients: other}, annotations: {clustersecurity.io/accept-trust-from: certs-dist}}\n");
     let fewer = "  trustDistribution: {namespaceSelector: {matchLabels: {kafka-clients: orders}}}\n";
     apply(cp, &format!("{}{fewer}", rotation(ns, "{label: e2, type: secret, secretName: corp}", "{label: i1}")));
     for n in ["dist-listed", "dist-labelled"] {
