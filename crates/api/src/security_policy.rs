@@ -407,6 +407,11 @@ pub struct ClusterSecurityPolicyStatus {
     /// The settings currently applied to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<SecuritySettings>,
+    /// `spec.encryptionInTransit.inCluster` as the operator first saw it valid, recorded before
+    /// anything else: the setting is fixed at creation (rule InClusterEncryptionImmutable), also
+    /// without the webhook and before any operation is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_in_cluster: Option<bool>,
     /// The operation running now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_operation: Option<Operation<SecuritySettings>>,

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::api::{
     ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Operation,
-    OperationType, SecuritySettings, FIELD_MANAGER,
+    OperationType, SecuritySettings,
 };
 use crate::reconciler::conditions::reason;
 use crate::reconciler::derived::{self, Derived};
@@ -73,13 +73,19 @@ pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
 /// The in-cluster setting can't change after the first operation applied it (webhook-less path).
 /// `inCluster` is fixed at creation: compared with what was applied, else with the first
 /// operation ever recorded (also while it waits in PENDING: without the webhook, a change then
-/// would otherwise slip through).
+/// would otherwise slip through), else with the value first seen (before any operation: one
+/// held back by a conflict, say).
 fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<String> {
     let first_recorded = || {
         let oldest = status.operations.last().or(status.current_operation.as_ref());
         oldest.and_then(|o| o.target_info.as_ref())
     };
-    let applied = status.applied.as_ref().or_else(first_recorded)?.encryption_in_transit.in_cluster;
+    let applied = status
+        .applied
+        .as_ref()
+        .or_else(first_recorded)
+        .map(|s| s.encryption_in_transit.in_cluster)
+        .or(status.first_seen_in_cluster)?;
     (applied != csp.spec.encryption_in_transit.in_cluster).then(|| {
         format!(
             "spec.encryptionInTransit.inCluster: you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied} (rule {})",
@@ -115,6 +121,7 @@ impl Reconcile for ClusterSecurityPolicy {
     }
 
     async fn advance(&self, round: &mut Round<Self>, ctx: &Context, _: &()) -> Result<Outcome, Error> {
+        round.status.first_seen_in_cluster.get_or_insert(self.spec.encryption_in_transit.in_cluster);
         rolling::advance(self, round, ctx).await
     }
 
@@ -273,7 +280,12 @@ impl Rolling for ClusterSecurityPolicy {
             .await
             .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &name), source: Box::new(source) })?;
         match current {
-            Some(cm) if cm.data.as_ref() == Some(&data) || !derived::ours(&cm.metadata) => Ok(Vec::new()),
+            Some(cm)
+                if cm.data.as_ref() == Some(&data)
+                    || !derived::may_write(&cm.metadata, &self.uid().unwrap_or_default()) =>
+            {
+                Ok(Vec::new())
+            }
             _ => {
                 write_configmap(ctx, self, &name, &data).await?;
                 Ok(vec![format!("ConfigMap {ns}/{name}")])
@@ -397,17 +409,12 @@ async fn write_configmap(
     name: &str,
     data: &BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let ns = csp.namespace().unwrap_or_default();
     let cm = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, json!({})),
         "data": data,
     });
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm))
-        .await
-        .map(drop)
-        .map_err(|source| Error::Write { object: Named::new("ConfigMap", &ns, name), source: Box::new(source) })
+    derived::apply::<ConfigMap, _>(&ctx.client, csp, &cm).await
 }
 
 /// The CA bundle the Secrets in `certificateAuthoritySecretRefs` make now; Err(name) when the
@@ -481,7 +488,6 @@ async fn client_ca_bundle(
 ) -> Result<(String, Option<pki::KeyedCert>), PrepareError> {
     let ns = csp.namespace().unwrap_or_default();
     let cluster = &csp.spec.cluster_ref.name;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
     let secret = |name: &str| Named::new("Secret", &ns, name);
     let ca_name = client_ca_secret_name(cluster);
     let read = |name: String| async move {
@@ -516,10 +522,7 @@ async fn client_ca_bundle(
             "type": "Opaque",
             "stringData": {"ca.crt": crt, "ca.key": key},
         });
-        secrets
-            .patch(&key_name, &pp, &Patch::Apply(&body))
-            .await
-            .map_err(|source| Error::Write { object: secret(&key_name), source: Box::new(source) })?;
+        derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
         if legacy_key {
             let drop_key = json!({"data": {"ca.key": null}});
             secrets
@@ -547,10 +550,7 @@ async fn client_ca_bundle(
         "type": "Opaque",
         "stringData": {"ca.crt": ca_bundle},
     });
-    secrets
-        .patch(&ca_name, &pp, &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
+    derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
     Ok((ca_bundle, own_ca))
 }
 
@@ -587,5 +587,13 @@ mod in_cluster_tests {
         let refused = in_cluster_violation(&csp(false), &status).expect("PENDING first operation fixes inCluster");
         assert!(refused.contains("InClusterEncryptionImmutable"), "{refused}");
         assert!(in_cluster_violation(&first, &status).is_none());
+    }
+
+    #[test]
+    fn in_cluster_is_fixed_by_the_value_first_seen_before_any_operation() {
+        let status = ClusterSecurityPolicyStatus { first_seen_in_cluster: Some(true), ..Default::default() };
+        let refused = in_cluster_violation(&csp(false), &status).expect("first seen fixes inCluster");
+        assert!(refused.contains("InClusterEncryptionImmutable") && refused.contains("it is true"), "{refused}");
+        assert!(in_cluster_violation(&csp(true), &status).is_none());
     }
 }
