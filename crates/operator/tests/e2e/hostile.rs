@@ -132,6 +132,121 @@ async fn oversized_and_concurrent_reviews_leave_the_webhook_up_with_bounded_memo
     assert_no_secret_leaks(&[]).await;
 }
 
+/// 40 reviews, each naming a new random kind of about 1 MB: the kind never becomes a metric
+/// label, so neither `/metrics` nor the operator's memory grows with them (before, `/metrics`
+/// reached 960 MB and the pod its memory limit).
+#[tokio::test]
+async fn reviews_naming_random_kinds_grow_neither_metrics_nor_memory() {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    let client = webhook_client().await;
+    let metrics_size = || {
+        let (code, body) = cluster_security_testbed::operator::http_get(env().operator.health_port, "/metrics")
+            .expect("/metrics answers");
+        assert_eq!(code, 200);
+        body.len()
+    };
+    let (size_before, (rss_before, _)) = (metrics_size(), operator_memory_mib());
+    for i in 0..40u32 {
+        let mut review: Value = serde_json::from_slice(&padded_review(2_000)).unwrap();
+        let kind: String =
+            (0..1_000_000u32).map(|j| char::from(b'a' + ((i.wrapping_mul(7919) ^ j) % 26) as u8)).collect();
+        review["request"]["kind"]["kind"] = Value::String(kind);
+        let status = client.post(url()).json(&review).send().await.expect("an answer").status();
+        assert!(status.is_success(), "review {i}: {status}");
+    }
+    let (size_after, (rss_after, peak)) = (metrics_size(), operator_memory_mib());
+    println!(
+        "random kinds: 40 reviews of ~1 MB kinds; /metrics {size_before} -> {size_after} bytes; \
+         operator RSS {rss_before} -> {rss_after} MiB (peak {peak} MiB)"
+    );
+    assert!(size_after < 1024 * 1024, "/metrics is {size_after} bytes");
+    assert!(size_after < size_before + 4096, "/metrics grew from {size_before} to {size_after} bytes");
+    assert!(rss_after < rss_before + 32, "RSS grew from {rss_before} to {rss_after} MiB");
+    assert_no_secret_leaks(&[]).await;
+}
+
+/// Connections that send their headers and then trickle their bodies (a byte every 100 ms, more
+/// connections than the webhook answers at once) never keep a real review out: its body is read
+/// before it asks for a place, and the tricklers are cut off after about a second.
+#[tokio::test]
+async fn trickled_bodies_keep_no_real_review_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
+    let ca = vwc.get("cluster-security-operator").await.unwrap().webhooks.unwrap()[0]
+        .client_config
+        .ca_bundle
+        .clone()
+        .unwrap()
+        .0;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_types_certs(&ca) {
+        roots.add(der).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let body = padded_review(2_000);
+    let tricklers: Vec<_> = (0..32)
+        .map(|_| {
+            let (connector, body) = (connector.clone(), body.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", env().operator.webhook_port)).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+                let mut s = connector.connect(name, tcp).await.unwrap();
+                let head = format!(
+                    "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).await.unwrap();
+                for b in &body {
+                    if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() || started.elapsed() > Duration::from_secs(30) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let mut answer = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+                (started.elapsed(), String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string())
+            })
+        })
+        .collect();
+    // While they trickle, real reviews are answered at once, one after another.
+    let client = webhook_client().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let asked = Instant::now();
+        let status = client
+            .post(url())
+            .header("content-type", "application/json")
+            .body(padded_review(2_000))
+            .send()
+            .await
+            .expect("an answer")
+            .status();
+        assert!(status.is_success(), "a real review got {status} while bodies trickled in");
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = Duration::ZERO;
+    for t in tricklers {
+        let (took, first_line) = t.await.unwrap();
+        held = held.max(took);
+        assert!(first_line.is_empty() || first_line.starts_with("HTTP/1.1 408"), "{first_line}");
+    }
+    println!("trickled bodies: 32 connections at 10 bytes/s; 10 real reviews, slowest {slowest:?}; tricklers cut off within {held:?}");
+    assert!(slowest < Duration::from_secs(2), "a real review took {slowest:?}");
+    assert!(held < Duration::from_secs(10), "a trickler held its connection for {held:?}");
+    assert_no_secret_leaks(&[]).await;
+}
+
 #[tokio::test]
 async fn key_ids_pointing_elsewhere_are_refused_at_admission() {
     let cp = &env().cp;
@@ -157,5 +272,123 @@ async fn key_ids_pointing_elsewhere_are_refused_at_admission() {
     );
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&manifest));
     assert!(!out.status.success() && stderr(&out).contains("AzureResourceNames"), "{}", stderr(&out));
+    assert_no_secret_leaks(&[]).await;
+}
+
+/// The status condition `type` of `kind/name` in `ns` as `status/reason/message`.
+fn condition(kind: &str, ns: &str, name: &str, type_: &str) -> String {
+    let path = format!(
+        "jsonpath={{.status.conditions[?(@.type==\"{type_}\")].status}}/{{.status.conditions[?(@.type==\"{type_}\")].reason}}/{{.status.conditions[?(@.type==\"{type_}\")].message}}"
+    );
+    crate::support::stdout(&env().cp.kubectl(&["get", kind, name, "-n", ns, "-o", &path]))
+}
+
+async fn trust_copy(ns: &str) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env().cp.client().await.unwrap(), ns)
+        .get_opt("kafka-external-trust")
+        .await
+        .unwrap()
+}
+
+/// A tenant's CertificateRotation lists namespaces that never asked for its trust bundle (by
+/// name, by a selector they match, one that accepts bundles from someone else): no copy appears
+/// in any of them, and the status names the consent a cluster admin would give. Once given, the
+/// copy appears; once withdrawn, it goes.
+#[tokio::test]
+async fn trust_copies_never_reach_a_namespace_that_did_not_consent() {
+    let cp = &env().cp;
+    let ns = "tenant-trust";
+    webhook_ready(cp).await;
+    crate::support::brokers(cp, ns, "kafka", 1).await;
+    crate::support::apply(
+        cp,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: bystander}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: bystander-selected, labels: {tenant-trust: wanted}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: bystander-other, annotations: {clustersecurity.io/accept-trust-from: someone-else}}\n",
+    );
+    crate::support::apply(
+        cp,
+        &format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: CertificateRotation\nmetadata: {{name: certs, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  external: {{label: e1}}\n  internal: {{label: i1}}\n  trustDistribution: {{namespaces: [bystander, bystander-other], namespaceSelector: {{matchLabels: {{tenant-trust: wanted}}}}}}\n"
+        ),
+    );
+    let text = cluster_security_testbed::wait_until(Duration::from_secs(120), "TrustDistributed=False", || async {
+        let text = condition("certrot", ns, "certs", "TrustDistributed");
+        text.starts_with("False/").then_some(text.clone()).ok_or(text)
+    })
+    .await
+    .unwrap();
+    for bystander in ["bystander", "bystander-selected", "bystander-other"] {
+        assert!(trust_copy(bystander).await.is_none(), "a copy appeared in {bystander}");
+        assert!(
+            text.contains(&format!("{bystander}: the namespace does not accept trust bundles from {ns}"))
+                && text.contains(&format!(
+                    "kubectl annotate namespace {bystander} clustersecurity.io/accept-trust-from={ns}"
+                )),
+            "{text}"
+        );
+    }
+    assert!(trust_copy(ns).await.is_some(), "the original bundle exists");
+
+    // A cluster admin consents for one namespace: its copy appears (certificates only).
+    let out =
+        cp.kubectl(&["annotate", "namespace", "bystander", &format!("clustersecurity.io/accept-trust-from={ns}")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = cluster_security_testbed::wait_until(Duration::from_secs(60), "copy in bystander", || async {
+        trust_copy("bystander").await.ok_or_else(|| "no copy yet".to_string())
+    })
+    .await
+    .unwrap();
+    let keys: Vec<_> = copy.data.unwrap_or_default().into_keys().collect();
+    assert_eq!(keys, ["ca.crt", "current-ca.crt"]);
+    // Withdrawn: the copy goes.
+    let out = cp.kubectl(&["annotate", "namespace", "bystander", "clustersecurity.io/accept-trust-from-"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    cluster_security_testbed::wait_until(Duration::from_secs(60), "copy removed from bystander", || async {
+        trust_copy("bystander").await.is_none().then_some(()).ok_or_else(|| "still there".to_string())
+    })
+    .await
+    .unwrap();
+    assert_no_secret_leaks(&[]).await;
+}
+
+/// A ClusterSecurityPolicy waits PENDING for its brokers; meanwhile its tenant points a client's
+/// `secretName` at a platform-owned TLS Secret. When the brokers appear, nothing is written over
+/// it: the check that runs when an operation opens runs again right before anything is written.
+#[tokio::test]
+async fn a_pending_operation_retargeted_at_a_platform_secret_leaves_it_untouched() {
+    let cp = &env().cp;
+    let ns = "tenant-pending";
+    webhook_ready(cp).await;
+    crate::support::apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: platform-tls, namespace: {ns}, labels: {{team: platform}}}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: platform-cert, tls.key: platform-key}}\n"
+        ),
+    );
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cp.client().await.unwrap(), ns);
+    let before = secrets.get("platform-tls").await.unwrap();
+    let policy = |secret_name: &str| {
+        format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  clientAuthentication: {{tls: {{enabled: true, clients: [{{name: app, secretName: {secret_name}}}]}}}}\n  encryptionInTransit: {{clientBroker: TLS, inCluster: true}}\n"
+        )
+    };
+    crate::support::apply(cp, &policy("app-tls"));
+    crate::support::wait_jsonpath(cp, ("csp", ns, "policy"), "{.status.currentOperation.operationState}", 60, |t| {
+        t == "PENDING"
+    })
+    .await;
+    crate::support::apply(cp, &policy("platform-tls"));
+    crate::support::brokers(cp, ns, "kafka", 1).await;
+    let text = cluster_security_testbed::wait_until(Duration::from_secs(90), "Stalled NameConflict", || async {
+        let text = condition("csp", ns, "policy", "Stalled");
+        text.starts_with("True/NameConflict/").then_some(text.clone()).ok_or(text)
+    })
+    .await
+    .unwrap();
+    assert!(text.contains(&format!("Secret {ns}/platform-tls")), "{text}");
+    let after = secrets.get("platform-tls").await.unwrap();
+    assert_eq!(after.data, before.data, "the platform Secret's data changed");
+    assert_eq!(after.metadata.labels, before.metadata.labels, "the platform Secret was labelled");
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "the platform Secret was written");
+    assert!(secrets.get_opt("app-tls").await.unwrap().is_none(), "nothing was issued for the first name either");
     assert_no_secret_leaks(&[]).await;
 }
