@@ -96,8 +96,9 @@ pub enum Verdict {
     Verified(String),
     /// A pod still runs an older template (being replaced): look again shortly.
     Rolling(String),
-    /// A pod presents something else (`VerificationFailed`), or could not be reached
-    /// (`BrokerUnreachable`): the condition reason and message.
+    /// A pod presents something else (`VerificationFailed`), could not be reached
+    /// (`BrokerUnreachable`), or could be reached only at a node's address
+    /// (`BrokerNotVerifiable`): the condition reason and message.
     Failed { reason: &'static str, message: String },
 }
 
@@ -234,7 +235,8 @@ async fn check_pods(
         );
         return Verdict::Failed { reason: reason::BROKER_UNREACHABLE, message };
     }
-    if !host_network.is_empty() {
+    // With no TLS listener to check nothing would be connected to: a hostNetwork pod is no matter.
+    if !host_network.is_empty() && !expected.listeners.is_empty() {
         let message = format!(
             "Cannot check on the wire what these brokers present: {}. The operator never connects to a node's \
              address (another process of that node may answer there). Run the brokers without hostNetwork, or set \

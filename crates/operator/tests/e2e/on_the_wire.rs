@@ -4,7 +4,9 @@
 //! pod presents what was put in place; a pod that keeps its old certificate holds the operation
 //! and is named; an unreachable one is told apart; `verify: Off` skips the check. The tests check
 //! the brokers with their own rustls client (chain **and** DNS name, as a Kafka client does), not
-//! with the operator's code.
+//! with the operator's code. Whom the operator connects to is part of it: only the workload's own
+//! pods (not another pod with its labels, not a pod on the host's network) and only the ports it
+//! rendered (not those of an edited ConfigMap).
 
 use std::net::SocketAddr;
 
@@ -582,5 +584,145 @@ async fn an_rsa_certificate_is_issued_and_served_for_clients_that_cannot_use_ecd
     let status =
         jsonpath(ns, "certificaterotation", "certs", "{.status.external.keyAlgorithm}/{.status.internal.keyAlgorithm}");
     assert_eq!(status, "RSA2048/ECDSAP256");
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
+
+/// The brokers' labels on a pod the StatefulSet does not own (it serves nothing and runs no
+/// template of the operator's): not probed, not counted, and it does not hold the operation.
+#[tokio::test]
+async fn a_pod_with_the_brokers_labels_that_the_statefulset_does_not_own_is_not_probed() {
+    let cp = &env().cp;
+    let ns = "wire-foreign";
+    secured(ns, 2).await;
+    apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: impostor, namespace: {ns}, labels: {{app: kafka}}}}\nspec:\n  containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+        ),
+    );
+    wait_jsonpath(cp, ("pod", ns, "impostor"), "{.status.podIP}", 60, |ip| !ip.is_empty()).await;
+    let owners = jsonpath(ns, "pod", "impostor", "{.metadata.ownerReferences}");
+    assert!(owners.is_empty(), "the StatefulSet did not adopt it: {owners}");
+
+    apply(cp, &rotation(ns, "e2", ""));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert!(
+        verification.starts_with("2 pod(s) present the expected certificate on TLS (9094), REPLICATION (9091)"),
+        "{verification}"
+    );
+    assert!(
+        verification.contains("Not probed: pod impostor (the selector matches, but StatefulSet kafka does not own it)"),
+        "{verification}"
+    );
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
+
+/// Someone who may edit ConfigMaps moves the TLS listener in `kafka-security` to a port of their
+/// choosing, and the brokers restarted by a rotation serve there. The check still connects to
+/// the port the operator rendered (9094), never to the edited one, so the rotation does not
+/// complete on the edited listeners; once the operator has put the ConfigMap back and the brokers
+/// restart, it completes on 9094.
+#[tokio::test]
+async fn an_edited_security_configmap_does_not_move_the_ports_the_operator_checks() {
+    let cp = &env().cp;
+    let ns = "wire-edited";
+    let pods = ["kafka-0", "kafka-1"];
+    secured(ns, 2).await;
+    // The policy is paused so that it does not put the ConfigMap back before the check runs.
+    let out = cp.kubectl(&["annotate", "csp", "policy", "-n", ns, "clustersecurity.io/reconcile=paused"]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let ready_reason = "{.status.conditions[?(@.type==\"Ready\")].reason}";
+    wait_jsonpath(cp, ("clustersecuritypolicy", ns, "policy"), ready_reason, 60, |r| r == "Paused").await;
+    let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
+    let rendered = cms.get("kafka-security").await.unwrap().data.unwrap().remove("server.properties").unwrap();
+    assert!(rendered.contains("TLS://:9094"), "{rendered}");
+    let edited = rendered.replace("TLS://:9094", "TLS://:19094").replace(":9094,", ":19094,");
+    let patch = serde_json::json!({"data": {"server.properties": edited}});
+    cms.patch("kafka-security", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+
+    apply(cp, &rotation(ns, "e2", ""));
+    let message = wait_jsonpath(
+        cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}: {.status.conditions[?(@.type==\"Stalled\")].message}",
+        180,
+        |t| t.starts_with("BrokerUnreachable: "),
+    )
+    .await;
+    assert!(message.contains("port 9094 (TLS)"), "{message}");
+    assert!(!message.contains("19094"), "the edited port is never what is checked: {message}");
+    // The brokers do serve the new certificate, on the edited port: a check that took its ports
+    // from the ConfigMap would have passed.
+    let (new, _) = secret_certificate(ns, "kafka-external-tls").await;
+    let bundle = cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap();
+    assert_eq!(presented(ns, &pods, 19094, &bundle).await, vec![new.clone(); 2]);
+    let state = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].operationState}");
+    assert_eq!(state, "UPDATE_IN_PROGRESS");
+
+    // Resumed, the policy puts its ConfigMap back; the brokers restart on it and the rotation
+    // completes, checked on the rendered port.
+    let out = cp.kubectl(&["annotate", "csp", "policy", "-n", ns, "clustersecurity.io/reconcile-"]);
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    cluster_security_testbed::wait_until(std::time::Duration::from_secs(60), "the ConfigMap put back", || {
+        let cms = cms.clone();
+        let rendered = rendered.clone();
+        async move {
+            let now = cms.get("kafka-security").await.map_err(|e| e.to_string())?;
+            let text = now.data.unwrap_or_default().remove("server.properties").unwrap_or_default();
+            (text == rendered).then_some(()).ok_or(text)
+        }
+    })
+    .await
+    .unwrap();
+    let api = Api::<Pod>::namespaced(cp.client().await.unwrap(), ns);
+    for pod in pods {
+        api.delete(pod, &DeleteParams::default()).await.unwrap();
+    }
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert!(
+        verification.starts_with("2 pod(s) present the expected certificate on TLS (9094), REPLICATION (9091)"),
+        "{verification}"
+    );
+    assert_eq!(presented(ns, &pods, 9094, &bundle).await, vec![new; 2]);
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
+
+/// Brokers on the host's network: their pod IP is a node's, which the operator does not connect
+/// to. The rotation does not complete as verified (`BrokerNotVerifiable`, though the stand-ins
+/// serve the right certificate there); with `verify.enabled: false` it completes, unchecked.
+#[tokio::test]
+async fn a_host_network_broker_is_not_verifiable_and_verify_off_completes_without_the_check() {
+    let cp = &env().cp;
+    let ns = "wire-hostnet";
+    webhook_ready(cp).await;
+    apply(
+        cp,
+        &cluster(ns, 1)
+            .replace("    spec:\n      containers:", "    spec:\n      hostNetwork: true\n      containers:"),
+    );
+    wait_sts_ready(cp, ns, "kafka").await;
+    assert_eq!(jsonpath(ns, "statefulset", "kafka", "{.spec.template.spec.hostNetwork}"), "true");
+    apply(cp, &policy(ns, "  verify: {enabled: false}\n"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    apply(cp, &rotation(ns, "e1", ""));
+    let message = wait_jsonpath(
+        cp,
+        ("certificaterotation", ns, "certs"),
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}: {.status.conditions[?(@.type==\"Stalled\")].message}",
+        180,
+        |t| t.starts_with("BrokerNotVerifiable: "),
+    )
+    .await;
+    assert!(message.contains("pod kafka-0 (hostNetwork: its IP "), "{message}");
+    assert!(message.contains("spec.verify.enabled: false"), "{message}");
+    let state = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].operationState}");
+    assert_eq!(state, "UPDATE_IN_PROGRESS", "not complete as verified");
+
+    apply(cp, &rotation(ns, "e1", "  verify: {enabled: false}\n"));
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 120).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert_eq!(verification, "Not checked on the wire (spec.verify.enabled: false).");
     crate::support::assert_no_secret_leaks(&[]).await;
 }

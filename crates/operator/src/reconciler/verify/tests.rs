@@ -250,6 +250,9 @@ async fn a_host_network_broker_is_not_verifiable_and_its_node_address_is_never_c
     assert!(message.contains("pod kafka-0 (hostNetwork: its IP 127.0.0.4 is its node's)"), "{message}");
     assert!(message.contains("spec.verify.enabled: false"), "{message}");
     assert_eq!(connections.load(Ordering::SeqCst), 0, "the node's address was never connected to");
+    // No TLS listener to check (a plaintext-only policy): nothing to connect to, nothing held.
+    let verdict = check_pods(&pods, &statefulset(1), &BTreeMap::new(), &Expectation::default(), BUDGET).await;
+    assert_eq!(verdict, Verdict::Verified("No TLS listener to check.".into()));
 }
 
 #[tokio::test]
