@@ -726,3 +726,28 @@ async fn a_host_network_broker_is_not_verifiable_and_verify_off_completes_withou
     assert_eq!(verification, "Not checked on the wire (spec.verify.enabled: false).");
     crate::support::assert_no_secret_leaks(&[]).await;
 }
+
+/// A Deployment's brokers are its own pods through its ReplicaSets (`<deployment>-<hash>`, the
+/// pods' `pod-template-hash`), as the controller-manager names them: both operations complete,
+/// checked on every broker. Were they not recognised, no pod would count and the check would wait.
+#[tokio::test]
+async fn a_deployments_brokers_are_recognised_through_their_replicaset_and_checked() {
+    let cp = &env().cp;
+    let ns = "wire-deploy";
+    webhook_ready(cp).await;
+    let manifest =
+        cluster(ns, 2).replace("kind: StatefulSet", "kind: Deployment").replace("  serviceName: kafka\n", "");
+    apply(cp, &manifest);
+    let deployment = |what: &str| policy(ns, "").replace("kind: StatefulSet", what);
+    apply(cp, &deployment("kind: Deployment"));
+    apply(cp, &rotation(ns, "e1", "").replace("kind: StatefulSet", "kind: Deployment"));
+    wait_state(ns, "clustersecuritypolicy", "policy", "UPDATE_COMPLETE", 180).await;
+    wait_state(ns, "certificaterotation", "certs", "UPDATE_COMPLETE", 180).await;
+    let verification = jsonpath(ns, "certificaterotation", "certs", "{.status.operations[0].verification}");
+    assert!(
+        verification.starts_with("2 pod(s) present the expected certificate on TLS (9094), REPLICATION (9091)"),
+        "{verification}"
+    );
+    assert!(!verification.contains("Not probed"), "{verification}");
+    crate::support::assert_no_secret_leaks(&[]).await;
+}
