@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// instead of the operator's own certificate.
     #[arg(long, env = "CSO_WEBHOOK_CERT_DIR")]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Answer only clients with a certificate chained to the CA in this PEM file: kube-apiserver,
+    /// given a client certificate by its AdmissionConfiguration (see docs/security.md). Unset:
+    /// any client that reaches the port may send reviews.
+    #[arg(long, env = "CSO_WEBHOOK_CLIENT_CA_FILE")]
+    pub webhook_client_ca_file: Option<PathBuf>,
+    /// With --webhook-client-ca-file: the client certificate must also name one of these (subject
+    /// CN or DNS SAN), so that other certificates of the same CA are refused (comma-separated).
+    #[arg(long, env = "CSO_WEBHOOK_CLIENT_NAMES", value_delimiter = ',', requires = "webhook_client_ca_file")]
+    pub webhook_client_names: Vec<String>,
     /// Secret (in --namespace) where the operator keeps its own webhook CA and certificate.
     #[arg(long, env = "CSO_WEBHOOK_SECRET", default_value = "cluster-security-operator-webhook-tls")]
     pub webhook_secret: String,

@@ -32,18 +32,28 @@ fn init_logging(format: LogFormat) {
 
 /// Load or create the webhook's serving material and keep it renewed in the background.
 async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
+    let client_auth = match &args.webhook_client_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading --webhook-client-ca-file {}: {e}", path.display()))?;
+            Some(webhook::client_auth::ClientAuth::from_pem(&pem, args.webhook_client_names.clone())?)
+        }
+        None => None,
+    };
+    let serving = |crt: &[u8], key: &[u8]| webhook::client_auth::server_config(crt, key, client_auth.as_ref());
     if let Some(dir) = &args.webhook_cert_dir {
         let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        let config = RustlsConfig::from_pem_file(&crt, &key).await?;
-        tokio::spawn(webhook::certs::reload_on_change(config.clone(), crt, key, webhook::certs::RELOAD_CHECK));
+        let config = RustlsConfig::from_config(serving(&std::fs::read(&crt)?, &std::fs::read(&key)?)?);
+        let reload =
+            webhook::certs::reload_on_change(config.clone(), crt, key, webhook::certs::RELOAD_CHECK, client_auth);
+        tokio::spawn(reload);
         return Ok(config);
     }
     let sans = args.webhook_sans();
     let material = webhook::certs::ensure(client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await?;
     webhook::certs::publish_ca_bundle(client, &args.webhook_config, &material.ca.cert_pem).await?;
     let config =
-        RustlsConfig::from_pem(material.leaf.cert_pem.clone().into_bytes(), material.leaf.key_pem.clone().into_bytes())
-            .await?;
+        RustlsConfig::from_config(serving(material.leaf.cert_pem.as_bytes(), material.leaf.key_pem.as_bytes())?);
     // Renewal: check hourly; a renewed leaf is reloaded without a restart.
     let (client, args, reload) = (client.clone(), args.clone(), config.clone());
     tokio::spawn(async move {
@@ -57,11 +67,13 @@ async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock
                     {
                         warn!(error = %e, "could not publish renewed caBundle");
                     }
-                    match reload
-                        .reload_from_pem(m.leaf.cert_pem.clone().into_bytes(), m.leaf.key_pem.into_bytes())
-                        .await
-                    {
-                        Ok(()) => {
+                    match webhook::client_auth::server_config(
+                        m.leaf.cert_pem.as_bytes(),
+                        m.leaf.key_pem.as_bytes(),
+                        client_auth.as_ref(),
+                    ) {
+                        Ok(server) => {
+                            reload.reload_from_config(server);
                             info!("webhook serving certificate renewed");
                             served = m.leaf.cert_pem;
                         }

@@ -112,6 +112,10 @@ fn start_process(bin: &Path, args: &[String], dir: &Path, name: &str) -> anyhow:
     spawn::spawn(cmd).with_context(|| format!("start {}", bin.display()))
 }
 
+/// The subject CN of the client certificate kube-apiserver presents to admission webhooks.
+pub const WEBHOOK_CLIENT_NAME: &str = "kube-apiserver-webhook-client";
+const WEBHOOK_CLIENT_CA_FILE: &str = "webhook-client-ca.crt";
+
 impl ControlPlane {
     /// Start a control plane and wait until the apiserver is ready.
     pub fn start(opts: Options) -> anyhow::Result<Self> {
@@ -133,6 +137,30 @@ impl ControlPlane {
         write(&d.join("apiserver.key"), &serving.key_pem)?;
         write(&d.join("sa.key"), &sa.serialize_pem())?;
         write(&d.join("sa.pub"), &sa.public_key_pem())?;
+        // The client certificate kube-apiserver presents to admission webhooks (from its
+        // AdmissionConfiguration), from a CA of its own as a cluster would have: a webhook run
+        // with --webhook-client-ca-file answers only it. Webhooks that ask for none get none.
+        let webhook_ca = pki::new_ca("testbed webhook client CA", now, 30)?;
+        let webhook_client = pki::issue_leaf(&webhook_ca, WEBHOOK_CLIENT_NAME, &[], pki::Usage::Client, now, 30)?;
+        write(&d.join(WEBHOOK_CLIENT_CA_FILE), &webhook_ca.cert_pem)?;
+        write(
+            &d.join("webhook-client.kubeconfig"),
+            &format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: '*'\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                b64(&webhook_client.cert_pem),
+                b64(&webhook_client.key_pem)
+            ),
+        )?;
+        let webhook_admission = format!(
+            "  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+            d.join("webhook-client.kubeconfig").display()
+        );
+        write(
+            &d.join("admission.yaml"),
+            &format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: ValidatingAdmissionWebhook\n{webhook_admission}- name: MutatingAdmissionWebhook\n{webhook_admission}"
+            ),
+        )?;
 
         let (etcd_port, peer_port, apiserver_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -165,6 +193,7 @@ impl ControlPlane {
             "--authorization-mode=RBAC".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--allow-privileged=true".into(),
+            format!("--admission-control-config-file={}", d.join("admission.yaml").display()),
             "--v=1".into(),
         ];
         if let Some(cfg) = &opts.encryption_config {
@@ -256,6 +285,12 @@ impl ControlPlane {
     /// Directory holding the control plane's files and logs.
     pub fn dir(&self) -> &Path {
         self.dir.as_path()
+    }
+
+    /// The CA of the client certificate kube-apiserver presents to admission webhooks (whose
+    /// subject CN is [`WEBHOOK_CLIENT_NAME`]), for `--webhook-client-ca-file`.
+    pub fn webhook_client_ca_path(&self) -> PathBuf {
+        self.dir.as_path().join(WEBHOOK_CLIENT_CA_FILE)
     }
 
     /// `http://127.0.0.1:<port>` of etcd (for etcdctl).

@@ -33,6 +33,7 @@ pub async fn reload_on_change(
     crt: PathBuf,
     key: PathBuf,
     every: Duration,
+    client_auth: Option<super::client_auth::ClientAuth>,
 ) {
     let read = || (std::fs::read(&crt).ok(), std::fs::read(&key).ok());
     let mut seen = read();
@@ -44,8 +45,11 @@ pub async fn reload_on_change(
         }
         seen = now.clone();
         let (Some(c), Some(k)) = now else { continue };
-        match config.reload_from_pem(c, k).await {
-            Ok(()) => info!(file = %crt.display(), "webhook serving certificate reloaded"),
+        match super::client_auth::server_config(&c, &k, client_auth.as_ref()) {
+            Ok(server) => {
+                config.reload_from_config(server);
+                info!(file = %crt.display(), "webhook serving certificate reloaded")
+            }
             Err(e) => {
                 warn!(error = %e, file = %crt.display(), "the changed webhook certificate does not load; still serving the previous one")
             }

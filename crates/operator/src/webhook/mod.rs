@@ -14,6 +14,7 @@
 //! carries becomes a metric label (see `Metrics::review`).
 
 pub mod certs;
+pub mod client_auth;
 #[cfg(test)]
 mod tls_tests;
 

@@ -109,7 +109,7 @@ async fn a_renewed_certificate_in_the_cert_dir_is_served_without_a_restart() {
     std::fs::write(&key, &old.leaf.key_pem).unwrap();
     let tls = RustlsConfig::from_pem_file(&crt, &key).await.unwrap();
     let every = std::time::Duration::from_millis(100);
-    tokio::spawn(certs::reload_on_change(tls.clone(), crt.clone(), key.clone(), every));
+    tokio::spawn(certs::reload_on_change(tls.clone(), crt.clone(), key.clone(), every, None));
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
@@ -217,5 +217,68 @@ async fn trickled_bodies_do_not_keep_real_reviews_out() {
         assert!(took < std::time::Duration::from_secs(8), "a trickler held its connection for {took:?}");
         assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
+    handle.shutdown();
+}
+
+/// With a client CA (and names), the webhook answers only a client presenting a certificate of
+/// that CA naming one of those names: none, another CA's, or another name of the same CA never
+/// get past the TLS handshake.
+#[tokio::test]
+async fn with_a_client_ca_only_the_named_client_is_answered() {
+    use crate::pki::{self, Usage};
+    use crate::webhook::client_auth::{server_config, ClientAuth};
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let sans = vec!["127.0.0.1".to_string()];
+    let m = certs::build(&certs::Plan::NewCa, None, &sans, now).unwrap();
+    let client_ca = pki::new_ca("webhook client CA", now, 1).unwrap();
+    let auth =
+        ClientAuth::from_pem(client_ca.cert_pem.as_bytes(), vec!["kube-apiserver-webhook-client".into()]).unwrap();
+    let tls = RustlsConfig::from_config(
+        server_config(m.leaf.cert_pem.as_bytes(), m.leaf.key_pem.as_bytes(), Some(&auth)).unwrap(),
+    );
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    tokio::spawn(async move {
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
+    });
+    let addr = handle.listening().await.unwrap();
+    let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
+    let body = review("CREATE", policy("TLS", true), None);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(m.ca.cert_pem.as_bytes()).unwrap()).unwrap();
+    let with_cert = |leaf: Option<pki::KeyedCert>| {
+        let config = match leaf {
+            None => crate::http::tls_config(Some(m.ca.cert_pem.as_bytes()), false).unwrap(),
+            Some(leaf) => {
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots.clone())
+                    .with_client_auth_cert(chain, key)
+                    .unwrap()
+            }
+        };
+        reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap()
+    };
+    let issue = |ca: &pki::KeyedCert, name: &str| pki::issue_leaf(ca, name, &[], Usage::Client, now, 1).unwrap();
+    let other_ca = pki::new_ca("another CA", now, 1).unwrap();
+    for (who, leaf) in [
+        ("no certificate", None),
+        ("another CA's certificate", Some(issue(&other_ca, "kube-apiserver-webhook-client"))),
+        ("another name of the same CA", Some(issue(&client_ca, "tenant"))),
+    ] {
+        assert!(with_cert(leaf).post(&url).json(&body).send().await.is_err(), "{who} was answered");
+    }
+    let answered =
+        with_cert(Some(issue(&client_ca, "kube-apiserver-webhook-client"))).post(&url).json(&body).send().await;
+    assert_eq!(answered.expect("the named client is answered").status(), 200);
     handle.shutdown();
 }

@@ -821,3 +821,34 @@ async fn gitops_paths_apply_as_shipped_and_reach_ready() {
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     support::assert_no_secret_leaks(&[]).await;
 }
+
+/// `webhookClientAuth`: the Deployment gets the flags and mounts the named ConfigMap's CA
+/// read-only; enabled without a ConfigMap, the render fails and says what is missing; off by
+/// default, nothing of it is rendered.
+#[test]
+fn the_chart_can_make_the_webhook_answer_only_the_api_server() {
+    let docs = rendered_docs(
+        r#"{"webhookClientAuth": {"enabled": true, "caConfigMap": "apiserver-webhook-ca", "caKey": "front.crt", "allowedNames": ["kube-apiserver-webhook-client"]}}"#,
+    );
+    let pod = &docs.iter().find(|d| d["kind"].as_str() == Some("Deployment")).expect("a Deployment")["spec"]
+        ["template"]["spec"];
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(
+        args.contains(&"--webhook-client-ca-file=/etc/cluster-security-operator/webhook-client-ca/ca.crt"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--webhook-client-names=kube-apiserver-webhook-client"), "{args:?}");
+    let mount = &pod["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["mountPath"].as_str(), Some("/etc/cluster-security-operator/webhook-client-ca"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volume = &pod["volumes"][0]["configMap"];
+    assert_eq!(volume["name"].as_str(), Some("apiserver-webhook-ca"));
+    assert_eq!(volume["items"][0]["key"].as_str(), Some("front.crt"));
+    assert_eq!(volume["items"][0]["path"].as_str(), Some("ca.crt"));
+
+    let out = helm_render(Some(r#"{"webhookClientAuth": {"enabled": true}}"#));
+    assert!(!out.status.success(), "enabled without a CA was rendered");
+    assert!(stderr(&out).contains("webhookClientAuth.caConfigMap"), "{}", stderr(&out));
+    let default = stdout(&helm_render(None));
+    assert!(!default.contains("webhook-client"), "rendered while off");
+}

@@ -9,3 +9,4 @@ mod ha;
 mod restart;
 mod scoped;
 mod upgrade;
+mod webhook_client;
