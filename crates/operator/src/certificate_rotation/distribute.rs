@@ -73,6 +73,7 @@ async fn copy(
 ) -> Result<Option<Duration>, Error> {
     let uid = cr.uid().unwrap_or_default();
     let own = cr.namespace().unwrap_or_default();
+    let source_object = format!("{own}/{}", cr.name_any());
     let name = trust_configmap(&cr.spec.cluster_ref.name);
     let Some(spec) = cr.spec.trust_distribution.as_ref().filter(|_| cr.spec.external.is_some()) else {
         if !round.status.trust_distributed_to.is_empty() {
@@ -167,11 +168,11 @@ async fn copy(
         let mut body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": ns,
                 "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, SOURCE_LABEL: uid},
-                "annotations": {SOURCE_ANNOTATION: format!("{own}/{}", cr.name_any())}},
+                "annotations": {SOURCE_ANNOTATION: source_object}},
             "data": data});
         match api.get_metadata_opt(&name).await {
             // Written only over the very copy checked here (a 409 if it changed meanwhile).
-            Ok(Some(existing)) if is_copy(&existing.metadata, &uid) => {
+            Ok(Some(existing)) if is_copy(&existing.metadata, &uid, &source_object) => {
                 body["metadata"]["resourceVersion"] = json!(existing.metadata.resource_version);
             }
             Ok(Some(_)) => {
@@ -226,12 +227,16 @@ pub async fn release(cr: &CertificateRotation, round: &mut Round<CertificateRota
     }
 }
 
-/// A ConfigMap this resource may write or delete: its own copy — the operator's label and this
-/// resource's uid as source. Never one a user marked for adoption: an annotation written in
+/// A ConfigMap this resource may write or delete: its own copy — the operator's label, and this
+/// resource's uid as source or (a CertificateRotation deleted and created again under the same
+/// name) its `<namespace>/<name>`. Never one a user marked for adoption: an annotation written in
 /// the target namespace does not let a resource of another namespace take its object.
-fn is_copy(meta: &ObjectMeta, uid: &str) -> bool {
+fn is_copy(meta: &ObjectMeta, uid: &str, source_object: &str) -> bool {
     let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
-    !uid.is_empty() && label(MANAGED_BY_LABEL) == Some(FIELD_MANAGER) && label(SOURCE_LABEL) == Some(uid)
+    let annotation = meta.annotations.as_ref().and_then(|a| a.get(SOURCE_ANNOTATION)).map(String::as_str);
+    !uid.is_empty()
+        && label(MANAGED_BY_LABEL) == Some(FIELD_MANAGER)
+        && (label(SOURCE_LABEL) == Some(uid) || annotation == Some(source_object))
 }
 
 /// Whether a Namespace with this metadata accepts copies from namespace `source`.
@@ -245,7 +250,7 @@ fn accepts(meta: &ObjectMeta, source: &str) -> bool {
 /// nothing else. The reason otherwise.
 fn copyable(original: &ConfigMap, cr: &CertificateRotation) -> Result<BTreeMap<String, String>, String> {
     let name = original.name_any();
-    if !derived::written_for(&original.metadata, &cr.uid().unwrap_or_default()) {
+    if !derived::written_for(&original.metadata, &derived::Owner::of(cr)) {
         return Err(format!(
             "ConfigMap {name} was not written by the operator for this CertificateRotation, so it is not copied anywhere."
         ));
@@ -295,7 +300,8 @@ async fn remove_copies(ctx: &Context, uid: &str, name: &str, keep: &BTreeSet<Str
             .list_metadata(&lp)
             .await
             .map_err(|source| Error::Read { object: Named::new("ConfigMaps", "", name), source: Box::new(source) })?;
-        for copy in copies.items.into_iter().filter(|c| c.name_any() == name && is_copy(&c.metadata, uid)) {
+        // Listed by this uid: the source label decides (no source object needed).
+        for copy in copies.items.into_iter().filter(|c| c.name_any() == name && is_copy(&c.metadata, uid, "")) {
             let ns = copy.namespace().unwrap_or_default();
             if keep.contains(&ns) {
                 continue;
@@ -372,12 +378,17 @@ mod tests {
                 .into(),
             )
         };
-        assert!(is_copy(&ObjectMeta { labels: labels("u1"), ..Default::default() }, "u1"));
-        assert!(!is_copy(&ObjectMeta { labels: labels("u2"), ..Default::default() }, "u1"));
+        assert!(is_copy(&ObjectMeta { labels: labels("u1"), ..Default::default() }, "u1", "ns/certs"));
+        assert!(!is_copy(&ObjectMeta { labels: labels("u2"), ..Default::default() }, "u1", "ns/certs"));
+        let annotations = |source: &str| Some([(SOURCE_ANNOTATION.to_string(), source.to_string())].into());
+        let predecessor =
+            ObjectMeta { labels: labels("u0"), annotations: annotations("ns/certs"), ..Default::default() };
+        assert!(is_copy(&predecessor, "u1", "ns/certs"), "the copy of the same resource, deleted and created again");
+        assert!(!is_copy(&predecessor, "u1", "other/certs"), "another namespace's resource of that name");
         let adopted = ObjectMeta {
             annotations: Some([(derived::ADOPT_ANNOTATION.to_string(), "true".to_string())].into()),
             ..Default::default()
         };
-        assert!(!is_copy(&adopted, "u1"), "the adopt annotation does not reach across namespaces");
+        assert!(!is_copy(&adopted, "u1", "ns/certs"), "the adopt annotation does not reach across namespaces");
     }
 }

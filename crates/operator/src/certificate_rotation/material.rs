@@ -153,8 +153,7 @@ pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Res
         let data = c.data.clone().unwrap_or_default();
         data.get("current-ca.crt") == Some(&ca) && data.get("ca.crt").is_some_and(|b| b.contains(&ca))
     };
-    let uid = cr.uid().unwrap_or_default();
-    if current.as_ref().is_some_and(|c| intact(c) || !derived::may_write(&c.metadata, &uid)) {
+    if current.as_ref().is_some_and(|c| intact(c) || !derived::may_write(&c.metadata, &derived::Owner::of(cr))) {
         return Ok(Vec::new());
     }
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",

@@ -33,6 +33,23 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const ADOPT_ANNOTATION: &str = "clustersecurity.io/adopt";
 /// The uid of the resource an object was written for.
 pub const OWNER_UID_LABEL: &str = "clustersecurity.io/owner-uid";
+/// `<Kind>/<name>` of the resource an object was written for (in the object's namespace).
+pub const OWNER_ANNOTATION: &str = "clustersecurity.io/owner";
+
+/// Which resource a derived object is written for: its uid, and its kind and name (derived
+/// objects live in the resource's namespace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: String,
+    /// `<Kind>/<name>`.
+    pub object: String,
+}
+
+impl Owner {
+    pub fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
+        Self { uid: obj.uid().unwrap_or_default(), object: format!("{}/{}", K::kind(&()), obj.name_any()) }
+    }
+}
 
 /// A Secret or ConfigMap a kind writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +85,24 @@ pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller
     })
 }
 
-/// Whether `meta` is of an object written by the operator for the resource with uid `owner`. One
-/// with the operator's label and no uid at all was written by a version before uids were
-/// recorded: the first resource to write it again records its own.
-pub fn written_for(meta: &ObjectMeta, owner: &str) -> bool {
-    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).map(String::as_str);
-    label(MANAGED_BY_LABEL) == Some(FIELD_MANAGER) && label(OWNER_UID_LABEL).is_none_or(|uid| uid == owner)
+/// Whether `meta` is of an object written by the operator for `owner`: for its uid, or for an
+/// earlier resource of the same kind and name in this namespace — one deleted and created again
+/// (a name is held by one live object at a time, so that predecessor is gone), which takes over
+/// what its predecessor kept (deletionPolicy Retain). One with the operator's label and no
+/// owner at all was written by a version before owners were recorded: the first resource to
+/// write it again records itself.
+pub fn written_for(meta: &ObjectMeta, owner: &Owner) -> bool {
+    let label = meta.labels.as_ref().and_then(|l| l.get(OWNER_UID_LABEL)).map(String::as_str);
+    let annotation = meta.annotations.as_ref().and_then(|a| a.get(OWNER_ANNOTATION)).map(String::as_str);
+    let ours = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == FIELD_MANAGER);
+    ours && (label == Some(owner.uid.as_str())
+        || annotation == Some(owner.object.as_str())
+        || (label.is_none() && annotation.is_none()))
 }
 
-/// Whether the resource with uid `owner` may write over the object with this metadata: written
-/// for it, or offered for adoption by someone who may edit it.
-pub fn may_write(meta: &ObjectMeta, owner: &str) -> bool {
+/// Whether `owner` may write over the object with this metadata: written for it, or offered for
+/// adoption by someone who may edit it.
+pub fn may_write(meta: &ObjectMeta, owner: &Owner) -> bool {
     written_for(meta, owner) || adopt_requested(meta)
 }
 
@@ -112,12 +136,12 @@ fn conflict_message(kind: &str, ns: &str, name: &str) -> String {
     )
 }
 
-/// The first of `objects` (in `ns`) that exists and that the resource with uid `owner` may not
-/// write, as the message of a `NameConflict`. None: all may be written.
+/// The first of `objects` (in `ns`) that exists and that `owner` may not write, as the message
+/// of a `NameConflict`. None: all may be written.
 pub async fn first_conflict(
     client: &Client,
     ns: &str,
-    owner: &str,
+    owner: &Owner,
     objects: &[Derived],
 ) -> Result<Option<String>, Error> {
     for o in objects {
@@ -144,7 +168,7 @@ where
     let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
     let kind: &'static str = if T::kind(&()) == "Secret" { "Secret" } else { "ConfigMap" };
     let object = || Named::new(kind, &ns, &name);
-    let uid = owner.uid().unwrap_or_default();
+    let writer = Owner::of(owner);
     let api = Api::<T>::namespaced(client.clone(), &ns);
     let existing = api
         .get_metadata_opt(&name)
@@ -153,7 +177,7 @@ where
         .map(|m| m.metadata);
     let mut body = body.clone();
     if let Some(meta) = &existing {
-        if uid.is_empty() || !may_write(meta, &uid) {
+        if writer.uid.is_empty() || !may_write(meta, &writer) {
             return Err(Error::NameConflict { object: object(), message: conflict_message(kind, &ns, &name) });
         }
         // Someone who changed the object since it was checked fails the write (409): read again.
@@ -173,20 +197,30 @@ where
 }
 
 /// `metadata` for a derived object `name` of `owner` (server-side apply body): the managed-by
-/// and owner-uid labels, plus `extra` (annotations), and an owner reference only under `Delete`. Applied
+/// and owner-uid labels, the owner annotation, plus `extra` (annotations), and an owner
+/// reference only under `Delete`. Applied
 /// without one, a reference the operator set earlier is removed (its field manager owned it).
 pub fn metadata<K: Resource<DynamicType = ()>>(owner: &K, name: &str, policy: DeletionPolicy, extra: Value) -> Value {
     let mut meta = json!({
         "name": name,
         "namespace": owner.namespace().unwrap_or_default(),
         "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, OWNER_UID_LABEL: owner.uid().unwrap_or_default()},
+        "annotations": {OWNER_ANNOTATION: Owner::of(owner).object},
     });
     if policy == DeletionPolicy::Delete {
         let reference = owner.controller_owner_ref(&()).expect("a stored object has a uid");
         meta["ownerReferences"] = json!([reference]);
     }
     if let (Some(into), Some(from)) = (meta.as_object_mut(), extra.as_object()) {
-        into.extend(from.clone());
+        for (key, value) in from {
+            match (into.get_mut(key).and_then(Value::as_object_mut), value.as_object()) {
+                // Annotations of the caller's next to the owner's.
+                (Some(mine), Some(theirs)) => mine.extend(theirs.clone()),
+                _ => {
+                    into.insert(key.clone(), value.clone());
+                }
+            }
+        }
     }
     meta
 }
@@ -205,21 +239,25 @@ mod tests {
 
     #[test]
     fn only_objects_written_for_this_resource_or_offered_are_writable() {
+        let a = Owner { uid: "uid-a".into(), object: "CertificateRotation/certs".into() };
         let ours = [(MANAGED_BY_LABEL, FIELD_MANAGER), (OWNER_UID_LABEL, "uid-a")];
-        assert!(may_write(&meta(&ours, &[]), "uid-a"));
-        assert!(!may_write(&meta(&ours, &[]), "uid-b"), "another resource's object");
-        assert!(!written_for(&meta(&ours, &[]), "uid-b"));
+        let written = meta(&ours, &[(OWNER_ANNOTATION, "CertificateRotation/certs")]);
+        assert!(may_write(&written, &a));
+        let other = Owner { uid: "uid-b".into(), object: "CertificateRotation/other".into() };
+        assert!(!may_write(&written, &other), "another resource's object");
+        assert!(!written_for(&written, &other));
+        let policy = Owner { uid: "uid-c".into(), object: "ClusterSecurityPolicy/certs".into() };
+        assert!(!may_write(&written, &policy), "another kind's resource of the same name");
+        let recreated = Owner { uid: "uid-d".into(), object: "CertificateRotation/certs".into() };
+        assert!(may_write(&written, &recreated), "the same resource, deleted and created again");
         assert!(
-            may_write(&meta(&[(MANAGED_BY_LABEL, FIELD_MANAGER)], &[]), "uid-b"),
-            "written before uids were recorded"
+            may_write(&meta(&[(MANAGED_BY_LABEL, FIELD_MANAGER)], &[]), &other),
+            "written before owners were recorded"
         );
-        assert!(!may_write(&meta(&[], &[]), "uid-a"), "a user's object of the same name");
-        assert!(!may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[]), "uid-a"), "someone else's tooling");
-        assert!(
-            may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[(ADOPT_ANNOTATION, "true")]), "uid-a"),
-            "adoption allowed"
-        );
-        assert!(!written_for(&meta(&[], &[(ADOPT_ANNOTATION, "true")]), "uid-a"), "offered is not yet written");
-        assert!(!may_write(&meta(&[], &[(ADOPT_ANNOTATION, "yes")]), "uid-a"), "only \"true\" allows adoption");
+        assert!(!may_write(&meta(&[], &[]), &a), "a user's object of the same name");
+        assert!(!may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[]), &a), "someone else's tooling");
+        assert!(may_write(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[(ADOPT_ANNOTATION, "true")]), &a), "adoption allowed");
+        assert!(!written_for(&meta(&[], &[(ADOPT_ANNOTATION, "true")]), &a), "offered is not yet written");
+        assert!(!may_write(&meta(&[], &[(ADOPT_ANNOTATION, "yes")]), &a), "only \"true\" allows adoption");
     }
 }

@@ -16,7 +16,6 @@ use cluster_security_api::{
     validate, ClusterRef, ClusterState, DeletionPolicy, Operation, OperationRecord, OperationState, OperationType,
 };
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 
 use super::conditions::{self, reason};
 use super::derived::{self, Derived};
@@ -491,8 +490,13 @@ async fn pending<K: Rolling>(
 /// The first derived object of the current spec that this resource may not write (see
 /// [`derived`]), as a `NameConflict` message.
 async fn derived_conflict<K: Rolling>(kind: &K, round: &Round<K>, ctx: &Context) -> Result<Option<String>, Error> {
-    let uid = round.obj.uid().unwrap_or_default();
-    derived::first_conflict(&ctx.client, &round.namespace(), &uid, &kind.derived_objects()).await
+    derived::first_conflict(
+        &ctx.client,
+        &round.namespace(),
+        &derived::Owner::of(round.obj.as_ref()),
+        &kind.derived_objects(),
+    )
+    .await
 }
 
 /// Carry out what `prepare` answered: roll the annotations it returned (after `starting` the

@@ -281,8 +281,7 @@ impl Rolling for ClusterSecurityPolicy {
             .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &name), source: Box::new(source) })?;
         match current {
             Some(cm)
-                if cm.data.as_ref() == Some(&data)
-                    || !derived::may_write(&cm.metadata, &self.uid().unwrap_or_default()) =>
+                if cm.data.as_ref() == Some(&data) || !derived::may_write(&cm.metadata, &derived::Owner::of(self)) =>
             {
                 Ok(Vec::new())
             }
