@@ -298,11 +298,6 @@ async fn handle(
 async fn bounded(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let started = tokio::time::Instant::now();
     let (parts, body) = request.into_parts();
-    let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    if declared.is_some_and(|n: usize| n > MAX_BODY_BYTES) {
-        shared.metrics.review_shed(BodyRefusal::TooLarge.metric_label());
-        return BodyRefusal::TooLarge.into_response();
-    }
     let mut body = match read_body(body, &shared.buffered, started).await {
         Ok(body) => body,
         Err(refusal) => {
@@ -383,7 +378,9 @@ fn body_deadline(started: tokio::time::Instant, received: usize) -> tokio::time:
     (started + BODY_GRACE + at_min_rate).min(started + REQUEST_TIMEOUT)
 }
 
-/// Read `body` whole under the rate, size and shared-memory bounds.
+/// Read `body` whole under the rate, size and shared-memory bounds. A body over
+/// [`MAX_BODY_BYTES`] is read on and dropped as it arrives (under the same rate and deadline),
+/// so that its sender is told 413 rather than finding the connection closed mid-request.
 async fn read_body(
     body: axum::body::Body,
     buffered: &Arc<AtomicUsize>,
@@ -392,15 +389,21 @@ async fn read_body(
     use futures::StreamExt;
     let mut held = HeldBody { bytes: Vec::new(), counted: 0, buffered: buffered.clone() };
     let mut stream = body.into_data_stream();
+    let mut received = 0usize;
     loop {
-        let chunk = match tokio::time::timeout_at(body_deadline(started, held.bytes.len()), stream.next()).await {
+        let chunk = match tokio::time::timeout_at(body_deadline(started, received), stream.next()).await {
+            Err(_) if received > MAX_BODY_BYTES => return Err(BodyRefusal::TooLarge),
             Err(_) => return Err(BodyRefusal::Slow),
+            Ok(None) if received > MAX_BODY_BYTES => return Err(BodyRefusal::TooLarge),
             Ok(None) => return Ok(held),
             Ok(Some(Err(_))) => return Err(BodyRefusal::Broken),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        if held.bytes.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(BodyRefusal::TooLarge);
+        received += chunk.len();
+        if received > MAX_BODY_BYTES {
+            buffered.fetch_sub(std::mem::take(&mut held.counted), Ordering::Relaxed);
+            held.bytes = Vec::new();
+            continue;
         }
         if buffered.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > BUFFERED_BYTES {
             buffered.fetch_sub(chunk.len(), Ordering::Relaxed);
