@@ -40,6 +40,8 @@ pub mod rule {
     pub const CA_RENEWAL: &str = "CaRenewal";
     pub const MAINTENANCE_WINDOWS: &str = "MaintenanceWindows";
     pub const TRUST_DISTRIBUTION: &str = "TrustDistribution";
+    pub const PROPERTIES_VALUE: &str = "PropertiesValueSyntax";
+    pub const CLIENT_NOT_BROKER: &str = "ClientNotBroker";
 
     /// Every rule, for tests and docs that must cover them all.
     pub const ALL: &[&str] = &[
@@ -73,6 +75,8 @@ pub mod rule {
         CA_RENEWAL,
         MAINTENANCE_WINDOWS,
         TRUST_DISTRIBUTION,
+        PROPERTIES_VALUE,
+        CLIENT_NOT_BROKER,
     ];
 }
 
@@ -261,6 +265,17 @@ fn validate_iam(iam: &IamAuthentication, out: &mut Violations) {
                 format!("{FIELD}.{name}"),
                 format!("SASL/IAM is enabled but {name} is not set; the brokers validate every token's signature, issuer and audience: set {name} (e.g. {example}) or disable sasl.iam"),
             );
+        } else if value.as_deref().is_some_and(|s| s.contains("${")) {
+            // Kafka resolves `${provider:path:key}` in every value of server.properties: a value
+            // carrying it would have the brokers read a file of theirs (their ServiceAccount
+            // token, say) into a setting, such as the URL they then fetch.
+            out.push(
+                rule::PROPERTIES_VALUE,
+                format!("{FIELD}.{name}"),
+                format!(
+                    "{name} contains \"${{\", Kafka's config-provider syntax: the brokers would resolve it and read one of their files into the value; give the value itself"
+                ),
+            );
         } else if value.as_deref().is_some_and(|s| s.chars().any(|c| c.is_whitespace() || c == '\\')) {
             // It becomes a server.properties value: a line break would add a property of its
             // own, and a backslash is an escape there.
@@ -363,8 +378,16 @@ fn derived_names(cluster: &str) -> Vec<String> {
     .collect()
 }
 
+/// Why a client may not be called `name`: the brokers' certificates carry it.
+pub fn client_is_broker(name: &str) -> String {
+    format!(
+        "{} is the name in the brokers' own certificates (their service, or the cluster's name): a client certificate for it would carry the brokers' principal (the one usually in super.users); give the client a name of its own",
+        quoted(name)
+    )
+}
+
 /// Client certificates on request: signed by the operator's own client CA, each into a Secret of
-/// its own that is not one of the operator's other objects.
+/// its own that is not one of the operator's other objects, never for a broker's name.
 fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violations) {
     if tls.clients.is_empty() {
         return;
@@ -385,6 +408,7 @@ fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violat
         );
     }
     let taken = derived_names(cluster);
+    let reserved = derived_names("");
     let mut names = std::collections::BTreeSet::new();
     let mut secrets = std::collections::BTreeSet::new();
     for (i, c) in tls.clients.iter().enumerate() {
@@ -403,6 +427,8 @@ fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violat
                 format!("{FIELD}[{i}].name"),
                 format!("{} is listed twice; one certificate per client", quoted(&c.name)),
             );
+        } else if c.name.eq_ignore_ascii_case(cluster) {
+            out.push(rule::CLIENT_NOT_BROKER, format!("{FIELD}[{i}].name"), client_is_broker(&c.name));
         }
         if let Some(e) = dns_subdomain_error(&c.secret_name) {
             out.push(rule::TLS_CLIENTS, format!("{FIELD}[{i}].secretName"), e);
@@ -412,6 +438,15 @@ fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violat
                 format!("{FIELD}[{i}].secretName"),
                 format!(
                     "{} is one of the operator's own objects for this cluster; give the client's Secret another name",
+                    quoted(&c.secret_name)
+                ),
+            );
+        } else if let Some(suffix) = reserved.iter().find(|r| c.secret_name.ends_with(r.as_str())) {
+            out.push(
+                rule::TLS_CLIENTS,
+                format!("{FIELD}[{i}].secretName"),
+                format!(
+                    "{} ends in {suffix}, a name the operator gives its own objects of a cluster (another cluster in this namespace may be called so); give the client's Secret a name that does not end in -security, -client-ca, -client-ca-key, -external-tls, -internal-tls, -external-ca, -internal-ca or -external-trust",
                     quoted(&c.secret_name)
                 ),
             );

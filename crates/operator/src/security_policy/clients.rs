@@ -1,5 +1,6 @@
 //! Client certificates on request (`spec.clientAuthentication.tls.clients`): each listed client
-//! gets a certificate (CN = its name, client authentication only) from the client CA the
+//! gets a certificate (subject `CN=<name>, OU=clustersecurity-clients`, so its principal is
+//! never a broker's; client authentication only) from the client CA the
 //! operator keeps, in a Secret of its own (`tls.crt`, `tls.key`, `ca.crt` = the client CA, type
 //! `kubernetes.io/tls`). Issued when missing, when no longer signed by the current CA or for
 //! another name, and once two thirds of its validity have passed; otherwise left as it is. The
@@ -37,6 +38,7 @@ pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, no
     let Ok(cert) = std::str::from_utf8(&cert.0) else { return true };
     let renew_within = i64::from(CLIENT_DAYS) * 86_400 / 3;
     pki::common_name(cert).as_deref() != Some(client.name.as_str())
+        || pki::organizational_unit(cert).as_deref() != Some(pki::CLIENT_UNIT)
         || !pki::valid_client_of(cert, ca_pem, now)
         || pki::seconds_left(cert, now).is_none_or(|left| left < renew_within)
 }
@@ -72,7 +74,7 @@ pub async fn issue_due(
     let mut issued = Vec::new();
     for client in due(secrets, csp, &ca.cert_pem, now).await? {
         let name = &client.secret_name;
-        let leaf = pki::issue_leaf(ca, &client.name, &[], pki::Usage::Client, now, CLIENT_DAYS)
+        let leaf = pki::issue_client(ca, &client.name, now, CLIENT_DAYS)
             .map_err(|source| Error::Issue { what: format!("client certificate {}", client.name), source })?;
         let annotations = json!({"annotations": {CLIENT_ANNOTATION: client.name}});
         let body = json!({"apiVersion": "v1", "kind": "Secret",
@@ -119,9 +121,12 @@ mod tests {
         let ca = pki::new_ca("client CA", now, 3650).unwrap();
         let other = pki::new_ca("other CA", now, 3650).unwrap();
         let client = TlsClient { name: "orders-app".into(), secret_name: "orders-app-tls".into() };
-        let fresh = pki::issue_leaf(&ca, "orders-app", &[], pki::Usage::Client, now, CLIENT_DAYS).unwrap();
+        let fresh = pki::issue_client(&ca, "orders-app", now, CLIENT_DAYS).unwrap();
         assert!(needs_issue(None, &client, &ca.cert_pem, now));
         assert!(!needs_issue(Some(&secret(&fresh.cert_pem)), &client, &ca.cert_pem, now));
+        // One issued before clients had a unit of their own: its principal could be a broker's.
+        let unitless = pki::issue_leaf(&ca, "orders-app", &[], pki::Usage::Client, now, CLIENT_DAYS).unwrap();
+        assert!(needs_issue(Some(&secret(&unitless.cert_pem)), &client, &ca.cert_pem, now));
         let renamed = TlsClient { name: "billing".into(), ..client.clone() };
         assert!(needs_issue(Some(&secret(&fresh.cert_pem)), &renamed, &ca.cert_pem, now));
         assert!(needs_issue(Some(&secret(&fresh.cert_pem)), &client, &other.cert_pem, now), "another CA");

