@@ -22,6 +22,8 @@ mod kms_key_vault_mode;
 mod leader;
 mod metrics;
 mod pki;
+/// `kubectl clustersecurity` (binary `kubectl-clustersecurity`): only its `main` is public.
+pub mod plugin;
 mod reconciler;
 mod runtime;
 mod security_policy;

@@ -24,6 +24,9 @@
 //!   server hands back in that answer (an inconsistent list from the same key, which is all a
 //!   rewrite needs); only a server that gives none or refuses the token is listed from the start,
 //!   skipping what was handled.
+//! - One namespace or all: [`run`] and [`count`] cover every namespace (the ReencryptSecrets
+//!   step); [`run_in`] and [`count_in`] one namespace (the `kubectl clustersecurity reencrypt
+//!   --namespace` plugin). Same engine, same order, same resume point.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -253,8 +256,8 @@ impl Page {
     }
 }
 
-/// List the Secrets after `after`, a page at a time from the continuation `from` (the first
-/// Secret when None), into `pages` (in key order).
+/// List the Secrets (of `namespace`, or of all) after `after`, a page at a time from the
+/// continuation `from` (the first Secret when None), into `pages` (in key order).
 ///
 /// A 410 (the continuation's revision was compacted) continues with the token the API server
 /// puts in that answer: the rest of the list as it is now, from the same key. A server that
@@ -262,12 +265,16 @@ impl Page {
 /// listed again from the first Secret; `after` keeps that from handling anything twice.
 async fn list_pages(
     client: Client,
+    namespace: Option<String>,
     page_size: u32,
     mut after: Option<String>,
     from: Option<String>,
     pages: mpsc::Sender<Result<Page, kube::Error>>,
 ) {
-    let api: Api<Secret> = Api::all(client);
+    let api: Api<Secret> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
     let mut continue_token: Option<Arc<str>> = from.filter(|c| !c.is_empty()).map(Arc::from);
     // Continuations refused in a row: a server that refuses even its own is an error, not a loop.
     let mut refused = 0;
@@ -351,9 +358,14 @@ impl Watermark {
 /// ask, but the v1.20 API server leaves `remainingItemCount` out of it; a Table carries it on
 /// every version.) A server that leaves the count out gets the names-only listing.
 pub async fn count(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
-    match count_from_table(client).await? {
+    count_in(client, None, page_size).await
+}
+
+/// [`count`] for the Secrets of one namespace (`Some`) or of all (`None`).
+pub async fn count_in(client: &Client, namespace: Option<&str>, page_size: u32) -> Result<u64, kube::Error> {
+    match count_from_table(client, namespace).await? {
         Some(total) => Ok(total),
-        None => count_by_listing(client, page_size).await,
+        None => count_by_listing(client, namespace, page_size).await,
     }
 }
 
@@ -378,8 +390,12 @@ impl CountingTable {
     }
 }
 
-async fn count_from_table(client: &Client) -> Result<Option<u64>, kube::Error> {
-    let request = axum::http::Request::get("/api/v1/secrets?limit=1&includeObject=None")
+async fn count_from_table(client: &Client, namespace: Option<&str>) -> Result<Option<u64>, kube::Error> {
+    let path = match namespace {
+        Some(ns) => format!("/api/v1/namespaces/{ns}/secrets?limit=1&includeObject=None"),
+        None => "/api/v1/secrets?limit=1&includeObject=None".to_string(),
+    };
+    let request = axum::http::Request::get(path)
         .header(axum::http::header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io")
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
@@ -387,9 +403,10 @@ async fn count_from_table(client: &Client) -> Result<Option<u64>, kube::Error> {
 }
 
 /// Count by a names-only paged listing.
-async fn count_by_listing(client: &Client, page_size: u32) -> Result<u64, kube::Error> {
+async fn count_by_listing(client: &Client, namespace: Option<&str>, page_size: u32) -> Result<u64, kube::Error> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
-    let _stop_lister = AbortOnDrop(tokio::spawn(list_pages(client.clone(), page_size, None, None, tx)));
+    let lister = list_pages(client.clone(), namespace.map(str::to_string), page_size, None, None, tx);
+    let _stop_lister = AbortOnDrop(tokio::spawn(lister));
     let mut total = 0u64;
     while let Some(page) = pages.recv().await {
         total += page?.items.len() as u64;
@@ -405,11 +422,23 @@ pub async fn run(
     client: &Client,
     settings: Settings,
     start: Progress,
+    on_progress: impl FnMut(&Progress),
+) -> Result<Progress, ReencryptError> {
+    run_in(client, None, settings, start, on_progress).await
+}
+
+/// [`run`] for the Secrets of one namespace (`Some`) or of all (`None`).
+pub async fn run_in(
+    client: &Client,
+    namespace: Option<&str>,
+    settings: Settings,
+    start: Progress,
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Progress, ReencryptError> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
     let lister = tokio::spawn(list_pages(
         client.clone(),
+        namespace.map(str::to_string),
         settings.page_size,
         start.resume_after.clone(),
         start.resume_continue.clone(),
