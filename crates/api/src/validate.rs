@@ -237,6 +237,35 @@ fn validate_rollout_timeout(secs: u32, out: &mut Violations) {
 // ---------------------------------------------------------------------------------------------
 // ClusterSecurityPolicy
 
+/// Why `value` may not become a `server.properties` value, if it may not. The file is read by
+/// `java.util.Properties` (ISO-8859-1, `\` escapes such as `\u0024`, a `\` at a line's end
+/// continues it, a line break starts a property of its own, leading blanks are dropped), and
+/// Kafka then resolves `${provider:path:key}` in every value. So a value is printable ASCII
+/// without blanks, backslashes or `${`: nothing in it can add a property, change another, or
+/// have the brokers read one of their files (their ServiceAccount token) into it.
+pub fn properties_value_error(value: &str) -> Option<String> {
+    if value.contains("${") {
+        return Some(
+            "contains \"${\", Kafka's config-provider syntax: the brokers would resolve it and read one of their files (their ServiceAccount token, say) into the value; give the value itself, without \"${\""
+                .to_string(),
+        );
+    }
+    let bad = value.chars().find(|c| !c.is_ascii_graphic() || *c == '\\')?;
+    let what = match bad {
+        '\n' | '\r' => "a line break (it would start a property of its own in server.properties)".to_string(),
+        '\\' => {
+            "a backslash (an escape in server.properties: \\u0024{ reads as ${, a trailing one joins the next line)"
+                .to_string()
+        }
+        c if c.is_whitespace() => format!("white space ({c:?}; the properties file drops or splits on it)"),
+        c if c.is_control() => format!("a control character ({c:?})"),
+        c => format!("{c:?}, which is not ASCII (Kafka reads server.properties as ISO-8859-1)"),
+    };
+    Some(format!(
+        "contains {what}; values written into server.properties must be printable ASCII without white space or backslashes: give the value exactly as the token or URL carries it (percent-encode in a URL)"
+    ))
+}
+
 /// Client-broker encryption settings each authentication method allows, and whether it needs
 /// in-cluster encryption: the seed's table.
 pub fn allowed_encryption(method: AuthMethod) -> (&'static [ClientBroker], bool) {
@@ -265,27 +294,8 @@ fn validate_iam(iam: &IamAuthentication, out: &mut Violations) {
                 format!("{FIELD}.{name}"),
                 format!("SASL/IAM is enabled but {name} is not set; the brokers validate every token's signature, issuer and audience: set {name} (e.g. {example}) or disable sasl.iam"),
             );
-        } else if value.as_deref().is_some_and(|s| s.contains("${")) {
-            // Kafka resolves `${provider:path:key}` in every value of server.properties: a value
-            // carrying it would have the brokers read a file of theirs (their ServiceAccount
-            // token, say) into a setting, such as the URL they then fetch.
-            out.push(
-                rule::PROPERTIES_VALUE,
-                format!("{FIELD}.{name}"),
-                format!(
-                    "{name} contains \"${{\", Kafka's config-provider syntax: the brokers would resolve it and read one of their files into the value; give the value itself"
-                ),
-            );
-        } else if value.as_deref().is_some_and(|s| s.chars().any(|c| c.is_whitespace() || c == '\\')) {
-            // It becomes a server.properties value: a line break would add a property of its
-            // own, and a backslash is an escape there.
-            out.push(
-                rule::IAM_TOKEN_VALIDATION,
-                format!("{FIELD}.{name}"),
-                format!(
-                    "{name} must not contain whitespace or backslashes; give the value exactly as the token carries it"
-                ),
-            );
+        } else if let Some(e) = value.as_deref().and_then(properties_value_error) {
+            out.push(rule::PROPERTIES_VALUE, format!("{FIELD}.{name}"), format!("{name} {e}"));
         }
     }
     if let Some(url) = iam.jwks_endpoint_url.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -378,10 +388,19 @@ fn derived_names(cluster: &str) -> Vec<String> {
     .collect()
 }
 
+/// Whether a client called `client` would carry the name of brokers whose certificates name
+/// `broker` (the cluster's name, or the workload's service): that name itself, in any case, or a
+/// DNS name under it (`<service>.<namespace>.svc`, the names in their certificates), which a
+/// principal mapping of the platform's could turn into theirs.
+pub fn names_broker(client: &str, broker: &str) -> bool {
+    let (client, broker) = (client.to_ascii_lowercase(), broker.to_ascii_lowercase());
+    !broker.is_empty() && (client == broker || client.starts_with(&format!("{broker}.")))
+}
+
 /// Why a client may not be called `name`: the brokers' certificates carry it.
 pub fn client_is_broker(name: &str) -> String {
     format!(
-        "{} is the name in the brokers' own certificates (their service, or the cluster's name): a client certificate for it would carry the brokers' principal (the one usually in super.users); give the client a name of its own",
+        "{} is, or is a DNS name under, the name in the brokers' own certificates (their service, or the cluster's name): a client certificate for it could carry the brokers' principal (the one usually in super.users); give the client a name of its own (e.g. <team>.<application>)",
         quoted(name)
     )
 }
@@ -427,7 +446,7 @@ fn validate_tls_clients(tls: &TlsAuthentication, cluster: &str, out: &mut Violat
                 format!("{FIELD}[{i}].name"),
                 format!("{} is listed twice; one certificate per client", quoted(&c.name)),
             );
-        } else if c.name.eq_ignore_ascii_case(cluster) {
+        } else if names_broker(&c.name, cluster) {
             out.push(rule::CLIENT_NOT_BROKER, format!("{FIELD}[{i}].name"), client_is_broker(&c.name));
         }
         if let Some(e) = dns_subdomain_error(&c.secret_name) {

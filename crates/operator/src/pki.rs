@@ -4,7 +4,8 @@
 
 use k8s_openapi::jiff::Timestamp;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
 use time::OffsetDateTime;
 
@@ -151,8 +152,9 @@ pub fn issue_leaf_with(
 }
 
 /// The organizational unit of every client certificate the operator issues. Brokers'
-/// certificates carry none, so a client's principal (its whole subject, `CN=<name>,OU=…`) can
-/// never be a broker's (`CN=<service>`), whatever the client is called.
+/// certificates carry none (their principal is `User:CN=<service>`); the principal mapping
+/// rendered for client listeners (`properties::CLIENT_PRINCIPAL_RULES`) names a client
+/// certificate `User:<name>` by this unit, so no client is ever a broker, whatever it is called.
 pub const CLIENT_UNIT: &str = "clustersecurity-clients";
 
 /// A client certificate (client authentication only, ECDSA P-256) for `name`, subject
@@ -176,6 +178,9 @@ fn issue(
     let ca_key = KeyPair::from_pem(&ca.key_pem)?; // ECDSA or RSA PKCS#8
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let mut params = CertificateParams::new(sans.to_vec())?;
+    // rcgen starts from a subject of its own (`CN=rcgen self signed cert`), whose place in the
+    // order a later CN would take: start empty, so the subject is in exactly the order given.
+    params.distinguished_name = DistinguishedName::new();
     for (kind, value) in subject {
         params.distinguished_name.push(kind.clone(), *value);
     }
@@ -199,20 +204,21 @@ pub fn fingerprint(der: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-/// The subject's common name of a PEM certificate; None when it does not parse or has none.
-pub fn common_name(cert_pem: &str) -> Option<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
-}
-
-/// The first organizational unit in the subject of a PEM certificate.
-pub fn organizational_unit(cert_pem: &str) -> Option<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let ou = cert.subject().iter_organizational_unit().next()?.as_str().ok()?.to_string();
-    Some(ou)
+/// Whether the PEM certificate's subject is exactly what [`issue_client`] writes for `name`:
+/// `OU=`[`CLIENT_UNIT`] then `CN=<name>`, nothing else — the subject Kafka names
+/// `CN=<name>,OU=clustersecurity-clients`, which the rendered principal mapping turns into
+/// `User:<name>`. One in another order, or without the unit, is issued again.
+pub fn is_client_subject(cert_pem: &str, name: &str) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    let attributes: Vec<(String, Option<&str>)> = cert
+        .subject()
+        .iter()
+        .flat_map(|rdn| rdn.iter())
+        .map(|a| (a.attr_type().to_id_string(), a.as_str().ok()))
+        .collect();
+    let (ou, cn) = ("2.5.4.11".to_string(), "2.5.4.3".to_string());
+    attributes == [(ou, Some(CLIENT_UNIT)), (cn, Some(name))]
 }
 
 /// Whether the PEM client certificate chains to the PEM CA certificate `ca_pem` and is valid
@@ -335,6 +341,22 @@ mod tests {
         // An ECDSA leaf under the RSA CA, and the default stays ECDSA.
         let ecdsa = issue_leaf(&ca, "kafka", &sans, Usage::Server, now, 30).unwrap();
         assert_eq!(key_algorithm(&der(&ecdsa.cert_pem)), Some(KeyAlgorithm::EcdsaP256));
+    }
+
+    #[test]
+    fn client_subject_is_unit_then_name_so_kafka_names_it_cn_first() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ca = new_ca("client CA", now, 30).unwrap();
+        let client = issue_client(&ca, "orders-app", now, 30).unwrap();
+        assert!(is_client_subject(&client.cert_pem, "orders-app"));
+        assert!(!is_client_subject(&client.cert_pem, "billing"));
+        // x509-parser prints in encoding order; Java (and Kafka) in reverse: CN=orders-app,OU=….
+        let (_, pem) = x509_parser::pem::parse_x509_pem(client.cert_pem.as_bytes()).unwrap();
+        assert_eq!(pem.parse_x509().unwrap().subject().to_string(), "OU=clustersecurity-clients, CN=orders-app");
+        let plain = issue_leaf(&ca, "orders-app", &[], Usage::Client, now, 30).unwrap();
+        assert!(!is_client_subject(&plain.cert_pem, "orders-app"), "no unit");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(plain.cert_pem.as_bytes()).unwrap();
+        assert_eq!(pem.parse_x509().unwrap().subject().to_string(), "CN=orders-app", "nothing of rcgen's own");
     }
 
     #[test]

@@ -131,13 +131,6 @@ fn iam_needs_issuer_audience_and_an_https_key_set() {
             "spec.clientAuthentication.sasl.iam.jwksEndpointUrl",
             "no user information",
         ),
-        (json!({"audience": "a b"}), "spec.clientAuthentication.sasl.iam.audience", "whitespace"),
-        (
-            json!({"issuer": "https://idp/t\nsasl.enabled.mechanisms=PLAIN"}),
-            "spec.clientAuthentication.sasl.iam.issuer",
-            "whitespace",
-        ),
-        (json!({"audience": "a\\b"}), "spec.clientAuthentication.sasl.iam.audience", "backslashes"),
     ];
     for (patch, field, says) in cases {
         let err = with(patch.clone()).expect_err(&format!("{patch} is refused"));
@@ -518,4 +511,64 @@ fn a_client_never_gets_the_brokers_name_nor_another_clusters_object() {
         validate::security_policy(&client_named("app", "other-kafka-internal-tls"), None).unwrap_err().to_string();
     assert!(err.contains("TlsClients") && err.contains("-internal-tls"), "{err}");
     assert!(validate::security_policy(&client_named("orders-app", "orders-app-tls"), None).is_ok());
+}
+
+/// Every syntax that changes how `server.properties` is read is refused in every value that
+/// reaches it (rule PropertiesValueSyntax), naming the field and the fix: a line break (a
+/// property of its own), a backslash (an escape: `\u0024{` reads as `${`, a trailing one joins
+/// the next line), white space and control characters, what is not ASCII (the file is read as
+/// ISO-8859-1), and `${` (config providers).
+#[test]
+fn nothing_that_changes_how_server_properties_is_read() {
+    let cases = [
+        ("issuer", "https://idp/t\nsasl.enabled.mechanisms=PLAIN", "a line break"),
+        ("issuer", "https://idp/t\rsasl.enabled.mechanisms=PLAIN", "a line break"),
+        ("audience", "kafka\\", "a backslash"),
+        (
+            "jwksEndpointUrl",
+            "https://idp/k?t=\\u0024{dir:/var/run/secrets/kubernetes.io/serviceaccount:token}",
+            "a backslash",
+        ),
+        ("audience", "a b", "white space"),
+        ("audience", "kafka\t", "white space"),
+        ("issuer", "https://idp/t\u{0}", "a control character"),
+        ("issuer", "https://idp/t\u{2028}x", "white space"),
+        ("audience", "kafkä", "not ASCII"),
+        ("jwksEndpointUrl", "https://idp/k?t=${env:HOME}", "config-provider syntax"),
+    ];
+    for (field, value, says) in cases {
+        let mut spec = csp(method("iam"), "TLS", true);
+        let iam = spec.client_authentication.sasl.as_mut().unwrap().iam.as_mut().unwrap();
+        *match field {
+            "issuer" => &mut iam.issuer,
+            "audience" => &mut iam.audience,
+            _ => &mut iam.jwks_endpoint_url,
+        } = Some(value.into());
+        let err = validate::security_policy(&spec, None).expect_err(&format!("{field} {value:?} is refused"));
+        assert_eq!(err.rules(), vec![rule::PROPERTIES_VALUE], "{field} {value:?}: {err}");
+        assert_eq!(err.0[0].field, format!("spec.clientAuthentication.sasl.iam.{field}"));
+        let text = err.to_string();
+        assert!(text.contains(says) && text.contains("(rule PropertiesValueSyntax)"), "{value:?}: {text}");
+        assert!(text.contains("give the value"), "says the fix: {text}");
+        assert!(validate::properties_value_error(value).is_some());
+    }
+    for fine in ["https://login.example.com/t/keys?x=1&y=%24%7B", "kafka", "api://a-b_c.d:e/f"] {
+        assert_eq!(validate::properties_value_error(fine), None, "{fine}");
+    }
+}
+
+/// A client named like the brokers' certificates in any form: the name itself, in any case, or a
+/// DNS name under it (the names in their certificates); a name that merely starts alike is fine.
+#[test]
+fn client_not_broker_in_any_form() {
+    for name in ["orders-kafka", "Orders-Kafka", "orders-kafka.kafka.svc", "ORDERS-KAFKA.kafka.svc.cluster.local"] {
+        let err = validate::security_policy(&client_named(name, "app-tls"), None).unwrap_err();
+        assert_eq!(err.rules(), vec![rule::CLIENT_NOT_BROKER], "{name}: {err}");
+        assert!(err.to_string().contains("give the client a name of its own"), "{err}");
+    }
+    for name in ["orders-kafka-app", "orders-kafkax", "team-a.orders-kafka"] {
+        assert!(validate::security_policy(&client_named(name, "app-tls"), None).is_ok(), "{name}");
+    }
+    assert!(validate::names_broker("kafka-brokers.ns.svc", "kafka-brokers"));
+    assert!(!validate::names_broker("anything", ""), "no service: nothing to compare");
 }

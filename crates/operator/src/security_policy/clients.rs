@@ -1,6 +1,7 @@
 //! Client certificates on request (`spec.clientAuthentication.tls.clients`): each listed client
-//! gets a certificate (subject `CN=<name>, OU=clustersecurity-clients`, so its principal is
-//! never a broker's; client authentication only) from the client CA the
+//! gets a certificate (subject `OU=clustersecurity-clients, CN=<name>`, which Kafka prints
+//! `CN=<name>,OU=clustersecurity-clients` and the rendered principal mapping names
+//! `User:<name>`, never a broker's; client authentication only) from the client CA the
 //! operator keeps, in a Secret of its own (`tls.crt`, `tls.key`, `ca.crt` = the client CA, type
 //! `kubernetes.io/tls`). Issued when missing, when no longer signed by the current CA or for
 //! another name, and once two thirds of its validity have passed; otherwise left as it is. The
@@ -37,8 +38,7 @@ pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, no
     let Some(cert) = secret.and_then(|s| s.data.as_ref()).and_then(|d| d.get("tls.crt")) else { return true };
     let Ok(cert) = std::str::from_utf8(&cert.0) else { return true };
     let renew_within = i64::from(CLIENT_DAYS) * 86_400 / 3;
-    pki::common_name(cert).as_deref() != Some(client.name.as_str())
-        || pki::organizational_unit(cert).as_deref() != Some(pki::CLIENT_UNIT)
+    !pki::is_client_subject(cert, &client.name)
         || !pki::valid_client_of(cert, ca_pem, now)
         || pki::seconds_left(cert, now).is_none_or(|left| left < renew_within)
 }

@@ -253,9 +253,7 @@ impl Rolling for ClusterSecurityPolicy {
             // The brokers' certificates carry the service's name (the webhook knows only the
             // cluster's): a client of that name would carry their principal.
             let service = w.service_name.as_deref().unwrap_or_default();
-            if let Some(c) =
-                clients::listed(self).iter().find(|c| !service.is_empty() && c.name.eq_ignore_ascii_case(service))
-            {
+            if let Some(c) = clients::listed(self).iter().find(|c| validate::names_broker(&c.name, service)) {
                 let message = format!(
                     "spec.clientAuthentication.tls.clients: {} (rule {})",
                     validate::client_is_broker(&c.name),

@@ -41,6 +41,19 @@ fn truststore(out: &mut Vec<(String, String)>, prefix: &str, dir: &str) {
     out.push((format!("{prefix}ssl.truststore.certificates"), dir_ref(dir, "ca.crt")));
 }
 
+/// How the brokers name a client certificate on a client listener
+/// (`listener.name.<listener>.ssl.principal.mapping.rules`, applied to the subject as Java prints
+/// it, RFC 2253, last attribute first): a certificate the operator issued
+/// (`CN=<name>,OU=clustersecurity-clients`, [`pki::CLIENT_UNIT`](crate::pki::CLIENT_UNIT)) is
+/// `User:<name>`; any other subject that is a common name alone — the form of the brokers' own
+/// certificates, `CN=<service>`, whichever CA a client's came from, or one issued before clients
+/// had a unit — is `User:<common name>`; any other subject is itself (Kafka's DEFAULT). So no
+/// certificate on a client listener is ever named `User:CN=<…>` alone, the brokers' principal
+/// (their listener keeps Kafka's default); a name has no `,` or `=` to make it one. No backslash:
+/// the properties file would read it as an escape.
+pub const CLIENT_PRINCIPAL_RULES: &str =
+    "RULE:^CN=([^,=]+),OU=clustersecurity-clients$/$1/,RULE:^CN=([^,=]+)$/$1/,DEFAULT";
+
 fn listener_properties(out: &mut Vec<(String, String)>, l: &ListenerDef, internal: bool) {
     let prefix = format!("listener.name.{}.", l.name.to_lowercase());
     let cert_dir = if internal { INTERNAL_TLS_DIR } else { EXTERNAL_TLS_DIR };
@@ -51,6 +64,9 @@ fn listener_properties(out: &mut Vec<(String, String)>, l: &ListenerDef, interna
         ClientAuth::MutualTls => {
             out.push((format!("{prefix}ssl.client.auth"), "required".into()));
             truststore(out, &prefix, if internal { INTERNAL_TLS_DIR } else { CLIENT_CA_DIR });
+            if !internal {
+                out.push((format!("{prefix}ssl.principal.mapping.rules"), CLIENT_PRINCIPAL_RULES.into()));
+            }
         }
         ClientAuth::None if l.protocol == Protocol::Ssl => {
             out.push((format!("{prefix}ssl.client.auth"), "none".into()));

@@ -267,3 +267,112 @@ fn the_config_provider_reads_only_what_the_operator_mounts() {
     }
     assert!(references > 5, "the keystores, truststores and pod name are read through the provider");
 }
+
+/// A subject as Java prints it (`X500Principal.getName()`, RFC 2253: last attribute first), the
+/// string Kafka's `ssl.principal.mapping.rules` apply to.
+fn java_subject(cert_pem: &str) -> String {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let mut rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            let parts: Vec<String> = rdn
+                .iter()
+                .map(|a| {
+                    let oid = a.attr_type().to_id_string();
+                    let key = match oid.as_str() {
+                        "2.5.4.3" => "CN",
+                        "2.5.4.10" => "O",
+                        "2.5.4.11" => "OU",
+                        other => panic!("attribute {other} not expected here"),
+                    };
+                    let value = a.as_str().unwrap();
+                    assert!(!value.contains([',', '=', '+', '\\', '"']), "no RFC 2253 escaping needed for {value}");
+                    format!("{key}={value}")
+                })
+                .collect();
+            parts.join("+")
+        })
+        .collect();
+    rdns.reverse();
+    rdns.join(",")
+}
+
+/// What Kafka's `SslPrincipalMapper` makes of `subject` under `rules`, for the pattern syntax the
+/// operator renders (`^`, `$`, literals, `([^,=]+)`): a rule whose pattern uses anything else
+/// fails the test rather than being guessed at.
+fn principal(rules: &str, subject: &str) -> String {
+    let mut rest = rules;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix("DEFAULT") {
+            assert!(after.is_empty() || after.starts_with(','), "{rules}");
+            return subject.to_string();
+        }
+        let rule = rest.strip_prefix("RULE:").unwrap_or_else(|| panic!("not a rule: {rest}"));
+        let (pattern, after) = rule.split_once('/').unwrap();
+        let (replacement, after) = after.split_once('/').unwrap();
+        rest = after.strip_prefix(',').unwrap_or(after);
+        assert!(!after.starts_with(['L', 'U']), "no case flags");
+        let body = pattern.strip_prefix('^').and_then(|p| p.strip_suffix('$')).expect("anchored pattern");
+        let (prefix, suffix) = body.split_once("([^,=]+)").expect("one group");
+        for literal in [prefix, suffix] {
+            assert!(!literal.contains(['\\', '[', ']', '(', ')', '.', '*', '+', '?', '|', '^', '$']), "{literal}");
+        }
+        let captured = subject.strip_prefix(prefix).and_then(|s| s.strip_suffix(suffix));
+        if let Some(group) = captured.filter(|g| !g.is_empty() && !g.contains([',', '='])) {
+            return replacement.replace("$1", group);
+        }
+    }
+    panic!("no rule of {rules} applies to {subject}: Kafka refuses the connection");
+}
+
+/// A client certificate is never named like a broker. On the mTLS client listener (and only
+/// there) the operator maps principals: its own client certificates
+/// (`CN=<name>,OU=clustersecurity-clients`) are `User:<name>`; a certificate whose subject is a
+/// common name alone — the brokers' own form, from whichever CA the spec trusts, or a client
+/// certificate of an earlier version — is `User:<common name>`, never `User:CN=…`; other subjects
+/// stay themselves. The replication listener keeps Kafka's default: brokers are `User:CN=<service>`.
+#[test]
+fn client_certificates_are_never_named_like_a_broker() {
+    let s = desired_settings(&spec(&["tls", "unauthenticated", "scram"], "TLS_PLAINTEXT", true));
+    let p = props(&s);
+    let rules = &p["listener.name.tls.ssl.principal.mapping.rules"];
+    assert_eq!(rules, properties::CLIENT_PRINCIPAL_RULES);
+    assert!(rules.contains(&format!(",OU={}$", crate::pki::CLIENT_UNIT)), "{rules}");
+    assert!(!rules.contains('\\') && !rules.contains("${"), "plain properties syntax: {rules}");
+    let mapped: Vec<&String> = p.keys().filter(|k| k.ends_with("ssl.principal.mapping.rules")).collect();
+    assert_eq!(mapped, ["listener.name.tls.ssl.principal.mapping.rules"], "only the mTLS client listener");
+
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ca = crate::pki::new_ca("client CA", now, 30).unwrap();
+    let client = crate::pki::issue_client(&ca, "orders-app", now, 30).unwrap();
+    let broker = crate::pki::issue_leaf(
+        &ca,
+        "orders-kafka",
+        &["orders-kafka.kafka.svc".into()],
+        crate::pki::Usage::ServerAndClient,
+        now,
+        30,
+    )
+    .unwrap();
+    let old_client = crate::pki::issue_leaf(&ca, "orders-app", &[], crate::pki::Usage::Client, now, 30).unwrap();
+    assert_eq!(java_subject(&client.cert_pem), "CN=orders-app,OU=clustersecurity-clients");
+    assert_eq!(java_subject(&broker.cert_pem), "CN=orders-kafka");
+    // Brokers, on their own listener (Kafka's default): the principal usually in super.users.
+    assert_eq!(principal("DEFAULT", &java_subject(&broker.cert_pem)), "CN=orders-kafka");
+    // On the client listener.
+    assert_eq!(principal(rules, &java_subject(&client.cert_pem)), "orders-app");
+    assert_eq!(principal(rules, &java_subject(&old_client.cert_pem)), "orders-app", "same as when issued again");
+    assert_eq!(principal(rules, &java_subject(&broker.cert_pem)), "orders-kafka", "a broker's certificate, if trusted");
+    assert_eq!(principal(rules, "CN=app,OU=payments,O=acme"), "CN=app,OU=payments,O=acme", "your CA's, as before");
+    for subject in ["CN=orders-kafka", "CN=a,OU=clustersecurity-clients", "CN=CN\\=orders-kafka", "O=x"] {
+        let name = principal(rules, subject);
+        // A broker is `CN=<DNS name>`: letters, digits, '-' and '.'.
+        let dns = |rest: &str| !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c));
+        assert!(!name.strip_prefix("CN=").is_some_and(dns), "{subject} is named {name}, a broker's form");
+    }
+    // Without mTLS there is no client certificate to map.
+    let p = props(&desired_settings(&spec(&["scram"], "TLS", true)));
+    assert!(!p.keys().any(|k| k.contains("principal.mapping")), "{p:?}");
+}
