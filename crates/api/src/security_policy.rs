@@ -188,8 +188,9 @@ pub struct TlsAuthentication {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsClient {
-    /// The certificate's common name: the client's principal is `User:CN=<name>`. Letters,
-    /// digits, `.`, `_`, `-`; at most 64.
+    /// The certificate's common name (subject `CN=<name>,OU=clustersecurity-clients`): the
+    /// client's principal is `User:<name>`. Letters, digits, `.`, `_`, `-`; at most 64; not the
+    /// brokers' name nor a DNS name under it (rule ClientNotBroker).
     #[schemars(length(max = 64))]
     pub name: String,
     /// The Secret the operator writes it into (type `kubernetes.io/tls`).
