@@ -13,4 +13,5 @@ mod hostile;
 mod on_the_wire;
 mod policy;
 mod secrets;
+mod tenants;
 mod wiring;
