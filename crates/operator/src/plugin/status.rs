@@ -127,9 +127,9 @@ pub(crate) struct CertificateLine {
     pub serial_number: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "fingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub fingerprint_sha256: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_not_after: Option<String>,
@@ -154,7 +154,7 @@ pub(crate) struct SecretView {
     pub serial_number: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_after: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "caFingerprintSHA256", skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint_sha256: Option<String>,
 }
 
@@ -836,6 +836,11 @@ mod tests {
         // -o json carries the same facts under stable names.
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["certificates"][0]["serialNumber"], leaf_info.serial_number.as_str());
+        assert_eq!(
+            json["certificates"][0]["caFingerprintSHA256"],
+            ca_info.fingerprint_sha256.as_str(),
+            "the CRD's names"
+        );
         assert_eq!(json["certificates"][0]["secret"]["state"], "matches status");
         assert_eq!(json["operation"]["state"], "UPDATE_COMPLETE");
         assert_eq!(json["trust"]["copies"][0], "apps");

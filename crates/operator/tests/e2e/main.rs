@@ -11,6 +11,7 @@ mod conflicts;
 mod foundation;
 mod hostile;
 mod on_the_wire;
+mod plugin;
 mod policy;
 mod secrets;
 mod tenants;
