@@ -278,6 +278,24 @@ mod tests {
     }
 
     #[test]
+    fn the_krew_manifest_names_this_binary_at_this_version() {
+        let manifest: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../../plugins/krew/clustersecurity.yaml")).unwrap();
+        assert_eq!(manifest["metadata"]["name"], "clustersecurity", "kubectl clustersecurity");
+        assert_eq!(manifest["spec"]["version"].as_str(), Some(format!("v{}", env!("CARGO_PKG_VERSION")).as_str()));
+        let platforms = manifest["spec"]["platforms"].as_sequence().unwrap();
+        assert!(!platforms.is_empty());
+        for p in platforms {
+            assert_eq!(p["bin"], "kubectl-clustersecurity");
+            let uri = p["uri"].as_str().unwrap();
+            assert!(uri.ends_with(".tar.gz") && uri.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))), "{uri}");
+        }
+        let cli = <Cli as clap::CommandFactory>::command();
+        assert_eq!(cli.get_name(), "kubectl-clustersecurity");
+        assert_eq!(cli.get_version(), Some(env!("CARGO_PKG_VERSION")), "the operator's version");
+    }
+
+    #[test]
     fn usage_errors_exit_2_and_name_what_is_wrong() {
         let e = parse(&["status", "certrot/certs", "-o", "xml"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
