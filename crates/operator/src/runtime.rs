@@ -124,6 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone());
     ctx.concurrency = args.concurrent_reconciles;
     ctx.scope = reconciler::Scope::namespaces(&args.watch_namespaces);
+    ctx.namespace = args.namespace.clone();
     let controllers = args.controllers.clone();
     let result = if args.leader_elect {
         let election = leader::Election {

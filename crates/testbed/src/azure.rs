@@ -67,6 +67,18 @@ impl Spec {
         }
     }
 
+    /// The managed cluster's node resource group, as AKS names it (`MC_<rg>_<cluster>_<location>`):
+    /// the value of the label `kubernetes.azure.com/cluster` on every one of its nodes.
+    pub fn node_resource_group(&self) -> String {
+        format!("MC_{}_{}_{}", self.resource_group, self.cluster_name, self.location)
+    }
+
+    /// Label Node `node` (created if missing, without a kubelet) as a node of this managed
+    /// cluster, as AKS labels its nodes: the operator checks it before switching KMS.
+    pub async fn label_node(&self, client: &kube::Client, node: &str) -> anyhow::Result<()> {
+        label_node(client, node, &self.node_resource_group()).await
+    }
+
     pub fn key_id(&self, vault: &str, version: &str) -> String {
         format!("https://{vault}.vault.azure.net/keys/etcd/{version}")
     }
@@ -180,6 +192,8 @@ impl AzureEmulator {
             "name": spec.cluster_name, "type": "Microsoft.ContainerService/ManagedClusters",
             "location": spec.location, "eTag": "1",
             "properties": {"provisioningState": "Succeeded", "kubernetesVersion": "1.20.2",
+                "nodeResourceGroup": spec.node_resource_group(),
+                "fqdn": format!("{}-dns.hcp.{}.azmk8s.io", spec.cluster_name, spec.location),
                 "securityProfile": {"azureKeyVaultKms": spec.kms.clone()}}
         });
         let world = World {
@@ -840,4 +854,19 @@ async fn get_key(
         "attributes": {"enabled": true, "created": 1_700_000_000, "updated": 1_700_000_000, "recoveryLevel": "Recoverable+Purgeable"}
     }))
     .into_response()
+}
+
+/// Give Node `node` (created if missing) the AKS label `kubernetes.azure.com/cluster=<group>`.
+pub async fn label_node(client: &kube::Client, node: &str, group: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    if nodes.get_opt(node).await?.is_none() {
+        let mut n = Node::default();
+        n.metadata.name = Some(node.into());
+        nodes.create(&PostParams::default(), &n).await?;
+    }
+    let patch = json!({"metadata": {"labels": {"kubernetes.azure.com/cluster": group}}});
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
 }

@@ -22,7 +22,7 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::provider::{ClusterKms, KeyState, KmsProvider, ProviderError};
+use super::provider::{ClusterIdentity, ClusterKms, KeyState, KmsProvider, ProviderError};
 use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
 use crate::validate::{parse_key_id, parse_key_vault_resource_id};
 
@@ -456,7 +456,8 @@ pub fn cluster_kms(cluster: &Value) -> ClusterKms {
     };
     let provisioning_state =
         cluster.pointer("/properties/provisioningState").and_then(Value::as_str).unwrap_or("Succeeded").to_string();
-    ClusterKms { settings, provisioning_state }
+    let identity = ClusterIdentity { node_resource_group: non_empty(cluster.pointer("/properties/nodeResourceGroup")) };
+    ClusterKms { settings, provisioning_state, identity }
 }
 
 /// Whether the cluster's settings already are the desired ones (what AKS compares).

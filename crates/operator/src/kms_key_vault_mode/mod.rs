@@ -13,6 +13,7 @@
 //! target was fixed when it started) and becomes the next operation.
 
 pub mod azure;
+pub mod own_cluster;
 pub mod provider;
 pub mod reencrypt;
 pub mod steps;
@@ -63,6 +64,9 @@ pub mod kms_reason {
     pub const ROLLING_BACK: &str = "RollingBack";
     /// The operation restored the settings it started from and ended UPDATE_FAILED (Stalled).
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// `spec.provider` names another managed cluster than the one the operator runs in, or
+    /// nothing tells (Stalled; nothing is changed in the cloud).
+    pub const FOREIGN_CLUSTER: &str = "ForeignCluster";
     /// The object is being deleted: nothing new starts (NotReady while it waits to go).
     pub const DELETING: &str = "Deleting";
     /// `EncryptionDisabled`: True while the cluster runs with KMS off (reason `KmsDisabled`;
@@ -522,7 +526,7 @@ async fn carry_on(
         if let Some(conflict) = older_claim(obj, ctx).await? {
             return Ok(conflict);
         }
-        if let Some(settled) = decide(obj, round, provider.as_ref()).await? {
+        if let Some(settled) = decide(obj, round, ctx, provider.as_ref()).await? {
             return Ok(settled);
         }
     }
@@ -809,6 +813,7 @@ fn retry_outcome(step: &str, e: &dyn std::fmt::Display) -> Outcome {
 async fn decide(
     obj: &KmsKeyVaultMode,
     round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
     provider: &dyn KmsProvider,
 ) -> Result<Option<Outcome>, Error> {
     let now = round.now;
@@ -839,6 +844,16 @@ async fn decide(
             Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message },
             Some(IDLE_RECHECK),
         )));
+    }
+    // Before anything is recorded, and so before any cloud write: the cluster is this one.
+    let skip = obj.annotations().get(own_cluster::CHECK_ANNOTATION).is_some_and(|v| v == "skip");
+    let local = if skip { None } else { own_cluster::local_node_groups(&ctx.client).await? };
+    match own_cluster::judge(&current.identity, local.as_ref(), skip, &provider.describe()) {
+        own_cluster::Verdict::Refused(message) => {
+            let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER.into(), message };
+            return Ok(Some(Outcome::new(health, Some(IDLE_CONFLICT))));
+        }
+        own_cluster::Verdict::Skipped | own_cluster::Verdict::Same => {}
     }
     let retry = operation::retry_request(obj.meta()).map(String::from);
     if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired, retry.as_deref()) {

@@ -13,6 +13,15 @@ pub struct ClusterKms {
     pub settings: KmsSettings,
     /// The cloud's provisioning state (Azure: Succeeded, Updating, Failed, …).
     pub provisioning_state: String,
+    /// What tells this managed cluster from others (see [`super::own_cluster`]).
+    pub identity: ClusterIdentity,
+}
+
+/// What the cloud says of a managed cluster that its nodes say too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    /// AKS: `properties.nodeResourceGroup`, the label `kubernetes.azure.com/cluster` of its nodes.
+    pub node_resource_group: Option<String>,
 }
 
 impl ClusterKms {

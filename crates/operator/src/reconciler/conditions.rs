@@ -255,6 +255,7 @@ mod troubleshooting_tests {
             kms_reason::CLOUD_ACCESS_FAILED,
             kms_reason::OPERATION_FAILED,
             kms_reason::ROLLED_BACK,
+            kms_reason::FOREIGN_CLUSTER,
         ] {
             assert!(doc.contains(&format!("\n### {r}\n")), "docs/troubleshooting.md has no entry for {r}");
         }

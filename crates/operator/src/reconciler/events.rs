@@ -1,6 +1,7 @@
 //! Events: the reasons every kind shares, and publishing a round's events after its status
-//! write. Namespaced objects get events.k8s.io/v1 Events; cluster-scoped ones core/v1 Events in
-//! `default` (see [`publish_core_event`]).
+//! write. Namespaced objects get events.k8s.io/v1 Events in their namespace; cluster-scoped ones
+//! (KmsKeyVaultMode) core/v1 Events in the operator's own namespace, which platform admins read,
+//! not `default`, which many users do (see [`publish_core_event`] for what that costs).
 
 use cluster_security_api::FIELD_MANAGER;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -63,7 +64,7 @@ where
     info!(event = reason, r#type = ?type_, "{note}");
     let reference = obj.object_ref(&());
     let result = if reference.namespace.is_none() {
-        publish_core_event(&ctx.client, reference, type_, reason, note).await
+        publish_core_event(&ctx.client, &ctx.namespace, reference, type_, reason, note).await
     } else {
         let event =
             Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
@@ -74,12 +75,15 @@ where
     }
 }
 
-/// A core/v1 Event in `default` for a cluster-scoped object: older API servers (v1.20) refuse
-/// events.k8s.io/v1 events whose namespace differs from the (empty) namespace of what they are
-/// about, while core/v1 has always allowed `default`. `kubectl describe` finds both.
+/// A core/v1 Event in `namespace` (the operator's) for a cluster-scoped object. The API server
+/// accepts an event about an object without a namespace only in `default` (v1.20 and current
+/// versions alike), where every user reads; so the reference names `namespace` too. The price:
+/// `kubectl describe` of the object, which looks for an empty namespace in the reference, does
+/// not list them; `kubectl get events -n <namespace>` (and the status) does.
 async fn publish_core_event(
     client: &Client,
-    reference: k8s_openapi::api::core::v1::ObjectReference,
+    namespace: &str,
+    mut reference: k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
     reason: &str,
     note: String,
@@ -87,10 +91,11 @@ async fn publish_core_event(
     use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     let now = Time(Timestamp::now());
+    reference.namespace = Some(namespace.into());
     let event = CoreEvent {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}.", reference.name.clone().unwrap_or_default())),
-            namespace: Some("default".into()),
+            namespace: Some(namespace.into()),
             ..Default::default()
         },
         involved_object: reference,
@@ -106,6 +111,6 @@ async fn publish_core_event(
         count: Some(1),
         ..Default::default()
     };
-    let api: Api<CoreEvent> = Api::namespaced(client.clone(), "default");
+    let api: Api<CoreEvent> = Api::namespaced(client.clone(), namespace);
     api.create(&Default::default(), &event).await.map(|_| ())
 }

@@ -71,6 +71,9 @@ pub struct Context {
     pub concurrency: u16,
     /// The namespaces whose workloads, Secrets and ConfigMaps the operator manages.
     pub scope: Scope,
+    /// The operator's own namespace (`--namespace`): where the events of cluster-scoped objects
+    /// go, read by those who run the operator rather than by every tenant.
+    pub namespace: String,
 }
 
 /// Which namespaces the operator manages (`--watch-namespaces`): all, or a list. Objects of our
@@ -136,9 +139,13 @@ impl Context {
             readiness,
             concurrency: CONCURRENT_RECONCILES,
             scope: Scope::cluster(),
+            namespace: DEFAULT_NAMESPACE.into(),
         }
     }
 }
+
+/// The operator's namespace unless told otherwise (`--namespace`'s default).
+pub const DEFAULT_NAMESPACE: &str = "cluster-security-operator";
 
 /// How many objects each controller reconciles at once, by default (`--concurrent-reconciles`).
 /// Unbounded, 300 objects changed together meant 300 reconciles at once, each holding its own

@@ -4,6 +4,8 @@
 //! every Secret is stored.
 //!
 //! One control plane, the phases in order:
+//! 0. The cluster's nodes belong to another managed cluster than `spec.provider` names: Stalled
+//!    `ForeignCluster`, no cloud write, its events in the operator's namespace (not `default`).
 //! 1. Public → Private with another writer updating and deleting Secrets meanwhile: the five
 //!    steps, every Secret plaintext after the disable step, KMS-encrypted at the end, the writer's
 //!    last writes kept and deleted Secrets still deleted.
@@ -192,6 +194,47 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     let args = tokio::task::block_in_place(|| emu.operator_args(&cp)).unwrap();
     let binary = Path::new(env!("CARGO_BIN_EXE_cluster-security-operator"));
     let mut op = tokio::task::block_in_place(|| Operator::start(&cp, binary, port, &args)).unwrap();
+
+    // ---- 0. spec.provider names another cluster than the one the operator runs in. --------
+    // This control plane's node carries another managed cluster's node resource group.
+    cluster_security_testbed::azure::label_node(&client, "aks-node", "MC_rg-other_aks-other_westeurope").await.unwrap();
+    apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
+    let conditions =
+        "{.status.conditions[?(@.type==\"Stalled\")].reason}/{.status.conditions[?(@.type==\"Stalled\")].message}";
+    let text = wait_until(Duration::from_secs(60), "Stalled ForeignCluster", || {
+        let out = cp.kubectl(&["get", "kmsmode", "cluster", "-o", &format!("jsonpath={conditions}")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        async move { text.starts_with("ForeignCluster/").then_some(text.clone()).ok_or(text) }
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("MC_rg-other_aks-other_westeurope") && text.contains(&spec.node_resource_group()), "{text}");
+    assert!(emu.log().is_empty(), "the cloud was written: {:?}", emu.log());
+    let events = |ns: &str| {
+        let out = cp.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.kind=KmsKeyVaultMode",
+            "-o",
+            "jsonpath={range .items[*]}{.reason} {end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let in_operator_ns = wait_until(Duration::from_secs(30), "the ForeignCluster event", || {
+        let text = events(operator::NAMESPACE);
+        async move { text.contains("ForeignCluster").then_some(text.clone()).ok_or(text) }
+    })
+    .await
+    .unwrap();
+    assert!(events("default").is_empty(), "events of a cluster-scoped kind in default: {}", events("default"));
+    println!("KmsKeyVaultMode events in {}: {in_operator_ns}", operator::NAMESPACE);
+    // Gone again (nothing ran), and the node is this managed cluster's from here on.
+    let out = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=true", "--timeout=60s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    spec.label_node(&client, "aks-node").await.unwrap();
 
     // ---- 1. Public → Private, with another writer at work. --------------------------------
     emu.set_lro(1, Duration::from_secs(6)); // a window to look at etcd before KMS comes back on

@@ -143,7 +143,9 @@ async fn main() -> anyhow::Result<()> {
          each pod gets a loopback IP where a broker stand-in serves real TLS from what the pod mounts",
     );
     let client = cp.client().await?;
-    let kubelet = PlayKubelet::start(client, "play-node").await?;
+    let kubelet = PlayKubelet::start(client.clone(), "play-node").await?;
+    // As AKS labels its nodes: the operator switches KMS only on the cluster it runs in.
+    spec.label_node(&client, "play-node").await?;
 
     say("kubectl apply -k examples/ && kubectl apply -f examples/kmskeyvaultmode.yaml");
     let examples = root.join("examples");
