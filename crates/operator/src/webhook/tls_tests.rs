@@ -8,22 +8,25 @@ use crate::webhook::{self, certs};
 use axum_server::tls_rustls::RustlsConfig;
 use serde_json::{json, Value};
 
+/// Serve the webhook with `tls` on a free loopback port; its address and handle. The API server
+/// it would read peers from is unreachable: these reviews never need it.
+async fn serve(tls: RustlsConfig) -> (SocketAddr, axum_server::Handle) {
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    tokio::spawn(async move {
+        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
+    });
+    (handle.listening().await.expect("webhook listens"), handle)
+}
+
 async fn start() -> (SocketAddr, reqwest::Client, axum_server::Handle) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     let now = k8s_openapi::jiff::Timestamp::now();
     let m = certs::build(&certs::Plan::NewCa, None, &sans, now).unwrap();
     let tls = RustlsConfig::from_pem(m.leaf.cert_pem.into_bytes(), m.leaf.key_pem.into_bytes()).await.unwrap();
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    // The API server is read only for KmsKeyVaultModes; these reviews never reach it.
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move {
-        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default())
-            .await
-            .unwrap()
-    });
-    let addr = handle.listening().await.expect("webhook listens");
+    let (addr, handle) = serve(tls).await;
     // Trusts the operator's CA and nothing else.
     let client = crate::http::https_client(Some(m.ca.cert_pem.as_bytes()), false).unwrap();
     (addr, client, handle)
@@ -110,13 +113,7 @@ async fn a_renewed_certificate_in_the_cert_dir_is_served_without_a_restart() {
     let tls = RustlsConfig::from_pem_file(&crt, &key).await.unwrap();
     let every = std::time::Duration::from_millis(100);
     tokio::spawn(certs::reload_on_change(tls.clone(), crt.clone(), key.clone(), every, None));
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move {
-        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
-    });
-    let addr = handle.listening().await.unwrap();
+    let (addr, handle) = serve(tls).await;
     let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
     let trusts_new = crate::http::https_client(Some(new.ca.cert_pem.as_bytes()), false).unwrap();
     let body = review("CREATE", policy("TLS", true), None);
@@ -172,13 +169,7 @@ async fn trickled_bodies_do_not_keep_real_reviews_out() {
     let sans = vec!["127.0.0.1".to_string()];
     let m = certs::build(&certs::Plan::NewCa, None, &sans, k8s_openapi::jiff::Timestamp::now()).unwrap();
     let tls = RustlsConfig::from_pem(m.leaf.cert_pem.into_bytes(), m.leaf.key_pem.into_bytes()).await.unwrap();
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move {
-        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
-    });
-    let addr = handle.listening().await.unwrap();
+    let (addr, handle) = serve(tls).await;
     let ca = m.ca.cert_pem.clone();
 
     let body = serde_json::to_vec(&review("CREATE", policy("TLS", true), None)).unwrap();
@@ -238,13 +229,7 @@ async fn with_a_client_ca_only_the_named_client_is_answered() {
     let tls = RustlsConfig::from_config(
         server_config(m.leaf.cert_pem.as_bytes(), m.leaf.key_pem.as_bytes(), Some(&auth)).unwrap(),
     );
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    let kube = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    tokio::spawn(async move {
-        webhook::serve("127.0.0.1:0".parse().unwrap(), tls, h, kube, Default::default(), Default::default()).await
-    });
-    let addr = handle.listening().await.unwrap();
+    let (addr, handle) = serve(tls).await;
     let url = format!("https://127.0.0.1:{}{}", addr.port(), webhook::VALIDATE_PATH);
     let body = review("CREATE", policy("TLS", true), None);
     let mut roots = rustls::RootCertStore::empty();

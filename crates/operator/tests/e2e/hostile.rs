@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::{assert_no_secret_leaks, env, stderr, webhook_ready};
 use cluster_security_testbed::operator::http_get_ok;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
 use serde_json::{json, Value};
 
@@ -20,25 +19,8 @@ const CONTAINER_LIMIT_MIB: u64 = 256;
 
 /// An HTTPS client trusting only the CA the operator published as the webhook's caBundle.
 async fn webhook_client() -> reqwest::Client {
-    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(env().cp.client().await.unwrap());
-    let cfg = vwc.get("cluster-security-operator").await.unwrap();
-    let ca = cfg.webhooks.unwrap()[0].client_config.ca_bundle.clone().unwrap().0;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pki_types_certs(&ca) {
-        roots.add(der).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::support::webhook_tls(&env().cp).await;
     reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-fn rustls_pki_types_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().unwrap()
 }
 
 fn url() -> String {
@@ -174,22 +156,7 @@ async fn trickled_bodies_keep_no_real_review_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cp = &env().cp;
     webhook_ready(cp).await;
-    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
-    let ca = vwc.get("cluster-security-operator").await.unwrap().webhooks.unwrap()[0]
-        .client_config
-        .ca_bundle
-        .clone()
-        .unwrap()
-        .0;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pki_types_certs(&ca) {
-        roots.add(der).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::support::webhook_tls(cp).await;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let body = padded_review(2_000);
     let tricklers: Vec<_> = (0..32)

@@ -65,6 +65,24 @@ pub fn apply(cp: &ControlPlane, manifest: &str) {
     assert!(out.status.success(), "kubectl apply failed: {}\n{manifest}", stderr(&out));
 }
 
+/// TLS settings that trust only the CA the operator published as the webhook's caBundle, and
+/// present no client certificate.
+pub async fn webhook_tls(cp: &ControlPlane) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
+    let cfg = vwc.get("cluster-security-operator").await.unwrap();
+    let ca = cfg.webhooks.unwrap()[0].client_config.ca_bundle.clone().unwrap().0;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
 /// Wait until the webhook's caBundle is published (the operator does it at start).
 pub async fn webhook_ready(cp: &ControlPlane) {
     let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());

@@ -8,8 +8,6 @@ use std::path::Path;
 
 use cluster_security_testbed::operator::{self, Operator};
 use cluster_security_testbed::{free_port, ControlPlane, Options, WEBHOOK_CLIENT_NAME};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use kube::Api;
 
 use crate::support;
 
@@ -43,14 +41,7 @@ async fn a_webhook_requiring_the_api_servers_certificate_answers_only_it() {
     assert!(out.status.success(), "{}", support::stderr(&out));
 
     // Straight to the port, trusting the webhook's CA but without the API server's certificate.
-    let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
-    let ca = vwc.get("cluster-security-operator").await.unwrap().webhooks.unwrap()[0]
-        .client_config
-        .ca_bundle
-        .clone()
-        .unwrap()
-        .0;
-    let client = cluster_security_operator_client(&ca);
+    let client = reqwest::Client::builder().use_preconfigured_tls(support::webhook_tls(&cp).await).build().unwrap();
     let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
     let direct = client.post(format!("https://127.0.0.1:{port}/validate")).json(&review).send().await;
     assert!(direct.is_err(), "a client without the API server's certificate was answered: {direct:?}");
@@ -59,20 +50,4 @@ async fn a_webhook_requiring_the_api_servers_certificate_answers_only_it() {
         text.to_lowercase().contains("certificate") || text.contains("handshake") || text.contains("Connect"),
         "{text}"
     );
-}
-
-/// An HTTPS client that trusts `ca_pem` and presents no certificate.
-fn cluster_security_operator_client(ca_pem: &[u8]) -> reqwest::Client {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap()
 }
