@@ -13,8 +13,10 @@ use super::common::Operation;
 pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 32;
 /// Default `spec.reencryption.pageSize`.
 pub const DEFAULT_REENCRYPTION_PAGE_SIZE: u32 = 500;
-/// Default `spec.rollbackAfterSeconds`: the longest KMS may stay off during a switch.
-pub const DEFAULT_ROLLBACK_AFTER_SECONDS: u32 = 1800;
+/// Default `spec.rollbackAfterSeconds`: the longest KMS may stay off during a switch. Ten
+/// minutes: two AKS KMS updates (off, then on; a few minutes each) and a rewrite of the Secrets
+/// fit, while every Secret written meanwhile is stored in plaintext (docs/kmskeyvaultmode.md).
+pub const DEFAULT_ROLLBACK_AFTER_SECONDS: u32 = 600;
 
 /// Desired network access of the key vault behind the cluster's KMS etcd encryption.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -72,7 +74,7 @@ pub struct KmsKeyVaultModeSpec {
     /// How Secrets are rewritten.
     #[serde(default)]
     pub reencryption: ReencryptionSettings,
-    /// The longest KMS may stay off during a switch (60-86400 s, default 1800). Once DisableKms
+    /// The longest KMS may stay off during a switch (60-86400 s, default 600). Once DisableKms
     /// has succeeded, a failing later step is retried with backoff; if KMS is not back on this
     /// long after it went off (or a step keeps failing), the operator restores the settings the
     /// operation started from and ends it UPDATE_FAILED.

@@ -8,7 +8,10 @@
 //!   operations with `Azure-AsyncOperation` (or `Location`) and `Retry-After`, AKS's validation of
 //!   the KMS block (Private needs keyVaultResourceId, Public needs it empty, the key must exist,
 //!   the mode of an attached vault cannot change while KMS is on);
-//! - key vault PATCH of `publicNetworkAccess`; Key Vault data-plane key GET (404 KeyNotFound).
+//! - key vault PATCH of `publicNetworkAccess`; Key Vault data-plane key GET (404 KeyNotFound);
+//! - `GET {resource}/providers/Microsoft.Authorization/permissions` on the cluster and the vaults:
+//!   the caller's effective permissions (by default `*`), or 403 AuthorizationFailed when the
+//!   caller may not read them.
 //!
 //! Like AKS, a KMS change really reconfigures the cluster: the `apply` hook (see
 //! [`kms_hook`]) rewrites the test control plane's EncryptionConfiguration and restarts its
@@ -132,6 +135,13 @@ struct Faults {
     refuse_enable: Option<(String, String)>,
     /// Refuse (400) the next this many key vault PATCHes.
     refuse_vault_patches: u32,
+    /// Refuse every key vault PATCH with 403 and this ARM code (`RequestDisallowedByPolicy`,
+    /// `AuthorizationFailed`) until cleared, as Azure does for a policy deny or a missing role.
+    forbid_vault_patches: Option<String>,
+    /// The caller's permissions on the cluster and vaults (`actions`, `notActions`); None: `*`.
+    permissions: Option<(Vec<String>, Vec<String>)>,
+    /// Answer the permissions read with 403 AuthorizationFailed.
+    permissions_refused: bool,
     conflicts: u32,
     throttles: u32,
     location_only: bool,
@@ -228,6 +238,14 @@ impl AzureEmulator {
                 "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}",
                 get(get_vault).patch(patch_vault),
             )
+            .route(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{name}/providers/Microsoft.Authorization/permissions",
+                get(cluster_permissions),
+            )
+            .route(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{name}/providers/Microsoft.Authorization/permissions",
+                get(vault_permissions),
+            )
             .route("/keyvault/{vault}/keys/{name}/{version}", get(get_key))
             .route(
                 "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}/keys/{name}/versions/{version}",
@@ -317,11 +335,32 @@ impl AzureEmulator {
         self.world().faults.refuse_vault_patches = n;
     }
 
-    /// Stop refusing.
+    /// Answer every key vault PATCH with 403 `code` (e.g. `RequestDisallowedByPolicy`,
+    /// `AuthorizationFailed`), as Azure does, until [`Self::clear_refusals`].
+    pub fn forbid_vault_patches(&self, code: &str) {
+        self.world().faults.forbid_vault_patches = Some(code.into());
+    }
+
+    /// The caller's effective permissions (`actions`, `notActions`) that
+    /// `Microsoft.Authorization/permissions` reports on the cluster and the vaults (default `*`).
+    pub fn set_permissions(&self, actions: &[&str], not_actions: &[&str]) {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        self.world().faults.permissions = Some((own(actions), own(not_actions)));
+    }
+
+    /// The permissions read answers 403 AuthorizationFailed (the caller may not read them).
+    pub fn refuse_permissions_read(&self, on: bool) {
+        self.world().faults.permissions_refused = on;
+    }
+
+    /// Stop refusing; permissions back to `*`.
     pub fn clear_refusals(&self) {
         let mut w = self.world();
         w.faults.refuse_enable = None;
         w.faults.refuse_vault_patches = 0;
+        w.faults.forbid_vault_patches = None;
+        w.faults.permissions = None;
+        w.faults.permissions_refused = false;
     }
 
     /// The next `n` cluster PUTs answer 409 OperationNotAllowed.
@@ -780,6 +819,23 @@ async fn patch_vault(
             )
         }
     };
+    if let Some(code) = w.faults.forbid_vault_patches.clone() {
+        w.log.push(format!("REFUSED {code} vault {vault} PATCH"));
+        let message = match code.as_str() {
+            "AuthorizationFailed" => format!(
+                "The client '{}' with object id '{}' does not have authorization to perform action \
+                 'Microsoft.KeyVault/vaults/write' over scope '{}' or the scope is invalid.",
+                w.spec.client_id,
+                w.spec.client_id,
+                w.spec.vault_resource_id(&vault)
+            ),
+            _ => format!(
+                "Resource '{vault}' was disallowed by policy. Reasons: 'Key vaults must keep public network \
+                 access as set'. See error details for policy resource IDs."
+            ),
+        };
+        return arm_error(StatusCode::FORBIDDEN, &code, &message);
+    }
     if w.faults.refuse_vault_patches > 0 {
         w.faults.refuse_vault_patches -= 1;
         w.log.push(format!("REFUSED vault {vault} PATCH"));
@@ -792,6 +848,61 @@ async fn patch_vault(
     w.vaults.insert(vault.clone(), public);
     w.log.push(format!("PATCH vault {vault} publicNetworkAccess={}", if public { "Enabled" } else { "Disabled" }));
     Json(vault_body(&w, &vault, public)).into_response()
+}
+
+/// `Microsoft.Authorization/permissions` on a resource: the caller's effective permissions there
+/// (one entry; `*` unless set otherwise).
+async fn cluster_permissions(
+    State(s): S,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let w = s.world.lock().expect("emulator lock");
+    let known = cluster_path_ok(&w, &sub, &rg, &name);
+    permissions(
+        w,
+        &q,
+        &headers,
+        known.then_some(()).ok_or(format!("Microsoft.ContainerService/managedClusters/{name}")),
+    )
+}
+
+async fn vault_permissions(
+    State(s): S,
+    Path((sub, rg, name)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let w = s.world.lock().expect("emulator lock");
+    let known = w.vaults.contains_key(&name)
+        && sub == w.spec.subscription_id
+        && rg.eq_ignore_ascii_case(&w.spec.resource_group);
+    permissions(w, &q, &headers, known.then_some(()).ok_or(format!("Microsoft.KeyVault/vaults/{name}")))
+}
+
+fn permissions(
+    mut w: std::sync::MutexGuard<'_, World>,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    known: Result<(), String>,
+) -> Response {
+    if let Some(r) = arm_gate(&mut w, headers, q) {
+        return r;
+    }
+    if let Err(what) = known {
+        return not_found(&what);
+    }
+    if w.faults.permissions_refused {
+        return arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.Authorization/permissions/read'.",
+        );
+    }
+    let (actions, not_actions) = w.faults.permissions.clone().unwrap_or_else(|| (vec!["*".into()], vec![]));
+    Json(json!({"value": [{"actions": actions, "notActions": not_actions, "dataActions": [], "notDataActions": []}]}))
+        .into_response()
 }
 
 /// `Microsoft.KeyVault/vaults/keys/versions` through Resource Manager: the management plane, open

@@ -7,6 +7,11 @@
 //!   `Location`) honouring `Retry-After`;
 //! - the vault's network access is a PATCH of `properties.publicNetworkAccess`;
 //! - the key is checked on the Key Vault data plane.
+//! - the operator's effective permissions are read (`Microsoft.Authorization/permissions`) before
+//!   a switch, to refuse one that could not finish.
+//!
+//! A 401 (or a token that cannot be had) is [`ProviderError::Auth`]; a 403 carrying an ARM error
+//! code is [`ProviderError::Refused`], naming the code, the action refused and the fix.
 //!
 //! Tokens come from `azure_identity` (workload identity or a client secret). Throttling and
 //! server errors are retried with backoff (backon) honouring `Retry-After`; "another operation is
@@ -22,7 +27,10 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::{header, Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::provider::{ClusterIdentity, ClusterKms, KeyState, KmsProvider, ProviderError};
+use super::provider::{
+    permitted, ClusterIdentity, ClusterKms, KeyState, KmsProvider, Permission, PermissionCheck, ProviderError,
+    CLUSTER_READ, CLUSTER_WRITE, VAULT_WRITE,
+};
 use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
 use crate::validate::{parse_key_id, parse_key_vault_resource_id};
 
@@ -39,6 +47,10 @@ pub const KEY_API_VERSION: &str = "7.4";
 /// Key versions through Resource Manager (`Microsoft.KeyVault/vaults/keys/versions`): the
 /// management plane, which a private vault's network rules do not close.
 pub const ARM_KEY_API_VERSION: &str = "2023-07-01";
+/// api-version of `Microsoft.Authorization/permissions` (the caller's effective permissions).
+pub const PERMISSIONS_API_VERSION: &str = "2022-04-01";
+/// Polling a managed cluster's long-running operation.
+const OPERATION_READ: &str = "Microsoft.ContainerService/locations/operations/read";
 const ARM_SCOPE: &str = "https://management.azure.com/.default";
 const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
 
@@ -200,7 +212,7 @@ impl AzureKms {
         let url = format!("{}?api-version={MANAGED_CLUSTER_API_VERSION}", self.cluster_url);
         let a = self.send(Method::GET, &url, ARM_SCOPE, None, None).await?;
         if !a.status.is_success() {
-            return Err(a.into_error(&format!("reading managed cluster {}", self.cluster_name)));
+            return Err(a.into_error(&format!("reading managed cluster {}", self.cluster_name), CLUSTER_READ));
         }
         let etag = a.body.get("etag").or_else(|| a.body.get("eTag")).and_then(Value::as_str).map(String::from);
         let etag = etag.or(a.etag.clone());
@@ -262,7 +274,7 @@ impl AzureKms {
                 tokio::time::sleep(wait).await;
                 let a = self.send(Method::GET, &url, ARM_SCOPE, None, None).await?;
                 if !a.status.is_success() {
-                    return Err(a.into_error("polling the cluster update"));
+                    return Err(a.into_error("polling the cluster update", OPERATION_READ));
                 }
                 match a.body.get("status").and_then(Value::as_str).unwrap_or("InProgress") {
                     "Succeeded" => return Ok(()),
@@ -282,7 +294,7 @@ impl AzureKms {
                 match a.status {
                     StatusCode::ACCEPTED => {}
                     s if s.is_success() => return Ok(()),
-                    _ => return Err(a.into_error("the cluster update failed")),
+                    _ => return Err(a.into_error("the cluster update failed", CLUSTER_WRITE)),
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(ProviderError::Transient("the cluster update is taking longer than expected".into()));
@@ -414,10 +426,17 @@ impl Answer {
         ProviderError::Rejected { code, message }
     }
 
-    /// The error for an unsuccessful answer to `what`.
-    fn into_error(self, what: &str) -> ProviderError {
+    /// The error for an unsuccessful answer to `what`, a request that needs `action`. A 401 (or
+    /// a 403 without an ARM error code) is a credentials problem; a 403 with a code
+    /// (`AuthorizationFailed`, `RequestDisallowedByPolicy`, `ForbiddenByPolicy`, …) is a refusal
+    /// of this request by an authenticated caller.
+    fn into_error(self, what: &str, action: &str) -> ProviderError {
         let code = self.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("").to_string();
         match self.status {
+            StatusCode::FORBIDDEN if !code.is_empty() => {
+                let message = self.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("").to_string();
+                ProviderError::Refused { code, action: action.to_string(), message: format!("{what}: {message}") }
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 ProviderError::Auth(format!("{what}: {}", self.error_text()))
             }
@@ -531,7 +550,7 @@ impl KmsProvider for AzureKms {
         let url = format!("{}?api-version={MANAGED_CLUSTER_API_VERSION}", self.cluster_url);
         let a = self.send(Method::PUT, &url, ARM_SCOPE, Some(&cluster), etag.as_deref()).await?;
         if !a.status.is_success() {
-            return Err(a.into_error(&format!("updating managed cluster {}", self.cluster_name)));
+            return Err(a.into_error(&format!("updating managed cluster {}", self.cluster_name), CLUSTER_WRITE));
         }
         self.follow(&a).await?;
         // Trust, but verify: the cluster must now report what we asked for.
@@ -569,7 +588,9 @@ impl KmsProvider for AzureKms {
         let body = json!({"properties": {"publicNetworkAccess": value}});
         let a = self.send(Method::PATCH, &url, ARM_SCOPE, Some(&body), None).await?;
         if !a.status.is_success() {
-            return Err(a.into_error(&format!("setting public network access of key vault {vault} to {value}")));
+            return Err(
+                a.into_error(&format!("setting public network access of key vault {vault} to {value}"), VAULT_WRITE)
+            );
         }
         let now = a.body.pointer("/properties/publicNetworkAccess").and_then(Value::as_str);
         if now.is_some_and(|v| !v.eq_ignore_ascii_case(value)) {
@@ -581,11 +602,39 @@ impl KmsProvider for AzureKms {
         Ok(())
     }
 
+    async fn check_permissions(
+        &self,
+        resource_id: Option<&str>,
+        actions: &[&str],
+    ) -> Result<PermissionCheck, ProviderError> {
+        let base = match resource_id {
+            Some(rid) => {
+                parse_key_vault_resource_id(rid).map_err(|e| config_error("keyVaultResourceId", e))?;
+                format!("{}{rid}", self.settings.arm_endpoint.trim_end_matches('/'))
+            }
+            None => self.cluster_url.clone(),
+        };
+        let url = format!("{base}/providers/Microsoft.Authorization/permissions?api-version={PERMISSIONS_API_VERSION}");
+        let a = self.send(Method::GET, &url, ARM_SCOPE, None, None).await?;
+        if !a.status.is_success() {
+            return Err(a.into_error("reading the operator's permissions", "Microsoft.Authorization/permissions/read"));
+        }
+        let permissions: Vec<Permission> = a
+            .body
+            .get("value")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| ProviderError::Transient("the permissions answer has no value list".into()))?;
+        let missing: Vec<String> =
+            actions.iter().filter(|a| !permitted(&permissions, a)).map(|a| a.to_string()).collect();
+        Ok(if missing.is_empty() { PermissionCheck::Allowed } else { PermissionCheck::Missing(missing) })
+    }
+
     async fn check_key(&self, key_id: &str, vault_resource_id: Option<&str>) -> Result<KeyState, ProviderError> {
         let key = parse_key_id(key_id).map_err(|e| config_error("keyId", e))?;
         // Through Resource Manager when the vault's resource id is known: that needs no
         // data-plane network access, so a private vault's key can be checked from anywhere.
-        let (url, scope, attributes) = match vault_resource_id {
+        let (url, scope, attributes, action) = match vault_resource_id {
             Some(rid) => (
                 format!(
                     "{}{}/keys/{}/versions/{}?api-version={ARM_KEY_API_VERSION}",
@@ -596,6 +645,7 @@ impl KmsProvider for AzureKms {
                 ),
                 ARM_SCOPE,
                 "/properties",
+                "Microsoft.KeyVault/vaults/keys/versions/read",
             ),
             None => {
                 let base = self.settings.key_vault_endpoint.replace("{vault}", key.vault);
@@ -605,7 +655,7 @@ impl KmsProvider for AzureKms {
                     key.name,
                     key.version
                 );
-                (url, VAULT_SCOPE, "")
+                (url, VAULT_SCOPE, "", "Microsoft.KeyVault/vaults/keys/read")
             }
         };
         let a = self.send(Method::GET, &url, scope, None, None).await?;
@@ -620,7 +670,9 @@ impl KmsProvider for AzureKms {
             )));
         }
         if !a.status.is_success() {
-            return Err(a.into_error(&format!("reading key {}/{} in key vault {}", key.name, key.version, key.vault)));
+            return Err(
+                a.into_error(&format!("reading key {}/{} in key vault {}", key.name, key.version, key.vault), action)
+            );
         }
         let bundle = a.body.pointer(attributes).unwrap_or(&Value::Null);
         Ok(key_state(bundle, &format!("{}/{}", key.name, key.version), jiff_now()))

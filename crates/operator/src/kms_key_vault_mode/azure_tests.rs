@@ -259,3 +259,61 @@ async fn operation_urls_off_the_resource_manager_host_are_not_followed() {
     assert_eq!(az.get_kms().await.unwrap().settings, public);
     assert_eq!(emu.provisioning_state(), "Succeeded");
 }
+
+#[tokio::test]
+async fn a_403_with_a_code_is_a_refusal_naming_the_action_a_401_is_credentials() {
+    use super::provider::{PermissionCheck, CLUSTER_READ, CLUSTER_WRITE, VAULT_WRITE};
+    let emu = emulator(json!({"enabled": false})).await;
+    let spec = emu.spec.clone();
+    let az = AzureKms::new(&target(&spec), settings(&emu), &secret(&spec)).unwrap();
+    let rid = spec.vault_resource_id("kv-orders");
+
+    // An Azure Policy deny of the vault PATCH: a refusal of that request, with the fix.
+    emu.forbid_vault_patches("RequestDisallowedByPolicy");
+    match az.set_vault_network_access(&rid, NetworkAccess::Private).await {
+        Err(e @ ProviderError::Refused { .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("RequestDisallowedByPolicy"), "{text}");
+            assert!(text.contains(VAULT_WRITE) && text.contains("policy exemption"), "{text}");
+            assert!(!text.contains("authentication"), "a policy denial is not a login problem: {text}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A missing role: AuthorizationFailed, the role to grant named.
+    emu.forbid_vault_patches("AuthorizationFailed");
+    match az.set_vault_network_access(&rid, NetworkAccess::Private).await {
+        Err(ProviderError::Refused { code, action, .. }) => {
+            assert_eq!((code.as_str(), action.as_str()), ("AuthorizationFailed", VAULT_WRITE));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let text = az.set_vault_network_access(&rid, NetworkAccess::Private).await.unwrap_err().to_string();
+    assert!(text.contains("Key Vault Contributor"), "{text}");
+    assert_eq!(emu.vault_public("kv-orders"), Some(true), "nothing changed");
+    emu.clear_refusals();
+
+    // The effective permissions, with wildcards and notActions.
+    let actions = [CLUSTER_READ, CLUSTER_WRITE];
+    assert_eq!(az.check_permissions(None, &actions).await.unwrap(), PermissionCheck::Allowed, "default: *");
+    emu.set_permissions(&["Microsoft.ContainerService/*", "Microsoft.KeyVault/vaults/*"], &["*/vaults/write"]);
+    assert_eq!(az.check_permissions(None, &actions).await.unwrap(), PermissionCheck::Allowed);
+    assert_eq!(
+        az.check_permissions(Some(&rid), &[VAULT_WRITE]).await.unwrap(),
+        PermissionCheck::Missing(vec![VAULT_WRITE.to_string()])
+    );
+    emu.refuse_permissions_read(true);
+    match az.check_permissions(Some(&rid), &[VAULT_WRITE]).await {
+        Err(ProviderError::Refused { code, .. }) => assert_eq!(code, "AuthorizationFailed"),
+        other => panic!("the read itself refused: expected Refused, got {other:?}"),
+    }
+    emu.clear_refusals();
+
+    // No token to be had: credentials.
+    let bad = Credentials::ClientSecret {
+        tenant_id: spec.tenant_id.clone(),
+        client_id: spec.client_id.clone(),
+        secret: "wrong".into(),
+    };
+    let az = AzureKms::new(&target(&spec), settings(&emu), &bad).unwrap();
+    assert!(matches!(az.get_kms().await.unwrap_err(), ProviderError::Auth(_)), "no token: credentials");
+}

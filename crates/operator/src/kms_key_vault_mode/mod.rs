@@ -5,7 +5,8 @@
 //! [`azure`]); Secrets are rewritten by the [`reencrypt`] engine.
 //!
 //! What this module may touch: the cluster's KMS settings and the key vault's network access
-//! through the provider, and every Secret (a no-op PATCH each, re-encrypting it).
+//! through the provider, and every Secret (a no-op PATCH each, re-encrypting it). It reads the
+//! operator's own cloud permissions before a switch (changing nothing).
 //!
 //! One reconcile runs as many steps as it can in a row (the object is not reconciled twice at
 //! once, so steps never overlap); a transient cloud or API error leaves the step InProgress and
@@ -32,7 +33,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
 use self::azure::{AzureKms, AzureSettings, Credentials};
-use self::provider::{KeyState, KmsProvider, ProviderError};
+use self::provider::{KeyState, KmsProvider, PermissionCheck, ProviderError};
 use self::reencrypt::{self as engine, Progress};
 use self::steps::{self as planner, Next};
 use crate::api::{
@@ -64,6 +65,12 @@ pub mod kms_reason {
     pub const ROLLING_BACK: &str = "RollingBack";
     /// The operation restored the settings it started from and ended UPDATE_FAILED (Stalled).
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// The operator's identity lacks an action the switch needs (read from Azure's
+    /// `Microsoft.Authorization/permissions` before the first cloud write): Stalled, nothing
+    /// changed; the message names the action and where.
+    pub const MISSING_PERMISSION: &str = "MissingPermission";
+    /// The event when the permissions could not be read before a switch (it goes ahead).
+    pub const PERMISSIONS_UNKNOWN: &str = "PermissionsUnknown";
     /// `spec.provider` names another managed cluster than the one the operator runs in, or
     /// nothing tells (Stalled; nothing is changed in the cloud).
     pub const FOREIGN_CLUSTER: &str = "ForeignCluster";
@@ -287,6 +294,9 @@ async fn run_step(
     let cloud = |r: Result<(), ProviderError>, done: String| match r {
         Ok(()) => Ok(done),
         Err(ProviderError::Rejected { code, message }) => Err(StepError::Failed(format!("{code}: {message}"))),
+        // A 403 with a code: this request is refused (a policy, a missing role), whoever retries
+        // it — a failed attempt, never a wait for credentials.
+        Err(e @ ProviderError::Refused { .. }) => Err(StepError::Failed(format!("{}{e}", planner::REFUSED))),
         Err(e) => Err(StepError::Cloud(e)),
     };
     match name {
@@ -772,9 +782,18 @@ async fn run_one(
         round.event(EventType::Normal, format!("{name:?}Started"), format!("Step {}/{total} {name:?} started.", i + 1));
         checkpoint(round, ctx).await?;
     }
+    // While KMS is off (and not yet on the way back) nothing waits for good: a credentials or
+    // configuration problem counts as a failed attempt, toward the rollback.
+    let kms_off = round.status.rollback.is_none() && planner::kms_off_since(&round.status.steps[..i]).is_some();
     let ended = match run_step(round, ctx, provider, i).await {
         Ok(m) => Ok((StepState::Succeeded, EventType::Normal, "Succeeded", m)),
         Err(StepError::Failed(m)) => Ok((StepState::Failed, EventType::Warning, "Failed", m)),
+        Err(StepError::Cloud(e)) if kms_off && !e.is_transient() => Ok((
+            StepState::Failed,
+            EventType::Warning,
+            "Failed",
+            format!("{e} (KMS is off: counted as a failed attempt)"),
+        )),
         Err(e) => Err(e),
     };
     match ended {
@@ -867,6 +886,10 @@ async fn decide(
             if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
         return Ok(Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None)));
     }
+    // Before the first cloud write: a switch the operator is not allowed to finish does not start.
+    if let Some(stalled) = missing_permissions(obj, round, provider, &current.settings, &desired).await {
+        return Ok(Some(stalled));
+    }
     let mut op = operation::new(
         operation::uuid_v4(),
         OperationType::UpdateKmsKeyVaultMode,
@@ -883,9 +906,94 @@ async fn decide(
     Ok(None)
 }
 
+/// The actions the steps from `current` to `target` need, per resource (None: the managed
+/// cluster): the cluster's read and write for a KMS update, the vault's write for a change of its
+/// network access.
+fn needed_actions(plan: &[StepName], vault: Option<String>) -> Vec<(Option<String>, Vec<&'static str>)> {
+    use provider::{CLUSTER_READ, CLUSTER_WRITE, VAULT_WRITE};
+    let mut wanted = Vec::new();
+    if plan.iter().any(|s| matches!(s, StepName::DisableKms | StepName::EnableKms | StepName::UpdateKms)) {
+        wanted.push((None, vec![CLUSTER_READ, CLUSTER_WRITE]));
+    }
+    if plan.contains(&StepName::UpdateKeyVaultNetworkAccess) {
+        if let Some(rid) = vault {
+            wanted.push((Some(rid), vec![VAULT_WRITE]));
+        }
+    }
+    wanted
+}
+
+/// Read what the operator may do (without changing anything) and refuse a switch that could not
+/// finish: Some(Stalled `MissingPermission`) naming the missing actions. When the permissions
+/// cannot be read (not allowed, unavailable), the switch goes ahead: a Warning event and the log
+/// say so.
+async fn missing_permissions(
+    obj: &KmsKeyVaultMode,
+    round: &mut Round<KmsKeyVaultMode>,
+    provider: &dyn KmsProvider,
+    current: &KmsSettings,
+    target: &KmsSettings,
+) -> Option<Outcome> {
+    let plan = planner::plan(current, target);
+    let vault = target
+        .key_vault_resource_id
+        .clone()
+        .or_else(|| current.key_vault_resource_id.clone())
+        .or_else(|| obj.spec.key_vault_resource_id.clone())
+        .filter(|s| !s.is_empty());
+    let mut missing = Vec::new();
+    let mut unknown = Vec::new();
+    for (resource, actions) in needed_actions(&plan, vault) {
+        let on = resource.clone().unwrap_or_else(|| provider.describe());
+        match provider.check_permissions(resource.as_deref(), &actions).await {
+            Ok(PermissionCheck::Allowed) => {}
+            Ok(PermissionCheck::Missing(m)) => missing.extend(m.into_iter().map(|a| format!("{a} on {on}"))),
+            Err(e) => unknown.push(format!("on {on}: {e}")),
+        }
+    }
+    if !unknown.is_empty() {
+        let note = format!(
+            "The operator's permissions could not be read ({}); the switch goes ahead without that check.",
+            unknown.join("; ")
+        );
+        warn!(%note, "permissions not checked");
+        round.event(EventType::Warning, kms_reason::PERMISSIONS_UNKNOWN, note);
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "The switch needs {}, which the operator's identity is not allowed (Azure's \
+         Microsoft.Authorization/permissions). Nothing was changed: KMS stays on. Fix: grant a role that allows it \
+         (e.g. Key Vault Contributor on the vault, Azure Kubernetes Service Contributor Role on the cluster); it is \
+         checked again every minute.",
+        missing.join(", ")
+    );
+    Some(Outcome::new(Health::Stalled { reason: kms_reason::MISSING_PERMISSION.into(), message }, Some(IDLE_CONFLICT)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mode_switch_needs_the_cluster_write_and_the_vault_write() {
+        use StepName::*;
+        let rid = "/subscriptions/x/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv".to_string();
+        let wanted = needed_actions(
+            &[DisableKms, ReencryptSecrets, UpdateKeyVaultNetworkAccess, EnableKms, ReencryptSecrets],
+            Some(rid.clone()),
+        );
+        assert_eq!(
+            wanted,
+            vec![
+                (None, vec![provider::CLUSTER_READ, provider::CLUSTER_WRITE]),
+                (Some(rid.clone()), vec![provider::VAULT_WRITE])
+            ]
+        );
+        let other_vault = needed_actions(&[UpdateKms, ReencryptSecrets], Some(rid));
+        assert_eq!(other_vault.len(), 1, "no vault change, no vault write needed: {other_vault:?}");
+    }
 
     #[test]
     fn public_desired_settings_carry_no_vault_resource_id() {

@@ -39,6 +39,10 @@ pub fn plan(current: &KmsSettings, desired: &KmsSettings) -> Vec<StepName> {
     vec![]
 }
 
+/// How the message of a step the cloud refused begins (Azure's 403 with a code: a policy deny, a
+/// missing role): the request changed nothing, so a rollback does not undo that step.
+pub const REFUSED: &str = "refused, nothing changed: ";
+
 /// How many times a step that fails runs before the operation gives up on its target (a
 /// ReencryptSecrets step, or any step while KMS is off). Attempts wait [`retry_delay`] apart.
 pub const STEP_ATTEMPTS: u32 = 4;
@@ -156,8 +160,15 @@ pub fn begin_rollback(steps: &mut Vec<Step>, reason: String, now: &str) -> Rollb
             _ => {}
         }
     }
+    // A vault step the cloud refused left the vault as it was: the rollback must not depend on
+    // the call that was refused.
     let vault_touched = steps.iter().any(|s| {
-        s.name == StepName::UpdateKeyVaultNetworkAccess && matches!(s.state, StepState::Succeeded | StepState::Failed)
+        s.name == StepName::UpdateKeyVaultNetworkAccess
+            && match s.state {
+                StepState::Succeeded => true,
+                StepState::Failed => !s.message.as_deref().unwrap_or_default().starts_with(REFUSED),
+                _ => false,
+            }
     });
     let first_step = steps.len() as u32;
     let mut back = Vec::new();
@@ -238,6 +249,31 @@ mod tests {
     }
 
     const DEADLINE: Duration = Duration::from_secs(1800);
+
+    #[test]
+    fn a_refused_vault_step_is_retried_then_rolled_back_without_touching_the_vault() {
+        use StepState::*;
+        let mut s = with(&[
+            (DisableKms, Succeeded),
+            (ReencryptSecrets, Succeeded),
+            (UpdateKeyVaultNetworkAccess, Failed),
+            (EnableKms, Pending),
+            (ReencryptSecrets, Pending),
+        ]);
+        s[2].message =
+            Some(format!("{REFUSED}RequestDisallowedByPolicy: the cloud refused Microsoft.KeyVault/vaults/write"));
+        assert!(matches!(next_at(&s, 60), Next::Retry { step: 2, .. }), "a refusal is a failed attempt, retried");
+        s[2].attempts = STEP_ATTEMPTS;
+        let Next::RollBack(why) = next_at(&s, 60) else { panic!("rolls back after its tries") };
+        assert!(why.contains("RequestDisallowedByPolicy"), "{why}");
+        begin_rollback(&mut s, why, "2026-01-01T00:01:00Z");
+        let back: Vec<_> = s[5..].iter().map(|x| x.name).collect();
+        assert_eq!(back, vec![EnableKms, ReencryptSecrets], "the refused vault PATCH is not part of the way back");
+        // A vault step that failed otherwise (e.g. its result was not applied) may have changed it.
+        let mut unsure = with(&[(DisableKms, Succeeded), (UpdateKeyVaultNetworkAccess, Failed), (EnableKms, Pending)]);
+        begin_rollback(&mut unsure, "x".into(), "2026-01-01T00:01:00Z");
+        assert_eq!(unsure[3].name, UpdateKeyVaultNetworkAccess);
+    }
 
     fn at(secs: i64) -> Timestamp {
         "2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap() + k8s_openapi::jiff::SignedDuration::from_secs(secs)

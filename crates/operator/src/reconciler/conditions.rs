@@ -256,6 +256,7 @@ mod troubleshooting_tests {
             kms_reason::OPERATION_FAILED,
             kms_reason::ROLLED_BACK,
             kms_reason::FOREIGN_CLUSTER,
+            kms_reason::MISSING_PERMISSION,
         ] {
             assert!(doc.contains(&format!("\n### {r}\n")), "docs/troubleshooting.md has no entry for {r}");
         }

@@ -22,6 +22,12 @@
 //! 9. Deleted while idle: no cloud call.
 //! 10. A second KmsKeyVaultMode for the same cluster: refused by the webhook; with the webhook
 //!     gone, Stalled `Conflict` by the controller, with no cloud call.
+//! 11. The operator's identity lacks `Microsoft.KeyVault/vaults/write` (Azure's permissions read):
+//!     Stalled `MissingPermission` naming it, no cloud write, KMS never off.
+//! 12. The vault PATCH denied for good by Azure Policy (403 `RequestDisallowedByPolicy`), and the
+//!     permissions unreadable (the switch goes ahead, a Warning says so): four attempts, then the
+//!     rollback without the refused call — KMS on as before, every Secret KMS-encrypted, KMS off
+//!     for less than the default `rollbackAfterSeconds`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -639,5 +645,93 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     .unwrap();
     assert_eq!(emu.log()[log_before..], [] as [&str; 0], "the conflicting object made no cloud call");
     assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
+    let out = cp.kubectl(&["delete", "kmsmode", "second", "--timeout=60s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // ---- 11. A permission the switch needs is missing: refused before anything changes. ------
+    let log_before = emu.log().len();
+    emu.set_permissions(&["*"], &["Microsoft.KeyVault/vaults/write"]);
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 300}"));
+    let text = wait_until(Duration::from_secs(60), "Stalled MissingPermission", || {
+        let out = cp.kubectl(&["get", "kmsmode", "cluster", "-o", &format!("jsonpath={conditions}")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        async move { text.starts_with("MissingPermission/").then_some(text.clone()).ok_or(text) }
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("Microsoft.KeyVault/vaults/write") && text.contains("vaults/kv-other"), "{text}");
+    assert_eq!(emu.log()[log_before..], [] as [&str; 0], "nothing was called: KMS never went off");
+    assert_eq!(emu.kms()["enabled"], true);
+
+    // Gone (idle: no cloud call), so that no reconcile of the stalled generation can open an
+    // operation of its own once the permission is back.
+    let out = cp.kubectl(&["delete", "kmsmode", "cluster", "--timeout=60s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(emu.log()[log_before..], [] as [&str; 0]);
+
+    // ---- 12. The vault PATCH denied for good by Azure Policy: rolled back, not waited on. -----
+    emu.clear_refusals();
+    emu.forbid_vault_patches("RequestDisallowedByPolicy");
+    emu.refuse_permissions_read(true); // "when it is allowed": an unreadable check does not block
+    let log_before = emu.log().len();
+    apply(&cp, &kms_yaml(&spec, "kv-other", "Public", "{concurrency: 8, pageSize: 250}"));
+    let (done, s) = wait_operation_end(&cp, 300).await;
+    emu.clear_refusals();
+    assert_eq!(done.operation_state, OperationState::UpdateFailed);
+    let err = done.error_info.clone().unwrap();
+    assert_eq!(err.code, "RolledBack", "{err:?}");
+    for part in [
+        "UpdateKeyVaultNetworkAccess failed 4 times",
+        "RequestDisallowedByPolicy",
+        "Microsoft.KeyVault/vaults/write",
+        "policy exemption",
+    ] {
+        assert!(err.message.contains(part), "{part} in {err:?}");
+    }
+    assert!(!err.message.contains("authentication"), "a policy denial is not a login problem: {err:?}");
+    let states: Vec<(StepName, StepState)> = s.steps.iter().map(|x| (x.name, x.state)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (StepName::DisableKms, StepState::Succeeded),
+            (StepName::ReencryptSecrets, StepState::Succeeded),
+            (StepName::UpdateKeyVaultNetworkAccess, StepState::Failed),
+            (StepName::EnableKms, StepState::Skipped),
+            (StepName::ReencryptSecrets, StepState::Skipped),
+            (StepName::EnableKms, StepState::Succeeded),
+            (StepName::ReencryptSecrets, StepState::Succeeded),
+        ],
+        "the refused vault PATCH is not part of the way back"
+    );
+    assert_eq!(s.steps[2].attempts, 4, "{:?}", s.steps[2]);
+    let denied = "REFUSED RequestDisallowedByPolicy vault kv-other PATCH";
+    assert_eq!(
+        emu.log()[log_before..],
+        ["PUT kms enabled=false", denied, denied, denied, denied, "PUT kms enabled=true vault=kv-other access=Private"]
+    );
+    assert_eq!(emu.vault_public("kv-other"), Some(false));
+    assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Private");
+    assert_all_stored(&cp, "kms:kv-other", "after the rollback of a policy-denied switch");
+    assert_eq!(condition(&s, "Stalled").map(|c| c.reason), Some("RolledBack".to_string()));
+    let time = |t: &Option<String>| t.as_deref().unwrap().parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+    let off_for = time(&s.steps[5].end_time).duration_since(time(&s.steps[0].end_time));
+    let bound = cluster_security_api::kms_key_vault_mode::DEFAULT_ROLLBACK_AFTER_SECONDS;
+    println!(
+        "policy-denied vault PATCH: KMS off for {} s (bound: rollbackAfterSeconds default {bound} s)",
+        off_for.as_secs()
+    );
+    assert!(off_for.as_secs() < bound.into(), "KMS off for {off_for:?}");
+    let warnings = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        operator::NAMESPACE,
+        "--field-selector",
+        "involvedObject.kind=KmsKeyVaultMode,type=Warning",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    let warnings = String::from_utf8_lossy(&warnings.stdout).to_string();
+    assert!(warnings.contains("PermissionsUnknown"), "the unreadable permissions were said: {warnings}");
     drop(plugin);
 }
