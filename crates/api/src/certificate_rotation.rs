@@ -119,13 +119,15 @@ pub struct CertificateRotationSpec {
     pub maintenance_windows: Vec<String>,
     /// Copies of the external trust bundle (`<cluster>-external-trust`, same name and keys) for
     /// clients in other namespaces, kept current — during a CA change too (like trust-manager's
-    /// Bundle).
+    /// Bundle). A namespace receives one only when its Namespace object consents with the
+    /// annotation `clustersecurity.io/accept-trust-from: <this namespace>` (or `*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_distribution: Option<TrustDistribution>,
 }
 
 /// Where the external trust bundle is copied to (`spec.trustDistribution`): the namespaces
-/// listed and those whose labels match.
+/// listed and those whose labels match, each only if it consents
+/// (`clustersecurity.io/accept-trust-from`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustDistribution {
