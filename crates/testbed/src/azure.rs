@@ -300,6 +300,18 @@ impl AzureEmulator {
         self.world().cluster.pointer("/properties/securityProfile/azureKeyVaultKms").cloned().unwrap_or(Value::Null)
     }
 
+    /// Set the managed cluster's API server host names (`properties.fqdn`, and
+    /// `properties.privateFQDN` when given), as the managed cluster GET reports them.
+    pub fn set_fqdn(&self, fqdn: &str, private_fqdn: Option<&str>) {
+        let mut w = self.world();
+        let props = w.cluster.pointer_mut("/properties").and_then(Value::as_object_mut).expect("cluster properties");
+        props.insert("fqdn".into(), json!(fqdn));
+        match private_fqdn {
+            Some(p) => props.insert("privateFQDN".into(), json!(p)),
+            None => props.remove("privateFQDN"),
+        };
+    }
+
     pub fn provisioning_state(&self) -> String {
         self.world().cluster.pointer("/properties/provisioningState").and_then(Value::as_str).unwrap_or("").into()
     }

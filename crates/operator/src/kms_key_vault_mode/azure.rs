@@ -475,7 +475,13 @@ pub fn cluster_kms(cluster: &Value) -> ClusterKms {
     };
     let provisioning_state =
         cluster.pointer("/properties/provisioningState").and_then(Value::as_str).unwrap_or("Succeeded").to_string();
-    let identity = ClusterIdentity { node_resource_group: non_empty(cluster.pointer("/properties/nodeResourceGroup")) };
+    let identity = ClusterIdentity {
+        node_resource_group: non_empty(cluster.pointer("/properties/nodeResourceGroup")),
+        api_server_fqdns: ["/properties/fqdn", "/properties/privateFQDN"]
+            .iter()
+            .filter_map(|p| non_empty(cluster.pointer(p)))
+            .collect(),
+    };
     ClusterKms { settings, provisioning_state, identity }
 }
 

@@ -74,6 +74,10 @@ pub mod kms_reason {
     /// `spec.provider` names another managed cluster than the one the operator runs in, or
     /// nothing tells (Stalled; nothing is changed in the cloud).
     pub const FOREIGN_CLUSTER: &str = "ForeignCluster";
+    /// The event when a switch opens on a managed cluster shown to be this one (what showed it).
+    pub const MANAGED_CLUSTER_CHECKED: &str = "ManagedClusterChecked";
+    /// The Warning event when a switch opens without that check (the override annotation).
+    pub const MANAGED_CLUSTER_CHECK_SKIPPED: &str = "ManagedClusterCheckSkipped";
     /// The object is being deleted: nothing new starts (NotReady while it waits to go).
     pub const DELETING: &str = "Deleting";
     /// `EncryptionDisabled`: True while the cluster runs with KMS off (reason `KmsDisabled`;
@@ -864,16 +868,6 @@ async fn decide(
             Some(IDLE_RECHECK),
         )));
     }
-    // Before anything is recorded, and so before any cloud write: the cluster is this one.
-    let skip = obj.annotations().get(own_cluster::CHECK_ANNOTATION).is_some_and(|v| v == "skip");
-    let local = if skip { None } else { own_cluster::local_node_groups(&ctx.client).await? };
-    match own_cluster::judge(&current.identity, local.as_ref(), skip, &provider.describe()) {
-        own_cluster::Verdict::Refused(message) => {
-            let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER.into(), message };
-            return Ok(Some(Outcome::new(health, Some(IDLE_CONFLICT))));
-        }
-        own_cluster::Verdict::Skipped | own_cluster::Verdict::Same => {}
-    }
     let retry = operation::retry_request(obj.meta()).map(String::from);
     if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired, retry.as_deref()) {
         let message = format!(
@@ -886,6 +880,12 @@ async fn decide(
             if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
         return Ok(Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None)));
     }
+    // Only where an operation would open, before anything is recorded and so before any cloud
+    // write: the managed cluster is this one.
+    let (checked_type, checked_reason, checked_note) = match own_cluster(obj, ctx, provider, &current).await? {
+        Ok(said) => said,
+        Err(foreign) => return Ok(Some(foreign)),
+    };
     // Before the first cloud write: a switch the operator is not allowed to finish does not start.
     if let Some(stalled) = missing_permissions(obj, round, provider, &current.settings, &desired).await {
         return Ok(Some(stalled));
@@ -902,8 +902,46 @@ async fn decide(
     round.status.operation_provider = Some(obj.spec.provider.clone());
     let (current_op, history) = round.status.record_mut();
     let note = operation::open(history, current_op, op, &describe(&desired));
+    round.event(checked_type, checked_reason, checked_note);
     round.event(EventType::Normal, event::OPERATION_PENDING, note);
     Ok(None)
+}
+
+/// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]): Err
+/// (Stalled `ForeignCluster`, looked at again every minute) when not or when nothing tells; Ok
+/// with the event to publish when the operation opens (what showed it, or that the override
+/// skipped it) when the switch may open.
+async fn own_cluster(
+    obj: &KmsKeyVaultMode,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+    current: &provider::ClusterKms,
+) -> Result<Result<(EventType, &'static str, String), Outcome>, Error> {
+    let annotation = obj.annotations().get(own_cluster::CHECK_ANNOTATION).map(String::as_str);
+    let local = match annotation {
+        Some(own_cluster::CHECK_SKIP) => own_cluster::Local::default(),
+        _ => own_cluster::local(&ctx.client).await?,
+    };
+    let cluster = provider.describe();
+    Ok(match own_cluster::judge(&current.identity, &local, annotation, &cluster) {
+        own_cluster::Verdict::Refused(message) => {
+            let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER.into(), message };
+            Err(Outcome::new(health, Some(IDLE_CONFLICT)))
+        }
+        own_cluster::Verdict::Same(why) => {
+            let note = format!("{cluster} is the cluster the operator runs in: {why}.");
+            Ok((EventType::Normal, kms_reason::MANAGED_CLUSTER_CHECKED, note))
+        }
+        own_cluster::Verdict::Skipped => {
+            let note = format!(
+                "Not checked that {cluster} is the cluster the operator runs in: the KmsKeyVaultMode carries {}={}.",
+                own_cluster::CHECK_ANNOTATION,
+                own_cluster::CHECK_SKIP
+            );
+            warn!(%note, "managed cluster check skipped");
+            Ok((EventType::Warning, kms_reason::MANAGED_CLUSTER_CHECK_SKIPPED, note))
+        }
+    })
 }
 
 /// The actions the steps from `current` to `target` need, per resource (None: the managed

@@ -22,6 +22,10 @@ pub struct ClusterKms {
 pub struct ClusterIdentity {
     /// AKS: `properties.nodeResourceGroup`, the label `kubernetes.azure.com/cluster` of its nodes.
     pub node_resource_group: Option<String>,
+    /// AKS: `properties.fqdn` and `properties.privateFQDN`, the host names of its API server (what
+    /// the operator reaches it at when pointed there: a kubeconfig naming it, or
+    /// `KUBERNETES_SERVICE_HOST` set to it).
+    pub api_server_fqdns: Vec<String>,
 }
 
 impl ClusterKms {

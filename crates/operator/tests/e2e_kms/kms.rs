@@ -6,11 +6,16 @@
 //! One control plane, the phases in order:
 //! 0. The cluster's nodes belong to another managed cluster than `spec.provider` names: Stalled
 //!    `ForeignCluster`, no cloud write, its events in the operator's namespace (not `default`).
-//! 1. Public → Private with another writer updating and deleting Secrets meanwhile: the five
-//!    steps, every Secret plaintext after the disable step, KMS-encrypted at the end, the writer's
-//!    last writes kept and deleted Secrets still deleted.
-//! 2. Private → Public.
-//! 3. DisableKms fails: the Secrets are still rewritten, then the operation ends UPDATE_FAILED.
+//!    Then no labelled node and no FQDN match: Stalled `ForeignCluster` ("cannot tell", naming
+//!    both and the override), still no cloud write.
+//! 1. With the override annotation, Public → Private (a Warning event says the check was
+//!    skipped) with another writer updating and deleting Secrets meanwhile: the five steps, every
+//!    Secret plaintext after the disable step, KMS-encrypted at the end, the writer's last writes
+//!    kept and deleted Secrets still deleted.
+//! 2. Private → Public without the override: the managed cluster's FQDN is the operator's API
+//!    server host.
+//! 3. DisableKms fails: the Secrets are still rewritten, then the operation ends UPDATE_FAILED
+//!    (the nodes now carry the managed cluster's label: that is what the check saw).
 //! 4. SIGKILL of the operator in the middle of a Secret rewrite: it resumes, not starts over.
 //! 5. The vault PATCH refused twice: retried with backoff, the switch completes; the key of
 //!    the private vault read through Resource Manager; the previous key remembered and checked.
@@ -169,6 +174,31 @@ fn step_names(s: &KmsKeyVaultModeStatus) -> Vec<StepName> {
     s.steps.iter().map(|x| x.name).collect()
 }
 
+/// The label AKS puts on its nodes (the managed cluster's node resource group).
+fn own_cluster_label() -> &'static str {
+    "kubernetes.azure.com/cluster"
+}
+
+/// The host the operator reaches this control plane's API server at (its kubeconfig's server).
+fn apiserver_host(cp: &ControlPlane) -> String {
+    let kubeconfig = std::fs::read_to_string(cp.kubeconfig_path()).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("a server");
+    server.rsplit_once(':').map_or(server, |(host, _)| host).to_string()
+}
+
+/// `<reason>: <message>` of the KmsKeyVaultMode events in `namespace` whose reason is `reason`
+/// (every one when empty), a line each.
+fn kms_events(cp: &ControlPlane, namespace: &str, reason: &str) -> String {
+    let mut selector = "involvedObject.kind=KmsKeyVaultMode".to_string();
+    if !reason.is_empty() {
+        selector.push_str(&format!(",reason={reason}"));
+    }
+    let template = "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}";
+    let out = cp.kubectl(&["get", "events", "-n", namespace, "--field-selector", &selector, "-o", template]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator() {
     let plugin = KmsPlugin::start().await.unwrap();
@@ -237,16 +267,36 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     .unwrap();
     assert!(events("default").is_empty(), "events of a cluster-scoped kind in default: {}", events("default"));
     println!("KmsKeyVaultMode events in {}: {in_operator_ns}", operator::NAMESPACE);
-    // Gone again (nothing ran), and the node is this managed cluster's from here on.
+    // Gone again (nothing ran).
     let out = cp.kubectl(&["delete", "kmsmode", "cluster", "--wait=true", "--timeout=60s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    spec.label_node(&client, "aks-node").await.unwrap();
 
-    // ---- 1. Public → Private, with another writer at work. --------------------------------
+    // ---- 0b. Nothing tells: no labelled node, and the operator reaches its API server at this
+    // control plane's host, not at the managed cluster's FQDN. Refused the same way, naming both.
+    let out = cp.kubectl(&["label", "node", "aks-node", &format!("{}-", own_cluster_label())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
+    let text = wait_until(Duration::from_secs(60), "Stalled ForeignCluster (cannot tell)", || {
+        let out = cp.kubectl(&["get", "kmsmode", "cluster", "-o", &format!("jsonpath={conditions}")]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        async move { text.starts_with("ForeignCluster/Cannot tell").then_some(text.clone()).ok_or(text) }
+    })
+    .await
+    .unwrap();
+    let api_host = apiserver_host(&cp);
+    for part in ["no node of this cluster carries", "aks-orders-dns.hcp.westeurope.azmk8s.io", &api_host] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    assert!(text.contains("clustersecurity.io/managed-cluster-check=skip"), "the override is named: {text}");
+    assert!(emu.log().is_empty(), "the cloud was written: {:?}", emu.log());
+
+    // ---- 1. Public → Private, with another writer at work: the explicit override lets the
+    // switch of 0b go ahead (a Warning event says the check was skipped). ----------------------
     emu.set_lro(1, Duration::from_secs(6)); // a window to look at etcd before KMS comes back on
     let stop = Arc::new(Mutex::new(false));
     let writer = start_writer(cp.kubeconfig_path(), stop.clone());
-    apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
+    let out = cp.kubectl(&["annotate", "kmsmode", "cluster", "clustersecurity.io/managed-cluster-check=skip"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // While EnableKms runs (KMS still off), every Secret is plaintext: the disable step's
     // rewrite reached them all, and the writer's writes are plaintext too.
@@ -321,13 +371,25 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     for r in ["OperationPending", "UpdateStarted", "DisableKmsSucceeded", "UpdateComplete"] {
         assert!(reasons.contains(r), "event {r} in {reasons}");
     }
+    let skipped = kms_events(&cp, operator::NAMESPACE, "ManagedClusterCheckSkipped");
+    assert!(skipped.contains("clustersecurity.io/managed-cluster-check=skip"), "the override is said: {skipped}");
+    assert_eq!(kms_events(&cp, "default", ""), "", "events of a cluster-scoped kind in default");
 
-    // ---- 2. Private → Public. ----------------------------------------------------------------
+    // ---- 2. Private → Public: without the override, the managed cluster's API server FQDN is
+    // the host the operator reaches its API server at (as where AKS sets KUBERNETES_SERVICE_HOST
+    // to it), with still no labelled node: this cluster. -------------------------------------
+    let out = cp.kubectl(&["annotate", "kmsmode", "cluster", "clustersecurity.io/managed-cluster-check-"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    emu.set_fqdn(&api_host, None);
     emu.set_lro(1, Duration::from_millis(200));
     apply(&cp, &kms_yaml(&spec, "kv-orders", "Public", "{concurrency: 8, pageSize: 250}"));
     let (done, s) = wait_operation_end(&cp, 240).await;
     assert_eq!(done.operation_state, OperationState::UpdateComplete, "{:?}", done.error_info);
     assert_eq!(s.steps.len(), 5);
+    let checked = kms_events(&cp, operator::NAMESPACE, "ManagedClusterChecked");
+    assert!(checked.contains(&format!("its API server FQDN {api_host} is the host")), "{checked}");
+    // From here on the node is this managed cluster's, as AKS labels its nodes (3 checks it).
+    spec.label_node(&client, "aks-node").await.unwrap();
     assert_eq!(emu.vault_public("kv-orders"), Some(true));
     assert_eq!(emu.kms()["keyVaultNetworkAccess"], "Public");
     assert_all_stored(&cp, "kms:kv-orders", "after Private → Public");
@@ -346,6 +408,8 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     emu.fail_next_update("KMSPluginUnavailable", "the KMS plugin could not be stopped");
     apply(&cp, &kms_yaml(&spec, "kv-orders", "Private", "{concurrency: 8, pageSize: 250}"));
     let (done, s) = wait_operation_end(&cp, 240).await;
+    let checked = kms_events(&cp, operator::NAMESPACE, "ManagedClusterChecked");
+    assert!(checked.contains(&format!("its node resource group {} is", spec.node_resource_group())), "{checked}");
     assert_eq!(done.operation_state, OperationState::UpdateFailed);
     let err = done.error_info.unwrap();
     assert!(err.message.contains("DisableKms") && err.message.contains("KMSPluginUnavailable"), "{err:?}");
