@@ -44,10 +44,7 @@ async fn a_webhook_requiring_the_api_servers_certificate_answers_only_it() {
     let client = reqwest::Client::builder().use_preconfigured_tls(support::webhook_tls(&cp).await).build().unwrap();
     let review = serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"});
     let direct = client.post(format!("https://127.0.0.1:{port}/validate")).json(&review).send().await;
+    // Refused in the handshake: with TLS 1.3 the client may only see the connection dropped
+    // (the server's alert arrives after the client's side of the handshake is done).
     assert!(direct.is_err(), "a client without the API server's certificate was answered: {direct:?}");
-    let text = format!("{:?}", direct.unwrap_err());
-    assert!(
-        text.to_lowercase().contains("certificate") || text.contains("handshake") || text.contains("Connect"),
-        "{text}"
-    );
 }
