@@ -2,7 +2,8 @@
 """Write deploy/operator.yaml from the Helm chart (default values, namespace
 cluster-security-operator), so that `kubectl apply -k deploy/` installs exactly what the chart
 does, and deploy/install.yaml: the namespace, the CRDs and operator.yaml in one file
-(`kubectl apply --server-side -f deploy/install.yaml`). `--check` writes nothing and fails when
+(`kubectl apply --server-side -f deploy/install.yaml`), and deploy/grafana-dashboard.json: the
+chart's dashboard, to import by hand. `--check` writes nothing and fails when
 deploy/ has drifted from the chart or crds/.
 
 Usage: scripts/gen-deploy.py [--check]
@@ -15,6 +16,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = ROOT / "deploy" / "operator.yaml"
 INSTALL = ROOT / "deploy" / "install.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+DASHBOARD_SOURCE = ROOT / "charts" / "cluster-security-operator" / "dashboards" / "cluster-security-operator.json"
 HEADER = """# Generated from charts/cluster-security-operator by scripts/gen-deploy.py; do not edit.
 # tests/e2e_foundation.rs fails when this file and the chart differ.
 """
@@ -44,7 +47,7 @@ def generate_install(operator: str) -> str:
 
 def main() -> int:
     operator = generate()
-    outputs = {TARGET: operator, INSTALL: generate_install(operator)}
+    outputs = {TARGET: operator, INSTALL: generate_install(operator), DASHBOARD: DASHBOARD_SOURCE.read_text()}
     if "--check" in sys.argv[1:]:
         failed = False
         for path, text in outputs.items():

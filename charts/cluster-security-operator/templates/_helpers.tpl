@@ -24,3 +24,7 @@ deployment.yaml (--controllers) both decide by this. */}}
 {{- end -}}
 {{- if $kms }}true{{ end -}}
 {{- end }}
+{{/* The name of every object the chart creates (cluster-scoped ones included). */}}
+{{- define "csop.fullname" -}}
+cluster-security-operator
+{{- end }}
