@@ -12,16 +12,21 @@ from helm_python import chart as helm_chart
 
 
 def render(path, namespace, values=None, crds=True):
-    """Lint, then render: a list of YAML documents (CRDs first when `crds`). Raises ValueError
-    with lint's findings."""
+    """Lint, then render: a list of YAML documents, CRDs first (templates/crds.yaml, the
+    chart's crds.enabled). `crds=False` renders with crds.enabled=false (deploy/operator.yaml:
+    deploy/ ships the CRDs in a file of their own). Raises ValueError with lint's findings."""
+    if not crds:
+        values = dict(values or {})
+        values["crds"] = {**(values.get("crds") or {}), "enabled": False}
     report = helm_chart.lint(path, values=values, namespace=namespace, strict=True)
     problems = [m for m in report.get("messages") or [] if m.get("severity", 0) >= 2] + list(report.get("errors") or [])
     if problems:
         raise ValueError(f"helm lint: {problems}")
     loaded = helm_chart.Chart.load(path)
-    docs = [c.get("data", "") for c in loaded.crds] if crds else []
     rendered = loaded.render(values, name="cluster-security-operator", namespace=namespace, is_install=True)
-    docs += [rendered[k] for k in sorted(rendered) if rendered[k].strip()]
+    # CRDs first (templates/crds.yaml, or a subchart's), so that kubectl apply knows the kinds.
+    keys = sorted(rendered, key=lambda k: (not k.endswith("/templates/crds.yaml"), k))
+    docs = [rendered[k] for k in keys if rendered[k].strip()]
     return [d.strip() for d in docs]
 
 

@@ -24,7 +24,17 @@ deployment.yaml (--controllers) both decide by this. */}}
 {{- end -}}
 {{- if $kms }}true{{ end -}}
 {{- end }}
-{{/* The name of every object the chart creates (cluster-scoped ones included). */}}
+{{/* The name of every object the chart creates (cluster-scoped ones included), and the prefix
+of the others: fullnameOverride, else nameOverride, else the chart's name. Not the release name:
+an upgrade of an existing install keeps every name (its Lease, its webhook Secret). 63
+characters at most, as Helm charts do (the schema allows 55, so that -webhook fits a Service). */}}
 {{- define "csop.fullname" -}}
-cluster-security-operator
+{{- .Values.fullnameOverride | default .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* Whether the names differ from the operator's flag defaults (cluster-security-operator…):
+then deployment.yaml passes them (--webhook-config, --webhook-service, --webhook-secret,
+--leader-elect-lease). */}}
+{{- define "csop.renamed" -}}
+{{- if ne (include "csop.fullname" .) "cluster-security-operator" }}true{{ end -}}
 {{- end }}

@@ -15,7 +15,7 @@ fn crds_directory_matches_the_code() {
 
 #[test]
 fn deploy_and_chart_copies_match_the_code() {
-    for copy in ["deploy/crds.yaml", "charts/cluster-security-operator/crds/clustersecurity.io_crds.yaml"] {
+    for copy in ["deploy/crds.yaml", "charts/cluster-security-operator/crd-sources/clustersecurity.io_crds.yaml"] {
         let path = format!("{}/../../{copy}", env!("CARGO_MANIFEST_DIR"));
         let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{copy} exists"));
         assert!(

@@ -7,6 +7,7 @@ mod support;
 
 mod adoption;
 mod certrot;
+mod chart;
 mod conflicts;
 mod foundation;
 mod hostile;

@@ -4,6 +4,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
+mod chart_upgrade;
 mod faults;
 mod ha;
 mod restart;

@@ -1,0 +1,315 @@
+//! Issue 33, "a chart platform teams can vendor": the chart rendered by Helm's engine
+//! (scripts/helm-render.py) as a subchart with `global` values, with `nameOverride` /
+//! `fullnameOverride`, with `webhook.certManager` and `extraVolumes`, and its CRDs as a template
+//! (`crds.enabled`, `crds.keep`). No control plane: renders only (the upgrade and uninstall on a
+//! control plane are e2e_disruptive's chart_upgrade).
+
+use crate::support::{stderr, stdout};
+
+const CHART: &str = "charts/cluster-security-operator";
+
+/// Lint and render the chart at `chart` (relative to the repository, or absolute).
+fn render_at(chart: &std::path::Path, values: &str) -> std::process::Output {
+    let root = cluster_security_testbed::repo_root();
+    std::process::Command::new("python3")
+        .arg(root.join("scripts/helm-render.py"))
+        .arg(root.join(chart))
+        .args(["csop-chart", values])
+        .output()
+        .expect("python3 runs")
+}
+
+fn docs_of(out: &std::process::Output) -> Vec<serde_yaml::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_yaml::Deserializer::from_str(&stdout(out))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect()
+}
+
+fn render(values: &str) -> Vec<serde_yaml::Value> {
+    docs_of(&render_at(std::path::Path::new(CHART), values))
+}
+
+/// Helm refuses `values`, naming `says` (the key) in its error.
+fn refused(values: &str, says: &str) {
+    let out = render_at(std::path::Path::new(CHART), values);
+    assert!(!out.status.success(), "values {values} were accepted");
+    assert!(stderr(&out).contains(says), "values {values}: {}", stderr(&out));
+}
+
+fn kind<'a>(docs: &'a [serde_yaml::Value], k: &str) -> Vec<&'a serde_yaml::Value> {
+    docs.iter().filter(|d| d["kind"].as_str() == Some(k)).collect()
+}
+
+fn one<'a>(docs: &'a [serde_yaml::Value], k: &str) -> &'a serde_yaml::Value {
+    let all = kind(docs, k);
+    assert_eq!(all.len(), 1, "one {k}");
+    all[0]
+}
+
+fn name(d: &serde_yaml::Value) -> &str {
+    d["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<&str> {
+    v.as_sequence().into_iter().flatten().filter_map(|s| s.as_str()).collect()
+}
+
+fn pod(docs: &[serde_yaml::Value]) -> &serde_yaml::Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]
+}
+
+fn args(docs: &[serde_yaml::Value]) -> Vec<&str> {
+    strings(&pod(docs)["containers"][0]["args"])
+}
+
+/// Every name a render gives its objects and points at: metadata names (CRDs aside), roleRefs,
+/// subjects, RBAC resourceNames of our own objects, the webhook's Service and the pod's
+/// ServiceAccount.
+fn all_names(docs: &[serde_yaml::Value]) -> Vec<String> {
+    let mut names = Vec::new();
+    for d in docs.iter().filter(|d| d["kind"].as_str() != Some("CustomResourceDefinition")) {
+        names.push(format!("{} {}", d["kind"].as_str().unwrap_or_default(), name(d)));
+        if let Some(r) = d["roleRef"]["name"].as_str() {
+            names.push(format!("roleRef {r}"));
+        }
+        for s in d["subjects"].as_sequence().into_iter().flatten() {
+            names.push(format!("subject {}", s["name"].as_str().unwrap_or_default()));
+        }
+        for rule in d["rules"].as_sequence().into_iter().flatten() {
+            let ours = strings(&rule["resources"])
+                .iter()
+                .any(|r| ["validatingwebhookconfigurations", "leases", "secrets"].contains(r));
+            if ours {
+                for n in strings(&rule["resourceNames"]) {
+                    names.push(format!("resourceName {n}"));
+                }
+            }
+        }
+        for w in d["webhooks"].as_sequence().into_iter().flatten() {
+            names
+                .push(format!("webhook service {}", w["clientConfig"]["service"]["name"].as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(sa) = pod(docs)["serviceAccountName"].as_str() {
+        names.push(format!("serviceAccountName {sa}"));
+    }
+    names
+}
+
+/// The kinds the override must reach: cluster-scoped ones and every namespaced one the chart can
+/// create (with the options that turn them on).
+const EVERYTHING_ON: &str = r#""podDisruptionBudget": {"enabled": true}, "networkPolicy": {"enabled": true},
+    "metrics": {"serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true}},
+    "webhook": {"certManager": {"enabled": true}}, "azure": {"credentialsSecret": "azure-credentials"}"#;
+
+#[test]
+fn name_overrides_reach_every_object_and_the_operator_flags() {
+    // Defaults: the names of today, and no name flags (the operator's defaults are these names).
+    let default = render(&format!("{{{EVERYTHING_ON}}}"));
+    for n in all_names(&default) {
+        let object = n.rsplit(' ').next().unwrap();
+        assert!(object.starts_with("cluster-security-operator") || object == "azure-credentials", "default name {n}");
+    }
+    assert!(!args(&default).iter().any(|a| a.starts_with("--webhook-config")), "{:?}", args(&default));
+
+    let docs = render(&format!(r#"{{"fullnameOverride": "team-a-csop", {EVERYTHING_ON}}}"#));
+    let names = all_names(&docs);
+    let stray: Vec<_> = names
+        .iter()
+        .filter(|n| {
+            let object = n.rsplit(' ').next().unwrap();
+            !(object.starts_with("team-a-csop") || object == "azure-credentials")
+        })
+        .collect();
+    assert!(stray.is_empty(), "names not following fullnameOverride: {stray:?}");
+    for expected in [
+        "ClusterRole team-a-csop",
+        "ClusterRoleBinding team-a-csop",
+        "ClusterRole team-a-csop-workloads",
+        "ClusterRole team-a-csop-kms",
+        "ClusterRole team-a-csop-view",
+        "ClusterRole team-a-csop-edit",
+        "ClusterRole team-a-csop-kmskeyvaultmode-admin",
+        "ValidatingWebhookConfiguration team-a-csop",
+        "Deployment team-a-csop",
+        "ServiceAccount team-a-csop",
+        "Service team-a-csop-webhook",
+        "Service team-a-csop-metrics",
+        "Role team-a-csop-leader-election",
+        "PodDisruptionBudget team-a-csop",
+        "NetworkPolicy team-a-csop",
+        "ServiceMonitor team-a-csop",
+        "PrometheusRule team-a-csop",
+        "ConfigMap team-a-csop-dashboard",
+        "Certificate team-a-csop-webhook",
+        "Issuer team-a-csop-selfsigned",
+        "webhook service team-a-csop-webhook",
+        "resourceName team-a-csop",
+        "serviceAccountName team-a-csop",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing: {names:?}");
+    }
+    // The operator is told the names it looks up itself.
+    let a = args(&docs);
+    for flag in [
+        "--webhook-config=team-a-csop",
+        "--webhook-service=team-a-csop-webhook",
+        "--webhook-secret=team-a-csop-webhook-tls",
+        "--leader-elect-lease=team-a-csop",
+    ] {
+        assert!(a.contains(&flag), "{flag} missing: {a:?}");
+    }
+    // Without cert-manager the operator's own Secret is named after the release too.
+    let own = all_names(&render(r#"{"nameOverride": "csop"}"#));
+    assert!(own.iter().any(|n| n == "resourceName csop-webhook-tls"), "{own:?}");
+    assert!(own.iter().any(|n| n == "ClusterRole csop"), "{own:?}");
+
+    refused(&format!(r#"{{"fullnameOverride": "{}"}}"#, "a".repeat(56)), "/fullnameOverride");
+    refused(r#"{"nameOverride": "Team_A"}"#, "/nameOverride");
+}
+
+#[test]
+fn the_chart_renders_as_a_subchart_with_global_values() {
+    // A parent chart vendoring this one under charts/, as platform teams do.
+    let parent = tempfile::tempdir().unwrap();
+    let root = cluster_security_testbed::repo_root();
+    std::fs::create_dir_all(parent.path().join("charts")).unwrap();
+    std::fs::create_dir_all(parent.path().join("templates")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root.join(CHART))
+        .arg(parent.path().join("charts"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::write(
+        parent.path().join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n- name: cluster-security-operator\n  version: 0.1.0\n",
+    )
+    .unwrap();
+    let values = r#"{"global": {"imageRegistry": "registry.example.com", "labels": {"team": "platform"}},
+        "cluster-security-operator": {"fullnameOverride": "platform-csop", "replicas": 3}}"#;
+    let docs = docs_of(&render_at(parent.path(), values));
+    let deployment = one(&docs, "Deployment");
+    assert_eq!(name(deployment), "platform-csop");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(3), "the subchart's values reach it");
+    assert_eq!(kind(&docs, "CustomResourceDefinition").len(), 3, "the CRDs come with the subchart");
+    // And `global` on its own (what Helm passes every subchart).
+    assert_eq!(name(one(&render(r#"{"global": {"any": {"thing": 1}}}"#), "Deployment")), "cluster-security-operator");
+    refused(r#"{"global": "x"}"#, "/global");
+}
+
+#[test]
+fn the_cert_manager_option_renders_the_certificate_and_hands_it_to_the_operator() {
+    let docs = render(r#"{"webhook": {"certManager": {"enabled": true}}}"#);
+    let cert = one(&docs, "Certificate");
+    assert_eq!(name(cert), "cluster-security-operator-webhook");
+    assert_eq!(
+        strings(&cert["spec"]["dnsNames"]),
+        [
+            "cluster-security-operator-webhook.csop-chart.svc",
+            "cluster-security-operator-webhook.csop-chart.svc.cluster.local"
+        ]
+    );
+    let secret = cert["spec"]["secretName"].as_str().unwrap();
+    // No issuer given: a self-signed Issuer of the chart's.
+    let issuer = one(&docs, "Issuer");
+    assert!(issuer["spec"]["selfSigned"].is_mapping());
+    assert_eq!(cert["spec"]["issuerRef"]["name"].as_str(), Some(name(issuer)));
+    // Mounted, and the operator serves it.
+    let pod = pod(&docs);
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"].as_str() == Some(secret))
+        .expect("a volume of the Certificate's Secret");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("mounted");
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert!(args(&docs).contains(&format!("--webhook-cert-dir={dir}").as_str()), "{:?}", args(&docs));
+    // cert-manager's cainjector fills the caBundle; the operator gets no right to (nor a Secret).
+    let vwc = one(&docs, "ValidatingWebhookConfiguration");
+    assert_eq!(
+        vwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some("csop-chart/cluster-security-operator-webhook")
+    );
+    let rules: Vec<_> = docs.iter().flat_map(|d| d["rules"].as_sequence().cloned().unwrap_or_default()).collect();
+    assert!(!rules.iter().any(|r| strings(&r["resources"]).contains(&"validatingwebhookconfigurations")), "{rules:?}");
+    assert!(!rules.iter().any(|r| strings(&r["resourceNames"]).iter().any(|n| n.ends_with("-webhook-tls"))));
+    // Off (the default): none of it, and the operator keeps its own.
+    let default = render("{}");
+    assert!(kind(&default, "Certificate").is_empty() && kind(&default, "Issuer").is_empty());
+    assert!(!args(&default).iter().any(|a| a.starts_with("--webhook-cert-dir")));
+    assert!(one(&default, "ValidatingWebhookConfiguration")["metadata"]["annotations"].is_null());
+
+    // An issuer of the platform's: no Issuer of ours.
+    let docs = render(
+        r#"{"webhook": {"certManager": {"enabled": true, "issuerRef": {"name": "platform-ca", "kind": "ClusterIssuer"}}}}"#,
+    );
+    assert!(kind(&docs, "Issuer").is_empty());
+    let issuer_ref = &one(&docs, "Certificate")["spec"]["issuerRef"];
+    assert_eq!(
+        (issuer_ref["name"].as_str(), issuer_ref["kind"].as_str()),
+        (Some("platform-ca"), Some("ClusterIssuer"))
+    );
+    refused(
+        r#"{"webhook": {"certManager": {"enabled": true, "issuerRef": {"kind": "Vault"}}}}"#,
+        "/webhook/certManager/issuerRef/kind",
+    );
+    refused(r#"{"webhook": {"certManager": {"enabeld": true}}}"#, "'enabeld' not allowed");
+}
+
+/// extraVolumes / extraVolumeMounts: e.g. a Secret of one's own for --webhook-cert-dir.
+#[test]
+fn extra_volumes_and_mounts_reach_the_pod() {
+    let docs = render(
+        r#"{"extraVolumes": [{"name": "own-cert", "secret": {"secretName": "webhook-cert"}}],
+            "extraVolumeMounts": [{"name": "own-cert", "mountPath": "/certs", "readOnly": true}],
+            "extraArgs": ["--webhook-cert-dir=/certs"]}"#,
+    );
+    let pod = pod(&docs);
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"].as_str(), Some("webhook-cert"));
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"].as_str(), Some("/certs"));
+    assert!(args(&docs).contains(&"--webhook-cert-dir=/certs"));
+    refused(r#"{"extraVolumeMounts": [{"name": "own-cert"}]}"#, "/extraVolumeMounts/0");
+    refused(r#"{"extraVolumes": [{"secret": {}}]}"#, "/extraVolumes/0");
+    assert!(pod_of_default_has_no_volumes());
+}
+
+fn pod_of_default_has_no_volumes() -> bool {
+    pod(&render("{}"))["volumes"].is_null()
+}
+
+/// The CRDs are a template: on by default with helm.sh/resource-policy keep, the keep policy
+/// off with crds.keep=false, none with crds.enabled=false; the chart has no crds/ directory
+/// (Helm would install those once and never upgrade them).
+#[test]
+fn the_crds_are_a_template_kept_on_uninstall() {
+    let root = cluster_security_testbed::repo_root();
+    assert!(!root.join(CHART).join("crds").exists(), "no crds/ in the chart");
+    let crds = |values: &str| -> Vec<serde_yaml::Value> {
+        kind(&render(values), "CustomResourceDefinition").into_iter().cloned().collect()
+    };
+    let default = crds("{}");
+    assert_eq!(default.len(), 3);
+    let source: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(
+        &std::fs::read_to_string(root.join("crds/clustersecurity.io_crds.yaml")).unwrap(),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+    .collect();
+    for (rendered, generated) in default.iter().zip(&source) {
+        assert_eq!(rendered["spec"], generated["spec"], "the generated CRD, unchanged");
+        assert_eq!(rendered["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(), Some("keep"));
+        assert_eq!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(), Some("Helm"));
+    }
+    assert!(crds(r#"{"crds": {"keep": false}}"#).iter().all(|c| c["metadata"]["annotations"].is_null()));
+    assert!(crds(r#"{"crds": {"enabled": false}}"#).is_empty());
+    refused(r#"{"crds": {"enabled": "yes"}}"#, "/crds/enabled");
+}
