@@ -313,3 +313,178 @@ fn the_crds_are_a_template_kept_on_uninstall() {
     assert!(crds(r#"{"crds": {"enabled": false}}"#).is_empty());
     refused(r#"{"crds": {"enabled": "yes"}}"#, "/crds/enabled");
 }
+
+/// A doc of the repository with its whitespace collapsed (claims may wrap across lines).
+fn doc(path: &str) -> String {
+    let text = std::fs::read_to_string(cluster_security_testbed::repo_root().join(path)).unwrap();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every value path of values.yaml down to its leaves (a list or an empty map is a leaf).
+fn leaves(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+    match v.as_mapping() {
+        Some(m) if !m.is_empty() => {
+            for (k, child) in m {
+                let key = k.as_str().unwrap();
+                let path = if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
+                leaves(&path, child, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+/// The value paths operations.md's values table documents: the first cell of each row, e.g.
+/// "`leaderElection.enabled` / `leaseSeconds`" is leaderElection.enabled and
+/// leaderElection.leaseSeconds; "`azure.*`" is all of azure.
+fn documented_values() -> Vec<String> {
+    let text = std::fs::read_to_string(cluster_security_testbed::repo_root().join("docs/operations.md")).unwrap();
+    let table = text.split("## Install").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut paths = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let cell = row.split('|').nth(1).unwrap();
+        let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+        let first = names[0].trim_end_matches(".*");
+        let parent = first.rsplit_once('.').map(|(p, _)| p.to_string());
+        paths.push(first.to_string());
+        for n in &names[1..] {
+            let n = n.trim_end_matches(".*");
+            paths.push(match (&parent, n.contains('.')) {
+                (Some(p), false) => format!("{p}.{n}"),
+                _ => n.to_string(),
+            });
+        }
+    }
+    paths
+}
+
+/// Issue 33, item 4: what the docs say the chart contains and grants is what it renders.
+/// Every value in values.yaml is in operations.md's values table and every value there exists;
+/// statements that were once true and no longer are stay out of the docs; each claim below is
+/// checked against the default render.
+#[test]
+fn the_docs_say_what_the_chart_contains_and_grants() {
+    let root = cluster_security_testbed::repo_root();
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join(CHART).join("values.yaml")).unwrap()).unwrap();
+    let mut in_values = Vec::new();
+    leaves("", &values, &mut in_values);
+    let documented = documented_values();
+    let covered = |p: &str| documented.iter().any(|d| p == d || p.starts_with(&format!("{d}.")));
+    let undocumented: Vec<_> = in_values.iter().filter(|p| !covered(p)).collect();
+    assert!(undocumented.is_empty(), "values missing from docs/operations.md#install: {undocumented:?}");
+    let exists = |d: &str| in_values.iter().any(|p| p == d || p.starts_with(&format!("{d}.")));
+    let unknown: Vec<_> = documented.iter().filter(|d| !exists(d)).collect();
+    assert!(unknown.is_empty(), "docs/operations.md#install documents values the chart lacks: {unknown:?}");
+
+    // Once true, no longer.
+    for (file, stale) in [
+        ("docs/operations.md", "A PodDisruptionBudget is not in the chart"),
+        ("docs/operations.md", "No delete except"),
+        ("docs/install.md", "Helm never deletes CRDs"),
+        ("docs/install.md", "`helm upgrade` never changes CRDs"),
+        ("docs/install.md", "core/v1 in `default`"),
+        ("docs/install.md", "the chart's crds/ directory"),
+        ("README.md", "upgrade (CRDs first)"),
+    ] {
+        assert!(!doc(file).contains(stale), "{file} still says: {stale}");
+    }
+
+    let docs = render("{}");
+    let claim = |file: &str, says: &str, holds: bool| {
+        assert!(doc(file).contains(says), "{file} no longer says: {says}");
+        assert!(holds, "{file} says \"{says}\", the chart disagrees");
+    };
+    // The PodDisruptionBudget.
+    let pdb = kind(&docs, "PodDisruptionBudget");
+    claim(
+        "docs/operations.md",
+        "the chart adds a PodDisruptionBudget (`podDisruptionBudget`, on by default: `minAvailable: 1`)",
+        pdb.len() == 1 && pdb[0]["spec"]["minAvailable"].as_i64() == Some(1),
+    );
+    claim(
+        "README.md",
+        "a PodDisruptionBudget with more than one replica",
+        kind(&render(r#"{"replicas": 1}"#), "PodDisruptionBudget").is_empty() && pdb.len() == 1,
+    );
+    // Delete rights: the operator's own roles (not the users' aggregated ones) delete Pods and
+    // ConfigMaps and nothing else; Secrets are never deleted, updated only by name.
+    let users = [
+        "cluster-security-operator-view",
+        "cluster-security-operator-edit",
+        "cluster-security-operator-kmskeyvaultmode-admin",
+    ];
+    let operator_rules: Vec<&serde_yaml::Value> = docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) && !users.contains(&name(d)))
+        .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
+        .collect();
+    let mut deletable: Vec<&str> = operator_rules
+        .iter()
+        .filter(|r| strings(&r["verbs"]).iter().any(|v| ["delete", "deletecollection", "*"].contains(v)))
+        .flat_map(|r| strings(&r["resources"]))
+        .collect();
+    deletable.sort();
+    deletable.dedup();
+    claim(
+        "docs/operations.md",
+        "Delete is granted on two things only: Pods (a Pod of an `OnDelete` StatefulSet being rolled, one at a time) and ConfigMaps",
+        deletable == ["configmaps", "pods"],
+    );
+    let secret_rules: Vec<_> =
+        operator_rules.iter().filter(|r| strings(&r["resources"]).contains(&"secrets")).collect();
+    claim(
+        "docs/security.md",
+        "Secrets get/list/watch/create/patch (never delete or update)",
+        secret_rules.iter().all(|r| {
+            let verbs = strings(&r["verbs"]);
+            !verbs.contains(&"delete") && (!verbs.contains(&"update") || r["resourceNames"].is_sequence())
+        }),
+    );
+    // The webhook configuration: patched by name, and not at all with cert-manager.
+    let vwc_rule = |docs: &[serde_yaml::Value]| {
+        docs.iter()
+            .flat_map(|d| d["rules"].as_sequence().into_iter().flatten())
+            .any(|r| strings(&r["resources"]).contains(&"validatingwebhookconfigurations"))
+    };
+    claim(
+        "docs/security.md",
+        "get/patch of the one ValidatingWebhookConfiguration by name (not with `webhook.certManager`",
+        vwc_rule(&docs) && !vwc_rule(&render(r#"{"webhook": {"certManager": {"enabled": true}}}"#)),
+    );
+    // The CRDs: a template, kept on uninstall.
+    let crds = kind(&docs, "CustomResourceDefinition");
+    claim(
+        "docs/install.md",
+        "the chart marks them `helm.sh/resource-policy: keep` (`crds.keep`, default true",
+        crds.len() == 3
+            && crds.iter().all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"].as_str() == Some("keep")),
+    );
+    claim(
+        "docs/install.md",
+        "**`helm upgrade` upgrades the CRDs**",
+        root.join(CHART).join("templates/crds.yaml").exists(),
+    );
+    // The leader Lease's name.
+    let lease_names: Vec<&str> = operator_rules
+        .iter()
+        .filter(|r| strings(&r["resources"]).contains(&"leases"))
+        .flat_map(|r| strings(&r["resourceNames"]))
+        .collect();
+    claim(
+        "docs/operations.md",
+        "They elect a leader through the Lease `cluster-security-operator`",
+        lease_names == ["cluster-security-operator"],
+    );
+    // KmsKeyVaultMode's core Events: in the operator's namespace (a Role there), not default.
+    let event_role = docs.iter().any(|d| {
+        d["kind"].as_str() == Some("Role")
+            && d["metadata"]["namespace"].as_str() == Some("csop-chart")
+            && d["rules"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|r| r["apiGroups"][0].as_str() == Some("") && strings(&r["resources"]) == ["events"])
+    });
+    claim("docs/install.md", "the KmsKeyVaultMode's Events are core/v1 in the operator's namespace", event_role);
+}
