@@ -1,7 +1,9 @@
 //! Prometheus metrics (`/metrics`, OpenMetrics text): reconciliations, errors and durations per
-//! kind, objects per state of their newest operation and per Stalled reason, admission reviews,
-//! Azure requests, re-encryption progress, KMS off, certificate expiry, build info and leadership.
-//! Names carry the `csop_` prefix; labels never carry Secret material (kind, object name, state).
+//! kind, objects per state of their newest operation and per Stalled reason, the same per object
+//! (so that an alert names it), admission reviews, Azure requests, re-encryption progress, KMS
+//! off, certificate expiry, build info and leadership. Names carry the `csop_` prefix; labels
+//! never carry Secret material (kind, object namespace and name, state, reason). Every label value
+//! comes from a closed set or names an object that exists: an object's series leave with it.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -15,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::{OperationState, ReencryptionStatus};
+use crate::api::{CertificateRotation, KmsKeyVaultMode, OperationState, ReencryptionStatus};
+use crate::reconciler::conditions::STALLED_REASONS;
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,7 +37,42 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StalledLabels {
     kind: &'static str,
-    reason: String,
+    reason: &'static str,
+}
+
+/// One object: its kind, namespace (empty for a cluster-scoped kind) and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectReasonLabels {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    reason: &'static str,
+}
+
+/// What the metrics say of one object, as its last reconcile saw its status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectHealth {
+    /// The state of its newest operation (None: it has none yet).
+    pub newest: Option<OperationState>,
+    /// Its Stalled reason while Stalled is True (from [`STALLED_REASONS`], else `other`).
+    pub stalled: Option<&'static str>,
+    /// Whether Ready is True.
+    pub ready: bool,
+}
+
+impl ObjectHealth {
+    /// `reason` as a label: one of [`STALLED_REASONS`], else `other` (a status someone else
+    /// wrote adds no series).
+    pub fn stalled_reason(reason: &str) -> &'static str {
+        closed(reason, &STALLED_REASONS)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,10 +139,12 @@ pub struct Metrics {
     azure_durations: Family<AzureOperationLabels, Histogram>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     certificate_renewal: Family<CertificateLabels, Gauge>,
-    /// Newest operation state of every object seen, to count objects per state.
-    newest: Mutex<HashMap<(&'static str, String), OperationState>>,
-    /// Stalled reason of every object that is Stalled, to count objects per reason.
-    stalled_objects: Mutex<HashMap<(&'static str, String), String>>,
+    resource_ready: Family<ObjectLabels, Gauge>,
+    resource_stalled: Family<ObjectReasonLabels, Gauge>,
+    resource_failed: Family<ObjectLabels, Gauge>,
+    /// What was last reported of every object that exists, so that a change moves it from one
+    /// count to another and its deletion removes exactly its series.
+    objects: Mutex<HashMap<ObjectLabels, ObjectHealth>>,
 }
 
 /// The kinds the webhook reviews, as they may appear in a review's label.
@@ -127,6 +167,13 @@ pub enum CertificateSlot {
     /// The CA the internal certificate chains to.
     InternalCa,
 }
+
+impl CertificateSlot {
+    const ALL: [CertificateSlot; 4] = [Self::External, Self::Internal, Self::ExternalCa, Self::InternalCa];
+}
+
+/// The counters of `csop_reencryption_secrets`.
+const REENCRYPTION_COUNTERS: [&str; 5] = ["total", "rewritten", "unchanged", "deleted", "failed"];
 
 fn request_histogram() -> Histogram {
     // 1 ms .. ~33 s: an admission review is milliseconds; an Azure call up to tens of seconds.
@@ -188,6 +235,9 @@ impl Metrics {
             Family::<AzureOperationLabels, Histogram>::new_with_constructor(request_histogram as fn() -> Histogram);
         let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
         let certificate_renewal = Family::<CertificateLabels, Gauge>::default();
+        let resource_ready = Family::<ObjectLabels, Gauge>::default();
+        let resource_stalled = Family::<ObjectReasonLabels, Gauge>::default();
+        let resource_failed = Family::<ObjectLabels, Gauge>::default();
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         registry.register("build_info", "The operator's version (value 1)", build_info);
@@ -227,6 +277,21 @@ impl Metrics {
             "When the operator plans to renew that certificate or CA (Unix seconds), per slot",
             certificate_renewal.clone(),
         );
+        registry.register(
+            "resource_ready",
+            "Per object: 1 while its Ready condition is True, else 0 (the series leaves with the object)",
+            resource_ready.clone(),
+        );
+        registry.register(
+            "resource_stalled",
+            "Per object: 1 while its Stalled condition is True, with the reason (no series otherwise)",
+            resource_stalled.clone(),
+        );
+        registry.register(
+            "resource_operation_failed",
+            "Per object: 1 while its newest operation is UPDATE_FAILED (no series otherwise)",
+            resource_failed.clone(),
+        );
         registry.register("reconciliations", "Reconciles run, per kind", reconciliations.clone());
         registry.register("reconcile_errors", "Reconciles that ended in an error (retried), per kind", errors.clone());
         registry.register("reconcile_duration_seconds", "How long reconciles took, per kind", durations.clone());
@@ -263,8 +328,10 @@ impl Metrics {
             azure_durations,
             certificate_expiry,
             certificate_renewal,
-            newest: Mutex::new(HashMap::new()),
-            stalled_objects: Mutex::new(HashMap::new()),
+            resource_ready,
+            resource_stalled,
+            resource_failed,
+            objects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -280,33 +347,89 @@ impl Metrics {
         self.durations.get_or_create(&l).observe(took.as_secs_f64());
     }
 
-    /// The newest operation of the `kind` object `object` (its namespace and name: two
-    /// namespaces may hold the same name) is in `state` (None: it has none, or it is gone).
-    pub fn newest_operation(&self, kind: &'static str, object: &str, state: Option<OperationState>) {
-        let mut newest = self.newest.lock().expect("metrics lock");
-        let key = (kind, object.to_string());
-        match state {
-            Some(s) => newest.insert(key, s),
-            None => newest.remove(&key),
+    /// The `kind` object `namespace/name` (namespace None: cluster-scoped) is as `health` says,
+    /// or gone (None: every series of it leaves, its certificates' and re-encryption's too).
+    /// Moves it between the per-kind counts and sets its own series.
+    pub fn object(&self, kind: &'static str, namespace: Option<&str>, name: &str, health: Option<ObjectHealth>) {
+        let key = ObjectLabels { kind, namespace: namespace.unwrap_or_default().into(), name: name.into() };
+        let mut objects = self.objects.lock().expect("metrics lock");
+        let before = match health {
+            Some(h) => objects.insert(key.clone(), h),
+            None => objects.remove(&key),
         };
-        for s in STATES {
-            let n = newest.iter().filter(|((k, _), v)| *k == kind && **v == s).count();
-            self.operations.get_or_create(&StateLabels { kind, state: state_label(s) }).set(n as i64);
+        if before == health {
+            return;
+        }
+        if before.is_none() {
+            // Every state of the kind has a series (at 0 until an object is in it).
+            for s in STATES {
+                let _ = self.operations.get_or_create(&StateLabels { kind, state: state_label(s) });
+            }
+        }
+        let (was, now) = (before.unwrap_or_default(), health.unwrap_or_default());
+        // The per-kind counts: the object leaves its old state and reason, joins its new ones.
+        if let Some(s) = was.newest {
+            self.operations.get_or_create(&StateLabels { kind, state: state_label(s) }).dec();
+        }
+        if let Some(s) = now.newest {
+            self.operations.get_or_create(&StateLabels { kind, state: state_label(s) }).inc();
+        }
+        if let Some(reason) = was.stalled {
+            self.stalled.get_or_create(&StalledLabels { kind, reason }).dec();
+        }
+        if let Some(reason) = now.stalled {
+            self.stalled.get_or_create(&StalledLabels { kind, reason }).inc();
+        }
+        // Its own series.
+        let reason_labels =
+            |reason| ObjectReasonLabels { kind, namespace: key.namespace.clone(), name: key.name.clone(), reason };
+        if let Some(reason) = was.stalled.filter(|_| was.stalled != now.stalled) {
+            self.resource_stalled.remove(&reason_labels(reason));
+        }
+        if let Some(reason) = now.stalled {
+            self.resource_stalled.get_or_create(&reason_labels(reason)).set(1);
+        }
+        if now.newest == Some(OperationState::UpdateFailed) {
+            self.resource_failed.get_or_create(&key).set(1);
+        } else {
+            self.resource_failed.remove(&key);
+        }
+        match health {
+            Some(h) => {
+                self.resource_ready.get_or_create(&key).set(h.ready as i64);
+            }
+            None => {
+                self.resource_ready.remove(&key);
+                self.forget_kind_series(&key);
+            }
         }
     }
 
-    /// The `kind` object `object` is Stalled with `reason` (None: not stalled, or gone).
-    pub fn stalled(&self, kind: &'static str, object: &str, reason: Option<&str>) {
-        let mut stalled = self.stalled_objects.lock().expect("metrics lock");
-        let key = (kind, object.to_string());
-        let before = match reason {
-            Some(r) => stalled.insert(key, r.to_string()),
-            None => stalled.remove(&key),
+    /// Forget every `kind` object `exists` says is gone (given its namespace and name).
+    pub fn forget_gone(&self, kind: &'static str, exists: impl Fn(Option<&str>, &str) -> bool) {
+        let gone: Vec<ObjectLabels> = {
+            let objects = self.objects.lock().expect("metrics lock");
+            let namespace = |o: &ObjectLabels| Some(o.namespace.clone()).filter(|ns| !ns.is_empty());
+            objects.keys().filter(|o| o.kind == kind && !exists(namespace(o).as_deref(), &o.name)).cloned().collect()
         };
-        // Recount the reasons this change touched (a reason that drops to zero stays, at 0).
-        for r in before.iter().map(String::as_str).chain(reason) {
-            let n = stalled.iter().filter(|((k, _), v)| *k == kind && v.as_str() == r).count();
-            self.stalled.get_or_create(&StalledLabels { kind, reason: r.to_string() }).set(n as i64);
+        for o in gone {
+            let namespace = Some(o.namespace.as_str()).filter(|ns| !ns.is_empty());
+            self.object(kind, namespace, &o.name, None);
+        }
+    }
+
+    /// The series only one kind reports, of an object that is gone.
+    fn forget_kind_series(&self, object: &ObjectLabels) {
+        use kube::Resource;
+        if object.kind == CertificateRotation::kind(&()) {
+            for slot in CertificateSlot::ALL {
+                self.certificate(&object.namespace, &object.name, slot, None);
+            }
+        } else if object.kind == KmsKeyVaultMode::kind(&()) {
+            self.kms_disabled.remove(&KmsLabels { kmskeyvaultmode: object.name.clone() });
+            for counter in REENCRYPTION_COUNTERS {
+                self.reencryption.remove(&ReencryptionLabels { kmskeyvaultmode: object.name.clone(), counter });
+            }
         }
     }
 
@@ -364,13 +487,8 @@ impl Metrics {
 
     /// Re-encryption progress of KmsKeyVaultMode `name`.
     pub fn reencryption(&self, name: &str, r: &ReencryptionStatus) {
-        for (counter, v) in [
-            ("total", r.total),
-            ("rewritten", r.rewritten),
-            ("unchanged", r.unchanged),
-            ("deleted", r.deleted),
-            ("failed", r.failed),
-        ] {
+        let values = [r.total, r.rewritten, r.unchanged, r.deleted, r.failed];
+        for (counter, v) in REENCRYPTION_COUNTERS.into_iter().zip(values) {
             self.reencryption
                 .get_or_create(&ReencryptionLabels { kmskeyvaultmode: name.into(), counter })
                 .set(v as f64);
@@ -394,8 +512,9 @@ impl Metrics {
         let m = Metrics::new();
         let t = Duration::from_millis(1);
         m.reconciled("Kind", t, false);
-        m.newest_operation("Kind", "ns/x", Some(OperationState::Pending));
-        m.stalled("Kind", "ns/x", Some("Reason"));
+        let stalled =
+            ObjectHealth { newest: Some(OperationState::UpdateFailed), stalled: Some("Reason"), ready: false };
+        m.object("Kind", Some("ns"), "x", Some(stalled));
         m.review("Kind", "CREATE", true, t);
         m.review_shed("busy");
         m.azure_request("get_cluster", Some(200), t);
@@ -427,21 +546,101 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn in_state(newest: OperationState) -> Option<ObjectHealth> {
+        Some(ObjectHealth { newest: Some(newest), ..Default::default() })
+    }
+
     #[test]
     fn counts_objects_by_newest_operation_state_and_forgets_deleted_ones() {
         let m = Metrics::new();
-        m.newest_operation("CertificateRotation", "a", Some(OperationState::UpdateInProgress));
-        m.newest_operation("CertificateRotation", "b", Some(OperationState::UpdateInProgress));
-        m.newest_operation("CertificateRotation", "a", Some(OperationState::UpdateComplete));
+        let kind = "CertificateRotation";
+        m.object(kind, Some("ns"), "a", in_state(OperationState::UpdateInProgress));
+        m.object(kind, Some("ns"), "b", in_state(OperationState::UpdateInProgress));
+        m.object(kind, Some("ns"), "a", in_state(OperationState::UpdateComplete));
         let text = m.encode();
         assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_IN_PROGRESS"} 1"#), "{text}");
         assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_COMPLETE"} 1"#), "{text}");
-        m.newest_operation("CertificateRotation", "b", None);
+        assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="PENDING"} 0"#), "{text}");
+        m.object(kind, Some("ns"), "b", None);
         assert!(m.encode().contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_IN_PROGRESS"} 0"#));
         // The same name in two namespaces is two objects.
-        m.newest_operation("ClusterSecurityPolicy", "orders.team-a", Some(OperationState::Pending));
-        m.newest_operation("ClusterSecurityPolicy", "orders.team-b", Some(OperationState::Pending));
+        m.object("ClusterSecurityPolicy", Some("team-a"), "orders", in_state(OperationState::Pending));
+        m.object("ClusterSecurityPolicy", Some("team-b"), "orders", in_state(OperationState::Pending));
         assert!(m.encode().contains(r#"csop_operations{kind="ClusterSecurityPolicy",state="PENDING"} 2"#));
+    }
+
+    /// Alerts name the object: each object has its own series while it exists, and none once it
+    /// is gone — the certificates' and re-encryption's included.
+    #[test]
+    fn each_object_has_its_series_while_it_exists() {
+        let m = Metrics::new();
+        let stalled = ObjectHealth {
+            newest: Some(OperationState::UpdateFailed),
+            stalled: Some(ObjectHealth::stalled_reason("InvalidCertificate")),
+            ready: false,
+        };
+        m.object("CertificateRotation", Some("team-a"), "orders", Some(stalled));
+        m.certificate("team-a", "orders", CertificateSlot::Internal, Some((1_900_000_000, None)));
+        let ready = ObjectHealth { newest: Some(OperationState::UpdateComplete), stalled: None, ready: true };
+        m.object("KmsKeyVaultMode", None, "prod", Some(ready));
+        m.kms_disabled("prod", false);
+        m.reencryption("prod", &ReencryptionStatus { total: 3, ..Default::default() });
+        let text = m.encode();
+        for line in [
+            r#"csop_resource_ready{kind="CertificateRotation",namespace="team-a",name="orders"} 0"#,
+            r#"csop_resource_stalled{kind="CertificateRotation",namespace="team-a",name="orders",reason="InvalidCertificate"} 1"#,
+            r#"csop_resource_operation_failed{kind="CertificateRotation",namespace="team-a",name="orders"} 1"#,
+            r#"csop_resource_ready{kind="KmsKeyVaultMode",namespace="",name="prod"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains(r#"csop_resource_operation_failed{kind="KmsKeyVaultMode""#), "{text}");
+
+        // Fixed: the stalled and failed series go, Ready turns 1.
+        m.object("CertificateRotation", Some("team-a"), "orders", Some(ObjectHealth { ready: true, ..ready }));
+        let text = m.encode();
+        assert!(text.contains(r#"csop_resource_ready{kind="CertificateRotation",namespace="team-a",name="orders"} 1"#));
+        assert!(!text.contains("csop_resource_stalled{"), "{text}");
+        assert!(!text.contains("csop_resource_operation_failed{"), "{text}");
+        assert!(text.contains(r#"csop_stalled{kind="CertificateRotation",reason="InvalidCertificate"} 0"#), "{text}");
+
+        // Deleted: nothing names them any more.
+        m.object("CertificateRotation", Some("team-a"), "orders", None);
+        m.object("KmsKeyVaultMode", None, "prod", None);
+        let text = m.encode();
+        assert!(!text.contains("orders"), "{text}");
+        assert!(!text.contains("prod"), "{text}");
+        assert!(text.contains(r#"csop_operations{kind="KmsKeyVaultMode",state="UPDATE_COMPLETE"} 0"#), "{text}");
+    }
+
+    /// Objects the controller's cache no longer holds leave; the others, and other kinds', stay.
+    #[test]
+    fn forgets_the_objects_that_are_gone() {
+        let m = Metrics::new();
+        m.object("CertificateRotation", Some("a"), "kept", in_state(OperationState::Pending));
+        m.object("CertificateRotation", Some("a"), "gone", in_state(OperationState::Pending));
+        m.object("KmsKeyVaultMode", None, "gone", in_state(OperationState::Pending));
+        m.forget_gone("CertificateRotation", |ns, name| ns == Some("a") && name == "kept");
+        let text = m.encode();
+        assert!(text.contains(r#"csop_resource_ready{kind="CertificateRotation",namespace="a",name="kept"}"#));
+        assert!(!text.contains(r#"csop_resource_ready{kind="CertificateRotation",namespace="a",name="gone"}"#));
+        assert!(text.contains(r#"csop_resource_ready{kind="KmsKeyVaultMode",namespace="",name="gone"}"#));
+        assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="PENDING"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn a_stalled_reason_becomes_a_label_only_from_the_closed_set() {
+        let m = Metrics::new();
+        for i in 0..50 {
+            let health = ObjectHealth {
+                stalled: Some(ObjectHealth::stalled_reason(&format!("Made{i}Up"))),
+                ..Default::default()
+            };
+            m.object("ClusterSecurityPolicy", Some("ns"), &format!("p{i}"), Some(health));
+        }
+        let text = m.encode();
+        assert!(text.contains(r#"csop_stalled{kind="ClusterSecurityPolicy",reason="other"} 50"#), "{text}");
+        assert!(!text.contains("Made"), "{text}");
     }
 
     #[test]
@@ -479,13 +678,14 @@ mod tests {
     #[test]
     fn stalled_objects_reviews_azure_requests_certificates_and_build_info() {
         let m = Metrics::new();
-        m.stalled("CertificateRotation", "ns/a", Some("InvalidCertificate"));
-        m.stalled("CertificateRotation", "ns/b", Some("InvalidCertificate"));
-        m.stalled("CertificateRotation", "ns/a", Some("NameConflict"));
+        let stalled = |reason| Some(ObjectHealth { stalled: Some(reason), ..Default::default() });
+        m.object("CertificateRotation", Some("ns"), "a", stalled("InvalidCertificate"));
+        m.object("CertificateRotation", Some("ns"), "b", stalled("InvalidCertificate"));
+        m.object("CertificateRotation", Some("ns"), "a", stalled("NameConflict"));
         let text = m.encode();
         assert!(text.contains(r#"csop_stalled{kind="CertificateRotation",reason="InvalidCertificate"} 1"#), "{text}");
         assert!(text.contains(r#"csop_stalled{kind="CertificateRotation",reason="NameConflict"} 1"#), "{text}");
-        m.stalled("CertificateRotation", "ns/a", None);
+        m.object("CertificateRotation", Some("ns"), "a", None);
         assert!(m.encode().contains(r#"csop_stalled{kind="CertificateRotation",reason="NameConflict"} 0"#));
 
         m.review("ClusterSecurityPolicy", "CREATE", false, Duration::from_millis(3));

@@ -88,6 +88,32 @@ pub mod reason {
     pub const NOT_DISTRIBUTED: &str = "NotDistributed";
 }
 
+/// Every reason an object of any kind can be Stalled with: each has its entry in
+/// docs/troubleshooting.md (the alerts link there), and metrics take a `reason` label only from
+/// this set.
+pub const STALLED_REASONS: [&str; 20] = [
+    reason::INVALID_SPEC,
+    reason::SECRET_NOT_FOUND,
+    reason::INVALID_CERTIFICATE,
+    reason::ROLLOUT_FAILED,
+    reason::NAME_CONFLICT,
+    reason::CONFLICT,
+    reason::NAMESPACE_NOT_WATCHED,
+    reason::CONTAINER_NOT_FOUND,
+    reason::VERIFICATION_FAILED,
+    reason::BROKER_UNREACHABLE,
+    reason::BROKER_NOT_VERIFIABLE,
+    reason::CONTROLLER_LISTENER_REQUIRED,
+    reason::INTER_BROKER_LISTENER_CHANGE,
+    reason::DELETION_BLOCKED,
+    crate::kms_key_vault_mode::kms_reason::KEY_NOT_USABLE,
+    crate::kms_key_vault_mode::kms_reason::CLOUD_ACCESS_FAILED,
+    crate::kms_key_vault_mode::kms_reason::OPERATION_FAILED,
+    crate::kms_key_vault_mode::kms_reason::ROLLED_BACK,
+    crate::kms_key_vault_mode::kms_reason::FOREIGN_CLUSTER,
+    crate::kms_key_vault_mode::kms_reason::MISSING_PERMISSION,
+];
+
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);
 /// [`apply`] keeps it. The transition time moves only when the status does.
 pub fn set(
@@ -228,36 +254,12 @@ mod tests {
 
 #[cfg(test)]
 mod troubleshooting_tests {
-    use super::reason;
-    use crate::kms_key_vault_mode::kms_reason;
-
     /// Every reason a resource can be Stalled with has its entry in docs/troubleshooting.md:
     /// what it means and what to do.
     #[test]
     fn every_stalled_reason_has_a_troubleshooting_entry() {
         let doc = include_str!("../../../../docs/troubleshooting.md");
-        for r in [
-            reason::INVALID_SPEC,
-            reason::SECRET_NOT_FOUND,
-            reason::INVALID_CERTIFICATE,
-            reason::ROLLOUT_FAILED,
-            reason::NAME_CONFLICT,
-            reason::CONFLICT,
-            reason::NAMESPACE_NOT_WATCHED,
-            reason::CONTAINER_NOT_FOUND,
-            reason::VERIFICATION_FAILED,
-            reason::BROKER_UNREACHABLE,
-            reason::BROKER_NOT_VERIFIABLE,
-            reason::CONTROLLER_LISTENER_REQUIRED,
-            reason::INTER_BROKER_LISTENER_CHANGE,
-            reason::DELETION_BLOCKED,
-            kms_reason::KEY_NOT_USABLE,
-            kms_reason::CLOUD_ACCESS_FAILED,
-            kms_reason::OPERATION_FAILED,
-            kms_reason::ROLLED_BACK,
-            kms_reason::FOREIGN_CLUSTER,
-            kms_reason::MISSING_PERMISSION,
-        ] {
+        for r in super::STALLED_REASONS {
             assert!(doc.contains(&format!("\n### {r}\n")), "docs/troubleshooting.md has no entry for {r}");
         }
     }

@@ -35,7 +35,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -432,6 +431,7 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     let client = ctx.client.clone();
     let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &ctx);
     let metrics = ctx.metrics.clone();
+    let _forgetting = watch::forget_gone(controller.store(), metrics.clone());
     info!(kind = K::KIND, "controller starting");
     controller
         .shutdown_on_signal()
@@ -458,9 +458,4 @@ pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<K>,
         .into_iter()
         .filter(|o| o.name_any() != name && o.meta().deletion_timestamp.is_none() && rank(o) < mine)
         .collect())
-}
-
-/// `namespace/name` of an object, as metrics key it.
-pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    ObjectRef::from_obj(obj).to_string()
 }

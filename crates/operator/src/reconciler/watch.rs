@@ -16,9 +16,9 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{object_key, Context, Reconcile};
+use super::{Context, Reconcile};
 use crate::health::Readiness;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ObjectHealth};
 use crate::task::AbortOnDrop;
 
 /// Server-side timeout of every watch; see [`config`].
@@ -92,17 +92,36 @@ pub async fn measured<K: Reconcile, E>(
     let started = std::time::Instant::now();
     let result = reconcile.await;
     metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
-    let state = obj.status().and_then(|s| s.newest_operation_state());
-    let key = object_key(obj.as_ref());
-    metrics.newest_operation(K::KIND, &key, state);
-    let stalled = obj.status().and_then(|s| {
-        s.conditions()
-            .iter()
-            .find(|c| c.type_ == super::conditions::STALLED && c.status == "True")
-            .map(|c| c.reason.clone())
+    let health = obj.status().map(|s| {
+        let is_true = |type_: &str| s.conditions().iter().find(|c| c.type_ == type_ && c.status == "True");
+        ObjectHealth {
+            newest: s.newest_operation_state(),
+            stalled: is_true(super::conditions::STALLED).map(|c| ObjectHealth::stalled_reason(&c.reason)),
+            ready: is_true(super::conditions::READY).is_some(),
+        }
     });
-    metrics.stalled(K::KIND, &key, stalled.as_deref());
+    metrics.object(K::KIND, obj.namespace().as_deref(), &obj.name_any(), Some(health.unwrap_or_default()));
     result
+}
+
+/// How often the metrics let go of objects the controller's cache no longer holds.
+const FORGET_GONE_EVERY: Duration = Duration::from_secs(10);
+
+/// Drop the series of objects gone from `store` (the controller's cache), every
+/// [`FORGET_GONE_EVERY`]: kube-runtime reconciles no object after its deletion (the last round is
+/// the one that removes our finalizer, and an object deleted while the operator was away has
+/// none), so without this an object's series would outlive it. The cache swaps a re-list in whole,
+/// so a watch restart does not empty it meanwhile.
+pub fn forget_gone<K: Reconcile>(store: Store<K>, metrics: Arc<Metrics>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(FORGET_GONE_EVERY).await;
+            metrics.forget_gone(K::KIND, |namespace, name| {
+                let at = ObjectRef::new(name);
+                store.get(&namespace.map_or(at.clone(), |ns| at.within(ns))).is_some()
+            });
+        }
+    }))
 }
 
 /// One item of a controller's result stream.
@@ -117,8 +136,7 @@ pub fn forget_deleted<K: Reconcile>(
     move |result| {
         match result {
             Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
-                metrics.newest_operation(K::KIND, &r.to_string(), None);
-                metrics.stalled(K::KIND, &r.to_string(), None);
+                metrics.object(K::KIND, r.namespace.as_deref(), &r.name, None);
             }
             Err(kube::runtime::controller::Error::QueueError(e)) => {
                 warn!(kind = K::KIND, error = %e, "watch failed; retrying");
