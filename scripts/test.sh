@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 python3 -c "import helm_python" 2>/dev/null || python3 -m pip install --quiet helm-python-sdk
 # Lua 5.1 for the Argo CD health-check tests (Debian package; installed when we may).
 command -v lua5.1 >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; } || true
+# promtool (Debian package prometheus) for the test that evaluates the chart's alerts over a scrape.
+command -v promtool >/dev/null || { [ "$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || true
 # cargo-deny for licenses, duplicate versions and sources (deny.toml); built once (~2 min), then cached.
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny@0.20.2
 cargo fmt --all -- --check

@@ -6,6 +6,7 @@
 mod support;
 
 mod adoption;
+mod alerts;
 mod certrot;
 mod chart;
 mod conflicts;

@@ -51,6 +51,18 @@ pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
     leaks::assert_none(&env().cp, markers).await
 }
 
+/// Lint and render the chart with Helm's engine (scripts/helm-render.py), with `values` JSON.
+pub fn helm_render(values: Option<&str>) -> std::process::Output {
+    let root = cluster_security_testbed::repo_root().display().to_string();
+    let mut args = vec![
+        format!("{root}/scripts/helm-render.py"),
+        format!("{root}/charts/cluster-security-operator"),
+        "csop-chart".into(),
+    ];
+    args.extend(values.map(String::from));
+    std::process::Command::new("python3").args(&args).output().expect("python3 runs")
+}
+
 pub fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
