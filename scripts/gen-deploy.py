@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write deploy/operator.yaml from the Helm chart (default values, namespace
-cluster-security-operator), so that `kubectl apply -k deploy/` installs exactly what the chart
-does, and deploy/install.yaml: the namespace, the CRDs and operator.yaml in one file
+cluster-security-operator; the CRDs are left to deploy/crds.yaml, a copy of crds/), so that
+`kubectl apply -k deploy/` installs exactly what the chart does, and deploy/install.yaml: the namespace, the CRDs and operator.yaml in one file
 (`kubectl apply --server-side -f deploy/install.yaml`), and deploy/grafana-dashboard.json: the
 chart's dashboard, to import by hand. `--check` writes nothing and fails when
 deploy/ has drifted from the chart or crds/.
@@ -28,11 +28,15 @@ INSTALL_HEADER = """# cluster-security-operator in one file: namespace, CRDs, RB
 """
 
 
-def generate() -> str:
+def generate(values=None) -> str:
+    """deploy/operator.yaml: the chart with default values (or `values`, e.g. the release's image
+    tag, scripts/release.sh), without the CRDs (deploy/crds.yaml holds them)."""
     spec = importlib.util.spec_from_file_location("helm_render", ROOT / "scripts" / "helm-render.py")
     helm_render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helm_render)
-    docs = helm_render.render(str(ROOT / "charts" / "cluster-security-operator"), "cluster-security-operator", crds=False)
+    docs = helm_render.render(
+        str(ROOT / "charts" / "cluster-security-operator"), "cluster-security-operator", values, crds=False
+    )
     # Plain manifests are not managed by Helm.
     docs = [d.replace("app.kubernetes.io/managed-by: Helm", "app.kubernetes.io/managed-by: kubectl") for d in docs]
     return HEADER + "---\n" + "\n---\n".join(docs) + "\n"

@@ -488,3 +488,109 @@ fn the_docs_say_what_the_chart_contains_and_grants() {
     });
     claim("docs/install.md", "the KmsKeyVaultMode's Events are core/v1 in the operator's namespace", event_role);
 }
+
+/// scripts/release.sh with `args`, run from the repository at `root`.
+fn release(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash").arg(root.join("scripts/release.sh")).args(args).output().expect("bash runs")
+}
+
+/// Issue 33: one release script. Into a temporary directory: the packaged chart (Helm loads it,
+/// CRD template and generated CRDs inside), install-<version>.yaml running that version's image,
+/// the krew manifest with the version's URLs and the sha256 of the plugin archive that is there
+/// (the others said to be missing). On a copy of the repository bumped to 0.2.0: refused while
+/// CHANGELOG.md has no 0.2.0 section or the versions disagree; then the image is pinned to 0.2.0
+/// although values.yaml still says 0.1.0.
+#[test]
+fn the_release_script_packages_the_chart_pins_the_image_and_fills_the_krew_manifest() {
+    let root = cluster_security_testbed::repo_root();
+    let out = tempfile::tempdir().unwrap();
+    let plugin = out.path().join("kubectl-clustersecurity_v0.1.0_linux_amd64.tar.gz");
+    std::fs::write(&plugin, b"a plugin archive").unwrap();
+    let run = release(&root, &["--out", out.path().to_str().unwrap()]);
+    assert!(run.status.success(), "{}{}", stdout(&run), stderr(&run));
+    let chart = out.path().join("cluster-security-operator-0.1.0.tgz");
+    let loaded = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from helm_python import chart; c = chart.Chart.load_archive(open(sys.argv[1], 'rb').read()); \
+             print(c.name, c.version, sorted(t['name'] for t in c.templates), sorted(f['name'] for f in c.files))",
+            chart.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let loaded = stdout(&loaded);
+    assert!(loaded.starts_with("cluster-security-operator 0.1.0"), "{loaded}");
+    assert!(
+        loaded.contains("templates/crds.yaml") && loaded.contains("crd-sources/clustersecurity.io_crds.yaml"),
+        "{loaded}"
+    );
+    let install = std::fs::read_to_string(out.path().join("install-0.1.0.yaml")).unwrap();
+    assert!(install.contains("image: \"ghcr.io/cluster-security-operator/cluster-security-operator:0.1.0\""));
+    assert_eq!(install.matches("kind: CustomResourceDefinition").count(), 3);
+    let krew = std::fs::read_to_string(out.path().join("clustersecurity.yaml")).unwrap();
+    let sha = {
+        let out = std::process::Command::new("sha256sum").arg(&plugin).output().unwrap();
+        stdout(&out).split_whitespace().next().unwrap().to_string()
+    };
+    assert!(
+        krew.contains(&format!(
+            "releases/download/v0.1.0/kubectl-clustersecurity_v0.1.0_linux_amd64.tar.gz\n    sha256: \"{sha}\""
+        )),
+        "{krew}"
+    );
+    assert!(stdout(&run).contains("kubectl-clustersecurity_v0.1.0_darwin_arm64.tar.gz is not in"), "{}", stdout(&run));
+    assert_eq!(
+        std::fs::read_to_string(root.join("plugins/krew/clustersecurity.yaml"))
+            .unwrap()
+            .matches("example.invalid")
+            .count(),
+        4,
+        "--out leaves the repository's manifest alone"
+    );
+
+    // A copy of the repository, bumped to 0.2.0.
+    let copy = tempfile::tempdir().unwrap();
+    for part in ["scripts", "charts", "deploy", "crds", "plugins", "Cargo.toml", "CHANGELOG.md"] {
+        assert!(std::process::Command::new("cp")
+            .arg("-r")
+            .arg(root.join(part))
+            .arg(copy.path())
+            .status()
+            .unwrap()
+            .success());
+    }
+    let bump = |file: &str, from: &str, to: &str| {
+        let path = copy.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    bump("charts/cluster-security-operator/Chart.yaml", "version: 0.1.0", "version: 0.2.0");
+    bump("charts/cluster-security-operator/Chart.yaml", "appVersion: \"0.1.0\"", "appVersion: \"0.2.0\"");
+    let out2 = copy.path().join("out");
+    let refused = release(copy.path(), &["--out", out2.to_str().unwrap()]);
+    assert!(!refused.status.success() && stderr(&refused).contains("versions disagree"), "{}", stderr(&refused));
+    bump("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"");
+    let refused = release(copy.path(), &["--out", out2.to_str().unwrap()]);
+    assert!(!refused.status.success() && stderr(&refused).contains("no section '## [0.2.0]'"), "{}", stderr(&refused));
+    bump("CHANGELOG.md", "## [Unreleased]\n", "## [Unreleased]\n\n## [0.2.0] - 2027-01-01\n\n- Something.\n");
+    let drifted = release(copy.path(), &["--out", out2.to_str().unwrap()]);
+    assert!(!drifted.status.success() && stderr(&drifted).contains("deploy/ differs"), "{}", stderr(&drifted));
+    let regenerated =
+        std::process::Command::new("python3").arg(copy.path().join("scripts/gen-deploy.py")).status().unwrap();
+    assert!(regenerated.success());
+    let run = release(copy.path(), &["--out", out2.to_str().unwrap()]);
+    assert!(run.status.success(), "{}{}", stdout(&run), stderr(&run));
+    let install = std::fs::read_to_string(out2.join("install-0.2.0.yaml")).unwrap();
+    assert!(install.contains("cluster-security-operator:0.2.0\""), "the image pinned to the release");
+    assert!(std::fs::read_to_string(copy.path().join("charts/cluster-security-operator/values.yaml"))
+        .unwrap()
+        .contains("tag: \"0.1.0\""));
+    let krew = std::fs::read_to_string(out2.join("clustersecurity.yaml")).unwrap();
+    assert!(
+        krew.contains("  version: v0.2.0")
+            && krew.contains("/v0.2.0/kubectl-clustersecurity_v0.2.0_linux_arm64.tar.gz"),
+        "{krew}"
+    );
+    assert!(out2.join("cluster-security-operator-0.2.0.tgz").exists());
+}
