@@ -4,28 +4,9 @@
 //! (`crds.enabled`, `crds.keep`). No control plane: renders only (the upgrade and uninstall on a
 //! control plane are e2e_disruptive's chart_upgrade).
 
-use crate::support::{stderr, stdout};
+use crate::support::{helm_render_at as render_at, rendered as docs_of, stderr, stdout};
 
 const CHART: &str = "charts/cluster-security-operator";
-
-/// Lint and render the chart at `chart` (relative to the repository, or absolute).
-fn render_at(chart: &std::path::Path, values: &str) -> std::process::Output {
-    let root = cluster_security_testbed::repo_root();
-    std::process::Command::new("python3")
-        .arg(root.join("scripts/helm-render.py"))
-        .arg(root.join(chart))
-        .args(["csop-chart", values])
-        .output()
-        .expect("python3 runs")
-}
-
-fn docs_of(out: &std::process::Output) -> Vec<serde_yaml::Value> {
-    assert!(out.status.success(), "{}", stderr(out));
-    serde_yaml::Deserializer::from_str(&stdout(out))
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|d: &serde_yaml::Value| !d.is_null())
-        .collect()
-}
 
 fn render(values: &str) -> Vec<serde_yaml::Value> {
     docs_of(&render_at(std::path::Path::new(CHART), values))
@@ -307,6 +288,11 @@ fn the_crds_are_a_template_kept_on_uninstall() {
     for (rendered, generated) in default.iter().zip(&source) {
         assert_eq!(rendered["spec"], generated["spec"], "the generated CRD, unchanged");
         assert_eq!(rendered["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(), Some("keep"));
+        // Argo CD renders the chart itself and ignores Helm's policy: its own options keep them.
+        assert_eq!(
+            rendered["metadata"]["annotations"]["argocd.argoproj.io/sync-options"].as_str(),
+            Some("Prune=false,Delete=false")
+        );
         assert_eq!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(), Some("Helm"));
     }
     assert!(crds(r#"{"crds": {"keep": false}}"#).iter().all(|c| c["metadata"]["annotations"].is_null()));

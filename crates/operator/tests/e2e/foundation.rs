@@ -8,7 +8,7 @@ use crate::support;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::support::{stderr, stdout};
+use crate::support::{helm_render, stderr, stdout};
 use cluster_security_api::ClusterSecurityPolicy;
 use cluster_security_testbed::{wait_until, ControlPlane};
 use kube::{Api, ResourceExt};
@@ -26,18 +26,6 @@ fn env() -> &'static support::Env {
 
 fn examples(name: &str) -> String {
     format!("{}/examples/{name}", cluster_security_testbed::repo_root().display())
-}
-
-/// Lint and render the chart with Helm's engine (scripts/helm-render.py), with `values` JSON.
-fn helm_render(values: Option<&str>) -> std::process::Output {
-    let root = cluster_security_testbed::repo_root().display().to_string();
-    let mut args = vec![
-        format!("{root}/scripts/helm-render.py"),
-        format!("{root}/charts/cluster-security-operator"),
-        "csop-chart".into(),
-    ];
-    args.extend(values.map(String::from));
-    std::process::Command::new("python3").args(&args).output().expect("python3 runs")
 }
 
 /// Apply once the webhook's caBundle is published.
@@ -641,12 +629,7 @@ async fn helm_chart_lints_renders_and_is_accepted_by_the_apiserver() {
 
 /// Every document of a chart render with `values`, parsed.
 fn rendered_docs(values: &str) -> Vec<serde_yaml::Value> {
-    let out = helm_render(Some(values));
-    assert!(out.status.success(), "values {values}: {}", stderr(&out));
-    serde_yaml::Deserializer::from_str(&stdout(&out))
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|d: &serde_yaml::Value| !d.is_null())
-        .collect()
+    crate::support::rendered(&helm_render(Some(values)))
 }
 
 /// The rules of each `kind` object (ClusterRole, Role), by name (`namespace/name` for a Role).

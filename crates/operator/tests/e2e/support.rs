@@ -53,14 +53,27 @@ pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
 
 /// Lint and render the chart with Helm's engine (scripts/helm-render.py), with `values` JSON.
 pub fn helm_render(values: Option<&str>) -> std::process::Output {
-    let root = cluster_security_testbed::repo_root().display().to_string();
-    let mut args = vec![
-        format!("{root}/scripts/helm-render.py"),
-        format!("{root}/charts/cluster-security-operator"),
-        "csop-chart".into(),
-    ];
-    args.extend(values.map(String::from));
-    std::process::Command::new("python3").args(&args).output().expect("python3 runs")
+    helm_render_at(Path::new("charts/cluster-security-operator"), values.unwrap_or("{}"))
+}
+
+/// Lint and render the chart at `chart` (relative to the repository, or absolute).
+pub fn helm_render_at(chart: &Path, values: &str) -> std::process::Output {
+    let root = cluster_security_testbed::repo_root();
+    std::process::Command::new("python3")
+        .arg(root.join("scripts/helm-render.py"))
+        .arg(root.join(chart))
+        .args(["csop-chart", values])
+        .output()
+        .expect("python3 runs")
+}
+
+/// The documents of a successful render.
+pub fn rendered(out: &std::process::Output) -> Vec<serde_yaml::Value> {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_yaml::Deserializer::from_str(&stdout(out))
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect()
 }
 
 pub fn stdout(o: &std::process::Output) -> String {
