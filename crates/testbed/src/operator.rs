@@ -235,7 +235,18 @@ impl Operator {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut cmd = Command::new(&self.binary);
+        // CSOP_OPERATOR_WRAPPER (e.g. `heaptrack -o /tmp/operator`): run the operator under a
+        // profiler; `pid()` is then the wrapper's.
+        let wrapper = std::env::var("CSOP_OPERATOR_WRAPPER").unwrap_or_default();
+        let mut wrapper = wrapper.split_whitespace();
+        let mut cmd = match wrapper.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper).arg(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
