@@ -482,7 +482,7 @@ impl Rolling for CertificateRotation {
     /// What the brokers' TLS listeners must present once rolled (shared with the policy).
     async fn wire_expectation(&self, ctx: &Context) -> Result<Option<Expectation>, Error> {
         let ns = self.namespace().unwrap_or_default();
-        served::when_verified(&ctx.client, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
+        served::when_verified(ctx, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
     }
 
     /// The TLS Secret of each slot the target has, at its documented path.

@@ -12,6 +12,7 @@
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
 //! annotations, volumes and volume mounts the operator adds to the workload a kind targets. Everything else is the kinds'.
 
+pub mod caches;
 pub mod conditions;
 pub mod derived;
 pub mod events;
@@ -30,11 +31,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_security_api::{Operated, OperationRecord, FIELD_MANAGER, RECONCILE_ANNOTATION};
+use cluster_security_api::{Operated, OperationRecord, RECONCILE_ANNOTATION};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,7 +63,7 @@ impl Clock for SystemClock {
 pub struct Context {
     pub client: Client,
     pub clock: Arc<dyn Clock>,
-    pub recorder: Recorder,
+    pub recorder: events::Recorder,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     /// Reconciles at once per controller (0: unbounded).
@@ -73,6 +73,8 @@ pub struct Context {
     /// The operator's own namespace (`--namespace`): where the events of cluster-scoped objects
     /// go, read by those who run the operator rather than by every tenant.
     pub namespace: String,
+    /// The running controllers' caches, for a kind that reads another's objects.
+    pub caches: caches::Caches,
 }
 
 /// Which namespaces the operator manages (`--watch-namespaces`): all, or a list. Objects of our
@@ -129,9 +131,8 @@ impl Scope {
 
 impl Context {
     pub fn new(client: Client, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: events::Recorder::new(client.clone(), std::env::var("POD_NAME").ok()),
             client,
             clock,
             metrics,
@@ -139,6 +140,7 @@ impl Context {
             concurrency: CONCURRENT_RECONCILES,
             scope: Scope::cluster(),
             namespace: DEFAULT_NAMESPACE.into(),
+            caches: caches::Caches::default(),
         }
     }
 }
@@ -432,6 +434,7 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &ctx);
     let metrics = ctx.metrics.clone();
     let _forgetting = watch::forget_gone(controller.store(), metrics.clone());
+    ctx.caches.register(controller.store());
     info!(kind = K::KIND, "controller starting");
     controller
         .shutdown_on_signal()
@@ -446,16 +449,25 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
 
 /// The objects of `obj`'s kind, where `obj` lives, that came before it: created earlier (by name
 /// on a tie) and not being deleted. Of two objects claiming one target, the newer stands down.
-pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<K>, Error> {
-    let all = K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.map_err(|source| Error::Read {
-        object: Named::new(K::KIND, &obj.namespace().unwrap_or_default(), "(all)"),
-        source: Box::new(source),
-    })?;
+/// From the controller's cache: an older object's creation reached the cache before the newer
+/// one's, whose reconcile this is; only a context without the controller (tests) lists.
+pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc<K>>, Error> {
+    let all = match ctx.caches.get::<K>() {
+        Some(cache) => cache.state(),
+        None => {
+            let list =
+                K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.map_err(|source| Error::Read {
+                    object: Named::new(K::KIND, &obj.namespace().unwrap_or_default(), "(all)"),
+                    source: Box::new(source),
+                })?;
+            list.items.into_iter().map(Arc::new).collect()
+        }
+    };
     let rank = |o: &K| (o.meta().creation_timestamp.clone().map(|t| t.0), o.name_any());
-    let (name, mine) = (obj.name_any(), rank(obj));
+    let (name, namespace, mine) = (obj.name_any(), obj.namespace(), rank(obj));
     Ok(all
-        .items
         .into_iter()
-        .filter(|o| o.name_any() != name && o.meta().deletion_timestamp.is_none() && rank(o) < mine)
+        .filter(|o| o.namespace() == namespace && o.name_any() != name)
+        .filter(|o| o.meta().deletion_timestamp.is_none() && rank(o) < mine)
         .collect())
 }

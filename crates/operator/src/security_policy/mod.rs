@@ -350,7 +350,7 @@ impl Rolling for ClusterSecurityPolicy {
 
     async fn wire_expectation(&self, ctx: &Context) -> Result<Option<Expectation>, Error> {
         let ns = self.namespace().unwrap_or_default();
-        served::when_verified(&ctx.client, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
+        served::when_verified(ctx, &ns, &self.spec.cluster_ref.name, self.spec.verify.as_ref()).await
     }
 
     fn completed(&self, status: &mut ClusterSecurityPolicyStatus, target: &SecuritySettings) {

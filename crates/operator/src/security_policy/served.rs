@@ -9,13 +9,15 @@
 //!
 //! Both rolling kinds check this on the wire before an operation completes (`spec.verify`), so a
 //! certificate rotation is checked on the listeners the policy opened, and a policy change on
-//! the certificates in place. Reads only: the namespace's ClusterSecurityPolicies (their
-//! status) and the TLS Secrets.
+//! the certificates in place. Reads only: the namespace's ClusterSecurityPolicies that target
+//! the cluster (their status: found in the policy controller's cache, each read fresh) and the
+//! TLS Secrets.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -24,7 +26,7 @@ use super::properties::{render_server_properties, EXTERNAL_TLS_DIR, INTERNAL_TLS
 use crate::api::{ClusterSecurityPolicy, OperationState, SecuritySettings};
 use crate::pki::fingerprint;
 use crate::reconciler::verify::{Expectation, ListenerExpectation};
-use crate::reconciler::{Error, Named};
+use crate::reconciler::{Context, Error, Named};
 
 /// Secret `<cluster>-<slot>-tls` (`slot`: external, internal): the certificate the listeners
 /// whose keystore is in `/etc/kafka/security/<slot>-tls` present.
@@ -53,7 +55,7 @@ pub fn tls_listeners(server_properties: &str) -> Vec<(String, u16, String)> {
 
 /// [`expectation`] when the spec's `verify` is enabled, else None: nothing is checked.
 pub async fn when_verified(
-    client: &Client,
+    ctx: &Context,
     namespace: &str,
     cluster: &str,
     verify: Option<&crate::api::Verify>,
@@ -61,7 +63,7 @@ pub async fn when_verified(
     if !crate::api::Verify::enabled(verify) {
         return Ok(None);
     }
-    expectation(client, namespace, cluster).await.map(Some)
+    expectation(ctx, namespace, cluster).await.map(Some)
 }
 
 /// The TLS listeners the operator renders for `settings`: (name, port, keystore directory). From
@@ -88,35 +90,70 @@ pub fn rendered_settings<'a>(
             .and_then(|o| o.target_info.clone());
         rolling.or_else(|| status.applied.clone())
     };
-    let targets = |p: &ClusterSecurityPolicy| {
-        let recorded = p.status.as_ref().and_then(|s| s.cluster_ref.as_ref());
-        recorded.unwrap_or(&p.spec.cluster_ref).name == cluster
-    };
     let mut found: Vec<(&ClusterSecurityPolicy, SecuritySettings)> =
-        policies.iter().filter(|p| targets(p)).filter_map(|p| Some((p, settings(p)?))).collect();
+        policies.iter().filter(|p| targets(p, cluster)).filter_map(|p| Some((p, settings(p)?))).collect();
     found.sort_by_key(|(p, _)| (p.creation_timestamp(), p.name_any()));
     found.into_iter().next()
+}
+
+/// Whether `policy` is (or was recorded as) for `cluster`.
+fn targets(policy: &ClusterSecurityPolicy, cluster: &str) -> bool {
+    let recorded = policy.status.as_ref().and_then(|s| s.cluster_ref.as_ref());
+    recorded.unwrap_or(&policy.spec.cluster_ref).name == cluster
+}
+
+/// Policies listed per page when the policy controller's cache is not at hand.
+const POLICY_PAGE: u32 = 50;
+
+/// The policies in `namespace` that target `cluster`, as stored now. The candidates come from
+/// the policy controller's cache (a policy's `clusterRef` never changes, and a policy is in the
+/// cache before its first status write), and each is read fresh; where that controller does not
+/// run, a paged list keeps only them. Either way memory stays flat however many policies the
+/// namespace holds (a list of all of them, on every check of every object, was the operator's
+/// largest use of memory at scale: benches/scale.rs).
+async fn policies_for(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<ClusterSecurityPolicy>, Error> {
+    let api = Api::<ClusterSecurityPolicy>::namespaced(ctx.client.clone(), namespace);
+    let read = |source| Error::Read {
+        object: Named::new("ClusterSecurityPolicies", namespace, cluster),
+        source: Box::new(source),
+    };
+    let mut found = Vec::new();
+    if let Some(cache) = ctx.caches.get::<ClusterSecurityPolicy>() {
+        let candidates: Vec<String> = cache
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace) && targets(p, cluster))
+            .map(|p| p.name_any())
+            .collect();
+        for name in candidates {
+            found.extend(api.get_opt(&name).await.map_err(read)?);
+        }
+        return Ok(found);
+    }
+    let mut page = ListParams::default().limit(POLICY_PAGE);
+    loop {
+        let list = api.list(&page).await.map_err(read)?;
+        found.extend(list.items.into_iter().filter(|p| targets(p, cluster)));
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => page = page.continue_token(&token),
+            None => return Ok(found),
+        }
+    }
 }
 
 /// What every broker pod of `cluster` should present: on the listeners the operator rendered
 /// ([`rendered_settings`]), the certificates of the TLS Secrets; what cannot be known goes to
 /// `unchecked`, with why.
-pub async fn expectation(client: &Client, namespace: &str, cluster: &str) -> Result<Expectation, Error> {
+pub async fn expectation(ctx: &Context, namespace: &str, cluster: &str) -> Result<Expectation, Error> {
     let mut out = Expectation::default();
-    let policies = Api::<ClusterSecurityPolicy>::namespaced(client.clone(), namespace)
-        .list(&Default::default())
-        .await
-        .map_err(|source| Error::Read {
-            object: Named::new("ClusterSecurityPolicies", namespace, cluster),
-            source: Box::new(source),
-        })?;
-    let Some((_, settings)) = rendered_settings(&policies.items, cluster) else {
+    let policies = policies_for(ctx, namespace, cluster).await?;
+    let Some((_, settings)) = rendered_settings(&policies, cluster) else {
         out.unchecked.push(format!(
             "the TLS listeners (no ClusterSecurityPolicy in {namespace} has put listeners in place for {cluster})"
         ));
         return Ok(out);
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     for (name, port, dir) in rendered_tls_listeners(&settings) {
         let slot = match dir.as_str() {
             EXTERNAL_TLS_DIR => "external",
