@@ -126,13 +126,12 @@ async fn publish_core_event(
 /// its series (`series.count`) instead of adding an Event (kube-runtime's Recorder does the same).
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_secs(6 * 60);
 
-/// What makes two events the same: the object, type, reason and note.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct SeriesKey {
-    regarding_uid: String,
-    warning: bool,
-    reason: String,
-    note_hash: u64,
+/// What makes two events the same: the object (its uid), type, reason and note, hashed (only
+/// equality is needed, and 8 bytes per event is what lets thousands be remembered cheaply).
+fn series_key(regarding_uid: &str, type_: EventType, reason: &str, note: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (regarding_uid, type_ == EventType::Warning, reason, note).hash(&mut h);
+    h.finish()
 }
 
 /// A published event, as much of it as its next occurrence needs.
@@ -151,7 +150,7 @@ pub struct Recorder {
     client: Client,
     /// `reportingInstance`: the pod's name, or the controller's.
     instance: String,
-    seen: Mutex<HashMap<SeriesKey, Seen>>,
+    seen: Mutex<HashMap<u64, Seen>>,
 }
 
 impl Recorder {
@@ -170,16 +169,7 @@ impl Recorder {
         regarding: ObjectReference,
     ) -> Result<(), kube::Error> {
         let now = Timestamp::now();
-        let key = SeriesKey {
-            regarding_uid: regarding.uid.clone().unwrap_or_default(),
-            warning: type_ == EventType::Warning,
-            reason: reason.to_string(),
-            note_hash: {
-                let mut h = DefaultHasher::new();
-                note.hash(&mut h);
-                h.finish()
-            },
-        };
+        let key = series_key(regarding.uid.as_deref().unwrap_or_default(), type_, reason, &note);
         let again = {
             let mut seen = self.seen.lock().expect("events lock");
             seen.retain(|_, s| s.last + SERIES_WINDOW > now);
@@ -211,7 +201,7 @@ impl Recorder {
                     regarding: Some(regarding),
                     reporting_controller: Some(FIELD_MANAGER.into()),
                     reporting_instance: Some(self.instance.clone()),
-                    type_: Some(if key.warning { "Warning" } else { "Normal" }.into()),
+                    type_: Some(if type_ == EventType::Warning { "Warning" } else { "Normal" }.into()),
                     ..Default::default()
                 };
                 api.create(&PostParams::default(), &event).await?;
@@ -220,5 +210,25 @@ impl Recorder {
         };
         self.seen.lock().expect("events lock").insert(key, seen);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_event_again_is_one_series_and_any_difference_a_new_event() {
+        let key = |uid, t, reason, note| series_key(uid, t, reason, note);
+        let first = key("u1", EventType::Normal, "UpdateStarted", "rolling");
+        assert_eq!(first, key("u1", EventType::Normal, "UpdateStarted", "rolling"));
+        for other in [
+            key("u2", EventType::Normal, "UpdateStarted", "rolling"),
+            key("u1", EventType::Warning, "UpdateStarted", "rolling"),
+            key("u1", EventType::Normal, "UpdateComplete", "rolling"),
+            key("u1", EventType::Normal, "UpdateStarted", "rolled"),
+        ] {
+            assert_ne!(first, other);
+        }
     }
 }

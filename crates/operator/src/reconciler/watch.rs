@@ -52,14 +52,30 @@ pub fn backoff() -> watcher::ExponentialBackoff {
 }
 
 /// A kube-runtime controller for `api`, set up as every kind runs one: watches through
-/// [`config`], at most `ctx.concurrency` reconciles at once (0: unbounded), and its cache sync
-/// reported to readiness.
+/// [`config`], caches its objects [`slim`], at most `ctx.concurrency` reconciles at once (0:
+/// unbounded), and its cache sync reported to readiness.
 pub fn new_controller<K: Reconcile>(api: Api<K>, ctx: &Context) -> Controller<K> {
+    use kube::runtime::{reflector, WatchStreamExt};
     let settings = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
-    let controller = Controller::new(api, config()).with_config(settings).trigger_backoff(backoff());
+    let (cache, writer) = reflector::store();
+    let objects = reflector(writer, watcher(api, config()).modify(slim)).applied_objects();
+    let controller = Controller::for_stream(objects, cache).with_config(settings).trigger_backoff(backoff());
     report_cache_sync(controller.store(), ctx.readiness.clone());
     controller
 }
+
+/// What the controllers' caches keep of an object: all but its managedFields and kubectl's
+/// last-applied copy of the spec, the largest parts of an object that nothing cached reads (a
+/// reconcile reads its object fresh; the cache serves triggers, peers and metrics).
+pub fn slim<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// kubectl's copy of what it applied.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Mark the controller's cache synced in `readiness` once its store holds the first full list.
 fn report_cache_sync<K: Reconcile>(store: Store<K>, readiness: Arc<Readiness>) {
@@ -322,6 +338,22 @@ async fn watch_secrets<K: Reconcile>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_no_managed_fields_nor_kubectls_copy_but_everything_else() {
+        let mut cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "x", "namespace": "ns",
+                "annotations": {LAST_APPLIED_ANNOTATION: "{\"big\": true}", "keep": "me"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]},
+            "data": {"k": "v"}
+        }))
+        .unwrap();
+        slim(&mut cm);
+        assert!(cm.metadata.managed_fields.is_none());
+        let annotations = cm.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["keep"]);
+        assert_eq!(cm.data.unwrap()["k"], "v");
+    }
     use crate::reconciler::Scope;
 
     fn named(n: usize) -> HashSet<(String, String)> {
