@@ -169,10 +169,53 @@ async fn rotations_complete(client: &Client, started: Instant) -> f64 {
 struct Run {
     rss: [f64; 3],
     max: f64,
+    ablation: Vec<Restart>,
     rotations_secs: f64,
     rollouts_per_rotation: f64,
     writes_per_object: f64,
     writes: std::collections::BTreeMap<String, f64>,
+}
+
+/// One restart of [`ablate`]: what was switched off, and the memory it took (MiB).
+struct Restart {
+    variant: &'static str,
+    rss: f64,
+    peak: f64,
+    /// RssAnon and RssFile once settled: heap, and the binary's pages.
+    anon: f64,
+    file: f64,
+}
+
+/// One environment variable of a restart: name, value.
+type EnvVar = (&'static str, &'static str);
+
+/// The restarts of [`ablate`]: a name, an extra flag, an extra environment variable.
+const VARIANTS: [(&str, &str, Option<EnvVar>); 5] = [
+    ("all controllers", "", None),
+    ("ClusterSecurityPolicy alone", "--controllers=ClusterSecurityPolicy", None),
+    ("CertificateRotation alone", "--controllers=CertificateRotation", None),
+    ("KmsKeyVaultMode alone", "--controllers=KmsKeyVaultMode", None),
+    ("all, MALLOC_ARENA_MAX=1", "", Some(("MALLOC_ARENA_MAX", "1"))),
+];
+
+/// Where the memory goes: the operator restarted on the same cluster (every object reconciled
+/// again, 20,000 Secrets), all of it, then with each controller alone, then with glibc's malloc
+/// kept to one arena; each one's settled and peak RSS and the settled split into heap and code.
+/// The next regression shows in the row of what grew.
+async fn ablate(cp: &ControlPlane, client: &Client, args: &[String]) -> anyhow::Result<Vec<Restart>> {
+    let mut rows = Vec::new();
+    for (variant, flag, env) in VARIANTS {
+        let mut all: Vec<String> = args.to_vec();
+        all.extend((!flag.is_empty()).then(|| flag.to_string()));
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let kubeconfig = operator::service_account_kubeconfig(cp)?;
+        let op = Operator::start_as(cp, &operator_binary(), free_port(), &all, &env, kubeconfig)?;
+        let pid = op.pid();
+        let rss = settle(client, pid, variant).await;
+        let (peak, anon, file) = (proc_mib(pid, "VmHWM:"), proc_mib(pid, "RssAnon:"), proc_mib(pid, "RssFile:"));
+        rows.push(Restart { variant, rss, peak, anon, file });
+    }
+    Ok(rows)
 }
 
 /// One control plane, the objects, then the operator with `--concurrent-reconciles=<c>`.
@@ -271,9 +314,11 @@ async fn run(concurrency: u16) -> anyhow::Result<Run> {
     let rss_20000 = settle(&client, pid, "20,000 Secrets").await;
     let max = proc_mib(pid, "VmHWM:");
     drop(op);
+    let ablation = if concurrency == 0 { Vec::new() } else { ablate(&cp, &client, &args).await? };
     Ok(Run {
         rss: [rss_0, rss_5000, rss_20000],
         max,
+        ablation,
         rotations_secs,
         rollouts_per_rotation: rollouts as f64 / n as f64,
         writes_per_object: writes.values().sum::<f64>() / (3 * n) as f64,
@@ -297,6 +342,12 @@ async fn main() -> anyhow::Result<()> {
             r.rss[0], r.rss[1], r.rss[2], r.max, r.rotations_secs, r.rollouts_per_rotation, r.writes_per_object
         );
         println!("{name:8}: writes by resource {:?}", r.writes);
+        for x in &r.ablation {
+            println!(
+                "{name:8}: restarted, {:28} rss_mib={:5.1} peak={:5.1} (now: heap/anonymous {:5.1}, code/file-backed {:4.1})",
+                x.variant, x.rss, x.peak, x.anon, x.file
+            );
+        }
         runs.push(r);
     }
     let r = runs.last().expect("a run");
