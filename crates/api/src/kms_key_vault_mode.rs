@@ -10,7 +10,7 @@ use super::common::Operation;
 
 /// Default `spec.reencryption.concurrency`: the most Secrets rewritten at once; the operator
 /// adapts below it to the API server's latency and throttling.
-pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 32;
+pub const DEFAULT_REENCRYPTION_CONCURRENCY: u32 = 64;
 /// Default `spec.reencryption.pageSize`.
 pub const DEFAULT_REENCRYPTION_PAGE_SIZE: u32 = 500;
 /// Default `spec.rollbackAfterSeconds`: the longest KMS may stay off during a switch. Ten

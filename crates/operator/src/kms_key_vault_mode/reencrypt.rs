@@ -162,10 +162,12 @@ async fn rewrite_one(client: Client, meta: PartialObjectMeta<Secret>, attempts: 
 
 /// How many rewrites to keep in flight, from the API server's answers (after Netflix's
 /// concurrency-limits "gradient"): every window of answers compares their latency with the
-/// long-run latency. While it holds (within `TOLERANCE`) the limit grows by a small queue
-/// allowance; as it climbs, the limit shrinks in proportion; throttling (429, 5xx) halves it.
-/// An idle API server is used fully, a busy one is not piled on. Never above the cap, never
-/// below one.
+/// long-run latency. It starts slow-start, doubling every window while latency holds (within
+/// `TOLERANCE`), so that a run of a few thousand Secrets spends its first hundred answers, not
+/// its first thousands, below where the API server peaks; from the first window whose latency
+/// climbs, or the first pushback, the limit grows by a small queue allowance while latency holds
+/// and shrinks in proportion as it climbs; throttling (429, 5xx) halves it. An idle API server
+/// is used fully, a busy one is not piled on. Never above the cap, never below one.
 #[derive(Debug, Clone)]
 pub struct Limiter {
     limit: f64,
@@ -178,6 +180,8 @@ pub struct Limiter {
     /// The highest limit reached, and how often the server pushed back (for the log).
     most: usize,
     pushbacks: u64,
+    /// Doubling per window until latency first climbs or the server pushes back.
+    slow_start: bool,
 }
 
 impl Limiter {
@@ -190,7 +194,16 @@ impl Limiter {
     pub fn new(cap: usize) -> Self {
         let cap = cap.max(1) as f64;
         let limit = (Self::START as f64).min(cap);
-        Self { limit, cap, long: None, window_sum: 0.0, window_len: 0, most: limit as usize, pushbacks: 0 }
+        Self {
+            limit,
+            cap,
+            long: None,
+            window_sum: 0.0,
+            window_len: 0,
+            most: limit as usize,
+            pushbacks: 0,
+            slow_start: true,
+        }
     }
 
     /// Rewrites to keep in flight now.
@@ -213,9 +226,14 @@ impl Limiter {
         let short = self.window_sum / self.window_len as f64;
         let long = self.long.unwrap_or(short);
         let gradient = (Self::TOLERANCE * long / short).clamp(0.5, 1.0);
-        let queue = self.limit.sqrt().max(1.0);
-        let wanted = self.limit * gradient + queue;
-        self.limit = (self.limit * (1.0 - Self::SMOOTHING) + wanted * Self::SMOOTHING).clamp(1.0, self.cap);
+        self.slow_start &= gradient >= 1.0;
+        if self.slow_start {
+            self.limit = (self.limit * 2.0).min(self.cap);
+        } else {
+            let queue = self.limit.sqrt().max(1.0);
+            let wanted = self.limit * gradient + queue;
+            self.limit = (self.limit * (1.0 - Self::SMOOTHING) + wanted * Self::SMOOTHING).clamp(1.0, self.cap);
+        }
         self.most = self.most.max(self.limit());
         (self.window_sum, self.window_len) = (0.0, 0);
     }
@@ -223,6 +241,7 @@ impl Limiter {
     /// The server pushed back (429, 5xx, unreachable): halve.
     pub fn on_pushback(&mut self) {
         self.pushbacks += 1;
+        self.slow_start = false;
         self.limit = (self.limit / 2.0).max(1.0);
         (self.window_sum, self.window_len) = (0.0, 0);
     }
@@ -542,6 +561,21 @@ mod tests {
         assert_eq!(table(json!({"metadata": {}, "rows": [{"cells": []}]})), Some(1), "all there is");
         assert_eq!(table(json!({"metadata": {}, "rows": []})), Some(0), "no Secrets");
         assert_eq!(table(json!({"metadata": {"continue": "c"}, "rows": [{}]})), None, "more, count unknown: list them");
+    }
+
+    /// Slow start: 8, 16, 32, 64 within the first 8 + 16 + 32 answers while latency holds.
+    #[test]
+    fn the_limit_reaches_the_cap_within_a_hundred_answers_while_latency_holds() {
+        let mut l = Limiter::new(64);
+        for _ in 0..56 {
+            l.on_latency(ms(20));
+        }
+        assert_eq!(l.limit(), 64);
+        // Then latency climbs (the server is saturated): the slow start is over, the limit eases.
+        for _ in 0..64 * 4 {
+            l.on_latency(ms(80));
+        }
+        assert!(l.limit() < 64, "{}", l.limit());
     }
 
     #[test]
