@@ -281,7 +281,11 @@ impl KmsTrials {
         let hook = kms_hook(cp.clone(), plugin.endpoint.clone(), vec![VAULT.to_string()]);
         let emulator = AzureEmulator::start(spec.clone(), Some(hook)).await?;
         emulator.set_lro(1, Duration::from_millis(200));
-        super::create_numbered_secrets(&cp.client().await?, KMS_DATA_NS, "s", secrets).await?;
+        let client = cp.client().await?;
+        super::create_numbered_secrets(&client, KMS_DATA_NS, "s", secrets).await?;
+        // A node of the managed cluster, as AKS labels it: the operator checks that the
+        // KmsKeyVaultMode names its own cluster before it switches anything.
+        spec.label_node(&client, "aks-node").await?;
         let op = tokio::task::block_in_place(|| -> anyhow::Result<Operator> {
             operator::install(&cp, None)?;
             let mut args = emulator.operator_args(&cp)?;

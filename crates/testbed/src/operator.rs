@@ -236,7 +236,8 @@ impl Operator {
         self.stop();
         let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         // CSOP_OPERATOR_WRAPPER (e.g. `heaptrack -o /tmp/operator`): run the operator under a
-        // profiler; `pid()` is then the wrapper's.
+        // profiler; `pid()` is then the wrapper's, and stopping signals the wrapper only
+        // (heaptrack's script leaves the operator running: `pkill -f cluster-security-operator`).
         let wrapper = std::env::var("CSOP_OPERATOR_WRAPPER").unwrap_or_default();
         let mut wrapper = wrapper.split_whitespace();
         let mut cmd = match wrapper.next() {
