@@ -102,6 +102,17 @@ impl fmt::Display for Violation {
 pub struct Violations(pub Vec<Violation>);
 
 impl Violations {
+    /// One broken rule: `rule` (see [`rule`]), the offending `field`'s path, what is wrong.
+    pub fn one(rule: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut out = Self::default();
+        out.push(rule, field, message);
+        out
+    }
+    /// These and `more`.
+    pub fn and(mut self, more: Violations) -> Self {
+        self.0.extend(more.0);
+        self
+    }
     fn push(&mut self, rule: &'static str, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Violation { rule, field: field.into(), message: message.into() });
     }

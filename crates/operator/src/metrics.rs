@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::{CertificateRotation, KmsKeyVaultMode, OperationState, ReencryptionStatus};
 use crate::reconciler::conditions::STALLED_REASONS;
+use crate::reconciler::Category;
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,6 +27,12 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+    category: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,7 +132,7 @@ struct ReencryptionLabels {
 pub struct Metrics {
     registry: Registry,
     reconciliations: Family<KindLabels, Counter>,
-    errors: Family<KindLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabels, Histogram>,
     operations: Family<StateLabels, Gauge>,
     reencryption: Family<ReencryptionLabels, Gauge<f64, AtomicU64>>,
@@ -219,7 +226,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("csop");
         let reconciliations = Family::<KindLabels, Counter>::default();
-        let errors = Family::<KindLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
         let durations = Family::<KindLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
         let operations = Family::<StateLabels, Gauge>::default();
         let reencryption = Family::<ReencryptionLabels, Gauge<f64, AtomicU64>>::default();
@@ -293,7 +300,11 @@ impl Metrics {
             resource_failed.clone(),
         );
         registry.register("reconciliations", "Reconciles run, per kind", reconciliations.clone());
-        registry.register("reconcile_errors", "Reconciles that ended in an error (retried), per kind", errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error (retried), per kind and error category",
+            errors.clone(),
+        );
         registry.register("reconcile_duration_seconds", "How long reconciles took, per kind", durations.clone());
         registry.register("operations", "Objects per kind by the state of their newest operation", operations.clone());
         registry.register(
@@ -335,14 +346,18 @@ impl Metrics {
         }
     }
 
-    /// One reconcile of `kind` ended after `took`.
-    pub fn reconciled(&self, kind: &'static str, took: Duration, ok: bool) {
+    /// One reconcile of `kind` ended after `took`, failed with an error of `failed`'s category
+    /// (None: it succeeded).
+    pub fn reconciled(&self, kind: &'static str, took: Duration, failed: Option<Category>) {
         let l = KindLabels { kind };
         self.reconciliations.get_or_create(&l).inc();
-        // Created at 0 with the first reconcile, so that rate() and alerts see the series.
-        let errors = self.errors.get_or_create(&l);
-        if !ok {
-            errors.inc();
+        // Every category's series created at 0 with the first reconcile, so that rate() and
+        // alerts see the first error too.
+        for category in Category::ALL {
+            let errors = self.errors.get_or_create(&ErrorLabels { kind, category: category.label() });
+            if failed == Some(category) {
+                errors.inc();
+            }
         }
         self.durations.get_or_create(&l).observe(took.as_secs_f64());
     }
@@ -511,7 +526,7 @@ impl Metrics {
     pub fn catalogue() -> String {
         let m = Metrics::new();
         let t = Duration::from_millis(1);
-        m.reconciled("Kind", t, false);
+        m.reconciled("Kind", t, Some(Category::Transient));
         let stalled =
             ObjectHealth { newest: Some(OperationState::UpdateFailed), stalled: Some("Reason"), ready: false };
         m.object("Kind", Some("ns"), "x", Some(stalled));
@@ -646,11 +661,14 @@ mod tests {
     #[test]
     fn reconciles_errors_and_durations_per_kind() {
         let m = Metrics::new();
-        m.reconciled("KmsKeyVaultMode", Duration::from_millis(20), true);
-        m.reconciled("KmsKeyVaultMode", Duration::from_millis(30), false);
+        m.reconciled("KmsKeyVaultMode", Duration::from_millis(20), None);
+        m.reconciled("KmsKeyVaultMode", Duration::from_millis(30), Some(Category::Conflict));
         let text = m.encode();
         assert!(text.contains(r#"csop_reconciliations_total{kind="KmsKeyVaultMode"} 2"#), "{text}");
-        assert!(text.contains(r#"csop_reconcile_errors_total{kind="KmsKeyVaultMode"} 1"#), "{text}");
+        let errors =
+            |category| format!(r#"csop_reconcile_errors_total{{kind="KmsKeyVaultMode",category="{category}"}}"#);
+        assert!(text.contains(&format!("{} 1", errors("conflict"))), "{text}");
+        assert!(text.contains(&format!("{} 0", errors("transient"))), "every category's series exists: {text}");
         assert!(text.contains(r#"csop_reconcile_duration_seconds_count{kind="KmsKeyVaultMode"} 2"#), "{text}");
         assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
     }

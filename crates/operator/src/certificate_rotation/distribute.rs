@@ -34,6 +34,7 @@ use super::trust_configmap;
 use crate::api::{CertificateRotation, FIELD_MANAGER};
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, MANAGED_BY_LABEL};
+use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named, Round};
 
 /// Label of every copy: the uid of the CertificateRotation it copies for.
@@ -119,10 +120,11 @@ async fn copy(
         }
     }
     targets.remove(&own);
-    let original = Api::<ConfigMap>::namespaced(ctx.client.clone(), &own)
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &own, &name), source: Box::new(source) })?;
+    let original = Api::<ConfigMap>::namespaced(ctx.client.clone(), &own).get_opt(&name).await.reading(&Named::new(
+        "ConfigMap",
+        &own,
+        &name,
+    ))?;
     // Nothing published yet (the first operation has not installed a certificate).
     let Some(original) = original else { return Ok(Some(RESYNC)) };
     let data = match copyable(&original, cr) {
@@ -296,10 +298,7 @@ async fn remove_copies(ctx: &Context, uid: &str, name: &str, keep: &BTreeSet<Str
     }
     let lp = ListParams::default().labels(&format!("{SOURCE_LABEL}={uid}"));
     for api in ctx.scope.apis::<ConfigMap>(&ctx.client) {
-        let copies = api
-            .list_metadata(&lp)
-            .await
-            .map_err(|source| Error::Read { object: Named::new("ConfigMaps", "", name), source: Box::new(source) })?;
+        let copies = api.list_metadata(&lp).await.reading(&Named::new("ConfigMaps", "", name))?;
         // Listed by this uid: the source label decides (no source object needed).
         for copy in copies.items.into_iter().filter(|c| c.name_any() == name && is_copy(&c.metadata, uid, "")) {
             let ns = copy.namespace().unwrap_or_default();

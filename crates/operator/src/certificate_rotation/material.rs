@@ -25,6 +25,7 @@ use crate::reconciler::derived;
 use crate::reconciler::operation::{self, rfc3339};
 use crate::reconciler::rolling::PrepareError;
 use crate::reconciler::workload::Workload;
+use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named, Round};
 
 /// What a slot asks for, taken from the spec.
@@ -114,10 +115,7 @@ pub async fn drifted_slots(
     for w in wants(cr) {
         let Some(in_force) = slot_status(status, w.slot).and_then(|s| s.fingerprint_sha256.clone()) else { continue };
         let name = w.slot.tls_secret(&cr.spec.cluster_ref.name);
-        let found = secrets
-            .get_opt(&name)
-            .await
-            .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?;
+        let found = secrets.get_opt(&name).await.reading(&secret(&ns, &name))?;
         let held = found
             .and_then(|s| secret_string(&s, "tls.crt"))
             .and_then(|pem| inspect::first_certificate(&pem))
@@ -138,17 +136,12 @@ pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Res
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
     let tls_name = Slot::External.tls_secret(cluster);
-    let tls = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&tls_name)
-        .await
-        .map_err(|source| Error::Read { object: secret(&ns, &tls_name), source: Box::new(source) })?;
+    let tls =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&tls_name).await.reading(&secret(&ns, &tls_name))?;
     let Some(ca) = tls.and_then(|s| secret_string(&s, "ca.crt")) else { return Ok(Vec::new()) };
     let cm_name = trust_configmap(cluster);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = cms
-        .get_opt(&cm_name)
-        .await
-        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    let current = cms.get_opt(&cm_name).await.reading(&Named::new("ConfigMap", &ns, &cm_name))?;
     let intact = |c: &ConfigMap| {
         let data = c.data.clone().unwrap_or_default();
         data.get("current-ca.crt") == Some(&ca) && data.get("ca.crt").is_some_and(|b| b.contains(&ca))
@@ -275,11 +268,7 @@ pub async fn material(
                 return invalid("only the external certificate can come from a Secret".into());
             };
             let name = ext.secret_name.clone().unwrap_or_default();
-            let Some(source_secret) = secrets
-                .get_opt(&name)
-                .await
-                .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?
-            else {
+            let Some(source_secret) = secrets.get_opt(&name).await.reading(&secret(&ns, &name))? else {
                 return Err(PrepareError::refused(
                     reason::SECRET_NOT_FOUND,
                     format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
@@ -313,10 +302,8 @@ pub async fn material(
 async fn read_kept_ca(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<pki::KeyedCert>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let ca_name = slot.ca_secret(&cr.spec.cluster_ref.name);
-    let kept = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&ca_name)
-        .await
-        .map_err(|source| Error::Read { object: secret(&ns, &ca_name), source: Box::new(source) })?;
+    let kept =
+        Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&ca_name).await.reading(&secret(&ns, &ca_name))?;
     Ok(kept.as_ref().and_then(|s| {
         Some(pki::KeyedCert { cert_pem: secret_string(s, "ca.crt")?, key_pem: secret_string(s, "ca.key")? })
     }))
@@ -433,10 +420,7 @@ async fn issued_for(
     ca: &pki::KeyedCert,
     now: Timestamp,
 ) -> Result<Option<Material>, Error> {
-    let existing = secrets
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read { object: secret(ns, name), source: Box::new(source) })?;
+    let existing = secrets.get_opt(name).await.reading(&secret(ns, name))?;
     let Some(s) =
         existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))
     else {
@@ -474,10 +458,11 @@ pub async fn published_bundle(ctx: &Context, cr: &CertificateRotation) -> Result
 async fn published_key(ctx: &Context, cr: &CertificateRotation, key: &str) -> Result<Option<String>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
-    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&cm_name)
-        .await
-        .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &cm_name), source: Box::new(source) })?;
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns).get_opt(&cm_name).await.reading(&Named::new(
+        "ConfigMap",
+        &ns,
+        &cm_name,
+    ))?;
     Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
 }
 
@@ -492,10 +477,7 @@ pub struct InForce {
 pub async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<InForce>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let name = slot.tls_secret(&cr.spec.cluster_ref.name);
-    let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::Read { object: secret(&ns, &name), source: Box::new(source) })?;
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await.reading(&secret(&ns, &name))?;
     Ok(found.and_then(|s| {
         Some(InForce {
             cert_pem: secret_string(&s, "tls.crt")?,
@@ -589,10 +571,7 @@ pub async fn source_secret_changed(
     let Some(ext) = cr.spec.external.as_ref().filter(|e| e.type_ == CertificateType::Secret) else { return Ok(None) };
     let (Some(name), Some(in_force)) = (ext.secret_name.as_deref(), status.external.as_ref()) else { return Ok(None) };
     let ns = cr.namespace().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(name)
-        .await
-        .map_err(|source| Error::Read { object: secret(&ns, name), source: Box::new(source) })?;
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(name).await.reading(&secret(&ns, name))?;
     let current = secret
         .as_ref()
         .and_then(|s| secret_string(s, SecretLayout::of(ext, s).cert))

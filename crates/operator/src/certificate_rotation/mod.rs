@@ -36,10 +36,11 @@ use crate::reconciler::verify::Expectation;
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::Workload;
+use crate::reconciler::Noted as _;
 use crate::reconciler::{operation, Context, Error, Health, Named, Outcome, Reconcile, Round};
 use crate::security_policy::properties::{EXTERNAL_TLS_DIR, INTERNAL_TLS_DIR};
 use crate::security_policy::served;
-use crate::validate;
+use crate::validate::{self, Violations};
 
 /// External (clients) or internal (pod-to-pod) certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +193,8 @@ impl Reconcile for CertificateRotation {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
 
-    fn validate(&self, status: &CertificateRotationStatus, _: &()) -> Result<(), String> {
-        validate::certificate_rotation(&self.spec).map_err(|v| v.to_string())?;
+    fn validate(&self, status: &CertificateRotationStatus, _: &()) -> Result<(), Violations> {
+        validate::certificate_rotation(&self.spec)?;
         rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)
     }
 
@@ -369,7 +370,7 @@ impl Rolling for CertificateRotation {
         let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
             .get_metadata_opt(&name)
             .await
-            .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source: Box::new(source) })?;
+            .reading(&Named::new("Secret", &ns, &name))?;
         Ok(found.is_some())
     }
 

@@ -44,7 +44,7 @@ use crate::reconciler::conditions;
 use crate::reconciler::events::reason as event;
 use crate::reconciler::operation::{self, rfc3339};
 use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
-use crate::validate;
+use crate::validate::{self, Violations};
 
 /// Reasons of this kind's conditions.
 pub mod kms_reason {
@@ -474,8 +474,8 @@ impl Reconcile for KmsKeyVaultMode {
         Api::all(client)
     }
 
-    fn validate(&self, _: &KmsKeyVaultModeStatus, providers: &Self::Deps) -> Result<(), String> {
-        validate::kms_key_vault_mode(&self.spec, providers.vault_dns_suffix()).map_err(|v| v.to_string())
+    fn validate(&self, _: &KmsKeyVaultModeStatus, providers: &Self::Deps) -> Result<(), Violations> {
+        validate::kms_key_vault_mode(&self.spec, providers.vault_dns_suffix())
     }
 
     /// A recorded operation finishes even when the spec turned invalid: its target was fixed,
@@ -883,8 +883,8 @@ async fn decide(
     // Only where an operation would open, before anything is recorded and so before any cloud
     // write: the managed cluster is this one.
     let (checked_type, checked_reason, checked_note) = match own_cluster(obj, ctx, provider, &current).await? {
-        Ok(said) => said,
-        Err(foreign) => return Ok(Some(foreign)),
+        OwnCluster::Opens(type_, reason, note) => (type_, reason, note),
+        OwnCluster::Refused(foreign) => return Ok(Some(foreign)),
     };
     // Before the first cloud write: a switch the operator is not allowed to finish does not start.
     if let Some(stalled) = missing_permissions(obj, round, provider, &current.settings, &desired).await {
@@ -907,16 +907,22 @@ async fn decide(
     Ok(None)
 }
 
-/// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]): Err
-/// (Stalled `ForeignCluster`, looked at again every minute) when not or when nothing tells; Ok
-/// with the event to publish when the operation opens (what showed it, or that the override
-/// skipped it) when the switch may open.
+/// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]).
+enum OwnCluster {
+    /// The switch may open, with the event to publish when the operation opens (what showed
+    /// it, or that the override skipped it).
+    Opens(EventType, &'static str, String),
+    /// Not, or nothing tells: Stalled `ForeignCluster`, looked at again every minute.
+    Refused(Outcome),
+}
+
+/// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]).
 async fn own_cluster(
     obj: &KmsKeyVaultMode,
     ctx: &Context,
     provider: &dyn KmsProvider,
     current: &provider::ClusterKms,
-) -> Result<Result<(EventType, &'static str, String), Outcome>, Error> {
+) -> Result<OwnCluster, Error> {
     let annotation = obj.annotations().get(own_cluster::CHECK_ANNOTATION).map(String::as_str);
     let local = match annotation {
         Some(own_cluster::CHECK_SKIP) => own_cluster::Local::default(),
@@ -926,11 +932,11 @@ async fn own_cluster(
     Ok(match own_cluster::judge(&current.identity, &local, annotation, &cluster) {
         own_cluster::Verdict::Refused(message) => {
             let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER.into(), message };
-            Err(Outcome::new(health, Some(IDLE_CONFLICT)))
+            OwnCluster::Refused(Outcome::new(health, Some(IDLE_CONFLICT)))
         }
         own_cluster::Verdict::Same(why) => {
             let note = format!("{cluster} is the cluster the operator runs in: {why}.");
-            Ok((EventType::Normal, kms_reason::MANAGED_CLUSTER_CHECKED, note))
+            OwnCluster::Opens(EventType::Normal, kms_reason::MANAGED_CLUSTER_CHECKED, note)
         }
         own_cluster::Verdict::Skipped => {
             let note = format!(
@@ -939,7 +945,7 @@ async fn own_cluster(
                 own_cluster::CHECK_SKIP
             );
             warn!(%note, "managed cluster check skipped");
-            Ok((EventType::Warning, kms_reason::MANAGED_CLUSTER_CHECK_SKIPPED, note))
+            OwnCluster::Opens(EventType::Warning, kms_reason::MANAGED_CLUSTER_CHECK_SKIPPED, note)
         }
     })
 }

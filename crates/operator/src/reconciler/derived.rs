@@ -25,6 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use super::rolling::Rolling;
+use super::Noted as _;
 use super::{watch, Context, Error, Named};
 
 /// The label on every object the operator created.
@@ -170,11 +171,7 @@ where
     let object = || Named::new(kind, &ns, &name);
     let writer = Owner::of(owner);
     let api = Api::<T>::namespaced(client.clone(), &ns);
-    let existing = api
-        .get_metadata_opt(&name)
-        .await
-        .map_err(|source| Error::Read { object: object(), source: Box::new(source) })?
-        .map(|m| m.metadata);
+    let existing = api.get_metadata_opt(&name).await.reading(&object())?.map(|m| m.metadata);
     let mut body = body.clone();
     if let Some(meta) = &existing {
         if writer.uid.is_empty() || !may_write(meta, &writer) {
@@ -184,14 +181,10 @@ where
         body["metadata"]["resourceVersion"] = json!(meta.resource_version);
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &pp, &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Write { object: object(), source: Box::new(source) })?;
+    api.patch(&name, &pp, &Patch::Apply(&body)).await.writing(&object())?;
     if existing.as_ref().is_some_and(adopt_requested) {
         let drop_adopt = json!({"metadata": {"annotations": {ADOPT_ANNOTATION: null}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&drop_adopt))
-            .await
-            .map_err(|source| Error::Write { object: object(), source: Box::new(source) })?;
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&drop_adopt)).await.writing(&object())?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::Noted as _;
 use super::{Error, Named, Reconcile};
 
 fn named<K: Reconcile>(obj: &K) -> Named {
@@ -20,10 +21,7 @@ pub async fn add<K: Reconcile>(api: &Api<K>, obj: &K, finalizer: &str) -> Result
     let mut finalizers = obj.finalizers().to_vec();
     finalizers.push(finalizer.to_string());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(Arc::new)
-        .map_err(|source| Error::Write { object: named(obj), source: Box::new(source) })
+    api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(Arc::new).writing(&named(obj))
 }
 
 /// Remove `finalizer` from the object `read` names, as stored now (the round's status write

@@ -15,6 +15,7 @@
 pub mod caches;
 pub mod conditions;
 pub mod derived;
+mod error;
 pub mod events;
 mod finalizer;
 pub mod operation;
@@ -31,6 +32,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_security_api::validate::Violations;
 use cluster_security_api::{Operated, OperationRecord, RECONCILE_ANNOTATION};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -41,6 +43,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 pub use self::conditions::Health;
+pub use self::error::{Category, Error, Named, Noted};
 pub use self::round::Round;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
@@ -154,63 +157,6 @@ pub const DEFAULT_NAMESPACE: &str = "cluster-security-operator";
 /// ~100 MiB (benches/scale.rs: 36 MiB with 8); bounded, the API server also sees no burst.
 pub const CONCURRENT_RECONCILES: u16 = 8;
 
-/// An object, as messages name it: `Secret kafka/orders-kafka-external-tls`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Named {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for Named {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-impl Named {
-    pub fn new(kind: &'static str, namespace: &str, name: &str) -> Self {
-        Self { kind, namespace: namespace.into(), name: name.into() }
-    }
-}
-
-/// Why a reconcile could not finish. Sources are boxed: errors travel the cold path, and a
-/// small `Result` keeps every happy path cheap. Every one of these is transient from the kit's point of
-/// view (the API server, the cloud or a write that lost a race): the reconcile is retried with
-/// backoff; what the user must fix is reported in the status instead (Stalled), not here.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("reading {object}: {source}")]
-    Read { object: Named, source: Box<kube::Error> },
-    #[error("writing {object}: {source}")]
-    Write { object: Named, source: Box<kube::Error> },
-    #[error("writing the status of {object}: {source}")]
-    WriteStatus { object: Named, source: Box<kube::Error> },
-    #[error("writing the status of {object}: the object kept changing under {attempts} attempts")]
-    StatusContention { object: Named, attempts: usize },
-    #[error("encoding the status of {object}: {source}")]
-    EncodeStatus { object: Named, source: serde_json::Error },
-    #[error("patching the pod template of {workload}: {source}")]
-    PatchTemplate { workload: String, source: Box<kube::Error> },
-    #[error("issuing the {what}: {source}")]
-    Issue { what: String, source: crate::pki::PkiError },
-    #[error(
-        "the CustomResourceDefinition {crd} is not installed in this cluster; install the CRDs with \
-         `kubectl apply -f crds/` (or `cluster-security-operator crd | kubectl apply -f -`) and start again"
-    )]
-    CrdMissing { crd: String },
-    #[error("checking that {crd} is installed: {source}")]
-    CrdCheck { crd: String, source: Box<kube::Error> },
-    /// A derived object's name is held by an object this resource may not write: the round
-    /// ends in status (Stalled `NameConflict`), not in an error retried every few seconds.
-    #[error("not writing {object}: {message}")]
-    NameConflict { object: Named, message: String },
-}
-
 /// What one round decided to report: the health for the conditions and when to look again
 /// (None: at the next change).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +188,7 @@ pub trait Reconcile:
     fn api(client: Client, obj: &Self) -> Api<Self>;
 
     /// The contract's rules for this spec, given what the status records; Err: the violation.
-    fn validate(&self, status: &Self::Status, deps: &Self::Deps) -> Result<(), String>;
+    fn validate(&self, status: &Self::Status, deps: &Self::Deps) -> Result<(), Violations>;
 
     /// Whether an operation is under way that an invalid spec must not interrupt: by default,
     /// one past PENDING (a PENDING operation still takes the newest spec).
@@ -288,7 +234,7 @@ pub trait Reconcile:
 }
 
 /// The health for a spec the rules refuse: nothing new starts until it is fixed.
-pub fn invalid_spec(violation: &str) -> Outcome {
+pub fn invalid_spec(violation: &Violations) -> Outcome {
     Outcome::new(
         Health::Stalled {
             reason: conditions::reason::INVALID_SPEC.into(),
@@ -392,29 +338,28 @@ async fn reconcile_once<K: Reconcile>(
     Ok(outcome.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
-/// What a failed reconcile waits before the next try (the error is logged, and transient by
-/// construction: see [`Error`]).
+/// What a failed reconcile waits before the next try: the backoff of the error's [`Category`]
+/// (a lost race is retried at once, a refusal by RBAC or an admission policy rarely).
 fn error_policy<K: Reconcile>(obj: Arc<K>, error: &Error, _: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Action {
-    warn!(kind = K::KIND, name = %obj.name_any(), %error, "reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER_ERROR)
+    let category = error.category();
+    warn!(kind = K::KIND, name = %obj.name_any(), %error, category = category.label(), "reconcile failed; retrying");
+    Action::requeue(category.backoff())
 }
 
 /// When a resource held back by someone else's object looks again (the object may be renamed,
 /// deleted or offered for adoption without our watch seeing it).
 pub const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 
-/// Wait after a failed reconcile.
-const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
-
 /// The object as the API server holds it now (None: deleted). Reconciles decide on this rather
 /// than on the watch cache: after an API server restart the cache can lag for a while, and
 /// decisions on a stale copy would only end in resourceVersion conflicts (or, worse, redo work
 /// whose record the cache does not show yet). One GET per reconcile; our objects are few.
 async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>, Error> {
-    api.get_opt(&cached.name_any()).await.map(|o| o.map(Arc::new)).map_err(|source| Error::Read {
-        object: Named::new(K::KIND, &cached.namespace().unwrap_or_default(), &cached.name_any()),
-        source: Box::new(source),
-    })
+    api.get_opt(&cached.name_any()).await.map(|o| o.map(Arc::new)).reading(&Named::new(
+        K::KIND,
+        &cached.namespace().unwrap_or_default(),
+        &cached.name_any(),
+    ))
 }
 
 /// Fail early, with the install command, when a CRD is missing.
@@ -455,11 +400,11 @@ pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc
     let all = match ctx.caches.get::<K>() {
         Some(cache) => cache.state(),
         None => {
-            let list =
-                K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.map_err(|source| Error::Read {
-                    object: Named::new(K::KIND, &obj.namespace().unwrap_or_default(), "(all)"),
-                    source: Box::new(source),
-                })?;
+            let list = K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.reading(&Named::new(
+                K::KIND,
+                &obj.namespace().unwrap_or_default(),
+                "(all)",
+            ))?;
             list.items.into_iter().map(Arc::new).collect()
         }
     };

@@ -272,9 +272,9 @@ pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&So
 }
 
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.
-pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<String> {
+pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<validate::Violations> {
     let recorded = K::recorded_cluster_ref(status)?;
-    validate::cluster_ref_unchanged(K::KIND, obj.cluster_ref(), recorded).err().map(|v| v.to_string())
+    validate::cluster_ref_unchanged(K::KIND, obj.cluster_ref(), recorded).err()
 }
 
 /// Another object of the kind, older (by creation, then name) and not being deleted, that
@@ -621,8 +621,8 @@ async fn follow<K: Rolling>(
             let verification = match op.verification.clone() {
                 Some(verified) => verified,
                 None => match on_the_wire(kind, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
-                    Ok(summary) => summary,
-                    Err(meanwhile) => return Ok(meanwhile),
+                    WireCheck::Verified(summary) => summary,
+                    WireCheck::Meanwhile(outcome) => return Ok(outcome),
                 },
             };
             op.verification = Some(verification.clone());
@@ -647,9 +647,16 @@ async fn follow<K: Rolling>(
     }
 }
 
-/// The check on the wire before an operation completes: `Ok(what was checked)`, or `Err(the
-/// outcome to report meanwhile)` — waiting for the last old pods, a finding looked at again, or
-/// the operation failed once the deadline passed.
+/// What the check on the wire before an operation completes found.
+enum WireCheck {
+    /// Every pod presents what was put in place (or nothing is checked): what was checked.
+    Verified(String),
+    /// The outcome to report meanwhile: waiting for the last old pods, a finding looked at
+    /// again, or the operation failed once the deadline passed.
+    Meanwhile(Outcome),
+}
+
+/// The check on the wire before an operation completes.
 async fn on_the_wire<K: Rolling>(
     kind: &K,
     round: &mut Round<K>,
@@ -658,15 +665,15 @@ async fn on_the_wire<K: Rolling>(
     op: &mut Operation<Info<K>>,
     annotations: &BTreeMap<String, String>,
     (elapsed, timeout): (i64, i64),
-) -> Result<Result<String, Outcome>, Error> {
+) -> Result<WireCheck, Error> {
     let (Some(expected), Some(w)) = (kind.wire_expectation(ctx).await?, workload) else {
-        return Ok(Ok("Not checked on the wire (spec.verify.enabled: false).".to_string()));
+        return Ok(WireCheck::Verified("Not checked on the wire (spec.verify.enabled: false).".to_string()));
     };
     let ns = round.namespace();
     let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(reading_pods(kind, &ns))?;
     let late = elapsed >= timeout;
-    Ok(Err(match verdict {
-        Verdict::Verified(summary) => return Ok(Ok(summary)),
+    Ok(WireCheck::Meanwhile(match verdict {
+        Verdict::Verified(summary) => return Ok(WireCheck::Verified(summary)),
         Verdict::Rolling(message) if !late => {
             Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(FOLLOW_ROLLOUT))
         }

@@ -6,6 +6,7 @@ use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::Noted as _;
 use super::{Error, Named, Reconcile};
 
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, and `null` for
@@ -67,10 +68,7 @@ where
             // certificate issued, a rollout started) that must not be redone. Send it again on
             // the object as it is now; a changed spec is picked up by the next reconcile.
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let current = api
-                    .get(&name)
-                    .await
-                    .map_err(|source| Error::Read { object: object(), source: Box::new(source) })?;
+                let current = api.get(&name).await.reading(&object())?;
                 if status_of(&current) != old {
                     return Err(Error::WriteStatus { object: object(), source: Box::new(kube::Error::Api(s)) });
                 }

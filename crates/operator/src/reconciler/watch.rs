@@ -100,14 +100,14 @@ fn report_cache_sync<K: Reconcile>(store: Store<K>, readiness: Arc<Readiness>) {
 /// Run one reconcile of `obj` and record it in the metrics: count, error, duration, and the
 /// state of the object's newest operation as the reconcile saw it (every status write triggers
 /// another reconcile, so this follows the object).
-pub async fn measured<K: Reconcile, E>(
+pub async fn measured<K: Reconcile>(
     metrics: Arc<Metrics>,
     obj: Arc<K>,
-    reconcile: impl std::future::Future<Output = Result<Action, E>>,
-) -> Result<Action, E> {
+    reconcile: impl std::future::Future<Output = Result<Action, super::Error>>,
+) -> Result<Action, super::Error> {
     let started = std::time::Instant::now();
     let result = reconcile.await;
-    metrics.reconciled(K::KIND, started.elapsed(), result.is_ok());
+    metrics.reconciled(K::KIND, started.elapsed(), result.as_ref().err().map(super::Error::category));
     let health = obj.status().map(|s| {
         let is_true = |type_: &str| s.conditions().iter().find(|c| c.type_ == type_ && c.status == "True");
         ObjectHealth {

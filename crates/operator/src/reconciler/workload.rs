@@ -13,6 +13,7 @@ use serde_json::json;
 use cluster_security_api::{ClusterRef, ClusterState, WorkloadKind, FIELD_MANAGER};
 
 use super::wiring::{TemplateMounts, Wiring};
+use super::Noted as _;
 
 /// The label the Deployment controller puts on a ReplicaSet's pods: the hash its name ends with.
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -291,10 +292,7 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
         WorkloadKind::StatefulSet => "StatefulSet",
         WorkloadKind::Deployment => "Deployment",
     };
-    get(client, namespace, r).await.map_err(|source| super::Error::Read {
-        object: super::Named::new(kind, namespace, &r.name),
-        source: Box::new(source),
-    })
+    get(client, namespace, r).await.reading(&super::Named::new(kind, namespace, &r.name))
 }
 
 /// A StatefulSet with `updateStrategy: OnDelete` rolls only as pods are deleted: the pod to delete

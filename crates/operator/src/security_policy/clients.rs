@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::api::{ClusterSecurityPolicy, TlsClient};
 use crate::pki::{self, KeyedCert};
 use crate::reconciler::derived;
+use crate::reconciler::Noted as _;
 use crate::reconciler::{Error, Named};
 
 /// Validity of a client certificate.
@@ -53,10 +54,8 @@ async fn due<'c>(
     let ns = csp.namespace().unwrap_or_default();
     let mut out = Vec::new();
     for client in listed(csp) {
-        let current = secrets.get_opt(&client.secret_name).await.map_err(|source| Error::Read {
-            object: Named::new("Secret", &ns, &client.secret_name),
-            source: Box::new(source),
-        })?;
+        let current =
+            secrets.get_opt(&client.secret_name).await.reading(&Named::new("Secret", &ns, &client.secret_name))?;
         if needs_issue(current.as_ref(), client, ca_pem, now) {
             out.push(client);
         }
@@ -92,10 +91,7 @@ pub async fn issue_due(
 pub async fn any_due(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy, now: Timestamp) -> Result<bool, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let key_name = super::client_ca_key_secret_name(&csp.spec.cluster_ref.name);
-    let kept = secrets
-        .get_opt(&key_name)
-        .await
-        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &key_name), source: Box::new(source) })?;
+    let kept = secrets.get_opt(&key_name).await.reading(&Named::new("Secret", &ns, &key_name))?;
     let ca = kept.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|c| String::from_utf8(c.0.clone()).ok()));
     match ca {
         Some(ca) => Ok(!due(secrets, csp, &ca, now).await?.is_empty()),

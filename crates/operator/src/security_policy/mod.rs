@@ -35,7 +35,9 @@ use crate::reconciler::verify::Expectation;
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::wiring::{Mount, Source, Wiring};
 use crate::reconciler::workload::{self, Workload};
+use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Health, Named, Outcome, Reconcile, Round};
+use crate::validate::Violations;
 use crate::{pki, validate};
 use kube::runtime::events::EventType;
 
@@ -75,7 +77,7 @@ pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
 /// operation ever recorded (also while it waits in PENDING: without the webhook, a change then
 /// would otherwise slip through), else with the value first seen (before any operation: one
 /// held back by a conflict, say).
-fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<String> {
+fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPolicyStatus) -> Option<Violations> {
     let first_recorded = || {
         let oldest = status.operations.last().or(status.current_operation.as_ref());
         oldest.and_then(|o| o.target_info.as_ref())
@@ -87,9 +89,12 @@ fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPol
         .map(|s| s.encryption_in_transit.in_cluster)
         .or(status.first_seen_in_cluster)?;
     (applied != csp.spec.encryption_in_transit.in_cluster).then(|| {
-        format!(
-            "spec.encryptionInTransit.inCluster: you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied} (rule {})",
-            validate::rule::IN_CLUSTER_IMMUTABLE
+        Violations::one(
+            validate::rule::IN_CLUSTER_IMMUTABLE,
+            "spec.encryptionInTransit.inCluster",
+            format!(
+                "you can't change the in-cluster (broker-to-broker) encryption setting after creation (it is {applied}); put back inCluster: {applied}"
+            ),
         )
     })
 }
@@ -114,8 +119,8 @@ impl Reconcile for ClusterSecurityPolicy {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
 
-    fn validate(&self, status: &ClusterSecurityPolicyStatus, _: &()) -> Result<(), String> {
-        validate::security_policy(&self.spec, None).map_err(|v| v.to_string())?;
+    fn validate(&self, status: &ClusterSecurityPolicyStatus, _: &()) -> Result<(), Violations> {
+        validate::security_policy(&self.spec, None)?;
         rolling::cluster_ref_violation(self, status).map_or(Ok(()), Err)?;
         in_cluster_violation(self, status).map_or(Ok(()), Err)
     }
@@ -222,10 +227,7 @@ impl Rolling for ClusterSecurityPolicy {
         let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         let refs = self.spec.client_authentication.tls.iter().flat_map(|t| t.certificate_authority_secret_refs.iter());
         for r in refs {
-            let found = api.get_metadata_opt(&r.name).await.map_err(|source| Error::Read {
-                object: Named::new("Secret", &ns, &r.name),
-                source: Box::new(source),
-            })?;
+            let found = api.get_metadata_opt(&r.name).await.reading(&Named::new("Secret", &ns, &r.name))?;
             if found.is_none() {
                 return Ok(false);
             }
@@ -289,7 +291,7 @@ impl Rolling for ClusterSecurityPolicy {
         let current = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&name)
             .await
-            .map_err(|source| Error::Read { object: Named::new("ConfigMap", &ns, &name), source: Box::new(source) })?;
+            .reading(&Named::new("ConfigMap", &ns, &name))?;
         match current {
             Some(cm)
                 if cm.data.as_ref() == Some(&data) || !derived::may_write(&cm.metadata, &derived::Owner::of(self)) =>
@@ -432,29 +434,33 @@ async fn write_configmap(
     derived::apply::<ConfigMap, _>(&ctx.client, csp, &cm).await
 }
 
-/// The CA bundle the Secrets in `certificateAuthoritySecretRefs` make now; Err(name) when the
-/// Secret `name` is missing or holds no PEM certificate under `ca.crt`.
+/// What the Secrets in `certificateAuthoritySecretRefs` make now.
+enum ReferencedCa {
+    /// Their certificates, one PEM bundle.
+    Bundle(String),
+    /// The Secret of this name is missing or holds no PEM certificate under `ca.crt`.
+    Missing(String),
+}
+
+/// The CA bundle the Secrets in `certificateAuthoritySecretRefs` make now.
 async fn referenced_ca_bundle(
     secrets: &Api<Secret>,
     ns: &str,
     refs: &[crate::api::SecretRef],
-) -> Result<Result<String, String>, Error> {
+) -> Result<ReferencedCa, Error> {
     let mut bundle = String::new();
     for r in refs {
-        let s = secrets
-            .get_opt(&r.name)
-            .await
-            .map_err(|source| Error::Read { object: Named::new("Secret", ns, &r.name), source: Box::new(source) })?;
+        let s = secrets.get_opt(&r.name).await.reading(&Named::new("Secret", ns, &r.name))?;
         let crt =
             s.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
         // Only the certificates go on: this bundle is mounted by the brokers, and whatever else
         // the user's Secret holds next to them (a CA key) is not theirs to see.
         match crt.map(|c| pki::certificates_only(&c).0) {
             Some(c) if !c.is_empty() => bundle.push_str(&c),
-            _ => return Ok(Err(r.name.clone())),
+            _ => return Ok(ReferencedCa::Missing(r.name.clone())),
         }
     }
-    Ok(Ok(bundle))
+    Ok(ReferencedCa::Bundle(bundle))
 }
 
 /// The CA Secrets the spec names hold another bundle than the brokers trust (the
@@ -466,14 +472,15 @@ async fn ca_source_change(ctx: &Context, csp: &ClusterSecurityPolicy) -> Result<
     }
     let ns = csp.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Ok(now) = referenced_ca_bundle(&secrets, &ns, &tls.certificate_authority_secret_refs).await? else {
+    let ReferencedCa::Bundle(now) = referenced_ca_bundle(&secrets, &ns, &tls.certificate_authority_secret_refs).await?
+    else {
         return Ok(None); // a missing CA Secret: the next operation reports it
     };
     let name = client_ca_secret_name(&csp.spec.cluster_ref.name);
     let trusted = secrets
         .get_opt(&name)
         .await
-        .map_err(|source| Error::Read { object: Named::new("Secret", &ns, &name), source: Box::new(source) })?
+        .reading(&Named::new("Secret", &ns, &name))?
         .and_then(|s| s.data)
         .and_then(|d| d.get("ca.crt").and_then(|v| String::from_utf8(v.0.clone()).ok()));
     if trusted.as_deref() == Some(now.as_str()) || trusted.is_none() {
@@ -505,9 +512,7 @@ async fn client_ca_bundle(
     let cluster = &csp.spec.cluster_ref.name;
     let secret = |name: &str| Named::new("Secret", &ns, name);
     let ca_name = client_ca_secret_name(cluster);
-    let read = |name: String| async move {
-        secrets.get_opt(&name).await.map_err(|source| Error::Read { object: secret(&name), source: Box::new(source) })
-    };
+    let read = |name: String| async move { secrets.get_opt(&name).await.reading(&secret(&name)) };
     let pair = |s: Option<Secret>| {
         s.and_then(|s| s.data).and_then(|d| {
             let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
@@ -543,13 +548,13 @@ async fn client_ca_bundle(
             secrets
                 .patch(&ca_name, &PatchParams::default(), &Patch::Merge(&drop_key))
                 .await
-                .map_err(|source| Error::Write { object: secret(&ca_name), source: Box::new(source) })?;
+                .writing(&secret(&ca_name))?;
         }
         (crt.clone(), Some(pki::KeyedCert { cert_pem: crt, key_pem: key }))
     } else {
         match referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await? {
-            Ok(bundle) => (bundle, None),
-            Err(name) => {
+            ReferencedCa::Bundle(bundle) => (bundle, None),
+            ReferencedCa::Missing(name) => {
                 return Err(PrepareError::refused(
                     reason::SECRET_NOT_FOUND,
                     format!(
@@ -600,6 +605,7 @@ mod in_cluster_tests {
         );
         status.current_operation = Some(op);
         let refused = in_cluster_violation(&csp(false), &status).expect("PENDING first operation fixes inCluster");
+        let refused = refused.to_string();
         assert!(refused.contains("InClusterEncryptionImmutable"), "{refused}");
         assert!(in_cluster_violation(&first, &status).is_none());
     }
@@ -607,7 +613,7 @@ mod in_cluster_tests {
     #[test]
     fn in_cluster_is_fixed_by_the_value_first_seen_before_any_operation() {
         let status = ClusterSecurityPolicyStatus { first_seen_in_cluster: Some(true), ..Default::default() };
-        let refused = in_cluster_violation(&csp(false), &status).expect("first seen fixes inCluster");
+        let refused = in_cluster_violation(&csp(false), &status).expect("first seen fixes inCluster").to_string();
         assert!(refused.contains("InClusterEncryptionImmutable") && refused.contains("it is true"), "{refused}");
         assert!(in_cluster_violation(&csp(true), &status).is_none());
     }

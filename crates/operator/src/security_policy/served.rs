@@ -26,6 +26,7 @@ use super::properties::{render_server_properties, EXTERNAL_TLS_DIR, INTERNAL_TLS
 use crate::api::{ClusterSecurityPolicy, OperationState, SecuritySettings};
 use crate::pki::fingerprint;
 use crate::reconciler::verify::{Expectation, ListenerExpectation};
+use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named};
 
 /// Secret `<cluster>-<slot>-tls` (`slot`: external, internal): the certificate the listeners
@@ -113,10 +114,7 @@ const POLICY_PAGE: u32 = 50;
 /// largest use of memory at scale: benches/scale.rs).
 async fn policies_for(ctx: &Context, namespace: &str, cluster: &str) -> Result<Vec<ClusterSecurityPolicy>, Error> {
     let api = Api::<ClusterSecurityPolicy>::namespaced(ctx.client.clone(), namespace);
-    let read = |source| Error::Read {
-        object: Named::new("ClusterSecurityPolicies", namespace, cluster),
-        source: Box::new(source),
-    };
+    let named = Named::new("ClusterSecurityPolicies", namespace, cluster);
     let mut found = Vec::new();
     if let Some(cache) = ctx.caches.get::<ClusterSecurityPolicy>() {
         let candidates: Vec<String> = cache
@@ -126,13 +124,13 @@ async fn policies_for(ctx: &Context, namespace: &str, cluster: &str) -> Result<V
             .map(|p| p.name_any())
             .collect();
         for name in candidates {
-            found.extend(api.get_opt(&name).await.map_err(read)?);
+            found.extend(api.get_opt(&name).await.reading(&named)?);
         }
         return Ok(found);
     }
     let mut page = ListParams::default().limit(POLICY_PAGE);
     loop {
-        let list = api.list(&page).await.map_err(read)?;
+        let list = api.list(&page).await.reading(&named)?;
         found.extend(list.items.into_iter().filter(|p| targets(p, cluster)));
         match list.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => page = page.continue_token(&token),
@@ -164,10 +162,7 @@ pub async fn expectation(ctx: &Context, namespace: &str, cluster: &str) -> Resul
             }
         };
         let secret_name = tls_secret_name(cluster, slot);
-        let secret = secrets.get_opt(&secret_name).await.map_err(|source| Error::Read {
-            object: Named::new("Secret", namespace, &secret_name),
-            source: Box::new(source),
-        })?;
+        let secret = secrets.get_opt(&secret_name).await.reading(&Named::new("Secret", namespace, &secret_name))?;
         let data = secret.and_then(|s| s.data).unwrap_or_default();
         let source = format!("Secret {namespace}/{secret_name}");
         let Some(leaf) = data.get("tls.crt").and_then(|c| CertificateDer::pem_slice_iter(&c.0).next()?.ok()) else {

@@ -89,7 +89,7 @@ impl Reconcile for Widget {
     fn api(client: Client, _: &Self) -> Api<Self> {
         Api::namespaced(client, "test")
     }
-    fn validate(&self, _: &WidgetStatus, _: &()) -> Result<(), String> {
+    fn validate(&self, _: &WidgetStatus, _: &()) -> Result<(), cluster_security_api::validate::Violations> {
         Ok(())
     }
     async fn advance(&self, _: &mut Round<Self>, _: &Context, _: &()) -> Result<Outcome, Error> {
