@@ -1,10 +1,12 @@
 //! One reconcile round of one object: the object as read, the time, the status being decided,
-//! the events to publish, and the only writes the kit makes on a kind's behalf — the status
-//! (a checkpoint, or the final write), the workload's pod template (annotations and wiring, one
-//! apply), and the pods an OnDelete rollout replaces.
+//! the events to publish, and every write of the round — the status (a checkpoint, or the final
+//! write), the workload's pod template (annotations and wiring, one apply), the pods an OnDelete
+//! rollout replaces, and the Secrets and ConfigMaps a kind's plan derives ([`Artefact`], applied
+//! under the rule of [`derived`](super::derived)).
 //!
 //! The writes go through a [`Writer`]: against the API server in production, or into a list of
-//! [`Effect`]s in unit tests, so the operation driver is tested without an API server.
+//! [`Effect`]s in unit tests, so the operation driver and a kind's plans are tested without an
+//! API server.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +28,46 @@ pub enum Effect {
     Template(BTreeMap<String, String>),
     /// A pod deleted (StatefulSet OnDelete rollout).
     DeletePod(String),
+    /// A write of a Secret or ConfigMap the kind derives.
+    Artefact(Artefact),
+}
+
+/// A kind's write of one of its Secrets or ConfigMaps (in the object's namespace): what a
+/// kind's plan decides, carried out by [`Round::write`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Artefact {
+    /// Server-side apply this body (built with `derived::metadata`) under the rule of
+    /// `derived::apply`: `Error::NameConflict` when the object of that name is not the round's
+    /// object's to write.
+    Apply(ArtefactKind, serde_json::Value),
+    /// Merge a patch into the object of this name (a key dropped).
+    Patch(ArtefactKind, String, serde_json::Value),
+}
+
+/// What a kind derives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtefactKind {
+    Secret,
+    ConfigMap,
+}
+
+impl ArtefactKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ArtefactKind::Secret => "Secret",
+            ArtefactKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+impl Artefact {
+    pub fn secret(body: serde_json::Value) -> Self {
+        Self::Apply(ArtefactKind::Secret, body)
+    }
+
+    pub fn configmap(body: serde_json::Value) -> Self {
+        Self::Apply(ArtefactKind::ConfigMap, body)
+    }
 }
 
 /// Where the round's writes go.
@@ -171,6 +213,48 @@ impl<K: Reconcile> Round<K> {
             }
             Writer::Record(effects) => {
                 effects.push(Effect::DeletePod(name.to_string()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Carry out `artefacts`, in order (the first failure ends it).
+    pub async fn write(&mut self, artefacts: Vec<Artefact>) -> Result<(), Error> {
+        for artefact in artefacts {
+            self.write_one(artefact).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_one(&mut self, artefact: Artefact) -> Result<(), Error> {
+        use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+        let namespace = self.namespace();
+        match &mut self.writer {
+            Writer::Api { client, .. } => match &artefact {
+                Artefact::Apply(ArtefactKind::Secret, body) => {
+                    super::derived::apply::<Secret, K>(client, self.obj.as_ref(), body).await
+                }
+                Artefact::Apply(ArtefactKind::ConfigMap, body) => {
+                    super::derived::apply::<ConfigMap, K>(client, self.obj.as_ref(), body).await
+                }
+                Artefact::Patch(kind, name, patch) => {
+                    use super::Noted as _;
+                    let (params, patch) = (kube::api::PatchParams::default(), kube::api::Patch::Merge(patch));
+                    let written = match kind {
+                        ArtefactKind::Secret => Api::<Secret>::namespaced(client.clone(), &namespace)
+                            .patch(name, &params, &patch)
+                            .await
+                            .map(drop),
+                        ArtefactKind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+                            .patch(name, &params, &patch)
+                            .await
+                            .map(drop),
+                    };
+                    written.writing(&Named::new(kind.name(), &namespace, name))
+                }
+            },
+            Writer::Record(effects) => {
+                effects.push(Effect::Artefact(artefact));
                 Ok(())
             }
         }

@@ -7,8 +7,8 @@
 //! another name, and once two thirds of its validity have passed; otherwise left as it is. The
 //! brokers trust the CA, not the certificates: nothing rolls for a client.
 //!
-//! What this module may touch: the listed client Secrets (reads, and writes under the field
-//! manager, never over a Secret that is not the operator's).
+//! What this module may touch: the listed client Secrets (reads; the writes it plans go through
+//! the round, under the field manager, never over a Secret that is not the operator's).
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::api::{ClusterSecurityPolicy, TlsClient};
 use crate::pki::{self, KeyedCert};
 use crate::reconciler::derived;
+use crate::reconciler::round::Artefact;
 use crate::reconciler::Noted as _;
 use crate::reconciler::{Error, Named};
 
@@ -44,46 +45,52 @@ pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, no
         || pki::seconds_left(cert, now).is_none_or(|left| left < renew_within)
 }
 
-/// The listed clients whose Secret must be issued (again) under the CA `ca_pem`.
-async fn due<'c>(
-    secrets: &Api<Secret>,
-    csp: &'c ClusterSecurityPolicy,
-    ca_pem: &str,
-    now: Timestamp,
-) -> Result<Vec<&'c TlsClient>, Error> {
+/// The Secrets of the [listed] clients as they are now, in that order.
+pub async fn current(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy) -> Result<Vec<Option<Secret>>, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let mut out = Vec::new();
     for client in listed(csp) {
-        let current =
-            secrets.get_opt(&client.secret_name).await.reading(&Named::new("Secret", &ns, &client.secret_name))?;
-        if needs_issue(current.as_ref(), client, ca_pem, now) {
-            out.push(client);
-        }
+        out.push(secrets.get_opt(&client.secret_name).await.reading(&Named::new(
+            "Secret",
+            &ns,
+            &client.secret_name,
+        ))?);
     }
     Ok(out)
 }
 
-/// Issue what is due, into each client's Secret; returns the names of the clients issued.
-pub async fn issue_due(
-    secrets: &Api<Secret>,
+/// The listed clients whose Secret (`current`, from [`current`]) must be issued (again) under
+/// the CA `ca_pem`.
+fn due<'c>(
+    csp: &'c ClusterSecurityPolicy,
+    current: &[Option<Secret>],
+    ca_pem: &str,
+    now: Timestamp,
+) -> Vec<&'c TlsClient> {
+    let secrets = current.iter().map(Option::as_ref).chain(std::iter::repeat(None));
+    listed(csp).iter().zip(secrets).filter(|(c, s)| needs_issue(*s, c, ca_pem, now)).map(|(c, _)| c).collect()
+}
+
+/// The client Secrets to write for what is due (from `current`), and the clients issued.
+pub fn issue(
     csp: &ClusterSecurityPolicy,
+    current: &[Option<Secret>],
     ca: &KeyedCert,
     now: Timestamp,
-) -> Result<Vec<String>, Error> {
-    let mut issued = Vec::new();
-    for client in due(secrets, csp, &ca.cert_pem, now).await? {
+) -> Result<(Vec<Artefact>, Vec<String>), Error> {
+    let (mut writes, mut issued) = (Vec::new(), Vec::new());
+    for client in due(csp, current, &ca.cert_pem, now) {
         let name = &client.secret_name;
         let leaf = pki::issue_client(ca, &client.name, now, CLIENT_DAYS)
             .map_err(|source| Error::Issue { what: format!("client certificate {}", client.name), source })?;
         let annotations = json!({"annotations": {CLIENT_ANNOTATION: client.name}});
-        let body = json!({"apiVersion": "v1", "kind": "Secret",
+        writes.push(Artefact::secret(json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, annotations),
             "type": "kubernetes.io/tls",
-            "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}});
-        derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
+            "stringData": {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}})));
         issued.push(client.name.clone());
     }
-    Ok(issued)
+    Ok((writes, issued))
 }
 
 /// While settled: whether a listed client's certificate is due under the client CA the operator
@@ -94,7 +101,7 @@ pub async fn any_due(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy, now: Ti
     let kept = secrets.get_opt(&key_name).await.reading(&Named::new("Secret", &ns, &key_name))?;
     let ca = kept.and_then(|s| s.data).and_then(|d| d.get("ca.crt").and_then(|c| String::from_utf8(c.0.clone()).ok()));
     match ca {
-        Some(ca) => Ok(!due(secrets, csp, &ca, now).await?.is_empty()),
+        Some(ca) => Ok(!due(csp, &current(secrets, csp).await?, &ca, now).is_empty()),
         None => Ok(true),
     }
 }

@@ -17,10 +17,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Controller;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::api::{
     ClusterSecurityPolicy, ClusterSecurityPolicySpec, ClusterSecurityPolicyStatus, ClusterState, Operation,
@@ -31,6 +30,7 @@ use crate::reconciler::derived::{self, Derived};
 use crate::reconciler::events::reason as event;
 use crate::reconciler::operation;
 use crate::reconciler::rolling::{self, Idle, PrepareError, Rolling, SourceChange};
+use crate::reconciler::round::{Artefact, ArtefactKind};
 use crate::reconciler::verify::Expectation;
 use crate::reconciler::watch::{self, TargetsWorkload};
 use crate::reconciler::wiring::{Mount, Source, Wiring};
@@ -265,7 +265,9 @@ impl Rolling for ClusterSecurityPolicy {
             }
         }
         let domain = advertised_domain(self, workload);
-        let (hash, issued) = write_artefacts(ctx, self, target, domain.as_deref(), round.now).await?;
+        let referenced = dereference(ctx, self, target).await?;
+        let Artefacts { writes, hash, issued } = plan(self, target, domain.as_deref(), referenced, round.now)?;
+        round.write(writes).await?;
         if !issued.is_empty() {
             let note = format!(
                 "Issued client certificates for {} from the client CA (spec.clientAuthentication.tls.clients).",
@@ -299,7 +301,7 @@ impl Rolling for ClusterSecurityPolicy {
                 Ok(Vec::new())
             }
             _ => {
-                write_configmap(ctx, self, &name, &data).await?;
+                round.write(vec![configmap_artefact(self, &name, &data)]).await?;
                 Ok(vec![format!("ConfigMap {ns}/{name}")])
             }
         }
@@ -361,35 +363,73 @@ impl Rolling for ClusterSecurityPolicy {
     }
 }
 
-/// Write what the brokers read before the roll: the client CA bundle (mTLS) and the security
-/// ConfigMap. Returns the hash that rolls the pods.
-async fn write_artefacts(
+/// What the artefacts of an operation are made from, read once per round.
+struct Referenced {
+    /// Where the client CA bundle comes from (mTLS on).
+    client_ca: Option<ClientCaSource>,
+    /// The listed clients' Secrets as they are now ([`clients::current`]).
+    clients: Vec<Option<Secret>>,
+}
+
+/// What a round writes for an operation's target: the artefacts in order (client CA, client
+/// certificates, the security ConfigMap), the hash that rolls the pods, the clients issued.
+#[derive(Debug)]
+struct Artefacts {
+    writes: Vec<Artefact>,
+    hash: String,
+    issued: Vec<String>,
+}
+
+/// Read what the artefacts of `target` are made from.
+async fn dereference(
     ctx: &Context,
     csp: &ClusterSecurityPolicy,
     target: &SecuritySettings,
-    domain: Option<&str>,
-    now: k8s_openapi::jiff::Timestamp,
-) -> Result<(String, Vec<String>), PrepareError> {
+) -> Result<Referenced, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let client_ca = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
+        Some(tls) => Some(read_client_ca(&secrets, csp, tls).await?),
+        None => None,
+    };
+    // Clients are issued only from a CA the operator keeps.
+    let clients = match client_ca {
+        Some(ClientCaSource::Kept { .. }) => clients::current(&secrets, csp).await?,
+        _ => Vec::new(),
+    };
+    Ok(Referenced { client_ca, clients })
+}
 
+/// What the brokers read before the roll, for `target` (`domain`: [`advertised_domain`]): the
+/// client CA bundle (mTLS), the client certificates due, and the security ConfigMap.
+fn plan(
+    csp: &ClusterSecurityPolicy,
+    target: &SecuritySettings,
+    domain: Option<&str>,
+    referenced: Referenced,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Result<Artefacts, PrepareError> {
+    let mut writes = Vec::new();
     // Client CA bundle for mTLS: the Secrets named in the spec, or a CA the operator keeps.
-    let (ca_bundle, own_ca) = match target.client_authentication.tls.as_ref().filter(|t| t.enabled) {
-        Some(tls) => client_ca_bundle(&secrets, csp, tls, now).await?,
+    let (ca_bundle, own_ca) = match referenced.client_ca {
+        Some(source) => plan_client_ca(csp, source, now, &mut writes)?,
         None => (String::new(), None),
     };
     // Client certificates on request, from the CA the operator keeps.
     let issued = match &own_ca {
-        Some(ca) => clients::issue_due(&secrets, csp, ca, now).await?,
+        Some(ca) => {
+            let (secrets, issued) = clients::issue(csp, &referenced.clients, ca, now)?;
+            writes.extend(secrets);
+            issued
+        }
         None => Vec::new(),
     };
-
     let (cm_name, data) = security_configmap(csp, target, domain);
-    write_configmap(ctx, csp, &cm_name, &data).await?;
     let (server_properties, security_json) = (&data["server.properties"], &data["security.json"]);
     let hash =
         properties::security_hash(&[server_properties.as_bytes(), security_json.as_bytes(), ca_bundle.as_bytes()]);
-    Ok((hash, issued))
+    writes.push(configmap_artefact(csp, &cm_name, &data));
+    Ok(Artefacts { writes, hash, issued })
 }
 
 /// The pods' DNS domain when each broker can advertise its own name: a StatefulSet's pods are
@@ -420,18 +460,13 @@ fn security_configmap(
     (configmap_name(&csp.spec.cluster_ref.name), data)
 }
 
-async fn write_configmap(
-    ctx: &Context,
-    csp: &ClusterSecurityPolicy,
-    name: &str,
-    data: &BTreeMap<String, String>,
-) -> Result<(), Error> {
-    let cm = json!({
+/// The security ConfigMap `name` with `data`, as a derived object of `csp`.
+fn configmap_artefact(csp: &ClusterSecurityPolicy, name: &str, data: &BTreeMap<String, String>) -> Artefact {
+    Artefact::configmap(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, json!({})),
         "data": data,
-    });
-    derived::apply::<ConfigMap, _>(&ctx.client, csp, &cm).await
+    }))
 }
 
 /// What the Secrets in `certificateAuthoritySecretRefs` make now.
@@ -500,77 +535,91 @@ async fn ca_source_change(ctx: &Context, csp: &ClusterSecurityPolicy) -> Result<
     Ok(Some(SourceChange { message, rolls }))
 }
 
-/// The client CA bundle for mTLS, written to the `<cluster>-client-ca` Secret the brokers mount:
-/// the CAs of the Secrets the spec names, or a CA the operator keeps in `<cluster>-client-ca-key`.
-async fn client_ca_bundle(
+/// Where the client CA bundle comes from.
+enum ClientCaSource {
+    /// The operator keeps the CA: its pair from `<cluster>-client-ca-key` or, left by earlier
+    /// versions, from inside the mounted bundle Secret (`legacy_key`: that Secret still holds
+    /// the key).
+    Kept { pair: Option<(String, String)>, legacy_key: bool },
+    /// The Secrets the spec names.
+    Referenced(ReferencedCa),
+}
+
+/// Read where the client CA bundle comes from.
+async fn read_client_ca(
     secrets: &Api<Secret>,
     csp: &ClusterSecurityPolicy,
     tls: &crate::api::TlsAuthentication,
-    now: k8s_openapi::jiff::Timestamp,
-) -> Result<(String, Option<pki::KeyedCert>), PrepareError> {
+) -> Result<ClientCaSource, Error> {
     let ns = csp.namespace().unwrap_or_default();
+    if !tls.certificate_authority_secret_refs.is_empty() {
+        let referenced = referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await?;
+        return Ok(ClientCaSource::Referenced(referenced));
+    }
     let cluster = &csp.spec.cluster_ref.name;
-    let secret = |name: &str| Named::new("Secret", &ns, name);
-    let ca_name = client_ca_secret_name(cluster);
-    let read = |name: String| async move { secrets.get_opt(&name).await.reading(&secret(&name)) };
+    let ns = &ns;
+    let read = |name: String| async move { secrets.get_opt(&name).await.reading(&Named::new("Secret", ns, &name)) };
     let pair = |s: Option<Secret>| {
         s.and_then(|s| s.data).and_then(|d| {
             let get = |k: &str| d.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
             Some((get("ca.crt")?, get("ca.key")?))
         })
     };
-    let (ca_bundle, own_ca) = if tls.certificate_authority_secret_refs.is_empty() {
-        let key_name = client_ca_key_secret_name(cluster);
-        let bundle_secret = read(ca_name.clone()).await?;
-        let legacy_key = bundle_secret.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key("ca.key"));
-        // Earlier versions kept the key inside the mounted bundle Secret: it moves out, once.
-        let kept = match pair(read(key_name.clone()).await?) {
-            Some(p) => Some(p),
-            None => pair(bundle_secret),
-        };
-        let (crt, key) = match kept {
-            Some(p) => p,
-            None => {
-                let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
-                    .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
-                (ca.cert_pem, ca.key_pem)
-            }
-        };
-        let body = json!({
+    let bundle_secret = read(client_ca_secret_name(cluster)).await?;
+    let legacy_key = bundle_secret.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key("ca.key"));
+    // Earlier versions kept the key inside the mounted bundle Secret: it moves out, once.
+    let pair = pair(read(client_ca_key_secret_name(cluster)).await?).or_else(|| pair(bundle_secret));
+    Ok(ClientCaSource::Kept { pair, legacy_key })
+}
+
+/// The client CA bundle for mTLS from `source`, and the CA the operator keeps (if it does); the
+/// writes pushed on `writes`: the kept CA in `<cluster>-client-ca-key` (a new one when none is
+/// kept), the legacy key dropped from the bundle Secret, the bundle in `<cluster>-client-ca`
+/// (what the brokers mount). Refused when a Secret the spec names is missing.
+fn plan_client_ca(
+    csp: &ClusterSecurityPolicy,
+    source: ClientCaSource,
+    now: k8s_openapi::jiff::Timestamp,
+    writes: &mut Vec<Artefact>,
+) -> Result<(String, Option<pki::KeyedCert>), PrepareError> {
+    let ns = csp.namespace().unwrap_or_default();
+    let cluster = &csp.spec.cluster_ref.name;
+    let ca_name = client_ca_secret_name(cluster);
+    let secret = |name: &str, data: Value| {
+        Artefact::secret(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": derived::metadata(csp, &key_name, csp.spec.deletion_policy, json!({})),
+            "metadata": derived::metadata(csp, name, csp.spec.deletion_policy, json!({})),
             "type": "Opaque",
-            "stringData": {"ca.crt": crt, "ca.key": key},
-        });
-        derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
-        if legacy_key {
-            let drop_key = json!({"data": {"ca.key": null}});
-            secrets
-                .patch(&ca_name, &PatchParams::default(), &Patch::Merge(&drop_key))
-                .await
-                .writing(&secret(&ca_name))?;
-        }
-        (crt.clone(), Some(pki::KeyedCert { cert_pem: crt, key_pem: key }))
-    } else {
-        match referenced_ca_bundle(secrets, &ns, &tls.certificate_authority_secret_refs).await? {
-            ReferencedCa::Bundle(bundle) => (bundle, None),
-            ReferencedCa::Missing(name) => {
-                return Err(PrepareError::refused(
-                    reason::SECRET_NOT_FOUND,
-                    format!(
-                        "Secret {ns}/{name} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {name} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries"
-                    ),
-                ))
+            "stringData": data,
+        }))
+    };
+    let (ca_bundle, own_ca) = match source {
+        ClientCaSource::Kept { pair, legacy_key } => {
+            let (crt, key) = match pair {
+                Some(p) => p,
+                None => {
+                    let ca = pki::new_ca(&format!("{cluster} client CA"), now, CLIENT_CA_DAYS)
+                        .map_err(|source| Error::Issue { what: format!("client CA of {cluster}"), source })?;
+                    (ca.cert_pem, ca.key_pem)
+                }
+            };
+            writes.push(secret(&client_ca_key_secret_name(cluster), json!({"ca.crt": crt, "ca.key": key})));
+            if legacy_key {
+                writes.push(Artefact::Patch(ArtefactKind::Secret, ca_name.clone(), json!({"data": {"ca.key": null}})));
             }
+            (crt.clone(), Some(pki::KeyedCert { cert_pem: crt, key_pem: key }))
+        }
+        ClientCaSource::Referenced(ReferencedCa::Bundle(bundle)) => (bundle, None),
+        ClientCaSource::Referenced(ReferencedCa::Missing(name)) => {
+            return Err(PrepareError::refused(
+                reason::SECRET_NOT_FOUND,
+                format!(
+                    "Secret {ns}/{name} with a PEM certificate under key ca.crt is required by spec.clientAuthentication.tls.certificateAuthoritySecretRefs; create it (kubectl create secret generic {name} -n {ns} --from-file=ca.crt=ca.pem) and the operator retries"
+                ),
+            ))
         }
     };
-    let body = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": derived::metadata(csp, &ca_name, csp.spec.deletion_policy, json!({})),
-        "type": "Opaque",
-        "stringData": {"ca.crt": ca_bundle},
-    });
-    derived::apply::<Secret, _>(&secrets.clone().into_client(), csp, &body).await?;
+    writes.push(secret(&ca_name, json!({"ca.crt": ca_bundle})));
     Ok((ca_bundle, own_ca))
 }
 
@@ -609,6 +658,69 @@ mod in_cluster_tests {
         assert!(refused.contains("InClusterEncryptionImmutable"), "{refused}");
         assert!(in_cluster_violation(&first, &status).is_none());
     }
+
+    fn mtls(refs: &[&str]) -> ClusterSecurityPolicy {
+        let refs: Vec<_> = refs.iter().map(|r| json!({"name": r})).collect();
+        serde_json::from_value(json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "ClusterSecurityPolicy",
+            "metadata": {"name": "p", "namespace": "n", "uid": "u"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "kafka"},
+                     "clientAuthentication": {"tls": {"enabled": true, "certificateAuthoritySecretRefs": refs}},
+                     "encryptionInTransit": {"clientBroker": "TLS", "inCluster": true}}
+        }))
+        .unwrap()
+    }
+
+    fn written(artefacts: &[Artefact]) -> Vec<String> {
+        artefacts
+            .iter()
+            .map(|a| match a {
+                Artefact::Apply(kind, body) => {
+                    format!("apply {} {}", kind.name(), body["metadata"]["name"].as_str().unwrap())
+                }
+                Artefact::Patch(kind, name, patch) => format!("patch {} {name} {patch}", kind.name()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_moves_a_legacy_key_out_of_the_mounted_bundle_before_writing_it() {
+        let csp = mtls(&[]);
+        let (crt, key) = (TEST_CA.0.to_string(), TEST_CA.1.to_string());
+        let referenced = Referenced {
+            client_ca: Some(ClientCaSource::Kept { pair: Some((crt.clone(), key)), legacy_key: true }),
+            clients: Vec::new(),
+        };
+        let now = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
+        let plan = plan(&csp, &csp.desired(), None, referenced, now).unwrap();
+        assert_eq!(
+            written(&plan.writes),
+            [
+                "apply Secret kafka-client-ca-key",
+                r#"patch Secret kafka-client-ca {"data":{"ca.key":null}}"#,
+                "apply Secret kafka-client-ca",
+                "apply ConfigMap kafka-security",
+            ]
+        );
+        let Artefact::Apply(_, bundle) = &plan.writes[2] else { unreachable!() };
+        assert_eq!(bundle["stringData"], json!({"ca.crt": crt}), "only the certificate is mounted");
+    }
+
+    #[test]
+    fn the_plan_refuses_a_missing_ca_secret_and_writes_nothing() {
+        let csp = mtls(&["corp-ca"]);
+        let referenced = Referenced {
+            client_ca: Some(ClientCaSource::Referenced(ReferencedCa::Missing("corp-ca".into()))),
+            clients: Vec::new(),
+        };
+        let refused = plan(&csp, &csp.desired(), None, referenced, k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let Err(PrepareError::Refused { reason: code, message }) = refused else { panic!("{refused:?}") };
+        assert_eq!(code, reason::SECRET_NOT_FOUND);
+        assert!(message.contains("Secret n/corp-ca"), "{message}");
+    }
+
+    /// Not a real CA: the plan copies what the key Secret holds and parses nothing.
+    const TEST_CA: (&str, &str) = ("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n", "key");
 
     #[test]
     fn in_cluster_is_fixed_by_the_value_first_seen_before_any_operation() {
