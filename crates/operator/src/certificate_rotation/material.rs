@@ -3,8 +3,8 @@
 //! clients' trust bundle.
 //!
 //! What this module may touch: in the rotation's namespace, the `<cluster>-<slot>-ca` and
-//! `<cluster>-<slot>-tls` Secrets and the `<cluster>-external-trust` ConfigMap it writes, and the
-//! Secret `spec.external.secretName` names (read only).
+//! `<cluster>-<slot>-tls` Secrets and the `<cluster>-external-trust` ConfigMap (written through
+//! the round, as [`Artefact`]s), and the Secret `spec.external.secretName` names (read only).
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -24,6 +24,7 @@ use crate::reconciler::conditions::reason;
 use crate::reconciler::derived;
 use crate::reconciler::operation::{self, rfc3339};
 use crate::reconciler::rolling::PrepareError;
+use crate::reconciler::round::Artefact;
 use crate::reconciler::workload::Workload;
 use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named, Round};
@@ -129,7 +130,11 @@ pub async fn drifted_slots(
 
 /// The external trust bundle, deleted or edited by someone, written again with the CA of the
 /// certificate in force (from its TLS Secret). Returns what was restored.
-pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Result<Vec<String>, Error> {
+pub async fn repair_trust_bundle(
+    round: &mut Round<CertificateRotation>,
+    ctx: &Context,
+    cr: &CertificateRotation,
+) -> Result<Vec<String>, Error> {
     if cr.spec.external.is_none() {
         return Ok(Vec::new());
     }
@@ -149,10 +154,7 @@ pub async fn repair_trust_bundle(ctx: &Context, cr: &CertificateRotation) -> Res
     if current.as_ref().is_some_and(|c| intact(c) || !derived::may_write(&c.metadata, &derived::Owner::of(cr))) {
         return Ok(Vec::new());
     }
-    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
-        "data": {"ca.crt": ca, "current-ca.crt": ca}});
-    derived::apply::<ConfigMap, _>(&ctx.client, cr, &body).await?;
+    round.write(vec![trust_bundle(cr, &ca, &ca)]).await?;
     Ok(vec![format!("ConfigMap {ns}/{cm_name}")])
 }
 
@@ -191,110 +193,144 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
-/// Load or issue the material for one slot of operation `operation_id`; an Err is a refusal
-/// (refused) when the user must act.
+/// What a slot's material is made from, read once: for a self-signed slot the CA the operator
+/// keeps and the slot's TLS Secret (a restarted operation reuses what it issued), for a
+/// certificate from a Secret that Secret.
+pub enum SlotSource {
+    SelfSigned { kept_ca: Option<pki::KeyedCert>, tls: Option<Secret> },
+    Provided,
+    FromSecret(Option<Secret>),
+}
+
+/// Read what slot `w`'s material is made from.
+pub async fn read_source(ctx: &Context, cr: &CertificateRotation, w: &Want) -> Result<SlotSource, Error> {
+    let ns = cr.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(match w.type_ {
+        CertificateType::Selfsigned => {
+            let kept_ca = read_kept_ca(ctx, cr, w.slot).await?;
+            let name = w.slot.tls_secret(&cr.spec.cluster_ref.name);
+            SlotSource::SelfSigned { kept_ca, tls: secrets.get_opt(&name).await.reading(&secret(&ns, &name))? }
+        }
+        CertificateType::Provided => SlotSource::Provided,
+        CertificateType::Secret => {
+            let name = cr.spec.external.as_ref().and_then(|e| e.secret_name.clone()).unwrap_or_default();
+            SlotSource::FromSecret(secrets.get_opt(&name).await.reading(&secret(&ns, &name))?)
+        }
+    })
+}
+
+/// Load or issue the material for one slot of operation `operation_id` from `source`; an Err
+/// is a refusal when the user must act. A self-signed slot's new CA is written through the
+/// round.
+#[allow(clippy::too_many_arguments)]
 pub async fn material(
-    ctx: &Context,
+    round: &mut Round<CertificateRotation>,
     cr: &CertificateRotation,
     w: &Want,
+    source: SlotSource,
+    workload: Option<&Workload>,
+    operation_id: &str,
+    renew_ca: bool,
+) -> Result<Material, PrepareError> {
+    let now = round.now;
+    match source {
+        SlotSource::SelfSigned { kept_ca: kept, tls } => {
+            let ca = kept_ca(round, kept, cr, w, now, renew_ca).await?;
+            if let Some(m) = issued_for(tls, operation_id, &ca, now) {
+                return Ok(m);
+            }
+            Ok(self_signed(cr, w, &ca, workload, operation_id, now).await?)
+        }
+        SlotSource::Provided => provided(cr, w, now),
+        SlotSource::FromSecret(found) => from_secret(cr, w, found, now),
+    }
+}
+
+/// A refusal of slot `w`'s material: the certificate in force stays.
+fn invalid(w: &Want, msg: String) -> PrepareError {
+    let message = format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str());
+    PrepareError::refused(reason::INVALID_CERTIFICATE, message)
+}
+
+/// A new certificate from the kept CA `ca` (or one issued for the same ask while it waited).
+async fn self_signed(
+    cr: &CertificateRotation,
+    w: &Want,
+    ca: &pki::KeyedCert,
     workload: Option<&Workload>,
     operation_id: &str,
     now: Timestamp,
-    renew_ca: bool,
 ) -> Result<Material, PrepareError> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let invalid = |msg: String| {
-        let message = format!("{} certificate: {msg}; the running certificate stays in place", w.slot.as_str());
-        Err(PrepareError::refused(reason::INVALID_CERTIFICATE, message))
+    let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
+    let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
+    let usage = match w.slot {
+        Slot::External => pki::Usage::Server,
+        Slot::Internal => pki::Usage::ServerAndClient,
     };
-    match w.type_ {
-        CertificateType::Selfsigned => {
-            let ca = kept_ca(ctx, cr, w, now, renew_ca).await?;
-            if let Some(m) = issued_for(&secrets, &ns, &w.slot.tls_secret(cluster), operation_id, &ca, now).await? {
-                return Ok(m);
-            }
-            let service = workload.and_then(|w| w.service_name.clone()).unwrap_or_else(|| cluster.clone());
-            let sans = if w.dns_names.is_empty() { default_dns_names(&service, &ns) } else { w.dns_names.clone() };
-            let usage = match w.slot {
-                Slot::External => pki::Usage::Server,
-                Slot::Internal => pki::Usage::ServerAndClient,
-            };
-            // Never beyond the CA: a certificate outliving its CA would fail before its renewal.
-            let ca_days = pki::seconds_left(&ca.cert_pem, now).map_or(1, |s| (s / 86_400).max(1));
-            let days = w.validity_days.min(u32::try_from(ca_days).unwrap_or(u32::MAX));
-            let alg = w.key_algorithm;
-            let ask = format!(
-                "{operation_id}/{}/{}/{}/{days}/{}",
-                w.slot.as_str(),
-                ca.cert_pem,
-                alg.as_str(),
-                sans.join(",")
-            );
-            // Still sound now (a short validity could have run out while it waited).
-            if let Some(m) =
-                prepared::get(&ask).and_then(|m| inspect::check(&m.cert_pem, &m.key_pem, &ca.cert_pem, now).ok())
-            {
-                return Ok(m);
-            }
-            let issuer = ca.clone();
-            let leaf =
-                blocking(move || pki::issue_leaf_with(&issuer, &service, &sans, usage, now, days, alg)).await.map_err(
-                    |source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source },
-                )?;
-            let m = inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
-                .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))?;
-            prepared::put(ask, &m);
-            Ok(m)
-        }
-        CertificateType::Provided => {
-            let Some(ext) = cr.spec.external.as_ref() else {
-                return invalid("only the external certificate can be provided".into());
-            };
-            let decode = |name: &str, v: &Option<String>| decode_spec_pem(name, v.as_deref());
-            let parts = decode("key", &ext.key)
-                .and_then(|k| Ok((k, decode("cert", &ext.cert)?, decode("cacert", &ext.cacert)?)));
-            match parts {
-                Err(e) => invalid(e),
-                Ok((key, cert, ca)) => match inspect::check(&cert, &key, &ca, now) {
-                    Ok(m) => Ok(m),
-                    Err(e) => invalid(e),
-                },
-            }
-        }
-        CertificateType::Secret => {
-            let Some(ext) = cr.spec.external.as_ref() else {
-                return invalid("only the external certificate can come from a Secret".into());
-            };
-            let name = ext.secret_name.clone().unwrap_or_default();
-            let Some(source_secret) = secrets.get_opt(&name).await.reading(&secret(&ns, &name))? else {
-                return Err(PrepareError::refused(
-                    reason::SECRET_NOT_FOUND,
-                    format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
-                        ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
-                ));
-            };
-            let layout = SecretLayout::of(ext, &source_secret);
-            let mut got = Vec::new();
-            for k in [layout.key, layout.cert] {
-                match secret_string(&source_secret, k) {
-                    Some(v) => got.push(v),
-                    None => return invalid(format!("Secret {ns}/{name} has no key {k:?}")),
-                }
-            }
-            let ca = secret_string(&source_secret, layout.ca);
-            let checked = match (ca, layout.ca_required) {
-                (Some(ca), _) => inspect::check(&got[1], &got[0], &ca, now),
-                (None, true) => return invalid(format!("Secret {ns}/{name} has no key {:?}", layout.ca)),
-                (None, false) => inspect::check_without_ca(&got[1], &got[0], now),
-            };
-            match checked {
-                Ok(m) => Ok(m),
-                Err(e) => invalid(e),
-            }
-        }
+    // Never beyond the CA: a certificate outliving its CA would fail before its renewal.
+    let ca_days = pki::seconds_left(&ca.cert_pem, now).map_or(1, |s| (s / 86_400).max(1));
+    let days = w.validity_days.min(u32::try_from(ca_days).unwrap_or(u32::MAX));
+    let alg = w.key_algorithm;
+    let ask = format!("{operation_id}/{}/{}/{}/{days}/{}", w.slot.as_str(), ca.cert_pem, alg.as_str(), sans.join(","));
+    // Still sound now (a short validity could have run out while it waited).
+    if let Some(m) = prepared::get(&ask).and_then(|m| inspect::check(&m.cert_pem, &m.key_pem, &ca.cert_pem, now).ok()) {
+        return Ok(m);
     }
+    let issuer = ca.clone();
+    let leaf = blocking(move || pki::issue_leaf_with(&issuer, &service, &sans, usage, now, days, alg))
+        .await
+        .map_err(|source| Error::Issue { what: format!("{} certificate of {cluster}", w.slot.as_str()), source })?;
+    let m = inspect::check(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem, now)
+        .map_err(|e| PrepareError::refused(reason::INVALID_CERTIFICATE, e))?;
+    prepared::put(ask, &m);
+    Ok(m)
+}
+
+/// The certificate `spec.external` carries (base64 PEM), checked.
+fn provided(cr: &CertificateRotation, w: &Want, now: Timestamp) -> Result<Material, PrepareError> {
+    let Some(ext) = cr.spec.external.as_ref() else {
+        return Err(invalid(w, "only the external certificate can be provided".into()));
+    };
+    let decode = |name: &str, v: &Option<String>| decode_spec_pem(name, v.as_deref());
+    let parts =
+        decode("key", &ext.key).and_then(|k| Ok((k, decode("cert", &ext.cert)?, decode("cacert", &ext.cacert)?)));
+    let (key, cert, ca) = parts.map_err(|e| invalid(w, e))?;
+    inspect::check(&cert, &key, &ca, now).map_err(|e| invalid(w, e))
+}
+
+/// The certificate in the Secret `spec.external.secretName` names (`found`), checked.
+fn from_secret(
+    cr: &CertificateRotation,
+    w: &Want,
+    found: Option<Secret>,
+    now: Timestamp,
+) -> Result<Material, PrepareError> {
+    let Some(ext) = cr.spec.external.as_ref() else {
+        return Err(invalid(w, "only the external certificate can come from a Secret".into()));
+    };
+    let ns = cr.namespace().unwrap_or_default();
+    let name = ext.secret_name.clone().unwrap_or_default();
+    let Some(source_secret) = found else {
+        return Err(PrepareError::refused(
+            reason::SECRET_NOT_FOUND,
+            format!("Secret {ns}/{name} named by spec.external.secretName does not exist; create it with the keys {}, {} and {}; the running certificate stays in place",
+                ext.key.as_deref().unwrap_or("key"), ext.cert.as_deref().unwrap_or("cert"), ext.cacert.as_deref().unwrap_or("cacert")),
+        ));
+    };
+    let layout = SecretLayout::of(ext, &source_secret);
+    let get = |k: &str| {
+        secret_string(&source_secret, k).ok_or_else(|| invalid(w, format!("Secret {ns}/{name} has no key {k:?}")))
+    };
+    let (key, cert) = (get(layout.key)?, get(layout.cert)?);
+    let checked = match (secret_string(&source_secret, layout.ca), layout.ca_required) {
+        (Some(ca), _) => inspect::check(&cert, &key, &ca, now),
+        (None, true) => return Err(invalid(w, format!("Secret {ns}/{name} has no key {:?}", layout.ca))),
+        (None, false) => inspect::check_without_ca(&cert, &key, now),
+    };
+    checked.map_err(|e| invalid(w, e))
 }
 
 /// The CA the operator keeps for a slot's self-signed certificates (the `<cluster>-<slot>-ca`
@@ -335,7 +371,8 @@ pub async fn ca_due_slots(ctx: &Context, cr: &CertificateRotation, now: Timestam
 /// or `renew` (the renew-ca annotation). A replaced CA changes the certificates' CA: the
 /// caller rolls that trust first.
 async fn kept_ca(
-    ctx: &Context,
+    round: &mut Round<CertificateRotation>,
+    kept: Option<pki::KeyedCert>,
     cr: &CertificateRotation,
     w: &Want,
     now: Timestamp,
@@ -344,7 +381,7 @@ async fn kept_ca(
     let (slot, alg) = (w.slot, w.key_algorithm);
     let cluster = &cr.spec.cluster_ref.name;
     let ca_name = slot.ca_secret(cluster);
-    if let Some(ca) = read_kept_ca(ctx, cr, slot).await? {
+    if let Some(ca) = kept {
         let same_algorithm =
             inspect::first_certificate(&ca.cert_pem).and_then(|der| pki::key_algorithm(&der)) == Some(alg);
         if !renew && same_algorithm && !ca_due(cr, &ca.cert_pem, now) {
@@ -360,7 +397,7 @@ async fn kept_ca(
     let body = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(cr, &ca_name, cr.spec.deletion_policy, json!({})),
         "type": "Opaque", "stringData": {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}});
-    derived::apply::<Secret, _>(&ctx.client, cr, &body).await?;
+    round.write(vec![Artefact::secret(body)]).await?;
     Ok(ca)
 }
 
@@ -410,39 +447,22 @@ fn decode_spec_pem(name: &str, value: Option<&str>) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("spec.external.{name} does not decode to PEM text"))
 }
 
-/// The certificate in TLS Secret `name` when it was issued for `operation_id` by `ca` and is still
-/// sound: a restart in the middle of the operation reuses it rather than issuing another.
-async fn issued_for(
-    secrets: &Api<Secret>,
-    ns: &str,
-    name: &str,
-    operation_id: &str,
-    ca: &pki::KeyedCert,
-    now: Timestamp,
-) -> Result<Option<Material>, Error> {
-    let existing = secrets.get_opt(name).await.reading(&secret(ns, name))?;
-    let Some(s) =
-        existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))
-    else {
-        return Ok(None);
-    };
-    let (Some(cert), Some(key)) = (secret_string(&s, "tls.crt"), secret_string(&s, "tls.key")) else { return Ok(None) };
-    Ok(inspect::check(&cert, &key, &ca.cert_pem, now).ok())
+/// The certificate in the slot's TLS Secret (`existing`) when it was issued for `operation_id`
+/// by `ca` and is still sound: a restart in the middle of the operation reuses it rather than
+/// issuing another.
+fn issued_for(existing: Option<Secret>, operation_id: &str, ca: &pki::KeyedCert, now: Timestamp) -> Option<Material> {
+    let s = existing.filter(|s| s.annotations().get(OPERATION_ANNOTATION).map(String::as_str) == Some(operation_id))?;
+    let (Some(cert), Some(key)) = (secret_string(&s, "tls.crt"), secret_string(&s, "tls.key")) else { return None };
+    inspect::check(&cert, &key, &ca.cert_pem, now).ok()
 }
 
-/// Write the external trust bundle: `ca.crt` what clients should trust, `current-ca.crt` the CA
-/// of the certificate the brokers present.
-pub async fn write_trust_bundle(
-    ctx: &Context,
-    cr: &CertificateRotation,
-    bundle: &str,
-    current: &str,
-) -> Result<(), Error> {
+/// The external trust bundle: `ca.crt` what clients should trust, `current-ca.crt` the CA of
+/// the certificate the brokers present.
+pub fn trust_bundle(cr: &CertificateRotation, bundle: &str, current: &str) -> Artefact {
     let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
-    let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
+    Artefact::configmap(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
-        "data": {"ca.crt": bundle, "current-ca.crt": current}});
-    derived::apply::<ConfigMap, _>(&ctx.client, cr, &body).await
+        "data": {"ca.crt": bundle, "current-ca.crt": current}}))
 }
 
 /// The `current-ca.crt` of the published trust bundle (the CA clients trust now).
@@ -487,27 +507,24 @@ pub async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Re
     }))
 }
 
-/// Write the slot's TLS Secret: the certificate chain, its key, and `ca` (what it chains to; for
-/// the internal slot also the brokers' truststore). `operation_id`: the operation it was issued
-/// for, when it is newly issued.
-pub async fn write_tls_secret(
-    ctx: &Context,
+/// The slot's TLS Secret: the certificate chain, its key, and `ca` (what it chains to; for the
+/// internal slot also the brokers' truststore). `operation_id`: the operation it was issued for,
+/// when it is newly issued.
+pub fn tls_secret(
     cr: &CertificateRotation,
     slot: Slot,
-    cert: &str,
-    key: &str,
+    (cert, key): (&str, &str),
     ca: &str,
     operation_id: Option<&str>,
-) -> Result<(), Error> {
+) -> Artefact {
     let name = slot.tls_secret(&cr.spec.cluster_ref.name);
     let annotations = match operation_id {
         Some(id) => json!({"annotations": {OPERATION_ANNOTATION: id}}),
         None => json!({}),
     };
-    let body = json!({"apiVersion": "v1", "kind": "Secret",
+    Artefact::secret(json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": derived::metadata(cr, &name, cr.spec.deletion_policy, annotations),
-        "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca}});
-    derived::apply::<Secret, _>(&ctx.client, cr, &body).await
+        "type": "kubernetes.io/tls", "stringData": {"tls.crt": cert, "tls.key": key, "ca.crt": ca}}))
 }
 
 /// Write the slot's TLS Secret for operation `operation_id` with truststore `trust` (and for
@@ -525,7 +542,7 @@ pub async fn install(
 ) -> Result<CertificateStatus, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let cluster = &cr.spec.cluster_ref.name;
-    write_tls_secret(ctx, cr, w.slot, &m.cert_pem, &m.key_pem, trust, Some(operation_id)).await?;
+    round.write(vec![tls_secret(cr, w.slot, (&m.cert_pem, &m.key_pem), trust, Some(operation_id))]).await?;
 
     let impact = client_impact(old.and_then(|o| o.ca_fingerprint_sha256.as_deref()), &m.ca_fingerprint);
     if w.slot == Slot::External {
@@ -538,7 +555,7 @@ pub async fn install(
                 bundle.push_str(&super::trust::without(&published, &m.ca_fingerprint));
             }
         }
-        write_trust_bundle(ctx, cr, &bundle, &m.ca_pem).await?;
+        round.write(vec![trust_bundle(cr, &bundle, &m.ca_pem)]).await?;
         if impact == Some(ClientImpact::TrustUpdateRequired) {
             round.event(EventType::Warning, "ClientTrustUpdateRequired", format!(
                 "The external certificate (label {}) is signed by a different CA (SHA-256 {}). Clients connecting over TLS must trust the new CA before they reconnect: kubectl get configmap {cm_name} -n {ns} -o jsonpath='{{.data.ca\\.crt}}' holds the new and the previous CA.",

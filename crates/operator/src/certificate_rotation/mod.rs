@@ -279,8 +279,8 @@ impl Rolling for CertificateRotation {
         ctx: &Context,
         _: Option<&Workload>,
     ) -> Result<Idle<CertificateSettings>, Error> {
-        let drifted = material::drifted_slots(ctx, self, &round.status).await?;
-        for slot in &drifted {
+        let referenced = Referenced::read(ctx, self, &round.status, round.now).await?;
+        for slot in &referenced.drifted {
             let name = slot.tls_secret(&self.spec.cluster_ref.name);
             let note = format!(
                 "Secret {}/{name} was deleted or no longer holds the {} certificate in force; it is issued again \
@@ -290,30 +290,14 @@ impl Rolling for CertificateRotation {
             );
             round.event(EventType::Normal, DRIFT_REPAIRED, note);
         }
-        let source = material::source_secret_changed(ctx, self, &round.status).await?;
-        let change =
-            source.as_ref().map(|c| rolling::SourceChange { message: c.message().to_string(), rolls: c.rolls(self) });
+        let change = referenced
+            .source
+            .as_ref()
+            .map(|c| rolling::SourceChange { message: c.message().to_string(), rolls: c.rolls(self) });
         rolling::report_source_change(round, change.as_ref());
-        let rolls = change.as_ref().is_some_and(|c| c.rolls);
-        let now = round.now;
-        let ca_due = material::ca_due_slots(ctx, self, now).await?;
-        let status = &round.status;
-        let renew = renew_requested(self, status).is_some() || ca_renew_requested(self, status).is_some();
-        // The certificates are installed before the roll: after a failed operation (the rollout
-        // or the check on the wire) they are not in effect. The driver keeps that Stalled until
-        // the spec changes or a retry is asked; then a new operation rolls and checks again.
-        let last_failed = status.operations.first().is_some_and(|o| o.operation_state == OperationState::UpdateFailed);
-        let changed = wants(self).iter().any(|w| label_changed(w, status));
-        // What the operator starts by itself waits for a maintenance window; what a user asked
-        // for (a label, an annotation) and repairs do not.
-        let automatic = wants(self).iter().any(|w| needs_issue(w, status, now))
-            || !ca_due.is_empty()
-            || trust::old_ca_removal_due(status, now).is_some_and(|at| now >= at);
-        // ... unless waiting would let a certificate or CA expire: an outage is worse than a
-        // roll outside the window.
-        let window = maintenance::in_window(&self.spec.maintenance_windows, civil_minute(now))
-            || expires_within(status, now, MAINTENANCE_WINDOW_OVERRIDE_SECONDS);
-        if rolls || renew || last_failed || !drifted.is_empty() || changed || (automatic && window) {
+        let (start, automatic) = starts(self, &round.status, &referenced, round.now);
+        if start {
+            let status = &round.status;
             let source = CertificateSettings {
                 external_label: status.external.as_ref().map(|s| s.label.clone()),
                 external_type: status.external.as_ref().map(|s| s.type_),
@@ -321,47 +305,10 @@ impl Rolling for CertificateRotation {
             };
             return Ok(Idle::Start { source: Some(source) });
         }
-        // Settled: look again when the first certificate is due — a self-signed one for renewal,
-        // another for the CertificateExpiring warning — or the previous CA's removal, or the
-        // next maintenance window when something waits for one.
-        let ca_renewal = |s: &crate::api::CertificateStatus| {
-            let not_after = s.ca_not_after.as_deref().and_then(operation::parse_time)?;
-            Some(not_after.as_second() - material::ca_renew_before(self))
-        };
-        let due_at = |s: &crate::api::CertificateStatus| match s.type_ {
-            CertificateType::Selfsigned => {
-                let leaf = s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second());
-                leaf.into_iter().chain(ca_renewal(s)).min()
-            }
-            _ => s.not_after.as_deref().and_then(operation::parse_time).map(|t| t.as_second() - RENEW_BEFORE_SECONDS),
-        };
-        let next_renewal = [status.external.as_ref(), status.internal.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter_map(due_at)
-            .chain(trust::old_ca_removal_due(status, now).map(|t| t.as_second()))
-            .chain(automatic.then(|| next_window(&self.spec.maintenance_windows, now)).flatten())
-            .filter(|t| *t > now.as_second())
-            .min()
-            .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400) as u64))
-            .or(Some(Duration::from_secs(86_400)));
         report_expiring(round);
-        let wl = rolling::workload_text(round);
-        let mut message = rolling::in_effect::<Self>(&wl);
-        if let Some(change) = &source {
-            message = format!("{message} {}", change.message());
-        }
-        if automatic {
-            let next = next_window(&self.spec.maintenance_windows, now)
-                .and_then(|t| Timestamp::from_second(t).ok())
-                .map_or("not within the next 8 days".to_string(), operation::rfc3339);
-            message = format!(
-                "{message} A renewal (or the previous CA's removal) is due and waits for the next maintenance window (spec.maintenanceWindows): {next}; annotate {} or {} to run it now.",
-                crate::api::RENEW_ANNOTATION,
-                crate::api::RENEW_CA_ANNOTATION
-            );
-        }
-        Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_renewal)))
+        let next_look = next_look(self, &round.status, automatic, round.now);
+        let message = settled_message(self, round, referenced.source.as_ref(), automatic);
+        Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_look)))
     }
 
     async fn referenced_secrets_present(&self, ctx: &Context) -> Result<bool, Error> {
@@ -381,76 +328,34 @@ impl Rolling for CertificateRotation {
         op: &Operation<CertificateSettings>,
         workload: Option<&Workload>,
     ) -> Result<BTreeMap<String, String>, PrepareError> {
+        let now = round.now;
+        let referenced = Referenced::read(ctx, self, &round.status, now).await?;
+        let plan = plan_issues(self, &round.status, &op.operation_id, &referenced, now);
         // Check every new certificate before anything is written: all or nothing.
         let mut ready = Vec::new();
-        let now = round.now;
-        let drifted = material::drifted_slots(ctx, self, &round.status).await?;
-        let source = material::source_secret_changed(ctx, self, &round.status).await?;
-        let renewed = |w: &material::Want| w.slot == Slot::External && source.as_ref().is_some_and(|c| c.rolls(self));
-        // `clustersecurity.io/renew`: every certificate the operator can renew (not `provided`:
-        // that material is the spec's), once per new value.
-        let renew_now = renew_requested(self, &round.status).map(String::from);
-        let asked = |w: &material::Want| renew_now.is_some() && w.type_ != CertificateType::Provided;
-        // `clustersecurity.io/renew-ca` and CAs near their end: new kept CAs, certificates from them.
-        let renew_ca = ca_renew_requested(self, &round.status).map(String::from);
-        let ca_due = material::ca_due_slots(ctx, self, now).await?;
-        let new_ca = |w: &material::Want| {
-            w.type_ == CertificateType::Selfsigned && (renew_ca.is_some() || ca_due.contains(&w.slot))
-        };
-        // A later phase of a CA change installs what its first phase announced.
-        let switching = |w: &material::Want| {
-            trust::of_operation(&round.status, &op.operation_id).is_some_and(|t| match w.slot {
-                Slot::External => t.new_ca_fingerprint_sha256.is_some(),
-                Slot::Internal => t.internal_new_ca_fingerprint_sha256.is_some(),
-            })
-        };
-        let due_by_itself = |w: &material::Want| {
-            needs_issue(w, &round.status, now) || drifted.contains(&w.slot) || renewed(w) || asked(w) || new_ca(w)
-        };
-        let mut only_for_the_switch = Vec::new();
-        for w in wants(self).into_iter().filter(|w| due_by_itself(w) || switching(w)) {
-            if !due_by_itself(&w) {
-                only_for_the_switch.push(w.slot);
-            }
-            let m = material(ctx, self, &w, workload, &op.operation_id, now, new_ca(&w)).await?;
-            ready.push((w, m));
+        for issue in plan.issues {
+            let source = material::read_source(ctx, self, &issue.want).await?;
+            let m = material(round, self, &issue.want, source, workload, &op.operation_id, issue.new_ca).await?;
+            ready.push((issue.want, m));
         }
-        if renew_ca.is_some() {
-            round.status.ca_renew_request = renew_ca;
+        if plan.renew_ca.is_some() {
+            round.status.ca_renew_request = plan.renew_ca;
         }
         // Trust first: a certificate from another CA waits until everyone trusts that CA.
         let change = trust::CaChange::of(&round.status, &ready);
         if trust::withdraw_if_unwanted(self, round, ctx, &op.operation_id, change.as_ref()).await? {
             // Nothing to switch to: what was prepared only for the switch is not installed.
-            ready.retain(|(w, _)| !only_for_the_switch.contains(&w.slot));
+            ready.retain(|(w, _)| !plan.only_for_the_switch.contains(&w.slot));
         }
         if let Some(change) = change {
             if let Some(annotations) = trust::before_switch(self, round, ctx, op, &change, &ready).await? {
                 return Ok(annotations);
             }
         }
-        if renew_now.is_some() {
-            round.status.renew_request = renew_now.clone();
+        if plan.renew_now.is_some() {
+            round.status.renew_request = plan.renew_now;
         }
-        let mut internal_trust = None;
-        for (w, m) in &ready {
-            if w.type_ == CertificateType::Provided {
-                round.event(EventType::Warning, "PrivateKeyInSpec", "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.");
-            }
-            let trust = match w.slot {
-                Slot::External => m.ca_pem.clone(),
-                Slot::Internal => trust::internal_trust(ctx, self, &round.status, m).await?,
-            };
-            let old = slot_status(&round.status, w.slot).cloned();
-            let installed = install(ctx, self, w, m, &trust, &op.operation_id, old.as_ref(), round).await?;
-            match w.slot {
-                Slot::External => round.status.external = Some(installed),
-                Slot::Internal => {
-                    round.status.internal = Some(installed);
-                    internal_trust = Some(trust);
-                }
-            }
-        }
+        let mut internal_trust = install_all(self, round, ctx, op, &ready).await?;
         // The previous CA's time is up: trust only the CAs in force.
         if trust::old_ca_removal_due(&round.status, now).is_some_and(|at| now >= at) {
             if let Some(trust) = trust::remove_old_ca(self, round, ctx).await? {
@@ -473,11 +378,11 @@ impl Rolling for CertificateRotation {
     /// The trust bundle, deleted or edited by someone (a TLS Secret is issued again by `idle`).
     async fn repair_artefacts(
         &self,
-        _: &mut Round<Self>,
+        round: &mut Round<Self>,
         ctx: &Context,
         _: Option<&Workload>,
     ) -> Result<Vec<String>, Error> {
-        material::repair_trust_bundle(ctx, self).await
+        material::repair_trust_bundle(round, ctx, self).await
     }
 
     /// What the brokers' TLS listeners must present once rolled (shared with the policy).
@@ -536,6 +441,202 @@ impl Rolling for CertificateRotation {
 
 /// How close to its expiry a certificate or CA is renewed even outside the maintenance windows.
 pub const MAINTENANCE_WINDOW_OVERRIDE_SECONDS: i64 = 2 * 86_400;
+
+/// What a round of a CertificateRotation reads once, settled or preparing: the slots whose TLS
+/// Secret drifted, how the Secret of a `type: secret` certificate differs from what is in
+/// force, and the self-signed slots whose kept CA is due.
+struct Referenced {
+    drifted: Vec<Slot>,
+    source: Option<material::SourceChange>,
+    ca_due: Vec<Slot>,
+}
+
+impl Referenced {
+    async fn read(
+        ctx: &Context,
+        cr: &CertificateRotation,
+        status: &CertificateRotationStatus,
+        now: Timestamp,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            drifted: material::drifted_slots(ctx, cr, status).await?,
+            source: material::source_secret_changed(ctx, cr, status).await?,
+            ca_due: material::ca_due_slots(ctx, cr, now).await?,
+        })
+    }
+}
+
+/// Whether a settled rotation starts an operation now, and whether something the operator
+/// starts by itself (a renewal, a CA due, the old CA's removal) is due.
+fn starts(
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+    referenced: &Referenced,
+    now: Timestamp,
+) -> (bool, bool) {
+    let rolls = referenced.source.as_ref().is_some_and(|c| c.rolls(cr));
+    let renew = renew_requested(cr, status).is_some() || ca_renew_requested(cr, status).is_some();
+    // The certificates are installed before the roll: after a failed operation (the rollout
+    // or the check on the wire) they are not in effect. The driver keeps that Stalled until
+    // the spec changes or a retry is asked; then a new operation rolls and checks again.
+    let last_failed = status.operations.first().is_some_and(|o| o.operation_state == OperationState::UpdateFailed);
+    let changed = wants(cr).iter().any(|w| label_changed(w, status));
+    // What the operator starts by itself waits for a maintenance window; what a user asked
+    // for (a label, an annotation) and repairs do not.
+    let automatic = wants(cr).iter().any(|w| needs_issue(w, status, now))
+        || !referenced.ca_due.is_empty()
+        || trust::old_ca_removal_due(status, now).is_some_and(|at| now >= at);
+    // ... unless waiting would let a certificate or CA expire: an outage is worse than a
+    // roll outside the window.
+    let window = maintenance::in_window(&cr.spec.maintenance_windows, civil_minute(now))
+        || expires_within(status, now, MAINTENANCE_WINDOW_OVERRIDE_SECONDS);
+    let start = rolls || renew || last_failed || !referenced.drifted.is_empty() || changed || (automatic && window);
+    (start, automatic)
+}
+
+/// Settled: look again when the first certificate is due — a self-signed one for renewal,
+/// another for the CertificateExpiring warning — or the previous CA's removal, or the next
+/// maintenance window when something waits for one (`automatic`); at least daily.
+fn next_look(
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+    automatic: bool,
+    now: Timestamp,
+) -> Option<Duration> {
+    let ca_renewal = |s: &crate::api::CertificateStatus| {
+        let not_after = s.ca_not_after.as_deref().and_then(operation::parse_time)?;
+        Some(not_after.as_second() - material::ca_renew_before(cr))
+    };
+    let due_at = |s: &crate::api::CertificateStatus| match s.type_ {
+        CertificateType::Selfsigned => {
+            let leaf = s.renewal_time.as_deref().and_then(operation::parse_time).map(|t| t.as_second());
+            leaf.into_iter().chain(ca_renewal(s)).min()
+        }
+        _ => s.not_after.as_deref().and_then(operation::parse_time).map(|t| t.as_second() - RENEW_BEFORE_SECONDS),
+    };
+    [status.external.as_ref(), status.internal.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(due_at)
+        .chain(trust::old_ca_removal_due(status, now).map(|t| t.as_second()))
+        .chain(automatic.then(|| next_window(&cr.spec.maintenance_windows, now)).flatten())
+        .filter(|t| *t > now.as_second())
+        .min()
+        .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400) as u64))
+        .or(Some(Duration::from_secs(86_400)))
+}
+
+/// The Ready message of a settled rotation: what is in effect, a change of the source Secret,
+/// and what waits for a maintenance window (`automatic`).
+fn settled_message(
+    cr: &CertificateRotation,
+    round: &Round<CertificateRotation>,
+    source: Option<&material::SourceChange>,
+    automatic: bool,
+) -> String {
+    let wl = rolling::workload_text(round);
+    let mut message = rolling::in_effect::<CertificateRotation>(&wl);
+    if let Some(change) = source {
+        message = format!("{message} {}", change.message());
+    }
+    if automatic {
+        let next = next_window(&cr.spec.maintenance_windows, round.now)
+            .and_then(|t| Timestamp::from_second(t).ok())
+            .map_or("not within the next 8 days".to_string(), operation::rfc3339);
+        message = format!(
+            "{message} A renewal (or the previous CA's removal) is due and waits for the next maintenance window (spec.maintenanceWindows): {next}; annotate {} or {} to run it now.",
+            crate::api::RENEW_ANNOTATION,
+            crate::api::RENEW_CA_ANNOTATION
+        );
+    }
+    message
+}
+
+/// A slot an operation issues: what it asks for, and whether from a new kept CA.
+struct Issue {
+    want: material::Want,
+    new_ca: bool,
+}
+
+/// What an operation issues, decided before anything is read for it.
+struct IssuePlan {
+    issues: Vec<Issue>,
+    /// Slots issued only because a CA change of this operation switches them.
+    only_for_the_switch: Vec<Slot>,
+    /// The renew and renew-ca annotation values this operation answers.
+    renew_now: Option<String>,
+    renew_ca: Option<String>,
+}
+
+/// Which slots operation `op_id` issues: a new label, a renewal due, a drifted TLS Secret, a
+/// renewed source Secret (rollOnSourceChange), the renew annotation (not `provided`: that
+/// material is the spec's), a new kept CA (the renew-ca annotation or a CA near its end), and
+/// what a later phase of a CA change installs.
+fn plan_issues(
+    cr: &CertificateRotation,
+    status: &CertificateRotationStatus,
+    op_id: &str,
+    referenced: &Referenced,
+    now: Timestamp,
+) -> IssuePlan {
+    let renewed =
+        |w: &material::Want| w.slot == Slot::External && referenced.source.as_ref().is_some_and(|c| c.rolls(cr));
+    let renew_now = renew_requested(cr, status).map(String::from);
+    let asked = |w: &material::Want| renew_now.is_some() && w.type_ != CertificateType::Provided;
+    let renew_ca = ca_renew_requested(cr, status).map(String::from);
+    let new_ca = |w: &material::Want| {
+        w.type_ == CertificateType::Selfsigned && (renew_ca.is_some() || referenced.ca_due.contains(&w.slot))
+    };
+    // A later phase of a CA change installs what its first phase announced.
+    let switching = |w: &material::Want| {
+        trust::of_operation(status, op_id).is_some_and(|t| match w.slot {
+            Slot::External => t.new_ca_fingerprint_sha256.is_some(),
+            Slot::Internal => t.internal_new_ca_fingerprint_sha256.is_some(),
+        })
+    };
+    let due_by_itself = |w: &material::Want| {
+        needs_issue(w, status, now) || referenced.drifted.contains(&w.slot) || renewed(w) || asked(w) || new_ca(w)
+    };
+    let (mut issues, mut only_for_the_switch) = (Vec::new(), Vec::new());
+    for want in wants(cr).into_iter().filter(|w| due_by_itself(w) || switching(w)) {
+        if !due_by_itself(&want) {
+            only_for_the_switch.push(want.slot);
+        }
+        issues.push(Issue { new_ca: new_ca(&want), want });
+    }
+    IssuePlan { issues, only_for_the_switch, renew_now, renew_ca }
+}
+
+/// Install the checked material `ready` of operation `op`: each slot's TLS Secret (and the
+/// external trust bundle), recorded in the status. Returns the internal truststore installed.
+async fn install_all(
+    cr: &CertificateRotation,
+    round: &mut Round<CertificateRotation>,
+    ctx: &Context,
+    op: &Operation<CertificateSettings>,
+    ready: &[(material::Want, inspect::Material)],
+) -> Result<Option<String>, Error> {
+    let mut internal_trust = None;
+    for (w, m) in ready {
+        if w.type_ == CertificateType::Provided {
+            round.event(EventType::Warning, "PrivateKeyInSpec", "spec.external.key holds a private key in a custom resource, which is not encrypted at rest like a Secret; prefer type secret with secretName.");
+        }
+        let trust = match w.slot {
+            Slot::External => m.ca_pem.clone(),
+            Slot::Internal => trust::internal_trust(ctx, cr, &round.status, m).await?,
+        };
+        let old = slot_status(&round.status, w.slot).cloned();
+        let installed = install(ctx, cr, w, m, &trust, &op.operation_id, old.as_ref(), round).await?;
+        match w.slot {
+            Slot::External => round.status.external = Some(installed),
+            Slot::Internal => {
+                round.status.internal = Some(installed);
+                internal_trust = Some(trust);
+            }
+        }
+    }
+    Ok(internal_trust)
+}
 
 /// Whether a certificate in force, or its CA, expires within `seconds` of `now`.
 fn expires_within(status: &CertificateRotationStatus, now: Timestamp, seconds: i64) -> bool {

@@ -94,7 +94,7 @@ pub async fn withdraw_if_unwanted(
         if t.new_ca_fingerprint_sha256.is_some() {
             // Clients are no longer told to trust a CA nothing will present.
             if let Some(current) = material::published_current_ca(ctx, cr).await? {
-                material::write_trust_bundle(ctx, cr, &current, &current).await?;
+                round.write(vec![material::trust_bundle(cr, &current, &current)]).await?;
             }
         }
         round.status.trust_transition = None;
@@ -169,7 +169,7 @@ pub async fn before_switch(
             if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::External && change.external.is_some()) {
                 // Publish: the new CA and the one in force, which stays `current-ca.crt`.
                 let current = material::published_current_ca(ctx, cr).await?.unwrap_or_default();
-                material::write_trust_bundle(ctx, cr, &format!("{}{current}", new.ca_pem), &current).await?;
+                round.write(vec![material::trust_bundle(cr, &format!("{}{current}", new.ca_pem), &current)]).await?;
             }
             if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::Internal && change.internal.is_some()) {
                 if let Some(annotations) = trust_new_internal_ca(cr, round, ctx, op, new).await? {
@@ -237,7 +237,8 @@ async fn trust_new_internal_ca(
 ) -> Result<Option<BTreeMap<String, String>>, Error> {
     let Some(in_force) = material::read_tls(ctx, cr, Slot::Internal).await? else { return Ok(None) };
     let trust = format!("{}{}", new.ca_pem, without(&in_force.ca_pem, &new.ca_fingerprint));
-    material::write_tls_secret(ctx, cr, Slot::Internal, &in_force.cert_pem, &in_force.key_pem, &trust, None).await?;
+    let keep = (in_force.cert_pem.as_str(), in_force.key_pem.as_str());
+    round.write(vec![material::tls_secret(cr, Slot::Internal, keep, &trust, None)]).await?;
     round.event(
         EventType::Normal,
         TRUST_ROLLING,
@@ -285,14 +286,14 @@ pub async fn remove_old_ca(
     ) {
         let only = only(&m.ca_pem, &fp);
         if !only.is_empty() && only != m.ca_pem {
-            material::write_tls_secret(ctx, cr, Slot::Internal, &m.cert_pem, &m.key_pem, &only, None).await?;
+            round.write(vec![material::tls_secret(cr, Slot::Internal, (&m.cert_pem, &m.key_pem), &only, None)]).await?;
             removed.push("the brokers' internal truststore");
             internal = Some(only);
         }
     }
     if cr.spec.external.is_some() {
         if let Some(current) = material::published_current_ca(ctx, cr).await? {
-            material::write_trust_bundle(ctx, cr, &current, &current).await?;
+            round.write(vec![material::trust_bundle(cr, &current, &current)]).await?;
             removed.push("the clients' trust bundle");
         }
     }
