@@ -17,21 +17,22 @@
 //!
 //! What this module may touch: ConfigMaps `<cluster>-external-trust` in consenting target
 //! namespaces that are this resource's own copies (created by it: managed-by and source
-//! labels), and deleting those; it reads Namespaces' labels and annotations and the original
-//! bundle.
+//! labels; written through the round), and deleting those; it reads Namespaces' labels and
+//! annotations and the original bundle. A round reads first ([`select`]), decides without the
+//! API server ([`plan`]), then writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::trust_configmap;
-use crate::api::{CertificateRotation, FIELD_MANAGER};
+use crate::api::{CertificateRotation, TrustDistribution, FIELD_MANAGER};
 use crate::reconciler::conditions::{self, reason};
 use crate::reconciler::derived::{self, MANAGED_BY_LABEL};
 use crate::reconciler::Noted as _;
@@ -73,8 +74,6 @@ async fn copy(
     ctx: &Context,
 ) -> Result<Option<Duration>, Error> {
     let uid = cr.uid().unwrap_or_default();
-    let own = cr.namespace().unwrap_or_default();
-    let source_object = format!("{own}/{}", cr.name_any());
     let name = trust_configmap(&cr.spec.cluster_ref.name);
     let Some(spec) = cr.spec.trust_distribution.as_ref().filter(|_| cr.spec.external.is_some()) else {
         if !round.status.trust_distributed_to.is_empty() {
@@ -88,45 +87,9 @@ async fn copy(
         );
         return Ok(None);
     };
-    let mut failed = Vec::new();
-    let mut targets: BTreeSet<String> = spec.namespaces.iter().cloned().collect();
-    // Whether each target namespace accepts copies from `own` (read below where not listed).
-    let mut consents: BTreeMap<String, bool> = BTreeMap::new();
-    let labels = spec.namespace_selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
-    // Without the selected namespaces, which copies are stale is unknown: none is removed.
-    let mut selection_known = true;
-    if let Some(labels) = labels {
-        if ctx.scope.watched().is_some() {
-            failed.push(
-                "namespaceSelector needs a cluster-wide install (the operator manages only watchNamespaces); list the namespaces instead".to_string(),
-            );
-        } else {
-            let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            match Api::<Namespace>::all(ctx.client.clone())
-                .list_metadata(&ListParams::default().labels(&selector.join(",")))
-                .await
-            {
-                Ok(list) => {
-                    for n in list.items {
-                        consents.insert(n.name_any(), accepts(&n.metadata, &own));
-                        targets.insert(n.name_any());
-                    }
-                }
-                Err(e) => {
-                    selection_known = false;
-                    failed.push(format!("namespaces matching {}: {}", selector.join(","), short(&e)))
-                }
-            }
-        }
-    }
-    targets.remove(&own);
-    let original = Api::<ConfigMap>::namespaced(ctx.client.clone(), &own).get_opt(&name).await.reading(&Named::new(
-        "ConfigMap",
-        &own,
-        &name,
-    ))?;
+    let mut selection = select(cr, spec, ctx).await?;
     // Nothing published yet (the first operation has not installed a certificate).
-    let Some(original) = original else { return Ok(Some(RESYNC)) };
+    let Some(original) = selection.original.take() else { return Ok(Some(RESYNC)) };
     let data = match copyable(&original, cr) {
         Ok(data) => data,
         Err(why) => {
@@ -135,50 +98,162 @@ async fn copy(
             return Ok(Some(RESYNC));
         }
     };
+    let Copies { writes, consenting, mut failed } = plan(cr, &selection, &data);
     let mut copied = Vec::new();
-    let mut consenting = BTreeSet::new();
-    for ns in &targets {
-        if !ctx.scope.covers(Some(ns)) {
-            failed.push(format!("{ns}: not a namespace the operator manages (watchNamespaces)"));
-            continue;
+    for (ns, body) in writes {
+        match round.apply_configmap_in(&ns, &body).await {
+            Ok(()) => copied.push(ns),
+            Err(e) => failed.push(format!("{ns}: {}", short(&e))),
         }
-        let consent = match consents.get(ns) {
-            Some(c) => *c,
-            None => match Api::<Namespace>::all(ctx.client.clone()).get_metadata_opt(ns).await {
-                Ok(Some(n)) => accepts(&n.metadata, &own),
-                Ok(None) => {
-                    failed.push(format!("{ns}: no such namespace"));
-                    continue;
-                }
+    }
+    if selection.known {
+        remove_copies(ctx, &uid, &name, &consenting).await?;
+    }
+    report(round, &name, copied, &failed);
+    Ok(Some(RESYNC))
+}
+
+/// What the copies are decided from, read once per round.
+struct Selection {
+    /// The original bundle in the resource's namespace (None: not published yet).
+    original: Option<ConfigMap>,
+    /// Each target namespace (listed, or selected by labels; never the resource's own).
+    targets: BTreeMap<String, Target>,
+    /// Whether the selected namespaces are known: after a failed list, which copies are stale
+    /// is not, and none is removed.
+    known: bool,
+    /// Why namespaces could not be selected.
+    failed: Vec<String>,
+}
+
+/// A target namespace as read.
+enum Target {
+    /// Not a namespace the operator manages (watchNamespaces).
+    NotManaged,
+    /// No such namespace.
+    Missing,
+    /// Its Namespace could not be read: its copy (if any) is kept until it can.
+    Unreadable(String),
+    /// It does not accept trust bundles from the resource's namespace.
+    Refuses,
+    /// It consents; the ConfigMap of the bundle's name there, if any (Err: unreadable).
+    Consents(Result<Option<Box<ObjectMeta>>, String>),
+}
+
+/// Read the original bundle, the target namespaces, their consent and what they hold under the
+/// bundle's name.
+async fn select(cr: &CertificateRotation, spec: &TrustDistribution, ctx: &Context) -> Result<Selection, Error> {
+    let own = cr.namespace().unwrap_or_default();
+    let name = trust_configmap(&cr.spec.cluster_ref.name);
+    let mut failed = Vec::new();
+    let mut listed: BTreeMap<String, Option<bool>> = spec.namespaces.iter().map(|n| (n.clone(), None)).collect();
+    let mut known = true;
+    let labels = spec.namespace_selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty());
+    if let Some(labels) = labels {
+        if ctx.scope.watched().is_some() {
+            failed.push(
+                "namespaceSelector needs a cluster-wide install (the operator manages only watchNamespaces); list the namespaces instead".to_string(),
+            );
+        } else {
+            let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let lp = ListParams::default().labels(&selector.join(","));
+            match Api::<Namespace>::all(ctx.client.clone()).list_metadata(&lp).await {
+                Ok(list) => listed.extend(list.items.iter().map(|n| (n.name_any(), Some(accepts(&n.metadata, &own))))),
                 Err(e) => {
-                    // Unknown: its copy (if any) is kept until the namespace can be read.
-                    consenting.insert(ns.clone());
-                    failed.push(format!("{ns}: {}", short(&e)));
-                    continue;
+                    known = false;
+                    failed.push(format!("namespaces matching {}: {}", selector.join(","), short(&e)))
                 }
-            },
-        };
-        if !consent {
-            failed.push(format!(
-                "{ns}: the namespace does not accept trust bundles from {own}; a cluster admin consents with \
-                 `kubectl annotate namespace {ns} {ACCEPT_ANNOTATION}={own}`"
-            ));
-            continue;
+            }
         }
-        consenting.insert(ns.clone());
-        let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns);
+    }
+    listed.remove(&own);
+    let original = Api::<ConfigMap>::namespaced(ctx.client.clone(), &own).get_opt(&name).await.reading(&Named::new(
+        "ConfigMap",
+        &own,
+        &name,
+    ))?;
+    let mut targets = BTreeMap::new();
+    if original.is_some() {
+        for (ns, consent) in listed {
+            let target = read_target(ctx, &ns, consent, &own, &name).await;
+            targets.insert(ns, target);
+        }
+    }
+    Ok(Selection { original, targets, known, failed })
+}
+
+/// Read target namespace `ns` (`consent`: already known from the selector's list).
+async fn read_target(ctx: &Context, ns: &str, consent: Option<bool>, own: &str, name: &str) -> Target {
+    if !ctx.scope.covers(Some(ns)) {
+        return Target::NotManaged;
+    }
+    let consent = match consent {
+        Some(c) => c,
+        None => match Api::<Namespace>::all(ctx.client.clone()).get_metadata_opt(ns).await {
+            Ok(Some(n)) => accepts(&n.metadata, own),
+            Ok(None) => return Target::Missing,
+            Err(e) => return Target::Unreadable(short(&e)),
+        },
+    };
+    if !consent {
+        return Target::Refuses;
+    }
+    let existing = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns).get_metadata_opt(name).await;
+    Target::Consents(existing.map(|o| o.map(|m| Box::new(m.metadata))).map_err(|e| short(&e)))
+}
+
+/// What a round writes: each copy (namespace, body), the namespaces whose copy stays, and why
+/// the others get none.
+struct Copies {
+    writes: Vec<(String, serde_json::Value)>,
+    consenting: BTreeSet<String>,
+    failed: Vec<String>,
+}
+
+/// The copies of `data` for `selection`: written only over this resource's own copy (guarded by
+/// its resourceVersion: a 409 if it changed meanwhile), never over someone else's ConfigMap.
+fn plan(cr: &CertificateRotation, selection: &Selection, data: &BTreeMap<String, String>) -> Copies {
+    let uid = cr.uid().unwrap_or_default();
+    let own = cr.namespace().unwrap_or_default();
+    let source_object = format!("{own}/{}", cr.name_any());
+    let name = trust_configmap(&cr.spec.cluster_ref.name);
+    let mut copies = Copies { writes: Vec::new(), consenting: BTreeSet::new(), failed: selection.failed.clone() };
+    for (ns, target) in &selection.targets {
+        let existing = match target {
+            Target::NotManaged => {
+                copies.failed.push(format!("{ns}: not a namespace the operator manages (watchNamespaces)"));
+                continue;
+            }
+            Target::Missing => {
+                copies.failed.push(format!("{ns}: no such namespace"));
+                continue;
+            }
+            Target::Unreadable(e) => {
+                copies.consenting.insert(ns.clone());
+                copies.failed.push(format!("{ns}: {e}"));
+                continue;
+            }
+            Target::Refuses => {
+                copies.failed.push(format!(
+                    "{ns}: the namespace does not accept trust bundles from {own}; a cluster admin consents with \
+                     `kubectl annotate namespace {ns} {ACCEPT_ANNOTATION}={own}`"
+                ));
+                continue;
+            }
+            Target::Consents(existing) => existing,
+        };
+        copies.consenting.insert(ns.clone());
         let mut body = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": ns,
                 "labels": {MANAGED_BY_LABEL: FIELD_MANAGER, SOURCE_LABEL: uid},
                 "annotations": {SOURCE_ANNOTATION: source_object}},
             "data": data});
-        match api.get_metadata_opt(&name).await {
-            // Written only over the very copy checked here (a 409 if it changed meanwhile).
-            Ok(Some(existing)) if is_copy(&existing.metadata, &uid, &source_object) => {
-                body["metadata"]["resourceVersion"] = json!(existing.metadata.resource_version);
+        match existing {
+            Ok(Some(meta)) if is_copy(meta, &uid, &source_object) => {
+                body["metadata"]["resourceVersion"] = json!(meta.resource_version);
             }
             Ok(Some(_)) => {
-                failed.push(format!(
+                copies.failed.push(format!(
                     "{ns}: ConfigMap {name} exists and is not this resource's copy, so it is left untouched; \
                      its owner renames or deletes it"
                 ));
@@ -186,19 +261,18 @@ async fn copy(
             }
             Ok(None) => {}
             Err(e) => {
-                failed.push(format!("{ns}: {}", short(&e)));
+                copies.failed.push(format!("{ns}: {e}"));
                 continue;
             }
         }
-        match api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await {
-            Ok(_) => copied.push(ns.clone()),
-            Err(e) => failed.push(format!("{ns}: {}", short(&e))),
-        }
+        copies.writes.push((ns.clone(), body));
     }
-    if selection_known {
-        remove_copies(ctx, &uid, &name, &consenting).await?;
-    }
-    round.status.trust_distributed_to = copied.clone();
+    copies
+}
+
+/// Record where the copies are (`status.trustDistributedTo`) and the `TrustDistributed`
+/// condition.
+fn report(round: &mut Round<CertificateRotation>, name: &str, copied: Vec<String>, failed: &[String]) {
     let (ok, why, message) = if failed.is_empty() {
         let message = format!("ConfigMap {name} is copied to {} namespace(s): {}.", copied.len(), copied.join(", "));
         (true, reason::TRUST_DISTRIBUTED, message)
@@ -211,8 +285,8 @@ async fn copy(
         );
         (false, reason::TRUST_DISTRIBUTION_FAILED, message)
     };
+    round.status.trust_distributed_to = copied;
     round.set_condition(conditions::TRUST_DISTRIBUTED, ok, why, &message);
-    Ok(Some(RESYNC))
 }
 
 /// The CertificateRotation is deleted under `deletionPolicy: Delete`: remove its copies. A
@@ -339,6 +413,54 @@ mod tests {
             annotations: annotation.map(|v| [(ACCEPT_ANNOTATION.to_string(), v.to_string())].into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_plan_copies_only_where_consented_and_only_over_its_own_copy() {
+        let cr: CertificateRotation = serde_json::from_value(json!({
+            "apiVersion": "clustersecurity.io/v1alpha1", "kind": "CertificateRotation",
+            "metadata": {"name": "certs", "namespace": "kafka", "uid": "u1"},
+            "spec": {"clusterRef": {"kind": "StatefulSet", "name": "orders"},
+                     "external": {"label": "v1", "type": "selfsigned"}}
+        }))
+        .unwrap();
+        let ours = ObjectMeta {
+            labels: Some(
+                [(MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()), (SOURCE_LABEL.to_string(), "u1".into())]
+                    .into(),
+            ),
+            resource_version: Some("42".into()),
+            ..Default::default()
+        };
+        let targets = BTreeMap::from([
+            ("apps".to_string(), Target::Consents(Ok(Some(Box::new(ours))))),
+            ("fresh".to_string(), Target::Consents(Ok(None))),
+            ("taken".to_string(), Target::Consents(Ok(Some(Box::default())))),
+            ("closed".to_string(), Target::Refuses),
+            ("flaky".to_string(), Target::Unreadable("timeout".into())),
+            ("elsewhere".to_string(), Target::NotManaged),
+        ]);
+        let selection = Selection { original: None, targets, known: true, failed: vec!["selector".into()] };
+        let data = BTreeMap::from([("ca.crt".to_string(), "PEM".to_string())]);
+        let copies = plan(&cr, &selection, &data);
+        let written: Vec<(&str, Option<&str>)> = copies
+            .writes
+            .iter()
+            .map(|(ns, body)| (ns.as_str(), body["metadata"]["resourceVersion"].as_str()))
+            .collect();
+        assert_eq!(written, [("apps", Some("42")), ("fresh", None)], "guarded by the copy's resourceVersion");
+        assert_eq!(copies.writes[0].1["data"], json!({"ca.crt": "PEM"}));
+        let kept: Vec<&str> = copies.consenting.iter().map(String::as_str).collect();
+        assert_eq!(kept, ["apps", "flaky", "fresh", "taken"], "an unreadable namespace keeps its copy");
+        let failed = copies.failed.join("\n");
+        for why in ["selector", "closed: the namespace does not accept", "elsewhere: not a namespace", "flaky: timeout"]
+        {
+            assert!(failed.contains(why), "{why} missing from {failed}");
+        }
+        assert!(
+            failed.contains("taken: ConfigMap orders-external-trust exists and is not this resource's copy"),
+            "{failed}"
+        );
     }
 
     #[test]

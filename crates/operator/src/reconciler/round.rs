@@ -30,6 +30,8 @@ pub enum Effect {
     DeletePod(String),
     /// A write of a Secret or ConfigMap the kind derives.
     Artefact(Artefact),
+    /// A ConfigMap server-side applied in another namespace (namespace, body).
+    ConfigMapIn(String, serde_json::Value),
 }
 
 /// A kind's write of one of its Secrets or ConfigMaps (in the object's namespace): what a
@@ -255,6 +257,24 @@ impl<K: Reconcile> Round<K> {
             },
             Writer::Record(effects) => {
                 effects.push(Effect::Artefact(artefact));
+                Ok(())
+            }
+        }
+    }
+
+    /// Server-side apply the ConfigMap `body` in namespace `namespace` (a kind's copy outside its
+    /// own namespace, where the rule of derived objects cannot reach: the kind checks whose it
+    /// is and puts its resourceVersion in `body`). The API's error is the caller's to report.
+    pub async fn apply_configmap_in(&mut self, namespace: &str, body: &serde_json::Value) -> Result<(), kube::Error> {
+        match &mut self.writer {
+            Writer::Api { client, .. } => {
+                let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                let params = kube::api::PatchParams::apply(cluster_security_api::FIELD_MANAGER).force();
+                let api = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace);
+                api.patch(name, &params, &kube::api::Patch::Apply(body)).await.map(drop)
+            }
+            Writer::Record(effects) => {
+                effects.push(Effect::ConfigMapIn(namespace.to_string(), body.clone()));
                 Ok(())
             }
         }
