@@ -144,42 +144,15 @@ pub async fn before_switch(
     change: &CaChange,
     ready: &[(Want, Material)],
 ) -> Result<Option<BTreeMap<String, String>>, PrepareError> {
-    let seconds = match &change.external {
-        Some(_) => cr.spec.external.as_ref().and_then(|e| e.trust_transition_seconds),
-        None => Some(0),
-    }
-    .unwrap_or(DEFAULT_TRUST_TRANSITION_SECONDS);
     let now = round.now;
     let recorded = of_operation(&round.status, &op.operation_id).filter(|t| change.matches(t)).cloned();
     let mut transition = match recorded {
         Some(t) if t.phase >= TrustPhase::Switching => return Ok(None),
         Some(t) => t,
-        None => {
-            let switch_at = Timestamp::from_second(now.as_second() + i64::from(seconds)).unwrap_or(now);
-            let mut t = TrustTransition {
-                operation_id: op.operation_id.clone(),
-                new_ca_fingerprint_sha256: change.external.clone(),
-                internal_new_ca_fingerprint_sha256: change.internal.clone(),
-                phase: TrustPhase::WaitingForClients,
-                published_at: rfc3339(now),
-                switch_at: rfc3339(switch_at),
-                switched_at: None,
-                old_ca_removal_at: None,
-            };
-            if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::External && change.external.is_some()) {
-                // Publish: the new CA and the one in force, which stays `current-ca.crt`.
-                let current = material::published_current_ca(ctx, cr).await?.unwrap_or_default();
-                round.write(vec![material::trust_bundle(cr, &format!("{}{current}", new.ca_pem), &current)]).await?;
-            }
-            if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::Internal && change.internal.is_some()) {
-                if let Some(annotations) = trust_new_internal_ca(cr, round, ctx, op, new).await? {
-                    t.phase = TrustPhase::TrustRolling;
-                    round.status.trust_transition = Some(t);
-                    return Ok(Some(annotations));
-                }
-            }
-            t
-        }
+        None => match open(cr, round, ctx, op, change, ready).await? {
+            Opened::TrustRolling(annotations) => return Ok(Some(annotations)),
+            Opened::Published(t) => t,
+        },
     };
     // Called again after the trust roll: the brokers trust both internal CAs now.
     transition.phase = TrustPhase::WaitingForClients;
@@ -187,26 +160,7 @@ pub async fn before_switch(
         cr.meta().annotations.as_ref().and_then(|a| a.get(CLIENT_TRUST_UPDATED_ANNOTATION)) == Some(&op.operation_id);
     let switch_at = parse_time(&transition.switch_at).unwrap_or(now);
     if let (Some(fingerprint), false) = (&change.external, confirmed || now >= switch_at) {
-        let ns = cr.namespace().unwrap_or_default();
-        let message = format!(
-            "The new external certificate is signed by another CA (SHA-256 {fingerprint}). Its CA is published next to the old one in ConfigMap {ns}/{} (ca.crt); the brokers keep presenting the old certificate until {} (spec.external.trustTransitionSeconds), or until you confirm that clients trust the new CA: kubectl annotate certificaterotation {} -n {ns} {CLIENT_TRUST_UPDATED_ANNOTATION}={} --overwrite",
-            trust_configmap(&cr.spec.cluster_ref.name),
-            transition.switch_at,
-            cr.name_any(),
-            op.operation_id
-        );
-        round.sticky_condition(
-            conditions::WAITING_FOR_CLIENT_TRUST,
-            Some((conditions::reason::WAITING_FOR_CLIENT_TRUST, &message)),
-            (conditions::reason::CLIENT_TRUST_UPDATED, ""),
-        );
-        round.status.trust_transition = Some(transition);
-        let left = Duration::from_secs((switch_at.as_second() - now.as_second()).max(1) as u64);
-        return Err(PrepareError::Wait {
-            reason: conditions::reason::WAITING_FOR_CLIENT_TRUST.into(),
-            message,
-            after: left.min(RECHECK),
-        });
+        return Err(wait_for_clients(cr, round, op, transition, fingerprint, switch_at));
     }
     if let Some(fingerprint) = &change.external {
         let why = if confirmed { "clients confirmed to trust it" } else { "trustTransitionSeconds passed" };
@@ -224,6 +178,89 @@ pub async fn before_switch(
         Some(rfc3339(Timestamp::from_second(now.as_second() + i64::from(retention)).unwrap_or(now)));
     round.status.trust_transition = Some(transition);
     Ok(None)
+}
+
+/// What opening a CA change did.
+enum Opened {
+    /// The brokers roll to trust the new internal CA first (the transition is recorded).
+    TrustRolling(BTreeMap<String, String>),
+    /// The new external CA is published (if any): the transition waits for clients.
+    Published(TrustTransition),
+}
+
+/// Open the CA change of operation `op`: record when it switches (`trustTransitionSeconds` for
+/// an external CA, at once for an internal one), publish the new external CA next to the one in
+/// force, and roll the new internal CA into the truststores.
+async fn open(
+    cr: &CertificateRotation,
+    round: &mut Round<CertificateRotation>,
+    ctx: &Context,
+    op: &Operation<CertificateSettings>,
+    change: &CaChange,
+    ready: &[(Want, Material)],
+) -> Result<Opened, Error> {
+    let seconds = match &change.external {
+        Some(_) => cr.spec.external.as_ref().and_then(|e| e.trust_transition_seconds),
+        None => Some(0),
+    }
+    .unwrap_or(DEFAULT_TRUST_TRANSITION_SECONDS);
+    let now = round.now;
+    let switch_at = Timestamp::from_second(now.as_second() + i64::from(seconds)).unwrap_or(now);
+    let mut t = TrustTransition {
+        operation_id: op.operation_id.clone(),
+        new_ca_fingerprint_sha256: change.external.clone(),
+        internal_new_ca_fingerprint_sha256: change.internal.clone(),
+        phase: TrustPhase::WaitingForClients,
+        published_at: rfc3339(now),
+        switch_at: rfc3339(switch_at),
+        switched_at: None,
+        old_ca_removal_at: None,
+    };
+    if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::External && change.external.is_some()) {
+        // Publish: the new CA and the one in force, which stays `current-ca.crt`.
+        let current = material::published_current_ca(ctx, cr).await?.unwrap_or_default();
+        round.write(vec![material::trust_bundle(cr, &format!("{}{current}", new.ca_pem), &current)]).await?;
+    }
+    if let Some((_, new)) = ready.iter().find(|(w, _)| w.slot == Slot::Internal && change.internal.is_some()) {
+        if let Some(annotations) = trust_new_internal_ca(cr, round, ctx, op, new).await? {
+            t.phase = TrustPhase::TrustRolling;
+            round.status.trust_transition = Some(t);
+            return Ok(Opened::TrustRolling(annotations));
+        }
+    }
+    Ok(Opened::Published(t))
+}
+
+/// Clients may not trust the new external CA (`fingerprint`) yet: say where it is published and
+/// how to confirm, record the transition, and wait until `switch_at`.
+fn wait_for_clients(
+    cr: &CertificateRotation,
+    round: &mut Round<CertificateRotation>,
+    op: &Operation<CertificateSettings>,
+    transition: TrustTransition,
+    fingerprint: &str,
+    switch_at: Timestamp,
+) -> PrepareError {
+    let ns = cr.namespace().unwrap_or_default();
+    let message = format!(
+        "The new external certificate is signed by another CA (SHA-256 {fingerprint}). Its CA is published next to the old one in ConfigMap {ns}/{} (ca.crt); the brokers keep presenting the old certificate until {} (spec.external.trustTransitionSeconds), or until you confirm that clients trust the new CA: kubectl annotate certificaterotation {} -n {ns} {CLIENT_TRUST_UPDATED_ANNOTATION}={} --overwrite",
+        trust_configmap(&cr.spec.cluster_ref.name),
+        transition.switch_at,
+        cr.name_any(),
+        op.operation_id
+    );
+    round.sticky_condition(
+        conditions::WAITING_FOR_CLIENT_TRUST,
+        Some((conditions::reason::WAITING_FOR_CLIENT_TRUST, &message)),
+        (conditions::reason::CLIENT_TRUST_UPDATED, ""),
+    );
+    round.status.trust_transition = Some(transition);
+    let left = Duration::from_secs((switch_at.as_second() - round.now.as_second()).max(1) as u64);
+    PrepareError::Wait {
+        reason: conditions::reason::WAITING_FOR_CLIENT_TRUST.into(),
+        message,
+        after: left.min(RECHECK),
+    }
 }
 
 /// Phase 1: the internal TLS Secret keeps the certificate in force and trusts the new CA too.
