@@ -313,21 +313,8 @@ async fn run_step(
             cloud(r, format!("KMS turned off on {}.", provider.describe()))
         }
         StepName::EnableKms | StepName::UpdateKms => {
-            // Checked again right before it is used: it may have been disabled or deleted while
-            // KMS was off. A key that cannot be read (a private vault) does not stop the step.
             if let Some(key_id) = &target.key_id {
-                let known = [
-                    target.key_vault_resource_id.as_deref(),
-                    source.as_ref().and_then(|s| s.key_vault_resource_id.as_deref()),
-                    round.obj.spec.key_vault_resource_id.as_deref(),
-                ];
-                let check = check_key(provider, key_id, known, ctx.clock.now()).await;
-                let unusable = check.result == KeyCheckResult::Unusable;
-                let message = check.message.clone();
-                round.status.key_check = Some(check);
-                if unusable {
-                    return Err(StepError::Failed(format!("the key cannot be used: {message}")));
-                }
+                key_still_usable(round, ctx, provider, key_id, &target, source.as_ref()).await?;
             }
             let r = provider.set_kms(&target).await;
             if r.is_ok() {
@@ -353,6 +340,32 @@ async fn run_step(
         }
         StepName::ReencryptSecrets => reencrypt_step(round, ctx).await,
     }
+}
+
+/// The key `key_id` of `target`, checked again right before it is used: it may have been
+/// disabled or deleted while KMS was off. A key that cannot be read (a private vault) does not
+/// stop the step; one that cannot be used fails it.
+async fn key_still_usable(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+    key_id: &str,
+    target: &KmsSettings,
+    source: Option<&KmsSettings>,
+) -> Result<(), StepError> {
+    let known = [
+        target.key_vault_resource_id.as_deref(),
+        source.and_then(|s| s.key_vault_resource_id.as_deref()),
+        round.obj.spec.key_vault_resource_id.as_deref(),
+    ];
+    let check = check_key(provider, key_id, known, ctx.clock.now()).await;
+    let unusable = check.result == KeyCheckResult::Unusable;
+    let message = check.message.clone();
+    round.status.key_check = Some(check);
+    if unusable {
+        return Err(StepError::Failed(format!("the key cannot be used: {message}")));
+    }
+    Ok(())
 }
 
 /// What step `index` moves the cluster to, and from: the operation's target, or — for the steps
@@ -389,24 +402,7 @@ fn record_progress(status: &mut KmsKeyVaultModeStatus, p: &Progress) {
 
 async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Result<String, StepError> {
     let client = ctx.client.clone();
-    let r = round.status.reencryption.clone().unwrap_or_default();
-    let start = Progress {
-        total: r.rewritten + r.unchanged + r.failed + r.deleted,
-        rewritten: r.rewritten,
-        unchanged: r.unchanged,
-        gone: r.deleted,
-        failed: r.failed,
-        resume_after: r.resume_after.clone(),
-        resume_continue: r.resume_continue.clone(),
-        listed_again: 0,
-    };
-    if r.resume_after.is_some() {
-        info!(
-            resume_after = ?r.resume_after,
-            from_its_page = r.resume_continue.is_some(),
-            "resuming the Secret rewrite where it stopped"
-        );
-    }
+    let start = resume_point(round.status.reencryption.clone().unwrap_or_default());
     let spec = round.obj.spec.reencryption.clone();
     // The spec's concurrency is a cap: the engine finds how many the API server takes.
     let settings = engine::Settings {
@@ -448,6 +444,33 @@ async fn reencrypt_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context) -> Re
     let r = round.status.reencryption.get_or_insert_with(Default::default);
     r.end_time = Some(rfc3339(ctx.clock.now()));
     round.status.progress = Some(progress_text(r));
+    rewrite_summary(&p)
+}
+
+/// Where the Secret rewrite starts: from the beginning, or where the recorded progress `r`
+/// stopped.
+fn resume_point(r: ReencryptionStatus) -> Progress {
+    if r.resume_after.is_some() {
+        info!(
+            resume_after = ?r.resume_after,
+            from_its_page = r.resume_continue.is_some(),
+            "resuming the Secret rewrite where it stopped"
+        );
+    }
+    Progress {
+        total: r.rewritten + r.unchanged + r.failed + r.deleted,
+        rewritten: r.rewritten,
+        unchanged: r.unchanged,
+        gone: r.deleted,
+        failed: r.failed,
+        resume_after: r.resume_after,
+        resume_continue: r.resume_continue,
+        listed_again: 0,
+    }
+}
+
+/// What the rewrite did; a failure when a Secret could not be rewritten.
+fn rewrite_summary(p: &Progress) -> Result<String, StepError> {
     let summary = format!(
         "{} Secrets: {} rewritten, {} already current, {} deleted meanwhile, {} failed.",
         p.rewritten + p.unchanged + p.gone + p.failed,
@@ -622,41 +645,9 @@ async fn run_steps(
     loop {
         let mut op = round.status.current_operation.clone().expect("an operation is current");
         if op.operation_state == OperationState::Pending {
-            let current = match provider.get_kms().await {
-                Ok(c) => c,
-                Err(e) if e.is_transient() => return Ok(retry_outcome("Starting", &e)),
-                Err(e) => return Ok(cloud_stalled(&e)),
-            };
-            round.status.kms = Some(kms_text(&current.settings).into());
-            if current.busy() {
-                let message = format!(
-                    "{} is {}; operation {} starts when that update ends.",
-                    provider.describe(),
-                    current.provisioning_state,
-                    op.operation_id
-                );
-                let health = Health::Reconciling { reason: kms_reason::WAITING_FOR_CLUSTER.into(), message };
-                return Ok(Outcome::new(health, Some(Duration::from_secs(30))));
+            if let Some(waits) = start(round, ctx, provider, op).await? {
+                return Ok(waits);
             }
-            let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
-            let plan = planner::plan(&current.settings, &target);
-            op.source_info = Some(current.settings.clone());
-            operation::start(&mut op, clock.now());
-            round.status.steps = planner::pending(&plan);
-            round.status.reencryption = None;
-            round.status.rollback = None;
-            let names: Vec<String> = plan.iter().map(|s| format!("{s:?}")).collect();
-            let note = format!(
-                "Operation {}: {} → {}: {}.",
-                op.operation_id,
-                describe(&current.settings),
-                describe(&target),
-                if names.is_empty() { "nothing to do".into() } else { names.join(" → ") }
-            );
-            round.event(EventType::Normal, event::UPDATE_STARTED, note);
-            let (current_op, history) = round.status.record_mut();
-            operation::settle(history, current_op, op);
-            checkpoint(round, ctx).await?;
             continue;
         }
         let rollback_after = Duration::from_secs(round.obj.spec.rollback_after_seconds.into());
@@ -697,22 +688,76 @@ async fn run_steps(
                 checkpoint(round, ctx).await?;
             }
             Next::Done => return Ok(conclude(round, op, clock.now())),
-            Next::Failed(message) => {
-                operation::fail(&mut op, kms_reason::OPERATION_FAILED, message.clone(), clock.now());
-                round.status.phase = Some("Idle".into());
-                let message = format!(
-                    "Operation {} failed: {message}. Fix the cause, then change the spec or set a new value of the \
-                     clustersecurity.io/retry annotation to try again.",
-                    op.operation_id
-                );
-                round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-                let (current_op, history) = round.status.record_mut();
-                operation::settle(history, current_op, op);
-                let health = Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message };
-                return Ok(Outcome::new(health, None));
-            }
+            Next::Failed(message) => return Ok(failed(round, &mut op, &message, clock.now())),
         }
     }
+}
+
+/// Start PENDING operation `op`: read the cluster's KMS settings, plan the steps from them to
+/// the target, and record that (a checkpoint). Some: the outcome to report instead (the cloud
+/// cannot be read, or the cluster is busy with another update).
+async fn start(
+    round: &mut Round<KmsKeyVaultMode>,
+    ctx: &Context,
+    provider: &dyn KmsProvider,
+    mut op: Operation<KmsSettings>,
+) -> Result<Option<Outcome>, Error> {
+    let current = match provider.get_kms().await {
+        Ok(c) => c,
+        Err(e) if e.is_transient() => return Ok(Some(retry_outcome("Starting", &e))),
+        Err(e) => return Ok(Some(cloud_stalled(&e))),
+    };
+    round.status.kms = Some(kms_text(&current.settings).into());
+    if current.busy() {
+        let message = format!(
+            "{} is {}; operation {} starts when that update ends.",
+            provider.describe(),
+            current.provisioning_state,
+            op.operation_id
+        );
+        let health = Health::Reconciling { reason: kms_reason::WAITING_FOR_CLUSTER.into(), message };
+        return Ok(Some(Outcome::new(health, Some(Duration::from_secs(30)))));
+    }
+    let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
+    let plan = planner::plan(&current.settings, &target);
+    op.source_info = Some(current.settings.clone());
+    operation::start(&mut op, ctx.clock.now());
+    round.status.steps = planner::pending(&plan);
+    round.status.reencryption = None;
+    round.status.rollback = None;
+    let names: Vec<String> = plan.iter().map(|s| format!("{s:?}")).collect();
+    let note = format!(
+        "Operation {}: {} → {}: {}.",
+        op.operation_id,
+        describe(&current.settings),
+        describe(&target),
+        if names.is_empty() { "nothing to do".into() } else { names.join(" → ") }
+    );
+    round.event(EventType::Normal, event::UPDATE_STARTED, note);
+    let (current_op, history) = round.status.record_mut();
+    operation::settle(history, current_op, op);
+    checkpoint(round, ctx).await?;
+    Ok(None)
+}
+
+/// A step failed for good, with nothing to roll back: the operation ends UPDATE_FAILED.
+fn failed(
+    round: &mut Round<KmsKeyVaultMode>,
+    op: &mut Operation<KmsSettings>,
+    message: &str,
+    now: Timestamp,
+) -> Outcome {
+    operation::fail(op, kms_reason::OPERATION_FAILED, message.to_string(), now);
+    round.status.phase = Some("Idle".into());
+    let message = format!(
+        "Operation {} failed: {message}. Fix the cause, then change the spec or set a new value of the \
+         clustersecurity.io/retry annotation to try again.",
+        op.operation_id
+    );
+    round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
+    let (current_op, history) = round.status.record_mut();
+    operation::settle(history, current_op, op.clone());
+    Outcome::new(Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message }, None)
 }
 
 /// Every step of `op` is done: the target is in effect (UPDATE_COMPLETE), or the rollback put
@@ -767,24 +812,7 @@ async fn run_one(
     let name = round.status.steps[i].name;
     round.status.phase = Some(format!("{name:?}"));
     if round.status.steps[i].state == StepState::Pending {
-        let now = rfc3339(ctx.clock.now());
-        let step = &mut round.status.steps[i];
-        step.state = StepState::InProgress;
-        step.start_time = Some(now.clone());
-        step.message = None;
-        step.attempts += 1;
-        if name == StepName::ReencryptSecrets {
-            let page_size = round.obj.spec.reencryption.page_size.clamp(1, 5000);
-            let estimate = engine::count(&ctx.client, page_size).await.unwrap_or_else(|e| {
-                warn!(error = %e, "could not count the Secrets; progress shows no total");
-                0
-            });
-            round.status.reencryption =
-                Some(ReencryptionStatus { total: estimate, start_time: Some(now), ..Default::default() });
-            round.status.progress = round.status.reencryption.as_ref().map(progress_text);
-        }
-        round.event(EventType::Normal, format!("{name:?}Started"), format!("Step {}/{total} {name:?} started.", i + 1));
-        checkpoint(round, ctx).await?;
+        begin_step(round, ctx, i).await?;
     }
     // While KMS is off (and not yet on the way back) nothing waits for good: a credentials or
     // configuration problem counts as a failed attempt, toward the rollback.
@@ -807,7 +835,8 @@ async fn run_one(
             step.state = state;
             step.message = Some(message.clone());
             let lead = if state == StepState::Failed { " failed" } else { "" };
-            round.event(type_, format!("{name:?}{outcome}"), format!("Step {}/{total}{lead}: {message}", i + 1));
+            let (reason, note) = (format!("{name:?}{outcome}"), format!("Step {}/{total}{lead}: {message}", i + 1));
+            round.event(type_, reason, note);
             checkpoint(round, ctx).await?;
             Ok(None)
         }
@@ -824,6 +853,30 @@ async fn run_one(
             Ok(Some(retry_outcome(&format!("{name:?}"), &e)))
         }
     }
+}
+
+/// Step `i` starts (PENDING → IN_PROGRESS, one more attempt), recorded before it runs; the
+/// re-encryption step counts the Secrets first, for its progress.
+async fn begin_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context, i: usize) -> Result<(), Error> {
+    let (total, name) = (round.status.steps.len(), round.status.steps[i].name);
+    let now = rfc3339(ctx.clock.now());
+    let step = &mut round.status.steps[i];
+    step.state = StepState::InProgress;
+    step.start_time = Some(now.clone());
+    step.message = None;
+    step.attempts += 1;
+    if name == StepName::ReencryptSecrets {
+        let page_size = round.obj.spec.reencryption.page_size.clamp(1, 5000);
+        let estimate = engine::count(&ctx.client, page_size).await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not count the Secrets; progress shows no total");
+            0
+        });
+        round.status.reencryption =
+            Some(ReencryptionStatus { total: estimate, start_time: Some(now), ..Default::default() });
+        round.status.progress = round.status.reencryption.as_ref().map(progress_text);
+    }
+    round.event(EventType::Normal, format!("{name:?}Started"), format!("Step {}/{total} {name:?} started.", i + 1));
+    checkpoint(round, ctx).await
 }
 
 fn retry_outcome(step: &str, e: &dyn std::fmt::Display) -> Outcome {
@@ -847,18 +900,8 @@ async fn decide(
         Err(e) => return Ok(Some(cloud_stalled(&e))),
     };
     round.status.kms = Some(kms_text(&current.settings).into());
-    let known = [obj.spec.key_vault_resource_id.as_deref(), current.settings.key_vault_resource_id.as_deref()];
-    let check = check_key(provider, &obj.spec.key_id, known, now).await;
-    check_previous_key(obj, round, provider).await;
-    if round.status.key_check.as_ref().map(|k| k.result) != Some(check.result) && check.result != KeyCheckResult::Usable
-    {
-        round.event(EventType::Warning, "KeyCheck", check.message.clone());
-    }
-    let unusable = check.result == KeyCheckResult::Unusable;
-    round.status.key_check = Some(check.clone());
-    if unusable {
-        let health = Health::Stalled { reason: kms_reason::KEY_NOT_USABLE.into(), message: check.message };
-        return Ok(Some(Outcome::new(health, Some(Duration::from_secs(300)))));
+    if let Some(stalled) = key_not_usable(obj, round, provider, &current.settings).await {
+        return Ok(Some(stalled));
     }
     if planner::plan(&current.settings, &desired).is_empty() {
         round.status.phase = Some("Idle".into());
@@ -869,16 +912,8 @@ async fn decide(
         )));
     }
     let retry = operation::retry_request(obj.meta()).map(String::from);
-    if let Some(err) = operation::failed_for(&round.status.operations, round.generation(), &desired, retry.as_deref()) {
-        let message = format!(
-            "The last operation for this spec failed ({}: {}). Fix the cause, then change the spec or set a new \
-             value of the clustersecurity.io/retry annotation to try again.",
-            err.code, err.message
-        );
-        // A rolled-back operation keeps saying so: the cluster runs the settings it started from.
-        let reason =
-            if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
-        return Ok(Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None)));
+    if let Some(stalled) = failed_before(round, &desired, retry.as_deref()) {
+        return Ok(Some(stalled));
     }
     // Only where an operation would open, before anything is recorded and so before any cloud
     // write: the managed cluster is this one.
@@ -905,6 +940,43 @@ async fn decide(
     round.event(checked_type, checked_reason, checked_note);
     round.event(EventType::Normal, event::OPERATION_PENDING, note);
     Ok(None)
+}
+
+/// Check the spec's key (and the previous one) and record it; Some(Stalled `KeyNotUsable`) when
+/// it cannot be used. A newly failing check is announced.
+async fn key_not_usable(
+    obj: &KmsKeyVaultMode,
+    round: &mut Round<KmsKeyVaultMode>,
+    provider: &dyn KmsProvider,
+    current: &KmsSettings,
+) -> Option<Outcome> {
+    let known = [obj.spec.key_vault_resource_id.as_deref(), current.key_vault_resource_id.as_deref()];
+    let check = check_key(provider, &obj.spec.key_id, known, round.now).await;
+    check_previous_key(obj, round, provider).await;
+    if round.status.key_check.as_ref().map(|k| k.result) != Some(check.result) && check.result != KeyCheckResult::Usable
+    {
+        round.event(EventType::Warning, "KeyCheck", check.message.clone());
+    }
+    let unusable = check.result == KeyCheckResult::Unusable;
+    round.status.key_check = Some(check.clone());
+    unusable.then(|| {
+        let health = Health::Stalled { reason: kms_reason::KEY_NOT_USABLE.into(), message: check.message };
+        Outcome::new(health, Some(Duration::from_secs(300)))
+    })
+}
+
+/// The last operation for this spec (and retry value) failed: Stalled until either changes.
+fn failed_before(round: &Round<KmsKeyVaultMode>, desired: &KmsSettings, retry: Option<&str>) -> Option<Outcome> {
+    let err = operation::failed_for(&round.status.operations, round.generation(), desired, retry)?;
+    let message = format!(
+        "The last operation for this spec failed ({}: {}). Fix the cause, then change the spec or set a new \
+         value of the clustersecurity.io/retry annotation to try again.",
+        err.code, err.message
+    );
+    // A rolled-back operation keeps saying so: the cluster runs the settings it started from.
+    let reason =
+        if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
+    Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None))
 }
 
 /// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]).

@@ -433,6 +433,53 @@ async fn count_by_listing(client: &Client, namespace: Option<&str>, page_size: u
     Ok(total)
 }
 
+/// What the lister has for the run.
+enum Listed {
+    Page(Page),
+    /// Nothing yet (and the run does not wait for it).
+    NotYet,
+    /// Every page was listed.
+    All,
+    Failed(kube::Error),
+}
+
+/// The next page from `pages`, waiting for it when `wait` (nothing in flight), else only what
+/// is there.
+async fn next_page(pages: &mut mpsc::Receiver<Result<Page, kube::Error>>, wait: bool) -> Listed {
+    let next = if wait {
+        pages.recv().await
+    } else {
+        match pages.try_recv() {
+            Ok(page) => Some(page),
+            Err(mpsc::error::TryRecvError::Empty) => return Listed::NotYet,
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        }
+    };
+    match next {
+        Some(Ok(page)) => Listed::Page(page),
+        Some(Err(e)) => Listed::Failed(e),
+        None => Listed::All,
+    }
+}
+
+impl Progress {
+    /// One more Secret handled with `outcome`; `moved`: the resume point, when every Secret
+    /// before it is handled now.
+    fn count(&mut self, outcome: Outcome, moved: Option<Place>) {
+        self.total += 1;
+        match outcome {
+            Outcome::Rewritten => self.rewritten += 1,
+            Outcome::Unchanged => self.unchanged += 1,
+            Outcome::Gone => self.gone += 1,
+            Outcome::Failed => self.failed += 1,
+        }
+        if let Some((k, resume_from)) = moved {
+            self.resume_after = Some(k);
+            self.resume_continue = resume_from.map(|c| c.to_string());
+        }
+    }
+}
+
 /// Rewrite every Secret listed after `start.resume_after`, adding to the counters of `start`
 /// (so a resumed run keeps counting where it stopped). `on_progress` sees the progress as it
 /// goes (after about a page's worth of Secrets, and at the end), to persist the resume point at
@@ -455,20 +502,12 @@ pub async fn run_in(
     mut on_progress: impl FnMut(&Progress),
 ) -> Result<Progress, ReencryptError> {
     let (tx, mut pages) = mpsc::channel(LIST_AHEAD);
-    let lister = tokio::spawn(list_pages(
-        client.clone(),
-        namespace.map(str::to_string),
-        settings.page_size,
-        start.resume_after.clone(),
-        start.resume_continue.clone(),
-        tx,
-    ));
+    let (after, from) = (start.resume_after.clone(), start.resume_continue.clone());
+    let lister = list_pages(client.clone(), namespace.map(str::to_string), settings.page_size, after, from, tx);
     // The lister stops with the run, however it ends (a dropped run included).
-    let _stop_lister = AbortOnDrop(lister);
-    let mut progress = start;
-    let mut limiter = Limiter::new(settings.concurrency);
-    let fixed = settings.concurrency.max(1);
-    progress.listed_again = 0;
+    let _stop_lister = AbortOnDrop(tokio::spawn(lister));
+    let mut progress = Progress { listed_again: 0, ..start };
+    let (mut limiter, fixed) = (Limiter::new(settings.concurrency), settings.concurrency.max(1));
     let mut queue: VecDeque<(PartialObjectMeta<Secret>, Option<Arc<str>>)> = VecDeque::new();
     let mut watermark = Watermark { base: 0, items: VecDeque::new() };
     let mut in_flight = FuturesUnordered::new();
@@ -478,22 +517,14 @@ pub async fn run_in(
         while in_flight.len() < limit {
             if queue.is_empty() && !listed_all {
                 // Wait for a page only when nothing is in flight; otherwise take what is there.
-                let next = if in_flight.is_empty() {
-                    pages.recv().await
-                } else {
-                    match pages.try_recv() {
-                        Ok(page) => Some(page),
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    }
-                };
-                match next {
-                    Some(Ok(page)) => {
+                match next_page(&mut pages, in_flight.is_empty()).await {
+                    Listed::Page(page) => {
                         progress.listed_again += page.listed_again;
                         queue.extend(page.places());
                     }
-                    Some(Err(e)) => return Err(ReencryptError::List(e)),
-                    None => listed_all = true,
+                    Listed::NotYet => break,
+                    Listed::All => listed_all = true,
+                    Listed::Failed(e) => return Err(ReencryptError::List(e)),
                 }
                 continue;
             }
@@ -510,21 +541,8 @@ pub async fn run_in(
             }
             continue;
         };
-        match signal {
-            Signal::Latency(l) => limiter.on_latency(l),
-            Signal::Pushback => limiter.on_pushback(),
-        }
-        progress.total += 1;
-        match outcome {
-            Outcome::Rewritten => progress.rewritten += 1,
-            Outcome::Unchanged => progress.unchanged += 1,
-            Outcome::Gone => progress.gone += 1,
-            Outcome::Failed => progress.failed += 1,
-        }
-        if let Some((k, resume_from)) = watermark.handled(seq) {
-            progress.resume_after = Some(k);
-            progress.resume_continue = resume_from.map(|c| c.to_string());
-        }
+        limiter.on(signal);
+        progress.count(outcome, watermark.handled(seq));
         since_report += 1;
         if since_report >= u64::from(settings.page_size.max(1)) {
             since_report = 0;
@@ -532,6 +550,22 @@ pub async fn run_in(
         }
     }
     on_progress(&progress);
+    finished(&progress, &limiter);
+    Ok(progress)
+}
+
+impl Limiter {
+    /// What one rewrite told about the API server's load.
+    fn on(&mut self, signal: Signal) {
+        match signal {
+            Signal::Latency(l) => self.on_latency(l),
+            Signal::Pushback => self.on_pushback(),
+        }
+    }
+}
+
+/// The pass is over: how it went, for the log.
+fn finished(progress: &Progress, limiter: &Limiter) {
     tracing::info!(
         secrets = progress.total,
         listed_again = progress.listed_again,
@@ -540,7 +574,6 @@ pub async fn run_in(
         pushbacks = limiter.pushbacks,
         "re-encryption pass finished"
     );
-    Ok(progress)
 }
 
 #[cfg(test)]
