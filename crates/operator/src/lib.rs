@@ -48,4 +48,6 @@ pub fn metrics_catalogue() -> String {
 }
 
 #[cfg(test)]
+mod fake_api;
+#[cfg(test)]
 mod fuzz_tests;

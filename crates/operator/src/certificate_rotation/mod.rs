@@ -6,6 +6,8 @@
 //! What this module may touch: see [`material`]; it reads the workload and, for `type: secret`,
 //! watches the referenced Secrets' metadata.
 
+#[cfg(test)]
+mod api_tests;
 mod distribute;
 pub mod inspect;
 pub mod material;

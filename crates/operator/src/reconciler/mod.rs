@@ -12,6 +12,8 @@
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
 //! annotations, volumes and volume mounts the operator adds to the workload a kind targets. Everything else is the kinds'.
 
+#[cfg(test)]
+mod api_tests;
 pub mod caches;
 pub mod conditions;
 pub mod derived;

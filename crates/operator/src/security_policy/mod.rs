@@ -5,6 +5,8 @@
 //! What this module may touch: the `<cluster>-security` ConfigMap and the `<cluster>-client-ca`
 //! Secret in the policy's namespace, and read the CA Secrets the spec names.
 
+#[cfg(test)]
+mod api_tests;
 mod clients;
 mod existing;
 pub mod listeners;
