@@ -310,7 +310,7 @@ impl Rolling for CertificateRotation {
         report_expiring(round);
         let next_look = next_look(self, &round.status, automatic, round.now);
         let message = settled_message(self, round, referenced.source.as_ref(), automatic);
-        Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED.into(), message }, next_look)))
+        Ok(Idle::Settled(Outcome::new(Health::Ready { reason: reason::APPLIED, message }, next_look)))
     }
 
     async fn referenced_secrets_present(&self, ctx: &Context) -> Result<bool, Error> {

@@ -256,11 +256,7 @@ fn wait_for_clients(
     );
     round.status.trust_transition = Some(transition);
     let left = Duration::from_secs((switch_at.as_second() - round.now.as_second()).max(1) as u64);
-    PrepareError::Wait {
-        reason: conditions::reason::WAITING_FOR_CLIENT_TRUST.into(),
-        message,
-        after: left.min(RECHECK),
-    }
+    PrepareError::Wait { reason: conditions::reason::WAITING_FOR_CLIENT_TRUST, message, after: left.min(RECHECK) }
 }
 
 /// Phase 1: the internal TLS Secret keeps the certificate in force and trusts the new CA too.

@@ -277,7 +277,7 @@ async fn check_previous_key(obj: &KmsKeyVaultMode, round: &mut Round<KmsKeyVault
 fn cloud_stalled(e: &ProviderError) -> Outcome {
     Outcome::new(
         Health::Stalled {
-            reason: kms_reason::CLOUD_ACCESS_FAILED.into(),
+            reason: kms_reason::CLOUD_ACCESS_FAILED,
             message: format!("{e}. Fix the operator's cloud access; it retries every minute."),
         },
         Some(Duration::from_secs(60)),
@@ -579,7 +579,7 @@ async fn older_claim(obj: &KmsKeyVaultMode, ctx: &Context) -> Result<Option<Outc
     Ok(validate::one_per_cluster(&obj.spec, others).err().map(|v| {
         let message = format!("{v}. Nothing was changed.");
         // Looked at again now and then: the other object may go.
-        Outcome::new(Health::Stalled { reason: conditions::reason::CONFLICT.into(), message }, Some(IDLE_CONFLICT))
+        Outcome::new(Health::Stalled { reason: conditions::reason::CONFLICT, message }, Some(IDLE_CONFLICT))
     }))
 }
 
@@ -598,7 +598,7 @@ fn being_deleted(round: &mut Round<KmsKeyVaultMode>) -> Option<Outcome> {
         operation::settle(history, current_op, op);
     }
     let message = "Deleted: no operation runs, so the cluster's KMS settings and the key vault stay as they are.";
-    Some(Outcome::new(Health::NotReady { reason: kms_reason::DELETING.into(), message: message.into() }, None))
+    Some(Outcome::new(Health::NotReady { reason: kms_reason::DELETING, message: message.into() }, None))
 }
 
 /// The `EncryptionDisabled` condition, its Warning event and metric, from what the cluster
@@ -672,7 +672,7 @@ async fn run_steps(
                     s.message.as_deref().unwrap_or_default(),
                     wait.as_secs().max(1)
                 );
-                let health = Health::Reconciling { reason: kms_reason::RETRYING_STEP.into(), message };
+                let health = Health::Reconciling { reason: kms_reason::RETRYING_STEP, message };
                 return Ok(Outcome::new(health, Some(wait.min(KMS_OFF_RECHECK))));
             }
             Next::RollBack(reason) => {
@@ -715,7 +715,7 @@ async fn start(
             current.provisioning_state,
             op.operation_id
         );
-        let health = Health::Reconciling { reason: kms_reason::WAITING_FOR_CLUSTER.into(), message };
+        let health = Health::Reconciling { reason: kms_reason::WAITING_FOR_CLUSTER, message };
         return Ok(Some(Outcome::new(health, Some(Duration::from_secs(30)))));
     }
     let target = op.target_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
@@ -757,7 +757,7 @@ fn failed(
     round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
     let (current_op, history) = round.status.record_mut();
     operation::settle(history, current_op, op.clone());
-    Outcome::new(Health::Stalled { reason: kms_reason::OPERATION_FAILED.into(), message }, None)
+    Outcome::new(Health::Stalled { reason: kms_reason::OPERATION_FAILED, message }, None)
 }
 
 /// Every step of `op` is done: the target is in effect (UPDATE_COMPLETE), or the rollback put
@@ -778,7 +778,7 @@ fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, 
             round.status.kms = Some(kms_text(&target).into());
             let message = format!("Operation {} complete: {}.", op.operation_id, describe(&target));
             round.event(EventType::Normal, event::UPDATE_COMPLETE, message.clone());
-            Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message }, Some(IDLE_RECHECK))
+            Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC, message }, Some(IDLE_RECHECK))
         }
         Some(rollback) => {
             let source = op.source_info.clone().unwrap_or_else(|| desired_settings(&round.obj.spec));
@@ -792,7 +792,7 @@ fn conclude(round: &mut Round<KmsKeyVaultMode>, mut op: Operation<KmsSettings>, 
                 op.operation_id
             );
             round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-            Outcome::new(Health::Stalled { reason: kms_reason::ROLLED_BACK.into(), message }, None)
+            Outcome::new(Health::Stalled { reason: kms_reason::ROLLED_BACK, message }, None)
         }
     };
     let (current_op, history) = round.status.record_mut();
@@ -850,7 +850,7 @@ async fn run_one(
             round.status.steps[i].message = Some(format!("retrying: {e}"));
             // The API server may be restarting; a failed write is retried with the step.
             let _ = checkpoint(round, ctx).await;
-            Ok(Some(retry_outcome(&format!("{name:?}"), &e)))
+            Ok(Some(retry_outcome(step_name(name), &e)))
         }
     }
 }
@@ -879,8 +879,19 @@ async fn begin_step(round: &mut Round<KmsKeyVaultMode>, ctx: &Context, i: usize)
     checkpoint(round, ctx).await
 }
 
-fn retry_outcome(step: &str, e: &dyn std::fmt::Display) -> Outcome {
-    let health = Health::Reconciling { reason: step.to_string(), message: format!("{step}: {e}; retrying.") };
+/// A step's name as a condition reason (its name in the status).
+fn step_name(name: StepName) -> &'static str {
+    match name {
+        StepName::DisableKms => "DisableKms",
+        StepName::ReencryptSecrets => "ReencryptSecrets",
+        StepName::UpdateKeyVaultNetworkAccess => "UpdateKeyVaultNetworkAccess",
+        StepName::EnableKms => "EnableKms",
+        StepName::UpdateKms => "UpdateKms",
+    }
+}
+
+fn retry_outcome(step: &'static str, e: &dyn std::fmt::Display) -> Outcome {
+    let health = Health::Reconciling { reason: step, message: format!("{step}: {e}; retrying.") };
     Outcome::new(health, Some(STEP_RETRY))
 }
 
@@ -906,10 +917,7 @@ async fn decide(
     if planner::plan(&current.settings, &desired).is_empty() {
         round.status.phase = Some("Idle".into());
         let message = format!("{}: {}.", provider.describe(), describe(&current.settings));
-        return Ok(Some(Outcome::new(
-            Health::Ready { reason: kms_reason::KMS_IN_SYNC.into(), message },
-            Some(IDLE_RECHECK),
-        )));
+        return Ok(Some(Outcome::new(Health::Ready { reason: kms_reason::KMS_IN_SYNC, message }, Some(IDLE_RECHECK))));
     }
     let retry = operation::retry_request(obj.meta()).map(String::from);
     if let Some(stalled) = failed_before(round, &desired, retry.as_deref()) {
@@ -960,7 +968,7 @@ async fn key_not_usable(
     let unusable = check.result == KeyCheckResult::Unusable;
     round.status.key_check = Some(check.clone());
     unusable.then(|| {
-        let health = Health::Stalled { reason: kms_reason::KEY_NOT_USABLE.into(), message: check.message };
+        let health = Health::Stalled { reason: kms_reason::KEY_NOT_USABLE, message: check.message };
         Outcome::new(health, Some(Duration::from_secs(300)))
     })
 }
@@ -976,7 +984,7 @@ fn failed_before(round: &Round<KmsKeyVaultMode>, desired: &KmsSettings, retry: O
     // A rolled-back operation keeps saying so: the cluster runs the settings it started from.
     let reason =
         if err.code == kms_reason::ROLLED_BACK { kms_reason::ROLLED_BACK } else { kms_reason::OPERATION_FAILED };
-    Some(Outcome::new(Health::Stalled { reason: reason.into(), message }, None))
+    Some(Outcome::new(Health::Stalled { reason, message }, None))
 }
 
 /// Whether `spec.provider` names the cluster the operator runs in (see [`own_cluster`]).
@@ -1003,7 +1011,7 @@ async fn own_cluster(
     let cluster = provider.describe();
     Ok(match own_cluster::judge(&current.identity, &local, annotation, &cluster) {
         own_cluster::Verdict::Refused(message) => {
-            let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER.into(), message };
+            let health = Health::Stalled { reason: kms_reason::FOREIGN_CLUSTER, message };
             OwnCluster::Refused(Outcome::new(health, Some(IDLE_CONFLICT)))
         }
         own_cluster::Verdict::Same(why) => {
@@ -1085,7 +1093,7 @@ async fn missing_permissions(
          checked again every minute.",
         missing.join(", ")
     );
-    Some(Outcome::new(Health::Stalled { reason: kms_reason::MISSING_PERMISSION.into(), message }, Some(IDLE_CONFLICT)))
+    Some(Outcome::new(Health::Stalled { reason: kms_reason::MISSING_PERMISSION, message }, Some(IDLE_CONFLICT)))
 }
 
 #[cfg(test)]

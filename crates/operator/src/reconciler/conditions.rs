@@ -114,6 +114,13 @@ pub const STALLED_REASONS: [&str; 20] = [
     crate::kms_key_vault_mode::kms_reason::MISSING_PERMISSION,
 ];
 
+/// The Stalled reason `code` names (a failed operation's code, read back from its record), from
+/// [`STALLED_REASONS`]; a code this version does not know (written by another) reads as
+/// `RolloutFailed`.
+pub fn stalled_reason(code: &str) -> &'static str {
+    STALLED_REASONS.iter().copied().find(|r| *r == code).unwrap_or(reason::ROLLOUT_FAILED)
+}
+
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);
 /// [`apply`] keeps it. The transition time moves only when the status does.
 pub fn set(
@@ -128,17 +135,18 @@ pub fn set(
     upsert(conds, type_, if status { "True" } else { "False" }, reason, message, generation, now);
 }
 
-/// What the conditions should say; turned into the list with [`apply`].
+/// What the conditions should say; turned into the list with [`apply`]. Reasons come from the
+/// closed sets of [`reason`] and the kinds' own constants, never from text built at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     /// Desired state applied and verified.
-    Ready { reason: String, message: String },
+    Ready { reason: &'static str, message: String },
     /// Work in progress; `reason` names the step.
-    Reconciling { reason: String, message: String },
+    Reconciling { reason: &'static str, message: String },
     /// Cannot progress without a change from the user.
-    Stalled { reason: String, message: String },
+    Stalled { reason: &'static str, message: String },
     /// Neither ready nor stuck nor working (e.g. waiting for something outside our control).
-    NotReady { reason: String, message: String },
+    NotReady { reason: &'static str, message: String },
 }
 
 fn upsert(
@@ -226,11 +234,11 @@ mod tests {
 
     #[test]
     fn stalled_then_ready_removes_abnormal_true_conditions() {
-        let stalled = Health::Stalled { reason: reason::INVALID_SPEC.into(), message: "bad".into() };
+        let stalled = Health::Stalled { reason: reason::INVALID_SPEC, message: "bad".into() };
         let c = apply(&[], &stalled, Some(1), t(10));
         assert_eq!(get(&c, STALLED).unwrap().status, "True");
         assert_eq!(get(&c, READY).unwrap().status, "False");
-        let ready = Health::Ready { reason: reason::APPLIED.into(), message: "ok".into() };
+        let ready = Health::Ready { reason: reason::APPLIED, message: "ok".into() };
         let c = apply(&c, &ready, Some(2), t(20));
         assert!(get(&c, STALLED).is_none());
         assert!(get(&c, RECONCILING).is_none());
@@ -240,15 +248,22 @@ mod tests {
 
     #[test]
     fn unchanged_status_keeps_transition_time() {
-        let h = Health::Reconciling { reason: "RollingPods".into(), message: "1/3".into() };
+        let h = Health::Reconciling { reason: "RollingPods", message: "1/3".into() };
         let c1 = apply(&[], &h, Some(1), t(10));
-        let h2 = Health::Reconciling { reason: "RollingPods".into(), message: "2/3".into() };
+        let h2 = Health::Reconciling { reason: "RollingPods", message: "2/3".into() };
         let c2 = apply(&c1, &h2, Some(1), t(50));
         let r = get(&c2, RECONCILING).unwrap();
         assert_eq!(r.last_transition_time.0, t(10));
         assert_eq!(r.message, "2/3");
         // Same input twice gives identical output: no perpetual status churn.
         assert_eq!(apply(&c2, &h2, Some(1), t(99)), c2);
+    }
+
+    #[test]
+    fn a_recorded_failure_code_reads_back_as_a_reason_of_the_closed_set() {
+        assert_eq!(stalled_reason("SecretNotFound"), reason::SECRET_NOT_FOUND);
+        assert_eq!(stalled_reason("BrokerUnreachable"), reason::BROKER_UNREACHABLE);
+        assert_eq!(stalled_reason("SomethingAnOlderVersionWrote"), reason::ROLLOUT_FAILED);
     }
 }
 

@@ -52,8 +52,8 @@ where
 {
     if let Health::Stalled { reason, message } = health {
         let was = conditions::get(old_conditions, conditions::STALLED).map(|c| c.reason.as_str());
-        if was != Some(reason.as_str()) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
-            events.push((EventType::Warning, reason.clone(), message.clone()));
+        if was != Some(*reason) && !events.iter().any(|(t, _, _)| *t == EventType::Warning) {
+            events.push((EventType::Warning, reason.to_string(), message.clone()));
         }
     }
     for (type_, reason, note) in events {

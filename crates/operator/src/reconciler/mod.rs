@@ -239,7 +239,7 @@ pub trait Reconcile:
 pub fn invalid_spec(violation: &Violations) -> Outcome {
     Outcome::new(
         Health::Stalled {
-            reason: conditions::reason::INVALID_SPEC.into(),
+            reason: conditions::reason::INVALID_SPEC,
             message: format!("{violation}. Nothing was applied; fix the spec and apply it again."),
         },
         None,
@@ -255,7 +255,7 @@ fn not_watched(ns: &str, scope: &Scope) -> Outcome {
          resource in a managed namespace.",
         scope.describe()
     );
-    Outcome::new(Health::Stalled { reason: conditions::reason::NAMESPACE_NOT_WATCHED.into(), message }, None)
+    Outcome::new(Health::Stalled { reason: conditions::reason::NAMESPACE_NOT_WATCHED, message }, None)
 }
 
 /// Whether the object carries `clustersecurity.io/reconcile: paused`.
@@ -269,7 +269,7 @@ fn paused_outcome() -> Outcome {
         "{RECONCILE_ANNOTATION}: paused — the operator changes nothing for this resource (an operation in progress \
          waits where it is) until the annotation is removed."
     );
-    Outcome::new(Health::NotReady { reason: conditions::reason::PAUSED.into(), message }, None)
+    Outcome::new(Health::NotReady { reason: conditions::reason::PAUSED, message }, None)
 }
 
 /// One reconcile of `cached`, in a span that puts the object (and its operation, once one is
@@ -320,7 +320,7 @@ async fn reconcile_once<K: Reconcile>(
             match obj.advance(&mut round, ctx, deps).await {
                 // Checked right before the write: what was done until then is recorded.
                 Err(Error::NameConflict { message, .. }) => Outcome::new(
-                    Health::Stalled { reason: conditions::reason::NAME_CONFLICT.into(), message },
+                    Health::Stalled { reason: conditions::reason::NAME_CONFLICT, message },
                     Some(RETRY_NAME_CONFLICT),
                 ),
                 other => other?,

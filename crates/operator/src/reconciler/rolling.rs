@@ -43,12 +43,12 @@ pub enum Idle<I> {
 pub enum PrepareError {
     /// The user must act (`reason` is a condition reason); nothing was rolled. Ends the
     /// operation UPDATE_FAILED.
-    Refused { reason: String, message: String },
+    Refused { reason: &'static str, message: String },
     /// The API server could not be read or written; the round is retried.
     Failed(Error),
     /// Not yet: the operation stays PENDING (`Reconciling` with `reason`), nothing is rolled,
     /// and the kind prepares again after `after` (or at the next change).
-    Wait { reason: String, message: String, after: Duration },
+    Wait { reason: &'static str, message: String, after: Duration },
 }
 
 impl From<Error> for PrepareError {
@@ -58,8 +58,8 @@ impl From<Error> for PrepareError {
 }
 
 impl PrepareError {
-    pub fn refused(reason: &str, message: impl Into<String>) -> Self {
-        Self::Refused { reason: reason.into(), message: message.into() }
+    pub fn refused(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused { reason, message: message.into() }
     }
 }
 
@@ -218,7 +218,7 @@ async fn repair_drift<K: Rolling>(
     let message = format!("Restored what was changed or deleted by someone else: {}.", restored.join("; "));
     round.event(EventType::Normal, event::DRIFT_REPAIRED, message.clone());
     if template_drifted {
-        let health = Health::Reconciling { reason: event::DRIFT_REPAIRED.into(), message };
+        let health = Health::Reconciling { reason: event::DRIFT_REPAIRED, message };
         return Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)));
     }
     Ok(settled)
@@ -243,7 +243,7 @@ fn after_repair<K: Rolling>(
         RolloutCheck::TimedOut(message) => (message, FOLLOW_ROLLOUT),
     };
     let message = format!("Restored what was changed or deleted by someone else; {message}");
-    Some(Outcome::new(Health::Reconciling { reason: event::DRIFT_REPAIRED.into(), message }, Some(after)))
+    Some(Outcome::new(Health::Reconciling { reason: event::DRIFT_REPAIRED, message }, Some(after)))
 }
 
 /// What a Secret the spec names (the source of a certificate or a CA bundle) holds now that the
@@ -316,8 +316,8 @@ const DELETION_RECHECK: Duration = Duration::from_secs(10);
 /// one whose spec is invalid, keeps waiting.
 pub fn may_go(health: &Health) -> bool {
     match health {
-        Health::Reconciling { reason, .. } => reason == reason::DELETING,
-        Health::Stalled { reason, .. } => reason == reason::NAMESPACE_NOT_WATCHED,
+        Health::Reconciling { reason, .. } => *reason == reason::DELETING,
+        Health::Stalled { reason, .. } => *reason == reason::NAMESPACE_NOT_WATCHED,
         _ => false,
     }
 }
@@ -344,7 +344,7 @@ async fn deleting<K: Rolling>(
             kind.release(round, ctx).await;
         }
         let message = "Being deleted; nothing new starts.".to_string();
-        return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING.into(), message }, None));
+        return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING, message }, None));
     }
     let opted_out = kind.wiring(&kind.desired()).mounts.is_empty();
     if opted_out {
@@ -360,7 +360,7 @@ async fn deleting<K: Rolling>(
             "Set spec.mounts.enabled: false (the operator removes its mounts and the pods roll), or spec.deletionPolicy: Retain; the deletion completes then."
         }
     );
-    Ok(Outcome::new(Health::Stalled { reason: reason::DELETION_BLOCKED.into(), message }, Some(DELETION_RECHECK)))
+    Ok(Outcome::new(Health::Stalled { reason: reason::DELETION_BLOCKED, message }, Some(DELETION_RECHECK)))
 }
 
 /// The message of Ready for a kind whose settings are in effect on `wl`.
@@ -394,12 +394,12 @@ pub async fn drive<K: Rolling>(
         // One resource of a kind per workload: the newer one starts nothing.
         let claimed = if K::ONE_PER_WORKLOAD { older_claim(kind, ctx).await? } else { None };
         if let Some(message) = claimed {
-            let health = Health::Stalled { reason: reason::CONFLICT.into(), message };
+            let health = Health::Stalled { reason: reason::CONFLICT, message };
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
         // Never adopt what we did not create: nothing starts while a derived name is taken.
         if let Some(message) = derived_conflict(kind, round, ctx).await? {
-            let health = Health::Stalled { reason: reason::NAME_CONFLICT.into(), message };
+            let health = Health::Stalled { reason: reason::NAME_CONFLICT, message };
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
         // A failed operation for this very spec is not retried until the spec changes (or, for
@@ -409,7 +409,10 @@ pub async fn drive<K: Rolling>(
             let missing_secret = e.code == reason::SECRET_NOT_FOUND;
             if !(missing_secret && kind.referenced_secrets_present(ctx).await?) {
                 let retry = missing_secret.then_some(RETRY_MISSING_SECRET);
-                return Ok(Outcome::new(Health::Stalled { reason: e.code, message: e.message }, retry));
+                return Ok(Outcome::new(
+                    Health::Stalled { reason: conditions::stalled_reason(&e.code), message: e.message },
+                    retry,
+                ));
             }
         }
         let mut op =
@@ -425,9 +428,10 @@ pub async fn drive<K: Rolling>(
     let outcome = match op.operation_state {
         OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl, recorded_now).await?,
         OperationState::UpdateInProgress => follow(kind, round, ctx, workload, &mut op, &desired, &wl).await?,
-        OperationState::UpdateComplete | OperationState::UpdateFailed => {
-            Outcome::new(Health::Reconciling { reason: "Recorded".into(), message: String::new() }, Some(AFTER_END))
-        }
+        OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome::new(
+            Health::Reconciling { reason: reason::OPERATION_RECORDED, message: String::new() },
+            Some(AFTER_END),
+        ),
     };
     let (current, history) = round.status.record_mut();
     operation::settle(history, current, op);
@@ -456,7 +460,7 @@ async fn pending<K: Rolling>(
             None => format!("{wl} not found; the operation starts once it exists and is ACTIVE."),
             Some(_) => format!("{wl} is {}; the operation starts once it is ACTIVE.", workload::state_text(state)),
         };
-        let health = Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER.into(), message };
+        let health = Health::Reconciling { reason: reason::WAITING_FOR_ACTIVE_CLUSTER, message };
         return Ok(Outcome::new(health, Some(RETRY_NOT_ACTIVE)));
     }
     if recorded_now {
@@ -465,7 +469,7 @@ async fn pending<K: Rolling>(
         // issue again and roll the pods twice. (Waiting for ACTIVE writes nothing, so the
         // round's own status write records it then.)
         let message = format!("Operation {} recorded; the {} are prepared next.", op.operation_id, K::WHAT);
-        round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED.into(), message });
+        round.conclude(&Health::Reconciling { reason: reason::OPERATION_RECORDED, message });
         round.checkpoint().await?;
     }
     // From here on this workload receives artefacts: the resource is bound to it.
@@ -480,7 +484,7 @@ async fn pending<K: Rolling>(
     // Checked again right before anything is written: a PENDING operation takes the newest
     // spec, which may name other objects than when it was opened.
     if let Some(message) = derived_conflict(kind, round, ctx).await? {
-        let health = Health::Stalled { reason: reason::NAME_CONFLICT.into(), message };
+        let health = Health::Stalled { reason: reason::NAME_CONFLICT, message };
         return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
     }
     let prepared = kind.prepare(round, ctx, op, workload).await;
@@ -518,14 +522,14 @@ async fn roll_prepared<K: Rolling>(
         }
         Err(PrepareError::Refused { reason: code, message }) => {
             let retry = (code == reason::SECRET_NOT_FOUND).then_some(RETRY_MISSING_SECRET);
-            Ok(fail(round, op, &code, message, retry))
+            Ok(fail(round, op, code, message, retry))
         }
         Ok(annotations) => {
             starting(op, round.now);
             round.apply_template(round.obj.clone().cluster_ref(), &annotations, wiring).await?;
             let note = format!("Operation {}: rolling {wl}.", op.operation_id);
             round.event(EventType::Normal, event::UPDATE_STARTED, note);
-            let health = Health::Reconciling { reason: reason::ROLLING_PODS.into(), message: format!("Rolling {wl}.") };
+            let health = Health::Reconciling { reason: reason::ROLLING_PODS, message: format!("Rolling {wl}.") };
             Ok(Outcome::new(health, Some(FOLLOW_ROLLOUT)))
         }
     }
@@ -607,11 +611,11 @@ async fn follow<K: Rolling>(
                     message = format!("{message} {note}");
                 }
             }
-            Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(after)))
+            Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS, message }, Some(after)))
         }
         RolloutCheck::Held(message) => {
             // The user holds the rollout back: no deadline runs until they release it.
-            let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION.into(), message };
+            let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION, message };
             Ok(Outcome::new(health, Some(HELD_RECHECK)))
         }
         RolloutCheck::TimedOut(message) => Ok(fail(round, op, reason::ROLLOUT_FAILED, message, None)),
@@ -635,10 +639,10 @@ async fn follow<K: Rolling>(
             let note = format!("Operation {}: {wl} runs the new {}. {verification}", op.operation_id, K::WHAT);
             round.event(EventType::Normal, event::UPDATE_COMPLETE, note);
             let health = if &target == desired {
-                Health::Ready { reason: reason::APPLIED.into(), message: in_effect::<K>(wl) }
+                Health::Ready { reason: reason::APPLIED, message: in_effect::<K>(wl) }
             } else {
                 Health::Reconciling {
-                    reason: reason::QUEUED.into(),
+                    reason: reason::QUEUED,
                     message: "The spec changed during the operation; the next operation starts now.".into(),
                 }
             };
@@ -675,7 +679,7 @@ async fn on_the_wire<K: Rolling>(
     Ok(WireCheck::Meanwhile(match verdict {
         Verdict::Verified(summary) => return Ok(WireCheck::Verified(summary)),
         Verdict::Rolling(message) if !late => {
-            Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS.into(), message }, Some(FOLLOW_ROLLOUT))
+            Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS, message }, Some(FOLLOW_ROLLOUT))
         }
         Verdict::Rolling(message) => {
             fail(round, op, reason::ROLLOUT_FAILED, format!("{message} (rolloutTimeoutSeconds {timeout} passed)"), None)
@@ -684,7 +688,7 @@ async fn on_the_wire<K: Rolling>(
             fail(round, op, code, format!("{message} (checked for {elapsed}s, rolloutTimeoutSeconds {timeout})"), None)
         }
         Verdict::Failed { reason: code, message } => {
-            Outcome::new(Health::Stalled { reason: code.into(), message }, Some(VERIFY_RECHECK))
+            Outcome::new(Health::Stalled { reason: code, message }, Some(VERIFY_RECHECK))
         }
     }))
 }
@@ -699,13 +703,13 @@ fn reading_pods<K: Rolling>(kind: &K, ns: &str) -> impl FnOnce(kube::Error) -> E
 fn fail<K: Rolling>(
     round: &mut Round<K>,
     op: &mut Operation<Info<K>>,
-    code: &str,
+    code: &'static str,
     message: String,
     retry: Option<Duration>,
 ) -> Outcome {
     operation::fail(op, code, message.clone(), round.now);
     round.event(EventType::Warning, event::UPDATE_FAILED, message.clone());
-    Outcome::new(Health::Stalled { reason: code.into(), message }, retry)
+    Outcome::new(Health::Stalled { reason: code, message }, retry)
 }
 
 #[cfg(test)]

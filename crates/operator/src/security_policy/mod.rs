@@ -211,10 +211,10 @@ impl Rolling for ClusterSecurityPolicy {
         let wl = rolling::workload_text(round);
         let state = workload::cluster_state(workload);
         let health = if state == ClusterState::Active {
-            Health::Ready { reason: reason::APPLIED.into(), message: rolling::in_effect::<Self>(&wl) }
+            Health::Ready { reason: reason::APPLIED, message: rolling::in_effect::<Self>(&wl) }
         } else {
             Health::NotReady {
-                reason: reason::CLUSTER_NOT_ACTIVE.into(),
+                reason: reason::CLUSTER_NOT_ACTIVE,
                 message: format!("Security settings applied, but {wl} is {}.", workload::state_text(state)),
             }
         };

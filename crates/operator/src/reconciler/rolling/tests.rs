@@ -128,7 +128,7 @@ impl Rolling for Widget {
     }
     async fn idle(&self, round: &mut Round<Self>, _: &Context, _: Option<&Workload>) -> Result<Idle<String>, Error> {
         Ok(if round.status.applied.as_ref() == Some(&self.spec.setting) {
-            let health = Health::Ready { reason: reason::APPLIED.into(), message: "settled".into() };
+            let health = Health::Ready { reason: reason::APPLIED, message: "settled".into() };
             Idle::Settled(Outcome::new(health, None))
         } else {
             Idle::Start { source: round.status.applied.clone() }
@@ -145,11 +145,11 @@ impl Rolling for Widget {
         _: Option<&Workload>,
     ) -> Result<BTreeMap<String, String>, PrepareError> {
         if let Some(reason) = &self.spec.refuse {
-            return Err(PrepareError::refused(reason, format!("refused: {reason}")));
+            return Err(PrepareError::refused(conditions::stalled_reason(reason), format!("refused: {reason}")));
         }
         if self.spec.wait && round.status.phase >= 1 {
             let after = Duration::from_secs(60);
-            return Err(PrepareError::Wait { reason: "Waiting".into(), message: "not yet".into(), after });
+            return Err(PrepareError::Wait { reason: "Waiting", message: "not yet".into(), after });
         }
         round.status.phase += 1;
         let mut hash = format!("hash-of-{}", op.target_info.as_deref().unwrap_or_default());
@@ -244,7 +244,7 @@ async fn rolling_status(setting: &str) -> WidgetStatus {
 async fn settled_reports_the_kinds_health_and_writes_nothing() {
     let status = WidgetStatus { applied: Some("a".into()), ..Default::default() };
     let (outcome, r) = round(widget("a", status), t(0), Some(active(&[]))).await;
-    assert_eq!(outcome.health, Health::Ready { reason: reason::APPLIED.into(), message: "settled".into() });
+    assert_eq!(outcome.health, Health::Ready { reason: reason::APPLIED, message: "settled".into() });
     assert!(r.effects().is_empty() && r.events.is_empty() && r.status.current_operation.is_none());
 }
 
@@ -261,12 +261,12 @@ async fn after_a_repair_that_rolls_the_pods_ready_waits_for_the_rollout() {
     let (outcome, r) = round(widget("a", repaired.clone()), t(5), Some(rolling)).await;
     assert!(r.effects().is_empty() && r.events.is_empty());
     let Health::Reconciling { reason, message } = &outcome.health else { panic!("{:?}", outcome.health) };
-    assert_eq!(reason, event::DRIFT_REPAIRED);
+    assert_eq!(*reason, event::DRIFT_REPAIRED);
     assert!(message.contains("1/3 pods updated, 2/3 ready"), "{message}");
     assert!(outcome.requeue.is_some_and(|d| d <= Duration::from_secs(10)));
     // Every pod runs it: Ready.
     let (outcome, _) = round(widget("a", repaired), t(10), Some(active(&[(HASH, "hash-of-a")]))).await;
-    assert!(matches!(outcome.health, Health::Ready { ref reason, .. } if reason == reason::APPLIED));
+    assert!(matches!(outcome.health, Health::Ready { reason, .. } if reason == reason::APPLIED));
 }
 
 #[tokio::test]
@@ -286,7 +286,7 @@ async fn a_change_is_recorded_before_anything_is_prepared_then_rolled() {
     assert_eq!(r.status.operations.len(), 1, "one record, updated in place");
     assert_eq!(reasons(&r), [event::OPERATION_PENDING, event::UPDATE_STARTED]);
     assert_eq!(outcome.requeue, Some(FOLLOW_ROLLOUT));
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLING_PODS));
 }
 
 #[tokio::test]
@@ -326,10 +326,7 @@ async fn a_refusal_fails_the_operation_and_a_missing_secret_is_retried() {
         assert_eq!(failed.operation_state, OperationState::UpdateFailed);
         assert_eq!(failed.error_info.as_ref().unwrap().code, code);
         assert_eq!(reasons(&r), [event::OPERATION_PENDING, event::UPDATE_FAILED]);
-        assert_eq!(
-            outcome,
-            Outcome::new(Health::Stalled { reason: code.into(), message: format!("refused: {code}") }, retry)
-        );
+        assert_eq!(outcome, Outcome::new(Health::Stalled { reason: code, message: format!("refused: {code}") }, retry));
     }
 }
 
@@ -359,7 +356,7 @@ async fn following_a_rollout_puts_back_missing_annotations_and_waits() {
     // The template lost our annotation (a status write lost, someone's edit): applied again.
     let (outcome, r) = round(widget("a", status.clone()), t(10), Some(active(&[]))).await;
     assert_eq!(r.effects(), [Effect::Template(BTreeMap::from([(HASH.into(), "hash-of-a".into())]))]);
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLING_PODS));
     // Annotation present, pods still rolling: nothing written, look again soon.
     let rolling = Workload { updated: 1, ..active(&[(HASH, "hash-of-a")]) };
     let (outcome, r) = round(widget("a", status), t(20), Some(rolling)).await;
@@ -379,7 +376,7 @@ async fn a_finished_rollout_completes_the_operation() {
     );
     assert_eq!(r.status.applied.as_deref(), Some("a"), "the kind records what is in effect");
     assert_eq!(reasons(&r), [event::UPDATE_COMPLETE]);
-    assert!(matches!(outcome.health, Health::Ready { ref reason, .. } if reason == reason::APPLIED));
+    assert!(matches!(outcome.health, Health::Ready { reason, .. } if reason == reason::APPLIED));
 }
 
 #[tokio::test]
@@ -388,7 +385,7 @@ async fn a_spec_changed_during_the_rollout_is_queued_next() {
     let (outcome, r) = round(widget("b", status), t(30), Some(active(&[(HASH, "hash-of-a")]))).await;
     assert_eq!(r.status.operations[0].operation_state, OperationState::UpdateComplete);
     assert_eq!(r.status.applied.as_deref(), Some("a"));
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::QUEUED));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::QUEUED));
     assert_eq!(outcome.requeue, Some(AFTER_END));
 }
 
@@ -399,7 +396,7 @@ async fn a_rollout_past_its_deadline_fails() {
     let (outcome, r) = round(widget("a", status), t(600), Some(stuck)).await;
     assert_eq!(r.status.operations[0].error_info.as_ref().unwrap().code, reason::ROLLOUT_FAILED);
     assert_eq!(reasons(&r), [event::UPDATE_FAILED]);
-    assert!(matches!(outcome.health, Health::Stalled { ref reason, .. } if reason == reason::ROLLOUT_FAILED));
+    assert!(matches!(outcome.health, Health::Stalled { reason, .. } if reason == reason::ROLLOUT_FAILED));
     assert_eq!(outcome.requeue, None, "waits for a change");
 }
 
@@ -419,7 +416,7 @@ async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadlin
     assert_eq!(op.operation_state, OperationState::UpdateInProgress);
     assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(30)).as_str()), "its own deadline");
     assert_eq!(op.verification, None, "the next roll is checked again");
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLING_PODS));
     // The second roll done: complete.
     let (_, r) = round(phased(r.status, false), t(60), Some(active(&[(HASH, "hash-of-a-2")]))).await;
     assert_eq!(r.status.operations[0].operation_state, OperationState::UpdateComplete);
@@ -434,7 +431,7 @@ async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadlin
     assert!(op.verification.is_some(), "checked once, not probed again while waiting");
     assert_eq!(op.deadline_from, before, "nothing written for the deadline at each look while waiting");
     assert_eq!(outcome.requeue, Some(Duration::from_secs(60)));
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == "Waiting"));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == "Waiting"));
     // A day later, still waiting: no deadline ran meanwhile. A broker restarted by someone
     // else is followed with a deadline from now.
     let waiting = looked(r.status, &outcome.health);
@@ -443,7 +440,7 @@ async fn a_verified_roll_with_another_phase_prepares_and_rolls_it_with_a_deadlin
     let op = r.status.current_operation.as_ref().unwrap();
     assert_eq!(op.operation_state, OperationState::UpdateInProgress, "not timed out by the wait");
     assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(86_400)).as_str()));
-    assert!(matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLING_PODS));
+    assert!(matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLING_PODS));
     let (_, r) = round(phased(waiting, true), t(86_400), Some(active(&[(HASH, "hash-of-a")]))).await;
     assert_eq!(r.status.current_operation.unwrap().deadline_from, before, "still waiting: nothing written");
 }
@@ -465,7 +462,7 @@ async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_wri
     };
     let (outcome, r) = round(widget("a", rolling_status("a").await), t(30), Some(partitioned(1))).await;
     assert!(
-        matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
+        matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
     );
     let held = looked(r.status, &outcome.health);
     let before = held.current_operation.as_ref().unwrap().deadline_from.clone();
@@ -474,7 +471,7 @@ async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_wri
     let op = r.status.current_operation.as_ref().unwrap();
     assert_eq!((op.operation_state, &op.deadline_from), (OperationState::UpdateInProgress, &before));
     assert!(
-        matches!(outcome.health, Health::Reconciling { ref reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
+        matches!(outcome.health, Health::Reconciling { reason, .. } if reason == reason::ROLLOUT_HELD_BY_PARTITION)
     );
     // Released: the deadline runs from the first look after.
     let released = Workload { strategy: Strategy::Partitioned(0), ..partitioned(2) };
@@ -492,12 +489,12 @@ async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_wri
 
 #[test]
 fn a_deleted_object_goes_only_on_positive_evidence() {
-    let health = |reason: &str| Health::Reconciling { reason: reason.into(), message: String::new() };
+    let health = |reason: &'static str| Health::Reconciling { reason, message: String::new() };
     assert!(may_go(&health(reason::DELETING)), "nothing that goes with it is mounted");
-    let blocked = Health::Stalled { reason: reason::DELETION_BLOCKED.into(), message: String::new() };
+    let blocked = Health::Stalled { reason: reason::DELETION_BLOCKED, message: String::new() };
     assert!(!may_go(&blocked));
-    assert!(!may_go(&Health::Stalled { reason: reason::PAUSED.into(), message: String::new() }), "paused: wait");
-    assert!(!may_go(&Health::Stalled { reason: reason::INVALID_SPEC.into(), message: String::new() }));
-    let elsewhere = Health::Stalled { reason: reason::NAMESPACE_NOT_WATCHED.into(), message: String::new() };
+    assert!(!may_go(&Health::Stalled { reason: reason::PAUSED, message: String::new() }), "paused: wait");
+    assert!(!may_go(&Health::Stalled { reason: reason::INVALID_SPEC, message: String::new() }));
+    let elsewhere = Health::Stalled { reason: reason::NAMESPACE_NOT_WATCHED, message: String::new() };
     assert!(may_go(&elsewhere), "nothing the operator can check there");
 }
