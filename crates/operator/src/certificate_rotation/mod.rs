@@ -176,7 +176,6 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
 }
 
 impl Reconcile for CertificateRotation {
-    const KIND: &'static str = "CertificateRotation";
     /// Under deletionPolicy Delete only: what goes with it must not be mounted any more.
     const FINALIZER: Option<&'static str> = Some(rolling::MOUNTED_OBJECTS_FINALIZER);
 
@@ -188,7 +187,6 @@ impl Reconcile for CertificateRotation {
         rolling::may_go(health)
     }
 
-    const PLURAL: &'static str = "certificaterotations";
     type Deps = ();
 
     fn api(client: Client, obj: &Self) -> Api<Self> {

@@ -489,8 +489,6 @@ fn rewrite_summary(p: &Progress) -> Result<String, StepError> {
 }
 
 impl Reconcile for KmsKeyVaultMode {
-    const KIND: &'static str = "KmsKeyVaultMode";
-    const PLURAL: &'static str = "kmskeyvaultmodes";
     type Deps = Arc<dyn ProviderFactory>;
 
     fn api(client: Client, _: &Self) -> Api<Self> {

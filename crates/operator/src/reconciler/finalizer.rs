@@ -13,7 +13,7 @@ use super::Noted as _;
 use super::{Error, Named, Reconcile};
 
 fn named<K: Reconcile>(obj: &K) -> Named {
-    Named::new(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any())
+    Named::new(super::kind_of::<K>(), &obj.namespace().unwrap_or_default(), &obj.name_any())
 }
 
 /// Add `finalizer` to `obj`; returns the object as stored after it.

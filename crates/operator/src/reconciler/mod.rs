@@ -179,10 +179,6 @@ impl Outcome {
 pub trait Reconcile:
     Resource<DynamicType = ()> + Operated + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
 {
-    /// Kind name, for messages and metrics.
-    const KIND: &'static str;
-    /// Plural resource name (the CRD is `<plural>.<group>`).
-    const PLURAL: &'static str;
     /// What the kind needs besides the [`Context`] (a cloud provider factory; `()` for most).
     type Deps: Send + Sync + 'static;
 
@@ -235,6 +231,15 @@ pub trait Reconcile:
     }
 }
 
+/// The name of kind `K` (`Resource::kind`), for messages, logs and metric labels.
+pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        // The CustomResource derive answers a literal; a kind that built its name would land here.
+        std::borrow::Cow::Owned(_) => "Unknown",
+    }
+}
+
 /// The health for a spec the rules refuse: nothing new starts until it is fixed.
 pub fn invalid_spec(violation: &Violations) -> Outcome {
     Outcome::new(
@@ -278,7 +283,7 @@ async fn reconcile<K: Reconcile>(cached: Arc<K>, shared: Arc<(Arc<Context>, Arc<
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         "reconcile",
-        kind = K::KIND,
+        kind = kind_of::<K>(),
         namespace = %cached.namespace().unwrap_or_default(),
         name = %cached.name_any(),
         operation_id = tracing::field::Empty,
@@ -344,7 +349,7 @@ async fn reconcile_once<K: Reconcile>(
 /// (a lost race is retried at once, a refusal by RBAC or an admission policy rarely).
 fn error_policy<K: Reconcile>(obj: Arc<K>, error: &Error, _: Arc<(Arc<Context>, Arc<K::Deps>)>) -> Action {
     let category = error.category();
-    warn!(kind = K::KIND, name = %obj.name_any(), %error, category = category.label(), "reconcile failed; retrying");
+    warn!(kind = kind_of::<K>(), name = %obj.name_any(), %error, category = category.label(), "reconcile failed; retrying");
     Action::requeue(category.backoff())
 }
 
@@ -358,7 +363,7 @@ pub const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 /// whose record the cache does not show yet). One GET per reconcile; our objects are few.
 async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>, Error> {
     api.get_opt(&cached.name_any()).await.map(|o| o.map(Arc::new)).reading(&Named::new(
-        K::KIND,
+        kind_of::<K>(),
         &cached.namespace().unwrap_or_default(),
         &cached.name_any(),
     ))
@@ -366,7 +371,7 @@ async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>,
 
 /// Fail early, with the install command, when a CRD is missing.
 pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
-    let crd = format!("{}.{}", K::PLURAL, K::group(&()));
+    let crd = format!("{}.{}", K::plural(&()), K::group(&()));
     match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::CrdMissing { crd }),
@@ -382,7 +387,7 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     let metrics = ctx.metrics.clone();
     let _forgetting = watch::forget_gone(controller.store(), metrics.clone());
     ctx.caches.register(controller.store());
-    info!(kind = K::KIND, "controller starting");
+    info!(kind = kind_of::<K>(), "controller starting");
     controller
         .shutdown_on_signal()
         .run(
@@ -403,7 +408,7 @@ pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc
         Some(cache) => cache.state(),
         None => {
             let list = K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.reading(&Named::new(
-                K::KIND,
+                kind_of::<K>(),
                 &obj.namespace().unwrap_or_default(),
                 "(all)",
             ))?;
@@ -417,4 +422,19 @@ pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc
         .filter(|o| o.namespace() == namespace && o.name_any() != name)
         .filter(|o| o.meta().deletion_timestamp.is_none() && rank(o) < mine)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
+
+    /// Messages, logs and metric labels name the kinds as their CRDs do.
+    #[test]
+    fn each_kind_is_named_by_its_resource() {
+        assert_eq!(kind_of::<ClusterSecurityPolicy>(), "ClusterSecurityPolicy");
+        assert_eq!(kind_of::<CertificateRotation>(), "CertificateRotation");
+        assert_eq!(kind_of::<KmsKeyVaultMode>(), "KmsKeyVaultMode");
+        assert_eq!(KmsKeyVaultMode::plural(&()), "kmskeyvaultmodes");
+    }
 }

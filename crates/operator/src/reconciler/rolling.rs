@@ -274,7 +274,7 @@ pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&So
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.
 pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<validate::Violations> {
     let recorded = K::recorded_cluster_ref(status)?;
-    validate::cluster_ref_unchanged(K::KIND, obj.cluster_ref(), recorded).err()
+    validate::cluster_ref_unchanged(super::kind_of::<K>(), obj.cluster_ref(), recorded).err()
 }
 
 /// Another object of the kind, older (by creation, then name) and not being deleted, that
@@ -282,7 +282,7 @@ pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<
 async fn older_claim<K: Rolling>(kind: &K, ctx: &Context) -> Result<Option<String>, Error> {
     let older = super::older_peers(ctx, kind).await?;
     let others = older.iter().map(|o| (o.meta().name.as_deref().unwrap_or_default(), o.cluster_ref()));
-    Ok(validate::one_per_workload(K::KIND, kind.cluster_ref(), others)
+    Ok(validate::one_per_workload(super::kind_of::<K>(), kind.cluster_ref(), others)
         .err()
         .map(|v| format!("{v}. Nothing was changed.")))
 }

@@ -145,7 +145,11 @@ impl<K: Reconcile> Round<K> {
             }
             Writer::Record(effects) => {
                 let value = serde_json::to_value(&self.status).map_err(|source| Error::EncodeStatus {
-                    object: Named::new(K::KIND, &self.obj.namespace().unwrap_or_default(), &self.obj.name_any()),
+                    object: Named::new(
+                        super::kind_of::<K>(),
+                        &self.obj.namespace().unwrap_or_default(),
+                        &self.obj.name_any(),
+                    ),
                     source,
                 })?;
                 effects.push(Effect::Status(value));

@@ -52,7 +52,7 @@ where
     S: Serialize,
 {
     let name = obj.name_any();
-    let object = || Named::new(K::KIND, &obj.namespace().unwrap_or_default(), &name);
+    let object = || Named::new(super::kind_of::<K>(), &obj.namespace().unwrap_or_default(), &name);
     let status_of = |o: &K| serde_json::to_value(o).ok().and_then(|v| v.get("status").cloned()).unwrap_or(json!({}));
     let old = status_of(obj);
     let new = serde_json::to_value(new).map_err(|source| Error::EncodeStatus { object: object(), source })?;

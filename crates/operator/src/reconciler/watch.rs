@@ -86,7 +86,7 @@ fn report_cache_sync<K: Reconcile>(store: Store<K>, readiness: Arc<Readiness>) {
         loop {
             match store.wait_until_ready().now_or_never() {
                 Some(Ok(())) => {
-                    info!(kind = K::KIND, "cache synced");
+                    info!(kind = super::kind_of::<K>(), "cache synced");
                     readiness.cache_synced();
                     return;
                 }
@@ -107,7 +107,7 @@ pub async fn measured<K: Reconcile>(
 ) -> Result<Action, super::Error> {
     let started = std::time::Instant::now();
     let result = reconcile.await;
-    metrics.reconciled(K::KIND, started.elapsed(), result.as_ref().err().map(super::Error::category));
+    metrics.reconciled(super::kind_of::<K>(), started.elapsed(), result.as_ref().err().map(super::Error::category));
     let health = obj.status().map(|s| {
         let is_true = |type_: &str| s.conditions().iter().find(|c| c.type_ == type_ && c.status == "True");
         ObjectHealth {
@@ -116,7 +116,12 @@ pub async fn measured<K: Reconcile>(
             ready: is_true(super::conditions::READY).is_some(),
         }
     });
-    metrics.object(K::KIND, obj.namespace().as_deref(), &obj.name_any(), Some(health.unwrap_or_default()));
+    metrics.object(
+        super::kind_of::<K>(),
+        obj.namespace().as_deref(),
+        &obj.name_any(),
+        Some(health.unwrap_or_default()),
+    );
     result
 }
 
@@ -132,7 +137,7 @@ pub fn forget_gone<K: Reconcile>(store: Store<K>, metrics: Arc<Metrics>) -> Abor
     AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(FORGET_GONE_EVERY).await;
-            metrics.forget_gone(K::KIND, |namespace, name| {
+            metrics.forget_gone(super::kind_of::<K>(), |namespace, name| {
                 let at = ObjectRef::new(name);
                 store.get(&namespace.map_or(at.clone(), |ns| at.within(ns))).is_some()
             });
@@ -152,10 +157,10 @@ pub fn forget_deleted<K: Reconcile>(
     move |result| {
         match result {
             Err(kube::runtime::controller::Error::ObjectNotFound(r)) => {
-                metrics.object(K::KIND, r.namespace.as_deref(), &r.name, None);
+                metrics.object(super::kind_of::<K>(), r.namespace.as_deref(), &r.name, None);
             }
             Err(kube::runtime::controller::Error::QueueError(e)) => {
-                warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+                warn!(kind = super::kind_of::<K>(), error = %e, "watch failed; retrying");
             }
             _ => {}
         }

@@ -102,7 +102,6 @@ fn in_cluster_violation(csp: &ClusterSecurityPolicy, status: &ClusterSecurityPol
 }
 
 impl Reconcile for ClusterSecurityPolicy {
-    const KIND: &'static str = "ClusterSecurityPolicy";
     /// Under deletionPolicy Delete only: what goes with it must not be mounted any more.
     const FINALIZER: Option<&'static str> = Some(rolling::MOUNTED_OBJECTS_FINALIZER);
 
@@ -114,7 +113,6 @@ impl Reconcile for ClusterSecurityPolicy {
         rolling::may_go(health)
     }
 
-    const PLURAL: &'static str = "clustersecuritypolicies";
     type Deps = ();
 
     fn api(client: Client, obj: &Self) -> Api<Self> {

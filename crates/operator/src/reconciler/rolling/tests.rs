@@ -83,8 +83,6 @@ impl Operated for Widget {
 }
 
 impl Reconcile for Widget {
-    const KIND: &'static str = "Widget";
-    const PLURAL: &'static str = "widgets";
     type Deps = ();
     fn api(client: Client, _: &Self) -> Api<Self> {
         Api::namespaced(client, "test")
