@@ -185,7 +185,7 @@ pub trait Rolling: TargetsWorkload {
 /// annotations that carry the applied state (restoring those rolls the pods back to it). Ready
 /// stays true only when nothing had to roll.
 async fn repair_drift<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
@@ -193,11 +193,11 @@ async fn repair_drift<K: Rolling>(
     wl: &str,
     settled: Outcome,
 ) -> Result<Outcome, Error> {
-    let mut restored = kind.repair_artefacts(round, ctx, workload).await?;
+    let mut restored = obj.repair_artefacts(round, ctx, workload).await?;
     let expected: BTreeMap<String, String> =
         K::expected(&round.status).into_iter().filter(|(_, v)| !v.is_empty()).collect();
     // Settled and Ready: the spec's settings are the applied ones.
-    let wiring = kind.wiring(desired);
+    let wiring = obj.wiring(desired);
     let annotations_drifted =
         workload.is_some_and(|w| expected.iter().any(|(k, v)| w.template_annotations.get(k) != Some(v)));
     let wiring_drifted = workload.is_some_and(|w| !w.mounts.in_place(&wiring));
@@ -279,10 +279,10 @@ pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<
 
 /// Another object of the kind, older (by creation, then name) and not being deleted, that
 /// targets the same workload: the message of a `Conflict`.
-async fn older_claim<K: Rolling>(kind: &K, ctx: &Context) -> Result<Option<String>, Error> {
-    let older = super::older_peers(ctx, kind).await?;
+async fn older_claim<K: Rolling>(obj: &K, ctx: &Context) -> Result<Option<String>, Error> {
+    let older = super::older_peers(ctx, obj).await?;
     let others = older.iter().map(|o| (o.meta().name.as_deref().unwrap_or_default(), o.cluster_ref()));
-    Ok(validate::one_per_workload(super::kind_of::<K>(), kind.cluster_ref(), others)
+    Ok(validate::one_per_workload(super::kind_of::<K>(), obj.cluster_ref(), others)
         .err()
         .map(|v| format!("{v}. Nothing was changed.")))
 }
@@ -294,12 +294,12 @@ pub fn workload_text<K: Rolling>(round: &Round<K>) -> String {
 
 /// What a rolling kind's [`Reconcile::advance`](super::Reconcile::advance) is: read the target
 /// workload, then [`drive`].
-pub async fn advance<K: Rolling>(kind: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
-    let workload = workload::read(&ctx.client, &round.namespace(), kind.cluster_ref()).await?;
+pub async fn advance<K: Rolling>(obj: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
+    let workload = workload::read(&ctx.client, &round.namespace(), obj.cluster_ref()).await?;
     if round.obj.meta().deletion_timestamp.is_some() {
-        return deleting(kind, round, ctx, workload.as_ref()).await;
+        return deleting(obj, round, ctx, workload.as_ref()).await;
     }
-    drive(kind, round, ctx, workload.as_ref()).await
+    drive(obj, round, ctx, workload.as_ref()).await
 }
 
 /// The finalizer of the rolling kinds under `deletionPolicy: Delete`: what the brokers mount is
@@ -326,7 +326,7 @@ pub fn may_go(health: &Health) -> bool {
 /// workload no longer mounts what goes with it; with `spec.mounts.enabled: false` the operator
 /// removes its own mounts (the pods roll) and then lets it go.
 async fn deleting<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
@@ -334,22 +334,22 @@ async fn deleting<K: Rolling>(
     let wl = workload_text(round);
     let mounted: Vec<String> = workload
         .map(|w| {
-            let derived = kind.derived_objects();
+            let derived = obj.derived_objects();
             let held = derived.iter().filter(|d| w.mounts.referenced.contains(&(d.kind(), d.name().to_string())));
             held.map(|d| format!("{} {}", d.kind(), d.name())).collect()
         })
         .unwrap_or_default();
-    if kind.deletion_policy() == DeletionPolicy::Retain || mounted.is_empty() {
-        if kind.deletion_policy() == DeletionPolicy::Delete {
-            kind.release(round, ctx).await;
+    if obj.deletion_policy() == DeletionPolicy::Retain || mounted.is_empty() {
+        if obj.deletion_policy() == DeletionPolicy::Delete {
+            obj.release(round, ctx).await;
         }
         let message = "Being deleted; nothing new starts.".to_string();
         return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING, message }, None));
     }
-    let opted_out = kind.wiring(&kind.desired()).mounts.is_empty();
+    let opted_out = obj.wiring(&obj.desired()).mounts.is_empty();
     if opted_out {
         // Takes the operator's volumes out of the template (a settled round repairs the wiring).
-        drive(kind, round, ctx, workload).await?;
+        drive(obj, round, ctx, workload).await?;
     }
     let message = format!(
         "Deleting this resource deletes {} (deletionPolicy: Delete), which {wl} still mounts: its pods would not start again. {}",
@@ -373,32 +373,32 @@ pub fn in_effect<K: Rolling>(wl: &str) -> String {
 
 /// Carry the kind's operation one step further, as far as it goes in this round.
 pub async fn drive<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
 ) -> Result<Outcome, Error> {
-    kind.observe(&mut round.status, workload);
-    let desired = kind.desired();
+    obj.observe(&mut round.status, workload);
+    let desired = obj.desired();
     let wl = workload_text(round);
 
     let mut recorded_now = false;
     if round.status.current_operation().is_none() {
-        let source = match kind.idle(round, ctx, workload).await? {
+        let source = match obj.idle(round, ctx, workload).await? {
             Idle::Settled(outcome) if matches!(outcome.health, Health::Ready { .. }) => {
-                return repair_drift(kind, round, ctx, workload, &desired, &wl, outcome).await;
+                return repair_drift(obj, round, ctx, workload, &desired, &wl, outcome).await;
             }
             Idle::Settled(outcome) => return Ok(outcome),
             Idle::Start { source } => source,
         };
         // One resource of a kind per workload: the newer one starts nothing.
-        let claimed = if K::ONE_PER_WORKLOAD { older_claim(kind, ctx).await? } else { None };
+        let claimed = if K::ONE_PER_WORKLOAD { older_claim(obj, ctx).await? } else { None };
         if let Some(message) = claimed {
             let health = Health::Stalled { reason: reason::CONFLICT, message };
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
         // Never adopt what we did not create: nothing starts while a derived name is taken.
-        if let Some(message) = derived_conflict(kind, round, ctx).await? {
+        if let Some(message) = derived_conflict(obj, round, ctx).await? {
             let health = Health::Stalled { reason: reason::NAME_CONFLICT, message };
             return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
         }
@@ -407,7 +407,7 @@ pub async fn drive<K: Rolling>(
         let retry = operation::retry_request(round.obj.meta()).map(String::from);
         if let Some(e) = operation::failed_for(round.status.history(), round.generation(), &desired, retry.as_deref()) {
             let missing_secret = e.code == reason::SECRET_NOT_FOUND;
-            if !(missing_secret && kind.referenced_secrets_present(ctx).await?) {
+            if !(missing_secret && obj.referenced_secrets_present(ctx).await?) {
                 let retry = missing_secret.then_some(RETRY_MISSING_SECRET);
                 return Ok(Outcome::new(
                     Health::Stalled { reason: conditions::stalled_reason(&e.code), message: e.message },
@@ -426,8 +426,8 @@ pub async fn drive<K: Rolling>(
 
     let mut op = round.status.current_operation().cloned().expect("an operation is current");
     let outcome = match op.operation_state {
-        OperationState::Pending => pending(kind, round, ctx, workload, &mut op, &desired, &wl, recorded_now).await?,
-        OperationState::UpdateInProgress => follow(kind, round, ctx, workload, &mut op, &desired, &wl).await?,
+        OperationState::Pending => pending(obj, round, ctx, workload, &mut op, &desired, &wl, recorded_now).await?,
+        OperationState::UpdateInProgress => follow(obj, round, ctx, workload, &mut op, &desired, &wl).await?,
         OperationState::UpdateComplete | OperationState::UpdateFailed => Outcome::new(
             Health::Reconciling { reason: reason::OPERATION_RECORDED, message: String::new() },
             Some(AFTER_END),
@@ -442,7 +442,7 @@ pub async fn drive<K: Rolling>(
 /// `recorded_now`: the operation was opened in this round and is not stored yet.
 #[allow(clippy::too_many_arguments)]
 async fn pending<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
@@ -474,31 +474,31 @@ async fn pending<K: Rolling>(
     }
     // From here on this workload receives artefacts: the resource is bound to it.
     if K::recorded_cluster_ref(&round.status).is_none() {
-        K::record_cluster_ref(&mut round.status, kind.cluster_ref());
+        K::record_cluster_ref(&mut round.status, obj.cluster_ref());
     }
     // The container the artefacts are mounted into must exist before anything is written.
-    let wiring = kind.wiring(desired);
+    let wiring = obj.wiring(desired);
     if let Some(Err(message)) = workload.filter(|_| !wiring.mounts.is_empty()).map(|w| w.mounts.target(&wiring)) {
         return Ok(fail(round, op, reason::CONTAINER_NOT_FOUND, format!("{wl}: {message}."), None));
     }
     // Checked again right before anything is written: a PENDING operation takes the newest
     // spec, which may name other objects than when it was opened.
-    if let Some(message) = derived_conflict(kind, round, ctx).await? {
+    if let Some(message) = derived_conflict(obj, round, ctx).await? {
         let health = Health::Stalled { reason: reason::NAME_CONFLICT, message };
         return Ok(Outcome::new(health, Some(RETRY_NAME_CONFLICT)));
     }
-    let prepared = kind.prepare(round, ctx, op, workload).await;
+    let prepared = obj.prepare(round, ctx, op, workload).await;
     roll_prepared(round, op, prepared, &wiring, wl, operation::start).await
 }
 
 /// The first derived object of the current spec that this resource may not write (see
 /// [`derived`]), as a `NameConflict` message.
-async fn derived_conflict<K: Rolling>(kind: &K, round: &Round<K>, ctx: &Context) -> Result<Option<String>, Error> {
+async fn derived_conflict<K: Rolling>(obj: &K, round: &Round<K>, ctx: &Context) -> Result<Option<String>, Error> {
     derived::first_conflict(
         &ctx.client,
         &round.namespace(),
         &derived::Owner::of(round.obj.as_ref()),
-        &kind.derived_objects(),
+        &obj.derived_objects(),
     )
     .await
 }
@@ -538,15 +538,15 @@ async fn roll_prepared<K: Rolling>(
 /// The roll of one phase is done and verified: prepare the next, which may wait (looked at
 /// again without probing the brokers again), and roll it with a deadline of its own.
 async fn next_phase<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
     op: &mut Operation<Info<K>>,
     wl: &str,
 ) -> Result<Outcome, Error> {
-    let prepared = kind.prepare(round, ctx, op, workload).await;
-    let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
+    let prepared = obj.prepare(round, ctx, op, workload).await;
+    let wiring = op.target_info.as_ref().map(|t| obj.wiring(t)).unwrap_or_default();
     roll_prepared(round, op, prepared, &wiring, wl, |op, now| {
         // A roll of its own: checked on the wire again, with a deadline from now.
         op.verification = None;
@@ -571,7 +571,7 @@ fn last_reconciling_reason<S: OperationRecord>(status: &S) -> Option<&str> {
 
 /// UPDATE_IN_PROGRESS: keep the annotations in the template, follow the rollout, complete it.
 async fn follow<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
@@ -584,7 +584,7 @@ async fn follow<K: Rolling>(
     // older value than the status records, and waiting alone would never finish. Applying the
     // same values again is a no-op, so this is safe to repeat.
     if let Some(w) = workload {
-        let wiring = op.target_info.as_ref().map(|t| kind.wiring(t)).unwrap_or_default();
+        let wiring = op.target_info.as_ref().map(|t| obj.wiring(t)).unwrap_or_default();
         if !expected.iter().all(|(k, v)| w.template_annotations.get(k) == Some(v)) || !w.mounts.in_place(&wiring) {
             tracing::warn!(workload = %wl, "pod template lacks the operator's current annotations or mounts; applying them again");
             round.apply_template(round.obj.clone().cluster_ref(), &expected, &wiring).await?;
@@ -592,7 +592,7 @@ async fn follow<K: Rolling>(
     }
     let paused = deadline_paused(&round.status, op);
     let elapsed = if paused { 0 } else { operation::seconds_in_progress(op, round.now).unwrap_or(0) };
-    let timeout = i64::from(kind.rollout_timeout_seconds());
+    let timeout = i64::from(obj.rollout_timeout_seconds());
     match workload::check(workload, &expected, elapsed, timeout, wl) {
         RolloutCheck::Rolling(mut message, after) => {
             if paused {
@@ -603,7 +603,7 @@ async fn follow<K: Rolling>(
             // OnDelete: the StatefulSet controller waits for us to delete the pods.
             if let Some(w) = workload.filter(|w| w.strategy == Strategy::OnDelete) {
                 let ns = round.namespace();
-                let next = workload::next_pod_to_replace(&ctx.client, &ns, w).await.map_err(reading_pods(kind, &ns))?;
+                let next = workload::next_pod_to_replace(&ctx.client, &ns, w).await.map_err(reading_pods(obj, &ns))?;
                 if let Some(pod) = next {
                     round.delete_pod(&pod).await?;
                     let note = format!("Deleted pod {pod} of {wl} (updateStrategy OnDelete) to take the new template.");
@@ -624,18 +624,18 @@ async fn follow<K: Rolling>(
             // (checked once per roll: a phase waiting for the next keeps its verdict).
             let verification = match op.verification.clone() {
                 Some(verified) => verified,
-                None => match on_the_wire(kind, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
+                None => match on_the_wire(obj, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
                     WireCheck::Verified(summary) => summary,
                     WireCheck::Meanwhile(outcome) => return Ok(outcome),
                 },
             };
             op.verification = Some(verification.clone());
-            if kind.another_phase(&round.status, op) {
-                return next_phase(kind, round, ctx, workload, op, wl).await;
+            if obj.another_phase(&round.status, op) {
+                return next_phase(obj, round, ctx, workload, op, wl).await;
             }
             operation::complete(op, round.now);
             let target = op.target_info.clone().expect("operations carry a target");
-            kind.completed(&mut round.status, &target);
+            obj.completed(&mut round.status, &target);
             let note = format!("Operation {}: {wl} runs the new {}. {verification}", op.operation_id, K::WHAT);
             round.event(EventType::Normal, event::UPDATE_COMPLETE, note);
             let health = if &target == desired {
@@ -662,7 +662,7 @@ enum WireCheck {
 
 /// The check on the wire before an operation completes.
 async fn on_the_wire<K: Rolling>(
-    kind: &K,
+    obj: &K,
     round: &mut Round<K>,
     ctx: &Context,
     workload: Option<&Workload>,
@@ -670,11 +670,11 @@ async fn on_the_wire<K: Rolling>(
     annotations: &BTreeMap<String, String>,
     (elapsed, timeout): (i64, i64),
 ) -> Result<WireCheck, Error> {
-    let (Some(expected), Some(w)) = (kind.wire_expectation(ctx).await?, workload) else {
+    let (Some(expected), Some(w)) = (obj.wire_expectation(ctx).await?, workload) else {
         return Ok(WireCheck::Verified("Not checked on the wire (spec.verify.enabled: false).".to_string()));
     };
     let ns = round.namespace();
-    let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(reading_pods(kind, &ns))?;
+    let verdict = verify::check(&ctx.client, &ns, w, annotations, &expected).await.map_err(reading_pods(obj, &ns))?;
     let late = elapsed >= timeout;
     Ok(WireCheck::Meanwhile(match verdict {
         Verdict::Verified(summary) => return Ok(WireCheck::Verified(summary)),
@@ -694,8 +694,8 @@ async fn on_the_wire<K: Rolling>(
 }
 
 /// The error of a failed read of the target workload's pods.
-fn reading_pods<K: Rolling>(kind: &K, ns: &str) -> impl FnOnce(kube::Error) -> Error {
-    let pods = Named::new("Pods of workload", ns, &kind.cluster_ref().name);
+fn reading_pods<K: Rolling>(obj: &K, ns: &str) -> impl FnOnce(kube::Error) -> Error {
+    let pods = Named::new("Pods of workload", ns, &obj.cluster_ref().name);
     move |source| Error::Read { object: pods, source: Box::new(source) }
 }
 
