@@ -183,8 +183,8 @@ impl Reconcile for CertificateRotation {
         self.spec.deletion_policy == crate::api::DeletionPolicy::Delete
     }
 
-    fn may_go(&self, _: &CertificateRotationStatus, health: &Health) -> bool {
-        rolling::may_go(health)
+    fn may_go(&self, _: &CertificateRotationStatus, outcome: &Outcome) -> bool {
+        rolling::may_go(outcome)
     }
 
     type Deps = ();

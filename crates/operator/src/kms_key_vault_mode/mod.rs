@@ -514,7 +514,7 @@ impl Reconcile for KmsKeyVaultMode {
 
     /// A deleted object goes once no operation runs: one that changed the cloud finishes or
     /// rolls back first.
-    fn may_go(&self, status: &KmsKeyVaultModeStatus, _: &Health) -> bool {
+    fn may_go(&self, status: &KmsKeyVaultModeStatus, _: &Outcome) -> bool {
         status.current_operation.is_none()
     }
 

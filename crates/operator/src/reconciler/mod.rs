@@ -160,16 +160,24 @@ pub const DEFAULT_NAMESPACE: &str = "cluster-security-operator";
 pub const CONCURRENT_RECONCILES: u16 = 8;
 
 /// What one round decided to report: the health for the conditions and when to look again
-/// (None: at the next change).
+/// (None: at the next change), and whether it found that a deleted object may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub health: Health,
     pub requeue: Option<Duration>,
+    /// The round has positive evidence that nothing holds the object back once it is deleted
+    /// (see [`Reconcile::may_go`]): set by [`Outcome::releasing`], never read from a reason.
+    pub released: bool,
 }
 
 impl Outcome {
     pub fn new(health: Health, requeue: Option<Duration>) -> Self {
-        Self { health, requeue }
+        Self { health, requeue, released: false }
+    }
+
+    /// The same, and a deleted object may go.
+    pub fn releasing(self) -> Self {
+        Self { released: true, ..self }
     }
 }
 
@@ -219,8 +227,8 @@ pub trait Reconcile:
         true
     }
 
-    /// Whether a deleted object may go now, after a round that reported `health`.
-    fn may_go(&self, _status: &Self::Status, _health: &Health) -> bool {
+    /// Whether a deleted object may go now, after a round that ended in `outcome`.
+    fn may_go(&self, _status: &Self::Status, _outcome: &Outcome) -> bool {
         true
     }
 
@@ -260,7 +268,8 @@ fn not_watched(ns: &str, scope: &Scope) -> Outcome {
          resource in a managed namespace.",
         scope.describe()
     );
-    Outcome::new(Health::Stalled { reason: conditions::reason::NAMESPACE_NOT_WATCHED, message }, None)
+    // Nothing the operator can check there: a deleted object goes.
+    Outcome::new(Health::Stalled { reason: conditions::reason::NAMESPACE_NOT_WATCHED, message }, None).releasing()
 }
 
 /// Whether the object carries `clustersecurity.io/reconcile: paused`.
@@ -337,7 +346,7 @@ async fn reconcile_once<K: Reconcile>(
     let obj = round.obj.clone();
     events::publish_all(ctx, obj.as_ref(), &old_conditions, &outcome.health, round.events).await;
     if let Some(f) = K::FINALIZER {
-        if obj.meta().deletion_timestamp.is_some() && obj.may_go(&round.status, &outcome.health) {
+        if obj.meta().deletion_timestamp.is_some() && obj.may_go(&round.status, &outcome) {
             finalizer::remove(&api, obj.as_ref(), f).await?;
             return Ok(Action::await_change());
         }

@@ -310,16 +310,12 @@ pub const MOUNTED_OBJECTS_FINALIZER: &str = "clustersecurity.io/mounted-objects"
 /// When a deleted object held by [`MOUNTED_OBJECTS_FINALIZER`] is looked at again.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
-/// Whether a rolling kind's deleted object may go after a round that reported `health`: only
+/// Whether a rolling kind's deleted object may go after a round that ended in `outcome`: only
 /// on positive evidence — [`deleting`] found nothing that goes with it mounted — or when the
 /// operator does not manage its namespace (nothing it can check there). A paused object, or
 /// one whose spec is invalid, keeps waiting.
-pub fn may_go(health: &Health) -> bool {
-    match health {
-        Health::Reconciling { reason, .. } => *reason == reason::DELETING,
-        Health::Stalled { reason, .. } => *reason == reason::NAMESPACE_NOT_WATCHED,
-        _ => false,
-    }
+pub fn may_go(outcome: &Outcome) -> bool {
+    outcome.released
 }
 
 /// A deleted object: nothing new starts. Under `deletionPolicy: Delete` it goes once the
@@ -344,7 +340,7 @@ async fn deleting<K: Rolling>(
             obj.release(round, ctx).await;
         }
         let message = "Being deleted; nothing new starts.".to_string();
-        return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING, message }, None));
+        return Ok(Outcome::new(Health::Reconciling { reason: reason::DELETING, message }, None).releasing());
     }
     let opted_out = obj.wiring(&obj.desired()).mounts.is_empty();
     if opted_out {

@@ -109,8 +109,8 @@ impl Reconcile for ClusterSecurityPolicy {
         self.spec.deletion_policy == crate::api::DeletionPolicy::Delete
     }
 
-    fn may_go(&self, _: &ClusterSecurityPolicyStatus, health: &Health) -> bool {
-        rolling::may_go(health)
+    fn may_go(&self, _: &ClusterSecurityPolicyStatus, outcome: &Outcome) -> bool {
+        rolling::may_go(outcome)
     }
 
     type Deps = ();

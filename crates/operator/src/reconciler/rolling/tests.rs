@@ -485,14 +485,18 @@ async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_wri
     assert_eq!(r.status.operations[0].error_info.as_ref().unwrap().code, reason::ROLLOUT_FAILED, "600 s after release");
 }
 
-#[test]
-fn a_deleted_object_goes_only_on_positive_evidence() {
-    let health = |reason: &'static str| Health::Reconciling { reason, message: String::new() };
-    assert!(may_go(&health(reason::DELETING)), "nothing that goes with it is mounted");
-    let blocked = Health::Stalled { reason: reason::DELETION_BLOCKED, message: String::new() };
-    assert!(!may_go(&blocked));
-    assert!(!may_go(&Health::Stalled { reason: reason::PAUSED, message: String::new() }), "paused: wait");
-    assert!(!may_go(&Health::Stalled { reason: reason::INVALID_SPEC, message: String::new() }));
-    let elsewhere = Health::Stalled { reason: reason::NAMESPACE_NOT_WATCHED, message: String::new() };
+#[tokio::test]
+async fn a_deleted_object_goes_only_on_positive_evidence() {
+    let mut w = widget("a", WidgetStatus::default());
+    w.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0)));
+    let mut round = Round::new(Arc::new(w), t(1), Writer::Record(Vec::new()));
+    let outcome = deleting(round.obj.clone().as_ref(), &mut round, &context(), Some(&active(&[]))).await.unwrap();
+    assert!(may_go(&outcome), "nothing that goes with it is mounted: {outcome:?}");
+    let elsewhere = super::super::not_watched("other", &super::super::Scope::namespaces(&["kafka".into()]));
     assert!(may_go(&elsewhere), "nothing the operator can check there");
+    assert!(!may_go(&super::super::paused_outcome()), "paused: wait");
+    let invalid = super::super::invalid_spec(&cluster_security_api::validate::Violations::default());
+    assert!(!may_go(&invalid));
+    let blocked = Outcome::new(Health::Stalled { reason: reason::DELETION_BLOCKED, message: String::new() }, None);
+    assert!(!may_go(&blocked), "a reason alone lets nothing go");
 }
