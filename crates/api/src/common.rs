@@ -182,6 +182,11 @@ pub struct Operation<I> {
     /// no TLS listener configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<String>,
+    /// Rolling kinds: whether the last look followed no roll — a `partition` held the rollout
+    /// back, or a phase done and verified waits for the next — so the rollout deadline does not
+    /// run until a look follows a roll again (which moves `deadlineFrom` to then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_paused: Option<bool>,
 }
 
 /// Annotation whose new value re-runs a failed operation without a spec change (like Flux's

@@ -212,6 +212,7 @@ mod tests {
             error_info: None,
             retry_request: None,
             verification: None,
+            deadline_paused: None,
         };
         CertificateRotationStatus {
             trust_transition: Some(TrustTransition {

@@ -38,6 +38,7 @@ pub fn new<I>(
         error_info: None,
         retry_request: None,
         verification: None,
+        deadline_paused: None,
     }
 }
 
@@ -66,6 +67,8 @@ pub fn start<I>(op: &mut Operation<I>, now: Timestamp) {
 pub fn complete<I>(op: &mut Operation<I>, now: Timestamp) {
     op.operation_state = OperationState::UpdateComplete;
     op.end_time = Some(rfc3339(now));
+    // Only a rollout in progress has a deadline.
+    op.deadline_paused = None;
 }
 
 /// Move to UPDATE_FAILED with the error a user can act on.
@@ -73,6 +76,7 @@ pub fn fail<I>(op: &mut Operation<I>, code: &str, message: String, now: Timestam
     op.operation_state = OperationState::UpdateFailed;
     op.end_time = Some(rfc3339(now));
     op.error_info = Some(ErrorInfo { code: code.into(), message });
+    op.deadline_paused = None;
 }
 
 /// Record `op` in the history (newest first, at most ten), replacing an older copy of itself.

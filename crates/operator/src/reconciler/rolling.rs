@@ -514,6 +514,7 @@ async fn roll_prepared<K: Rolling>(
         // Between two phases nothing rolls: no rollout deadline runs while the kind waits
         // ([`deadline_paused`]); nothing is written for it at each look.
         Err(PrepareError::Wait { reason, message, after }) => {
+            op.deadline_paused = Some(true);
             Ok(Outcome::new(Health::Reconciling { reason, message }, Some(after)))
         }
         Err(PrepareError::Refused { reason: code, message }) => {
@@ -522,6 +523,7 @@ async fn roll_prepared<K: Rolling>(
         }
         Ok(annotations) => {
             starting(op, round.now);
+            op.deadline_paused = Some(false);
             round.apply_template(round.obj.clone().cluster_ref(), &annotations, wiring).await?;
             let note = format!("Operation {}: rolling {wl}.", op.operation_id);
             round.event(EventType::Normal, event::UPDATE_STARTED, note);
@@ -552,12 +554,17 @@ async fn next_phase<K: Rolling>(
 }
 
 /// Whether the rollout deadline is paused: the last look followed no roll, because a partition
-/// held it back or a phase done and checked waited for the next. The deadline runs again from
-/// the first look that follows a roll; so a hold or a wait of days costs no status write per
-/// look (each would move `deadlineFrom`), only one when it ends.
+/// held it back or a phase done and checked waited for the next (recorded in the operation,
+/// `deadlinePaused`). The deadline runs again from the first look that follows a roll; so a hold
+/// or a wait of days costs no status write per look (each would move `deadlineFrom`), only one
+/// when it starts and one when it ends. An operation recorded by an earlier version, without
+/// the field, is judged by the reason its last look reported, as that version did.
 fn deadline_paused<S: OperationRecord>(status: &S, op: &Operation<S::Info>) -> bool {
-    let last = last_reconciling_reason(status);
-    last == Some(reason::ROLLOUT_HELD_BY_PARTITION) || (op.verification.is_some() && last != Some(reason::ROLLING_PODS))
+    op.deadline_paused.unwrap_or_else(|| {
+        let last = last_reconciling_reason(status);
+        last == Some(reason::ROLLOUT_HELD_BY_PARTITION)
+            || (op.verification.is_some() && last != Some(reason::ROLLING_PODS))
+    })
 }
 
 /// The reason the last look reported while work was in progress (the `Reconciling` condition).
@@ -607,10 +614,12 @@ async fn follow<K: Rolling>(
                     message = format!("{message} {note}");
                 }
             }
+            op.deadline_paused = Some(false);
             Ok(Outcome::new(Health::Reconciling { reason: reason::ROLLING_PODS, message }, Some(after)))
         }
         RolloutCheck::Held(message) => {
             // The user holds the rollout back: no deadline runs until they release it.
+            op.deadline_paused = Some(true);
             let health = Health::Reconciling { reason: reason::ROLLOUT_HELD_BY_PARTITION, message };
             Ok(Outcome::new(health, Some(HELD_RECHECK)))
         }
@@ -622,7 +631,12 @@ async fn follow<K: Rolling>(
                 Some(verified) => verified,
                 None => match on_the_wire(obj, round, ctx, workload, op, &expected, (elapsed, timeout)).await? {
                     WireCheck::Verified(summary) => summary,
-                    WireCheck::Meanwhile(outcome) => return Ok(outcome),
+                    WireCheck::Meanwhile(outcome) => {
+                        // Not verified yet: the deadline runs (a finding looked at again, the
+                        // last old pods replaced).
+                        op.deadline_paused = Some(false);
+                        return Ok(outcome);
+                    }
                 },
             };
             op.verification = Some(verification.clone());

@@ -485,6 +485,25 @@ async fn no_deadline_runs_while_a_partition_holds_the_rollout_and_nothing_is_wri
     assert_eq!(r.status.operations[0].error_info.as_ref().unwrap().code, reason::ROLLOUT_FAILED, "600 s after release");
 }
 
+/// The pause is recorded in the operation (`deadlinePaused`), not read back from the reason the
+/// last round reported: a round of the runner's in between (the object paused by annotation)
+/// does not start the deadline early.
+#[tokio::test]
+async fn a_held_rollout_stays_paused_across_a_round_that_reports_something_else() {
+    let partitioned =
+        |strategy| Workload { updated: 1, revisions_match: false, strategy, ..active(&[(HASH, "hash-of-a")]) };
+    let (outcome, r) =
+        round(widget("a", rolling_status("a").await), t(30), Some(partitioned(Strategy::Partitioned(2)))).await;
+    let held = looked(r.status, &outcome.health);
+    assert_eq!(held.current_operation.as_ref().unwrap().deadline_paused, Some(true));
+    let paused = looked(held, &Health::NotReady { reason: reason::PAUSED, message: String::new() });
+    let (outcome, r) = round(widget("a", paused), t(7_210), Some(partitioned(Strategy::Partitioned(0)))).await;
+    let op = r.status.current_operation.as_ref().unwrap();
+    assert_eq!(op.operation_state, OperationState::UpdateInProgress, "{outcome:?}");
+    assert_eq!(op.deadline_from.as_deref(), Some(operation::rfc3339(t(7_210)).as_str()), "the deadline runs from now");
+    assert_eq!(op.deadline_paused, Some(false));
+}
+
 #[tokio::test]
 async fn a_deleted_object_goes_only_on_positive_evidence() {
     let mut w = widget("a", WidgetStatus::default());
