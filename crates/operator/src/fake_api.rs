@@ -152,5 +152,11 @@ impl Clock for Fixed {
 /// A [`Context`] over `client`, at a fixed time.
 pub fn context(client: Client) -> Context {
     let now = Timestamp::from_second(1_800_000_000).expect("a time");
-    Context::new(client, Arc::new(Fixed(now)), Arc::new(Metrics::new()), Arc::new(Readiness::default()))
+    Context::new(
+        client,
+        Arc::new(Fixed(now)),
+        Arc::new(Metrics::new()),
+        Arc::new(Readiness::default()),
+        Default::default(),
+    )
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 use futures::future::OptionFuture;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::api::{CertificateRotation, ClusterSecurityPolicy, KmsKeyVaultMode};
 use crate::args::{ControllerKind, LogFormat, RunArgs};
@@ -30,68 +30,32 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Load or create the webhook's serving material and keep it renewed in the background.
+/// The webhook's serving configuration from its flags (kept current by [`webhook::serving`]).
 async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
-    let client_auth = match &args.webhook_client_ca_file {
+    let flags = &args.webhook;
+    let client_auth = match &flags.client_ca_file {
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("reading --webhook-client-ca-file {}: {e}", path.display()))?;
-            Some(webhook::client_auth::ClientAuth::from_pem(&pem, args.webhook_client_names.clone())?)
+            Some(webhook::client_auth::ClientAuth::from_pem(&pem, flags.client_names.clone())?)
         }
         None => None,
     };
-    let serving = |crt: &[u8], key: &[u8]| webhook::client_auth::server_config(crt, key, client_auth.as_ref());
-    if let Some(dir) = &args.webhook_cert_dir {
-        let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        let config = RustlsConfig::from_config(serving(&std::fs::read(&crt)?, &std::fs::read(&key)?)?);
-        let reload =
-            webhook::certs::reload_on_change(config.clone(), crt, key, webhook::certs::RELOAD_CHECK, client_auth);
-        tokio::spawn(reload);
-        return Ok(config);
-    }
-    let sans = args.webhook_sans();
-    let material = webhook::certs::ensure(client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await?;
-    webhook::certs::publish_ca_bundle(client, &args.webhook_config, &material.ca.cert_pem).await?;
-    let config =
-        RustlsConfig::from_config(serving(material.leaf.cert_pem.as_bytes(), material.leaf.key_pem.as_bytes())?);
-    // Renewal: check hourly; a renewed leaf is reloaded without a restart.
-    let (client, args, reload) = (client.clone(), args.clone(), config.clone());
-    tokio::spawn(async move {
-        let mut served = material.leaf.cert_pem;
-        loop {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            match webhook::certs::ensure(&client, &args.namespace, &args.webhook_secret, &sans, clock.now()).await {
-                Ok(m) if m.leaf.cert_pem != served => {
-                    if let Err(e) =
-                        webhook::certs::publish_ca_bundle(&client, &args.webhook_config, &m.ca.cert_pem).await
-                    {
-                        warn!(error = %e, "could not publish renewed caBundle");
-                    }
-                    match webhook::client_auth::server_config(
-                        m.leaf.cert_pem.as_bytes(),
-                        m.leaf.key_pem.as_bytes(),
-                        client_auth.as_ref(),
-                    ) {
-                        Ok(server) => {
-                            reload.reload_from_config(server);
-                            info!("webhook serving certificate renewed");
-                            served = m.leaf.cert_pem;
-                        }
-                        Err(e) => warn!(error = %e, "could not reload renewed webhook certificate"),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "webhook certificate renewal check failed"),
-            }
-        }
-    });
-    Ok(config)
+    let source = webhook::serving::Source {
+        cert_dir: flags.cert_dir.clone(),
+        namespace: args.replica.namespace.clone(),
+        secret: flags.secret.clone(),
+        config: flags.config.clone(),
+        sans: args.webhook_sans(),
+        client_auth,
+    };
+    webhook::serving::serving_config(client, source, clock).await
 }
 
 /// `run`: webhook, health endpoints and the three controllers (on the leader) until SIGTERM /
 /// Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    init_logging(args.observability.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot reach a Kubernetes cluster (in-cluster config, KUBECONFIG or ~/.kube/config): {e}")
@@ -99,15 +63,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ready = Arc::new(Readiness::default());
     let metrics = Arc::new(Metrics::new());
-    ready.standby.store(args.leader_elect, Ordering::Release);
+    ready.standby.store(args.leader_election.enabled, Ordering::Release);
 
-    let health = tokio::spawn(health::serve(args.health_addr, ready.clone(), metrics.clone()));
+    let health = tokio::spawn(health::serve(args.observability.health_addr, ready.clone(), metrics.clone()));
     let handle = axum_server::Handle::new();
-    if args.disable_webhook {
+    if args.webhook.disabled {
         ready.webhook.store(true, Ordering::Release);
     } else {
         let tls = webhook_tls(&client, &args, clock.clone()).await?;
-        let (addr, handle2, ready2, client2) = (args.webhook_addr, handle.clone(), ready.clone(), client.clone());
+        let (addr, handle2, ready2, client2) = (args.webhook.addr, handle.clone(), ready.clone(), client.clone());
         let (settings, metrics2) = (args.webhook_settings(), metrics.clone());
         tokio::spawn(async move {
             if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings, metrics2).await {
@@ -120,19 +84,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ready.webhook.store(true, Ordering::Release);
         }
     }
-    let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure_factory(metrics.clone())?);
-    let mut ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone());
-    ctx.concurrency = args.concurrent_reconciles;
-    ctx.scope = reconciler::Scope::namespaces(&args.watch_namespaces);
-    ctx.namespace = args.namespace.clone();
-    let controllers = args.controllers.clone();
-    let result = if args.leader_elect {
+    let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure.factory(&args.replica.namespace, metrics.clone())?);
+    let settings = reconciler::Settings {
+        concurrency: args.controllers.concurrent_reconciles,
+        scope: reconciler::Scope::namespaces(&args.controllers.watch_namespaces),
+        namespace: args.replica.namespace.clone(),
+        instance: args.replica.pod_name.clone(),
+    };
+    let ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone(), settings);
+    let controllers = args.controllers.enabled.clone();
+    let result = if args.leader_election.enabled {
+        let flags = &args.leader_election;
         let election = leader::Election {
-            namespace: args.namespace.clone(),
-            lease: args.leader_elect_lease.clone(),
-            identity: leader::identity(args.pod_name.as_deref()),
-            duration: Duration::from_secs(args.leader_elect_lease_seconds),
-            renew_before: Duration::from_secs(args.leader_elect_renew_before_seconds),
+            namespace: args.replica.namespace.clone(),
+            lease: flags.lease.clone(),
+            identity: leader::identity(args.replica.pod_name.as_deref()),
+            duration: Duration::from_secs(flags.lease_seconds),
+            renew_before: Duration::from_secs(flags.renew_before_seconds),
         };
         let mut leadership = leader::Leadership::join(client, &election).await?;
         let result = tokio::select! {

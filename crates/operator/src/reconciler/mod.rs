@@ -134,17 +134,49 @@ impl Scope {
     }
 }
 
-impl Context {
-    pub fn new(client: Client, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Self {
+/// What the command line decides in a [`Context`]; the defaults are the flags' defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--concurrent-reconciles`.
+    pub concurrency: u16,
+    /// `--watch-namespaces`.
+    pub scope: Scope,
+    /// `--namespace`.
+    pub namespace: String,
+    /// `--pod-name`: the instance named in the Events this replica publishes.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
         Self {
-            recorder: events::Recorder::new(client.clone(), std::env::var("POD_NAME").ok()),
+            concurrency: CONCURRENT_RECONCILES,
+            scope: Scope::cluster(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            instance: None,
+        }
+    }
+}
+
+impl Context {
+    /// The context, whole: nothing in it is read from the environment or set afterwards.
+    pub fn new(
+        client: Client,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        settings: Settings,
+    ) -> Self {
+        let Settings { concurrency, scope, namespace, instance } = settings;
+        Self {
+            recorder: events::Recorder::new(client.clone(), instance),
             client,
             clock,
             metrics,
             readiness,
-            concurrency: CONCURRENT_RECONCILES,
-            scope: Scope::cluster(),
-            namespace: DEFAULT_NAMESPACE.into(),
+            concurrency,
+            scope,
+            namespace,
             caches: caches::Caches::default(),
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod certs;
 pub mod client_auth;
+pub mod serving;
 #[cfg(test)]
 mod tls_tests;
 

@@ -580,3 +580,56 @@ fn the_release_script_packages_the_chart_pins_the_image_and_fills_the_krew_manif
     );
     assert!(out2.join("cluster-security-operator-0.2.0.tgz").exists());
 }
+
+/// Every flag and variable the chart can set, with every optional value on, is one the
+/// operator's command line reads, and parses into the value the chart meant (issue 31: `run`'s
+/// flags grouped, not one renamed).
+#[test]
+fn every_arg_and_env_the_chart_renders_parses() {
+    use clap::{CommandFactory, Parser};
+    let docs = render(
+        r#"{"fullnameOverride": "sec", "watchNamespaces": ["a", "b"],
+            "leaderElection": {"enabled": true, "leaseSeconds": 20, "renewBeforeSeconds": 7},
+            "webhookClientAuth": {"enabled": true, "caConfigMap": "apiserver-ca", "allowedNames": ["kube-apiserver"]},
+            "webhook": {"certManager": {"enabled": true}},
+            "azure": {"authorityHost": "https://login.example", "credentialsSecret": "ops/azure"}}"#,
+    );
+    let container = &pod(&docs)["containers"][0];
+    let mut argv: Vec<String> = args(&docs).iter().map(|a| a.to_string()).collect();
+    let cli = cluster_security_operator::Cli::command();
+    let run = cli.find_subcommand("run").expect("run");
+    let env = container["env"].as_sequence().expect("env");
+    for entry in env {
+        let name = entry["name"].as_str().expect("name");
+        let flag = run.get_arguments().find(|a| a.get_env().is_some_and(|e| e == name));
+        let value = entry["value"].as_str().map(String::from).unwrap_or_else(|| format!("from-{name}"));
+        match flag {
+            Some(a) => argv.push(format!("--{}={value}", a.get_long().expect("long"))),
+            None => assert!(name == "RUST_LOG", "{name}: rendered by the chart, read by no flag"),
+        }
+    }
+    let parsed = cluster_security_operator::Cli::try_parse_from(
+        std::iter::once("cluster-security-operator".to_string()).chain(argv.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let parsed = format!("{parsed:?}");
+    for expected in [
+        r#"watch_namespaces: ["a", "b"]"#,
+        "lease_seconds: 20",
+        "renew_before_seconds: 7",
+        r#"lease: "sec""#,
+        r#"client_ca_file: Some("/etc/cluster-security-operator/webhook-client-ca/ca.crt")"#,
+        r#"client_names: ["kube-apiserver"]"#,
+        r#"cert_dir: Some("/etc/cluster-security-operator/webhook-cert")"#,
+        r#"config: "sec""#,
+        r#"service: "sec-webhook""#,
+        r#"secret: "sec-webhook-tls""#,
+        r#"authority_host: Some("https://login.example")"#,
+        r#"credentials_secret: Some("ops/azure")"#,
+        r#"pod_name: Some("from-POD_NAME")"#,
+        r#"namespace: "from-POD_NAMESPACE""#,
+        "log_format: Json",
+    ] {
+        assert!(parsed.contains(expected), "{expected} not in {parsed}");
+    }
+}

@@ -182,7 +182,13 @@ fn t(seconds: i64) -> Timestamp {
 /// A context whose client points at nothing: the driver must not use it.
 fn context() -> Context {
     let client = Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
-    Context::new(client, Arc::new(Fixed(t(0))), Arc::new(Metrics::new()), Arc::new(Readiness::default()))
+    Context::new(
+        client,
+        Arc::new(Fixed(t(0))),
+        Arc::new(Metrics::new()),
+        Arc::new(Readiness::default()),
+        Default::default(),
+    )
 }
 
 fn widget(setting: &str, status: WidgetStatus) -> Widget {
