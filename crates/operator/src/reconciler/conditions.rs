@@ -26,6 +26,9 @@ pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
 /// Reasons used across kinds.
 pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Stalled: the stored object does not decode as this version's type (a field of another
+    /// type, left by an older CRD or written past the schema); it never reaches a round.
+    pub const INVALID_OBJECT: &str = "InvalidObject";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
     pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
@@ -91,8 +94,9 @@ pub mod reason {
 /// Every reason an object of any kind can be Stalled with: each has its entry in
 /// docs/troubleshooting.md (the alerts link there), and metrics take a `reason` label only from
 /// this set.
-pub const STALLED_REASONS: [&str; 20] = [
+pub const STALLED_REASONS: [&str; 21] = [
     reason::INVALID_SPEC,
+    reason::INVALID_OBJECT,
     reason::SECRET_NOT_FOUND,
     reason::INVALID_CERTIFICATE,
     reason::ROLLOUT_FAILED,

@@ -6,7 +6,7 @@
 //! - [`rolling`]: the one operation driver (PENDING → record → prepare → roll → follow →
 //!   complete) of the kinds that roll a workload's pods.
 //! - [`status`], [`events`], [`conditions`], [`operation`], [`workload`], [`wiring`], [`watch`],
-//!   [`finalizer`], [`derived`]:
+//!   [`finalizer`], [`derived`], [`invalid`] (objects that do not decode):
 //!   the pieces.
 //!
 //! What this module may touch: the kind's own object and its status, Events, and the pod-template
@@ -20,6 +20,7 @@ pub mod derived;
 mod error;
 pub mod events;
 mod finalizer;
+pub mod invalid;
 pub mod operation;
 pub mod rolling;
 pub mod round;
@@ -423,10 +424,10 @@ pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
 /// Run the controller of kind `K` until SIGTERM / Ctrl-C.
 pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     use futures::StreamExt;
-    let client = ctx.client.clone();
-    let controller = K::watches(watch::new_controller(Api::<K>::all(client.clone()), &ctx), &ctx);
+    let (controller, invalid) = watch::new_controller::<K>(&ctx);
+    let controller = K::watches(controller, &ctx);
     let metrics = ctx.metrics.clone();
-    let _forgetting = watch::forget_gone(controller.store(), metrics.clone());
+    let _forgetting = watch::forget_gone(controller.store(), invalid, metrics.clone());
     ctx.caches.register(controller.store());
     info!(kind = kind_of::<K>(), "controller starting");
     controller
@@ -443,19 +444,20 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
 /// The objects of `obj`'s kind, where `obj` lives, that came before it: created earlier (by name
 /// on a tie) and not being deleted. Of two objects claiming one target, the newer stands down.
 /// From the controller's cache: an older object's creation reached the cache before the newer
-/// one's, whose reconcile this is; only a context without the controller (tests) lists.
+/// one's, whose reconcile this is; only a context without the controller (tests) lists, leaving
+/// out objects that do not decode as the cache does.
 pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc<K>>, Error> {
-    let all = match ctx.caches.get::<K>() {
-        Some(cache) => cache.state(),
-        None => {
-            let list = K::api(ctx.client.clone(), obj).list(&ListParams::default()).await.reading(&Named::new(
-                kind_of::<K>(),
-                &obj.namespace().unwrap_or_default(),
-                "(all)",
-            ))?;
-            list.items.into_iter().map(Arc::new).collect()
-        }
-    };
+    let all =
+        match ctx.caches.get::<K>() {
+            Some(cache) => cache.state(),
+            None => {
+                let namespace = obj.namespace();
+                let list = invalid::list_decodable::<K>(&ctx.client, namespace.as_deref())
+                    .await
+                    .reading(&Named::new(kind_of::<K>(), &namespace.unwrap_or_default(), "(all)"))?;
+                list.into_iter().map(Arc::new).collect()
+            }
+        };
     let rank = |o: &K| (o.meta().creation_timestamp.clone().map(|t| t.0), o.name_any());
     let (name, namespace, mine) = (obj.name_any(), obj.namespace(), rank(obj));
     Ok(all

@@ -9,13 +9,15 @@ use std::time::Duration;
 use cluster_security_api::{ClusterRef, OperationRecord, WorkloadKind};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::DeserializeGuard;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
+use super::invalid::Invalid;
 use super::{Context, Reconcile};
 use crate::health::Readiness;
 use crate::metrics::{Metrics, ObjectHealth};
@@ -51,17 +53,92 @@ pub fn backoff() -> watcher::ExponentialBackoff {
         .into()
 }
 
-/// A kube-runtime controller for `api`, set up as every kind runs one: watches through
-/// [`config`], caches its objects [`slim`], at most `ctx.concurrency` reconciles at once (0:
-/// unbounded), and its cache sync reported to readiness.
-pub fn new_controller<K: Reconcile>(api: Api<K>, ctx: &Context) -> Controller<K> {
-    use kube::runtime::{reflector, WatchStreamExt};
+/// A kube-runtime controller for the kind `K` everywhere, set up as every kind runs one: its
+/// objects watched through [`config`] and [`DeserializeGuard`] (an object that does not decode
+/// is reported by [`invalid`](super::invalid) and kept out of the cache, instead of failing the
+/// whole watch), cached [`slim`], at most `ctx.concurrency` reconciles at once (0: unbounded),
+/// and its cache sync reported to readiness. Also: the objects of `K` that do not decode now.
+pub fn new_controller<K: Reconcile>(ctx: &Arc<Context>) -> (Controller<K>, Invalid) {
+    use futures::StreamExt as _;
+    use kube::runtime::WatchStreamExt as _;
+    let invalid = Invalid::default();
+    let (reader, writer) = reflector::store::<K>();
+    let sort = {
+        let (ctx, invalid, cached) = (ctx.clone(), invalid.clone(), reader.clone());
+        move |event| futures::future::ready(decoded(event, &ctx, &invalid, &cached))
+    };
+    let own = watcher(Api::<DeserializeGuard<K>>::all(ctx.client.clone()), config())
+        .filter_map(sort)
+        .modify(slim)
+        .reflect(writer)
+        .applied_objects();
     let settings = kube::runtime::controller::Config::default().concurrency(ctx.concurrency);
-    let (cache, writer) = reflector::store();
-    let objects = reflector(writer, watcher(api, config()).modify(slim)).applied_objects();
-    let controller = Controller::for_stream(objects, cache).with_config(settings).trigger_backoff(backoff());
+    let controller = Controller::for_stream(own, reader).with_config(settings).trigger_backoff(backoff());
     report_cache_sync(controller.store(), ctx.readiness.clone());
-    controller
+    (controller, invalid)
+}
+
+/// One event of the guarded watch as the cache and the controller take it: objects that decode
+/// pass; one that does not is reported (in a task of its own) and left out, and a copy of it
+/// that decoded before leaves the cache, since it is no longer what the API server holds.
+fn decoded<K: Reconcile>(
+    event: Result<watcher::Event<DeserializeGuard<K>>, watcher::Error>,
+    ctx: &Arc<Context>,
+    invalid: &Invalid,
+    cached: &Store<K>,
+) -> Option<Result<watcher::Event<K>, watcher::Error>> {
+    use watcher::Event;
+    let event = match event {
+        Ok(event) => event,
+        Err(e) => return Some(Err(e)),
+    };
+    let decoded = match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::Apply(DeserializeGuard(Ok(obj))) => {
+            invalid.clear(obj.meta());
+            Event::Apply(obj)
+        }
+        Event::InitApply(DeserializeGuard(Ok(obj))) => {
+            invalid.clear(obj.meta());
+            Event::InitApply(obj)
+        }
+        Event::Delete(DeserializeGuard(Ok(obj))) => {
+            invalid.clear(obj.meta());
+            Event::Delete(obj)
+        }
+        Event::Delete(DeserializeGuard(Err(bad))) => {
+            invalid.clear(&bad.metadata);
+            let (namespace, name) =
+                (bad.metadata.namespace.as_deref(), bad.metadata.name.as_deref().unwrap_or_default());
+            ctx.metrics.object(super::kind_of::<K>(), namespace, name, None);
+            Event::Delete(cached_copy(cached, &bad.metadata)?)
+        }
+        Event::Apply(DeserializeGuard(Err(bad))) => {
+            let earlier = cached_copy(cached, &bad.metadata);
+            tokio::spawn(super::invalid::report::<K>(ctx.clone(), invalid.clone(), bad));
+            Event::Delete(earlier?)
+        }
+        Event::InitApply(DeserializeGuard(Err(bad))) => {
+            // Left out of the relist, it leaves the cache when the relist is swapped in.
+            tokio::spawn(super::invalid::report::<K>(ctx.clone(), invalid.clone(), bad));
+            return None;
+        }
+    };
+    Some(Ok(decoded))
+}
+
+/// The cache's copy of the object `meta` names, if it holds one.
+fn cached_copy<K: Reconcile>(
+    cached: &Store<K>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<K> {
+    let at = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    let at = match &meta.namespace {
+        Some(ns) => at.within(ns),
+        None => at,
+    };
+    cached.get(&at).map(|obj| obj.as_ref().clone())
 }
 
 /// What the controllers' caches keep of an object: all but its managedFields and kubectl's
@@ -131,15 +208,16 @@ const FORGET_GONE_EVERY: Duration = Duration::from_secs(10);
 /// Drop the series of objects gone from `store` (the controller's cache), every
 /// [`FORGET_GONE_EVERY`]: kube-runtime reconciles no object after its deletion (the last round is
 /// the one that removes our finalizer, and an object deleted while the operator was away has
-/// none), so without this an object's series would outlive it. The cache swaps a re-list in whole,
+/// none), so without this an object's series would outlive it. Objects that do not decode are
+/// not in the cache but stay until they are fixed or deleted. The cache swaps a re-list in whole,
 /// so a watch restart does not empty it meanwhile.
-pub fn forget_gone<K: Reconcile>(store: Store<K>, metrics: Arc<Metrics>) -> AbortOnDrop {
+pub fn forget_gone<K: Reconcile>(store: Store<K>, invalid: Invalid, metrics: Arc<Metrics>) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(FORGET_GONE_EVERY).await;
             metrics.forget_gone(super::kind_of::<K>(), |namespace, name| {
                 let at = ObjectRef::new(name);
-                store.get(&namespace.map_or(at.clone(), |ns| at.within(ns))).is_some()
+                store.get(&namespace.map_or(at.clone(), |ns| at.within(ns))).is_some() || invalid.holds(namespace, name)
             });
         }
     }))

@@ -7,6 +7,7 @@ mod support;
 mod chart_upgrade;
 mod faults;
 mod ha;
+mod invalid_object;
 mod restart;
 mod scoped;
 mod upgrade;
