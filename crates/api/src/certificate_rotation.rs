@@ -183,6 +183,7 @@ pub enum CertificateType {
 }
 
 impl CertificateType {
+    /// The value as the spec spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Selfsigned => "selfsigned",
@@ -211,6 +212,7 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
+    /// The value as the spec spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EcdsaP256 => "ECDSAP256",
@@ -339,6 +341,7 @@ impl TrustPhase {
         Self::WaitingForClients
     }
 
+    /// The value as the status spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TrustRolling => "TrustRolling",

@@ -74,6 +74,9 @@ impl Verify {
 }
 
 /// Kind of workload that runs the brokers.
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum WorkloadKind {
     StatefulSet,
@@ -102,6 +105,9 @@ pub struct SecretRef {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[allow(clippy::enum_variant_names)]
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 pub enum OperationType {
     UpdateSecurity,
     RotateCertificates,
@@ -217,12 +223,17 @@ pub type RecordMut<'a, I> = (&'a mut Option<Operation<I>>, &'a mut Vec<Operation
 pub trait OperationRecord {
     /// What an operation of this kind moves from and to (`sourceInfo`/`targetInfo`).
     type Info: Clone + PartialEq + Serialize + Send + Sync + 'static;
+    /// The kstatus conditions (`Ready`, `Reconciling`, `Stalled`) and the kind's own.
     fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition];
+    /// Replace the conditions.
     fn set_conditions(&mut self, conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>);
+    /// The generation the conditions describe.
     fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// The operation in flight, if any.
     fn current_operation(&self) -> Option<&Operation<Self::Info>>;
     /// The current operation and the history, to move an operation on and record it.
     fn record_mut(&mut self) -> RecordMut<'_, Self::Info>;
+    /// Finished operations, newest first.
     fn history(&self) -> &[Operation<Self::Info>];
     /// State of the newest operation: the current one, else the newest in the history.
     fn newest_operation_state(&self) -> Option<OperationState> {
@@ -232,7 +243,9 @@ pub trait OperationRecord {
 
 /// A kind whose status is an [`OperationRecord`].
 pub trait Operated {
+    /// The kind's status type.
     type Status: OperationRecord + Default + Clone + Serialize + Send + Sync + 'static;
+    /// The status, once the operator has written one.
     fn status(&self) -> Option<&Self::Status>;
 }
 

@@ -88,6 +88,9 @@ fn default_rollback_after_seconds() -> u32 {
 }
 
 /// Key vault network access.
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum NetworkAccess {
     Public,
@@ -148,6 +151,9 @@ fn default_page_size() -> u32 {
 }
 
 /// Name of a step of the key-vault-mode switch.
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum StepName {
     DisableKms,
@@ -158,6 +164,9 @@ pub enum StepName {
 }
 
 /// State of a step.
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum StepState {
     Pending,
@@ -171,6 +180,9 @@ pub enum StepState {
 /// One step of the running (or last) operation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 pub struct Step {
     pub name: StepName,
     pub state: StepState,
@@ -251,6 +263,9 @@ pub enum KeyCheckResult {
 /// The last check of the KMS key.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 pub struct KeyCheck {
     pub result: KeyCheckResult,
     /// What was found, and what to do about it.

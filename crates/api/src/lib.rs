@@ -6,6 +6,10 @@
 //! What this crate may touch: nothing. No client, no runtime, no I/O — values in, values out.
 //! The operator, its webhook and the test harness all read the contract from here.
 
+#![forbid(unsafe_code)]
+// The contract is read by people writing manifests and by the other crates: every public item says what it is.
+#![warn(missing_docs)]
+
 // clippy reads the repeated `printcolumn(type_ = ...)` arguments of the derive as duplicates.
 #[allow(clippy::duplicated_attributes)]
 pub mod certificate_rotation;

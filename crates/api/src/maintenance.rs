@@ -11,7 +11,9 @@
 /// A minute in UTC, by its civil fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Minute {
+    /// 0–59.
     pub minute: u8,
+    /// 0–23.
     pub hour: u8,
     /// 1–31.
     pub day: u8,

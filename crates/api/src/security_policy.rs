@@ -120,6 +120,7 @@ fn controller_port() -> u16 {
 }
 
 impl ControllerProtocol {
+    /// The name Kafka's properties use.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Plaintext => "PLAINTEXT",
@@ -129,6 +130,9 @@ impl ControllerProtocol {
 }
 
 /// Security protocol of a KRaft controller listener.
+// Schema types: a doc comment on a variant or field becomes a description in the CRD (a schema
+// change); the names say it, and docs/api.md says the rest.
+#[allow(missing_docs)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum ControllerProtocol {
     #[default]
@@ -237,15 +241,19 @@ pub struct IamAuthentication {
 }
 
 impl ClientAuthentication {
+    /// Whether unauthenticated clients are allowed.
     pub fn unauthenticated_enabled(&self) -> bool {
         self.unauthenticated.as_ref().is_some_and(|t| t.enabled)
     }
+    /// Whether clients may authenticate with a TLS certificate.
     pub fn tls_enabled(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.enabled)
     }
+    /// Whether clients may authenticate with SASL/SCRAM.
     pub fn scram_enabled(&self) -> bool {
         self.sasl.as_ref().and_then(|s| s.scram.as_ref()).is_some_and(|t| t.enabled)
     }
+    /// Whether clients may authenticate with SASL/OAUTHBEARER (IAM).
     pub fn iam_enabled(&self) -> bool {
         self.iam().is_some()
     }
@@ -276,9 +284,13 @@ impl ClientAuthentication {
 /// One client authentication method (a row of the seed's compatibility table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMethod {
+    /// No authentication.
     Unauthenticated,
+    /// A TLS client certificate.
     MutualTls,
+    /// SASL/SCRAM.
     SaslScram,
+    /// SASL/OAUTHBEARER with IAM tokens.
     SaslIam,
 }
 
@@ -308,6 +320,7 @@ pub enum ClientBroker {
 }
 
 impl ClientBroker {
+    /// The value as the spec spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tls => "TLS",

@@ -8,7 +8,8 @@ use crate::{
     ControllerListener, IamAuthentication, KmsKeyVaultModeSpec, Mounts, NetworkAccess, TlsAuthentication,
 };
 
-/// Names of the rules, as they appear in messages.
+/// Names of the rules, as they appear in messages; docs/api.md explains each under its name.
+#[allow(missing_docs)]
 pub mod rule {
     pub const AUTH_REQUIRED: &str = "AtLeastOneAuthenticationMethod";
     pub const AUTH_ENCRYPTION_TABLE: &str = "AuthenticationEncryptionCompatibility";
@@ -116,6 +117,7 @@ impl Violations {
     fn push(&mut self, rule: &'static str, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(Violation { rule, field: field.into(), message: message.into() });
     }
+    /// No rule is broken.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -127,6 +129,7 @@ impl Violations {
             Err(self)
         }
     }
+    /// The names of the broken rules, in the order found.
     pub fn rules(&self) -> Vec<&'static str> {
         self.0.iter().map(|v| v.rule).collect()
     }
@@ -331,6 +334,7 @@ fn validate_iam(iam: &IamAuthentication, out: &mut Violations) {
 /// take them).
 pub const OPERATOR_LISTENERS: &[&str] =
     &["PLAINTEXT", "TLS", "TLS_UNAUTHENTICATED", "SASL_SCRAM", "SASL_IAM", "REPLICATION"];
+/// Ports of those listeners.
 pub const OPERATOR_PORTS: &[u16] = &[9091, 9092, 9094, 9095, 9096, 9098];
 
 /// The KRaft controller listener: a name and port of its own, and the one the quorum runs — it
@@ -777,8 +781,11 @@ fn base64_pem_error(value: &str) -> Option<String> {
 /// Parts of a key id `https://<vault>.vault.azure.net/keys/<name>/<version>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyId<'a> {
+    /// `<vault>`.
     pub vault: &'a str,
+    /// `<name>`.
     pub name: &'a str,
+    /// `<version>`.
     pub version: &'a str,
 }
 

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::reconciler::{Clock, Context};
 
 /// One request the scenario expects, and its answer.
-pub struct Exchange {
+pub(crate) struct Exchange {
     method: Method,
     path: String,
     status: StatusCode,
@@ -29,20 +29,20 @@ pub struct Exchange {
 }
 
 /// A request the scenario expects: `method` on `path` (the URI's path, no query).
-pub fn expect(method: Method, path: &str) -> Exchange {
+pub(crate) fn expect(method: Method, path: &str) -> Exchange {
     Exchange { method, path: path.to_string(), status: StatusCode::OK, answer: json!({}) }
 }
 
 impl Exchange {
     /// Answered 200 with `body`.
-    pub fn ok(mut self, body: Value) -> Self {
+    pub(crate) fn ok(mut self, body: Value) -> Self {
         self.status = StatusCode::OK;
         self.answer = body;
         self
     }
 
     /// Answered with a Kubernetes `Status` failure of `code`.
-    pub fn fails(mut self, code: u16) -> Self {
+    pub(crate) fn fails(mut self, code: u16) -> Self {
         self.status = StatusCode::from_u16(code).expect("an HTTP status");
         let reason = match code {
             404 => "NotFound",
@@ -57,7 +57,7 @@ impl Exchange {
 
     /// Answered 200 with the request's own body, as server-side apply and merge patches of a
     /// fresh object return it (metadata filled in as the server would).
-    pub fn echo(mut self) -> Self {
+    pub(crate) fn echo(mut self) -> Self {
         self.answer = Value::Null;
         self
     }
@@ -65,7 +65,7 @@ impl Exchange {
 
 /// A request as the fake server received it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: Method,
     /// Path and query.
     pub uri: String,
@@ -74,18 +74,18 @@ pub struct Seen {
 
 impl Seen {
     /// `METHOD path` (no query), for comparing a whole conversation at once.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!("{} {}", self.method, self.uri.split('?').next().unwrap_or_default())
     }
 }
 
 /// The fake server's side of a test: serves `exchanges` in order.
-pub struct Scenario {
+pub(crate) struct Scenario {
     handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
 }
 
 /// A client over a scripted API server, and the script's handle.
-pub fn pair() -> (Client, Scenario) {
+pub(crate) fn pair() -> (Client, Scenario) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     (Client::new(service, "default"), Scenario { handle })
 }
@@ -93,7 +93,7 @@ pub fn pair() -> (Client, Scenario) {
 impl Scenario {
     /// Serve `exchanges` in order (in a task); `.await` on the handle for what was received
     /// once the code under test is done.
-    pub fn run(mut self, exchanges: Vec<Exchange>) -> tokio::task::JoinHandle<Vec<Seen>> {
+    pub(crate) fn run(mut self, exchanges: Vec<Exchange>) -> tokio::task::JoinHandle<Vec<Seen>> {
         tokio::spawn(async move {
             let mut seen = Vec::new();
             for (i, exchange) in exchanges.into_iter().enumerate() {
@@ -141,7 +141,7 @@ fn echo(body: &Value) -> Value {
 }
 
 /// The clock of these tests.
-pub struct Fixed(pub Timestamp);
+pub(crate) struct Fixed(pub Timestamp);
 
 impl Clock for Fixed {
     fn now(&self) -> Timestamp {
@@ -150,7 +150,7 @@ impl Clock for Fixed {
 }
 
 /// A [`Context`] over `client`, at a fixed time.
-pub fn context(client: Client) -> Context {
+pub(crate) fn context(client: Client) -> Context {
     let now = Timestamp::from_second(1_800_000_000).expect("a time");
     Context::new(
         client,

@@ -14,7 +14,7 @@ use crate::metrics::{self, Metrics};
 
 /// Process-wide readiness.
 #[derive(Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// The admission webhook serves (or is disabled).
     pub webhook: AtomicBool,
     /// This replica waits for the leader lease: it serves the webhook but runs no controller,
@@ -28,7 +28,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// None when ready, else what is missing.
-    pub fn missing(&self) -> Option<String> {
+    pub(crate) fn missing(&self) -> Option<String> {
         if !self.webhook.load(Ordering::Acquire) {
             return Some("the admission webhook is not serving".into());
         }
@@ -41,13 +41,13 @@ impl Readiness {
     }
 
     /// A controller's cache has synced.
-    pub fn cache_synced(&self) {
+    pub(crate) fn cache_synced(&self) {
         self.synced.fetch_add(1, Ordering::AcqRel);
     }
 }
 
 /// Serve `/healthz`, `/readyz` and `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, ready: Arc<Readiness>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub(crate) async fn serve(addr: SocketAddr, ready: Arc<Readiness>, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Why an HTTPS client could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("the extra CA bundle is not PEM with at least one certificate: {0}")]
     BadCaBundle(String),
     #[error("building the TLS configuration: {0}")]
@@ -18,7 +18,7 @@ pub enum ClientError {
 
 /// rustls settings: public web roots (when `public_roots`) plus every certificate in
 /// `extra_ca_pem`.
-pub fn tls_config(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<rustls::ClientConfig, ClientError> {
+pub(crate) fn tls_config(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<rustls::ClientConfig, ClientError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
@@ -44,7 +44,7 @@ pub fn tls_config(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<rus
 }
 
 /// A client for HTTPS APIs with sane timeouts.
-pub fn https_client(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<reqwest::Client, ClientError> {
+pub(crate) fn https_client(extra_ca_pem: Option<&[u8]>, public_roots: bool) -> Result<reqwest::Client, ClientError> {
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls_config(extra_ca_pem, public_roots)?)
         .connect_timeout(Duration::from_secs(10))

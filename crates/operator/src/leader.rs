@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 /// How a replica takes part in the election.
 #[derive(Clone, Debug)]
-pub struct Election {
+pub(crate) struct Election {
     /// Namespace of the Lease (the operator's own).
     pub namespace: String,
     /// Name of the Lease.
@@ -29,7 +29,7 @@ pub struct Election {
 }
 
 /// This replica's membership in the election.
-pub struct Leadership {
+pub(crate) struct Leadership {
     leading: watch::Receiver<bool>,
     task: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
     identity: String,
@@ -37,7 +37,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// Join the election (the Lease is created when missing).
-    pub async fn join(client: Client, e: &Election) -> Result<Self, LeaseManagerError> {
+    pub(crate) async fn join(client: Client, e: &Election) -> Result<Self, LeaseManagerError> {
         let duration = e.duration.as_secs().max(2);
         let manager = LeaseManagerBuilder::new(client, &e.lease)
             .with_namespace(&e.namespace)
@@ -52,7 +52,7 @@ impl Leadership {
     }
 
     /// Resolves once this replica holds the lease.
-    pub async fn acquired(&mut self) {
+    pub(crate) async fn acquired(&mut self) {
         loop {
             if *self.leading.borrow_and_update() {
                 info!(identity = %self.identity, "acquired the leader lease");
@@ -68,7 +68,7 @@ impl Leadership {
     }
 
     /// Resolves when this replica no longer holds the lease (or the election task ended).
-    pub async fn lost(&mut self) {
+    pub(crate) async fn lost(&mut self) {
         loop {
             if self.leading.changed().await.is_err() || !*self.leading.borrow_and_update() {
                 return;
@@ -78,7 +78,7 @@ impl Leadership {
 
     /// Leave the election, releasing the lease when held, so a standby takes over at once
     /// instead of after the lease expires.
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         drop(self.leading);
         match tokio::time::timeout(Duration::from_secs(5), self.task).await {
             Ok(Ok(Ok(_))) => info!(identity = %self.identity, "released the leader lease"),
@@ -90,7 +90,7 @@ impl Leadership {
 }
 
 /// This replica's identity: the pod name, else the host name with a random suffix.
-pub fn identity(pod_name: Option<&str>) -> String {
+pub(crate) fn identity(pod_name: Option<&str>) -> String {
     match pod_name.filter(|s| !s.is_empty()) {
         Some(name) => name.to_string(),
         None => {

@@ -14,6 +14,8 @@
 //! private; what is public here is the command line and the re-encryption engine, which the
 //! benchmarks and end-to-end tests drive on its own.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod certificate_rotation;
 mod health;

@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use cluster_security_operator::{run, Cli, Command};
 

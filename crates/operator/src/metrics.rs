@@ -22,7 +22,7 @@ use crate::reconciler::conditions::STALLED_REASONS;
 use crate::reconciler::Category;
 
 /// Content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -561,17 +561,17 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn in_state(newest: OperationState) -> Option<ObjectHealth> {
-        Some(ObjectHealth { newest: Some(newest), ..Default::default() })
+    fn in_state(newest: OperationState) -> ObjectHealth {
+        ObjectHealth { newest: Some(newest), ..Default::default() }
     }
 
     #[test]
     fn counts_objects_by_newest_operation_state_and_forgets_deleted_ones() {
         let m = Metrics::new();
         let kind = "CertificateRotation";
-        m.object(kind, Some("ns"), "a", in_state(OperationState::UpdateInProgress));
-        m.object(kind, Some("ns"), "b", in_state(OperationState::UpdateInProgress));
-        m.object(kind, Some("ns"), "a", in_state(OperationState::UpdateComplete));
+        m.object(kind, Some("ns"), "a", Some(in_state(OperationState::UpdateInProgress)));
+        m.object(kind, Some("ns"), "b", Some(in_state(OperationState::UpdateInProgress)));
+        m.object(kind, Some("ns"), "a", Some(in_state(OperationState::UpdateComplete)));
         let text = m.encode();
         assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_IN_PROGRESS"} 1"#), "{text}");
         assert!(text.contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_COMPLETE"} 1"#), "{text}");
@@ -579,8 +579,8 @@ mod tests {
         m.object(kind, Some("ns"), "b", None);
         assert!(m.encode().contains(r#"csop_operations{kind="CertificateRotation",state="UPDATE_IN_PROGRESS"} 0"#));
         // The same name in two namespaces is two objects.
-        m.object("ClusterSecurityPolicy", Some("team-a"), "orders", in_state(OperationState::Pending));
-        m.object("ClusterSecurityPolicy", Some("team-b"), "orders", in_state(OperationState::Pending));
+        m.object("ClusterSecurityPolicy", Some("team-a"), "orders", Some(in_state(OperationState::Pending)));
+        m.object("ClusterSecurityPolicy", Some("team-b"), "orders", Some(in_state(OperationState::Pending)));
         assert!(m.encode().contains(r#"csop_operations{kind="ClusterSecurityPolicy",state="PENDING"} 2"#));
     }
 
@@ -632,9 +632,9 @@ mod tests {
     #[test]
     fn forgets_the_objects_that_are_gone() {
         let m = Metrics::new();
-        m.object("CertificateRotation", Some("a"), "kept", in_state(OperationState::Pending));
-        m.object("CertificateRotation", Some("a"), "gone", in_state(OperationState::Pending));
-        m.object("KmsKeyVaultMode", None, "gone", in_state(OperationState::Pending));
+        m.object("CertificateRotation", Some("a"), "kept", Some(in_state(OperationState::Pending)));
+        m.object("CertificateRotation", Some("a"), "gone", Some(in_state(OperationState::Pending)));
+        m.object("KmsKeyVaultMode", None, "gone", Some(in_state(OperationState::Pending)));
         m.forget_gone("CertificateRotation", |ns, name| ns == Some("a") && name == "kept");
         let text = m.encode();
         assert!(text.contains(r#"csop_resource_ready{kind="CertificateRotation",namespace="a",name="kept"}"#));

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 /// A certificate with its private key, both PEM.
 #[derive(Clone)]
-pub struct KeyedCert {
+pub(crate) struct KeyedCert {
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -24,14 +24,14 @@ impl std::fmt::Debug for KeyedCert {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PkiError {
+pub(crate) enum PkiError {
     #[error("certificate issuance failed: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("RSA key generation failed: {0}")]
     Rsa(String),
 }
 
-pub use cluster_security_api::KeyAlgorithm;
+pub(crate) use cluster_security_api::KeyAlgorithm;
 
 /// ring's system random source, as the `rsa` crate's RNG.
 struct SystemRng(ring::rand::SystemRandom);
@@ -70,7 +70,7 @@ fn key_pair(alg: KeyAlgorithm) -> Result<KeyPair, PkiError> {
 }
 
 /// The key algorithm of a DER certificate's public key, when it is one of ours.
-pub fn key_algorithm(der: &[u8]) -> Option<KeyAlgorithm> {
+pub(crate) fn key_algorithm(der: &[u8]) -> Option<KeyAlgorithm> {
     use x509_parser::prelude::FromDer as _;
     use x509_parser::public_key::PublicKey;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
@@ -101,12 +101,17 @@ fn validity(params: &mut CertificateParams, now: Timestamp, days: u32) {
 }
 
 /// A new self-signed CA (ECDSA P-256).
-pub fn new_ca(common_name: &str, now: Timestamp, days: u32) -> Result<KeyedCert, PkiError> {
+pub(crate) fn new_ca(common_name: &str, now: Timestamp, days: u32) -> Result<KeyedCert, PkiError> {
     new_ca_with(common_name, now, days, KeyAlgorithm::EcdsaP256)
 }
 
 /// A new self-signed CA whose key is `alg`.
-pub fn new_ca_with(common_name: &str, now: Timestamp, days: u32, alg: KeyAlgorithm) -> Result<KeyedCert, PkiError> {
+pub(crate) fn new_ca_with(
+    common_name: &str,
+    now: Timestamp,
+    days: u32,
+    alg: KeyAlgorithm,
+) -> Result<KeyedCert, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.distinguished_name.push(DnType::CommonName, common_name);
@@ -120,14 +125,14 @@ pub fn new_ca_with(common_name: &str, now: Timestamp, days: u32, alg: KeyAlgorit
 
 /// What a leaf certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Usage {
+pub(crate) enum Usage {
     Server,
     ServerAndClient,
     Client,
 }
 
 /// A leaf certificate for `sans` (DNS names or IP addresses) signed by `ca` (ECDSA P-256 key).
-pub fn issue_leaf(
+pub(crate) fn issue_leaf(
     ca: &KeyedCert,
     common_name: &str,
     sans: &[String],
@@ -139,7 +144,7 @@ pub fn issue_leaf(
 }
 
 /// A leaf certificate whose key is `alg`, signed by `ca` (ECDSA or RSA).
-pub fn issue_leaf_with(
+pub(crate) fn issue_leaf_with(
     ca: &KeyedCert,
     common_name: &str,
     sans: &[String],
@@ -155,11 +160,11 @@ pub fn issue_leaf_with(
 /// certificates carry none (their principal is `User:CN=<service>`); the principal mapping
 /// rendered for client listeners (`properties::CLIENT_PRINCIPAL_RULES`) names a client
 /// certificate `User:<name>` by this unit, so no client is ever a broker, whatever it is called.
-pub const CLIENT_UNIT: &str = "clustersecurity-clients";
+pub(crate) const CLIENT_UNIT: &str = "clustersecurity-clients";
 
 /// A client certificate (client authentication only, ECDSA P-256) for `name`, subject
 /// `OU=`[`CLIENT_UNIT`]`, CN=<name>`.
-pub fn issue_client(ca: &KeyedCert, name: &str, now: Timestamp, days: u32) -> Result<KeyedCert, PkiError> {
+pub(crate) fn issue_client(ca: &KeyedCert, name: &str, now: Timestamp, days: u32) -> Result<KeyedCert, PkiError> {
     // In this order Kafka (RFC 2253, last attribute first) names the principal
     // `User:CN=<name>,OU=clustersecurity-clients`.
     let subject = [(DnType::OrganizationalUnitName, CLIENT_UNIT), (DnType::CommonName, name)];
@@ -208,7 +213,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// `OU=`[`CLIENT_UNIT`] then `CN=<name>`, nothing else — the subject Kafka names
 /// `CN=<name>,OU=clustersecurity-clients`, which the rendered principal mapping turns into
 /// `User:<name>`. One in another order, or without the unit, is issued again.
-pub fn is_client_subject(cert_pem: &str, name: &str) -> bool {
+pub(crate) fn is_client_subject(cert_pem: &str, name: &str) -> bool {
     let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
     let Ok(cert) = pem.parse_x509() else { return false };
     let attributes: Vec<(String, Option<&str>)> = cert
@@ -223,7 +228,7 @@ pub fn is_client_subject(cert_pem: &str, name: &str) -> bool {
 
 /// Whether the PEM client certificate chains to the PEM CA certificate `ca_pem` and is valid
 /// for client authentication at `now` (webpki, as a broker checks it).
-pub fn valid_client_of(cert_pem: &str, ca_pem: &str, now: Timestamp) -> bool {
+pub(crate) fn valid_client_of(cert_pem: &str, ca_pem: &str, now: Timestamp) -> bool {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, UnixTime};
     let (Ok(leaf), Ok(ca)) =
@@ -233,20 +238,20 @@ pub fn valid_client_of(cert_pem: &str, ca_pem: &str, now: Timestamp) -> bool {
     };
     let Ok(anchor) = webpki::anchor_from_trusted_cert(&ca) else { return false };
     let Ok(ee) = webpki::EndEntityCert::try_from(&leaf) else { return false };
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0) as u64));
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0).unsigned_abs()));
     ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &[], at, webpki::KeyUsage::client_auth(), None, None)
         .is_ok()
 }
 
 /// Seconds until the PEM certificate expires (negative when expired); None when it does not parse.
-pub fn seconds_left(cert_pem: &str, now: Timestamp) -> Option<i64> {
+pub(crate) fn seconds_left(cert_pem: &str, now: Timestamp) -> Option<i64> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     Some(cert.validity().not_after.timestamp() - now.as_second())
 }
 
 /// Subject alternative names (DNS names and IPs as text) of a PEM certificate.
-pub fn subject_alt_names(cert_pem: &str) -> Option<Vec<String>> {
+pub(crate) fn subject_alt_names(cert_pem: &str) -> Option<Vec<String>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     let mut out = Vec::new();
@@ -274,7 +279,7 @@ pub fn subject_alt_names(cert_pem: &str) -> Option<Vec<String>> {
 /// blocks (a `PRIVATE KEY` pasted after a CA certificate). What goes into a trust bundle — a
 /// ConfigMap anyone in the namespace may read, or a Secret the brokers mount — is built from the
 /// certificates only, so nothing but public material travels, whatever the source held around them.
-pub fn certificates_only(pem: &str) -> (String, Vec<String>) {
+pub(crate) fn certificates_only(pem: &str) -> (String, Vec<String>) {
     let mut certs = Vec::new();
     let mut other = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
@@ -288,7 +293,7 @@ pub fn certificates_only(pem: &str) -> (String, Vec<String>) {
 }
 
 /// DER certificates as PEM, one `CERTIFICATE` block after another (64-character lines).
-pub fn pem_certificates(ders: &[Vec<u8>]) -> String {
+pub(crate) fn pem_certificates(ders: &[Vec<u8>]) -> String {
     use base64::Engine as _;
     let mut out = String::new();
     for der in ders {

@@ -2,7 +2,7 @@
 //! the code that started it. Touches nothing else.
 
 /// A spawned task that is aborted when this handle is dropped.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -4,6 +4,10 @@
 //! kills the children when that thread (and so the process) ends — also when a test panics, the
 //! test binary is killed, or a `static` control plane never runs its destructor.
 
+// Process control through libc (signals, process groups, PR_SET_PDEATHSIG): the one module of
+// the workspace that needs unsafe.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -52,7 +56,7 @@ pub fn stop(child: &mut Child, grace: std::time::Duration) {
     }
     // SAFETY: sending a signal to our own child's pid.
     unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(libc::pid_t::try_from(child.id()).expect("a pid fits pid_t"), libc::SIGTERM);
     }
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {

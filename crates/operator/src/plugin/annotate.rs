@@ -28,7 +28,7 @@ pub(crate) enum Verb {
 }
 
 impl Verb {
-    pub fn command(self) -> &'static str {
+    pub(super) fn command(self) -> &'static str {
         match self {
             Self::Renew => "renew",
             Self::RenewCa => "renew-ca",
@@ -49,12 +49,12 @@ pub(crate) struct Choice {
 
 impl Choice {
     /// The merge patch that writes it.
-    pub fn merge_patch(&self) -> serde_json::Value {
+    pub(super) fn merge_patch(&self) -> serde_json::Value {
         serde_json::json!({"metadata": {"annotations": {self.key: self.value}}})
     }
 
     /// The `kubectl annotate` line that does the same by hand.
-    pub fn kubectl_line(&self, r: &Ref, namespace: Option<&str>) -> String {
+    pub(super) fn kubectl_line(&self, r: &Ref, namespace: Option<&str>) -> String {
         let ns = namespace.map(|ns| format!(" -n {ns}")).unwrap_or_default();
         let what = match &self.value {
             Some(v) => format!("{}={v} --overwrite", self.key),

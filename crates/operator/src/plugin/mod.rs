@@ -57,17 +57,17 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> Self {
         Self { exit, message: message.into() }
     }
 
-    pub fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(Exit::Usage, message)
     }
 
     /// An API error about `what` (e.g. "certificaterotation kafka/certs"), with the code a script
     /// can tell apart.
-    pub fn kube(what: &str, e: kube::Error) -> Self {
+    pub(crate) fn kube(what: &str, e: kube::Error) -> Self {
         match &e {
             kube::Error::Api(s) if s.code == 404 => Self::new(Exit::NotFound, format!("{what} not found")),
             kube::Error::Api(s) if s.code == 401 || s.code == 403 => Self::new(
@@ -159,7 +159,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // --help and --version print and succeed; usage errors exit 2 (clap's code).
             let _ = e.print();
-            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+            return ExitCode::from(u8::try_from(e.exit_code().clamp(0, 255)).unwrap_or(u8::MAX));
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBECTL_CLUSTERSECURITY_LOG")

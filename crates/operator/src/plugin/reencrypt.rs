@@ -64,7 +64,7 @@ pub(crate) struct Args {
 
 impl Args {
     /// Checks clap cannot express.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if let Some(bad) = self.namespace.iter().find(|n| n.is_empty() || n.contains('/')) {
             return Err(format!("--namespace {bad:?} is not a namespace name"));
         }
@@ -99,7 +99,7 @@ pub(crate) struct Counts {
 }
 
 impl Counts {
-    pub fn handled(&self) -> u64 {
+    pub(super) fn handled(&self) -> u64 {
         self.rewritten + self.unchanged + self.gone + self.failed
     }
 
@@ -144,7 +144,7 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn handled(&self) -> u64 {
+    pub(super) fn handled(&self) -> u64 {
         self.done_counts.handled() + self.counts.handled()
     }
 
@@ -244,6 +244,8 @@ fn thousands(n: u64) -> String {
 }
 
 fn duration(secs: f64) -> String {
+    // A float cast saturates (a negative value or NaN is 0).
+    #[allow(clippy::cast_sign_loss)]
     let s = secs.round() as u64;
     match s {
         0..=59 => format!("{s}s"),
@@ -260,6 +262,8 @@ pub(crate) fn progress_line(handled: u64, total: u64, done_here: u64, elapsed: D
     let rate = if secs > 0.0 { done_here as f64 / secs } else { 0.0 };
     let eta = if rate > 0.0 { duration((total - handled) as f64 / rate) } else { "?".into() };
     let head = if bar {
+        // A float cast saturates (a negative value or NaN is 0).
+        #[allow(clippy::cast_sign_loss)]
         let filled = (pct / 100.0 * 30.0).round() as usize;
         format!("[{}{}] ", "#".repeat(filled.min(30)), ".".repeat(30 - filled.min(30)))
     } else {

@@ -18,7 +18,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// The kind's name (`kind:` in YAML).
-    pub fn kind(self) -> &'static str {
+    pub(super) fn kind(self) -> &'static str {
         match self {
             Self::Csp => "ClusterSecurityPolicy",
             Self::CertRot => "CertificateRotation",
@@ -27,7 +27,7 @@ impl Kind {
     }
 
     /// The resource name kubectl takes (`kubectl annotate <this> …`).
-    pub fn resource(self) -> &'static str {
+    pub(super) fn resource(self) -> &'static str {
         match self {
             Self::Csp => "clustersecuritypolicy",
             Self::CertRot => "certificaterotation",
@@ -35,7 +35,7 @@ impl Kind {
         }
     }
 
-    pub fn short(self) -> &'static str {
+    pub(super) fn short(self) -> &'static str {
         match self {
             Self::Csp => "csp",
             Self::CertRot => "certrot",
@@ -43,7 +43,7 @@ impl Kind {
         }
     }
 
-    pub fn namespaced(self) -> bool {
+    pub(super) fn namespaced(self) -> bool {
         !matches!(self, Self::KmsMode)
     }
 }
@@ -56,7 +56,7 @@ pub(crate) struct Ref {
 }
 
 impl Ref {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
         let usage = "name the object as <kind>/<name>: csp/<name>, certrot/<name> or kmsmode/<name> (long forms clustersecuritypolicy, certificaterotation, kmskeyvaultmode)";
         let Some((kind, name)) = text.split_once('/') else {
             return Err(format!("{text:?} has no kind: {usage}"));
@@ -85,7 +85,7 @@ pub(crate) enum Object {
 }
 
 impl Object {
-    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    pub(super) fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
             Self::Csp(o) => &o.metadata,
             Self::CertRot(o) => &o.metadata,

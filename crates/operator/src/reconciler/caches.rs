@@ -13,13 +13,13 @@ use kube::Resource;
 
 /// One store per kind whose controller runs (registered as it starts).
 #[derive(Default)]
-pub struct Caches {
+pub(crate) struct Caches {
     stores: RwLock<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
 }
 
 impl Caches {
     /// The controller of `K` caches its objects in `store`.
-    pub fn register<K>(&self, store: Store<K>)
+    pub(crate) fn register<K>(&self, store: Store<K>)
     where
         K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
@@ -27,7 +27,7 @@ impl Caches {
     }
 
     /// The cache of `K`'s objects; None when its controller does not run here.
-    pub fn get<K>(&self) -> Option<Store<K>>
+    pub(crate) fn get<K>(&self) -> Option<Store<K>>
     where
         K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {

@@ -5,96 +5,96 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
+pub(crate) const READY: &str = "Ready";
+pub(crate) const RECONCILING: &str = "Reconciling";
+pub(crate) const STALLED: &str = "Stalled";
 /// True while the brokers run older material than a Secret the spec names holds (a renewed
 /// certificate, a changed CA bundle), until it is rolled out.
-pub const SOURCE_CHANGED: &str = "SourceChanged";
+pub(crate) const SOURCE_CHANGED: &str = "SourceChanged";
 /// CertificateRotation: True while an installed certificate is within its renewal window and the
 /// operator will not renew it (type `provided` or `secret`), or has expired.
-pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+pub(crate) const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 
 /// CertificateRotation: True while a new external CA is published and the brokers wait for
 /// clients to trust it before they switch (`trustTransitionSeconds`).
-pub const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
+pub(crate) const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
 
 /// CertificateRotation: True while every namespace of `spec.trustDistribution` holds a current
 /// copy of the trust bundle.
-pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
+pub(crate) const TRUST_DISTRIBUTED: &str = "TrustDistributed";
 
 /// Reasons used across kinds.
-pub mod reason {
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+pub(crate) mod reason {
+    pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
     /// Stalled: the stored object does not decode as this version's type (a field of another
     /// type, left by an older CRD or written past the schema); it never reaches a round.
-    pub const INVALID_OBJECT: &str = "InvalidObject";
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
-    pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
-    pub const APPLIED: &str = "Applied";
+    pub(crate) const INVALID_OBJECT: &str = "InvalidObject";
+    pub(crate) const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub(crate) const ROLLOUT_FAILED: &str = "RolloutFailed";
+    pub(crate) const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    pub(crate) const APPLIED: &str = "Applied";
     /// Reconciling steps shared by the kinds that roll pods.
-    pub const OPERATION_RECORDED: &str = "OperationRecorded";
-    pub const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
-    pub const ROLLING_PODS: &str = "RollingPods";
+    pub(crate) const OPERATION_RECORDED: &str = "OperationRecorded";
+    pub(crate) const WAITING_FOR_ACTIVE_CLUSTER: &str = "WaitingForActiveCluster";
+    pub(crate) const ROLLING_PODS: &str = "RollingPods";
     /// A StatefulSet partition holds part of the rollout back until the user lowers it.
-    pub const ROLLOUT_HELD_BY_PARTITION: &str = "RolloutHeldByPartition";
-    pub const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
+    pub(crate) const ROLLOUT_HELD_BY_PARTITION: &str = "RolloutHeldByPartition";
+    pub(crate) const CLUSTER_NOT_ACTIVE: &str = "ClusterNotActive";
     /// The spec changed while an operation ran; the next one starts now.
-    pub const QUEUED: &str = "Queued";
+    pub(crate) const QUEUED: &str = "Queued";
     /// A Secret the spec names holds other material than the brokers run (`SourceChanged`).
-    pub const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
+    pub(crate) const SOURCE_SECRET_CHANGED: &str = "SourceSecretChanged";
     /// `SourceChanged=False`: the brokers run what the source Secrets hold.
-    pub const IN_SYNC: &str = "InSync";
+    pub(crate) const IN_SYNC: &str = "InSync";
     /// `CertificateExpiring=True` (and its Warning event): new material is needed soon.
-    pub const RENEWAL_NEEDED: &str = "RenewalNeeded";
+    pub(crate) const RENEWAL_NEEDED: &str = "RenewalNeeded";
     /// `CertificateExpiring=False`: every certificate is valid beyond its renewal window, or the
     /// operator renews it.
-    pub const CERTIFICATES_VALID: &str = "CertificatesValid";
+    pub(crate) const CERTIFICATES_VALID: &str = "CertificatesValid";
     /// `clustersecurity.io/reconcile: paused`: nothing is changed (Ready=False).
-    pub const PAUSED: &str = "Paused";
+    pub(crate) const PAUSED: &str = "Paused";
     /// A Secret or ConfigMap the operation would write exists and is not the operator's
     /// (Stalled until it is renamed, deleted or annotated for adoption).
-    pub const NAME_CONFLICT: &str = "NameConflict";
+    pub(crate) const NAME_CONFLICT: &str = "NameConflict";
     /// Another object already manages the same target; this one changes nothing (Stalled).
-    pub const CONFLICT: &str = "Conflict";
+    pub(crate) const CONFLICT: &str = "Conflict";
     /// The object's namespace is not among `--watch-namespaces` (Stalled; nothing touched).
-    pub const NAMESPACE_NOT_WATCHED: &str = "NamespaceNotWatched";
+    pub(crate) const NAMESPACE_NOT_WATCHED: &str = "NamespaceNotWatched";
     /// `spec.mounts.container` names no container of the workload's pod template.
-    pub const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
+    pub(crate) const CONTAINER_NOT_FOUND: &str = "ContainerNotFound";
     /// After a rollout, a broker pod presents another certificate than the one put in place, a
     /// chain that does not verify, no TLS, or runs an older template (`spec.verify`).
-    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    pub(crate) const VERIFICATION_FAILED: &str = "VerificationFailed";
     /// After a rollout, a broker pod's TLS listener could not be reached to be checked.
-    pub const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
+    pub(crate) const BROKER_UNREACHABLE: &str = "BrokerUnreachable";
     /// After a rollout, a broker pod cannot be checked on the wire without connecting to a
     /// node's address (`hostNetwork`): the operator does not, and the operation does not complete.
-    pub const BROKER_NOT_VERIFIABLE: &str = "BrokerNotVerifiable";
+    pub(crate) const BROKER_NOT_VERIFIABLE: &str = "BrokerNotVerifiable";
     /// The brokers run a KRaft controller listener the spec does not keep as it runs.
-    pub const CONTROLLER_LISTENER_REQUIRED: &str = "ControllerListenerRequired";
+    pub(crate) const CONTROLLER_LISTENER_REQUIRED: &str = "ControllerListenerRequired";
     /// A new CA is published; the brokers switch once clients trust it (`WaitingForClientTrust`).
-    pub const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
+    pub(crate) const WAITING_FOR_CLIENT_TRUST: &str = "WaitingForClientTrust";
     /// `WaitingForClientTrust=False`: confirmed, or the transition time passed; the brokers switch.
-    pub const CLIENT_TRUST_UPDATED: &str = "ClientTrustUpdated";
+    pub(crate) const CLIENT_TRUST_UPDATED: &str = "ClientTrustUpdated";
     /// A first adoption would move the brokers' inter-broker listener in one roll.
-    pub const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
+    pub(crate) const INTER_BROKER_LISTENER_CHANGE: &str = "InterBrokerListenerChange";
     /// Being deleted: nothing new starts.
-    pub const DELETING: &str = "Deleting";
+    pub(crate) const DELETING: &str = "Deleting";
     /// A deleted object under `deletionPolicy: Delete` waits while the workload still mounts
     /// what would go with it.
-    pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    pub(crate) const DELETION_BLOCKED: &str = "DeletionBlocked";
     /// `TrustDistributed=True`: every target namespace holds a current copy.
-    pub const TRUST_DISTRIBUTED: &str = "TrustDistributed";
+    pub(crate) const TRUST_DISTRIBUTED: &str = "TrustDistributed";
     /// `TrustDistributed=False`: some namespace could not get its copy (named in the message).
-    pub const TRUST_DISTRIBUTION_FAILED: &str = "TrustDistributionFailed";
+    pub(crate) const TRUST_DISTRIBUTION_FAILED: &str = "TrustDistributionFailed";
     /// `TrustDistributed=False`: the spec no longer asks for copies.
-    pub const NOT_DISTRIBUTED: &str = "NotDistributed";
+    pub(crate) const NOT_DISTRIBUTED: &str = "NotDistributed";
 }
 
 /// Every reason an object of any kind can be Stalled with: each has its entry in
 /// docs/troubleshooting.md (the alerts link there), and metrics take a `reason` label only from
 /// this set.
-pub const STALLED_REASONS: [&str; 21] = [
+pub(crate) const STALLED_REASONS: [&str; 21] = [
     reason::INVALID_SPEC,
     reason::INVALID_OBJECT,
     reason::SECRET_NOT_FOUND,
@@ -121,13 +121,13 @@ pub const STALLED_REASONS: [&str; 21] = [
 /// The Stalled reason `code` names (a failed operation's code, read back from its record), from
 /// [`STALLED_REASONS`]; a code this version does not know (written by another) reads as
 /// `RolloutFailed`.
-pub fn stalled_reason(code: &str) -> &'static str {
+pub(crate) fn stalled_reason(code: &str) -> &'static str {
     STALLED_REASONS.iter().copied().find(|r| *r == code).unwrap_or(reason::ROLLOUT_FAILED)
 }
 
 /// Set a condition besides Ready/Reconciling/Stalled (a kind's own, e.g. `EncryptionDisabled`);
 /// [`apply`] keeps it. The transition time moves only when the status does.
-pub fn set(
+pub(crate) fn set(
     conds: &mut Vec<Condition>,
     type_: &str,
     status: bool,
@@ -142,7 +142,7 @@ pub fn set(
 /// What the conditions should say; turned into the list with [`apply`]. Reasons come from the
 /// closed sets of [`reason`] and the kinds' own constants, never from text built at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// Desired state applied and verified.
     Ready { reason: &'static str, message: String },
     /// Work in progress; `reason` names the step.
@@ -188,7 +188,7 @@ fn remove(conds: &mut Vec<Condition>, type_: &str) {
 }
 
 /// The condition list for `health`, starting from the current list (to keep transition times).
-pub fn apply(current: &[Condition], health: &Health, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+pub(crate) fn apply(current: &[Condition], health: &Health, generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
     let mut conds: Vec<Condition> = current.to_vec();
     match health {
         Health::Ready { reason, message } => {
@@ -224,7 +224,7 @@ pub fn apply(current: &[Condition], health: &Health, generation: Option<i64>, no
 }
 
 /// Find a condition by type.
-pub fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub(crate) fn get<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }
 

@@ -29,45 +29,45 @@ use super::Noted as _;
 use super::{watch, Context, Error, Named};
 
 /// The label on every object the operator created.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Set to `"true"` on an existing object to let the operator take it over.
-pub const ADOPT_ANNOTATION: &str = "clustersecurity.io/adopt";
+pub(crate) const ADOPT_ANNOTATION: &str = "clustersecurity.io/adopt";
 /// The uid of the resource an object was written for.
-pub const OWNER_UID_LABEL: &str = "clustersecurity.io/owner-uid";
+pub(crate) const OWNER_UID_LABEL: &str = "clustersecurity.io/owner-uid";
 /// `<Kind>/<name>` of the resource an object was written for (in the object's namespace).
-pub const OWNER_ANNOTATION: &str = "clustersecurity.io/owner";
+pub(crate) const OWNER_ANNOTATION: &str = "clustersecurity.io/owner";
 
 /// Which resource a derived object is written for: its uid, and its kind and name (derived
 /// objects live in the resource's namespace).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub uid: String,
     /// `<Kind>/<name>`.
     pub object: String,
 }
 
 impl Owner {
-    pub fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
+    pub(crate) fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
         Self { uid: obj.uid().unwrap_or_default(), object: format!("{}/{}", K::kind(&()), obj.name_any()) }
     }
 }
 
 /// A Secret or ConfigMap a kind writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Derived {
+pub(crate) enum Derived {
     Secret(String),
     ConfigMap(String),
 }
 
 impl Derived {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Derived::Secret(_) => "Secret",
             Derived::ConfigMap(_) => "ConfigMap",
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Derived::Secret(n) | Derived::ConfigMap(n) => n,
         }
@@ -76,7 +76,7 @@ impl Derived {
 
 /// Trigger a reconcile of the object whose derived Secret or ConfigMap changed or went: a
 /// metadata-only watch of the objects carrying the operator's label.
-pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
+pub(crate) fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
     let ours = watch::config().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
     let controller = watch::triggers::<K, PartialObjectMeta<ConfigMap>>(controller, ctx, ours.clone(), |o, name| {
         o.derived_objects().contains(&Derived::ConfigMap(name.to_string()))
@@ -92,7 +92,7 @@ pub fn watch<K: Rolling>(controller: Controller<K>, ctx: &Context) -> Controller
 /// what its predecessor kept (deletionPolicy Retain). One with the operator's label and no
 /// owner at all was written by a version before owners were recorded: the first resource to
 /// write it again records itself.
-pub fn written_for(meta: &ObjectMeta, owner: &Owner) -> bool {
+pub(crate) fn written_for(meta: &ObjectMeta, owner: &Owner) -> bool {
     let label = meta.labels.as_ref().and_then(|l| l.get(OWNER_UID_LABEL)).map(String::as_str);
     let annotation = meta.annotations.as_ref().and_then(|a| a.get(OWNER_ANNOTATION)).map(String::as_str);
     let ours = meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).is_some_and(|v| v == FIELD_MANAGER);
@@ -103,7 +103,7 @@ pub fn written_for(meta: &ObjectMeta, owner: &Owner) -> bool {
 
 /// Whether `owner` may write over the object with this metadata: written for it, or offered for
 /// adoption by someone who may edit it.
-pub fn may_write(meta: &ObjectMeta, owner: &Owner) -> bool {
+pub(crate) fn may_write(meta: &ObjectMeta, owner: &Owner) -> bool {
     written_for(meta, owner) || adopt_requested(meta)
 }
 
@@ -139,7 +139,7 @@ fn conflict_message(kind: &str, ns: &str, name: &str) -> String {
 
 /// The first of `objects` (in `ns`) that exists and that `owner` may not write, as the message
 /// of a `NameConflict`. None: all may be written.
-pub async fn first_conflict(
+pub(crate) async fn first_conflict(
     client: &Client,
     ns: &str,
     owner: &Owner,
@@ -157,7 +157,7 @@ pub async fn first_conflict(
 /// namespace, under the rule of this module: checked right before, written only if the object
 /// checked is still the one there (its resourceVersion), and an adopt annotation removed once
 /// the object is ours. `Error::NameConflict` when the object is not `owner`'s to write.
-pub async fn apply<T, K>(client: &Client, owner: &K, body: &Value) -> Result<(), Error>
+pub(crate) async fn apply<T, K>(client: &Client, owner: &K, body: &Value) -> Result<(), Error>
 where
     T: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -193,7 +193,12 @@ where
 /// and owner-uid labels, the owner annotation, plus `extra` (annotations), and an owner
 /// reference only under `Delete`. Applied
 /// without one, a reference the operator set earlier is removed (its field manager owned it).
-pub fn metadata<K: Resource<DynamicType = ()>>(owner: &K, name: &str, policy: DeletionPolicy, extra: Value) -> Value {
+pub(crate) fn metadata<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: &str,
+    policy: DeletionPolicy,
+    extra: Value,
+) -> Value {
     let mut meta = json!({
         "name": name,
         "namespace": owner.namespace().unwrap_or_default(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 /// An object, as messages name it: `Secret kafka/orders-kafka-external-tls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Named {
+pub(crate) struct Named {
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -27,7 +27,7 @@ impl std::fmt::Display for Named {
 }
 
 impl Named {
-    pub fn new(kind: &'static str, namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(kind: &'static str, namespace: &str, name: &str) -> Self {
         Self { kind, namespace: namespace.into(), name: name.into() }
     }
 }
@@ -36,7 +36,7 @@ impl Named {
 /// small `Result` keeps every happy path cheap. Retried by the runner after the backoff of its
 /// [`Category`].
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("reading {object}: {source}")]
     Read { object: Named, source: Box<kube::Error> },
     #[error("writing {object}: {source}")]
@@ -124,7 +124,7 @@ impl Category {
 
 impl Error {
     /// What kind of failure this is (the backoff and the metric label).
-    pub fn category(&self) -> Category {
+    pub(crate) fn category(&self) -> Category {
         match self {
             Error::Read { source, .. }
             | Error::Write { source, .. }
@@ -140,7 +140,7 @@ impl Error {
 
 /// Context for a failed API call: `api.get_opt(&name).await.reading(&named)?` instead of a
 /// `map_err` that builds [`Error::Read`] by hand.
-pub trait Noted<T> {
+pub(crate) trait Noted<T> {
     /// The call read `object`.
     fn reading(self, object: &Named) -> Result<T, Error>;
     /// The call wrote `object`.

@@ -23,31 +23,36 @@ use super::conditions::{self, Health};
 use super::Context;
 
 /// Events a round decided to publish: (type, reason, note).
-pub type Events = Vec<(EventType, String, String)>;
+pub(crate) type Events = Vec<(EventType, String, String)>;
 
 /// Event reasons of the operation record, the same for every kind.
-pub mod reason {
+pub(crate) mod reason {
     /// A new operation is recorded (PENDING).
-    pub const OPERATION_PENDING: &str = "OperationPending";
+    pub(crate) const OPERATION_PENDING: &str = "OperationPending";
     /// The operation started (UPDATE_IN_PROGRESS).
-    pub const UPDATE_STARTED: &str = "UpdateStarted";
+    pub(crate) const UPDATE_STARTED: &str = "UpdateStarted";
     /// The operation ended UPDATE_COMPLETE.
-    pub const UPDATE_COMPLETE: &str = "UpdateComplete";
+    pub(crate) const UPDATE_COMPLETE: &str = "UpdateComplete";
     /// The operation ended UPDATE_FAILED.
-    pub const UPDATE_FAILED: &str = "UpdateFailed";
+    pub(crate) const UPDATE_FAILED: &str = "UpdateFailed";
     /// Something the operator wrote was changed or deleted by someone else and is restored.
-    pub const DRIFT_REPAIRED: &str = "DriftRepaired";
+    pub(crate) const DRIFT_REPAIRED: &str = "DriftRepaired";
     /// A pod of a StatefulSet with `updateStrategy: OnDelete` was deleted to take the new
     /// template.
-    pub const POD_REPLACED: &str = "PodReplaced";
+    pub(crate) const POD_REPLACED: &str = "PodReplaced";
     /// Client certificates were issued (or renewed) into the Secrets the spec names.
-    pub const CLIENT_CERTIFICATES_ISSUED: &str = "ClientCertificatesIssued";
+    pub(crate) const CLIENT_CERTIFICATES_ISSUED: &str = "ClientCertificatesIssued";
 }
 
 /// After the status write: publish the round's events, plus a Warning when the object newly
 /// became Stalled without one.
-pub async fn publish_all<K>(ctx: &Context, obj: &K, old_conditions: &[Condition], health: &Health, mut events: Events)
-where
+pub(crate) async fn publish_all<K>(
+    ctx: &Context,
+    obj: &K,
+    old_conditions: &[Condition],
+    health: &Health,
+    mut events: Events,
+) where
     K: Resource<DynamicType = ()>,
 {
     if let Health::Stalled { reason, message } = health {
@@ -62,7 +67,7 @@ where
 }
 
 /// Publish an event about `obj`; a failed event is logged, never fatal.
-pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
+pub(crate) async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: String)
 where
     K: Resource<DynamicType = ()>,
 {
@@ -146,7 +151,7 @@ struct Seen {
 /// Recorder, but it remembers a few names and counts per event rather than the whole Event:
 /// with 900 objects rolling at once that cache was the largest thing the operator held
 /// (benches/scale.rs, heaptrack: ~6 MB).
-pub struct Recorder {
+pub(crate) struct Recorder {
     client: Client,
     /// `reportingInstance`: the pod's name, or the controller's.
     instance: String,
@@ -154,14 +159,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(client: Client, instance: Option<String>) -> Self {
+    pub(crate) fn new(client: Client, instance: Option<String>) -> Self {
         let instance = instance.unwrap_or_else(|| FIELD_MANAGER.to_string());
         Self { client, instance, seen: Mutex::new(HashMap::new()) }
     }
 
     /// Publish an event about `regarding` (in its namespace): a new Event, or the next count of
     /// the same one published within [`SERIES_WINDOW`].
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         type_: EventType,
         reason: &str,

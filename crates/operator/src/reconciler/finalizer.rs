@@ -17,7 +17,7 @@ fn named<K: Reconcile>(obj: &K) -> Named {
 }
 
 /// Add `finalizer` to `obj`; returns the object as stored after it.
-pub async fn add<K: Reconcile>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<Arc<K>, Error> {
+pub(super) async fn add<K: Reconcile>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<Arc<K>, Error> {
     let mut finalizers = obj.finalizers().to_vec();
     finalizers.push(finalizer.to_string());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
@@ -26,7 +26,7 @@ pub async fn add<K: Reconcile>(api: &Api<K>, obj: &K, finalizer: &str) -> Result
 
 /// Remove `finalizer` from the object `read` names, as stored now (the round's status write
 /// moved its resourceVersion on); nothing when it is gone or holds no such finalizer.
-pub async fn remove<K: Reconcile>(api: &Api<K>, read: &K, finalizer: &str) -> Result<(), Error> {
+pub(super) async fn remove<K: Reconcile>(api: &Api<K>, read: &K, finalizer: &str) -> Result<(), Error> {
     let obj = match api.get_opt(&read.name_any()).await {
         Ok(Some(obj)) => obj,
         Ok(None) => return Ok(()),

@@ -26,7 +26,10 @@ use crate::metrics::ObjectHealth;
 /// Every object of kind `K` in `namespace` (None: everywhere) that decodes. A list of the typed
 /// objects fails whole on one that does not; those are reported by their controller
 /// ([`report`]) and left out here, as the controller's cache leaves them out.
-pub async fn list_decodable<K: Reconcile>(client: &Client, namespace: Option<&str>) -> Result<Vec<K>, kube::Error> {
+pub(crate) async fn list_decodable<K: Reconcile>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Vec<K>, kube::Error> {
     let request = kube::core::Request::new(K::url_path(&(), namespace))
         .list(&ListParams::default())
         .map_err(kube::Error::BuildRequest)?;
@@ -39,7 +42,7 @@ type Place = (Option<String>, String);
 
 /// The objects of one kind that do not decode now, and the generations already reported.
 #[derive(Clone, Default)]
-pub struct Invalid {
+pub(crate) struct Invalid {
     inner: Arc<Mutex<InvalidState>>,
 }
 
@@ -56,13 +59,13 @@ fn place(meta: &ObjectMeta) -> Place {
 impl Invalid {
     /// Whether the object at `namespace`/`name` is one that does not decode (its metric series
     /// stays while it is).
-    pub fn holds(&self, namespace: Option<&str>, name: &str) -> bool {
+    pub(crate) fn holds(&self, namespace: Option<&str>, name: &str) -> bool {
         let state = self.inner.lock().expect("invalid objects lock");
         state.now.contains(&(namespace.map(String::from), name.to_string()))
     }
 
     /// `meta`'s object decodes (again), or is gone.
-    pub fn clear(&self, meta: &ObjectMeta) {
+    pub(crate) fn clear(&self, meta: &ObjectMeta) {
         self.inner.lock().expect("invalid objects lock").now.remove(&place(meta));
     }
 
@@ -76,7 +79,7 @@ impl Invalid {
 }
 
 /// What the Stalled condition and the Event say of an object that does not decode.
-pub fn message(error: &str) -> String {
+pub(crate) fn message(error: &str) -> String {
     format!(
         "the stored object does not decode as this operator's type: {error}. Nothing is done for it; \
          fix that field (kubectl edit) or re-create the object from its manifest."
@@ -86,7 +89,7 @@ pub fn message(error: &str) -> String {
 /// Report `object` (of kind `K`) unless this generation of it was reported already: metric
 /// series, Warning Event, Stalled conditions. A failed status write or Event is logged; the
 /// next generation (a fix) is reported again.
-pub async fn report<K: Reconcile>(ctx: Arc<Context>, invalid: Invalid, object: InvalidObject) {
+pub(crate) async fn report<K: Reconcile>(ctx: Arc<Context>, invalid: Invalid, object: InvalidObject) {
     let meta = &object.metadata;
     let (namespace, name) = (meta.namespace.as_deref(), meta.name.clone().unwrap_or_default());
     let stalled =

@@ -14,21 +14,21 @@
 
 #[cfg(test)]
 mod api_tests;
-pub mod caches;
-pub mod conditions;
-pub mod derived;
+pub(crate) mod caches;
+pub(crate) mod conditions;
+pub(crate) mod derived;
 mod error;
-pub mod events;
+pub(crate) mod events;
 mod finalizer;
-pub mod invalid;
-pub mod operation;
-pub mod rolling;
-pub mod round;
-pub mod status;
-pub mod verify;
-pub mod watch;
-pub mod wiring;
-pub mod workload;
+pub(crate) mod invalid;
+pub(crate) mod operation;
+pub(crate) mod rolling;
+pub(crate) mod round;
+pub(crate) mod status;
+pub(crate) mod verify;
+pub(crate) mod watch;
+pub(crate) mod wiring;
+pub(crate) mod workload;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -45,19 +45,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
-pub use self::conditions::Health;
-pub use self::error::{Category, Error, Named, Noted};
-pub use self::round::Round;
+pub(crate) use self::conditions::Health;
+pub(crate) use self::error::{Category, Error, Named, Noted};
+pub(crate) use self::round::Round;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 
 /// Where time comes from; tests pass a fixed clock.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
 }
 
 /// The wall clock.
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
@@ -66,7 +66,7 @@ impl Clock for SystemClock {
 }
 
 /// Shared by every reconciler.
-pub struct Context {
+pub(crate) struct Context {
     pub client: Client,
     pub clock: Arc<dyn Clock>,
     pub recorder: events::Recorder,
@@ -88,24 +88,24 @@ pub struct Context {
 /// happens); workloads, Secrets and ConfigMaps only where the operator manages them, which is
 /// all its RBAC grants in namespace-scoped installs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Scope {
+pub(crate) struct Scope {
     namespaces: Option<Vec<String>>,
 }
 
 impl Scope {
     /// Every namespace.
-    pub fn cluster() -> Self {
+    pub(crate) fn cluster() -> Self {
         Self { namespaces: None }
     }
 
     /// These namespaces only; an empty list means every namespace.
-    pub fn namespaces(list: &[String]) -> Self {
+    pub(crate) fn namespaces(list: &[String]) -> Self {
         let list: Vec<String> = list.iter().filter(|n| !n.is_empty()).cloned().collect();
         Self { namespaces: (!list.is_empty()).then_some(list) }
     }
 
     /// Whether an object in `ns` is managed (cluster-scoped objects always are).
-    pub fn covers(&self, ns: Option<&str>) -> bool {
+    pub(crate) fn covers(&self, ns: Option<&str>) -> bool {
         match (&self.namespaces, ns) {
             (Some(list), Some(ns)) => list.iter().any(|n| n == ns),
             _ => true,
@@ -113,12 +113,12 @@ impl Scope {
     }
 
     /// The namespaces watched, or `None` for all.
-    pub fn watched(&self) -> Option<&[String]> {
+    pub(crate) fn watched(&self) -> Option<&[String]> {
         self.namespaces.as_deref()
     }
 
     /// One API per watched namespace (or one for all), to watch `T` in.
-    pub fn apis<T>(&self, client: &Client) -> Vec<Api<T>>
+    pub(crate) fn apis<T>(&self, client: &Client) -> Vec<Api<T>>
     where
         T: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
         T::DynamicType: Default,
@@ -130,14 +130,14 @@ impl Scope {
     }
 
     /// `--watch-namespaces` as a user wrote it, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.namespaces.as_ref().map(|l| l.join(",")).unwrap_or_else(|| "(all)".into())
     }
 }
 
 /// What the command line decides in a [`Context`]; the defaults are the flags' defaults.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// `--concurrent-reconciles`.
     pub concurrency: u16,
     /// `--watch-namespaces`.
@@ -161,7 +161,7 @@ impl Default for Settings {
 
 impl Context {
     /// The context, whole: nothing in it is read from the environment or set afterwards.
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
@@ -184,7 +184,7 @@ impl Context {
 }
 
 /// The operator's namespace unless told otherwise (`--namespace`'s default).
-pub const DEFAULT_NAMESPACE: &str = "cluster-security-operator";
+pub(crate) const DEFAULT_NAMESPACE: &str = "cluster-security-operator";
 
 /// How many objects each controller reconciles at once, by default (`--concurrent-reconciles`).
 /// Unbounded, 300 objects changed together meant 300 reconciles at once, each holding its own
@@ -195,7 +195,7 @@ pub const CONCURRENT_RECONCILES: u16 = 8;
 /// What one round decided to report: the health for the conditions and when to look again
 /// (None: at the next change), and whether it found that a deleted object may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub health: Health,
     pub requeue: Option<Duration>,
     /// The round has positive evidence that nothing holds the object back once it is deleted
@@ -204,12 +204,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn new(health: Health, requeue: Option<Duration>) -> Self {
+    pub(crate) fn new(health: Health, requeue: Option<Duration>) -> Self {
         Self { health, requeue, released: false }
     }
 
     /// The same, and a deleted object may go.
-    pub fn releasing(self) -> Self {
+    pub(crate) fn releasing(self) -> Self {
         Self { released: true, ..self }
     }
 }
@@ -217,7 +217,7 @@ impl Outcome {
 /// What a kind tells the kit. The kit runs the controller, reads the object fresh, refuses an
 /// invalid spec (unless an operation is already rolling), calls [`Reconcile::advance`], then
 /// writes conditions and status once and publishes the round's events.
-pub trait Reconcile:
+pub(crate) trait Reconcile:
     Resource<DynamicType = ()> + Operated + Clone + Debug + DeserializeOwned + Serialize + Send + Sync + 'static
 {
     /// What the kind needs besides the [`Context`] (a cloud provider factory; `()` for most).
@@ -273,7 +273,7 @@ pub trait Reconcile:
 }
 
 /// The name of kind `K` (`Resource::kind`), for messages, logs and metric labels.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+pub(crate) fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     match K::kind(&()) {
         std::borrow::Cow::Borrowed(kind) => kind,
         // The CustomResource derive answers a literal; a kind that built its name would land here.
@@ -282,7 +282,7 @@ pub fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
 }
 
 /// The health for a spec the rules refuse: nothing new starts until it is fixed.
-pub fn invalid_spec(violation: &Violations) -> Outcome {
+pub(crate) fn invalid_spec(violation: &Violations) -> Outcome {
     Outcome::new(
         Health::Stalled {
             reason: conditions::reason::INVALID_SPEC,
@@ -397,7 +397,7 @@ fn error_policy<K: Reconcile>(obj: Arc<K>, error: &Error, _: Arc<(Arc<Context>, 
 
 /// When a resource held back by someone else's object looks again (the object may be renamed,
 /// deleted or offered for adoption without our watch seeing it).
-pub const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_NAME_CONFLICT: Duration = Duration::from_secs(30);
 
 /// The object as the API server holds it now (None: deleted). Reconciles decide on this rather
 /// than on the watch cache: after an API server restart the cache can lag for a while, and
@@ -412,7 +412,7 @@ async fn fresh<K: Reconcile>(api: &Api<K>, cached: &K) -> Result<Option<Arc<K>>,
 }
 
 /// Fail early, with the install command, when a CRD is missing.
-pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
+pub(crate) async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
     let crd = format!("{}.{}", K::plural(&()), K::group(&()));
     match Api::<K>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
@@ -422,7 +422,7 @@ pub async fn check_crd<K: Reconcile>(client: &Client) -> Result<(), Error> {
 }
 
 /// Run the controller of kind `K` until SIGTERM / Ctrl-C.
-pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
+pub(crate) async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
     use futures::StreamExt;
     let (controller, invalid) = watch::new_controller::<K>(&ctx);
     let controller = K::watches(controller, &ctx);
@@ -446,7 +446,7 @@ pub async fn run<K: Reconcile>(ctx: Arc<Context>, deps: Arc<K::Deps>) {
 /// From the controller's cache: an older object's creation reached the cache before the newer
 /// one's, whose reconcile this is; only a context without the controller (tests) lists, leaving
 /// out objects that do not decode as the cache does.
-pub async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc<K>>, Error> {
+pub(crate) async fn older_peers<K: Reconcile>(ctx: &Context, obj: &K) -> Result<Vec<Arc<K>>, Error> {
     let all =
         match ctx.caches.get::<K>() {
             Some(cache) => cache.state(),

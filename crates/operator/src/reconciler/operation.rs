@@ -6,17 +6,17 @@ use k8s_openapi::jiff::Timestamp;
 use cluster_security_api::{ErrorInfo, Operation, OperationState, OperationType, OPERATION_HISTORY};
 
 /// RFC 3339 at second precision, as every time in our status is written.
-pub fn rfc3339(t: Timestamp) -> String {
+pub(crate) fn rfc3339(t: Timestamp) -> String {
     Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 /// Parse a time we wrote with [`rfc3339`].
-pub fn parse_time(s: &str) -> Option<Timestamp> {
+pub(crate) fn parse_time(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
 /// A new PENDING operation.
-pub fn new<I>(
+pub(crate) fn new<I>(
     id: String,
     type_: OperationType,
     generation: Option<i64>,
@@ -44,7 +44,7 @@ pub fn new<I>(
 
 /// Make a new operation the current one and record it in the history; returns the note of the
 /// event that announces it.
-pub fn open<I: Clone>(
+pub(crate) fn open<I: Clone>(
     history: &mut Vec<Operation<I>>,
     current: &mut Option<Operation<I>>,
     op: Operation<I>,
@@ -58,13 +58,13 @@ pub fn open<I: Clone>(
 }
 
 /// Move to UPDATE_IN_PROGRESS.
-pub fn start<I>(op: &mut Operation<I>, now: Timestamp) {
+pub(crate) fn start<I>(op: &mut Operation<I>, now: Timestamp) {
     op.operation_state = OperationState::UpdateInProgress;
     op.start_time = Some(rfc3339(now));
 }
 
 /// Move to UPDATE_COMPLETE.
-pub fn complete<I>(op: &mut Operation<I>, now: Timestamp) {
+pub(crate) fn complete<I>(op: &mut Operation<I>, now: Timestamp) {
     op.operation_state = OperationState::UpdateComplete;
     op.end_time = Some(rfc3339(now));
     // Only a rollout in progress has a deadline.
@@ -72,7 +72,7 @@ pub fn complete<I>(op: &mut Operation<I>, now: Timestamp) {
 }
 
 /// Move to UPDATE_FAILED with the error a user can act on.
-pub fn fail<I>(op: &mut Operation<I>, code: &str, message: String, now: Timestamp) {
+pub(crate) fn fail<I>(op: &mut Operation<I>, code: &str, message: String, now: Timestamp) {
     op.operation_state = OperationState::UpdateFailed;
     op.end_time = Some(rfc3339(now));
     op.error_info = Some(ErrorInfo { code: code.into(), message });
@@ -80,7 +80,7 @@ pub fn fail<I>(op: &mut Operation<I>, code: &str, message: String, now: Timestam
 }
 
 /// Record `op` in the history (newest first, at most ten), replacing an older copy of itself.
-pub fn record<I: Clone>(history: &mut Vec<Operation<I>>, op: &Operation<I>) {
+pub(crate) fn record<I: Clone>(history: &mut Vec<Operation<I>>, op: &Operation<I>) {
     history.retain(|o| o.operation_id != op.operation_id);
     history.insert(0, op.clone());
     history.truncate(OPERATION_HISTORY);
@@ -88,7 +88,7 @@ pub fn record<I: Clone>(history: &mut Vec<Operation<I>>, op: &Operation<I>) {
 
 /// After a reconcile moved `op` on: record it in the history, and keep it as the current
 /// operation only while it has not ended.
-pub fn settle<I: Clone>(history: &mut Vec<Operation<I>>, current: &mut Option<Operation<I>>, op: Operation<I>) {
+pub(crate) fn settle<I: Clone>(history: &mut Vec<Operation<I>>, current: &mut Option<Operation<I>>, op: Operation<I>) {
     record(history, &op);
     *current = (!op.operation_state.is_terminal()).then_some(op);
 }
@@ -97,7 +97,7 @@ pub fn settle<I: Clone>(history: &mut Vec<Operation<I>>, current: &mut Option<Op
 /// target) and the same retry request (`retry`: the resource's retry annotation now). Such a
 /// failure is not retried until the spec or the retry annotation changes, unless what was
 /// missing (a Secret) has appeared since.
-pub fn failed_for<I: PartialEq>(
+pub(crate) fn failed_for<I: PartialEq>(
     history: &[Operation<I>],
     generation: Option<i64>,
     desired: &I,
@@ -112,19 +112,19 @@ pub fn failed_for<I: PartialEq>(
 }
 
 /// The resource's `clustersecurity.io/retry` annotation.
-pub fn retry_request(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
+pub(crate) fn retry_request(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref()?.get(cluster_security_api::RETRY_ANNOTATION).map(String::as_str)
 }
 
 /// Seconds the rollout deadline has been running: since UPDATE_IN_PROGRESS, or since a partition
 /// last held the rollout back (`deadlineFrom`).
-pub fn seconds_in_progress<I>(op: &Operation<I>, now: Timestamp) -> Option<i64> {
+pub(crate) fn seconds_in_progress<I>(op: &Operation<I>, now: Timestamp) -> Option<i64> {
     let started = parse_time(op.deadline_from.as_deref().or(op.start_time.as_deref())?)?;
     Some(now.as_second() - started.as_second())
 }
 
 /// Random (v4) UUID from the operating system's generator, via ring.
-pub fn uuid_v4() -> String {
+pub(crate) fn uuid_v4() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut b = [0u8; 16];
     SystemRandom::new().fill(&mut b).expect("the system random generator works");

@@ -21,7 +21,7 @@ use super::{conditions, status, workload, Error, Health, Named, Reconcile};
 
 /// A write the kit made (recorded in unit tests).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// The status as written.
     Status(serde_json::Value),
     /// Pod-template annotations applied to the workload.
@@ -37,7 +37,7 @@ pub enum Effect {
 /// A kind's write of one of its Secrets or ConfigMaps (in the object's namespace): what a
 /// kind's plan decides, carried out by [`Round::write`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Artefact {
+pub(crate) enum Artefact {
     /// Server-side apply this body (built with `derived::metadata`) under the rule of
     /// `derived::apply`: `Error::NameConflict` when the object of that name is not the round's
     /// object's to write.
@@ -48,13 +48,13 @@ pub enum Artefact {
 
 /// What a kind derives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArtefactKind {
+pub(crate) enum ArtefactKind {
     Secret,
     ConfigMap,
 }
 
 impl ArtefactKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ArtefactKind::Secret => "Secret",
             ArtefactKind::ConfigMap => "ConfigMap",
@@ -63,11 +63,11 @@ impl ArtefactKind {
 }
 
 impl Artefact {
-    pub fn secret(body: serde_json::Value) -> Self {
+    pub(crate) fn secret(body: serde_json::Value) -> Self {
         Self::Apply(ArtefactKind::Secret, body)
     }
 
-    pub fn configmap(body: serde_json::Value) -> Self {
+    pub(crate) fn configmap(body: serde_json::Value) -> Self {
         Self::Apply(ArtefactKind::ConfigMap, body)
     }
 }
@@ -75,7 +75,7 @@ impl Artefact {
 /// Where the round's writes go.
 // One per round, never stored in bulk: the size of the API variant costs nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum Writer<K> {
+pub(crate) enum Writer<K> {
     Api {
         api: Api<K>,
         client: Client,
@@ -88,13 +88,13 @@ pub enum Writer<K> {
 }
 
 impl<K: Reconcile> Writer<K> {
-    pub fn api(api: Api<K>, client: Client, stored: Arc<K>) -> Self {
+    pub(crate) fn api(api: Api<K>, client: Client, stored: Arc<K>) -> Self {
         Self::Api { api, client, stored }
     }
 }
 
 /// One reconcile of one object.
-pub struct Round<K: Reconcile> {
+pub(crate) struct Round<K: Reconcile> {
     /// The object as read at the start of the round.
     pub obj: Arc<K>,
     /// The round's one instant: every time it records is this.
@@ -107,26 +107,26 @@ pub struct Round<K: Reconcile> {
 }
 
 impl<K: Reconcile> Round<K> {
-    pub fn new(obj: Arc<K>, now: Timestamp, writer: Writer<K>) -> Self {
+    pub(crate) fn new(obj: Arc<K>, now: Timestamp, writer: Writer<K>) -> Self {
         let status = obj.status().cloned().unwrap_or_default();
         Self { obj, now, status, events: Events::new(), writer }
     }
 
     /// The object's namespace ("" for cluster-scoped kinds).
-    pub fn namespace(&self) -> String {
+    pub(crate) fn namespace(&self) -> String {
         self.obj.namespace().unwrap_or_default()
     }
 
-    pub fn generation(&self) -> Option<i64> {
+    pub(crate) fn generation(&self) -> Option<i64> {
         self.obj.meta().generation
     }
 
-    pub fn event(&mut self, type_: EventType, reason: impl Into<String>, note: impl Into<String>) {
+    pub(crate) fn event(&mut self, type_: EventType, reason: impl Into<String>, note: impl Into<String>) {
         self.events.push((type_, reason.into(), note.into()));
     }
 
     /// Set the conditions for `health` and the generation they describe.
-    pub fn conclude(&mut self, health: &Health) {
+    pub(crate) fn conclude(&mut self, health: &Health) {
         let generation = self.generation();
         let conditions = conditions::apply(self.status.conditions(), health, generation, self.now);
         self.status.set_conditions(conditions);
@@ -135,7 +135,7 @@ impl<K: Reconcile> Round<K> {
 
     /// Write the status as decided so far (nothing when it is unchanged). Used mid-round to
     /// record work before doing it, and once at the end of every round.
-    pub async fn checkpoint(&mut self) -> Result<(), Error> {
+    pub(crate) async fn checkpoint(&mut self) -> Result<(), Error> {
         match &mut self.writer {
             Writer::Api { api, stored, .. } => {
                 if let Some(now_stored) = status::write_diff(api, stored.as_ref(), &self.status).await? {
@@ -160,7 +160,7 @@ impl<K: Reconcile> Round<K> {
 
     /// Apply `annotations` and `wiring` to the pod template of `target` (in the object's
     /// namespace).
-    pub async fn apply_template(
+    pub(crate) async fn apply_template(
         &mut self,
         target: &ClusterRef,
         annotations: &BTreeMap<String, String>,
@@ -183,7 +183,12 @@ impl<K: Reconcile> Round<K> {
     /// A condition of the kind's own that appears the first time it turns True and stays (False)
     /// after: True with `truth`'s (reason, message), else False with `otherwise`'s — only once
     /// it exists. Returns whether it was True before, for the caller's event on the turn.
-    pub fn sticky_condition(&mut self, type_: &str, truth: Option<(&str, &str)>, otherwise: (&str, &str)) -> bool {
+    pub(crate) fn sticky_condition(
+        &mut self,
+        type_: &str,
+        truth: Option<(&str, &str)>,
+        otherwise: (&str, &str),
+    ) -> bool {
         let was = conditions::get(self.status.conditions(), type_).map(|c| c.status == "True");
         if truth.is_none() && was.is_none() {
             return false;
@@ -195,7 +200,7 @@ impl<K: Reconcile> Round<K> {
 
     /// Set a condition of the kind's own (besides Ready/Reconciling/Stalled) for this round's
     /// generation and time.
-    pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+    pub(crate) fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let (now, generation) = (self.now, self.generation());
         let mut conds = self.status.conditions().to_vec();
         conditions::set(&mut conds, type_, status, reason, message, generation, now);
@@ -204,7 +209,7 @@ impl<K: Reconcile> Round<K> {
 
     /// Delete pod `name` (in the object's namespace) so that its StatefulSet recreates it from
     /// the current template; one already gone is fine.
-    pub async fn delete_pod(&mut self, name: &str) -> Result<(), Error> {
+    pub(crate) async fn delete_pod(&mut self, name: &str) -> Result<(), Error> {
         let namespace = self.namespace();
         match &mut self.writer {
             Writer::Api { client, .. } => {
@@ -225,7 +230,7 @@ impl<K: Reconcile> Round<K> {
     }
 
     /// Carry out `artefacts`, in order (the first failure ends it).
-    pub async fn write(&mut self, artefacts: Vec<Artefact>) -> Result<(), Error> {
+    pub(crate) async fn write(&mut self, artefacts: Vec<Artefact>) -> Result<(), Error> {
         for artefact in artefacts {
             self.write_one(artefact).await?;
         }
@@ -269,7 +274,11 @@ impl<K: Reconcile> Round<K> {
     /// Server-side apply the ConfigMap `body` in namespace `namespace` (a kind's copy outside its
     /// own namespace, where the rule of derived objects cannot reach: the kind checks whose it
     /// is and puts its resourceVersion in `body`). The API's error is the caller's to report.
-    pub async fn apply_configmap_in(&mut self, namespace: &str, body: &serde_json::Value) -> Result<(), kube::Error> {
+    pub(crate) async fn apply_configmap_in(
+        &mut self,
+        namespace: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), kube::Error> {
         match &mut self.writer {
             Writer::Api { client, .. } => {
                 let name = body["metadata"]["name"].as_str().unwrap_or_default();
@@ -286,7 +295,7 @@ impl<K: Reconcile> Round<K> {
 
     /// The writes recorded so far (unit tests).
     #[cfg(test)]
-    pub fn effects(&self) -> &[Effect] {
+    pub(crate) fn effects(&self) -> &[Effect] {
         match &self.writer {
             Writer::Record(effects) => effects,
             Writer::Api { .. } => &[],

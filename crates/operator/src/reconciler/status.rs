@@ -12,7 +12,7 @@ use super::{Error, Named, Reconcile};
 /// The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, and `null` for
 /// removed ones, recursively. Sending the whole status this way removes what is gone exactly,
 /// which server-side apply on the v1.20 apiserver did not for nested objects.
-pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+pub(crate) fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
             let mut out = serde_json::Map::new();
@@ -46,7 +46,7 @@ const STATUS_WRITE_ATTEMPTS: usize = 10;
 /// with a conflict (and is retried on fresh data) instead of overwriting newer status; a
 /// conflict caused only by other fields (labels, annotations, spec) is written again.
 /// Returns the object as stored after the write (None when nothing needed writing).
-pub async fn write_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<Option<K>, Error>
+pub(crate) async fn write_diff<K, S>(api: &Api<K>, obj: &K, new: &S) -> Result<Option<K>, Error>
 where
     K: Reconcile,
     S: Serialize,

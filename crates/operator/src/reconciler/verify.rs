@@ -40,13 +40,13 @@ use super::workload::Workload;
 use crate::pki::fingerprint;
 
 /// How long one TCP connection may take to open.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TLS handshake may take once connected, until the server has sent its certificate
 /// and proved it holds its key: a peer that accepts and then trickles or says nothing is cut here.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most one check may spend on the wire, every pod and listener together. What is not
 /// answered by then counts as unreachable, and is looked at again at the next check.
-pub const CHECK_BUDGET: Duration = Duration::from_secs(15);
+pub(crate) const CHECK_BUDGET: Duration = Duration::from_secs(15);
 /// How many connections a check has open at once.
 const PROBES_IN_FLIGHT: usize = 32;
 /// How many findings a message names before "and N more".
@@ -54,7 +54,7 @@ const NAMED_FINDINGS: usize = 3;
 
 /// The time limits of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// Every probe of the check together.
     pub total: Duration,
     /// One TCP connection.
@@ -64,11 +64,12 @@ pub struct Budget {
 }
 
 /// The limits every check runs with.
-pub const BUDGET: Budget = Budget { total: CHECK_BUDGET, connect: CONNECT_TIMEOUT, handshake: HANDSHAKE_TIMEOUT };
+pub(crate) const BUDGET: Budget =
+    Budget { total: CHECK_BUDGET, connect: CONNECT_TIMEOUT, handshake: HANDSHAKE_TIMEOUT };
 
 /// What every pod must present on one listener.
 #[derive(Debug, Clone)]
-pub struct ListenerExpectation {
+pub(crate) struct ListenerExpectation {
     /// Listener name and port, as the brokers' configuration names them.
     pub name: String,
     pub port: u16,
@@ -84,14 +85,14 @@ pub struct ListenerExpectation {
 
 /// What the brokers should present, and what could not be checked (with why).
 #[derive(Debug, Clone, Default)]
-pub struct Expectation {
+pub(crate) struct Expectation {
     pub listeners: Vec<ListenerExpectation>,
     pub unchecked: Vec<String>,
 }
 
 /// The result of a check of every pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Everything expected was presented: what was checked, for the operation record.
     Verified(String),
     /// A pod still runs an older template (being replaced): look again shortly.
@@ -104,7 +105,7 @@ pub enum Verdict {
 
 /// What one pod presented on one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Presented {
+pub(crate) enum Presented {
     /// The certificates the server sent, end-entity first (DER).
     Chain(Vec<Vec<u8>>),
     /// The port accepted the connection but no TLS server certificate came back.
@@ -115,7 +116,7 @@ pub enum Presented {
 
 /// Check every pod of `workload` against `expected` (and against the template annotations
 /// `annotations` the operation set).
-pub async fn check(
+pub(crate) async fn check(
     client: &Client,
     namespace: &str,
     workload: &Workload,

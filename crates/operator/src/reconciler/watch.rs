@@ -24,14 +24,14 @@ use crate::metrics::{Metrics, ObjectHealth};
 use crate::task::AbortOnDrop;
 
 /// Server-side timeout of every watch; see [`config`].
-pub const WATCH_TIMEOUT_SECONDS: u32 = 30;
+pub(crate) const WATCH_TIMEOUT_SECONDS: u32 = 30;
 
 /// How every controller watches: from the API server's cache (`any_semantic`), and with a short
 /// server-side timeout. After a kube-apiserver restart a watch opened while it was starting can
 /// stay open without ever delivering an event; a watch that ends every 30 s (and resumes from the
 /// last resourceVersion, losing nothing) bounds that to half a minute instead of kube-runtime's
 /// default of almost five.
-pub fn config() -> watcher::Config {
+pub(crate) fn config() -> watcher::Config {
     watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_SECONDS)
 }
 
@@ -43,7 +43,7 @@ pub fn config() -> watcher::Config {
 /// and with that default the controller stayed deaf for minutes — an object created just before
 /// the restart waited over four (found by the fault trials). One retry per kind every 5 s costs
 /// the API server nothing.
-pub fn backoff() -> watcher::ExponentialBackoff {
+pub(crate) fn backoff() -> watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(5))
@@ -58,7 +58,7 @@ pub fn backoff() -> watcher::ExponentialBackoff {
 /// is reported by [`invalid`](super::invalid) and kept out of the cache, instead of failing the
 /// whole watch), cached [`slim`], at most `ctx.concurrency` reconciles at once (0: unbounded),
 /// and its cache sync reported to readiness. Also: the objects of `K` that do not decode now.
-pub fn new_controller<K: Reconcile>(ctx: &Arc<Context>) -> (Controller<K>, Invalid) {
+pub(crate) fn new_controller<K: Reconcile>(ctx: &Arc<Context>) -> (Controller<K>, Invalid) {
     use futures::StreamExt as _;
     use kube::runtime::WatchStreamExt as _;
     let invalid = Invalid::default();
@@ -144,7 +144,7 @@ fn cached_copy<K: Reconcile>(
 /// What the controllers' caches keep of an object: all but its managedFields and kubectl's
 /// last-applied copy of the spec, the largest parts of an object that nothing cached reads (a
 /// reconcile reads its object fresh; the cache serves triggers, peers and metrics).
-pub fn slim<K: kube::Resource>(obj: &mut K) {
+pub(crate) fn slim<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
     if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
@@ -177,7 +177,7 @@ fn report_cache_sync<K: Reconcile>(store: Store<K>, readiness: Arc<Readiness>) {
 /// Run one reconcile of `obj` and record it in the metrics: count, error, duration, and the
 /// state of the object's newest operation as the reconcile saw it (every status write triggers
 /// another reconcile, so this follows the object).
-pub async fn measured<K: Reconcile>(
+pub(crate) async fn measured<K: Reconcile>(
     metrics: Arc<Metrics>,
     obj: Arc<K>,
     reconcile: impl std::future::Future<Output = Result<Action, super::Error>>,
@@ -211,7 +211,7 @@ const FORGET_GONE_EVERY: Duration = Duration::from_secs(10);
 /// none), so without this an object's series would outlive it. Objects that do not decode are
 /// not in the cache but stay until they are fixed or deleted. The cache swaps a re-list in whole,
 /// so a watch restart does not empty it meanwhile.
-pub fn forget_gone<K: Reconcile>(store: Store<K>, invalid: Invalid, metrics: Arc<Metrics>) -> AbortOnDrop {
+pub(crate) fn forget_gone<K: Reconcile>(store: Store<K>, invalid: Invalid, metrics: Arc<Metrics>) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(FORGET_GONE_EVERY).await;
@@ -229,7 +229,7 @@ type ReconcileResult<K, E1, E2> = Result<(ObjectRef<K>, Action), kube::runtime::
 /// What each controller does with a reconcile's result in its stream: an object that is gone
 /// (kube-runtime reports it as not found) leaves the metrics; a failing watch (the API server
 /// away, a permission missing) is logged, since no reconcile would report it.
-pub fn forget_deleted<K: Reconcile>(
+pub(crate) fn forget_deleted<K: Reconcile>(
     metrics: Arc<Metrics>,
 ) -> impl FnMut(ReconcileResult<K, super::Error, watcher::Error>) -> futures::future::Ready<()> {
     move |result| {
@@ -247,14 +247,14 @@ pub fn forget_deleted<K: Reconcile>(
 }
 
 /// A kind that targets a workload in its own namespace.
-pub trait TargetsWorkload: Reconcile {
+pub(crate) trait TargetsWorkload: Reconcile {
     fn cluster_ref(&self) -> &ClusterRef;
 }
 
 /// Watch `T` in each namespace of `ctx.scope` (one watch per namespace, or one for all) as a
 /// trigger: a change reconciles the cached objects in the same namespace that `refers` says name
 /// it. The watched objects themselves are not cached.
-pub fn triggers<K, T>(
+pub(crate) fn triggers<K, T>(
     controller: Controller<K>,
     ctx: &Context,
     wc: watcher::Config,
@@ -297,7 +297,7 @@ fn naming<K: Reconcile>(
 
 /// Trigger a reconcile of every object whose clusterRef names a changed StatefulSet or
 /// Deployment. The workloads are watched as triggers only; the controller caches none of them.
-pub fn workloads<K: TargetsWorkload>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
+pub(crate) fn workloads<K: TargetsWorkload>(controller: Controller<K>, ctx: &Context) -> Controller<K> {
     let targets =
         |kind: WorkloadKind| move |o: &K, name: &str| o.cluster_ref().kind == kind && o.cluster_ref().name == name;
     let controller = triggers::<K, StatefulSet>(controller, ctx, config(), targets(WorkloadKind::StatefulSet));
@@ -310,7 +310,7 @@ const NAMED_SECRETS_RESYNC: Duration = Duration::from_secs(1);
 /// Up to this many named Secrets, each has a watch of its own; beyond, one watch per watched
 /// namespace (or one for all) serves them all, so the number of API-server connections stays
 /// bounded whatever the number of objects.
-pub const MAX_SECRET_WATCHES: usize = 32;
+pub(crate) const MAX_SECRET_WATCHES: usize = 32;
 
 /// Trigger a reconcile of every object that names a changed Secret (`named`: the Secret names an
 /// object refers to in its namespace). Metadata only. One watch per named Secret (field selector
@@ -318,7 +318,7 @@ pub const MAX_SECRET_WATCHES: usize = 32;
 /// a cluster with 100,000 Secrets, or a re-encryption rewriting each of them twice, costs these
 /// controllers nothing, where a watch of all Secrets cost a full list at every start and an
 /// event per rewrite. Past [`MAX_SECRET_WATCHES`] named Secrets, one watch of the whole scope.
-pub fn referenced_secrets<K: Reconcile>(
+pub(crate) fn referenced_secrets<K: Reconcile>(
     controller: Controller<K>,
     ctx: &Context,
     named: fn(&K) -> Vec<String>,

@@ -16,11 +16,11 @@ use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{json, Value};
 
 /// Prefix of every volume (and mount) name the operator adds.
-pub const VOLUME_PREFIX: &str = "csop-";
+pub(crate) const VOLUME_PREFIX: &str = "csop-";
 
 /// Where a mounted volume's files come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     ConfigMap(String),
     Secret(String),
     /// A downward API volume with one file, `name`, holding the pod's name.
@@ -28,11 +28,11 @@ pub enum Source {
 }
 
 /// The file of a [`Source::PodName`] volume.
-pub const POD_NAME_FILE: &str = "name";
+pub(crate) const POD_NAME_FILE: &str = "name";
 
 /// One volume mounted read-only at `path` in the broker container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     /// Volume (and mount) name; starts with [`VOLUME_PREFIX`].
     pub volume: &'static str,
     pub source: Source,
@@ -41,7 +41,7 @@ pub struct Mount {
 
 /// What a kind wants mounted, in which container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Wiring {
+pub(crate) struct Wiring {
     /// The container by name; `None`: the pod template's first.
     pub container: Option<String>,
     /// Wanted now (empty when the spec opts out).
@@ -52,7 +52,7 @@ pub struct Wiring {
 
 impl Wiring {
     /// `mounts` as `spec.mounts` asks: into its container, or none when it opts out.
-    pub fn new(spec: Option<&Mounts>, mounts: Vec<Mount>, owned: &'static [&'static str]) -> Self {
+    pub(crate) fn new(spec: Option<&Mounts>, mounts: Vec<Mount>, owned: &'static [&'static str]) -> Self {
         Self {
             container: spec.and_then(|m| m.container.clone()),
             mounts: if Mounts::enabled(spec) { mounts } else { Vec::new() },
@@ -71,7 +71,7 @@ fn is_pod_name(d: &k8s_openapi::api::core::v1::DownwardAPIVolumeSource) -> bool 
 
 /// What a pod template holds that concerns the wiring.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TemplateMounts {
+pub(crate) struct TemplateMounts {
     /// Container names, in order.
     pub containers: Vec<String>,
     /// The operator's volumes (named [`VOLUME_PREFIX`]…) and their sources.
@@ -90,7 +90,7 @@ pub struct TemplateMounts {
 
 impl TemplateMounts {
     /// Read from a pod template's spec.
-    pub fn from_pod_spec(spec: Option<&PodSpec>) -> Self {
+    pub(crate) fn from_pod_spec(spec: Option<&PodSpec>) -> Self {
         let mut out = Self::default();
         let Some(spec) = spec else { return out };
         for v in spec.volumes.iter().flatten() {
@@ -153,7 +153,7 @@ impl TemplateMounts {
     }
 
     /// The container `wiring` mounts into, or why there is none.
-    pub fn target(&self, wiring: &Wiring) -> Result<String, String> {
+    pub(crate) fn target(&self, wiring: &Wiring) -> Result<String, String> {
         match &wiring.container {
             Some(name) if self.containers.contains(name) => Ok(name.clone()),
             Some(name) => Err(format!(
@@ -171,7 +171,7 @@ impl TemplateMounts {
 
     /// Whether the template holds exactly this kind's wanted wiring (others' is not looked at).
     /// A template without the wanted container counts as in place: there is nothing to apply.
-    pub fn in_place(&self, wiring: &Wiring) -> bool {
+    pub(crate) fn in_place(&self, wiring: &Wiring) -> bool {
         let Ok(target) = self.target(wiring) else { return true };
         let wanted = self.wanted(wiring, &target);
         let present = wanted.iter().all(|m| {
@@ -186,7 +186,7 @@ impl TemplateMounts {
     /// The `volumes` and `containers` of the apply: what the other kind added, carried as it
     /// is, and this kind's wanted mounts. Empty lists when there is nothing (the apply then
     /// leaves those fields out, which removes what the operator had there).
-    pub fn apply(&self, wiring: &Wiring) -> (Vec<Value>, Vec<Value>) {
+    pub(crate) fn apply(&self, wiring: &Wiring) -> (Vec<Value>, Vec<Value>) {
         let mine = |name: &str| wiring.owned.contains(&name);
         let mut volumes: BTreeMap<String, &Source> =
             self.volumes.iter().filter(|(v, _)| !mine(v)).map(|(v, s)| (v.clone(), s)).collect();

@@ -20,7 +20,7 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// What the operator needs to know of a workload.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// Its kind and name (None only in tests that do not need them): with `uid`, how its own
     /// pods are told from others its selector matches ([`Workload::owns`]).
     pub kind: Option<WorkloadKind>,
@@ -48,7 +48,7 @@ pub struct Workload {
 
 /// How the workload's controller replaces pods, as far as the operator must know.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Strategy {
+pub(crate) enum Strategy {
     /// The controller replaces every pod (RollingUpdate, Recreate).
     #[default]
     Rolling,
@@ -62,7 +62,7 @@ pub enum Strategy {
 
 /// Rollout progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     /// Workload missing.
     Missing,
     /// All replicas run the current template and are ready.
@@ -82,7 +82,7 @@ impl Workload {
     /// `pod-template-hash` label. (Reading the ReplicaSet to follow its ownerReference to the
     /// Deployment's UID would need a right the operator does not have.) A pod the selector
     /// matches that no controller of the workload created is not the workload's.
-    pub fn owns(&self, pod: &Pod) -> bool {
+    pub(crate) fn owns(&self, pod: &Pod) -> bool {
         let Some(controller) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
         else {
             return false;
@@ -106,7 +106,7 @@ impl Workload {
     }
 
     /// Progress of the rollout of the current template.
-    pub fn progress(&self) -> Progress {
+    pub(crate) fn progress(&self) -> Progress {
         let done = self.observed_generation >= self.generation
             && self.updated >= self.replicas
             && self.ready >= self.replicas
@@ -129,7 +129,7 @@ impl Workload {
 }
 
 /// The cluster state API.md derives from the workload.
-pub fn cluster_state(workload: Option<&Workload>) -> ClusterState {
+pub(crate) fn cluster_state(workload: Option<&Workload>) -> ClusterState {
     match workload.map(Workload::progress) {
         None | Some(Progress::Missing) => ClusterState::Unavailable,
         Some(Progress::Complete) => ClusterState::Active,
@@ -147,7 +147,7 @@ pub fn cluster_state(workload: Option<&Workload>) -> ClusterState {
 }
 
 /// A cluster state as the contract spells it.
-pub fn state_text(s: ClusterState) -> &'static str {
+pub(crate) fn state_text(s: ClusterState) -> &'static str {
     match s {
         ClusterState::Active => "ACTIVE",
         ClusterState::Updating => "UPDATING",
@@ -216,7 +216,7 @@ fn from_deployment(d: Deployment) -> Workload {
 }
 
 /// `StatefulSet kafka/orders-kafka`, as messages name a workload.
-pub fn describe(namespace: &str, r: &ClusterRef) -> String {
+pub(crate) fn describe(namespace: &str, r: &ClusterRef) -> String {
     let kind = match r.kind {
         WorkloadKind::StatefulSet => "StatefulSet",
         WorkloadKind::Deployment => "Deployment",
@@ -226,7 +226,7 @@ pub fn describe(namespace: &str, r: &ClusterRef) -> String {
 
 /// Where a rollout the operator started stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RolloutCheck {
+pub(crate) enum RolloutCheck {
     /// Our annotations are in the template and every replica runs it, ready.
     Done,
     /// Past the deadline; the message says what was seen and how to go on.
@@ -238,7 +238,7 @@ pub enum RolloutCheck {
 }
 
 /// Check a rollout the operator started `elapsed` seconds ago by setting `expected` annotations.
-pub fn check(
+pub(crate) fn check(
     workload: Option<&Workload>,
     expected: &BTreeMap<String, String>,
     elapsed: i64,
@@ -269,7 +269,7 @@ pub fn check(
             "Rollout of {what} did not complete within rolloutTimeoutSeconds={timeout} ({detail}). Check `kubectl rollout status` and the pods' events; fix the workload, then change this resource (e.g. rolloutTimeoutSeconds) to retry."
         ))
     } else {
-        let left = (timeout - elapsed).max(1) as u64;
+        let left = (timeout - elapsed).max(1).unsigned_abs();
         RolloutCheck::Rolling(format!("Rolling {what}: {detail}."), std::time::Duration::from_secs(left.min(10)))
     }
 }
@@ -287,7 +287,7 @@ async fn get(client: &Client, namespace: &str, r: &ClusterRef) -> kube::Result<O
 }
 
 /// Read the workload `r` names in `namespace`; None when it does not exist.
-pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Option<Workload>, super::Error> {
+pub(crate) async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Option<Workload>, super::Error> {
     let kind = match r.kind {
         WorkloadKind::StatefulSet => "StatefulSet",
         WorkloadKind::Deployment => "Deployment",
@@ -299,7 +299,11 @@ pub async fn read(client: &Client, namespace: &str, r: &ClusterRef) -> Result<Op
 /// next — the highest ordinal not yet on the current revision — once every pod exists, is Ready
 /// and none is terminating (one at a time, like the controller's own rolling update); `None`
 /// while waiting or when all are current.
-pub async fn next_pod_to_replace(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Option<String>> {
+pub(crate) async fn next_pod_to_replace(
+    client: &Client,
+    namespace: &str,
+    w: &Workload,
+) -> kube::Result<Option<String>> {
     let Some(revision) = w.update_revision.as_deref() else { return Ok(None) };
     let pods = pods(client, namespace, w).await?;
     let owned: Vec<&Pod> = pods.iter().filter(|p| w.owns(p)).collect();
@@ -309,7 +313,7 @@ pub async fn next_pod_to_replace(client: &Client, namespace: &str, w: &Workload)
 /// The pods the workload selects (`spec.selector.matchLabels`; every pod of the namespace
 /// when it selects by expressions only), as they are now: its own and any other pod that carries
 /// the labels ([`Workload::owns`] tells them apart).
-pub async fn pods(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Vec<Pod>> {
+pub(crate) async fn pods(client: &Client, namespace: &str, w: &Workload) -> kube::Result<Vec<Pod>> {
     let selector: Vec<String> = w.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let lp = kube::api::ListParams::default().labels(&selector.join(","));
     Ok(Api::<Pod>::namespaced(client.clone(), namespace).list(&lp).await?.items)
@@ -320,8 +324,8 @@ fn pick_pod_to_replace(pods: &[&Pod], replicas: i32, revision: &str) -> Option<S
     let ready = |p: &Pod| {
         p.status.iter().flat_map(|s| s.conditions.iter().flatten()).any(|c| c.type_ == "Ready" && c.status == "True")
     };
-    let settled =
-        pods.len() >= replicas as usize && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none() && ready(p));
+    let settled = usize::try_from(replicas).is_ok_and(|r| pods.len() >= r)
+        && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none() && ready(p));
     if !settled {
         return None;
     }
@@ -336,7 +340,7 @@ fn pick_pod_to_replace(pods: &[&Pod], replicas: i32, revision: &str) -> Option<S
 }
 
 /// Prefix of every pod-template annotation the operator owns.
-pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
+pub(crate) const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
 
 /// Set pod-template annotations — and the volumes and mounts of `wiring` ([`super::wiring`]), in
 /// the same apply so that a change of both rolls the pods once — with server-side apply under
@@ -348,7 +352,7 @@ pub const ANNOTATION_PREFIX: &str = "clustersecurity.io/";
 /// not name: so the apply carries all our annotations already on the template, and is
 /// conditional on the resourceVersion they were read at (a concurrent change is a conflict and
 /// is retried, never lost).
-pub async fn apply_template(
+pub(crate) async fn apply_template(
     client: &Client,
     namespace: &str,
     r: &ClusterRef,

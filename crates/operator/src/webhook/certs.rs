@@ -19,16 +19,16 @@ use crate::pki::{self, KeyedCert, Usage};
 const CA_DAYS: u32 = 3650;
 const LEAF_DAYS: u32 = 365;
 /// Renew the serving certificate when less than this is left.
-pub const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
+pub(crate) const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
 
 /// How often the files of `--webhook-cert-dir` are checked for a renewed pair.
-pub const RELOAD_CHECK: Duration = Duration::from_secs(10);
+pub(crate) const RELOAD_CHECK: Duration = Duration::from_secs(10);
 
 /// Serve the newest pair in `crt`/`key` (`--webhook-cert-dir`): cert-manager renews its Secret,
 /// the kubelet swaps the mounted files, and the webhook serves the new pair within `every`,
 /// without a restart. A changed pair that does not load (caught mid-swap, or broken) is logged
 /// once and the pair being served stays.
-pub async fn reload_on_change(
+pub(crate) async fn reload_on_change(
     config: axum_server::tls_rustls::RustlsConfig,
     crt: PathBuf,
     key: PathBuf,
@@ -59,13 +59,13 @@ pub async fn reload_on_change(
 
 /// The material the webhook serves with.
 #[derive(Clone, Debug)]
-pub struct ServingMaterial {
+pub(crate) struct ServingMaterial {
     pub ca: KeyedCert,
     pub leaf: KeyedCert,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("reading or writing webhook certificate Secret {namespace}/{name}: {source}")]
@@ -78,7 +78,7 @@ pub enum CertError {
 
 /// What to do with the material found in the Secret (pure decision).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// Usable as it is.
     Keep,
     /// CA is fine, the leaf is missing, expiring, or lacks a SAN.
@@ -88,7 +88,7 @@ pub enum Plan {
 }
 
 /// Decide whether stored material can be served for `sans` at `now`.
-pub fn plan(stored: Option<&ServingMaterial>, sans: &[String], now: Timestamp) -> Plan {
+pub(crate) fn plan(stored: Option<&ServingMaterial>, sans: &[String], now: Timestamp) -> Plan {
     let Some(m) = stored else { return Plan::NewCa };
     match pki::seconds_left(&m.ca.cert_pem, now) {
         Some(left) if left > RENEW_BEFORE_SECONDS => {}
@@ -104,7 +104,7 @@ pub fn plan(stored: Option<&ServingMaterial>, sans: &[String], now: Timestamp) -
 }
 
 /// Carry out `plan`: material to serve.
-pub fn build(
+pub(crate) fn build(
     plan: &Plan,
     stored: Option<ServingMaterial>,
     sans: &[String],
@@ -140,7 +140,7 @@ fn secret_data(m: &ServingMaterial) -> BTreeMap<String, ByteString> {
 /// Optimistic concurrency (create / replace with resourceVersion) makes replicas that start
 /// together converge on one certificate. When the namespace does not exist (a local run), the
 /// material is kept in memory only.
-pub async fn ensure(
+pub(crate) async fn ensure(
     client: &Client,
     namespace: &str,
     name: &str,
@@ -192,7 +192,7 @@ pub async fn ensure(
 }
 
 /// Make every webhook of `config_name` trust `ca_pem`. Missing configuration: nothing to do.
-pub async fn publish_ca_bundle(client: &Client, config_name: &str, ca_pem: &str) -> Result<bool, CertError> {
+pub(crate) async fn publish_ca_bundle(client: &Client, config_name: &str, ca_pem: &str) -> Result<bool, CertError> {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let err = |source| CertError::CaBundle { name: config_name.into(), source };
     let Some(cfg) = api.get_opt(config_name).await.map_err(err)? else {

@@ -18,7 +18,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConf
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsConfigError {
+pub(crate) enum TlsConfigError {
     #[error("the webhook serving certificate or key does not load: {0}")]
     Serving(String),
     #[error("--webhook-client-ca-file holds no usable CA certificate: {0}")]
@@ -28,14 +28,14 @@ pub enum TlsConfigError {
 /// Who may call the webhook: clients with a certificate chained to `roots`, naming one of
 /// `names` when that is not empty.
 #[derive(Clone, Debug)]
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     roots: Arc<RootCertStore>,
     names: Vec<String>,
 }
 
 impl ClientAuth {
     /// From the PEM of `--webhook-client-ca-file` and `--webhook-client-names`.
-    pub fn from_pem(ca_pem: &[u8], names: Vec<String>) -> Result<Self, TlsConfigError> {
+    pub(crate) fn from_pem(ca_pem: &[u8], names: Vec<String>) -> Result<Self, TlsConfigError> {
         let mut roots = RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(ca_pem) {
             let der = der.map_err(|e| TlsConfigError::ClientCa(e.to_string()))?;
@@ -50,7 +50,7 @@ impl ClientAuth {
 
 /// The server configuration for the serving pair `cert_pem`/`key_pem`, requiring a client
 /// certificate when `client_auth` is given.
-pub fn server_config(
+pub(crate) fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_auth: Option<&ClientAuth>,

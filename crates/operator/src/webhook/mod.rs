@@ -13,9 +13,9 @@
 //! [`HEADER_READ_TIMEOUT`], a TLS handshake within axum-server's ten seconds. Nothing a request
 //! carries becomes a metric label (see `Metrics::review`).
 
-pub mod certs;
-pub mod client_auth;
-pub mod serving;
+pub(crate) mod certs;
+pub(crate) mod client_auth;
+pub(crate) mod serving;
 #[cfg(test)]
 mod tls_tests;
 
@@ -40,29 +40,29 @@ use crate::api::{CertificateRotation, ClusterRef, ClusterSecurityPolicy, KmsKeyV
 use crate::metrics::Metrics;
 use crate::validate;
 
-pub use crate::api::manifests::VALIDATE_PATH;
+pub(crate) use crate::api::manifests::VALIDATE_PATH;
 
 /// Largest AdmissionReview accepted: the API server's own limit on a request body (3 MiB,
 /// `--max-request-bytes` default). Our objects are far smaller (their CRD schemas bound every
 /// free-form field); a larger body is not a review the API server sent.
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 /// Reviews answered at once; the bound on the webhook's memory (bodies are read only once a
 /// review may run).
-pub const MAX_IN_FLIGHT: usize = 4;
+pub(crate) const MAX_IN_FLIGHT: usize = 4;
 /// How long a review waits for its turn before it is answered 503.
-pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// A review (reading its body, reading peers, answering) must finish within this: the webhook
 /// configuration's `timeoutSeconds` (5), after which the API server no longer reads the answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The request line and headers must arrive within this.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request body may take this long before [`MIN_BODY_RATE`] applies.
-pub const BODY_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const BODY_GRACE: Duration = Duration::from_secs(1);
 /// Bytes per second a request body must arrive at, on average, after [`BODY_GRACE`]: the API
 /// server sends a review at once, so its largest (3 MiB) is whole in two seconds at this rate.
-pub const MIN_BODY_RATE: usize = 3 * 1024 * 1024;
+pub(crate) const MIN_BODY_RATE: usize = 3 * 1024 * 1024;
 /// Bytes of request bodies held at once, read or being read (whatever the connections).
-pub const BUFFERED_BYTES: usize = 4 * MAX_BODY_BYTES;
+pub(crate) const BUFFERED_BYTES: usize = 4 * MAX_BODY_BYTES;
 
 /// Operator settings the rules depend on.
 #[derive(Clone, Debug)]
@@ -90,7 +90,7 @@ struct Shared {
 /// Answer one AdmissionReview by the rules that need only the object (and its old version);
 /// the tests drive these without an API server.
 #[cfg(test)]
-pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+pub(crate) fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     match review.try_into() {
         Ok(req) => answer(&req, decide(&req, &Settings::default())),
         Err(e) => AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}")).into_review(),
@@ -98,7 +98,7 @@ pub fn review(review: AdmissionReview<DynamicObject>) -> AdmissionReview<Dynamic
 }
 
 /// Answer one AdmissionReview by every rule, reading other objects through `client`.
-pub async fn review_with_peers(
+pub(crate) async fn review_with_peers(
     review: AdmissionReview<DynamicObject>,
     client: &Client,
     settings: &Settings,
@@ -416,7 +416,7 @@ async fn read_body(
 }
 
 /// The webhook's HTTP routes, with the body limit and the concurrency bound.
-pub fn router(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Router {
+pub(crate) fn router(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Router {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let shared = Shared { client, settings: Arc::new(settings), in_flight, buffered: Arc::default(), metrics };
     Router::new()
@@ -427,7 +427,7 @@ pub fn router(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Rout
 }
 
 /// Serve the webhook over TLS until `handle` is shut down.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     tls: RustlsConfig,
     handle: axum_server::Handle,

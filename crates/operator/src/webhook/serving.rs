@@ -21,11 +21,11 @@ use crate::reconciler::Clock;
 
 /// How often the operator's own serving certificate is checked for renewal (it is renewed
 /// [`certs::RENEW_BEFORE_SECONDS`] before it expires, so an hour is plenty).
-pub const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+pub(crate) const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 /// What the serving certificate is made from (the webhook flags, resolved).
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// A directory with tls.crt and tls.key (cert-manager): served as they are, reloaded on change.
     pub cert_dir: Option<PathBuf>,
     /// Otherwise: the operator's own material, kept in this Secret of `namespace`…
@@ -41,7 +41,11 @@ pub struct Source {
 
 /// The serving configuration, loaded or created now; the task that keeps it current runs in the
 /// background.
-pub async fn serving_config(client: &Client, source: Source, clock: Arc<dyn Clock>) -> anyhow::Result<RustlsConfig> {
+pub(crate) async fn serving_config(
+    client: &Client,
+    source: Source,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RustlsConfig> {
     let serving = |crt: &[u8], key: &[u8]| client_auth::server_config(crt, key, source.client_auth.as_ref());
     if let Some(dir) = &source.cert_dir {
         let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));

@@ -13,13 +13,13 @@ use cluster_security_testbed::{free_port, wait_until, ControlPlane, Options};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kube::Api;
 
-pub struct Env {
+pub(crate) struct Env {
     pub cp: ControlPlane,
     pub operator: Operator,
     pub held: Held,
 }
 
-pub fn env() -> &'static Env {
+pub(crate) fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let cp = ControlPlane::start(Options::default()).expect("control plane starts");
@@ -47,17 +47,17 @@ pub fn env() -> &'static Env {
 /// Secrets stay secret: no value of any Secret (nor `markers`) in the operator's log, any Event,
 /// or any status of our objects (see [`leaks::audit`]). Every test ends with it, so the whole
 /// suite's flows are checked, not only the ones written to provoke a leak.
-pub async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
+pub(crate) async fn assert_no_secret_leaks(markers: &[&str]) -> leaks::Report {
     leaks::assert_none(&env().cp, markers).await
 }
 
 /// Lint and render the chart with Helm's engine (scripts/helm-render.py), with `values` JSON.
-pub fn helm_render(values: Option<&str>) -> std::process::Output {
+pub(crate) fn helm_render(values: Option<&str>) -> std::process::Output {
     helm_render_at(Path::new("charts/cluster-security-operator"), values.unwrap_or("{}"))
 }
 
 /// Lint and render the chart at `chart` (relative to the repository, or absolute).
-pub fn helm_render_at(chart: &Path, values: &str) -> std::process::Output {
+pub(crate) fn helm_render_at(chart: &Path, values: &str) -> std::process::Output {
     let root = cluster_security_testbed::repo_root();
     std::process::Command::new("python3")
         .arg(root.join("scripts/helm-render.py"))
@@ -68,7 +68,7 @@ pub fn helm_render_at(chart: &Path, values: &str) -> std::process::Output {
 }
 
 /// The documents of a successful render.
-pub fn rendered(out: &std::process::Output) -> Vec<serde_yaml::Value> {
+pub(crate) fn rendered(out: &std::process::Output) -> Vec<serde_yaml::Value> {
     assert!(out.status.success(), "{}", stderr(out));
     serde_yaml::Deserializer::from_str(&stdout(out))
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -76,23 +76,23 @@ pub fn rendered(out: &std::process::Output) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
-pub fn stdout(o: &std::process::Output) -> String {
+pub(crate) fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn stderr(o: &std::process::Output) -> String {
+pub(crate) fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// kubectl apply of a manifest given as text; panics with kubectl's message on failure.
-pub fn apply(cp: &ControlPlane, manifest: &str) {
+pub(crate) fn apply(cp: &ControlPlane, manifest: &str) {
     let out = cp.kubectl_with_stdin(&["apply", "-f", "-"], Some(manifest));
     assert!(out.status.success(), "kubectl apply failed: {}\n{manifest}", stderr(&out));
 }
 
 /// TLS settings that trust only the CA the operator published as the webhook's caBundle, and
 /// present no client certificate.
-pub async fn webhook_tls(cp: &ControlPlane) -> rustls::ClientConfig {
+pub(crate) async fn webhook_tls(cp: &ControlPlane) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
     let cfg = vwc.get("cluster-security-operator").await.unwrap();
@@ -109,7 +109,7 @@ pub async fn webhook_tls(cp: &ControlPlane) -> rustls::ClientConfig {
 }
 
 /// Wait until the webhook's caBundle is published (the operator does it at start).
-pub async fn webhook_ready(cp: &ControlPlane) {
+pub(crate) async fn webhook_ready(cp: &ControlPlane) {
     let vwc: Api<ValidatingWebhookConfiguration> = Api::all(cp.client().await.unwrap());
     wait_until(Duration::from_secs(30), "webhook caBundle published", || {
         let vwc = vwc.clone();
@@ -124,7 +124,7 @@ pub async fn webhook_ready(cp: &ControlPlane) {
 }
 
 /// A namespace with a broker StatefulSet of `replicas` pods, all ready.
-pub async fn brokers(cp: &ControlPlane, ns: &str, name: &str, replicas: i32) {
+pub(crate) async fn brokers(cp: &ControlPlane, ns: &str, name: &str, replicas: i32) {
     apply(
         cp,
         &format!(
@@ -135,7 +135,7 @@ pub async fn brokers(cp: &ControlPlane, ns: &str, name: &str, replicas: i32) {
 }
 
 /// Wait until every replica of a StatefulSet runs the current revision and is ready.
-pub async fn wait_sts_ready(cp: &ControlPlane, ns: &str, name: &str) {
+pub(crate) async fn wait_sts_ready(cp: &ControlPlane, ns: &str, name: &str) {
     wait_until(Duration::from_secs(90), &format!("statefulset {ns}/{name} ready"), || {
         let out = cp.kubectl(&[
             "get",
@@ -157,7 +157,7 @@ pub async fn wait_sts_ready(cp: &ControlPlane, ns: &str, name: &str) {
 }
 
 /// Wait (up to `seconds`) until `jsonpath` of `kind/name` in `ns` satisfies `done`; the text.
-pub async fn wait_jsonpath(
+pub(crate) async fn wait_jsonpath(
     cp: &ControlPlane,
     (kind, ns, name): (&str, &str, &str),
     jsonpath: &str,
