@@ -204,7 +204,7 @@ fn issue(
 
 /// SHA-256 fingerprint of a DER certificate as `openssl x509 -fingerprint -sha256` prints it
 /// (and as the status shows it).
-pub fn fingerprint(der: &[u8]) -> String {
+pub(crate) fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
     d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }

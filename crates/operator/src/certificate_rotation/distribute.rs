@@ -39,22 +39,26 @@ use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named, Round};
 
 /// Label of every copy: the uid of the CertificateRotation it copies for.
-pub const SOURCE_LABEL: &str = "clustersecurity.io/trust-source";
+pub(super) const SOURCE_LABEL: &str = "clustersecurity.io/trust-source";
 /// Annotation of every copy: `<namespace>/<name>` of that CertificateRotation, for people.
 const SOURCE_ANNOTATION: &str = "clustersecurity.io/trust-source-object";
 /// Annotation of a Namespace that accepts trust bundle copies: the source namespaces, comma
 /// separated, or `*` for any.
-pub const ACCEPT_ANNOTATION: &str = "clustersecurity.io/accept-trust-from";
+pub(super) const ACCEPT_ANNOTATION: &str = "clustersecurity.io/accept-trust-from";
 /// How often copies are compared with the original when nothing else happens (a namespace
 /// that gains the selector's labels is noticed at once by a watch in cluster-wide installs).
-pub const RESYNC: Duration = Duration::from_secs(300);
+pub(super) const RESYNC: Duration = Duration::from_secs(300);
 
 /// Bring the copies in line with the original and the spec; record where they are in
 /// `status.trustDistributedTo` and the `TrustDistributed` condition. Every failure (a namespace
 /// not managed or forbidden, someone else's ConfigMap, the API server) is reported there and
 /// never fails the round: the round has written its Secrets and its status must be saved.
 /// Returns when to look again.
-pub async fn sync(cr: &CertificateRotation, round: &mut Round<CertificateRotation>, ctx: &Context) -> Option<Duration> {
+pub(super) async fn sync(
+    cr: &CertificateRotation,
+    round: &mut Round<CertificateRotation>,
+    ctx: &Context,
+) -> Option<Duration> {
     match copy(cr, round, ctx).await {
         Ok(resync) => resync,
         Err(e) => {
@@ -292,7 +296,7 @@ fn report(round: &mut Round<CertificateRotation>, name: &str, copied: Vec<String
 /// The CertificateRotation is deleted under `deletionPolicy: Delete`: remove its copies. A
 /// failure is reported (a Warning event naming the command that removes them) and the deletion
 /// goes on: a copy left behind vouches for a CA no broker of this resource presents any more.
-pub async fn release(cr: &CertificateRotation, round: &mut Round<CertificateRotation>, ctx: &Context) {
+pub(super) async fn release(cr: &CertificateRotation, round: &mut Round<CertificateRotation>, ctx: &Context) {
     let uid = cr.uid().unwrap_or_default();
     let name = trust_configmap(&cr.spec.cluster_ref.name);
     if let Err(e) = remove_copies(ctx, &uid, &name, &BTreeSet::new()).await {

@@ -11,7 +11,7 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// Facts about a certificate, as status shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
+pub(crate) struct CertInfo {
     pub serial_number: String,
     pub not_before: Timestamp,
     pub not_after: Timestamp,
@@ -19,10 +19,10 @@ pub struct CertInfo {
     pub dns_names: Vec<String>,
 }
 
-pub use crate::pki::fingerprint;
+pub(crate) use crate::pki::fingerprint;
 
 /// DER of every CERTIFICATE block in `pem`, in order.
-pub fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         let block = block.map_err(|_| format!("{what} is not valid PEM"))?;
@@ -38,7 +38,7 @@ pub fn certificates(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
 
 /// DER of the first certificate in `pem` (the leaf of a chain, the first CA of a bundle);
 /// None when it holds none.
-pub fn first_certificate(pem: &str) -> Option<Vec<u8>> {
+pub(crate) fn first_certificate(pem: &str) -> Option<Vec<u8>> {
     certificates(pem, "").ok()?.into_iter().next()
 }
 
@@ -47,7 +47,7 @@ fn ts(t: x509_parser::time::ASN1Time) -> Timestamp {
 }
 
 /// Parse one DER certificate.
-pub fn info(der: &[u8], what: &str) -> Result<CertInfo, String> {
+pub(crate) fn info(der: &[u8], what: &str) -> Result<CertInfo, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| format!("{what} is not a valid X.509 certificate"))?;
     let mut dns_names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -68,7 +68,7 @@ pub fn info(der: &[u8], what: &str) -> Result<CertInfo, String> {
 
 /// Checked material: what goes into `<cluster>-<slot>-tls`.
 #[derive(Clone)]
-pub struct Material {
+pub(crate) struct Material {
     pub cert_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
@@ -86,7 +86,7 @@ impl std::fmt::Debug for Material {
 ///
 /// The CA must be certificates only: it is published to clients (the trust ConfigMap) and
 /// mounted by the brokers, so a private key pasted into it is refused rather than passed on.
-pub fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Result<Material, String> {
+pub(crate) fn check(cert_pem: &str, key_pem: &str, ca_pem: &str, now: Timestamp) -> Result<Material, String> {
     let (ca_pem, other) = crate::pki::certificates_only(ca_pem);
     if let Some(label) = other.first() {
         // Named in lower case: the label text itself must not look like key material in logs.
@@ -152,7 +152,7 @@ fn self_signed(der: &[u8]) -> bool {
 /// that is a self-signed root the issuer included (that root is then the CA clients trust), or
 /// else to the public web roots (the CA shown and published is then the chain above the leaf;
 /// clients trust the public root from their system store).
-pub fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result<Material, String> {
+pub(crate) fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result<Material, String> {
     let chain = certificates(cert_pem, "the certificate")?;
     if chain.len() > 1 && self_signed(&chain[chain.len() - 1]) {
         let (served, root) = chain.split_at(chain.len() - 1);
@@ -181,7 +181,7 @@ pub fn check_without_ca(cert_pem: &str, key_pem: &str, now: Timestamp) -> Result
 }
 
 /// Verify `chain` (leaf first) against `roots` as a TLS client would, for `dns_name`.
-pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], dns_name: &str, now: Timestamp) -> Result<(), String> {
+pub(crate) fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>], dns_name: &str, now: Timestamp) -> Result<(), String> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store
@@ -204,8 +204,8 @@ fn verify_chain_in(
     let name = dns_name.strip_prefix("*.").map(|rest| format!("x.{rest}")).unwrap_or_else(|| dns_name.to_string());
     let server_name = ServerName::try_from(name).map_err(|_| format!("{dns_name:?} is not a valid DNS name"))?;
     let end = CertificateDer::from(chain[0].clone());
-    let intermediates: Vec<CertificateDer> = chain[1..].iter().map(|c| CertificateDer::from(c.clone())).collect();
-    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0) as u64));
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..].iter().map(|c| CertificateDer::from(c.clone())).collect();
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.as_second().max(0).unsigned_abs()));
     verifier
         .verify_server_cert(&end, &intermediates, &server_name, &[], at)
         .map(|_| ())

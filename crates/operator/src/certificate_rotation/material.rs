@@ -30,7 +30,7 @@ use crate::reconciler::Noted as _;
 use crate::reconciler::{Context, Error, Named, Round};
 
 /// What a slot asks for, taken from the spec.
-pub struct Want {
+pub(crate) struct Want {
     pub slot: Slot,
     pub label: String,
     pub type_: CertificateType,
@@ -40,7 +40,7 @@ pub struct Want {
     pub key_algorithm: KeyAlgorithm,
 }
 
-pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
+pub(crate) fn wants(cr: &CertificateRotation) -> Vec<Want> {
     let mut out = Vec::new();
     if let Some(e) = &cr.spec.external {
         out.push(Want {
@@ -65,7 +65,7 @@ pub fn wants(cr: &CertificateRotation) -> Vec<Want> {
     out
 }
 
-pub fn desired_settings(cr: &CertificateRotation) -> CertificateSettings {
+pub(crate) fn desired_settings(cr: &CertificateRotation) -> CertificateSettings {
     CertificateSettings {
         external_label: cr.spec.external.as_ref().map(|e| e.label.clone()),
         external_type: cr.spec.external.as_ref().map(|e| e.type_),
@@ -73,7 +73,7 @@ pub fn desired_settings(cr: &CertificateRotation) -> CertificateSettings {
     }
 }
 
-pub fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&CertificateStatus> {
+pub(crate) fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&CertificateStatus> {
     match slot {
         Slot::External => status.external.as_ref(),
         Slot::Internal => status.internal.as_ref(),
@@ -82,7 +82,7 @@ pub fn slot_status(status: &CertificateRotationStatus, slot: Slot) -> Option<&Ce
 
 /// A slot's label is new (or it has no certificate yet), or a self-signed one's key algorithm
 /// changed: a change the user asked for.
-pub fn label_changed(w: &Want, status: &CertificateRotationStatus) -> bool {
+pub(crate) fn label_changed(w: &Want, status: &CertificateRotationStatus) -> bool {
     slot_status(status, w.slot).is_none_or(|s| {
         let selfsigned = s.type_ == CertificateType::Selfsigned && w.type_ == CertificateType::Selfsigned;
         // Certificates recorded before keyAlgorithm existed are ECDSA P-256.
@@ -91,7 +91,7 @@ pub fn label_changed(w: &Want, status: &CertificateRotationStatus) -> bool {
 }
 
 /// A slot needs new material when its label is new, or its self-signed certificate is due.
-pub fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> bool {
+pub(crate) fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp) -> bool {
     match slot_status(status, w.slot) {
         None => true,
         Some(_) if label_changed(w, status) => true,
@@ -105,7 +105,7 @@ pub fn needs_issue(w: &Want, status: &CertificateRotationStatus, now: Timestamp)
 
 /// Slots whose TLS Secret is gone, or no longer holds the certificate in force (someone deleted
 /// or edited it): the brokers would lose what they mount, so they are issued again (same CA).
-pub async fn drifted_slots(
+pub(crate) async fn drifted_slots(
     ctx: &Context,
     cr: &CertificateRotation,
     status: &CertificateRotationStatus,
@@ -130,7 +130,7 @@ pub async fn drifted_slots(
 
 /// The external trust bundle, deleted or edited by someone, written again with the CA of the
 /// certificate in force (from its TLS Secret). Returns what was restored.
-pub async fn repair_trust_bundle(
+pub(crate) async fn repair_trust_bundle(
     round: &mut Round<CertificateRotation>,
     ctx: &Context,
     cr: &CertificateRotation,
@@ -196,14 +196,14 @@ fn secret_string(s: &Secret, key: &str) -> Option<String> {
 /// What a slot's material is made from, read once: for a self-signed slot the CA the operator
 /// keeps and the slot's TLS Secret (a restarted operation reuses what it issued), for a
 /// certificate from a Secret that Secret.
-pub enum SlotSource {
+pub(crate) enum SlotSource {
     SelfSigned { kept_ca: Option<pki::KeyedCert>, tls: Option<Secret> },
     Provided,
     FromSecret(Option<Secret>),
 }
 
 /// Read what slot `w`'s material is made from.
-pub async fn read_source(ctx: &Context, cr: &CertificateRotation, w: &Want) -> Result<SlotSource, Error> {
+pub(crate) async fn read_source(ctx: &Context, cr: &CertificateRotation, w: &Want) -> Result<SlotSource, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     Ok(match w.type_ {
@@ -224,7 +224,7 @@ pub async fn read_source(ctx: &Context, cr: &CertificateRotation, w: &Want) -> R
 /// is a refusal when the user must act. A self-signed slot's new CA is written through the
 /// round.
 #[allow(clippy::too_many_arguments)]
-pub async fn material(
+pub(crate) async fn material(
     round: &mut Round<CertificateRotation>,
     cr: &CertificateRotation,
     w: &Want,
@@ -346,17 +346,17 @@ async fn read_kept_ca(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Re
 }
 
 /// Seconds before its expiry a kept CA is renewed (`spec.ca.renewalDays`).
-pub fn ca_renew_before(cr: &CertificateRotation) -> i64 {
+pub(crate) fn ca_renew_before(cr: &CertificateRotation) -> i64 {
     i64::from(cr.spec.ca.clone().unwrap_or_default().renewal_days) * 86_400
 }
 
 /// Whether a kept CA is within `spec.ca.renewalDays` of its expiry (or unreadable).
-pub fn ca_due(cr: &CertificateRotation, ca_pem: &str, now: Timestamp) -> bool {
+pub(crate) fn ca_due(cr: &CertificateRotation, ca_pem: &str, now: Timestamp) -> bool {
     pki::seconds_left(ca_pem, now).is_none_or(|left| left <= ca_renew_before(cr))
 }
 
 /// The self-signed slots whose kept CA is due for renewal.
-pub async fn ca_due_slots(ctx: &Context, cr: &CertificateRotation, now: Timestamp) -> Result<Vec<Slot>, Error> {
+pub(crate) async fn ca_due_slots(ctx: &Context, cr: &CertificateRotation, now: Timestamp) -> Result<Vec<Slot>, Error> {
     let mut out = Vec::new();
     for w in wants(cr).into_iter().filter(|w| w.type_ == CertificateType::Selfsigned) {
         if read_kept_ca(ctx, cr, w.slot).await?.is_some_and(|ca| ca_due(cr, &ca.cert_pem, now)) {
@@ -420,11 +420,11 @@ mod prepared {
         MAP.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(ask: &str) -> Option<Material> {
+    pub(super) fn get(ask: &str) -> Option<Material> {
         map().get(ask).cloned()
     }
 
-    pub fn put(ask: String, m: &Material) {
+    pub(super) fn put(ask: String, m: &Material) {
         let mut map = map();
         if map.len() >= MAX {
             map.clear();
@@ -458,7 +458,7 @@ fn issued_for(existing: Option<Secret>, operation_id: &str, ca: &pki::KeyedCert,
 
 /// The external trust bundle: `ca.crt` what clients should trust, `current-ca.crt` the CA of
 /// the certificate the brokers present.
-pub fn trust_bundle(cr: &CertificateRotation, bundle: &str, current: &str) -> Artefact {
+pub(crate) fn trust_bundle(cr: &CertificateRotation, bundle: &str, current: &str) -> Artefact {
     let cm_name = trust_configmap(&cr.spec.cluster_ref.name);
     Artefact::configmap(json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": derived::metadata(cr, &cm_name, cr.spec.deletion_policy, json!({})),
@@ -466,12 +466,12 @@ pub fn trust_bundle(cr: &CertificateRotation, bundle: &str, current: &str) -> Ar
 }
 
 /// The `current-ca.crt` of the published trust bundle (the CA clients trust now).
-pub async fn published_current_ca(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
+pub(crate) async fn published_current_ca(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
     published_key(ctx, cr, "current-ca.crt").await
 }
 
 /// The `ca.crt` of the published trust bundle (every CA clients are told to trust).
-pub async fn published_bundle(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
+pub(crate) async fn published_bundle(ctx: &Context, cr: &CertificateRotation) -> Result<Option<String>, Error> {
     published_key(ctx, cr, "ca.crt").await
 }
 
@@ -487,14 +487,14 @@ async fn published_key(ctx: &Context, cr: &CertificateRotation, key: &str) -> Re
 }
 
 /// What a slot's TLS Secret holds now (never logged: it carries the key).
-pub struct InForce {
+pub(crate) struct InForce {
     pub cert_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
 }
 
 /// The slot's TLS Secret, when it holds a certificate, key and CA.
-pub async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<InForce>, Error> {
+pub(crate) async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Result<Option<InForce>, Error> {
     let ns = cr.namespace().unwrap_or_default();
     let name = slot.tls_secret(&cr.spec.cluster_ref.name);
     let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns).get_opt(&name).await.reading(&secret(&ns, &name))?;
@@ -510,7 +510,7 @@ pub async fn read_tls(ctx: &Context, cr: &CertificateRotation, slot: Slot) -> Re
 /// The slot's TLS Secret: the certificate chain, its key, and `ca` (what it chains to; for the
 /// internal slot also the brokers' truststore). `operation_id`: the operation it was issued for,
 /// when it is newly issued.
-pub fn tls_secret(
+pub(crate) fn tls_secret(
     cr: &CertificateRotation,
     slot: Slot,
     (cert, key): (&str, &str),
@@ -530,7 +530,7 @@ pub fn tls_secret(
 /// Write the slot's TLS Secret for operation `operation_id` with truststore `trust` (and for
 /// external, the trust bundle); returns its status.
 #[allow(clippy::too_many_arguments)]
-pub async fn install(
+pub(crate) async fn install(
     ctx: &Context,
     cr: &CertificateRotation,
     w: &Want,
@@ -580,7 +580,7 @@ pub async fn install(
 }
 
 /// The seed applies a changed Secret only when the label changes: notice the change and say so.
-pub async fn source_secret_changed(
+pub(crate) async fn source_secret_changed(
     ctx: &Context,
     cr: &CertificateRotation,
     status: &CertificateRotationStatus,
@@ -612,7 +612,7 @@ pub async fn source_secret_changed(
 
 /// How the Secret of a `type: secret` certificate differs from what is in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceChange {
+pub(crate) enum SourceChange {
     /// It holds another certificate (a renewal): rolled out with `rollOnSourceChange`.
     NewCertificate(String),
     /// It holds nothing readable: reported, never rolled.
@@ -620,14 +620,14 @@ pub enum SourceChange {
 }
 
 impl SourceChange {
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             Self::NewCertificate(m) | Self::Unreadable(m) => m,
         }
     }
 
     /// Whether it starts an operation by itself for `cr`.
-    pub fn rolls(&self, cr: &CertificateRotation) -> bool {
+    pub(crate) fn rolls(&self, cr: &CertificateRotation) -> bool {
         matches!(self, Self::NewCertificate(_)) && cr.spec.external.as_ref().is_some_and(|e| e.roll_on_source_change)
     }
 }

@@ -9,8 +9,8 @@
 #[cfg(test)]
 mod api_tests;
 mod distribute;
-pub mod inspect;
-pub mod material;
+pub(crate) mod inspect;
+pub(crate) mod material;
 mod trust;
 
 use std::collections::BTreeMap;
@@ -46,47 +46,47 @@ use crate::validate::{self, Violations};
 
 /// External (clients) or internal (pod-to-pod) certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slot {
+pub(crate) enum Slot {
     External,
     Internal,
 }
 
 impl Slot {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::External => "external",
             Self::Internal => "internal",
         }
     }
     /// Secret `<cluster>-<slot>-tls` with tls.crt, tls.key, ca.crt.
-    pub fn tls_secret(self, cluster: &str) -> String {
+    pub(crate) fn tls_secret(self, cluster: &str) -> String {
         served::tls_secret_name(cluster, self.as_str())
     }
     /// Secret `<cluster>-<slot>-ca` with the CA the operator keeps for self-signed certificates.
-    pub fn ca_secret(self, cluster: &str) -> String {
+    pub(crate) fn ca_secret(self, cluster: &str) -> String {
         format!("{cluster}-{}-ca", self.as_str())
     }
     /// Pod-template annotation carrying the label.
-    pub fn label_annotation(self) -> String {
+    pub(crate) fn label_annotation(self) -> String {
         format!("clustersecurity.io/{}-certificate-label", self.as_str())
     }
 }
 
 /// ConfigMap with the CA(s) clients of the external listeners should trust.
-pub fn trust_configmap(cluster: &str) -> String {
+pub(crate) fn trust_configmap(cluster: &str) -> String {
     format!("{cluster}-external-trust")
 }
 
 /// Pod-template annotation that changes with the certificates themselves (renewals keep labels).
-pub const CERTIFICATE_HASH_ANNOTATION: &str = "clustersecurity.io/certificate-hash";
+pub(crate) const CERTIFICATE_HASH_ANNOTATION: &str = "clustersecurity.io/certificate-hash";
 
 /// TLS Secret annotation: the operation its certificate was issued for. An operator restarted
 /// after issuing but before recording the rollout finds it and reuses the certificate instead of
 /// issuing (and rolling) another.
-pub const OPERATION_ANNOTATION: &str = "clustersecurity.io/operation-id";
+pub(crate) const OPERATION_ANNOTATION: &str = "clustersecurity.io/operation-id";
 
 /// Default SANs: the names a client uses to reach the brokers through their Service.
-pub fn default_dns_names(service: &str, namespace: &str) -> Vec<String> {
+pub(crate) fn default_dns_names(service: &str, namespace: &str) -> Vec<String> {
     vec![
         service.to_string(),
         format!("{service}.{namespace}"),
@@ -99,7 +99,7 @@ pub fn default_dns_names(service: &str, namespace: &str) -> Vec<String> {
 
 /// The seed's "Updating clients after certificate change": clients keep working when the new
 /// certificate chains to the CA they already trust. None for a first issue.
-pub fn client_impact(old_ca_fingerprint: Option<&str>, new_ca_fingerprint: &str) -> Option<ClientImpact> {
+pub(crate) fn client_impact(old_ca_fingerprint: Option<&str>, new_ca_fingerprint: &str) -> Option<ClientImpact> {
     old_ca_fingerprint.map(|old| {
         if old == new_ca_fingerprint {
             ClientImpact::None
@@ -111,12 +111,12 @@ pub fn client_impact(old_ca_fingerprint: Option<&str>, new_ca_fingerprint: &str)
 
 /// How long before expiry a certificate the operator cannot renew (type `provided` or `secret`)
 /// counts as due (cert-manager's default `renewBefore`).
-pub const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
+pub(crate) const RENEW_BEFORE_SECONDS: i64 = 30 * 86_400;
 
 /// The installed certificates that need someone else to act: a `provided` or `secret` one within
 /// [`RENEW_BEFORE_SECONDS`] of its expiry, or any that has expired (a self-signed one the
 /// operator could not renew in time). One line each, naming the slot, the expiry and what to do.
-pub fn expiring(status: &CertificateRotationStatus, now: Timestamp) -> Vec<String> {
+pub(crate) fn expiring(status: &CertificateRotationStatus, now: Timestamp) -> Vec<String> {
     let mut out = Vec::new();
     for (slot, cert) in [(Slot::External, &status.external), (Slot::Internal, &status.internal)] {
         let Some(cert) = cert else { continue };
@@ -170,7 +170,7 @@ fn report_expiring(round: &mut Round<CertificateRotation>) {
 }
 
 /// When a self-signed certificate is renewed: two thirds into its validity.
-pub fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
+pub(crate) fn renewal_time(not_before: Timestamp, not_after: Timestamp) -> Timestamp {
     let span = not_after.as_second() - not_before.as_second();
     Timestamp::from_second(not_after.as_second() - span / 3).unwrap_or(not_after)
 }
@@ -440,7 +440,7 @@ impl Rolling for CertificateRotation {
 }
 
 /// How close to its expiry a certificate or CA is renewed even outside the maintenance windows.
-pub const MAINTENANCE_WINDOW_OVERRIDE_SECONDS: i64 = 2 * 86_400;
+pub(crate) const MAINTENANCE_WINDOW_OVERRIDE_SECONDS: i64 = 2 * 86_400;
 
 /// What a round of a CertificateRotation reads once, settled or preparing: the slots whose TLS
 /// Secret drifted, how the Secret of a `type: secret` certificate differs from what is in
@@ -522,7 +522,7 @@ fn next_look(
         .chain(automatic.then(|| next_window(&cr.spec.maintenance_windows, now)).flatten())
         .filter(|t| *t > now.as_second())
         .min()
-        .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400) as u64))
+        .map(|t| Duration::from_secs((t - now.as_second()).clamp(1, 86_400).unsigned_abs()))
         .or(Some(Duration::from_secs(86_400)))
 }
 

@@ -43,7 +43,7 @@ use crate::reconciler::rolling::PrepareError;
 use crate::reconciler::{Context, Error, Round};
 
 /// Default of `spec.external.trustTransitionSeconds`.
-pub const DEFAULT_TRUST_TRANSITION_SECONDS: u32 = 86_400;
+pub(super) const DEFAULT_TRUST_TRANSITION_SECONDS: u32 = 86_400;
 /// How often a waiting operation looks at the clock (the annotation comes sooner, by watch).
 const RECHECK: Duration = Duration::from_secs(60);
 /// Event: the previous CA is no longer trusted.
@@ -52,14 +52,14 @@ const OLD_CA_REMOVED: &str = "OldCaRemoved";
 const TRUST_ROLLING: &str = "TrustRolling";
 
 /// The new CA fingerprint of each slot whose certificate in force chains to another CA.
-pub struct CaChange {
+pub(super) struct CaChange {
     external: Option<String>,
     internal: Option<String>,
 }
 
 impl CaChange {
     /// From the material about to be installed, compared with the certificates in force.
-    pub fn of(status: &CertificateRotationStatus, ready: &[(Want, Material)]) -> Option<Self> {
+    pub(super) fn of(status: &CertificateRotationStatus, ready: &[(Want, Material)]) -> Option<Self> {
         let changed = |slot: Slot| {
             let (_, m) = ready.iter().find(|(w, _)| w.slot == slot)?;
             let old = material::slot_status(status, slot)?.ca_fingerprint_sha256.as_deref()?;
@@ -75,14 +75,14 @@ impl CaChange {
 }
 
 /// The transition of operation `op_id`, when one is recorded.
-pub fn of_operation<'a>(status: &'a CertificateRotationStatus, op_id: &str) -> Option<&'a TrustTransition> {
+pub(super) fn of_operation<'a>(status: &'a CertificateRotationStatus, op_id: &str) -> Option<&'a TrustTransition> {
     status.trust_transition.as_ref().filter(|t| t.operation_id == op_id)
 }
 
 /// The CA change operation `op` started is no longer asked for (the label or Secret was put
 /// back while it waited): forget it, so the operation completes with what is in force. True when
 /// it was withdrawn.
-pub async fn withdraw_if_unwanted(
+pub(super) async fn withdraw_if_unwanted(
     cr: &CertificateRotation,
     round: &mut Round<CertificateRotation>,
     ctx: &Context,
@@ -111,7 +111,7 @@ pub async fn withdraw_if_unwanted(
 
 /// A transition recorded by a version without phases that had already switched: it retains the
 /// old CA until `oldCaRetentionSeconds` after its switch.
-pub fn upgrade_recorded(cr: &CertificateRotation, status: &mut CertificateRotationStatus) {
+pub(super) fn upgrade_recorded(cr: &CertificateRotation, status: &mut CertificateRotationStatus) {
     let Some(t) = status.trust_transition.as_mut() else { return };
     if t.phase == TrustPhase::WaitingForClients && t.old_ca_removal_at.is_none() {
         if let Some(switched) = t.switched_at.as_deref().and_then(parse_time) {
@@ -124,19 +124,19 @@ pub fn upgrade_recorded(cr: &CertificateRotation, status: &mut CertificateRotati
 }
 
 /// Whether the previous CA is still to be trusted next to the one in force.
-pub fn retains_old_ca(status: &CertificateRotationStatus) -> bool {
+pub(super) fn retains_old_ca(status: &CertificateRotationStatus) -> bool {
     status.trust_transition.as_ref().is_some_and(|t| t.phase < TrustPhase::OldCaRemoved)
 }
 
 /// Whether the operation's roll just verified was a phase before the switch.
-pub fn before_switch_phase(status: &CertificateRotationStatus, op_id: &str) -> bool {
+pub(super) fn before_switch_phase(status: &CertificateRotationStatus, op_id: &str) -> bool {
     of_operation(status, op_id).is_some_and(|t| t.phase < TrustPhase::Switching)
 }
 
 /// Before the certificates from a new CA are installed: publish and roll the new CA's trust,
 /// and wait for clients. `Ok(Some(annotations))`: roll these first (the driver calls again once
 /// rolled); `Ok(None)`: switch now; `Err(Wait)`: clients may not trust it yet.
-pub async fn before_switch(
+pub(super) async fn before_switch(
     cr: &CertificateRotation,
     round: &mut Round<CertificateRotation>,
     ctx: &Context,
@@ -255,7 +255,7 @@ fn wait_for_clients(
         (conditions::reason::CLIENT_TRUST_UPDATED, ""),
     );
     round.status.trust_transition = Some(transition);
-    let left = Duration::from_secs((switch_at.as_second() - round.now.as_second()).max(1) as u64);
+    let left = Duration::from_secs((switch_at.as_second() - round.now.as_second()).max(1).unsigned_abs());
     PrepareError::Wait { reason: conditions::reason::WAITING_FOR_CLIENT_TRUST, message, after: left.min(RECHECK) }
 }
 
@@ -285,7 +285,7 @@ async fn trust_new_internal_ca(
 
 /// The internal truststore for newly installed material `new`: its CA, plus the previous CA(s)
 /// while a transition keeps them (from the Secret in force).
-pub async fn internal_trust(
+pub(super) async fn internal_trust(
     ctx: &Context,
     cr: &CertificateRotation,
     status: &CertificateRotationStatus,
@@ -299,14 +299,14 @@ pub async fn internal_trust(
 }
 
 /// The previous CA is due for removal (the caller checks the maintenance window).
-pub fn old_ca_removal_due(status: &CertificateRotationStatus, now: Timestamp) -> Option<Timestamp> {
+pub(super) fn old_ca_removal_due(status: &CertificateRotationStatus, now: Timestamp) -> Option<Timestamp> {
     let t = status.trust_transition.as_ref().filter(|t| t.phase == TrustPhase::OldCaRetained)?;
     t.old_ca_removal_at.as_deref().and_then(parse_time).or(Some(now))
 }
 
 /// Phase 4: trust only the CAs of the certificates in force. Returns the internal truststore
 /// written (None: the internal slot kept nothing else).
-pub async fn remove_old_ca(
+pub(super) async fn remove_old_ca(
     cr: &CertificateRotation,
     round: &mut Round<CertificateRotation>,
     ctx: &Context,
@@ -343,7 +343,7 @@ pub async fn remove_old_ca(
 }
 
 /// The certificates of PEM `bundle` other than the one with SHA-256 `fingerprint`.
-pub fn without(bundle: &str, fingerprint: &str) -> String {
+pub(super) fn without(bundle: &str, fingerprint: &str) -> String {
     select(bundle, |fp| fp != fingerprint)
 }
 

@@ -35,20 +35,20 @@ use crate::api::{AzureProvider, KmsSettings, NetworkAccess};
 use crate::validate::{parse_key_id, parse_key_vault_resource_id};
 
 /// Azure Resource Manager endpoint of the public cloud.
-pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+pub(crate) const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
 /// Key Vault data-plane endpoint; `{vault}` is the vault name.
-pub const DEFAULT_KEY_VAULT_ENDPOINT: &str = "https://{vault}.vault.azure.net";
+pub(crate) const DEFAULT_KEY_VAULT_ENDPOINT: &str = "https://{vault}.vault.azure.net";
 /// api-version of Microsoft.ContainerService/managedClusters.
-pub const MANAGED_CLUSTER_API_VERSION: &str = "2025-10-01";
+pub(crate) const MANAGED_CLUSTER_API_VERSION: &str = "2025-10-01";
 /// api-version of Microsoft.KeyVault/vaults.
-pub const VAULT_API_VERSION: &str = "2022-07-01";
+pub(crate) const VAULT_API_VERSION: &str = "2022-07-01";
 /// api-version of the Key Vault data plane.
-pub const KEY_API_VERSION: &str = "7.4";
+pub(crate) const KEY_API_VERSION: &str = "7.4";
 /// Key versions through Resource Manager (`Microsoft.KeyVault/vaults/keys/versions`): the
 /// management plane, which a private vault's network rules do not close.
-pub const ARM_KEY_API_VERSION: &str = "2023-07-01";
+pub(crate) const ARM_KEY_API_VERSION: &str = "2023-07-01";
 /// api-version of `Microsoft.Authorization/permissions` (the caller's effective permissions).
-pub const PERMISSIONS_API_VERSION: &str = "2022-04-01";
+pub(crate) const PERMISSIONS_API_VERSION: &str = "2022-04-01";
 /// Polling a managed cluster's long-running operation.
 const OPERATION_READ: &str = "Microsoft.ContainerService/locations/operations/read";
 const ARM_SCOPE: &str = "https://management.azure.com/.default";
@@ -56,7 +56,7 @@ const VAULT_SCOPE: &str = "https://vault.azure.net/.default";
 
 /// How the operator authenticates to Azure.
 #[derive(Clone)]
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// Azure workload identity: the federated service account token exchanged at the token
     /// endpoint. Unset fields come from AZURE_TENANT_ID, AZURE_CLIENT_ID and
     /// AZURE_FEDERATED_TOKEN_FILE, which the workload identity webhook sets on the operator's pod.
@@ -118,7 +118,7 @@ impl Default for AzureSettings {
 }
 
 /// One AKS managed cluster and the vaults around it.
-pub struct AzureKms {
+pub(crate) struct AzureKms {
     http: reqwest::Client,
     credential: Arc<dyn TokenCredential>,
     settings: AzureSettings,
@@ -131,7 +131,7 @@ fn config_error(what: &str, e: impl std::fmt::Display) -> ProviderError {
 }
 
 impl AzureKms {
-    pub fn new(
+    pub(crate) fn new(
         target: &AzureProvider,
         settings: AzureSettings,
         credentials: &Credentials,
@@ -460,7 +460,7 @@ fn non_empty(v: Option<&Value>) -> Option<String> {
 }
 
 /// KMS settings and provisioning state from a managed cluster resource.
-pub fn cluster_kms(cluster: &Value) -> ClusterKms {
+pub(crate) fn cluster_kms(cluster: &Value) -> ClusterKms {
     let kms = cluster.pointer("/properties/securityProfile/azureKeyVaultKms");
     let enabled = kms.and_then(|k| k.get("enabled")).and_then(Value::as_bool).unwrap_or(false);
     let network_access = match kms.and_then(|k| k.get("keyVaultNetworkAccess")).and_then(Value::as_str) {
@@ -486,7 +486,7 @@ pub fn cluster_kms(cluster: &Value) -> ClusterKms {
 }
 
 /// Whether the cluster's settings already are the desired ones (what AKS compares).
-pub fn same_kms(current: &KmsSettings, desired: &KmsSettings) -> bool {
+pub(crate) fn same_kms(current: &KmsSettings, desired: &KmsSettings) -> bool {
     if !desired.enabled || !current.enabled {
         return current.enabled == desired.enabled;
     }
@@ -497,7 +497,7 @@ pub fn same_kms(current: &KmsSettings, desired: &KmsSettings) -> bool {
 
 /// The KMS block to PUT: enabling sets all four fields, disabling only `enabled` (as azure-cli's
 /// `az aks update` does), keeping what the cluster had.
-pub fn kms_block(read: Option<&Value>, desired: &KmsSettings) -> Value {
+pub(crate) fn kms_block(read: Option<&Value>, desired: &KmsSettings) -> Value {
     if !desired.enabled {
         let mut block = read.cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
         block["enabled"] = json!(false);
@@ -690,7 +690,7 @@ fn jiff_now() -> i64 {
 }
 
 /// Usable or not, from a Key Vault key bundle's attributes (`exp`/`nbf` are Unix seconds).
-pub fn key_state(bundle: &Value, key: &str, now: i64) -> KeyState {
+pub(crate) fn key_state(bundle: &Value, key: &str, now: i64) -> KeyState {
     let attrs = bundle.get("attributes");
     let enabled = attrs.and_then(|a| a.get("enabled")).and_then(Value::as_bool).unwrap_or(true);
     let exp = attrs.and_then(|a| a.get("exp")).and_then(Value::as_i64);

@@ -154,7 +154,7 @@ async fn workload_identity_location_polling_throttling_and_conflicts() {
     emu.delete_key("kv-orders/etcd/v1");
     match az.check_key(&spec.key_id("kv-orders", "v1"), None).await.unwrap() {
         KeyState::Unusable(m) => assert!(m.contains("recover"), "{m}"),
-        other => panic!("expected unusable, got {other:?}"),
+        other @ KeyState::Usable { .. } => panic!("expected unusable, got {other:?}"),
     }
 
     // A wrong federated token fails authentication, and says so.
@@ -198,7 +198,7 @@ async fn a_private_vaults_key_is_read_through_resource_manager() {
     emu.delete_key("kv-orders/etcd/v1");
     match az.check_key(&key, Some(&rid)).await.unwrap() {
         KeyState::Unusable(m) => assert!(m.contains("recover"), "{m}"),
-        other => panic!("expected unusable, got {other:?}"),
+        other @ KeyState::Usable { .. } => panic!("expected unusable, got {other:?}"),
     }
 }
 

@@ -13,11 +13,11 @@
 //! the next reconcile resumes it. A spec changed meanwhile waits for the running operation (its
 //! target was fixed when it started) and becomes the next operation.
 
-pub mod azure;
-pub mod own_cluster;
-pub mod provider;
+pub(crate) mod azure;
+pub(crate) mod own_cluster;
+pub(crate) mod provider;
 pub mod reencrypt;
-pub mod steps;
+pub(crate) mod steps;
 
 #[cfg(test)]
 mod azure_tests;
@@ -47,51 +47,51 @@ use crate::reconciler::{Context, Error, Health, Outcome, Reconcile, Round};
 use crate::validate::{self, Violations};
 
 /// Reasons of this kind's conditions.
-pub mod kms_reason {
+pub(crate) mod kms_reason {
     /// The key is missing, disabled or expired (Stalled).
-    pub const KEY_NOT_USABLE: &str = "KeyNotUsable";
+    pub(crate) const KEY_NOT_USABLE: &str = "KeyNotUsable";
     /// The operator cannot reach or authenticate to the cloud (Stalled until fixed).
-    pub const CLOUD_ACCESS_FAILED: &str = "CloudAccessFailed";
+    pub(crate) const CLOUD_ACCESS_FAILED: &str = "CloudAccessFailed";
     /// A step failed; the operation ended UPDATE_FAILED (Stalled until the spec changes).
-    pub const OPERATION_FAILED: &str = "OperationFailed";
+    pub(crate) const OPERATION_FAILED: &str = "OperationFailed";
     /// The cluster's KMS settings match the spec (Ready).
-    pub const KMS_IN_SYNC: &str = "KmsInSync";
+    pub(crate) const KMS_IN_SYNC: &str = "KmsInSync";
     /// Waiting for an update of the cluster that someone else started.
-    pub const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
+    pub(crate) const WAITING_FOR_CLUSTER: &str = "WaitingForCluster";
     /// A step failed while KMS is off; it runs again after a backoff (Reconciling).
-    pub const RETRYING_STEP: &str = "RetryingStep";
+    pub(crate) const RETRYING_STEP: &str = "RetryingStep";
     /// The target could not be reached; the source settings are being restored (Reconciling),
     /// and the event when the rollback starts.
-    pub const ROLLING_BACK: &str = "RollingBack";
+    pub(crate) const ROLLING_BACK: &str = "RollingBack";
     /// The operation restored the settings it started from and ended UPDATE_FAILED (Stalled).
-    pub const ROLLED_BACK: &str = "RolledBack";
+    pub(crate) const ROLLED_BACK: &str = "RolledBack";
     /// The operator's identity lacks an action the switch needs (read from Azure's
     /// `Microsoft.Authorization/permissions` before the first cloud write): Stalled, nothing
     /// changed; the message names the action and where.
-    pub const MISSING_PERMISSION: &str = "MissingPermission";
+    pub(crate) const MISSING_PERMISSION: &str = "MissingPermission";
     /// The event when the permissions could not be read before a switch (it goes ahead).
-    pub const PERMISSIONS_UNKNOWN: &str = "PermissionsUnknown";
+    pub(crate) const PERMISSIONS_UNKNOWN: &str = "PermissionsUnknown";
     /// `spec.provider` names another managed cluster than the one the operator runs in, or
     /// nothing tells (Stalled; nothing is changed in the cloud).
-    pub const FOREIGN_CLUSTER: &str = "ForeignCluster";
+    pub(crate) const FOREIGN_CLUSTER: &str = "ForeignCluster";
     /// The event when a switch opens on a managed cluster shown to be this one (what showed it).
-    pub const MANAGED_CLUSTER_CHECKED: &str = "ManagedClusterChecked";
+    pub(crate) const MANAGED_CLUSTER_CHECKED: &str = "ManagedClusterChecked";
     /// The Warning event when a switch opens without that check (the override annotation).
-    pub const MANAGED_CLUSTER_CHECK_SKIPPED: &str = "ManagedClusterCheckSkipped";
+    pub(crate) const MANAGED_CLUSTER_CHECK_SKIPPED: &str = "ManagedClusterCheckSkipped";
     /// The object is being deleted: nothing new starts (NotReady while it waits to go).
-    pub const DELETING: &str = "Deleting";
+    pub(crate) const DELETING: &str = "Deleting";
     /// `EncryptionDisabled`: True while the cluster runs with KMS off (reason `KmsDisabled`;
     /// a Warning event of that reason when it turns True), False once it is on (`KmsEnabled`).
-    pub const KMS_DISABLED: &str = "KmsDisabled";
-    pub const KMS_ENABLED: &str = "KmsEnabled";
+    pub(crate) const KMS_DISABLED: &str = "KmsDisabled";
+    pub(crate) const KMS_ENABLED: &str = "KmsEnabled";
 }
 
 /// Condition type: True while the cluster runs with KMS etcd encryption off.
-pub const ENCRYPTION_DISABLED: &str = "EncryptionDisabled";
+pub(crate) const ENCRYPTION_DISABLED: &str = "EncryptionDisabled";
 
 /// Holds a deleted KmsKeyVaultMode until its running operation has ended: a switch that turned
 /// KMS off finishes (or rolls back) before the object goes.
-pub const FINALIZER: &str = "clustersecurity.io/kms-switch";
+pub(crate) const FINALIZER: &str = "clustersecurity.io/kms-switch";
 
 /// How often the progress of a Secret rewrite is written to status: what a killed operator
 /// redoes is at most this much work (100,000 Secrets, a SIGKILL at half: +0.7 % time with 1 s).
@@ -108,7 +108,7 @@ const KMS_OFF_RECHECK: Duration = Duration::from_secs(30);
 
 /// Makes the cloud provider for a KmsKeyVaultMode.
 #[async_trait]
-pub trait ProviderFactory: Send + Sync {
+pub(crate) trait ProviderFactory: Send + Sync {
     async fn provider(
         &self,
         client: &Client,
@@ -182,7 +182,7 @@ impl ProviderFactory for AzureFactory {
 }
 
 /// The settings the spec asks for (Public carries no vault resource id, as AKS wants).
-pub fn desired_settings(spec: &KmsKeyVaultModeSpec) -> KmsSettings {
+pub(crate) fn desired_settings(spec: &KmsKeyVaultModeSpec) -> KmsSettings {
     KmsSettings {
         enabled: true,
         key_id: Some(spec.key_id.clone()),

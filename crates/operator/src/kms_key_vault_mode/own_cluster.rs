@@ -32,17 +32,17 @@ use super::provider::ClusterIdentity;
 use crate::reconciler::{Error, Named};
 
 /// The label AKS puts on every node: the managed cluster's node resource group.
-pub const NODE_CLUSTER_LABEL: &str = "kubernetes.azure.com/cluster";
+pub(crate) const NODE_CLUSTER_LABEL: &str = "kubernetes.azure.com/cluster";
 /// Set to `skip` on a KmsKeyVaultMode to act without the check (clusters where neither the nodes
 /// nor the API server's host can tell, after checking by hand that `spec.provider` names this
 /// cluster).
-pub const CHECK_ANNOTATION: &str = "clustersecurity.io/managed-cluster-check";
+pub(crate) const CHECK_ANNOTATION: &str = "clustersecurity.io/managed-cluster-check";
 /// The one value of [`CHECK_ANNOTATION`] that skips the check.
-pub const CHECK_SKIP: &str = "skip";
+pub(crate) const CHECK_SKIP: &str = "skip";
 
 /// What the check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The managed cluster is this one; the text says what showed it.
     Same(String),
     /// The check was skipped by the annotation.
@@ -53,7 +53,7 @@ pub enum Verdict {
 
 /// What the operator sees of the cluster it runs in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Local {
+pub(crate) struct Local {
     /// The nodes' values of [`NODE_CLUSTER_LABEL`] (first page); None when Nodes may not be listed.
     pub node_groups: Option<BTreeSet<String>>,
     /// The hosts the operator reaches its API server at.
@@ -62,7 +62,7 @@ pub struct Local {
 
 /// Read [`Local`]: the labelled Nodes' metadata, and the API server's host from the same
 /// configuration the client was built from (kubeconfig, or in-cluster) plus `KUBERNETES_SERVICE_HOST`.
-pub async fn local(client: &Client) -> Result<Local, Error> {
+pub(crate) async fn local(client: &Client) -> Result<Local, Error> {
     let lp = ListParams::default().labels(NODE_CLUSTER_LABEL).limit(100);
     let node_groups = match Api::<Node>::all(client.clone()).list_metadata(&lp).await {
         Ok(list) => Some(
@@ -89,7 +89,7 @@ fn host(h: &str) -> String {
 
 /// Judge whether `cloud` (named `cluster` in messages) is the cluster the operator sees as
 /// `local`. `annotation`: the value of [`CHECK_ANNOTATION`] on the object, if any.
-pub fn judge(cloud: &ClusterIdentity, local: &Local, annotation: Option<&str>, cluster: &str) -> Verdict {
+pub(crate) fn judge(cloud: &ClusterIdentity, local: &Local, annotation: Option<&str>, cluster: &str) -> Verdict {
     if annotation == Some(CHECK_SKIP) {
         return Verdict::Skipped;
     }

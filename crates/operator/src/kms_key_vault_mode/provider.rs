@@ -9,7 +9,7 @@ use crate::api::{KmsSettings, NetworkAccess};
 
 /// The cluster's KMS settings as the cloud reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterKms {
+pub(crate) struct ClusterKms {
     pub settings: KmsSettings,
     /// The cloud's provisioning state (Azure: Succeeded, Updating, Failed, …).
     pub provisioning_state: String,
@@ -19,7 +19,7 @@ pub struct ClusterKms {
 
 /// What the cloud says of a managed cluster that its nodes say too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterIdentity {
+pub(crate) struct ClusterIdentity {
     /// AKS: `properties.nodeResourceGroup`, the label `kubernetes.azure.com/cluster` of its nodes.
     pub node_resource_group: Option<String>,
     /// AKS: `properties.fqdn` and `properties.privateFQDN`, the host names of its API server (what
@@ -31,14 +31,14 @@ pub struct ClusterIdentity {
 impl ClusterKms {
     /// Whether another update of the cluster is running (ours from before a restart, or someone
     /// else's); nothing new should start until it ends.
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         matches!(self.provisioning_state.as_str(), "Updating" | "Creating" | "Canceling" | "Upgrading" | "Deleting")
     }
 }
 
 /// Whether the KMS key can be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyState {
+pub(crate) enum KeyState {
     /// Present and enabled; `expires` is when it stops being usable, if it has an expiry.
     Usable { expires: Option<String> },
     /// Missing, disabled, expired or not yet valid; the message says which and what to do.
@@ -47,7 +47,7 @@ pub enum KeyState {
 
 /// A cloud call that did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
+pub(crate) enum ProviderError {
     /// Worth retrying later (network, throttling, server errors, another operation running).
     #[error("{0}")]
     Transient(String),
@@ -70,13 +70,13 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Transient(_))
     }
 }
 
 /// What to do about a refusal with Azure error `code` of `action`.
-pub fn refusal_fix(code: &str, action: &str) -> String {
+pub(crate) fn refusal_fix(code: &str, action: &str) -> String {
     match code {
         "AuthorizationFailed" | "LinkedAuthorizationFailed" => format!(
             "Fix: grant the operator's identity a role that allows {action} on that resource (e.g. {})",
@@ -113,7 +113,7 @@ fn role_for(action: &str) -> &'static str {
 /// `Microsoft.Authorization/permissions`): some entry has an `actions` pattern that matches it
 /// and no `notActions` pattern of the same entry does. Patterns are case-insensitive, `*`
 /// matches any run of characters.
-pub fn permitted(permissions: &[Permission], action: &str) -> bool {
+pub(crate) fn permitted(permissions: &[Permission], action: &str) -> bool {
     permissions.iter().any(|p| {
         p.actions.iter().any(|pat| wildcard_match(pat, action))
             && !p.not_actions.iter().any(|pat| wildcard_match(pat, action))
@@ -122,7 +122,7 @@ pub fn permitted(permissions: &[Permission], action: &str) -> bool {
 
 /// One entry of Azure's effective permissions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-pub struct Permission {
+pub(crate) struct Permission {
     #[serde(default)]
     pub actions: Vec<String>,
     #[serde(default, rename = "notActions")]
@@ -130,7 +130,7 @@ pub struct Permission {
 }
 
 /// Case-insensitive match of `text` against `pattern`, where `*` matches any run of characters.
-pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
     let t: Vec<char> = text.to_ascii_lowercase().chars().collect();
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
@@ -154,15 +154,15 @@ pub fn wildcard_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Actions a switch needs on the managed cluster.
-pub const CLUSTER_WRITE: &str = "Microsoft.ContainerService/managedClusters/write";
+pub(crate) const CLUSTER_WRITE: &str = "Microsoft.ContainerService/managedClusters/write";
 /// Reading the managed cluster (every step reads before it writes).
-pub const CLUSTER_READ: &str = "Microsoft.ContainerService/managedClusters/read";
+pub(crate) const CLUSTER_READ: &str = "Microsoft.ContainerService/managedClusters/read";
 /// Changing the vault's public network access.
-pub const VAULT_WRITE: &str = "Microsoft.KeyVault/vaults/write";
+pub(crate) const VAULT_WRITE: &str = "Microsoft.KeyVault/vaults/write";
 
 /// What a permissions check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PermissionCheck {
+pub(crate) enum PermissionCheck {
     /// Every action is allowed.
     Allowed,
     /// These actions are not.
@@ -171,7 +171,7 @@ pub enum PermissionCheck {
 
 /// The cloud side of one cluster.
 #[async_trait]
-pub trait KmsProvider: Send + Sync {
+pub(crate) trait KmsProvider: Send + Sync {
     /// Human-readable name of the cluster, for messages.
     fn describe(&self) -> String;
     /// Current KMS settings of the cluster.

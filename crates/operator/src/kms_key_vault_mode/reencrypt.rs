@@ -191,6 +191,8 @@ impl Limiter {
     const LONG_WINDOW: f64 = 600.0;
     const SMOOTHING: f64 = 0.2;
 
+    // A float cast to an integer saturates (a negative value or NaN is 0): no wrap to check.
+    #[allow(clippy::cast_sign_loss)]
     pub fn new(cap: usize) -> Self {
         let cap = cap.max(1) as f64;
         let limit = (Self::START as f64).min(cap);
@@ -207,6 +209,8 @@ impl Limiter {
     }
 
     /// Rewrites to keep in flight now.
+    // A float cast to an integer saturates (a negative value or NaN is 0): no wrap to check.
+    #[allow(clippy::cast_sign_loss)]
     pub fn limit(&self) -> usize {
         self.limit.round().max(1.0) as usize
     }
@@ -402,7 +406,7 @@ impl CountingTable {
     fn total(&self) -> Option<u64> {
         let more = self.metadata.continue_.as_deref().is_some_and(|c| !c.is_empty());
         match self.metadata.remaining_item_count {
-            Some(rest) => Some(self.rows.len() as u64 + rest.max(0) as u64),
+            Some(rest) => Some(self.rows.len() as u64 + rest.max(0).unsigned_abs()),
             None if !more => Some(self.rows.len() as u64),
             None => None,
         }

@@ -19,7 +19,7 @@ use crate::api::{KmsSettings, NetworkAccess, Rollback, Step, StepName, StepState
 use crate::validate::parse_key_id;
 
 /// The steps that take the cluster from `current` to `desired` (empty: nothing to do).
-pub fn plan(current: &KmsSettings, desired: &KmsSettings) -> Vec<StepName> {
+pub(crate) fn plan(current: &KmsSettings, desired: &KmsSettings) -> Vec<StepName> {
     use StepName::*;
     let vault =
         |s: &KmsSettings| s.key_id.as_deref().and_then(|k| parse_key_id(k).ok()).map(|k| k.vault.to_ascii_lowercase());
@@ -41,21 +41,21 @@ pub fn plan(current: &KmsSettings, desired: &KmsSettings) -> Vec<StepName> {
 
 /// How the message of a step the cloud refused begins (Azure's 403 with a code: a policy deny, a
 /// missing role): the request changed nothing, so a rollback does not undo that step.
-pub const REFUSED: &str = "refused, nothing changed: ";
+pub(crate) const REFUSED: &str = "refused, nothing changed: ";
 
 /// How many times a step that fails runs before the operation gives up on its target (a
 /// ReencryptSecrets step, or any step while KMS is off). Attempts wait [`retry_delay`] apart.
-pub const STEP_ATTEMPTS: u32 = 4;
+pub(crate) const STEP_ATTEMPTS: u32 = 4;
 
 /// The wait after a step's `attempts`-th failure: 5 s, 10 s, 20 s, … at most 5 minutes.
-pub fn retry_delay(attempts: u32) -> Duration {
+pub(crate) fn retry_delay(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(6);
     Duration::from_secs(5 << doublings).min(Duration::from_secs(300))
 }
 
 /// What to do next with a planned list of steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Run (or resume) the step at this index.
     Run(usize),
     /// The step at this index failed; run it again once `wait` has passed (zero: now).
@@ -75,7 +75,7 @@ fn time_of(t: Option<&String>) -> Option<Timestamp> {
 
 /// Since when KMS has been off at the end of `steps`: a DisableKms succeeded and no EnableKms
 /// or UpdateKms after it (None: KMS is on, or the operation never turned it off).
-pub fn kms_off_since(steps: &[Step]) -> Option<Timestamp> {
+pub(crate) fn kms_off_since(steps: &[Step]) -> Option<Timestamp> {
     let mut since = None;
     for s in steps.iter().filter(|s| s.state == StepState::Succeeded) {
         match s.name {
@@ -92,7 +92,7 @@ pub fn kms_off_since(steps: &[Step]) -> Option<Timestamp> {
 /// operator owns getting it back on: failures are retried, and when the target stays out of
 /// reach the answer is [`Next::RollBack`], never [`Next::Failed`]. The way back is retried
 /// until it works: there is nothing safer to do.
-pub fn next(steps: &[Step], rollback: Option<&Rollback>, now: Timestamp, rollback_after: Duration) -> Next {
+pub(crate) fn next(steps: &[Step], rollback: Option<&Rollback>, now: Timestamp, rollback_after: Duration) -> Next {
     let first = rollback.map_or(0, |r| r.first_step as usize).min(steps.len());
     if rollback.is_none() {
         if let Some(since) = kms_off_since(steps) {
@@ -148,7 +148,7 @@ pub fn next(steps: &[Step], rollback: Option<&Rollback>, now: Timestamp, rollbac
 /// Turn `steps` around at `now`: the unfinished steps are stopped (InProgress → Failed) or
 /// skipped, and the steps that restore the source settings are appended — the vault's network
 /// access back (if the switch touched it), KMS on as before, every Secret rewritten.
-pub fn begin_rollback(steps: &mut Vec<Step>, reason: String, now: &str) -> Rollback {
+pub(crate) fn begin_rollback(steps: &mut Vec<Step>, reason: String, now: &str) -> Rollback {
     for s in steps.iter_mut() {
         match s.state {
             StepState::InProgress => {
@@ -181,7 +181,7 @@ pub fn begin_rollback(steps: &mut Vec<Step>, reason: String, now: &str) -> Rollb
 }
 
 /// Fresh Pending steps for a plan.
-pub fn pending(plan: &[StepName]) -> Vec<Step> {
+pub(crate) fn pending(plan: &[StepName]) -> Vec<Step> {
     plan.iter()
         .map(|&name| Step {
             name,

@@ -27,11 +27,11 @@ use super::workload::{self, RolloutCheck, Strategy, Workload};
 use super::{operation, Context, Error, Health, Named, Outcome, Round, RETRY_NAME_CONFLICT};
 
 /// What the kind's operation moves from and to.
-pub type Info<K> = <<K as cluster_security_api::Operated>::Status as OperationRecord>::Info;
+pub(crate) type Info<K> = <<K as cluster_security_api::Operated>::Status as OperationRecord>::Info;
 
 /// What [`Rolling::idle`] decided with no operation running.
 #[derive(Debug)]
-pub enum Idle<I> {
+pub(crate) enum Idle<I> {
     /// Nothing to roll: report this.
     Settled(Outcome),
     /// Start an operation from `source` (what is in effect now) to the desired settings.
@@ -40,7 +40,7 @@ pub enum Idle<I> {
 
 /// Why [`Rolling::prepare`] did not roll: the user must act, or a transient failure.
 #[derive(Debug)]
-pub enum PrepareError {
+pub(crate) enum PrepareError {
     /// The user must act (`reason` is a condition reason); nothing was rolled. Ends the
     /// operation UPDATE_FAILED.
     Refused { reason: &'static str, message: String },
@@ -58,7 +58,7 @@ impl From<Error> for PrepareError {
 }
 
 impl PrepareError {
-    pub fn refused(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn refused(reason: &'static str, message: impl Into<String>) -> Self {
         Self::Refused { reason, message: message.into() }
     }
 }
@@ -78,7 +78,7 @@ const VERIFY_RECHECK: Duration = Duration::from_secs(10);
 const AFTER_END: Duration = Duration::from_secs(1);
 
 /// A kind whose operations roll a workload's pods. Hooks decide; [`drive`] writes.
-pub trait Rolling: TargetsWorkload {
+pub(crate) trait Rolling: TargetsWorkload {
     /// The operation type this kind records.
     const OPERATION: OperationType;
     /// What the operation puts in place, for messages ("security settings", "certificates").
@@ -249,7 +249,7 @@ fn after_repair<K: Rolling>(
 /// What a Secret the spec names (the source of a certificate or a CA bundle) holds now that the
 /// brokers do not run yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceChange {
+pub(crate) struct SourceChange {
     /// What changed, and what happens about it.
     pub message: String,
     /// Whether it starts an operation by itself (`rollOnSourceChange`).
@@ -259,7 +259,7 @@ pub struct SourceChange {
 /// The `SourceChanged` condition (True while the brokers run older material than a source Secret
 /// holds), and a Warning event when it turns True with no roll to follow; a Normal one when it
 /// rolls. The condition appears the first time a change is seen and stays (False) after.
-pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&SourceChange>) {
+pub(crate) fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&SourceChange>) {
     let changed = reason::SOURCE_SECRET_CHANGED;
     let in_sync = (reason::IN_SYNC, "The brokers run what the source Secrets hold.");
     let was =
@@ -272,7 +272,7 @@ pub fn report_source_change<K: Rolling>(round: &mut Round<K>, change: Option<&So
 }
 
 /// The rule that `spec.clusterRef` stays on the workload the resource has written to.
-pub fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<validate::Violations> {
+pub(crate) fn cluster_ref_violation<K: Rolling>(obj: &K, status: &K::Status) -> Option<validate::Violations> {
     let recorded = K::recorded_cluster_ref(status)?;
     validate::cluster_ref_unchanged(super::kind_of::<K>(), obj.cluster_ref(), recorded).err()
 }
@@ -288,13 +288,13 @@ async fn older_claim<K: Rolling>(obj: &K, ctx: &Context) -> Result<Option<String
 }
 
 /// The workload the object targets, as messages name it: `StatefulSet kafka/orders-kafka`.
-pub fn workload_text<K: Rolling>(round: &Round<K>) -> String {
+pub(crate) fn workload_text<K: Rolling>(round: &Round<K>) -> String {
     workload::describe(&round.namespace(), round.obj.cluster_ref())
 }
 
 /// What a rolling kind's [`Reconcile::advance`](super::Reconcile::advance) is: read the target
 /// workload, then [`drive`].
-pub async fn advance<K: Rolling>(obj: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
+pub(crate) async fn advance<K: Rolling>(obj: &K, round: &mut Round<K>, ctx: &Context) -> Result<Outcome, Error> {
     let workload = workload::read(&ctx.client, &round.namespace(), obj.cluster_ref()).await?;
     if round.obj.meta().deletion_timestamp.is_some() {
         return deleting(obj, round, ctx, workload.as_ref()).await;
@@ -305,7 +305,7 @@ pub async fn advance<K: Rolling>(obj: &K, round: &mut Round<K>, ctx: &Context) -
 /// The finalizer of the rolling kinds under `deletionPolicy: Delete`: what the brokers mount is
 /// not garbage-collected while the workload's pod template still mounts it (pods restarted
 /// later would not start).
-pub const MOUNTED_OBJECTS_FINALIZER: &str = "clustersecurity.io/mounted-objects";
+pub(crate) const MOUNTED_OBJECTS_FINALIZER: &str = "clustersecurity.io/mounted-objects";
 
 /// When a deleted object held by [`MOUNTED_OBJECTS_FINALIZER`] is looked at again.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
@@ -314,7 +314,7 @@ const DELETION_RECHECK: Duration = Duration::from_secs(10);
 /// on positive evidence — [`deleting`] found nothing that goes with it mounted — or when the
 /// operator does not manage its namespace (nothing it can check there). A paused object, or
 /// one whose spec is invalid, keeps waiting.
-pub fn may_go(outcome: &Outcome) -> bool {
+pub(crate) fn may_go(outcome: &Outcome) -> bool {
     outcome.released
 }
 
@@ -360,7 +360,7 @@ async fn deleting<K: Rolling>(
 }
 
 /// The message of Ready for a kind whose settings are in effect on `wl`.
-pub fn in_effect<K: Rolling>(wl: &str) -> String {
+pub(crate) fn in_effect<K: Rolling>(wl: &str) -> String {
     let what = K::WHAT;
     let mut chars = what.chars();
     let capital: String = chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default();
@@ -368,7 +368,7 @@ pub fn in_effect<K: Rolling>(wl: &str) -> String {
 }
 
 /// Carry the kind's operation one step further, as far as it goes in this round.
-pub async fn drive<K: Rolling>(
+pub(crate) async fn drive<K: Rolling>(
     obj: &K,
     round: &mut Round<K>,
     ctx: &Context,

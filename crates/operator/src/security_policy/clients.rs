@@ -23,12 +23,12 @@ use crate::reconciler::Noted as _;
 use crate::reconciler::{Error, Named};
 
 /// Validity of a client certificate.
-pub const CLIENT_DAYS: u32 = 365;
+pub(super) const CLIENT_DAYS: u32 = 365;
 /// Annotation on a client Secret: the client it was issued for.
-pub const CLIENT_ANNOTATION: &str = "clustersecurity.io/tls-client";
+pub(super) const CLIENT_ANNOTATION: &str = "clustersecurity.io/tls-client";
 
 /// The clients the spec lists, when the operator issues them (mTLS with its own CA).
-pub fn listed(csp: &ClusterSecurityPolicy) -> &[TlsClient] {
+pub(super) fn listed(csp: &ClusterSecurityPolicy) -> &[TlsClient] {
     match csp.spec.client_authentication.tls.as_ref() {
         Some(t) if t.enabled && t.certificate_authority_secret_refs.is_empty() => &t.clients,
         _ => &[],
@@ -36,7 +36,7 @@ pub fn listed(csp: &ClusterSecurityPolicy) -> &[TlsClient] {
 }
 
 /// Whether the Secret (as read) must be issued again for `client` under the CA `ca_pem`.
-pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, now: Timestamp) -> bool {
+pub(super) fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, now: Timestamp) -> bool {
     let Some(cert) = secret.and_then(|s| s.data.as_ref()).and_then(|d| d.get("tls.crt")) else { return true };
     let Ok(cert) = std::str::from_utf8(&cert.0) else { return true };
     let renew_within = i64::from(CLIENT_DAYS) * 86_400 / 3;
@@ -46,7 +46,7 @@ pub fn needs_issue(secret: Option<&Secret>, client: &TlsClient, ca_pem: &str, no
 }
 
 /// The Secrets of the [listed] clients as they are now, in that order.
-pub async fn current(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy) -> Result<Vec<Option<Secret>>, Error> {
+pub(super) async fn current(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy) -> Result<Vec<Option<Secret>>, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let mut out = Vec::new();
     for client in listed(csp) {
@@ -72,7 +72,7 @@ fn due<'c>(
 }
 
 /// The client Secrets to write for what is due (from `current`), and the clients issued.
-pub fn issue(
+pub(super) fn issue(
     csp: &ClusterSecurityPolicy,
     current: &[Option<Secret>],
     ca: &KeyedCert,
@@ -95,7 +95,7 @@ pub fn issue(
 
 /// While settled: whether a listed client's certificate is due under the client CA the operator
 /// keeps (none kept yet: due — the next operation creates it, with the certificates).
-pub async fn any_due(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy, now: Timestamp) -> Result<bool, Error> {
+pub(super) async fn any_due(secrets: &Api<Secret>, csp: &ClusterSecurityPolicy, now: Timestamp) -> Result<bool, Error> {
     let ns = csp.namespace().unwrap_or_default();
     let key_name = super::client_ca_key_secret_name(&csp.spec.cluster_ref.name);
     let kept = secrets.get_opt(&key_name).await.reading(&Named::new("Secret", &ns, &key_name))?;

@@ -20,7 +20,7 @@ use super::listeners::{parse_listeners, REPLICATION, REPLICATION_PORT};
 
 /// A listener as the environment declares it; port and protocol when it says them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Declared {
+pub(super) struct Declared {
     pub name: String,
     pub port: Option<u16>,
     pub protocol: Option<String>,
@@ -51,14 +51,14 @@ fn declared(env: &BTreeMap<String, String>, name: &str) -> Declared {
 }
 
 /// The controller listener the environment declares (`CONTROLLER_LISTENER_NAMES`, first name).
-pub fn controller_listener(env: &BTreeMap<String, String>) -> Option<Declared> {
+pub(super) fn controller_listener(env: &BTreeMap<String, String>) -> Option<Declared> {
     let name = setting(env, "CONTROLLER_LISTENER_NAMES")?.split(',').next()?.trim();
     (!name.is_empty()).then(|| declared(env, name))
 }
 
 /// The inter-broker listener the environment declares (`INTER_BROKER_LISTENER_NAME`, or the
 /// listener named like `SECURITY_INTER_BROKER_PROTOCOL`).
-pub fn inter_broker_listener(env: &BTreeMap<String, String>) -> Option<Declared> {
+pub(super) fn inter_broker_listener(env: &BTreeMap<String, String>) -> Option<Declared> {
     let name = setting(env, "INTER_BROKER_LISTENER_NAME").or_else(|| setting(env, "SECURITY_INTER_BROKER_PROTOCOL"))?;
     Some(declared(env, name))
 }
@@ -72,7 +72,7 @@ fn matches(spec: &ControllerListener, d: &Declared) -> bool {
 /// Why the operation must not roll `target` into brokers whose container `container` of `wl`
 /// has `env`, if it must not: (condition reason, message). `adopting`: no operation of this
 /// policy has completed yet (the brokers run their own configuration).
-pub fn refusal(
+pub(super) fn refusal(
     env: &BTreeMap<String, String>,
     target: &SecuritySettings,
     adopting: bool,

@@ -9,14 +9,14 @@ use crate::api::{ClientBroker, Listener, SecuritySettings};
 
 /// Kafka security protocol of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Plaintext,
     Ssl,
     SaslSsl,
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Plaintext => "PLAINTEXT",
             Self::Ssl => "SSL",
@@ -27,7 +27,7 @@ impl Protocol {
 
 /// How clients authenticate on a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
+pub(crate) enum ClientAuth {
     None,
     MutualTls,
     Scram,
@@ -35,7 +35,7 @@ pub enum ClientAuth {
 }
 
 impl ClientAuth {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::MutualTls => "mTLS",
@@ -47,24 +47,24 @@ impl ClientAuth {
 
 /// One listener of the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerDef {
+pub(crate) struct ListenerDef {
     pub name: &'static str,
     pub port: u16,
     pub protocol: Protocol,
     pub auth: ClientAuth,
 }
 
-pub const PLAINTEXT_PORT: u16 = 9092;
-pub const TLS_PORT: u16 = 9094;
-pub const TLS_UNAUTHENTICATED_PORT: u16 = 9095;
-pub const SASL_SCRAM_PORT: u16 = 9096;
-pub const SASL_IAM_PORT: u16 = 9098;
+pub(crate) const PLAINTEXT_PORT: u16 = 9092;
+pub(crate) const TLS_PORT: u16 = 9094;
+pub(crate) const TLS_UNAUTHENTICATED_PORT: u16 = 9095;
+pub(crate) const SASL_SCRAM_PORT: u16 = 9096;
+pub(crate) const SASL_IAM_PORT: u16 = 9098;
 /// Broker-to-broker listener.
-pub const REPLICATION_PORT: u16 = 9091;
-pub const REPLICATION: &str = "REPLICATION";
+pub(crate) const REPLICATION_PORT: u16 = 9091;
+pub(crate) const REPLICATION: &str = "REPLICATION";
 
 /// Client listeners, in port order.
-pub fn client_listeners(s: &SecuritySettings) -> Vec<ListenerDef> {
+pub(crate) fn client_listeners(s: &SecuritySettings) -> Vec<ListenerDef> {
     let auth = &s.client_authentication;
     let cb = s.encryption_in_transit.client_broker;
     let plaintext_allowed = matches!(cb, ClientBroker::Plaintext | ClientBroker::TlsPlaintext);
@@ -112,7 +112,7 @@ pub fn client_listeners(s: &SecuritySettings) -> Vec<ListenerDef> {
 }
 
 /// The broker-to-broker listener: TLS with mutual authentication when in-cluster encryption is on.
-pub fn replication_listener(s: &SecuritySettings) -> ListenerDef {
+pub(crate) fn replication_listener(s: &SecuritySettings) -> ListenerDef {
     if s.encryption_in_transit.in_cluster {
         ListenerDef { name: REPLICATION, port: REPLICATION_PORT, protocol: Protocol::Ssl, auth: ClientAuth::MutualTls }
     } else {
@@ -121,7 +121,7 @@ pub fn replication_listener(s: &SecuritySettings) -> ListenerDef {
 }
 
 /// Every entry of a Kafka `listeners` value (`NAME://host:port,…`) that parses: name and port.
-pub fn parse_listeners(value: &str) -> impl Iterator<Item = (&str, u16)> {
+pub(crate) fn parse_listeners(value: &str) -> impl Iterator<Item = (&str, u16)> {
     value.split(',').filter_map(|entry| {
         let (name, address) = entry.trim().split_once("://")?;
         Some((name, address.rsplit(':').next()?.parse().ok()?))
@@ -129,7 +129,7 @@ pub fn parse_listeners(value: &str) -> impl Iterator<Item = (&str, u16)> {
 }
 
 /// Listeners as `status.listeners` shows them.
-pub fn status_listeners(s: &SecuritySettings) -> Vec<Listener> {
+pub(crate) fn status_listeners(s: &SecuritySettings) -> Vec<Listener> {
     client_listeners(s)
         .into_iter()
         .map(|l| Listener {

@@ -9,11 +9,11 @@
 mod api_tests;
 mod clients;
 mod existing;
-pub mod listeners;
-pub mod properties;
+pub(crate) mod listeners;
+pub(crate) mod properties;
 #[cfg(test)]
 mod rendering_tests;
-pub mod served;
+pub(crate) mod served;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,29 +44,29 @@ use crate::{pki, validate};
 use kube::runtime::events::EventType;
 
 /// Name of the ConfigMap holding `server.properties` and `security.json`.
-pub fn configmap_name(cluster: &str) -> String {
+pub(crate) fn configmap_name(cluster: &str) -> String {
     format!("{cluster}-security")
 }
 
 /// Name of the Secret the brokers mount with the client CA bundle (`ca.crt` only).
-pub fn client_ca_secret_name(cluster: &str) -> String {
+pub(crate) fn client_ca_secret_name(cluster: &str) -> String {
     format!("{cluster}-client-ca")
 }
 
 /// Name of the Secret keeping the client CA the operator generates (`ca.crt`, `ca.key`): apart
 /// from the bundle, so no broker ever mounts the key that signs client certificates.
-pub fn client_ca_key_secret_name(cluster: &str) -> String {
+pub(crate) fn client_ca_key_secret_name(cluster: &str) -> String {
     format!("{cluster}-client-ca-key")
 }
 
 /// Pod-template annotation whose change rolls the brokers.
-pub const SECURITY_HASH_ANNOTATION: &str = "clustersecurity.io/security-hash";
+pub(crate) const SECURITY_HASH_ANNOTATION: &str = "clustersecurity.io/security-hash";
 
 /// Validity of the client CA the operator keeps when the spec names none.
 const CLIENT_CA_DAYS: u32 = 3650;
 
 /// The settings a spec asks for.
-pub fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
+pub(crate) fn desired_settings(spec: &ClusterSecurityPolicySpec) -> SecuritySettings {
     SecuritySettings {
         client_authentication: spec.client_authentication.clone(),
         encryption_in_transit: spec.encryption_in_transit.clone(),

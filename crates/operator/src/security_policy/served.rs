@@ -31,12 +31,12 @@ use crate::reconciler::{Context, Error, Named};
 
 /// Secret `<cluster>-<slot>-tls` (`slot`: external, internal): the certificate the listeners
 /// whose keystore is in `/etc/kafka/security/<slot>-tls` present.
-pub fn tls_secret_name(cluster: &str, slot: &str) -> String {
+pub(crate) fn tls_secret_name(cluster: &str, slot: &str) -> String {
     format!("{cluster}-{slot}-tls")
 }
 
 /// The listeners with a TLS keystore in `server.properties`: (name, port, keystore directory).
-pub fn tls_listeners(server_properties: &str) -> Vec<(String, u16, String)> {
+pub(crate) fn tls_listeners(server_properties: &str) -> Vec<(String, u16, String)> {
     let config: BTreeMap<&str, &str> = server_properties
         .lines()
         .map(str::trim)
@@ -55,7 +55,7 @@ pub fn tls_listeners(server_properties: &str) -> Vec<(String, u16, String)> {
 }
 
 /// [`expectation`] when the spec's `verify` is enabled, else None: nothing is checked.
-pub async fn when_verified(
+pub(crate) async fn when_verified(
     ctx: &Context,
     namespace: &str,
     cluster: &str,
@@ -69,7 +69,7 @@ pub async fn when_verified(
 
 /// The TLS listeners the operator renders for `settings`: (name, port, keystore directory). From
 /// the operator's own rendering, so every port is one the operator chose.
-pub fn rendered_tls_listeners(settings: &SecuritySettings) -> Vec<(String, u16, String)> {
+pub(crate) fn rendered_tls_listeners(settings: &SecuritySettings) -> Vec<(String, u16, String)> {
     tls_listeners(&render_server_properties(settings, "", None))
 }
 
@@ -78,7 +78,7 @@ pub fn rendered_tls_listeners(settings: &SecuritySettings) -> Vec<(String, u16, 
 /// of an operation that has started rolling (its `server.properties` is written then), else the
 /// settings applied. When several policies target `cluster`, the oldest with such settings (a
 /// newer one is refused as a `Conflict` and renders nothing).
-pub fn rendered_settings<'a>(
+pub(crate) fn rendered_settings<'a>(
     policies: &'a [ClusterSecurityPolicy],
     cluster: &str,
 ) -> Option<(&'a ClusterSecurityPolicy, SecuritySettings)> {
@@ -142,7 +142,7 @@ async fn policies_for(ctx: &Context, namespace: &str, cluster: &str) -> Result<V
 /// What every broker pod of `cluster` should present: on the listeners the operator rendered
 /// ([`rendered_settings`]), the certificates of the TLS Secrets; what cannot be known goes to
 /// `unchecked`, with why.
-pub async fn expectation(ctx: &Context, namespace: &str, cluster: &str) -> Result<Expectation, Error> {
+pub(crate) async fn expectation(ctx: &Context, namespace: &str, cluster: &str) -> Result<Expectation, Error> {
     let mut out = Expectation::default();
     let policies = policies_for(ctx, namespace, cluster).await?;
     let Some((_, settings)) = rendered_settings(&policies, cluster) else {

@@ -26,7 +26,7 @@ use crate::reconciler::{Clock, Reconcile};
 /// `secrets_present` answers the missing-Secret question.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, JsonSchema)]
 #[kube(group = "test.clustersecurity.io", version = "v1", kind = "Widget", namespaced, status = "WidgetStatus")]
-pub struct WidgetSpec {
+pub(super) struct WidgetSpec {
     setting: String,
     refuse: Option<String>,
     secrets_present: bool,
@@ -41,7 +41,7 @@ pub struct WidgetSpec {
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct WidgetStatus {
+pub(super) struct WidgetStatus {
     observed_generation: Option<i64>,
     conditions: Vec<Condition>,
     applied: Option<String>,
