@@ -345,6 +345,28 @@ impl AzureArgs {
 }
 
 impl RunArgs {
+    /// What the controllers' context takes from the flags.
+    pub(crate) fn context_settings(&self) -> crate::reconciler::Settings {
+        crate::reconciler::Settings {
+            concurrency: self.controllers.concurrent_reconciles,
+            scope: crate::reconciler::Scope::namespaces(&self.controllers.watch_namespaces),
+            namespace: self.replica.namespace.clone(),
+            instance: self.replica.pod_name.clone(),
+        }
+    }
+
+    /// The leader election the flags ask for (with `--leader-elect`).
+    pub(crate) fn election(&self) -> crate::leader::Election {
+        let flags = &self.leader_election;
+        crate::leader::Election {
+            namespace: self.replica.namespace.clone(),
+            lease: flags.lease.clone(),
+            identity: crate::leader::identity(self.replica.pod_name.as_deref()),
+            duration: Duration::from_secs(flags.lease_seconds),
+            renew_before: Duration::from_secs(flags.renew_before_seconds),
+        }
+    }
+
     /// What the admission webhook's rules need from the flags.
     pub fn webhook_settings(&self) -> crate::webhook::Settings {
         crate::webhook::Settings { vault_dns_suffix: self.azure.key_vault_dns_suffix.clone() }
@@ -537,6 +559,12 @@ mod tests {
             ["hook.ops.svc", "hook.ops.svc.cluster.local", "127.0.0.1", "localhost"],
             "the service and namespace of their groups"
         );
+        let settings = parsed.context_settings();
+        assert_eq!((settings.namespace.as_str(), settings.instance.as_deref()), ("ops", Some("op-0")));
+        assert_eq!(settings.scope, crate::reconciler::Scope::namespaces(&["a".into(), "b".into()]));
+        let election = parsed.election();
+        assert_eq!((election.namespace.as_str(), election.lease.as_str()), ("ops", "mine"));
+        assert_eq!(election.identity, "op-0");
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let factory = parsed.azure.factory(&parsed.replica.namespace, metrics).unwrap();
         assert_eq!(factory.credentials_secret, Some(("ops".into(), "azure".into())), "in --namespace");

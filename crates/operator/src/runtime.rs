@@ -52,6 +52,32 @@ async fn webhook_tls(client: &kube::Client, args: &RunArgs, clock: Arc<dyn Clock
     webhook::serving::serving_config(client, source, clock).await
 }
 
+/// Serve the admission webhook in the background; readiness follows it (ready once it listens,
+/// not ready if it stops).
+async fn serve_webhook(
+    client: &kube::Client,
+    args: &RunArgs,
+    clock: Arc<dyn Clock>,
+    handle: &axum_server::Handle,
+    ready: &Arc<Readiness>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let tls = webhook_tls(client, args, clock).await?;
+    let (addr, handle2, ready2, client2) = (args.webhook.addr, handle.clone(), ready.clone(), client.clone());
+    let (settings, metrics2) = (args.webhook_settings(), metrics.clone());
+    tokio::spawn(async move {
+        if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings, metrics2).await {
+            error!(error = %e, %addr, "webhook server stopped");
+            ready2.webhook.store(false, Ordering::Release);
+        }
+    });
+    if let Some(bound) = handle.listening().await {
+        info!(addr = %bound, "admission webhook serving");
+        ready.webhook.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// `run`: webhook, health endpoints and the three controllers (on the leader) until SIGTERM /
 /// Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -70,38 +96,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.webhook.disabled {
         ready.webhook.store(true, Ordering::Release);
     } else {
-        let tls = webhook_tls(&client, &args, clock.clone()).await?;
-        let (addr, handle2, ready2, client2) = (args.webhook.addr, handle.clone(), ready.clone(), client.clone());
-        let (settings, metrics2) = (args.webhook_settings(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = webhook::serve(addr, tls, handle2, client2, settings, metrics2).await {
-                error!(error = %e, %addr, "webhook server stopped");
-                ready2.webhook.store(false, Ordering::Release);
-            }
-        });
-        if let Some(bound) = handle.listening().await {
-            info!(addr = %bound, "admission webhook serving");
-            ready.webhook.store(true, Ordering::Release);
-        }
+        serve_webhook(&client, &args, clock.clone(), &handle, &ready, &metrics).await?;
     }
     let kms: Arc<dyn ProviderFactory> = Arc::new(args.azure.factory(&args.replica.namespace, metrics.clone())?);
-    let settings = reconciler::Settings {
-        concurrency: args.controllers.concurrent_reconciles,
-        scope: reconciler::Scope::namespaces(&args.controllers.watch_namespaces),
-        namespace: args.replica.namespace.clone(),
-        instance: args.replica.pod_name.clone(),
-    };
-    let ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone(), settings);
+    let ctx = Context::new(client.clone(), clock, metrics.clone(), ready.clone(), args.context_settings());
     let controllers = args.controllers.enabled.clone();
     let result = if args.leader_election.enabled {
-        let flags = &args.leader_election;
-        let election = leader::Election {
-            namespace: args.replica.namespace.clone(),
-            lease: flags.lease.clone(),
-            identity: leader::identity(args.replica.pod_name.as_deref()),
-            duration: Duration::from_secs(flags.lease_seconds),
-            renew_before: Duration::from_secs(flags.renew_before_seconds),
-        };
+        let election = args.election();
         let mut leadership = leader::Leadership::join(client, &election).await?;
         let result = tokio::select! {
             _ = leadership.acquired() => {
