@@ -623,7 +623,10 @@ async fn key_vault_mode_switches_against_a_real_apiserver_and_the_azure_emulator
     drop(gate);
 
     // ---- 8. Deleted in the middle of a switch: the switch finishes before the object goes. ----
-    emu.set_lro(1, Duration::from_secs(4));
+    // Each cloud update takes 10 s: KMS stays off, with the API server up, for the vault's
+    // update and the start of KMS's own (with 4 s the window was ~10 s, and a status read that
+    // hung across an API server restart could miss it).
+    emu.set_lro(1, Duration::from_secs(10));
     apply(&cp, &kms_yaml(&spec, "kv-other", "Private", "{concurrency: 8, pageSize: 200}"));
     wait_until(Duration::from_secs(120), "KMS off, mid-switch", || async {
         let api: Api<KmsKeyVaultMode> = Api::all(cp.client().await.map_err(|e| e.to_string())?);
